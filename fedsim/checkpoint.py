@@ -1,0 +1,102 @@
+"""TF v1 checkpoint bytes <-> named numpy weights: the contract between devices and the coordinator.
+
+A device's `save` signature writes a TF v1 checkpoint (tf.raw_ops.Save); the coordinator writes the
+global model in the same format so every device's `restore` signature can read it. Checkpoints travel
+as bytes (through Ray), so nothing assumes a shared filesystem; files live only in a local scratch
+folder, on tmpfs (/dev/shm) where there is one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+Weights = dict[str, np.ndarray]
+# name -> (shape, dtype string): what a valid checkpoint of the run's model holds.
+WeightSpec = dict[str, tuple[tuple[int, ...], str]]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is unreadable, or does not match the model (names, shapes, dtypes, finiteness)."""
+
+
+def scratch_dir(prefix: str = "fedsim-") -> Path:
+    """A private temporary folder, on tmpfs when the machine has one (checkpoint I/O is per device)."""
+    shm = Path("/dev/shm")
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+
+
+def read_checkpoint_file(path: str | os.PathLike[str]) -> Weights:
+    import tensorflow as tf
+
+    try:
+        reader = tf.train.load_checkpoint(str(path))
+        return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+    except Exception as e:  # TF raises several types (DataLoss, NotFound, InvalidArgument...)
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"not a readable TF v1 checkpoint: {first_line}") from None
+
+
+def read_checkpoint(data: bytes, scratch: Path | None = None) -> Weights:
+    """Checkpoint bytes -> {name: array}. Raises CheckpointError if the bytes are not a checkpoint."""
+    if not data:
+        raise CheckpointError("empty checkpoint")
+    folder = scratch or scratch_dir()
+    path = folder / f"in-{uuid.uuid4().hex}.ckpt"
+    path.write_bytes(data)
+    try:
+        return read_checkpoint_file(path)
+    finally:
+        path.unlink(missing_ok=True)
+        if scratch is None:
+            folder.rmdir()
+
+
+def write_checkpoint_file(path: str | os.PathLike[str], weights: Mapping[str, np.ndarray]) -> None:
+    import tensorflow as tf
+
+    names = sorted(weights)
+    tf.raw_ops.Save(filename=str(path), tensor_names=names, data=[weights[n] for n in names])
+
+
+def write_checkpoint(weights: Mapping[str, np.ndarray], scratch: Path | None = None) -> bytes:
+    """{name: array} -> TF v1 checkpoint bytes, readable by the artifact's `restore` signature."""
+    folder = scratch or scratch_dir()
+    path = folder / f"out-{uuid.uuid4().hex}.ckpt"
+    try:
+        write_checkpoint_file(path, weights)
+        return path.read_bytes()
+    finally:
+        path.unlink(missing_ok=True)
+        if scratch is None:
+            folder.rmdir()
+
+
+def spec_of(weights: Mapping[str, np.ndarray]) -> WeightSpec:
+    return {name: (tuple(a.shape), str(a.dtype)) for name, a in weights.items()}
+
+
+def check_weights(weights: Mapping[str, np.ndarray], spec: WeightSpec) -> None:
+    """Raise CheckpointError naming the first way `weights` differs from the model's spec."""
+    missing = sorted(set(spec) - set(weights))
+    if missing:
+        raise CheckpointError(f"missing weight(s) {', '.join(missing)}")
+    extra = sorted(set(weights) - set(spec))
+    if extra:
+        raise CheckpointError(f"unexpected weight(s) {', '.join(extra)}")
+    for name, (shape, dtype) in spec.items():
+        a = weights[name]
+        if tuple(a.shape) != shape or str(a.dtype) != dtype:
+            raise CheckpointError(f"{name} is {a.dtype}{list(a.shape)}, expected {dtype}{list(shape)}")
+        if not np.all(np.isfinite(a)):
+            raise CheckpointError(f"{name} holds NaN or Inf")
+
+
+def checkpoint_nbytes(weights: Mapping[str, np.ndarray]) -> int:
+    return int(sum(a.nbytes for a in weights.values()))

@@ -1,0 +1,143 @@
+"""The round loop: select -> run on devices -> restore -> aggregate -> evaluate -> record.
+
+Knows the engine only through its interface and the strategy only through `aggregate`; the concrete
+engine, the evaluator and the recorder are passed in. No TensorFlow and no Ray here.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from fedsim.checkpoint import CheckpointError, WeightSpec, check_weights, read_checkpoint, scratch_dir, spec_of, write_checkpoint
+from fedsim.config import Config
+from fedsim.engine.base import DeviceReport, Engine
+from fedsim.strategies.base import Strategy, Update, Weights
+
+Evaluate = Callable[[bytes], tuple[float, float]]
+
+
+class Recorder(Protocol):
+    def record_round(self, round_row: dict[str, Any], device_rows: list[dict[str, Any]], global_checkpoint: bytes) -> None: ...
+
+
+def select_devices(num_devices: int, per_round: int, seed: int, round_num: int) -> list[int]:
+    """The seeded choice of devices for a round; all of them when per_round == num_devices."""
+    if per_round >= num_devices:
+        return list(range(num_devices))
+    rng = np.random.default_rng([seed, round_num, 0x5E1EC7])
+    return sorted(int(d) for d in rng.choice(num_devices, size=per_round, replace=False))
+
+
+@dataclass
+class RoundOutcome:
+    round_row: dict[str, Any]
+    device_rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Coordinator:
+    def __init__(
+        self,
+        config: Config,
+        engine: Engine,
+        strategy: Strategy,
+        evaluate: Evaluate,
+        initial_checkpoint: bytes,
+        recorder: Recorder | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.strategy = strategy
+        self.evaluate = evaluate
+        self.recorder = recorder
+        self.progress = progress
+        self.scratch = scratch_dir("fedsim-coordinator-")
+        self.global_checkpoint = initial_checkpoint
+        self.global_weights: Weights = read_checkpoint(initial_checkpoint, self.scratch)
+        self.spec: WeightSpec = spec_of(self.global_weights)
+        self.history: list[RoundOutcome] = []
+
+    def run(self, start_round: int = 1) -> list[RoundOutcome]:
+        bar = tqdm(total=self.config.rounds, initial=start_round - 1, desc="fedsim", unit="round", disable=not self.progress)
+        try:
+            for round_num in range(start_round, self.config.rounds + 1):
+                outcome = self.run_round(round_num)
+                self.history.append(outcome)
+                row = outcome.round_row
+                bar.set_postfix(acc=f"{row['test_accuracy']:.4f}", loss=f"{row['test_loss']:.3f}", s=f"{row['wall_s']:.2f}")
+                bar.update(1)
+        finally:
+            bar.close()
+            shutil.rmtree(self.scratch, ignore_errors=True)
+        return self.history
+
+    def run_round(self, round_num: int) -> RoundOutcome:
+        start = time.perf_counter()
+        selected = select_devices(self.config.devices, self.config.devices_per_round, self.config.seed, round_num)
+        reports = self.engine.run_round(round_num, self.global_checkpoint, selected)
+        updates, device_rows = self._accept(round_num, reports)
+        if updates:
+            self.global_weights = self.strategy.aggregate(self.global_weights, updates)
+            check_weights(self.global_weights, self.spec)  # a strategy bug must not poison the model
+            self.global_checkpoint = write_checkpoint(self.global_weights, self.scratch)
+        accuracy, loss = self.evaluate(self.global_checkpoint)
+        samples = sum(u.samples for u in updates)
+        train_loss = (
+            sum(r["train_loss"] * r["samples"] for r in device_rows if r["status"] == "ok") / samples
+            if samples
+            else float("nan")
+        )
+        round_row = {
+            "round": round_num,
+            "test_accuracy": accuracy,
+            "test_loss": loss,
+            "train_loss": train_loss,
+            "devices_selected": len(selected),
+            "devices_reported": sum(r["status"] != "failed" for r in device_rows),
+            "devices_accepted": len(updates),
+            "samples": samples,
+            "wall_s": time.perf_counter() - start,
+            "bytes_up": sum(r["checkpoint_bytes"] for r in device_rows),
+            "bytes_down": len(self.global_checkpoint) * len(selected),
+        }
+        if self.recorder is not None:
+            self.recorder.record_round(round_row, device_rows, self.global_checkpoint)
+        return RoundOutcome(round_row, device_rows)
+
+    def _accept(self, round_num: int, reports: Sequence[DeviceReport]) -> tuple[list[Update], list[dict[str, Any]]]:
+        """Restore every reported checkpoint into named weights; reject (and record) any that is
+        unreadable, does not match the model, or is not finite. Rejected updates are never averaged."""
+        updates: list[Update] = []
+        rows: list[dict[str, Any]] = []
+        for r in sorted(reports, key=lambda r: r.device_id):
+            status, reason = r.status, r.error
+            if status == "ok":
+                try:
+                    weights = read_checkpoint(r.checkpoint or b"", self.scratch)
+                    check_weights(weights, self.spec)
+                    if not np.isfinite(r.train_loss):
+                        raise CheckpointError(f"train loss is {r.train_loss}")
+                    updates.append(Update(r.device_id, weights, r.samples))
+                except CheckpointError as e:
+                    status, reason = "rejected", str(e)
+            rows.append(
+                {
+                    "round": round_num,
+                    "device_id": r.device_id,
+                    "host": r.host,
+                    "samples": r.samples,
+                    "train_loss": r.train_loss,
+                    "train_s": r.train_s,
+                    "checkpoint_bytes": len(r.checkpoint or b""),
+                    "status": status,
+                    "reason": reason,
+                }
+            )
+        return updates, rows

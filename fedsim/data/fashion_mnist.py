@@ -1,0 +1,92 @@
+"""Fashion-MNIST from the standard IDX gzip files. Nothing downloads unless asked (`fedsim data fetch`)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from fedsim.data.dataset import Dataset
+
+FILES = {
+    "x_train": "train-images-idx3-ubyte.gz",
+    "y_train": "train-labels-idx1-ubyte.gz",
+    "x_test": "t10k-images-idx3-ubyte.gz",
+    "y_test": "t10k-labels-idx1-ubyte.gz",
+}
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+KERAS_CACHE = Path("~/.keras/datasets/fashion-mnist")
+# The same mirror Keras' fashion_mnist.load_data() downloads from.
+MIRROR = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The data set is in none of the places fedsim looks."""
+
+
+def candidate_dirs(data_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Where Fashion-MNIST is looked for, in order: the given folder (or $FEDSIM_DATA), the Debian
+    package's folder, the Keras cache."""
+    if data_dir is not None:
+        return [Path(data_dir).expanduser()]
+    dirs = []
+    if os.environ.get("FEDSIM_DATA"):
+        dirs.append(Path(os.environ["FEDSIM_DATA"]).expanduser())
+    return dirs + [DEBIAN_DIR, KERAS_CACHE.expanduser()]
+
+
+def find_fashion_mnist(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    dirs = candidate_dirs(data_dir)
+    for d in dirs:
+        if all((d / f).is_file() for f in FILES.values()):
+            return d
+    looked = ", ".join(str(d) for d in dirs)
+    raise DataNotFoundError(
+        f"Fashion-MNIST not found in {looked} (need {', '.join(FILES.values())}); "
+        "install the Debian package dataset-fashion-mnist (apt-get install -y dataset-fashion-mnist), "
+        "run `fedsim data fetch` where a network exists, or pass --data-dir"
+    )
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """One IDX file (gzip) -> uint8 array of the shape its header gives."""
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise ValueError(f"{path}: not a readable gzip IDX file ({e})") from None
+    if len(data) < 4:
+        raise ValueError(f"{path}: too short for an IDX header")
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says {shape} but holds {body.size} bytes")
+    return body.reshape(shape)
+
+
+def load_fashion_mnist(data_dir: str | os.PathLike[str] | None = None) -> Dataset:
+    d = find_fashion_mnist(data_dir)
+    arrays = {key: read_idx(d / name) for key, name in FILES.items()}
+    return Dataset(name="fashion_mnist", **arrays)
+
+
+def fetch_fashion_mnist(dest: str | os.PathLike[str] | None = None, mirror: str = MIRROR) -> Path:
+    """Download the four files into the Keras cache (or dest). Only ever called on request."""
+    target = Path(dest).expanduser() if dest else KERAS_CACHE.expanduser()
+    target.mkdir(parents=True, exist_ok=True)
+    for name in FILES.values():
+        path = target / name
+        if path.is_file():
+            continue
+        tmp = path.with_suffix(".part")
+        urllib.request.urlretrieve(mirror + name, tmp)
+        tmp.rename(path)
+    find_fashion_mnist(target)
+    return target

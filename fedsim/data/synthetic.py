@@ -1,0 +1,25 @@
+"""A small, learnable stand-in for Fashion-MNIST: same shapes and dtypes, generated in milliseconds."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedsim.data.dataset import NUM_CLASSES, Dataset
+
+
+def make_synthetic(samples_per_class: int = 200, test_per_class: int = 50, seed: int = 0) -> Dataset:
+    """Each class is a fixed random 28x28 prototype plus pixel noise, so a linear model can learn it
+    within a few rounds and a test can watch accuracy rise."""
+    rng = np.random.default_rng(seed)
+    prototypes = rng.uniform(0, 255, size=(NUM_CLASSES, 28, 28))
+
+    def draw(per_class: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.repeat(np.arange(NUM_CLASSES, dtype=np.uint8), per_class)
+        noise = rng.normal(0, 90, size=(len(y), 28, 28))
+        x = np.clip(prototypes[y] + noise, 0, 255).astype(np.uint8)
+        order = rng.permutation(len(y))
+        return x[order], y[order]
+
+    x_train, y_train = draw(samples_per_class)
+    x_test, y_test = draw(test_per_class)
+    return Dataset("synthetic", x_train, y_train, x_test, y_test)

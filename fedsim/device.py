@@ -1,0 +1,135 @@
+"""A simulated phone: the .tflite artifact driven through its signatures, on the device's own shard.
+
+No Ray here. A `Runner` wraps one tf.lite.Interpreter; a `Device` is a shard plus a seed and runs one
+round through whatever Runner its host lends it. A device that is not training costs only its shard.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedsim.data.dataset import one_hot, scale_images
+from fedsim.model.signatures import CHECKPOINT_PATH, INFER, LOSS, OUTPUT, RESTORE, SAVE, SIGNATURES, TRAIN
+
+
+class Runner:
+    """One tf.lite.Interpreter of the artifact (one thread, as on a phone) and its signature runners."""
+
+    def __init__(self, artifact: bytes, num_threads: int = 1) -> None:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import tensorflow as tf
+
+        with warnings.catch_warnings():
+            # tf.lite.Interpreter warns that it is deprecated in favour of ai-edge-litert, which lacks
+            # the Flex delegate the train/save/restore signatures need (see pyproject.toml).
+            warnings.simplefilter("ignore")
+            self.interpreter = tf.lite.Interpreter(model_content=artifact, num_threads=num_threads)
+        available = self.interpreter.get_signature_list()
+        missing = [s for s in SIGNATURES if s not in available]
+        if missing:
+            raise ValueError(f"the .tflite lacks signature(s) {missing}; it has {sorted(available)}")
+        self._train = self.interpreter.get_signature_runner(TRAIN)
+        self._infer = self.interpreter.get_signature_runner(INFER)
+        self._save = self.interpreter.get_signature_runner(SAVE)
+        self._restore = self.interpreter.get_signature_runner(RESTORE)
+
+    def restore(self, path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+        return self._restore(**{CHECKPOINT_PATH: np.array(os.fsencode(path))})
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        self._save(**{CHECKPOINT_PATH: np.array(os.fsencode(path))})
+
+    def train(self, x: np.ndarray, y: np.ndarray) -> float:
+        return float(self._train(x=x, y=y)[LOSS])
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return self._infer(x=x)[OUTPUT]
+
+    def initial_checkpoint(self, scratch: Path) -> bytes:
+        """The weights baked into the artifact, exported through `save` (the round-1 global model)."""
+        path = scratch / "initial.ckpt"
+        self.save(path)
+        data = path.read_bytes()
+        path.unlink()
+        return data
+
+
+@dataclass(frozen=True)
+class DeviceUpdate:
+    """What a device sends back after a round."""
+
+    device_id: int
+    samples: int
+    train_loss: float
+    train_s: float  # seconds in the device's signatures: restore, every train batch, save
+    checkpoint: bytes
+
+
+@dataclass
+class Device:
+    """One phone's data (uint8 images, int labels) and seed. Holds no interpreter between rounds."""
+
+    device_id: int
+    x: np.ndarray
+    y: np.ndarray
+    seed: int
+
+    @property
+    def samples(self) -> int:
+        return len(self.y)
+
+    def run_round(
+        self,
+        runner: Runner,
+        global_checkpoint: Path,
+        round_num: int,
+        local_epochs: int,
+        batch_size: int,
+        scratch: Path,
+    ) -> DeviceUpdate:
+        """restore the global model -> local_epochs of shuffled mini-batches through `train` -> `save`."""
+        # Shuffling depends on (seed, device, round) only, never on which host runs the device.
+        rng = np.random.default_rng([self.seed, self.device_id, round_num])
+        x, y = scale_images(self.x), one_hot(self.y)
+        out = scratch / f"device-{self.device_id}.ckpt"
+        start = time.perf_counter()
+        runner.restore(global_checkpoint)
+        loss_sum, seen = 0.0, 0
+        for _ in range(local_epochs):
+            order = rng.permutation(self.samples)
+            xs, ys = x[order], y[order]
+            for i in range(0, self.samples, batch_size):
+                xb, yb = xs[i : i + batch_size], ys[i : i + batch_size]
+                loss_sum += runner.train(xb, yb) * len(yb)
+                seen += len(yb)
+        runner.save(out)
+        train_s = time.perf_counter() - start
+        data = out.read_bytes()
+        out.unlink()
+        return DeviceUpdate(self.device_id, self.samples, loss_sum / max(seen, 1), train_s, data)
+
+
+class Evaluator:
+    """Accuracy and cross-entropy of a checkpoint on a test set, through the `infer` signature."""
+
+    def __init__(self, runner: Runner, x_test: np.ndarray, y_test: np.ndarray, scratch: Path) -> None:
+        self.runner = runner
+        self.x = scale_images(x_test)
+        self.y = np.asarray(y_test, dtype=np.int64)
+        self.scratch = scratch
+
+    def __call__(self, checkpoint: bytes) -> tuple[float, float]:
+        path = self.scratch / "eval.ckpt"
+        path.write_bytes(checkpoint)
+        self.runner.restore(path)
+        probs = self.runner.infer(self.x)
+        accuracy = float(np.mean(np.argmax(probs, axis=1) == self.y))
+        picked = probs[np.arange(len(self.y)), self.y]
+        loss = float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0))))
+        return accuracy, loss

@@ -1,0 +1,15 @@
+"""How device work is executed. `base` is the interface the coordinator sees; `local` runs hosts
+in-process (tests, debugging); `ray` runs them as Ray actors (the only module that imports Ray)."""
+
+from fedsim.engine.base import DeviceReport, Engine, HostSettings, assign_hosts
+from fedsim.engine.local import LocalEngine
+
+__all__ = ["DeviceReport", "Engine", "HostSettings", "LocalEngine", "RayEngine", "assign_hosts"]
+
+
+def __getattr__(name: str):  # noqa: ANN202 - RayEngine is imported on first use: Ray is heavy
+    if name == "RayEngine":
+        from fedsim.engine.ray import RayEngine
+
+        return RayEngine
+    raise AttributeError(name)

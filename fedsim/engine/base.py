@@ -1,0 +1,73 @@
+"""The engine interface: place devices on hosts once, then run rounds on chosen devices."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+import numpy as np
+
+from fedsim.data.dataset import Dataset
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """What every host needs to run its devices; fixed for a run."""
+
+    local_epochs: int
+    batch_size: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class DeviceReport:
+    """One device's outcome in one round, as the coordinator receives it.
+
+    status is "ok" (checkpoint holds the device's saved weights) or "failed" (error says why).
+    """
+
+    device_id: int
+    host: int
+    samples: int
+    status: str = "ok"
+    train_loss: float = float("nan")
+    train_s: float = float("nan")
+    checkpoint: bytes | None = None
+    error: str = ""
+
+
+def assign_hosts(num_devices: int, num_hosts: int) -> list[list[int]]:
+    """Device ids per host, round-robin, so any contiguous selection spreads across hosts."""
+    return [list(range(h, num_devices, num_hosts)) for h in range(num_hosts)]
+
+
+class Engine(ABC):
+    """Runs device rounds. start() places devices once; run_round() is called every round."""
+
+    num_hosts: int
+
+    @abstractmethod
+    def start(
+        self, artifact: bytes, dataset: Dataset, shards: Sequence[np.ndarray], settings: HostSettings
+    ) -> None:
+        """Create the hosts and give each its devices' shards (once, not every round)."""
+
+    @abstractmethod
+    def run_round(self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int]) -> list[DeviceReport]:
+        """Run one round on the given devices; one report per device, failures included."""
+
+    def host_of(self, device_id: int) -> int:
+        return device_id % self.num_hosts
+
+    def close(self) -> None:
+        """Release hosts and whatever the engine started."""
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,41 @@
+"""In-process engine: the same hosts as the Ray engine, called directly. For tests and debugging."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from fedsim.data.dataset import Dataset
+from fedsim.engine.base import DeviceReport, Engine, HostSettings, assign_hosts
+from fedsim.engine.host import DeviceHost
+
+
+class LocalEngine(Engine):
+    def __init__(self, num_hosts: int = 1) -> None:
+        if num_hosts < 1:
+            raise ValueError(f"num_hosts must be >= 1, got {num_hosts}")
+        self.num_hosts = num_hosts
+        self.hosts: list[DeviceHost] = []
+
+    def start(
+        self, artifact: bytes, dataset: Dataset, shards: Sequence[np.ndarray], settings: HostSettings
+    ) -> None:
+        self.num_hosts = min(self.num_hosts, len(shards))
+        self.hosts = [
+            DeviceHost(h, artifact, dataset.x_train, dataset.y_train, [(d, shards[d]) for d in ids], settings)
+            for h, ids in enumerate(assign_hosts(len(shards), self.num_hosts))
+        ]
+
+    def run_round(self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int]) -> list[DeviceReport]:
+        reports: list[DeviceReport] = []
+        for h, host in enumerate(self.hosts):
+            mine = [d for d in device_ids if self.host_of(d) == h]
+            if mine:
+                reports.extend(host.run_round(round_num, global_checkpoint, mine))
+        return reports
+
+    def close(self) -> None:
+        for host in self.hosts:
+            host.close()
+        self.hosts = []

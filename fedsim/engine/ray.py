@@ -1,0 +1,102 @@
+"""Device hosts as Ray actors. The only module in fedsim that imports Ray.
+
+Each actor hosts many devices (a process importing TensorFlow costs ~0.5 GB, so a fleet of thousands
+cannot be thousands of processes). Shards are placed once at start-up through the object store; every
+round a host gets one call with the global checkpoint (bytes, put once) and the ids of its selected
+devices. Nothing assumes a shared filesystem, so the same code runs on a multi-node cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+from fedsim.data.dataset import Dataset
+from fedsim.engine.base import DeviceReport, Engine, HostSettings, assign_hosts
+from fedsim.engine.host import DeviceHost
+
+
+class RayConnectionError(ConnectionError):
+    """The Ray cluster named by --address could not be joined."""
+
+
+def connect(address: str | None = None) -> bool:
+    """Join `address`, or start a local Ray. Returns True if this call started Ray (and owns it)."""
+    if ray.is_initialized():
+        return False
+    # Workers inherit the driver's environment on a local cluster: keep TensorFlow's C++ logs quiet.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    kwargs: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=False)
+    if address:
+        try:
+            ray.init(address=address, **kwargs)
+        except Exception as e:
+            raise RayConnectionError(
+                f"--address {address}: no Ray cluster answered ({type(e).__name__}: {e}); "
+                "start one with `ray start --head` or leave --address out to run locally"
+            ) from None
+        return True
+    ray.init(include_dashboard=False, **kwargs)
+    return True
+
+
+class RayEngine(Engine):
+    def __init__(self, hosts: int | None = None, address: str | None = None, round_timeout_s: float | None = None) -> None:
+        self.requested_hosts = hosts
+        self.address = address
+        self.round_timeout_s = round_timeout_s
+        self.num_hosts = 0
+        self.actors: list[Any] = []
+        self.host_pids: list[int] = []
+        self._owns_ray = False
+
+    def start(
+        self, artifact: bytes, dataset: Dataset, shards: Sequence[np.ndarray], settings: HostSettings
+    ) -> None:
+        self._owns_ray = connect(self.address)
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self.num_hosts = min(self.requested_hosts or cpus, len(shards))
+        # More hosts than CPUs (e.g. one actor per device) must still all be scheduled.
+        per_host_cpus = min(1.0, cpus / self.num_hosts)
+        x_ref, y_ref = ray.put(dataset.x_train), ray.put(dataset.y_train)
+        artifact_ref = ray.put(artifact)
+        actor_cls = ray.remote(DeviceHost).options(num_cpus=per_host_cpus, scheduling_strategy="SPREAD")
+        self.actors = [
+            actor_cls.remote(h, artifact_ref, x_ref, y_ref, [(d, shards[d]) for d in ids], settings)
+            for h, ids in enumerate(assign_hosts(len(shards), self.num_hosts))
+        ]
+        self.host_pids = ray.get([a.pid.remote() for a in self.actors])
+
+    def run_round(self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int]) -> list[DeviceReport]:
+        checkpoint_ref = ray.put(global_checkpoint)
+        calls = []
+        for h, actor in enumerate(self.actors):
+            mine = [d for d in device_ids if self.host_of(d) == h]
+            if mine:
+                calls.append((h, mine, actor.run_round.remote(round_num, checkpoint_ref, mine)))
+        reports: list[DeviceReport] = []
+        for h, mine, ref in calls:
+            try:
+                reports.extend(ray.get(ref, timeout=self.round_timeout_s))
+            except (RayActorError, RayTaskError, GetTimeoutError) as e:
+                error = f"host {h} failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                reports.extend(DeviceReport(d, h, 0, "failed", error=error) for d in mine)
+        return reports
+
+    def close(self) -> None:
+        for actor in self.actors:
+            try:
+                ray.get(actor.close.remote(), timeout=10)
+            except Exception:  # a dead host has nothing left to clean
+                pass
+            ray.kill(actor)
+        self.actors = []
+        if self._owns_ray and ray.is_initialized():
+            ray.shutdown()
+        self._owns_ray = False

@@ -1,0 +1,18 @@
+"""Keras model builders, the on-device module (train/infer/save/restore) and its .tflite conversion.
+
+TensorFlow is imported lazily, inside the functions that need it, so importing fedsim stays cheap.
+"""
+
+from fedsim.model.builders import MODELS, build_mlp
+from fedsim.model.signatures import INFER, RESTORE, SAVE, SIGNATURES, TRAIN
+
+__all__ = ["INFER", "MODELS", "RESTORE", "SAVE", "SIGNATURES", "TRAIN", "build_mlp", "convert_to_tflite"]
+
+
+def convert_to_tflite(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+    from fedsim.model.convert import convert_to_tflite as impl
+
+    return impl(*args, **kwargs)
+
+
+convert_to_tflite.__doc__ = "See fedsim.model.convert.convert_to_tflite."

@@ -1,0 +1,172 @@
+"""The run folder: config.json, rounds.parquet, devices.parquet, model.tflite, global.ckpt.
+
+Every file is written atomically (to a temporary name, then renamed) after every round, so a killed
+run leaves complete tables up to its last finished round. `load_run` / `load_runs` read them back
+into pandas.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import glob as globlib
+import json
+import os
+import platform
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+CONFIG_FILE = "config.json"
+ROUNDS_FILE = "rounds.parquet"
+DEVICES_FILE = "devices.parquet"
+MODEL_FILE = "model.tflite"
+CHECKPOINT_FILE = "global.ckpt"
+
+ROUND_COLUMNS = [
+    "round", "test_accuracy", "test_loss", "train_loss", "devices_selected", "devices_reported",
+    "devices_accepted", "samples", "wall_s", "bytes_up", "bytes_down",
+]
+DEVICE_COLUMNS = [
+    "round", "device_id", "host", "samples", "train_loss", "train_s", "checkpoint_bytes", "status", "reason",
+]
+
+
+class RunFolderError(FileExistsError):
+    """The run folder exists and is not empty: fedsim never overwrites a run."""
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist, key in (("fedsim", "fedsim"), ("tensorflow-cpu", "tensorflow"), ("tensorflow", "tensorflow"),
+                      ("ray", "ray"), ("numpy", "numpy"), ("pandas", "pandas"), ("keras", "keras")):
+        if key in out:
+            continue
+        try:
+            out[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def default_out(name: str, root: str | os.PathLike[str] = "results") -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(root) / name / stamp
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _atomic_parquet(path: Path, frame: pd.DataFrame) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def claim_run_folder(out: str | os.PathLike[str]) -> Path:
+    """Create `out` for a new run; refuse one that exists and is not empty."""
+    path = Path(out)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise RunFolderError(f"--out {path} already exists and is not empty; fedsim never overwrites a run, pick another folder")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class RunWriter:
+    """Writes one run folder. Tables are rewritten whole after each round (they are small)."""
+
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+        self.path = path
+        self.meta = dict(meta)
+        self.rounds: list[dict[str, Any]] = []
+        self.devices: list[dict[str, Any]] = []
+        self.write_meta(status="running")
+
+    def write_meta(self, **changes: Any) -> None:
+        self.meta.update(changes)
+        _atomic_write(self.path / CONFIG_FILE, json.dumps(self.meta, indent=2, default=str).encode())
+
+    def write_model(self, artifact: bytes) -> None:
+        _atomic_write(self.path / MODEL_FILE, artifact)
+
+    def record_round(self, round_row: dict[str, Any], device_rows: list[dict[str, Any]], global_checkpoint: bytes) -> None:
+        self.rounds.append(round_row)
+        self.devices.extend(device_rows)
+        _atomic_write(self.path / CHECKPOINT_FILE, global_checkpoint)
+        _atomic_parquet(self.path / DEVICES_FILE, pd.DataFrame(self.devices, columns=DEVICE_COLUMNS))
+        _atomic_parquet(self.path / ROUNDS_FILE, pd.DataFrame(self.rounds, columns=ROUND_COLUMNS))
+        self.write_meta(rounds_completed=round_row["round"])
+
+
+@dataclass
+class Run:
+    """A finished (or interrupted) run, read back: its folder, settings and tables."""
+
+    path: Path
+    meta: dict[str, Any]
+    rounds: pd.DataFrame
+    devices: pd.DataFrame
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.meta["config"]
+
+    @property
+    def final_accuracy(self) -> float:
+        return float(self.rounds["test_accuracy"].iloc[-1]) if len(self.rounds) else float("nan")
+
+    def __repr__(self) -> str:
+        return (f"Run({str(self.path)!r}, status={self.meta.get('status')!r}, rounds={len(self.rounds)}, "
+                f"final_accuracy={self.final_accuracy:.4f})")
+
+
+def load_run(path: str | os.PathLike[str]) -> Run:
+    p = Path(path)
+    config_file = p / CONFIG_FILE
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{p} is not a fedsim run folder (no {CONFIG_FILE})")
+    meta = json.loads(config_file.read_text())
+
+    def table(name: str, columns: list[str]) -> pd.DataFrame:
+        f = p / name
+        return pd.read_parquet(f) if f.is_file() else pd.DataFrame(columns=columns)
+
+    return Run(p, meta, table(ROUNDS_FILE, ROUND_COLUMNS), table(DEVICES_FILE, DEVICE_COLUMNS))
+
+
+def _expand(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    out: list[Path] = []
+    for item in items:
+        s = str(item)
+        if globlib.has_magic(s):
+            out.extend(Path(m) for m in sorted(globlib.glob(s)) if (Path(m) / CONFIG_FILE).is_file())
+        elif (Path(s) / CONFIG_FILE).is_file():
+            out.append(Path(s))
+        elif Path(s).is_dir():  # a folder of runs, e.g. results/<name>/
+            out.extend(sorted(c.parent for c in Path(s).rglob(CONFIG_FILE)))
+        else:
+            raise FileNotFoundError(f"{s}: no fedsim run folder there")
+    return out
+
+
+def load_runs(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
+    """Rounds of many runs in one tidy table: each row carries its run's folder and config keys."""
+    frames = []
+    for path in _expand(paths):
+        run = load_run(path)
+        frame = run.rounds.copy()
+        for key, value in run.config.items():
+            frame[key] = value
+        frame["hosts_used"] = run.meta.get("hosts")
+        frame["run"] = str(path)
+        frames.append(frame)
+    if not frames:
+        raise FileNotFoundError(f"no fedsim run folders in {paths!r}")
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,88 @@
+"""Wiring for one run, shared by the CLI and notebooks: config -> data -> artifact -> engine -> loop -> run folder.
+
+Everything that can be wrong with the input (settings, data, run folder) is checked before Ray starts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+from typing import Any
+
+from fedsim.checkpoint import scratch_dir
+from fedsim.config import Config
+from fedsim.coordinator import Coordinator
+from fedsim.data import iid_partition, load_dataset
+from fedsim.engine.base import Engine, HostSettings
+from fedsim.model import MODELS
+from fedsim.model.builders import ModelBuilder
+from fedsim.results import Run, RunWriter, claim_run_folder, default_out, load_run, versions
+from fedsim.strategies import Strategy, make_strategy
+
+
+def run(
+    config: Config | None = None,
+    *,
+    engine: Engine | None = None,
+    strategy: Strategy | None = None,
+    model_builder: ModelBuilder | None = None,
+    progress: bool = True,
+    **settings: Any,
+) -> Run:
+    """Run one experiment and return it loaded from its folder.
+
+    `fedsim.run(devices=10, rounds=5)` or `fedsim.run(Config(...))`; keyword settings override the
+    config. `engine` defaults to Ray (RayEngine(config.hosts, config.address)); pass LocalEngine() to
+    run in-process. `model_builder` replaces the named model with your own Keras builder.
+    """
+    config = (config or Config()).replace(**settings) if settings else (config or Config())
+    dataset = load_dataset(config.dataset, config.data_dir, config.seed, config.synthetic_samples)
+    if len(dataset.y_train) < config.devices:
+        from fedsim.config import ConfigError
+
+        raise ConfigError(f"--devices {config.devices} exceeds the {len(dataset.y_train)} training samples of {dataset.name}")
+    out = claim_run_folder(config.out or default_out(config.name))
+    strategy = strategy or make_strategy(config.strategy)
+    builder = model_builder or MODELS[config.model]
+    meta: dict[str, Any] = {
+        "config": config.to_dict(),
+        "versions": versions(),
+        "dataset": {"name": dataset.name, "train_samples": len(dataset.y_train), "test_samples": len(dataset.y_test)},
+        "strategy": type(strategy).__name__,
+        "model_builder": f"{builder.__module__}.{getattr(builder, '__qualname__', repr(builder))}",
+        "started": dt.datetime.now().isoformat(timespec="seconds"),
+    }
+    writer = RunWriter(out, meta)
+    try:
+        _run(config, dataset, strategy, builder, engine, writer, progress)
+    except BaseException as e:
+        writer.write_meta(status="failed", error=f"{type(e).__name__}: {e}", finished=dt.datetime.now().isoformat(timespec="seconds"))
+        raise
+    writer.write_meta(status="completed", finished=dt.datetime.now().isoformat(timespec="seconds"))
+    return load_run(out)
+
+
+def _run(config, dataset, strategy, builder, engine, writer, progress) -> None:  # noqa: ANN001
+    from fedsim.device import Evaluator, Runner
+    from fedsim.model.convert import convert_to_tflite
+
+    artifact = convert_to_tflite(builder, config.lr, config.seed)
+    writer.write_model(artifact)
+    scratch = scratch_dir("fedsim-driver-")
+    try:
+        runner = Runner(artifact)
+        initial = runner.initial_checkpoint(scratch)
+        evaluate = Evaluator(runner, dataset.x_test, dataset.y_test, scratch)
+        shards = iid_partition(len(dataset.y_train), config.devices, config.seed)
+        if engine is None:
+            from fedsim.engine.ray import RayEngine
+
+            engine = RayEngine(config.hosts, config.address)
+        settings = HostSettings(config.local_epochs, config.batch_size, config.seed)
+        with engine:
+            engine.start(artifact, dataset, shards, settings)
+            writer.write_meta(hosts=engine.num_hosts, engine=type(engine).__name__)
+            Coordinator(config, engine, strategy, evaluate, initial, writer, progress).run()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
