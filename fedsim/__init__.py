@@ -8,13 +8,19 @@ The public API, for notebooks and scripts:
     fedsim.load_run("results/try1").devices
 """
 
-from fedsim.config import Config, ConfigError
-from fedsim.data import DataNotFoundError
-from fedsim.engine.base import Engine
-from fedsim.engine.local import LocalEngine
-from fedsim.results import Run, RunFolderError, load_run, load_runs
-from fedsim.simulation import run
-from fedsim.strategies import FedAvg, Strategy, Update
+import os
+
+# TensorFlow's C++ INFO/WARNING lines (oneDNN, CPU features, converter dumps) bury the progress bar;
+# errors still show. Must be set before TensorFlow is first imported; an explicit setting wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from fedsim.config import Config, ConfigError  # noqa: E402
+from fedsim.data import DataNotFoundError  # noqa: E402
+from fedsim.engine.base import Engine  # noqa: E402
+from fedsim.engine.local import LocalEngine  # noqa: E402
+from fedsim.results import Run, RunFolderError, load_run, load_runs  # noqa: E402
+from fedsim.simulation import run  # noqa: E402
+from fedsim.strategies import FedAvg, Strategy, Update  # noqa: E402
 
 __version__ = "0.1.0"
 

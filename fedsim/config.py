@@ -81,11 +81,10 @@ class Config:
         need(isinstance(self.lr, (int, float)) and self.lr > 0, "lr", "must be a positive number")
         if self.hosts is not None:
             need(isinstance(self.hosts, int) and self.hosts >= 1, "hosts", "must be at least 1")
-            need(
-                self.hosts <= self.devices,
-                "hosts",
-                f"must not exceed --devices ({self.devices}); each host needs a device",
-            )
+            if self.hosts > self.devices:
+                raise ConfigError(
+                    f"--hosts {self.hosts} exceeds --devices {self.devices}; each host needs at least one device"
+                )
         need(self.dataset in ("fashion_mnist", "synthetic"), "dataset", "must be fashion_mnist or synthetic")
         need(self.partition == "iid", "partition", "must be iid (the only partitioner so far)")
         from fedsim.model import MODELS
@@ -98,10 +97,6 @@ class Config:
     @property
     def devices_per_round(self) -> int:
         return max(1, round(self.fraction * self.devices))
-
-    def resolved_hosts(self, cpus: int) -> int:
-        """Hosts actually used: the setting, else one per CPU, never more than devices."""
-        return min(self.hosts or max(1, cpus), self.devices)
 
     # ---- dict / TOML --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from fedsim.data.dataset import one_hot, scale_images
+from fedsim.model.tflog import quiet_native_stderr
 from fedsim.model.signatures import CHECKPOINT_PATH, INFER, LOSS, OUTPUT, RESTORE, SAVE, SIGNATURES, TRAIN
 
 
@@ -25,7 +26,7 @@ class Runner:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import tensorflow as tf
 
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_native_stderr():
             # tf.lite.Interpreter warns that it is deprecated in favour of ai-edge-litert, which lacks
             # the Flex delegate the train/save/restore signatures need (see pyproject.toml).
             warnings.simplefilter("ignore")

@@ -46,7 +46,9 @@ class DeviceHost:
             self._runner = Runner(self.artifact)
         return self._runner
 
-    def pid(self) -> int:
+    def ready(self) -> int:
+        """Build the interpreter now (so the first round pays no start-up) and return the host's pid."""
+        _ = self.runner
         return os.getpid()
 
     def device_ids(self) -> list[int]:

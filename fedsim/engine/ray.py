@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +27,16 @@ class RayConnectionError(ConnectionError):
     """The Ray cluster named by --address could not be joined."""
 
 
+def _probe(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a host:port nobody listens on; ray.init would retry for minutes."""
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto" and other forms: Ray resolves and reports them itself
+    with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+        pass
+
+
 def connect(address: str | None = None) -> bool:
     """Join `address`, or start a local Ray. Returns True if this call started Ray (and owns it)."""
     if ray.is_initialized():
@@ -35,6 +46,7 @@ def connect(address: str | None = None) -> bool:
     kwargs: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=False)
     if address:
         try:
+            _probe(address)
             ray.init(address=address, **kwargs)
         except Exception as e:
             raise RayConnectionError(
@@ -71,7 +83,7 @@ class RayEngine(Engine):
             actor_cls.remote(h, artifact_ref, x_ref, y_ref, [(d, shards[d]) for d in ids], settings)
             for h, ids in enumerate(assign_hosts(len(shards), self.num_hosts))
         ]
-        self.host_pids = ray.get([a.pid.remote() for a in self.actors])
+        self.host_pids = ray.get([a.ready.remote() for a in self.actors])
 
     def run_round(self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int]) -> list[DeviceReport]:
         checkpoint_ref = ray.put(global_checkpoint)

@@ -10,6 +10,7 @@ import tensorflow as tf
 from fedsim.model.builders import ModelBuilder, build_mlp
 from fedsim.model.module import OnDeviceModule
 from fedsim.model.signatures import INFER, RESTORE, SAVE, TRAIN
+from fedsim.model.tflog import quiet_native_stderr
 
 
 def build_module(builder: ModelBuilder = build_mlp, lr: float = 0.05, seed: int = 0) -> OnDeviceModule:
@@ -22,6 +23,10 @@ def build_module(builder: ModelBuilder = build_mlp, lr: float = 0.05, seed: int 
 
 def convert_to_tflite(builder: ModelBuilder = build_mlp, lr: float = 0.05, seed: int = 0) -> bytes:
     """Build, export as a SavedModel with the four signatures, and convert with resource variables on."""
+    import absl.logging
+
+    # The SavedModel round trip warns about custom gradients of ops the artifact never differentiates.
+    absl.logging.set_verbosity(absl.logging.ERROR)
     module = build_module(builder, lr, seed)
     signatures = {
         TRAIN: module.train.get_concrete_function(),
@@ -29,7 +34,7 @@ def convert_to_tflite(builder: ModelBuilder = build_mlp, lr: float = 0.05, seed:
         SAVE: module.save.get_concrete_function(),
         RESTORE: module.restore.get_concrete_function(),
     }
-    with tempfile.TemporaryDirectory(prefix="fedsim-savedmodel-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="fedsim-savedmodel-") as tmp, quiet_native_stderr():
         saved = Path(tmp) / "saved_model"
         tf.saved_model.save(module, str(saved), signatures=signatures)
         converter = tf.lite.TFLiteConverter.from_saved_model(str(saved), signature_keys=list(signatures))

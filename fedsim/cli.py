@@ -1,0 +1,115 @@
+"""`fedsim` command line: argument parsing and wiring only."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import fields
+from typing import Any
+
+from fedsim.config import Config, ConfigError
+
+# Help for the flags of `fedsim run`: one flag per Config field.
+_HELP = {
+    "devices": "simulated phones in the fleet",
+    "rounds": "federated rounds",
+    "fraction": "share of devices selected per round, in (0, 1]",
+    "local_epochs": "passes over its shard each device makes per round",
+    "batch_size": "mini-batch size of the train signature",
+    "lr": "SGD learning rate baked into the .tflite",
+    "seed": "seed for partition, init, selection and shuffling",
+    "hosts": "Ray actors hosting devices (default: one per CPU)",
+    "address": "join an existing Ray cluster (e.g. auto or 10.0.0.1:6379)",
+    "data_dir": "folder with the Fashion-MNIST IDX .gz files",
+    "dataset": "fashion_mnist or synthetic",
+    "partition": "how the training set is split (iid)",
+    "strategy": "aggregation strategy (fedavg)",
+    "model": "model builder (mlp)",
+    "out": "run folder (default results/<name>/<timestamp>); must not exist or be empty",
+    "name": "experiment name (default run folder)",
+    "synthetic_samples": "samples per class of the synthetic data set",
+}
+
+
+def _type_of(name: str) -> Any:
+    if name in ("fraction", "lr"):
+        return float
+    if name in ("devices", "rounds", "local_epochs", "batch_size", "seed", "hosts", "synthetic_samples"):
+        return int
+    return str
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedsim", description="Federated learning on simulated phones running the TFLite on-device training artifact.")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one experiment", description="Run one experiment; flags override --config.")
+    run.add_argument("--config", metavar="FILE.toml", help="settings file with the same keys as the flags (underscores)")
+    for f in fields(Config):
+        run.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_type_of(f.name), default=None,
+                         help=f"{_HELP.get(f.name, f.name)} (default: {f.default})")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    data = sub.add_parser("data", help="data set utilities")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    fetch = data_sub.add_parser("fetch", help="download Fashion-MNIST into the Keras cache (needs a network)")
+    fetch.add_argument("--dest", help="folder to download into (default ~/.keras/datasets/fashion-mnist)")
+    data_sub.add_parser("where", help="print where Fashion-MNIST is found")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides = {f.name: getattr(args, f.name) for f in fields(Config) if getattr(args, f.name) is not None}
+    if args.config:
+        return Config.from_toml(args.config, **overrides)
+    return Config(**overrides)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import fedsim
+
+    config = config_from_args(args)
+    result = fedsim.run(config, progress=not args.no_progress)
+    last = result.rounds.iloc[-1]
+    print(f"fedsim: {len(result.rounds)} rounds on {config.devices} devices; "
+          f"final test accuracy {last.test_accuracy:.4f}, test loss {last.test_loss:.4f}")
+    print(f"fedsim: results in {result.path}")
+    print(f"fedsim: python -c \"import fedsim; r = fedsim.load_run('{result.path}'); print(r.rounds)\"")
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from fedsim.data import fetch_fashion_mnist, find_fashion_mnist
+
+    if args.data_command == "fetch":
+        print(f"fedsim: Fashion-MNIST in {fetch_fashion_mnist(args.dest)}")
+    else:
+        print(find_fashion_mnist())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from fedsim.data import DataNotFoundError
+    from fedsim.results import RunFolderError
+
+    user_errors: tuple[type[BaseException], ...] = (ConfigError, DataNotFoundError, RunFolderError, ConnectionError)
+    try:
+        return _run(args) if args.command == "run" else _data(args)
+    except user_errors as e:
+        if args.debug:
+            raise
+        print(f"fedsim: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedsim: interrupted; the run folder keeps every completed round", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

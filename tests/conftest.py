@@ -1,0 +1,62 @@
+"""Tiny shared fixtures: a synthetic data set, the converted seed artifact (built once per session)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from fedsim.checkpoint import scratch_dir  # noqa: E402
+from fedsim.data import make_synthetic  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def synthetic():
+    return make_synthetic(samples_per_class=40, test_per_class=20, seed=0)
+
+
+@pytest.fixture(scope="session")
+def artifact() -> bytes:
+    from fedsim.model.convert import convert_to_tflite
+
+    return convert_to_tflite(lr=0.05, seed=0)
+
+
+@pytest.fixture
+def runner(artifact):
+    from fedsim.device import Runner
+
+    return Runner(artifact)
+
+
+@pytest.fixture
+def scratch(tmp_path):
+    return tmp_path
+
+
+@pytest.fixture
+def shm_scratch():
+    import shutil
+
+    path = scratch_dir("fedsim-test-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def batch(ds, n: int = 32, offset: int = 0):
+    from fedsim.data.dataset import one_hot, scale_images
+
+    return scale_images(ds.x_train[offset : offset + n]), one_hot(ds.y_train[offset : offset + n])
+
+
+@pytest.fixture
+def weights_like():
+    """Three hand-made weight sets with the shapes of a toy 2-tensor model."""
+
+    def make(value: float) -> dict[str, np.ndarray]:
+        return {"a/kernel": np.full((2, 3), value, np.float32), "a/bias": np.full((3,), value, np.float32)}
+
+    return make

@@ -1,0 +1,119 @@
+"""The round loop with a hand-made engine: real checkpoint bytes, no model, no Ray."""
+
+import numpy as np
+import pytest
+
+from fedsim.checkpoint import read_checkpoint, write_checkpoint
+from fedsim.config import Config
+from fedsim.coordinator import Coordinator, select_devices
+from fedsim.engine.base import DeviceReport, Engine
+from fedsim.strategies import FedAvg
+
+
+class ScriptedEngine(Engine):
+    """Each device reports the global weights plus its own id (or a scripted bad checkpoint)."""
+
+    def __init__(self, spoil=None):
+        self.num_hosts = 2
+        self.spoil = spoil or {}
+        self.calls = []
+
+    def start(self, artifact, dataset, shards, settings):
+        pass
+
+    def run_round(self, round_num, global_checkpoint, device_ids):
+        self.calls.append(list(device_ids))
+        g = read_checkpoint(global_checkpoint)
+        reports = []
+        for d in device_ids:
+            if d in self.spoil:
+                data = self.spoil[d](g)
+            else:
+                data = write_checkpoint({k: v + d for k, v in g.items()})
+            reports.append(DeviceReport(d, self.host_of(d), samples=d + 1, train_loss=1.0, train_s=0.01, checkpoint=data))
+        return reports
+
+
+class Recorded:
+    def __init__(self):
+        self.rounds, self.devices, self.checkpoints = [], [], []
+
+    def record_round(self, round_row, device_rows, global_checkpoint):
+        self.rounds.append(round_row)
+        self.devices.extend(device_rows)
+        self.checkpoints.append(global_checkpoint)
+
+
+def zero_weights():
+    return {"a/kernel": np.zeros((2, 3), np.float32), "a/bias": np.zeros(3, np.float32)}
+
+
+def make(config, engine, recorder=None):
+    scores = iter(np.linspace(0.1, 0.9, 20))
+    return Coordinator(config, engine, FedAvg(), lambda ckpt: (float(next(scores)), 1.0), write_checkpoint(zero_weights()), recorder, progress=False)
+
+
+def test_rounds_aggregate_sample_weighted_and_record_everything():
+    rec = Recorded()
+    coord = make(Config(devices=3, rounds=2, dataset="synthetic"), ScriptedEngine(), rec)
+    coord.run()
+    # round 1: device d sends 0 + d with weight d + 1 -> (0*1 + 1*2 + 2*3) / 6 = 8/6
+    # round 2: from g1 each sends g1 + d -> g1 + 8/6
+    np.testing.assert_allclose(read_checkpoint(rec.checkpoints[0])["a/bias"], np.full(3, 8 / 6), rtol=1e-6)
+    np.testing.assert_allclose(coord.global_weights["a/kernel"], np.full((2, 3), 16 / 6), rtol=1e-6)
+    assert [r["round"] for r in rec.rounds] == [1, 2]
+    assert rec.rounds[0]["devices_selected"] == 3 and rec.rounds[0]["devices_accepted"] == 3
+    assert rec.rounds[0]["samples"] == 6
+    assert len(rec.devices) == 6 and {r["status"] for r in rec.devices} == {"ok"}
+    assert rec.rounds[1]["bytes_down"] == 3 * len(rec.checkpoints[0])
+
+
+def test_bad_checkpoints_are_rejected_recorded_and_never_averaged():
+    def nan(g):
+        return write_checkpoint({k: np.full_like(v, np.nan) for k, v in g.items()})
+
+    def wrong_shape(g):
+        return write_checkpoint({"a/kernel": np.zeros((3, 2), np.float32), "a/bias": g["a/bias"]})
+
+    def truncated(g):
+        return write_checkpoint(g)[:100]
+
+    def foreign(g):
+        return write_checkpoint({"other/w": np.ones(4, np.float32)})
+
+    spoil = {1: nan, 2: wrong_shape, 3: truncated, 4: foreign}
+    rec = Recorded()
+    coord = make(Config(devices=6, rounds=1, dataset="synthetic"), ScriptedEngine(spoil), rec)
+    coord.run()
+    status = {r["device_id"]: (r["status"], r["reason"]) for r in rec.devices}
+    assert status[0][0] == "ok" and status[5][0] == "ok"
+    assert status[1][0] == "rejected" and "holds NaN or Inf" in status[1][1]
+    assert status[2][0] == "rejected" and "expected float32[2, 3]" in status[2][1]
+    assert status[3][0] == "rejected" and "not a readable TF v1 checkpoint" in status[3][1]
+    assert status[4][0] == "rejected" and "missing weight" in status[4][1]
+    # only devices 0 (weight 1, +0) and 5 (weight 6, +5) are averaged: 30 / 7
+    np.testing.assert_allclose(coord.global_weights["a/bias"], np.full(3, 30 / 7), rtol=1e-6)
+    assert np.all(np.isfinite(coord.global_weights["a/kernel"]))
+    assert rec.rounds[0]["devices_accepted"] == 2 and rec.rounds[0]["devices_reported"] == 6
+
+
+def test_a_round_with_no_good_update_keeps_the_global_model():
+    rec = Recorded()
+    coord = make(Config(devices=2, rounds=1, dataset="synthetic"), ScriptedEngine({0: lambda g: b"x", 1: lambda g: b""}), rec)
+    coord.run()
+    np.testing.assert_array_equal(coord.global_weights["a/bias"], np.zeros(3))
+    assert rec.rounds[0]["devices_accepted"] == 0 and np.isnan(rec.rounds[0]["train_loss"])
+
+
+def test_fraction_selects_a_seeded_subset_each_round():
+    engine = ScriptedEngine()
+    make(Config(devices=20, rounds=3, fraction=0.25, dataset="synthetic"), engine).run()
+    assert all(len(c) == 5 for c in engine.calls)
+    assert len({tuple(c) for c in engine.calls}) > 1
+    assert select_devices(20, 5, 0, 2) == engine.calls[1]
+    assert select_devices(20, 5, 1, 2) != select_devices(20, 5, 0, 2)
+
+
+@pytest.mark.parametrize("n", [1, 7])
+def test_selecting_everyone(n):
+    assert select_devices(n, n, 0, 1) == list(range(n))

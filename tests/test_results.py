@@ -1,0 +1,73 @@
+import json
+
+import pytest
+
+import fedsim
+from fedsim.results import DEVICE_COLUMNS, ROUND_COLUMNS, RunFolderError, claim_run_folder
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    runs = []
+    for devices in (4, 8):
+        runs.append(
+            fedsim.run(dataset="synthetic", synthetic_samples=20, devices=devices, rounds=2, seed=1,
+                       out=str(root / f"d{devices}"), engine=fedsim.LocalEngine(2), progress=False)
+        )
+    return root, runs
+
+
+def test_run_folder_is_self_describing(two_runs):
+    root, (run, _) = two_runs
+    names = {p.name for p in run.path.iterdir()}
+    assert {"config.json", "rounds.parquet", "devices.parquet", "model.tflite", "global.ckpt"} <= names
+    meta = json.loads((run.path / "config.json").read_text())
+    assert meta["status"] == "completed" and meta["config"]["devices"] == 4 and meta["config"]["seed"] == 1
+    assert {"fedsim", "tensorflow", "ray", "numpy"} <= set(meta["versions"])
+    assert meta["hosts"] == 2 and meta["rounds_completed"] == 2
+
+
+def test_load_run_tables_carry_the_documented_columns(two_runs):
+    _, (run, _) = two_runs
+    loaded = fedsim.load_run(run.path)
+    assert list(loaded.rounds.columns) == ROUND_COLUMNS
+    assert list(loaded.devices.columns) == DEVICE_COLUMNS
+    assert len(loaded.rounds) == 2 and len(loaded.devices) == 2 * 4
+    assert sorted(loaded.devices["host"].unique()) == [0, 1]
+    assert (loaded.devices["checkpoint_bytes"] > 0).all()
+    assert loaded.config["rounds"] == 2
+
+
+def test_the_final_checkpoint_restores_into_the_saved_artifact(two_runs):
+    from fedsim.device import Runner
+
+    _, (run, _) = two_runs
+    runner = Runner((run.path / "model.tflite").read_bytes())
+    restored = runner.restore(run.path / "global.ckpt")
+    assert len(restored) == 4
+
+
+def test_load_runs_concatenates_with_config_columns(two_runs):
+    root, _ = two_runs
+    df = fedsim.load_runs(str(root / "d*"))
+    assert len(df) == 4
+    assert sorted(df["devices"].unique()) == [4, 8]
+    assert {"round", "test_accuracy", "lr", "seed", "run"} <= set(df.columns)
+    assert df.groupby("devices")["round"].max().tolist() == [2, 2]
+    assert len(fedsim.load_runs(root)) == 4  # a folder of runs works too
+
+
+def test_an_existing_non_empty_out_is_never_overwritten(tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    with pytest.raises(RunFolderError, match="already exists and is not empty"):
+        fedsim.run(dataset="synthetic", devices=2, rounds=1, out=str(out), engine=fedsim.LocalEngine(), progress=False)
+    assert (out / "keep.txt").read_text() == "precious" and len(list(out.iterdir())) == 1
+    assert claim_run_folder(tmp_path / "empty") == tmp_path / "empty"
+
+
+def test_load_run_of_a_non_run_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a fedsim run folder"):
+        fedsim.load_run(tmp_path)

@@ -1,0 +1,36 @@
+import numpy as np
+import pytest
+
+from fedsim.strategies import FedAvg, Update, make_strategy
+from fedsim.strategies.aggregate import weighted_mean
+
+
+def test_fedavg_is_the_sample_weighted_mean_of_three_hand_made_updates(weights_like):
+    updates = [Update(0, weights_like(1.0), 10), Update(1, weights_like(2.0), 30), Update(2, weights_like(4.0), 60)]
+    new = FedAvg().aggregate(weights_like(0.0), updates)
+    expected = (1.0 * 10 + 2.0 * 30 + 4.0 * 60) / 100  # = 3.1
+    np.testing.assert_allclose(new["a/kernel"], np.full((2, 3), expected), rtol=1e-6)
+    np.testing.assert_allclose(new["a/bias"], np.full((3,), expected), rtol=1e-6)
+    assert new["a/kernel"].dtype == np.float32
+
+
+def test_weighted_mean_elementwise():
+    w1 = {"t": np.array([0.0, 10.0], np.float32)}
+    w2 = {"t": np.array([4.0, 20.0], np.float32)}
+    out = weighted_mean([w1, w2], [3, 1])
+    np.testing.assert_allclose(out["t"], [1.0, 12.5])
+
+
+def test_weighted_mean_refuses_bad_factors(weights_like):
+    with pytest.raises(ValueError, match="positive sum"):
+        weighted_mean([weights_like(1.0)], [0])
+    with pytest.raises(ValueError, match="2 weight sets but 1 factors"):
+        weighted_mean([weights_like(1.0), weights_like(2.0)], [1])
+    with pytest.raises(ValueError, match="no weights"):
+        weighted_mean([], [])
+
+
+def test_make_strategy_by_name():
+    assert isinstance(make_strategy("fedavg"), FedAvg)
+    with pytest.raises(ValueError, match="unknown strategy 'nope'"):
+        make_strategy("nope")
