@@ -98,5 +98,8 @@ def check_weights(weights: Mapping[str, np.ndarray], spec: WeightSpec) -> None:
             raise CheckpointError(f"{name} holds NaN or Inf")
 
 
-def checkpoint_nbytes(weights: Mapping[str, np.ndarray]) -> int:
-    return int(sum(a.nbytes for a in weights.values()))
+def read_checked(path: str | os.PathLike[str], spec: WeightSpec) -> Weights:
+    """A device's checkpoint file -> weights, or CheckpointError if unreadable or not the model's."""
+    weights = read_checkpoint_file(path)
+    check_weights(weights, spec)
+    return weights

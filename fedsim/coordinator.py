@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from fedsim.checkpoint import CheckpointError, WeightSpec, check_weights, read_checkpoint, scratch_dir, spec_of, write_checkpoint
 from fedsim.config import Config
-from fedsim.engine.base import DeviceReport, Engine
+from fedsim.engine.base import DeviceReport, Engine, HostReduce
 from fedsim.strategies.base import Strategy, Update, Weights
 
 Evaluate = Callable[[bytes], tuple[float, float]]
@@ -51,6 +51,7 @@ class Coordinator:
         initial_checkpoint: bytes,
         recorder: Recorder | None = None,
         progress: bool = True,
+        started: float | None = None,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -58,6 +59,7 @@ class Coordinator:
         self.evaluate = evaluate
         self.recorder = recorder
         self.progress = progress
+        self.started = time.perf_counter() if started is None else started  # for elapsed_s
         self.scratch = scratch_dir("fedsim-coordinator-")
         self.global_checkpoint = initial_checkpoint
         self.global_weights: Weights = read_checkpoint(initial_checkpoint, self.scratch)
@@ -81,19 +83,22 @@ class Coordinator:
     def run_round(self, round_num: int) -> RoundOutcome:
         start = time.perf_counter()
         selected = select_devices(self.config.devices, self.config.devices_per_round, self.config.seed, round_num)
-        reports = self.engine.run_round(round_num, self.global_checkpoint, selected)
-        updates, device_rows = self._accept(round_num, reports)
-        if updates:
-            self.global_weights = self.strategy.aggregate(self.global_weights, updates)
-            check_weights(self.global_weights, self.spec)  # a strategy bug must not poison the model
-            self.global_checkpoint = write_checkpoint(self.global_weights, self.scratch)
+        if self.strategy.linear:
+            # Hosts validate and pre-sum their devices' checkpoints; partials come back, not checkpoints.
+            result = self.engine.run_round(round_num, self.global_checkpoint, selected, HostReduce(self.spec, self.strategy))
+            device_rows = [self._row(round_num, r, r.status, r.error) for r in sorted(result.reports, key=lambda r: r.device_id)]
+            accepted = [r for r in device_rows if r["status"] == "ok"]
+            if result.partials:
+                self._set_global(self.strategy.aggregate_partials(self.global_weights, result.partials))
+        else:
+            result = self.engine.run_round(round_num, self.global_checkpoint, selected)
+            updates, device_rows = self._accept(round_num, result.reports)
+            accepted = [r for r in device_rows if r["status"] == "ok"]
+            if updates:
+                self._set_global(self.strategy.aggregate(self.global_weights, updates))
         accuracy, loss = self.evaluate(self.global_checkpoint)
-        samples = sum(u.samples for u in updates)
-        train_loss = (
-            sum(r["train_loss"] * r["samples"] for r in device_rows if r["status"] == "ok") / samples
-            if samples
-            else float("nan")
-        )
+        samples = sum(r["samples"] for r in accepted)
+        train_loss = sum(r["train_loss"] * r["samples"] for r in accepted) / samples if samples else float("nan")
         round_row = {
             "round": round_num,
             "test_accuracy": accuracy,
@@ -101,15 +106,36 @@ class Coordinator:
             "train_loss": train_loss,
             "devices_selected": len(selected),
             "devices_reported": sum(r["status"] != "failed" for r in device_rows),
-            "devices_accepted": len(updates),
+            "devices_accepted": len(accepted),
             "samples": samples,
             "wall_s": time.perf_counter() - start,
             "bytes_up": sum(r["checkpoint_bytes"] for r in device_rows),
             "bytes_down": len(self.global_checkpoint) * len(selected),
+            # seconds since the run began; differences between rounds include the recording of the tables
+            "elapsed_s": time.perf_counter() - self.started,
         }
         if self.recorder is not None:
             self.recorder.record_round(round_row, device_rows, self.global_checkpoint)
         return RoundOutcome(round_row, device_rows)
+
+    def _set_global(self, weights: Weights) -> None:
+        check_weights(weights, self.spec)  # a strategy bug must not poison the model
+        self.global_weights = weights
+        self.global_checkpoint = write_checkpoint(weights, self.scratch)
+
+    @staticmethod
+    def _row(round_num: int, r: DeviceReport, status: str, reason: str) -> dict[str, Any]:
+        return {
+            "round": round_num,
+            "device_id": r.device_id,
+            "host": r.host,
+            "samples": r.samples,
+            "train_loss": r.train_loss,
+            "train_s": r.train_s,
+            "checkpoint_bytes": r.checkpoint_bytes,
+            "status": status,
+            "reason": reason,
+        }
 
     def _accept(self, round_num: int, reports: Sequence[DeviceReport]) -> tuple[list[Update], list[dict[str, Any]]]:
         """Restore every reported checkpoint into named weights; reject (and record) any that is
@@ -122,22 +148,8 @@ class Coordinator:
                 try:
                     weights = read_checkpoint(r.checkpoint or b"", self.scratch)
                     check_weights(weights, self.spec)
-                    if not np.isfinite(r.train_loss):
-                        raise CheckpointError(f"train loss is {r.train_loss}")
                     updates.append(Update(r.device_id, weights, r.samples))
                 except CheckpointError as e:
                     status, reason = "rejected", str(e)
-            rows.append(
-                {
-                    "round": round_num,
-                    "device_id": r.device_id,
-                    "host": r.host,
-                    "samples": r.samples,
-                    "train_loss": r.train_loss,
-                    "train_s": r.train_s,
-                    "checkpoint_bytes": len(r.checkpoint or b""),
-                    "status": status,
-                    "reason": reason,
-                }
-            )
+            rows.append(self._row(round_num, r, status, reason))
         return updates, rows

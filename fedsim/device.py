@@ -69,7 +69,7 @@ class DeviceUpdate:
     samples: int
     train_loss: float
     train_s: float  # seconds in the device's signatures: restore, every train batch, save
-    checkpoint: bytes
+    checkpoint_path: Path  # the file `save` wrote; the host reads it, then removes it
 
 
 @dataclass
@@ -92,13 +92,12 @@ class Device:
         round_num: int,
         local_epochs: int,
         batch_size: int,
-        scratch: Path,
+        out: Path,
     ) -> DeviceUpdate:
-        """restore the global model -> local_epochs of shuffled mini-batches through `train` -> `save`."""
+        """restore the global model -> local_epochs of shuffled mini-batches through `train` -> `save` to out."""
         # Shuffling depends on (seed, device, round) only, never on which host runs the device.
         rng = np.random.default_rng([self.seed, self.device_id, round_num])
         x, y = scale_images(self.x), one_hot(self.y)
-        out = scratch / f"device-{self.device_id}.ckpt"
         start = time.perf_counter()
         runner.restore(global_checkpoint)
         loss_sum, seen = 0.0, 0
@@ -111,9 +110,7 @@ class Device:
                 seen += len(yb)
         runner.save(out)
         train_s = time.perf_counter() - start
-        data = out.read_bytes()
-        out.unlink()
-        return DeviceUpdate(self.device_id, self.samples, loss_sum / max(seen, 1), train_s, data)
+        return DeviceUpdate(self.device_id, self.samples, loss_sum / max(seen, 1), train_s, out)
 
 
 class Evaluator:

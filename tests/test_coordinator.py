@@ -6,7 +6,7 @@ import pytest
 from fedsim.checkpoint import read_checkpoint, write_checkpoint
 from fedsim.config import Config
 from fedsim.coordinator import Coordinator, select_devices
-from fedsim.engine.base import DeviceReport, Engine
+from fedsim.engine.base import DeviceReport, Engine, RoundResult
 from fedsim.strategies import FedAvg
 
 
@@ -21,7 +21,8 @@ class ScriptedEngine(Engine):
     def start(self, artifact, dataset, shards, settings):
         pass
 
-    def run_round(self, round_num, global_checkpoint, device_ids):
+    def run_round(self, round_num, global_checkpoint, device_ids, reduce=None):
+        assert reduce is None  # the strategies here keep every update on the coordinator
         self.calls.append(list(device_ids))
         g = read_checkpoint(global_checkpoint)
         reports = []
@@ -30,8 +31,9 @@ class ScriptedEngine(Engine):
                 data = self.spoil[d](g)
             else:
                 data = write_checkpoint({k: v + d for k, v in g.items()})
-            reports.append(DeviceReport(d, self.host_of(d), samples=d + 1, train_loss=1.0, train_s=0.01, checkpoint=data))
-        return reports
+            reports.append(DeviceReport(d, self.host_of(d), samples=d + 1, train_loss=1.0, train_s=0.01,
+                                        checkpoint=data, checkpoint_bytes=len(data)))
+        return RoundResult(reports)
 
 
 class Recorded:
@@ -48,9 +50,16 @@ def zero_weights():
     return {"a/kernel": np.zeros((2, 3), np.float32), "a/bias": np.zeros(3, np.float32)}
 
 
+class FedAvgOnCoordinator(FedAvg):
+    """FedAvg with every update sent to the coordinator (the path non-linear strategies take)."""
+
+    linear = False
+
+
 def make(config, engine, recorder=None):
     scores = iter(np.linspace(0.1, 0.9, 20))
-    return Coordinator(config, engine, FedAvg(), lambda ckpt: (float(next(scores)), 1.0), write_checkpoint(zero_weights()), recorder, progress=False)
+    return Coordinator(config, engine, FedAvgOnCoordinator(), lambda ckpt: (float(next(scores)), 1.0),
+                       write_checkpoint(zero_weights()), recorder, progress=False)
 
 
 def test_rounds_aggregate_sample_weighted_and_record_everything():

@@ -1,9 +1,11 @@
 import numpy as np
 
-from fedsim.checkpoint import read_checkpoint
+from fedsim.checkpoint import read_checkpoint, read_checkpoint_file, spec_of
 from fedsim.device import Device, Evaluator, Runner
-from fedsim.engine.base import HostSettings
+from fedsim.engine.base import HostReduce, HostSettings
 from fedsim.engine.host import DeviceHost
+from fedsim.strategies import FedAvg
+from fedsim.strategies.aggregate import weighted_mean
 
 
 def make_device(ds, device_id=3, n=50):
@@ -14,14 +16,14 @@ def test_a_device_round_restores_trains_and_saves(artifact, synthetic, shm_scrat
     runner = Runner(artifact)
     global_path = shm_scratch / "global.ckpt"
     global_path.write_bytes(runner.initial_checkpoint(shm_scratch))
-    update = make_device(synthetic).run_round(runner, global_path, 1, local_epochs=2, batch_size=16, scratch=shm_scratch)
-    assert update.samples == 50 and update.device_id == 3
+    out = shm_scratch / "d.ckpt"
+    update = make_device(synthetic).run_round(runner, global_path, 1, local_epochs=2, batch_size=16, out=out)
+    assert update.samples == 50 and update.device_id == 3 and update.checkpoint_path == out
     assert np.isfinite(update.train_loss) and update.train_s > 0
     initial = read_checkpoint(global_path.read_bytes(), shm_scratch)
-    trained = read_checkpoint(update.checkpoint, shm_scratch)
+    trained = read_checkpoint_file(out)
     assert set(trained) == set(initial)
     assert any(not np.array_equal(trained[k], initial[k]) for k in initial)
-    assert not list(shm_scratch.glob("device-*.ckpt"))  # the device's export is not left behind
 
 
 def test_a_round_depends_on_device_and_round_not_on_the_interpreter(artifact, synthetic, shm_scratch):
@@ -31,12 +33,16 @@ def test_a_round_depends_on_device_and_round_not_on_the_interpreter(artifact, sy
     g.write_bytes(r1.initial_checkpoint(shm_scratch))
     dev = make_device(synthetic)
     other = Device(9, synthetic.x_train[50:90], synthetic.y_train[50:90], seed=0)
-    other.run_round(r2, g, 1, 1, 8, shm_scratch)  # r2 has trained another device first
-    a = dev.run_round(r1, g, 1, 1, 8, shm_scratch)
-    b = dev.run_round(r2, g, 1, 1, 8, shm_scratch)
-    c = dev.run_round(r1, g, 2, 1, 8, shm_scratch)
-    assert a.checkpoint == b.checkpoint
-    assert a.checkpoint != c.checkpoint  # another round shuffles differently
+
+    def bytes_of(runner, device, round_num):
+        out = shm_scratch / "x.ckpt"
+        device.run_round(runner, g, round_num, 1, 8, out)
+        return out.read_bytes()
+
+    bytes_of(r2, other, 1)  # r2 has trained another device first
+    a, b, c = bytes_of(r1, dev, 1), bytes_of(r2, dev, 1), bytes_of(r1, dev, 2)
+    assert a == b
+    assert a != c  # another round shuffles differently
 
 
 def test_evaluator_scores_through_infer(artifact, synthetic, shm_scratch):
@@ -47,17 +53,61 @@ def test_evaluator_scores_through_infer(artifact, synthetic, shm_scratch):
     assert 1.5 < loss < 4.0  # near -log(1/10) = 2.30
 
 
-def test_host_reports_a_failing_device_without_stopping_the_others(artifact, synthetic):
+def make_host(artifact, synthetic):
     settings = HostSettings(local_epochs=1, batch_size=8, seed=0)
-    host = DeviceHost(0, artifact, synthetic.x_train, synthetic.y_train, [(0, np.arange(20)), (2, np.arange(20, 40))], settings)
+    placements = [(0, np.arange(20)), (2, np.arange(20, 50))]
+    return DeviceHost(0, artifact, synthetic.x_train, synthetic.y_train, placements, settings)
+
+
+def test_host_reports_a_failing_device_without_stopping_the_others(artifact, synthetic):
+    host = make_host(artifact, synthetic)
     try:
         initial = host.runner.initial_checkpoint(host.scratch)
-        reports = host.run_round(1, initial, [0, 7, 2])
+        result = host.run_round(1, initial, [0, 7, 2])
+        reports = result.reports
         assert [r.device_id for r in reports] == [0, 7, 2]
         assert [r.status for r in reports] == ["ok", "failed", "ok"]
         assert "device 7 is not on host 0" in reports[1].error
-        bad = host.run_round(2, b"not a checkpoint", [0])
+        assert reports[0].checkpoint and reports[0].checkpoint_bytes == len(reports[0].checkpoint)
+        assert result.partials == []
+        bad = host.run_round(2, b"not a checkpoint", [0]).reports
         assert bad[0].status == "failed" and bad[0].error
+        assert not list(host.scratch.iterdir())  # no checkpoint files left behind
     finally:
         host.close()
     assert not host.scratch.exists()
+
+
+def test_host_partial_equals_fedavg_of_the_devices_checkpoints(artifact, synthetic):
+    host = make_host(artifact, synthetic)
+    try:
+        initial = host.runner.initial_checkpoint(host.scratch)
+        full = host.run_round(1, initial, [0, 2]).reports
+        weights = [read_checkpoint(r.checkpoint, host.scratch) for r in full]
+        spec = spec_of(weights[0])
+        reduced = host.run_round(1, initial, [0, 2], HostReduce(spec, FedAvg()))
+        assert all(r.checkpoint is None and r.status == "ok" for r in reduced.reports)
+        assert [r.checkpoint_bytes for r in reduced.reports] == [r.checkpoint_bytes for r in full]
+        (partial,) = reduced.partials
+        assert partial.count == 2 and partial.total_weight == 50.0
+        from_partial = FedAvg().aggregate_partials(weights[0], reduced.partials)
+        expected = weighted_mean(weights, [20, 30])
+        for k in expected:
+            np.testing.assert_allclose(from_partial[k], expected[k], rtol=1e-6, atol=1e-7)
+    finally:
+        host.close()
+
+
+def test_host_rejects_a_checkpoint_that_does_not_match_the_model(artifact, synthetic):
+    host = make_host(artifact, synthetic)
+    try:
+        initial = host.runner.initial_checkpoint(host.scratch)
+        spec = {k: v for k, v in spec_of(read_checkpoint(initial, host.scratch)).items()}
+        first = sorted(spec)[0]
+        spec[first] = ((3,), "float32")  # the host's model now disagrees with the spec
+        reduced = host.run_round(1, initial, [0], HostReduce(spec, FedAvg()))
+        (report,) = reduced.reports
+        assert report.status == "rejected" and f"{first} is float32" in report.error
+        assert reduced.partials == []
+    finally:
+        host.close()

@@ -72,3 +72,15 @@ def test_a_custom_keras_builder_converts(scratch):
     r = Runner(convert_to_tflite(tiny, lr=0.1))
     r.save(scratch / "c.ckpt")
     assert len(r.restore(scratch / "c.ckpt")) == 2
+
+
+def test_conversion_is_reproducible_within_a_process(artifact, scratch):
+    """Same builder, lr and seed -> the same signatures, weight names and initial weights, however many
+    models the process built before."""
+    from fedsim.model.convert import convert_to_tflite
+
+    again = Runner(convert_to_tflite(lr=0.05, seed=0))
+    first = Runner(artifact)
+    assert again.interpreter.get_signature_list() == first.interpreter.get_signature_list()
+    assert again.initial_checkpoint(scratch) == first.initial_checkpoint(scratch)
+    assert "mlp/hidden/kernel" in first.interpreter.get_signature_list()["restore"]["outputs"]

@@ -34,3 +34,20 @@ def test_make_strategy_by_name():
     assert isinstance(make_strategy("fedavg"), FedAvg)
     with pytest.raises(ValueError, match="unknown strategy 'nope'"):
         make_strategy("nope")
+
+
+def test_partials_combine_to_the_same_mean(weights_like):
+    from fedsim.strategies import Partial
+    from fedsim.strategies.aggregate import accumulate, combine_partials
+
+    fedavg = FedAvg()
+    a, b = {}, {}
+    accumulate(a, weights_like(1.0), fedavg.coefficient(10))
+    accumulate(a, weights_like(2.0), fedavg.coefficient(30))
+    accumulate(b, weights_like(4.0), fedavg.coefficient(60))
+    partials = [Partial(a, 40.0, 2), Partial(b, 60.0, 1), Partial({}, 0.0, 0)]
+    out = fedavg.aggregate_partials(weights_like(0.0), partials)
+    np.testing.assert_allclose(out["a/bias"], np.full(3, 3.1), rtol=1e-6)
+    assert out["a/bias"].dtype == np.float32
+    with pytest.raises(ValueError, match="no partial"):
+        combine_partials([Partial({}, 0.0, 0)], {"a/bias": np.float32})

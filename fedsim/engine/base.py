@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 
 import numpy as np
 
+from fedsim.checkpoint import WeightSpec
 from fedsim.data.dataset import Dataset
+from fedsim.strategies.base import Partial, Strategy
 
 
 @dataclass(frozen=True)
@@ -22,10 +24,20 @@ class HostSettings:
 
 
 @dataclass(frozen=True)
+class HostReduce:
+    """Asks hosts to validate their devices' checkpoints and pre-sum them for a linear strategy."""
+
+    spec: WeightSpec
+    strategy: Strategy
+
+
+@dataclass(frozen=True)
 class DeviceReport:
     """One device's outcome in one round, as the coordinator receives it.
 
-    status is "ok" (checkpoint holds the device's saved weights) or "failed" (error says why).
+    status: "ok" (trained; `checkpoint` holds its saved weights, or they went into the host's
+    partial), "rejected" (its checkpoint failed validation on the host; `error` says why) or
+    "failed" (it did not finish; `error` says why).
     """
 
     device_id: int
@@ -35,7 +47,20 @@ class DeviceReport:
     train_loss: float = float("nan")
     train_s: float = float("nan")
     checkpoint: bytes | None = None
+    checkpoint_bytes: int = 0
     error: str = ""
+
+
+@dataclass
+class RoundResult:
+    """Every selected device's report, plus the hosts' partials when the round was reduced on hosts."""
+
+    reports: list[DeviceReport] = field(default_factory=list)
+    partials: list[Partial] = field(default_factory=list)
+
+    def extend(self, other: RoundResult) -> None:
+        self.reports.extend(other.reports)
+        self.partials.extend(other.partials)
 
 
 def assign_hosts(num_devices: int, num_hosts: int) -> list[list[int]]:
@@ -55,11 +80,21 @@ class Engine(ABC):
         """Create the hosts and give each its devices' shards (once, not every round)."""
 
     @abstractmethod
-    def run_round(self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int]) -> list[DeviceReport]:
-        """Run one round on the given devices; one report per device, failures included."""
+    def run_round(
+        self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int], reduce: HostReduce | None = None
+    ) -> RoundResult:
+        """Run one round on the given devices; one report per device, failures included. With
+        `reduce`, hosts return partials instead of checkpoints."""
 
     def host_of(self, device_id: int) -> int:
         return device_id % self.num_hosts
+
+    def split(self, device_ids: Sequence[int]) -> dict[int, list[int]]:
+        """Selected device ids per host index (hosts with none left out)."""
+        per_host: dict[int, list[int]] = {}
+        for d in device_ids:
+            per_host.setdefault(self.host_of(d), []).append(d)
+        return per_host
 
     def close(self) -> None:
         """Release hosts and whatever the engine started."""

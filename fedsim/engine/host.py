@@ -13,9 +13,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedsim.checkpoint import scratch_dir
+from fedsim.checkpoint import CheckpointError, read_checked, scratch_dir
 from fedsim.device import Device, Runner
-from fedsim.engine.base import DeviceReport, HostSettings
+from fedsim.engine.base import DeviceReport, HostReduce, HostSettings, RoundResult
+from fedsim.strategies.aggregate import accumulate
+from fedsim.strategies.base import Partial
 
 
 class DeviceHost:
@@ -32,10 +34,9 @@ class DeviceHost:
         self.host_index = host_index
         self.artifact = artifact
         self.settings = settings
-        # Copy each shard out of the shared arrays: the host then owns just its devices' data.
+        # Fancy indexing copies: the host owns just its devices' data, not the shared arrays.
         self.devices = {
-            device_id: Device(device_id, x_train[idx].copy(), y_train[idx].copy(), settings.seed)
-            for device_id, idx in placements
+            device_id: Device(device_id, x_train[idx], y_train[idx], settings.seed) for device_id, idx in placements
         }
         self.scratch = scratch_dir(f"fedsim-host{host_index}-")
         self._runner: Runner | None = None
@@ -54,31 +55,59 @@ class DeviceHost:
     def device_ids(self) -> list[int]:
         return sorted(self.devices)
 
-    def run_round(self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int]) -> list[DeviceReport]:
+    def run_round(
+        self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int], reduce: HostReduce | None = None
+    ) -> RoundResult:
+        """Run the devices one after another. With `reduce`, validate each checkpoint here and add the
+        good ones to this host's partial; otherwise return each checkpoint's bytes."""
         path = self.scratch / f"global-{round_num}.ckpt"
         path.write_bytes(global_checkpoint)
+        acc: dict[str, np.ndarray] = {}
+        total, count = 0.0, 0
         reports = []
         try:
             for device_id in device_ids:
-                reports.append(self._run_device(device_id, round_num, path))
+                report, weights = self._run_device(device_id, round_num, path, reduce)
+                if weights is not None and reduce is not None:
+                    c = reduce.strategy.coefficient(report.samples)
+                    accumulate(acc, weights, c)
+                    total, count = total + c, count + 1
+                reports.append(report)
         finally:
             path.unlink(missing_ok=True)
-        return reports
+        partials = [Partial(acc, total, count)] if reduce is not None and count else []
+        return RoundResult(reports, partials)
 
-    def _run_device(self, device_id: int, round_num: int, global_path: os.PathLike[str]) -> DeviceReport:
+    def _run_device(
+        self, device_id: int, round_num: int, global_path: os.PathLike[str], reduce: HostReduce | None
+    ) -> tuple[DeviceReport, dict[str, np.ndarray] | None]:
         device = self.devices.get(device_id)
         if device is None:
-            return DeviceReport(device_id, self.host_index, 0, "failed", error=f"device {device_id} is not on host {self.host_index}")
+            error = f"device {device_id} is not on host {self.host_index}"
+            return DeviceReport(device_id, self.host_index, 0, "failed", error=error), None
+        out = self.scratch / f"device-{device_id}.ckpt"
         try:
             update = device.run_round(
-                self.runner, global_path, round_num, self.settings.local_epochs, self.settings.batch_size, self.scratch
+                self.runner, global_path, round_num, self.settings.local_epochs, self.settings.batch_size, out
             )
         except Exception as e:  # a device's failure is data for the coordinator, not a crash of the host
             self._runner = None  # the interpreter may be in a bad state: the next device gets a fresh one
-            return DeviceReport(device_id, self.host_index, device.samples, "failed", error=f"{type(e).__name__}: {e}")
-        return DeviceReport(
-            device_id, self.host_index, update.samples, "ok", update.train_loss, update.train_s, update.checkpoint
-        )
+            out.unlink(missing_ok=True)
+            error = f"{type(e).__name__}: {e}"
+            return DeviceReport(device_id, self.host_index, device.samples, "failed", error=error), None
+        try:
+            size = out.stat().st_size
+            ok = dict(device_id=device_id, host=self.host_index, samples=update.samples,
+                      train_loss=update.train_loss, train_s=update.train_s, checkpoint_bytes=size)
+            if reduce is None:
+                return DeviceReport(status="ok", checkpoint=out.read_bytes(), **ok), None
+            try:
+                weights = read_checked(out, reduce.spec)
+            except CheckpointError as e:
+                return DeviceReport(status="rejected", error=str(e), **ok), None
+            return DeviceReport(status="ok", **ok), weights
+        finally:
+            out.unlink(missing_ok=True)
 
     def close(self) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from fedsim.data.dataset import Dataset
-from fedsim.engine.base import DeviceReport, Engine, HostSettings, assign_hosts
+from fedsim.engine.base import Engine, HostReduce, HostSettings, RoundResult, assign_hosts
 from fedsim.engine.host import DeviceHost
 
 
@@ -27,13 +27,13 @@ class LocalEngine(Engine):
             for h, ids in enumerate(assign_hosts(len(shards), self.num_hosts))
         ]
 
-    def run_round(self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int]) -> list[DeviceReport]:
-        reports: list[DeviceReport] = []
-        for h, host in enumerate(self.hosts):
-            mine = [d for d in device_ids if self.host_of(d) == h]
-            if mine:
-                reports.extend(host.run_round(round_num, global_checkpoint, mine))
-        return reports
+    def run_round(
+        self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int], reduce: HostReduce | None = None
+    ) -> RoundResult:
+        result = RoundResult()
+        for h, mine in sorted(self.split(device_ids).items()):
+            result.extend(self.hosts[h].run_round(round_num, global_checkpoint, mine, reduce))
+        return result
 
     def close(self) -> None:
         for host in self.hosts:

@@ -19,7 +19,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from fedsim.data.dataset import Dataset
-from fedsim.engine.base import DeviceReport, Engine, HostSettings, assign_hosts
+from fedsim.engine.base import DeviceReport, Engine, HostReduce, HostSettings, RoundResult, assign_hosts
 from fedsim.engine.host import DeviceHost
 
 
@@ -85,21 +85,23 @@ class RayEngine(Engine):
         ]
         self.host_pids = ray.get([a.ready.remote() for a in self.actors])
 
-    def run_round(self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int]) -> list[DeviceReport]:
-        checkpoint_ref = ray.put(global_checkpoint)
-        calls = []
-        for h, actor in enumerate(self.actors):
-            mine = [d for d in device_ids if self.host_of(d) == h]
-            if mine:
-                calls.append((h, mine, actor.run_round.remote(round_num, checkpoint_ref, mine)))
-        reports: list[DeviceReport] = []
+    def run_round(
+        self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int], reduce: HostReduce | None = None
+    ) -> RoundResult:
+        checkpoint_ref = ray.put(global_checkpoint)  # one copy in the object store, read by every host
+        calls = [
+            (h, mine, self.actors[h].run_round.remote(round_num, checkpoint_ref, mine, reduce))
+            for h, mine in sorted(self.split(device_ids).items())
+        ]
+        result = RoundResult()
         for h, mine, ref in calls:
             try:
-                reports.extend(ray.get(ref, timeout=self.round_timeout_s))
+                result.extend(ray.get(ref, timeout=self.round_timeout_s))
             except (RayActorError, RayTaskError, GetTimeoutError) as e:
-                error = f"host {h} failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-                reports.extend(DeviceReport(d, h, 0, "failed", error=error) for d in mine)
-        return reports
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                error = f"host {h} failed: {type(e).__name__}: {first}"
+                result.reports.extend(DeviceReport(d, h, 0, "failed", error=error) for d in mine)
+        return result
 
     def close(self) -> None:
         for actor in self.actors:

@@ -13,13 +13,16 @@ def build_mlp() -> Any:
     """The guide's model: Flatten(28x28) -> Dense(128, relu) -> Dense(10, softmax)."""
     import keras
 
+    # Explicit names: they become the checkpoint's tensor names ("mlp/hidden/kernel"), so they must
+    # not depend on how many models the process built before.
     return keras.Sequential(
         [
             keras.Input(shape=(28, 28)),
-            keras.layers.Flatten(),
-            keras.layers.Dense(128, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(128, activation="relu", name="hidden"),
+            keras.layers.Dense(10, activation="softmax", name="classifier"),
+        ],
+        name="mlp",
     )
 
 

@@ -17,6 +17,9 @@ def build_module(builder: ModelBuilder = build_mlp, lr: float = 0.05, seed: int 
     """The seeded tf.Module; the seed fixes the initial weights, so a config reproduces its model."""
     import keras
 
+    # Keras numbers auto-named layers per process ("dense_2" for a second model); a user builder's
+    # checkpoint names would then depend on what ran before. Reset the counters, then seed.
+    keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     return OnDeviceModule(builder(), lr)
 

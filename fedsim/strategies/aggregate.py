@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from fedsim.strategies.base import Weights
+from fedsim.strategies.base import Partial, Weights
+
+
+def accumulate(acc: dict[str, np.ndarray], weights: Mapping[str, np.ndarray], coefficient: float) -> None:
+    """acc += coefficient * weights, per tensor, in float64 (acc starts empty)."""
+    for name, w in weights.items():
+        if name in acc:
+            acc[name] += coefficient * w.astype(np.float64, copy=False)
+        else:
+            acc[name] = coefficient * w.astype(np.float64)
+
+
+def combine_partials(partials: Sequence[Partial], dtypes: Mapping[str, np.dtype]) -> Weights:
+    """(sum of the partials' weighted sums) / (sum of their weights), cast back to the model's dtypes."""
+    live = [p for p in partials if p.count > 0]
+    total = sum(p.total_weight for p in live)
+    if not live or total <= 0:
+        raise ValueError("no partial holds a positive weight")
+    out: Weights = {}
+    for name, dtype in dtypes.items():
+        acc = np.zeros_like(live[0].weighted_sum[name])
+        for p in live:
+            acc += p.weighted_sum[name]
+        out[name] = (acc / total).astype(dtype)
+    return out
 
 
 def weighted_mean(weights: Sequence[Weights], factors: Sequence[float]) -> Weights:
@@ -18,11 +42,7 @@ def weighted_mean(weights: Sequence[Weights], factors: Sequence[float]) -> Weigh
     f = np.asarray(factors, dtype=np.float64)
     if np.any(f < 0) or f.sum() <= 0:
         raise ValueError(f"factors must be >= 0 with a positive sum, got {list(factors)}")
-    f = f / f.sum()
-    out: Weights = {}
-    for name, first in weights[0].items():
-        acc = np.zeros(first.shape, dtype=np.float64)
-        for w, fi in zip(weights, f):
-            acc += fi * w[name]
-        out[name] = acc.astype(first.dtype)
-    return out
+    acc: dict[str, np.ndarray] = {}
+    for w, fi in zip(weights, f):
+        accumulate(acc, w, float(fi))
+    return {name: (acc[name] / f.sum()).astype(first.dtype) for name, first in weights[0].items()}
