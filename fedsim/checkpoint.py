@@ -1,7 +1,8 @@
 """TF v1 checkpoint bytes <-> named numpy weights: the contract between devices and the coordinator.
 
 A device's `save` signature writes a TF v1 checkpoint (tf.raw_ops.Save); the coordinator writes the
-global model in the same format so every device's `restore` signature can read it. Checkpoints travel
+global model in the same format so every device's `restore` signature can read it. Both directions
+run in numpy (fedsim.tfv1) for the float32 tensors fedsim's models hold, TensorFlow otherwise. Checkpoints travel
 as bytes (through Ray), so nothing assumes a shared filesystem; files live only in a local scratch
 folder, on tmpfs (/dev/shm) where there is one.
 """
@@ -15,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+
+from fedsim.tfv1 import UnsupportedCheckpoint, read_tfv1, write_tfv1
 
 Weights = dict[str, np.ndarray]
 # name -> (shape, dtype string): what a valid checkpoint of the run's model holds.
@@ -32,7 +35,7 @@ def scratch_dir(prefix: str = "fedsim-") -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
 
 
-def read_checkpoint_file(path: str | os.PathLike[str]) -> Weights:
+def _read_with_tensorflow(path: str | os.PathLike[str]) -> Weights:
     import tensorflow as tf
 
     try:
@@ -43,34 +46,55 @@ def read_checkpoint_file(path: str | os.PathLike[str]) -> Weights:
         raise CheckpointError(f"not a readable TF v1 checkpoint: {first_line}") from None
 
 
-def read_checkpoint(data: bytes, scratch: Path | None = None) -> Weights:
-    """Checkpoint bytes -> {name: array}. Raises CheckpointError if the bytes are not a checkpoint."""
+def _parse(data: bytes, path: str | os.PathLike[str] | None, scratch: Path | None) -> Weights:
+    """The fast numpy reader for what `save` writes; TensorFlow's reader for anything else."""
     if not data:
         raise CheckpointError("empty checkpoint")
-    folder = scratch or scratch_dir()
-    path = folder / f"in-{uuid.uuid4().hex}.ckpt"
-    path.write_bytes(data)
     try:
-        return read_checkpoint_file(path)
+        return read_tfv1(data)
+    except (UnsupportedCheckpoint, ValueError):
+        pass
+    if path is not None:
+        return _read_with_tensorflow(path)
+    folder = scratch or scratch_dir()
+    tmp = folder / f"in-{uuid.uuid4().hex}.ckpt"
+    tmp.write_bytes(data)
+    try:
+        return _read_with_tensorflow(tmp)
     finally:
-        path.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         if scratch is None:
             folder.rmdir()
 
 
-def write_checkpoint_file(path: str | os.PathLike[str], weights: Mapping[str, np.ndarray]) -> None:
-    import tensorflow as tf
+def read_checkpoint_file(path: str | os.PathLike[str]) -> Weights:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from None
+    return _parse(data, path, None)
 
-    names = sorted(weights)
-    tf.raw_ops.Save(filename=str(path), tensor_names=names, data=[weights[n] for n in names])
+
+def read_checkpoint(data: bytes, scratch: Path | None = None) -> Weights:
+    """Checkpoint bytes -> {name: array}. Raises CheckpointError if the bytes are not a checkpoint."""
+    return _parse(data, None, scratch)
 
 
 def write_checkpoint(weights: Mapping[str, np.ndarray], scratch: Path | None = None) -> bytes:
-    """{name: array} -> TF v1 checkpoint bytes, readable by the artifact's `restore` signature."""
+    """{name: array} -> TF v1 checkpoint bytes, readable by the artifact's `restore` signature.
+
+    float32 weights (every model fedsim builds) are written in numpy, byte for byte what
+    tf.raw_ops.Save writes, so the coordinator needs no TensorFlow; other dtypes go through TF.
+    """
+    if all(np.asarray(a).dtype == np.float32 for a in weights.values()):
+        return write_tfv1(weights)
+    import tensorflow as tf
+
     folder = scratch or scratch_dir()
     path = folder / f"out-{uuid.uuid4().hex}.ckpt"
     try:
-        write_checkpoint_file(path, weights)
+        names = sorted(weights)
+        tf.raw_ops.Save(filename=str(path), tensor_names=names, data=[weights[n] for n in names])
         return path.read_bytes()
     finally:
         path.unlink(missing_ok=True)
@@ -94,7 +118,9 @@ def check_weights(weights: Mapping[str, np.ndarray], spec: WeightSpec) -> None:
         a = weights[name]
         if tuple(a.shape) != shape or str(a.dtype) != dtype:
             raise CheckpointError(f"{name} is {a.dtype}{list(a.shape)}, expected {dtype}{list(shape)}")
-        if not np.all(np.isfinite(a)):
+        # A float64 sum is finite exactly when every element is (float32 values cannot overflow it),
+        # and costs one pass without a boolean temporary.
+        if not np.isfinite(a.sum(dtype=np.float64)):
             raise CheckpointError(f"{name} holds NaN or Inf")
 
 

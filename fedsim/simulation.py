@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ def run(
     config. `engine` defaults to Ray (RayEngine(config.hosts, config.address)); pass LocalEngine() to
     run in-process. `model_builder` replaces the named model with your own Keras builder.
     """
+    started = time.perf_counter()
     config = (config or Config()).replace(**settings) if settings else (config or Config())
     dataset = load_dataset(config.dataset, config.data_dir, config.seed, config.synthetic_samples)
     if len(dataset.y_train) < config.devices:
@@ -55,7 +57,7 @@ def run(
     }
     writer = RunWriter(out, meta)
     try:
-        _run(config, dataset, strategy, builder, engine, writer, progress)
+        _run(config, dataset, strategy, builder, engine, writer, progress, started)
     except BaseException as e:
         writer.write_meta(status="failed", error=f"{type(e).__name__}: {e}", finished=dt.datetime.now().isoformat(timespec="seconds"))
         raise
@@ -63,7 +65,7 @@ def run(
     return load_run(out)
 
 
-def _run(config, dataset, strategy, builder, engine, writer, progress) -> None:  # noqa: ANN001
+def _run(config, dataset, strategy, builder, engine, writer, progress, started) -> None:  # noqa: ANN001
     from fedsim.device import Evaluator, Runner
     from fedsim.model.convert import convert_to_tflite
 
@@ -83,6 +85,6 @@ def _run(config, dataset, strategy, builder, engine, writer, progress) -> None: 
         with engine:
             engine.start(artifact, dataset, shards, settings)
             writer.write_meta(hosts=engine.num_hosts, engine=type(engine).__name__)
-            Coordinator(config, engine, strategy, evaluate, initial, writer, progress).run()
+            Coordinator(config, engine, strategy, evaluate, initial, writer, progress, started).run()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

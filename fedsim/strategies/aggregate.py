@@ -13,9 +13,9 @@ def accumulate(acc: dict[str, np.ndarray], weights: Mapping[str, np.ndarray], co
     """acc += coefficient * weights, per tensor, in float64 (acc starts empty)."""
     for name, w in weights.items():
         if name in acc:
-            acc[name] += coefficient * w.astype(np.float64, copy=False)
+            np.add(acc[name], w * coefficient, out=acc[name])  # one float32 temporary, summed in float64
         else:
-            acc[name] = coefficient * w.astype(np.float64)
+            acc[name] = w.astype(np.float64) * coefficient
 
 
 def combine_partials(partials: Sequence[Partial], dtypes: Mapping[str, np.dtype]) -> Weights:

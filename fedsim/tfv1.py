@@ -1,0 +1,264 @@
+"""A numpy reader and writer for the TF v1 checkpoints the artifact's `save` signature writes.
+
+Every device checkpoint is read once per round, so tf.train.load_checkpoint's ~0.8 ms per file
+(mostly copying float_val element by element) was the largest cost a host added to the TFLite work.
+This reader handles exactly what tf.raw_ops.Save writes for whole float32 tensors: a LevelDB-format
+table, uncompressed, whose entries are SavedTensorSlices protos with the values packed in
+TensorProto.float_val (or tensor_content). Anything else raises UnsupportedCheckpoint, and the caller
+falls back to TensorFlow's reader; a file that is not a well-formed table raises ValueError.
+Block checksums are not verified (TensorFlow's reader does not verify them either by default).
+
+The writer produces the same format for float32 tensors (checksums included), so the coordinator can
+write the global checkpoint without importing TensorFlow; the artifact's `restore` signature and
+tf.train.load_checkpoint both read it (tests check both).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+
+import google_crc32c
+import numpy as np
+
+_MAGIC = 0xDB4775248B80FB57
+_FOOTER = 48
+_DT_FLOAT = 1
+
+
+class UnsupportedCheckpoint(Exception):
+    """Well-formed, but uses a feature this reader leaves to TensorFlow (slices, other dtypes...)."""
+
+
+def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise ValueError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _fields(buf: memoryview):  # noqa: ANN202 - yields (field number, wire type, value)
+    """The top-level fields of a protobuf message: ints for varints, memoryviews for bytes."""
+    pos = 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 2:
+            size, pos = _varint(buf, pos)
+            if pos + size > len(buf):
+                raise ValueError("truncated field")
+            value, pos = buf[pos : pos + size], pos + size
+        elif wire == 5:
+            value, pos = bytes(buf[pos : pos + 4]), pos + 4
+        elif wire == 1:
+            value, pos = bytes(buf[pos : pos + 8]), pos + 8
+        else:
+            raise ValueError(f"unexpected wire type {wire}")
+        yield number, wire, value
+
+
+def _block_entries(data: memoryview, offset: int, size: int) -> list[tuple[bytes, memoryview]]:
+    if offset + size + 5 > len(data):
+        raise ValueError("block past end of file")
+    if data[offset + size] != 0:
+        raise UnsupportedCheckpoint("compressed block")
+    block = data[offset : offset + size]
+    (restarts,) = struct.unpack_from("<I", block, size - 4)
+    end = size - 4 * (restarts + 1)
+    if end < 0:
+        raise ValueError("bad restart array")
+    entries, pos, key = [], 0, b""
+    while pos < end:
+        shared, pos = _varint(block, pos)
+        non_shared, pos = _varint(block, pos)
+        value_len, pos = _varint(block, pos)
+        key = key[:shared] + bytes(block[pos : pos + non_shared])
+        pos += non_shared
+        entries.append((key, block[pos : pos + value_len]))
+        pos += value_len
+    if pos != end:
+        raise ValueError("block entries overrun")
+    return entries
+
+
+def _shape(shape_proto: memoryview) -> tuple[int, ...]:
+    dims = []
+    for number, _, dim in _fields(shape_proto):
+        if number == 2:  # TensorShapeProto.dim
+            size = 0
+            for n, _, v in _fields(dim):
+                if n == 1:
+                    size = v
+            dims.append(size)
+    return tuple(dims)
+
+
+def read_tfv1(data: bytes) -> dict[str, np.ndarray]:
+    """TF v1 checkpoint bytes -> {name: float32 array}."""
+    buf = memoryview(data)
+    if len(buf) < _FOOTER:
+        raise ValueError("shorter than a table footer")
+    footer = buf[len(buf) - _FOOTER :]
+    (magic,) = struct.unpack_from("<Q", footer, _FOOTER - 8)
+    if magic != _MAGIC:
+        raise ValueError("no table magic number at the end")
+    pos = 0
+    _, pos = _varint(footer, pos)  # metaindex offset
+    _, pos = _varint(footer, pos)  # metaindex size
+    index_offset, pos = _varint(footer, pos)
+    index_size, pos = _varint(footer, pos)
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    values: dict[str, np.ndarray] = {}
+    for _, handle in _block_entries(buf, index_offset, index_size):
+        block_offset, p = _varint(handle, 0)
+        block_size, _ = _varint(handle, p)
+        for key, value in _block_entries(buf, block_offset, block_size):
+            for number, _, field in _fields(value):
+                if key == b"" and number == 1:  # SavedTensorSlices.meta -> SavedSliceMeta per tensor
+                    for n, _, tensor in _fields(field):
+                        if n != 1:
+                            continue
+                        name, shape, dtype, slices = "", (), 0, 0
+                        for tn, _, tv in _fields(tensor):
+                            if tn == 1:
+                                name = bytes(tv).decode()
+                            elif tn == 2:
+                                shape = _shape(tv)
+                            elif tn == 3:
+                                dtype = tv
+                            elif tn == 4:
+                                slices += 1
+                        if dtype != _DT_FLOAT or slices != 1:
+                            raise UnsupportedCheckpoint(f"{name}: dtype {dtype}, {slices} slices")
+                        shapes[name] = shape
+                elif key != b"" and number == 2:  # SavedTensorSlices.data -> SavedSlice
+                    name, array = "", None
+                    for sn, _, sv in _fields(field):
+                        if sn == 1:
+                            name = bytes(sv).decode()
+                        elif sn == 3:  # TensorProto
+                            for pn, wire, pv in _fields(sv):
+                                if pn in (4, 5) and wire == 2:  # tensor_content / packed float_val
+                                    array = np.frombuffer(pv, dtype="<f4")
+                                elif pn == 5:
+                                    raise UnsupportedCheckpoint("unpacked float_val")
+                    if array is None:
+                        raise UnsupportedCheckpoint(f"{name}: no float data")
+                    values[name] = array
+    if set(shapes) != set(values):
+        raise ValueError(f"tensors listed {sorted(shapes)} but stored {sorted(values)}")
+    out = {}
+    for name, shape in shapes.items():
+        flat = values[name]
+        if flat.size != int(np.prod(shape)):
+            raise ValueError(f"{name}: shape {list(shape)} but {flat.size} values")
+        out[name] = flat.astype(np.float32).reshape(shape)  # astype copies: no view into `data`
+    return out
+
+
+# ---- writer ----------------------------------------------------------------------------------
+
+
+def _put_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return _put_varint(number << 3 | 2) + _put_varint(len(payload)) + payload
+
+
+def _varint_field(number: int, value: int) -> bytes:
+    return _put_varint(number << 3) + _put_varint(value)
+
+
+def _slice_key(name: str, ndims: int) -> bytes:
+    """TensorFlow's EncodeTensorNameSlice for a whole tensor, in OrderedCode: 0, name, rank, then
+    (start 0, length -1 = all) per dimension."""
+    escaped = name.encode().replace(b"\xff", b"\xff\x00").replace(b"\x00", b"\x00\xff")
+    rank = b"\x00" if ndims == 0 else bytes([1, ndims])
+    return b"\x00" + escaped + b"\x00\x01" + rank + b"\x80\x7f" * ndims
+
+
+def _block(entries: list[tuple[bytes, bytes]], restart_interval: int = 16) -> bytes:
+    """A LevelDB table block: keys prefix-compressed, a restart point every 16 entries."""
+    body, restarts, previous = bytearray(), [], b""
+    for i, (key, value) in enumerate(entries):
+        shared = 0
+        if i % restart_interval == 0:
+            restarts.append(len(body))
+        else:
+            limit = min(len(key), len(previous))
+            while shared < limit and key[shared] == previous[shared]:
+                shared += 1
+        body += _put_varint(shared) + _put_varint(len(key) - shared) + _put_varint(len(value))
+        body += key[shared:] + value
+        previous = key
+    for r in restarts or [0]:
+        body += struct.pack("<I", r)
+    body += struct.pack("<I", len(restarts) or 1)
+    return bytes(body)
+
+
+def _short_successor(key: bytes) -> bytes:
+    """The shortest key >= `key` (LevelDB's FindShortSuccessor), used as the index entry."""
+    for i, b in enumerate(key):
+        if b != 0xFF:
+            return key[:i] + bytes([b + 1])
+    return key
+
+
+def _masked_crc(data: bytes) -> int:
+    crc = google_crc32c.value(data)
+    return ((crc >> 15 | crc << 17) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def write_tfv1(weights: Mapping[str, np.ndarray]) -> bytes:
+    """{name: float32 array} -> TF v1 checkpoint bytes (what tf.raw_ops.Save writes)."""
+    meta, data_entries = b"", []
+    for name in sorted(weights):
+        a = np.asarray(weights[name])
+        if a.dtype != np.float32:
+            raise TypeError(f"{name}: only float32 tensors are written, got {a.dtype}")
+        shape = b"".join(_field(2, _varint_field(1, d)) for d in a.shape)
+        whole = b"".join(_field(1, b"") for _ in a.shape)  # one empty extent per dim = the whole tensor
+        meta += _field(1, _field(1, name.encode()) + _field(2, shape) + _varint_field(3, _DT_FLOAT) + _field(4, whole))
+        values = _field(5, np.ascontiguousarray(a, dtype="<f4").tobytes())  # packed float_val
+        saved_slice = _field(1, name.encode()) + _field(2, whole) + _field(3, values)
+        data_entries.append((_slice_key(name, a.ndim), _field(2, saved_slice)))
+    meta_value = _field(1, meta + _field(2, _varint_field(1, 1)))  # versions { producer: 1 }
+    entries = sorted([(b"", meta_value), *data_entries])
+
+    out = bytearray()
+
+    def add_block(contents: bytes) -> bytes:
+        handle = _put_varint(len(out)) + _put_varint(len(contents))
+        trailer = b"\x00"  # no compression
+        out.extend(contents + trailer + struct.pack("<I", _masked_crc(contents + trailer)))
+        return handle
+
+    data_handle = add_block(_block(entries))
+    meta_handle = add_block(_block([]))
+    index_handle = add_block(_block([(_short_successor(entries[-1][0]), data_handle)]))
+    footer = meta_handle + index_handle
+    out += footer + b"\x00" * (40 - len(footer)) + struct.pack("<Q", _MAGIC)
+    return bytes(out)

@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+
+from fedsim.checkpoint import _read_with_tensorflow, read_checkpoint, write_checkpoint
+from fedsim.tfv1 import UnsupportedCheckpoint, read_tfv1
+
+
+def test_fast_reader_equals_tensorflows_on_a_device_checkpoint(runner, shm_scratch):
+    path = shm_scratch / "d.ckpt"
+    runner.save(path)
+    fast, slow = read_tfv1(path.read_bytes()), _read_with_tensorflow(path)
+    assert set(fast) == set(slow) and len(fast) == 4
+    for k in slow:
+        assert fast[k].dtype == slow[k].dtype and fast[k].shape == slow[k].shape
+        np.testing.assert_array_equal(fast[k], slow[k])
+
+
+def test_fast_reader_on_hand_made_tensors(shm_scratch):
+    w = {"a/k": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array([7.0, -8.5], np.float32)}
+    back = read_tfv1(write_checkpoint(w, shm_scratch))
+    np.testing.assert_array_equal(back["a/k"], w["a/k"])
+    np.testing.assert_array_equal(back["b"], w["b"])
+
+
+@pytest.mark.parametrize("cut", [1, 40, 48, 1000, 200_000, 407_000])
+def test_truncated_files_are_refused(runner, shm_scratch, cut):
+    path = shm_scratch / "d.ckpt"
+    runner.save(path)
+    with pytest.raises(ValueError):
+        read_tfv1(path.read_bytes()[:cut])
+
+
+def test_other_dtypes_fall_back_to_tensorflow(shm_scratch):
+    w = {"steps": np.array([3, 4], np.int32)}
+    data = write_checkpoint(w, shm_scratch)
+    with pytest.raises(UnsupportedCheckpoint):
+        read_tfv1(data)
+    back = read_checkpoint(data, shm_scratch)
+    np.testing.assert_array_equal(back["steps"], w["steps"])
+
+
+def test_writer_is_byte_for_byte_what_tensorflow_save_writes(runner, shm_scratch):
+    import tensorflow as tf
+
+    from fedsim.tfv1 import write_tfv1
+
+    path = shm_scratch / "d.ckpt"
+    runner.save(path)
+    device_bytes = path.read_bytes()
+    assert write_tfv1(read_tfv1(device_bytes)) == device_bytes
+    many = {f"layer{i}/w": np.full((i + 1,), i, np.float32) for i in range(40)}  # > 16 keys: restarts
+    many["scalar"] = np.array(2.5, np.float32)
+    tf_path = shm_scratch / "tf.ckpt"
+    names = sorted(many)
+    tf.raw_ops.Save(filename=str(tf_path), tensor_names=names, data=[many[n] for n in names])
+    assert write_tfv1(many) == tf_path.read_bytes()
