@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,21 +114,21 @@ class Device:
         return DeviceUpdate(self.device_id, self.samples, loss_sum / max(seen, 1), train_s, out)
 
 
-class Evaluator:
-    """Accuracy and cross-entropy of a checkpoint on a test set, through the `infer` signature."""
+def evaluate_counts(
+    runner: Runner, checkpoint: Path, blocks: Sequence[tuple[np.ndarray, np.ndarray]]
+) -> tuple[int, np.ndarray]:
+    """Restore `checkpoint`, run `infer` on each block of (uint8 images, labels), and return
+    (correctly classified, per-sample cross-entropy).
 
-    def __init__(self, runner: Runner, x_test: np.ndarray, y_test: np.ndarray, scratch: Path) -> None:
-        self.runner = runner
-        self.x = scale_images(x_test)
-        self.y = np.asarray(y_test, dtype=np.int64)
-        self.scratch = scratch
-
-    def __call__(self, checkpoint: bytes) -> tuple[float, float]:
-        path = self.scratch / "eval.ckpt"
-        path.write_bytes(checkpoint)
-        self.runner.restore(path)
-        probs = self.runner.infer(self.x)
-        accuracy = float(np.mean(np.argmax(probs, axis=1) == self.y))
-        picked = probs[np.arange(len(self.y)), self.y]
-        loss = float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0))))
-        return accuracy, loss
+    One `infer` call per block: TFLite's matrix kernels may round differently for another batch
+    size, so callers keep blocks fixed to get the same numbers however the blocks are spread.
+    """
+    runner.restore(checkpoint)
+    correct, losses = 0, [np.zeros(0)]
+    for x, y in blocks:
+        probs = runner.infer(scale_images(x))
+        labels = np.asarray(y, dtype=np.int64)
+        correct += int(np.sum(np.argmax(probs, axis=1) == labels))
+        picked = probs[np.arange(len(labels)), labels].astype(np.float64)
+        losses.append(-np.log(np.clip(picked, 1e-7, 1.0)))
+    return correct, np.concatenate(losses)

@@ -6,12 +6,9 @@ Everything that can be wrong with the input (settings, data, run folder) is chec
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 import time
-from pathlib import Path
 from typing import Any
 
-from fedsim.checkpoint import scratch_dir
 from fedsim.config import Config
 from fedsim.coordinator import Coordinator
 from fedsim.data import iid_partition, load_dataset
@@ -66,25 +63,15 @@ def run(
 
 
 def _run(config, dataset, strategy, builder, engine, writer, progress, started) -> None:  # noqa: ANN001
-    from fedsim.device import Evaluator, Runner
-    from fedsim.model.convert import convert_to_tflite
+    if engine is None:
+        from fedsim.engine.ray import RayEngine
 
-    artifact = convert_to_tflite(builder, config.lr, config.seed)
-    writer.write_model(artifact)
-    scratch = scratch_dir("fedsim-driver-")
-    try:
-        runner = Runner(artifact)
-        initial = runner.initial_checkpoint(scratch)
-        evaluate = Evaluator(runner, dataset.x_test, dataset.y_test, scratch)
-        shards = iid_partition(len(dataset.y_train), config.devices, config.seed)
-        if engine is None:
-            from fedsim.engine.ray import RayEngine
-
-            engine = RayEngine(config.hosts, config.address)
-        settings = HostSettings(config.local_epochs, config.batch_size, config.seed)
-        with engine:
-            engine.start(artifact, dataset, shards, settings)
-            writer.write_meta(hosts=engine.num_hosts, engine=type(engine).__name__)
-            Coordinator(config, engine, strategy, evaluate, initial, writer, progress, started).run()
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        engine = RayEngine(config.hosts, config.address)
+    shards = iid_partition(len(dataset.y_train), config.devices, config.seed)
+    with engine:
+        artifact = engine.build_artifact(builder, config.lr, config.seed)
+        writer.write_model(artifact)
+        engine.start(artifact, dataset, shards, HostSettings(config.local_epochs, config.batch_size, config.seed))
+        writer.write_meta(hosts=engine.num_hosts, engine=type(engine).__name__)
+        initial = engine.initial_checkpoint()
+        Coordinator(config, engine, strategy, engine.evaluate, initial, writer, progress, started).run()

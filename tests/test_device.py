@@ -1,7 +1,7 @@
 import numpy as np
 
 from fedsim.checkpoint import read_checkpoint, read_checkpoint_file, spec_of
-from fedsim.device import Device, Evaluator, Runner
+from fedsim.device import Device, Runner, evaluate_counts
 from fedsim.engine.base import HostReduce, HostSettings
 from fedsim.engine.host import DeviceHost
 from fedsim.strategies import FedAvg
@@ -45,12 +45,18 @@ def test_a_round_depends_on_device_and_round_not_on_the_interpreter(artifact, sy
     assert a != c  # another round shuffles differently
 
 
-def test_evaluator_scores_through_infer(artifact, synthetic, shm_scratch):
+def test_evaluation_scores_through_infer_in_chunks(artifact, synthetic, shm_scratch):
     runner = Runner(artifact)
-    evaluate = Evaluator(runner, synthetic.x_test, synthetic.y_test, shm_scratch)
-    accuracy, loss = evaluate(runner.initial_checkpoint(shm_scratch))
-    assert 0.0 <= accuracy <= 0.3  # an untrained 10-class model is near chance
-    assert 1.5 < loss < 4.0  # near -log(1/10) = 2.30
+    path = shm_scratch / "init.ckpt"
+    path.write_bytes(runner.initial_checkpoint(shm_scratch))
+    n = len(synthetic.y_test)
+    x, y = synthetic.x_test, synthetic.y_test
+    correct, losses = evaluate_counts(runner, path, [(x, y)])
+    assert 0 <= correct <= 0.3 * n and losses.shape == (n,)  # an untrained 10-class model is near chance
+    assert 1.5 < losses.mean() < 4.0  # near -log(1/10) = 2.30
+    correct2, losses2 = evaluate_counts(runner, path, [(x[:7], y[:7]), (x[7:], y[7:])])
+    assert correct2 == correct
+    np.testing.assert_allclose(losses2, losses, rtol=1e-5)
 
 
 def make_host(artifact, synthetic):

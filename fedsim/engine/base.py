@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ import numpy as np
 
 from fedsim.checkpoint import WeightSpec
 from fedsim.data.dataset import Dataset
+from fedsim.model.builders import ModelBuilder
 from fedsim.strategies.base import Partial, Strategy
 
 
@@ -63,21 +65,57 @@ class RoundResult:
         self.partials.extend(other.partials)
 
 
+def combine_evaluations(parts: Sequence[tuple[int, np.ndarray]], n: int) -> tuple[float, float]:
+    """Hosts' (correct, per-sample losses) over their test slices -> (accuracy, mean loss). fsum is
+    exactly rounded, so the result is the same however many hosts split the test set."""
+    losses = np.concatenate([p[1] for p in parts])
+    return sum(p[0] for p in parts) / n, math.fsum(losses.tolist()) / n
+
+
+TestBlocks = list[tuple[np.ndarray, np.ndarray]]
+EVAL_BLOCK = 500  # test samples per `infer` call; fixed, so results do not depend on the host count
+
+
+def test_blocks(dataset: Dataset, num_hosts: int) -> list[TestBlocks]:
+    """The test set cut into fixed blocks, dealt round-robin to the hosts to spread evaluation."""
+    starts = range(0, len(dataset.y_test), EVAL_BLOCK)
+    blocks = [(dataset.x_test[i : i + EVAL_BLOCK], dataset.y_test[i : i + EVAL_BLOCK]) for i in starts]
+    return [blocks[h::num_hosts] for h in range(num_hosts)]
+
+
 def assign_hosts(num_devices: int, num_hosts: int) -> list[list[int]]:
     """Device ids per host, round-robin, so any contiguous selection spreads across hosts."""
     return [list(range(h, num_devices, num_hosts)) for h in range(num_hosts)]
 
 
 class Engine(ABC):
-    """Runs device rounds. start() places devices once; run_round() is called every round."""
+    """Runs everything that needs TensorFlow: conversion, devices, evaluation.
+
+    build_artifact() once, start() places devices and test slices once, then run_round() and
+    evaluate() every round. The coordinator process itself never needs to import TensorFlow.
+    """
 
     num_hosts: int
+
+    def build_artifact(self, builder: ModelBuilder, lr: float, seed: int) -> bytes:
+        """The .tflite of `builder`; in this process unless an engine has somewhere better to do it."""
+        from fedsim.model.convert import convert_to_tflite
+
+        return convert_to_tflite(builder, lr, seed)
 
     @abstractmethod
     def start(
         self, artifact: bytes, dataset: Dataset, shards: Sequence[np.ndarray], settings: HostSettings
     ) -> None:
-        """Create the hosts and give each its devices' shards (once, not every round)."""
+        """Create the hosts and give each its devices' shards and a slice of the test set (once)."""
+
+    @abstractmethod
+    def initial_checkpoint(self) -> bytes:
+        """The weights baked into the artifact, exported through its `save` signature."""
+
+    @abstractmethod
+    def evaluate(self, checkpoint: bytes) -> tuple[float, float]:
+        """(test accuracy, mean test cross-entropy) of a checkpoint, through the `infer` signature."""
 
     @abstractmethod
     def run_round(

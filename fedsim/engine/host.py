@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from fedsim.checkpoint import CheckpointError, read_checked, scratch_dir
-from fedsim.device import Device, Runner
-from fedsim.engine.base import DeviceReport, HostReduce, HostSettings, RoundResult
+from fedsim.device import Device, Runner, evaluate_counts
+from fedsim.engine.base import DeviceReport, HostReduce, HostSettings, RoundResult, TestBlocks
 from fedsim.strategies.aggregate import accumulate
 from fedsim.strategies.base import Partial
 
@@ -29,6 +29,7 @@ class DeviceHost:
         y_train: np.ndarray,
         placements: Sequence[tuple[int, np.ndarray]],
         settings: HostSettings,
+        test_blocks: TestBlocks | None = None,
     ) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         self.host_index = host_index
@@ -38,6 +39,7 @@ class DeviceHost:
         self.devices = {
             device_id: Device(device_id, x_train[idx], y_train[idx], settings.seed) for device_id, idx in placements
         }
+        self.test_blocks = test_blocks or []
         self.scratch = scratch_dir(f"fedsim-host{host_index}-")
         self._runner: Runner | None = None
 
@@ -54,6 +56,18 @@ class DeviceHost:
 
     def device_ids(self) -> list[int]:
         return sorted(self.devices)
+
+    def initial_checkpoint(self) -> bytes:
+        return self.runner.initial_checkpoint(self.scratch)
+
+    def evaluate(self, checkpoint: bytes) -> tuple[int, np.ndarray]:
+        """(correct, per-sample losses) of `checkpoint` on this host's blocks of the test set."""
+        path = self.scratch / "evaluate.ckpt"
+        path.write_bytes(checkpoint)
+        try:
+            return evaluate_counts(self.runner, path, self.test_blocks)
+        finally:
+            path.unlink(missing_ok=True)
 
     def run_round(
         self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int], reduce: HostReduce | None = None

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from fedsim.data.dataset import Dataset
-from fedsim.engine.base import Engine, HostReduce, HostSettings, RoundResult, assign_hosts
+from fedsim.engine.base import (
+    Engine, HostReduce, HostSettings, RoundResult, assign_hosts, combine_evaluations, test_blocks,
+)
 from fedsim.engine.host import DeviceHost
 
 
@@ -22,10 +24,18 @@ class LocalEngine(Engine):
         self, artifact: bytes, dataset: Dataset, shards: Sequence[np.ndarray], settings: HostSettings
     ) -> None:
         self.num_hosts = min(self.num_hosts, len(shards))
+        tests = test_blocks(dataset, self.num_hosts)
+        self.test_samples = len(dataset.y_test)
         self.hosts = [
-            DeviceHost(h, artifact, dataset.x_train, dataset.y_train, [(d, shards[d]) for d in ids], settings)
+            DeviceHost(h, artifact, dataset.x_train, dataset.y_train, [(d, shards[d]) for d in ids], settings, tests[h])
             for h, ids in enumerate(assign_hosts(len(shards), self.num_hosts))
         ]
+
+    def initial_checkpoint(self) -> bytes:
+        return self.hosts[0].initial_checkpoint()
+
+    def evaluate(self, checkpoint: bytes) -> tuple[float, float]:
+        return combine_evaluations([h.evaluate(checkpoint) for h in self.hosts], self.test_samples)
 
     def run_round(
         self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int], reduce: HostReduce | None = None

@@ -19,7 +19,10 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from fedsim.data.dataset import Dataset
-from fedsim.engine.base import DeviceReport, Engine, HostReduce, HostSettings, RoundResult, assign_hosts
+from fedsim.engine.base import (
+    DeviceReport, Engine, HostReduce, HostSettings, RoundResult, assign_hosts, combine_evaluations, test_blocks,
+)
+from fedsim.model.builders import ModelBuilder
 from fedsim.engine.host import DeviceHost
 
 
@@ -68,10 +71,23 @@ class RayEngine(Engine):
         self.host_pids: list[int] = []
         self._owns_ray = False
 
+    def _connect(self) -> None:
+        if not ray.is_initialized():
+            self._owns_ray = connect(self.address)
+
+    def build_artifact(self, builder: ModelBuilder, lr: float, seed: int) -> bytes:
+        """Convert in a one-shot Ray worker: the coordinator process then never imports TensorFlow
+        (~0.5 GB), and the worker exits when done (max_calls=1). cloudpickle carries notebook builders."""
+        from fedsim.model import convert_to_tflite
+
+        self._connect()
+        task = ray.remote(max_calls=1, num_cpus=0)(convert_to_tflite)
+        return ray.get(task.remote(builder, lr, seed))
+
     def start(
         self, artifact: bytes, dataset: Dataset, shards: Sequence[np.ndarray], settings: HostSettings
     ) -> None:
-        self._owns_ray = connect(self.address)
+        self._connect()
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.num_hosts = min(self.requested_hosts or cpus, len(shards))
         # More hosts than CPUs (e.g. one actor per device) must still all be scheduled.
@@ -79,11 +95,21 @@ class RayEngine(Engine):
         x_ref, y_ref = ray.put(dataset.x_train), ray.put(dataset.y_train)
         artifact_ref = ray.put(artifact)
         actor_cls = ray.remote(DeviceHost).options(num_cpus=per_host_cpus, scheduling_strategy="SPREAD")
+        tests = test_blocks(dataset, self.num_hosts)
+        self.test_samples = len(dataset.y_test)
         self.actors = [
-            actor_cls.remote(h, artifact_ref, x_ref, y_ref, [(d, shards[d]) for d in ids], settings)
+            actor_cls.remote(h, artifact_ref, x_ref, y_ref, [(d, shards[d]) for d in ids], settings, tests[h])
             for h, ids in enumerate(assign_hosts(len(shards), self.num_hosts))
         ]
         self.host_pids = ray.get([a.ready.remote() for a in self.actors])
+
+    def initial_checkpoint(self) -> bytes:
+        return ray.get(self.actors[0].initial_checkpoint.remote())
+
+    def evaluate(self, checkpoint: bytes) -> tuple[float, float]:
+        ref = ray.put(checkpoint)
+        parts = ray.get([a.evaluate.remote(ref) for a in self.actors], timeout=self.round_timeout_s)
+        return combine_evaluations(parts, self.test_samples)
 
     def run_round(
         self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int], reduce: HostReduce | None = None

@@ -13,9 +13,11 @@ def accumulate(acc: dict[str, np.ndarray], weights: Mapping[str, np.ndarray], co
     """acc += coefficient * weights, per tensor, in float64 (acc starts empty)."""
     for name, w in weights.items():
         if name in acc:
-            np.add(acc[name], w * coefficient, out=acc[name])  # one float32 temporary, summed in float64
+            # The product is formed in float64: a float32 product would round away the low bits
+            # and make the result depend on how devices are grouped into hosts.
+            np.add(acc[name], np.multiply(w, coefficient, dtype=np.float64), out=acc[name])
         else:
-            acc[name] = w.astype(np.float64) * coefficient
+            acc[name] = np.multiply(w, coefficient, dtype=np.float64)
 
 
 def combine_partials(partials: Sequence[Partial], dtypes: Mapping[str, np.dtype]) -> Weights:
