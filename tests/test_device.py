@@ -2,7 +2,7 @@ import numpy as np
 
 from fedsim.checkpoint import read_checkpoint, read_checkpoint_file, spec_of
 from fedsim.device import Device, Runner, evaluate_counts
-from fedsim.engine.base import HostReduce, HostSettings
+from fedsim.engine.base import HostData, HostReduce, HostSettings
 from fedsim.engine.host import DeviceHost
 from fedsim.strategies import FedAvg
 from fedsim.strategies.aggregate import weighted_mean
@@ -61,8 +61,8 @@ def test_evaluation_scores_through_infer_in_chunks(artifact, synthetic, shm_scra
 
 def make_host(artifact, synthetic):
     settings = HostSettings(local_epochs=1, batch_size=8, seed=0)
-    placements = [(0, np.arange(20)), (2, np.arange(20, 50))]
-    return DeviceHost(0, artifact, synthetic.x_train, synthetic.y_train, placements, settings)
+    data = HostData(synthetic.x_train[:50], synthetic.y_train[:50], [(0, 0, 20), (2, 20, 50)])
+    return DeviceHost(0, artifact, data, settings)
 
 
 def test_host_reports_a_failing_device_without_stopping_the_others(artifact, synthetic):

@@ -88,6 +88,29 @@ def assign_hosts(num_devices: int, num_hosts: int) -> list[list[int]]:
     return [list(range(h, num_devices, num_hosts)) for h in range(num_hosts)]
 
 
+@dataclass(frozen=True)
+class HostData:
+    """One host's training data: its devices' shards back to back, and where each one lies.
+
+    A host keeps its devices' shards as views into these two arrays: on Ray they arrive through the
+    object store without a copy, so a host holds its share of the data once and nothing else.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    placements: list[tuple[int, int, int]]  # (device_id, start, stop) into x and y
+
+
+def host_data(dataset: Dataset, shards: Sequence[np.ndarray], num_hosts: int) -> list[HostData]:
+    out = []
+    for ids in assign_hosts(len(shards), num_hosts):
+        bounds = np.cumsum([0] + [len(shards[d]) for d in ids])
+        order = np.concatenate([shards[d] for d in ids])
+        placements = [(d, int(bounds[i]), int(bounds[i + 1])) for i, d in enumerate(ids)]
+        out.append(HostData(dataset.x_train[order], dataset.y_train[order], placements))
+    return out
+
+
 class Engine(ABC):
     """Runs everything that needs TensorFlow: conversion, devices, evaluation.
 

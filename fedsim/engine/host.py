@@ -15,7 +15,7 @@ import numpy as np
 
 from fedsim.checkpoint import CheckpointError, read_checked, scratch_dir
 from fedsim.device import Device, Runner, evaluate_counts
-from fedsim.engine.base import DeviceReport, HostReduce, HostSettings, RoundResult, TestBlocks
+from fedsim.engine.base import DeviceReport, HostData, HostReduce, HostSettings, RoundResult, TestBlocks
 from fedsim.strategies.aggregate import accumulate
 from fedsim.strategies.base import Partial
 
@@ -25,9 +25,7 @@ class DeviceHost:
         self,
         host_index: int,
         artifact: bytes,
-        x_train: np.ndarray,
-        y_train: np.ndarray,
-        placements: Sequence[tuple[int, np.ndarray]],
+        data: HostData,
         settings: HostSettings,
         test_blocks: TestBlocks | None = None,
     ) -> None:
@@ -35,9 +33,10 @@ class DeviceHost:
         self.host_index = host_index
         self.artifact = artifact
         self.settings = settings
-        # Fancy indexing copies: the host owns just its devices' data, not the shared arrays.
+        # Views, not copies: a registered device costs its slice of the host's data and a few bytes.
         self.devices = {
-            device_id: Device(device_id, x_train[idx], y_train[idx], settings.seed) for device_id, idx in placements
+            device_id: Device(device_id, data.x[start:stop], data.y[start:stop], settings.seed)
+            for device_id, start, stop in data.placements
         }
         self.test_blocks = test_blocks or []
         self.scratch = scratch_dir(f"fedsim-host{host_index}-")

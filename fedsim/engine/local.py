@@ -8,7 +8,7 @@ import numpy as np
 
 from fedsim.data.dataset import Dataset
 from fedsim.engine.base import (
-    Engine, HostReduce, HostSettings, RoundResult, assign_hosts, combine_evaluations, test_blocks,
+    Engine, HostReduce, HostSettings, RoundResult, combine_evaluations, host_data, test_blocks,
 )
 from fedsim.engine.host import DeviceHost
 
@@ -27,8 +27,8 @@ class LocalEngine(Engine):
         tests = test_blocks(dataset, self.num_hosts)
         self.test_samples = len(dataset.y_test)
         self.hosts = [
-            DeviceHost(h, artifact, dataset.x_train, dataset.y_train, [(d, shards[d]) for d in ids], settings, tests[h])
-            for h, ids in enumerate(assign_hosts(len(shards), self.num_hosts))
+            DeviceHost(h, artifact, data, settings, tests[h])
+            for h, data in enumerate(host_data(dataset, shards, self.num_hosts))
         ]
 
     def initial_checkpoint(self) -> bytes:

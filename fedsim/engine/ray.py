@@ -20,7 +20,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from fedsim.data.dataset import Dataset
 from fedsim.engine.base import (
-    DeviceReport, Engine, HostReduce, HostSettings, RoundResult, assign_hosts, combine_evaluations, test_blocks,
+    DeviceReport, Engine, HostReduce, HostSettings, RoundResult, combine_evaluations, host_data, test_blocks,
 )
 from fedsim.model.builders import ModelBuilder
 from fedsim.engine.host import DeviceHost
@@ -92,14 +92,14 @@ class RayEngine(Engine):
         self.num_hosts = min(self.requested_hosts or cpus, len(shards))
         # More hosts than CPUs (e.g. one actor per device) must still all be scheduled.
         per_host_cpus = min(1.0, cpus / self.num_hosts)
-        x_ref, y_ref = ray.put(dataset.x_train), ray.put(dataset.y_train)
         artifact_ref = ray.put(artifact)
         actor_cls = ray.remote(DeviceHost).options(num_cpus=per_host_cpus, scheduling_strategy="SPREAD")
         tests = test_blocks(dataset, self.num_hosts)
         self.test_samples = len(dataset.y_test)
+        # Each host's data goes into the object store once and is read there without a copy.
         self.actors = [
-            actor_cls.remote(h, artifact_ref, x_ref, y_ref, [(d, shards[d]) for d in ids], settings, tests[h])
-            for h, ids in enumerate(assign_hosts(len(shards), self.num_hosts))
+            actor_cls.remote(h, artifact_ref, ray.put(data), settings, tests[h])
+            for h, data in enumerate(host_data(dataset, shards, self.num_hosts))
         ]
         self.host_pids = ray.get([a.ready.remote() for a in self.actors])
 
