@@ -17,6 +17,7 @@ Writes results/bench/overhead.csv and overhead.md with the targets they are comp
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import shutil
 import tempfile
 import threading
@@ -67,8 +68,12 @@ class RssSampler(threading.Thread):
         return self.peak_bytes / 2**20
 
 
-def floor_seconds(artifact: bytes, dataset, config: fedsim.Config, round_num: int, hosts: int) -> float:
-    """The round's signature calls, back to back on one interpreter, divided by the hosts."""
+def floor_seconds(artifact: bytes, config: fedsim.Config, round_num: int, hosts: int) -> float:
+    """The round's signature calls, back to back on one interpreter, divided by the hosts.
+
+    Runs in a child process (see measure_floor), so this process stays what a fedsim driver is:
+    one that never imports TensorFlow, or its memory would be counted in every later run."""
+    dataset = load_fashion_mnist()
     shards = iid_partition(len(dataset.y_train), config.devices, config.seed)
     selected = select_devices(config.devices, config.devices_per_round, config.seed, round_num)
     runner = Runner(artifact)
@@ -87,7 +92,13 @@ def floor_seconds(artifact: bytes, dataset, config: fedsim.Config, round_num: in
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def bench_one(devices: int, rounds: int, hosts: int, dataset, out: Path) -> dict:
+def measure_floor(artifact: bytes, config: fedsim.Config, round_num: int, hosts: int) -> float:
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(floor_seconds, (artifact, config, round_num, hosts))
+
+
+def bench_one(devices: int, rounds: int, hosts: int, out: Path) -> dict:
     fraction = 1.0 if devices <= PER_ROUND_CAP else PER_ROUND_CAP / devices
     config = fedsim.Config(devices=devices, rounds=rounds, hosts=hosts, fraction=fraction, seed=0,
                            local_epochs=1, batch_size=32, lr=0.05, out=str(out / f"run-{devices}"),
@@ -101,7 +112,7 @@ def bench_one(devices: int, rounds: int, hosts: int, dataset, out: Path) -> dict
     elapsed = run.rounds["elapsed_s"].to_numpy()
     round_wall = float(np.median(np.diff(elapsed))) if len(elapsed) > 1 else float("nan")
     artifact = (run.path / "model.tflite").read_bytes()
-    floor = floor_seconds(artifact, dataset, config, round_num=2, hosts=run.meta["hosts"])
+    floor = measure_floor(artifact, config, round_num=2, hosts=run.meta["hosts"])
     return {
         "devices": devices,
         "hosts": run.meta["hosts"],
@@ -129,11 +140,11 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = Path(tempfile.mkdtemp(prefix="fedsim-bench-runs-"))
-    dataset = load_fashion_mnist()
+    load_fashion_mnist()  # fail here, before any Ray start, if the data set is missing
     rows = []
     try:
         for n in sizes:
-            row = bench_one(n, args.rounds, args.hosts, dataset, runs)
+            row = bench_one(n, args.rounds, args.hosts, runs)
             rows.append(row)
             print(", ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     finally:

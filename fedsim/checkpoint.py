@@ -118,14 +118,5 @@ def check_weights(weights: Mapping[str, np.ndarray], spec: WeightSpec) -> None:
         a = weights[name]
         if tuple(a.shape) != shape or str(a.dtype) != dtype:
             raise CheckpointError(f"{name} is {a.dtype}{list(a.shape)}, expected {dtype}{list(shape)}")
-        # A float64 sum is finite exactly when every element is (float32 values cannot overflow it),
-        # and costs one pass without a boolean temporary.
-        if not np.isfinite(a.sum(dtype=np.float64)):
+        if not np.isfinite(a).all():
             raise CheckpointError(f"{name} holds NaN or Inf")
-
-
-def read_checked(path: str | os.PathLike[str], spec: WeightSpec) -> Weights:
-    """A device's checkpoint file -> weights, or CheckpointError if unreadable or not the model's."""
-    weights = read_checkpoint_file(path)
-    check_weights(weights, spec)
-    return weights

@@ -14,7 +14,7 @@ from fedsim.coordinator import Coordinator
 from fedsim.data import iid_partition, load_dataset
 from fedsim.engine.base import Engine, HostSettings
 from fedsim.model import MODELS
-from fedsim.model.builders import ModelBuilder
+from fedsim.model.builders import ArtifactRecipe, ModelBuilder
 from fedsim.results import Run, RunWriter, claim_run_folder, default_out, load_run, versions
 from fedsim.strategies import Strategy, make_strategy
 
@@ -74,9 +74,9 @@ def _run(config, holder, strategy, builder, engine, writer, progress, started) -
         engine = RayEngine(config.hosts, config.address)
     shards = iid_partition(len(dataset.y_train), config.devices, config.seed)
     with engine:
-        artifact = engine.build_artifact(builder, config.lr, config.seed)
+        settings = HostSettings(config.local_epochs, config.batch_size, config.seed)
+        artifact = engine.start(ArtifactRecipe(builder, config.lr, config.seed), dataset, shards, settings)
         writer.write_model(artifact)
-        engine.start(artifact, dataset, shards, HostSettings(config.local_epochs, config.batch_size, config.seed))
         del dataset, shards
         writer.write_meta(hosts=engine.num_hosts, engine=type(engine).__name__)
         initial = engine.initial_checkpoint()

@@ -15,6 +15,7 @@ tf.train.load_checkpoint both read it (tests check both).
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Mapping
 
@@ -103,6 +104,33 @@ def _shape(shape_proto: memoryview) -> tuple[int, ...]:
     return tuple(dims)
 
 
+@functools.lru_cache(maxsize=64)
+def _meta_shapes(meta: bytes) -> dict[str, tuple[int, ...]]:
+    """name -> shape from the table's meta entry (SavedTensorSlices.meta). Every checkpoint of one
+    model has the same meta entry, so it is parsed once and looked up after that."""
+    shapes = {}
+    for number, _, field in _fields(memoryview(meta)):
+        if number != 1:
+            continue
+        for n, _, tensor in _fields(field):
+            if n != 1:
+                continue
+            name, shape, dtype, slices = "", (), 0, 0
+            for tn, _, tv in _fields(tensor):
+                if tn == 1:
+                    name = bytes(tv).decode()
+                elif tn == 2:
+                    shape = _shape(tv)
+                elif tn == 3:
+                    dtype = tv
+                elif tn == 4:
+                    slices += 1
+            if dtype != _DT_FLOAT or slices != 1:
+                raise UnsupportedCheckpoint(f"{name}: dtype {dtype}, {slices} slices")
+            shapes[name] = shape
+    return shapes
+
+
 def read_tfv1(data: bytes) -> dict[str, np.ndarray]:
     """TF v1 checkpoint bytes -> {name: float32 array}."""
     buf = memoryview(data)
@@ -124,25 +152,11 @@ def read_tfv1(data: bytes) -> dict[str, np.ndarray]:
         block_offset, p = _varint(handle, 0)
         block_size, _ = _varint(handle, p)
         for key, value in _block_entries(buf, block_offset, block_size):
+            if key == b"":
+                shapes.update(_meta_shapes(bytes(value)))
+                continue
             for number, _, field in _fields(value):
-                if key == b"" and number == 1:  # SavedTensorSlices.meta -> SavedSliceMeta per tensor
-                    for n, _, tensor in _fields(field):
-                        if n != 1:
-                            continue
-                        name, shape, dtype, slices = "", (), 0, 0
-                        for tn, _, tv in _fields(tensor):
-                            if tn == 1:
-                                name = bytes(tv).decode()
-                            elif tn == 2:
-                                shape = _shape(tv)
-                            elif tn == 3:
-                                dtype = tv
-                            elif tn == 4:
-                                slices += 1
-                        if dtype != _DT_FLOAT or slices != 1:
-                            raise UnsupportedCheckpoint(f"{name}: dtype {dtype}, {slices} slices")
-                        shapes[name] = shape
-                elif key != b"" and number == 2:  # SavedTensorSlices.data -> SavedSlice
+                if number == 2:  # SavedTensorSlices.data -> SavedSlice
                     name, array = "", None
                     for sn, _, sv in _fields(field):
                         if sn == 1:

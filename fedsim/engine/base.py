@@ -12,7 +12,7 @@ import numpy as np
 
 from fedsim.checkpoint import WeightSpec
 from fedsim.data.dataset import Dataset
-from fedsim.model.builders import ModelBuilder
+from fedsim.model.builders import ArtifactRecipe
 from fedsim.strategies.base import Partial, Strategy
 
 
@@ -114,23 +114,18 @@ def host_data(dataset: Dataset, shards: Sequence[np.ndarray], num_hosts: int) ->
 class Engine(ABC):
     """Runs everything that needs TensorFlow: conversion, devices, evaluation.
 
-    build_artifact() once, start() places devices and test slices once, then run_round() and
+    start() builds the artifact and places devices and test blocks once, then run_round() and
     evaluate() every round. The coordinator process itself never needs to import TensorFlow.
     """
 
     num_hosts: int
 
-    def build_artifact(self, builder: ModelBuilder, lr: float, seed: int) -> bytes:
-        """The .tflite of `builder`; in this process unless an engine has somewhere better to do it."""
-        from fedsim.model.convert import convert_to_tflite
-
-        return convert_to_tflite(builder, lr, seed)
-
     @abstractmethod
     def start(
-        self, artifact: bytes, dataset: Dataset, shards: Sequence[np.ndarray], settings: HostSettings
-    ) -> None:
-        """Create the hosts and give each its devices' shards and a slice of the test set (once)."""
+        self, recipe: ArtifactRecipe, dataset: Dataset, shards: Sequence[np.ndarray], settings: HostSettings
+    ) -> bytes:
+        """Create the hosts, give each its devices' shards and test blocks (once), convert the model
+        and load it on every host. Returns the .tflite."""
 
     @abstractmethod
     def initial_checkpoint(self) -> bytes:

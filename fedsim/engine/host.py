@@ -13,8 +13,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedsim.checkpoint import CheckpointError, read_checked, scratch_dir
+from fedsim.checkpoint import CheckpointError, check_weights, read_checkpoint, scratch_dir
 from fedsim.device import Device, Runner, evaluate_counts
+from fedsim.model.builders import ArtifactRecipe
 from fedsim.engine.base import DeviceReport, HostData, HostReduce, HostSettings, RoundResult, TestBlocks
 from fedsim.strategies.aggregate import accumulate
 from fedsim.strategies.base import Partial
@@ -24,10 +25,10 @@ class DeviceHost:
     def __init__(
         self,
         host_index: int,
-        artifact: bytes,
         data: HostData,
         settings: HostSettings,
         test_blocks: TestBlocks | None = None,
+        artifact: bytes | None = None,
     ) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         self.host_index = host_index
@@ -45,11 +46,20 @@ class DeviceHost:
     @property
     def runner(self) -> Runner:
         if self._runner is None:
+            if self.artifact is None:
+                raise RuntimeError(f"host {self.host_index} has no .tflite loaded")
             self._runner = Runner(self.artifact)
         return self._runner
 
-    def ready(self) -> int:
-        """Build the interpreter now (so the first round pays no start-up) and return the host's pid."""
+    def build_artifact(self, recipe: ArtifactRecipe) -> bytes:
+        """Convert the model here, in a process that imports TensorFlow anyway, and load it."""
+        self.load(recipe.build())
+        assert self.artifact is not None
+        return self.artifact
+
+    def load(self, artifact: bytes) -> int:
+        """Take the .tflite and build its interpreter now (the first round then pays no start-up)."""
+        self.artifact, self._runner = artifact, None
         _ = self.runner
         return os.getpid()
 
@@ -88,6 +98,7 @@ class DeviceHost:
                 reports.append(report)
         finally:
             path.unlink(missing_ok=True)
+            (self.scratch / "device.ckpt").unlink(missing_ok=True)
         partials = [Partial(acc, total, count)] if reduce is not None and count else []
         return RoundResult(reports, partials)
 
@@ -98,29 +109,26 @@ class DeviceHost:
         if device is None:
             error = f"device {device_id} is not on host {self.host_index}"
             return DeviceReport(device_id, self.host_index, 0, "failed", error=error), None
-        out = self.scratch / f"device-{device_id}.ckpt"
+        out = self.scratch / "device.ckpt"  # every device's `save` overwrites the same file
         try:
             update = device.run_round(
                 self.runner, global_path, round_num, self.settings.local_epochs, self.settings.batch_size, out
             )
         except Exception as e:  # a device's failure is data for the coordinator, not a crash of the host
             self._runner = None  # the interpreter may be in a bad state: the next device gets a fresh one
-            out.unlink(missing_ok=True)
             error = f"{type(e).__name__}: {e}"
             return DeviceReport(device_id, self.host_index, device.samples, "failed", error=error), None
+        data = out.read_bytes()
+        ok = dict(device_id=device_id, host=self.host_index, samples=update.samples,
+                  train_loss=update.train_loss, train_s=update.train_s, checkpoint_bytes=len(data))
+        if reduce is None:
+            return DeviceReport(status="ok", checkpoint=data, **ok), None
         try:
-            size = out.stat().st_size
-            ok = dict(device_id=device_id, host=self.host_index, samples=update.samples,
-                      train_loss=update.train_loss, train_s=update.train_s, checkpoint_bytes=size)
-            if reduce is None:
-                return DeviceReport(status="ok", checkpoint=out.read_bytes(), **ok), None
-            try:
-                weights = read_checked(out, reduce.spec)
-            except CheckpointError as e:
-                return DeviceReport(status="rejected", error=str(e), **ok), None
-            return DeviceReport(status="ok", **ok), weights
-        finally:
-            out.unlink(missing_ok=True)
+            weights = read_checkpoint(data, self.scratch)
+            check_weights(weights, reduce.spec)
+        except CheckpointError as e:
+            return DeviceReport(status="rejected", error=str(e), **ok), None
+        return DeviceReport(status="ok", **ok), weights
 
     def close(self) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)

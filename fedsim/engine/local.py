@@ -11,6 +11,7 @@ from fedsim.engine.base import (
     Engine, HostReduce, HostSettings, RoundResult, combine_evaluations, host_data, test_blocks,
 )
 from fedsim.engine.host import DeviceHost
+from fedsim.model.builders import ArtifactRecipe
 
 
 class LocalEngine(Engine):
@@ -21,15 +22,17 @@ class LocalEngine(Engine):
         self.hosts: list[DeviceHost] = []
 
     def start(
-        self, artifact: bytes, dataset: Dataset, shards: Sequence[np.ndarray], settings: HostSettings
-    ) -> None:
+        self, recipe: ArtifactRecipe, dataset: Dataset, shards: Sequence[np.ndarray], settings: HostSettings
+    ) -> bytes:
+        artifact = recipe.build()
         self.num_hosts = min(self.num_hosts, len(shards))
         tests = test_blocks(dataset, self.num_hosts)
         self.test_samples = len(dataset.y_test)
         self.hosts = [
-            DeviceHost(h, artifact, data, settings, tests[h])
+            DeviceHost(h, data, settings, tests[h], artifact)
             for h, data in enumerate(host_data(dataset, shards, self.num_hosts))
         ]
+        return artifact
 
     def initial_checkpoint(self) -> bytes:
         return self.hosts[0].initial_checkpoint()

@@ -22,7 +22,7 @@ from fedsim.data.dataset import Dataset
 from fedsim.engine.base import (
     DeviceReport, Engine, HostReduce, HostSettings, RoundResult, combine_evaluations, host_data, test_blocks,
 )
-from fedsim.model.builders import ModelBuilder
+from fedsim.model.builders import ArtifactRecipe
 from fedsim.engine.host import DeviceHost
 
 
@@ -75,33 +75,28 @@ class RayEngine(Engine):
         if not ray.is_initialized():
             self._owns_ray = connect(self.address)
 
-    def build_artifact(self, builder: ModelBuilder, lr: float, seed: int) -> bytes:
-        """Convert in a one-shot Ray worker: the coordinator process then never imports TensorFlow
-        (~0.5 GB), and the worker exits when done (max_calls=1). cloudpickle carries notebook builders."""
-        from fedsim.model import convert_to_tflite
-
-        self._connect()
-        task = ray.remote(max_calls=1, num_cpus=0)(convert_to_tflite)
-        return ray.get(task.remote(builder, lr, seed))
-
     def start(
-        self, artifact: bytes, dataset: Dataset, shards: Sequence[np.ndarray], settings: HostSettings
-    ) -> None:
+        self, recipe: ArtifactRecipe, dataset: Dataset, shards: Sequence[np.ndarray], settings: HostSettings
+    ) -> bytes:
         self._connect()
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.num_hosts = min(self.requested_hosts or cpus, len(shards))
         # More hosts than CPUs (e.g. one actor per device) must still all be scheduled.
         per_host_cpus = min(1.0, cpus / self.num_hosts)
-        artifact_ref = ray.put(artifact)
         actor_cls = ray.remote(DeviceHost).options(num_cpus=per_host_cpus, scheduling_strategy="SPREAD")
         tests = test_blocks(dataset, self.num_hosts)
         self.test_samples = len(dataset.y_test)
         # Each host's data goes into the object store once and is read there without a copy.
         self.actors = [
-            actor_cls.remote(h, artifact_ref, ray.put(data), settings, tests[h])
+            actor_cls.remote(h, ray.put(data), settings, tests[h])
             for h, data in enumerate(host_data(dataset, shards, self.num_hosts))
         ]
-        self.host_pids = ray.get([a.ready.remote() for a in self.actors])
+        # Host 0 converts the model: the coordinator process never imports TensorFlow (~0.5 GB), and
+        # no extra process holds it either. Then every host loads the same bytes.
+        artifact = ray.get(self.actors[0].build_artifact.remote(recipe))
+        artifact_ref = ray.put(artifact)
+        self.host_pids = ray.get([a.load.remote(artifact_ref) for a in self.actors])
+        return artifact
 
     def initial_checkpoint(self) -> bytes:
         return ray.get(self.actors[0].initial_checkpoint.remote())

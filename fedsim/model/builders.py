@@ -4,6 +4,7 @@ input is (None, 28, 28) float32 and whose output is (None, 10) class probabiliti
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 ModelBuilder = Callable[[], Any]
@@ -27,3 +28,18 @@ def build_mlp() -> Any:
 
 
 MODELS: dict[str, ModelBuilder] = {"mlp": build_mlp}
+
+
+@dataclass(frozen=True)
+class ArtifactRecipe:
+    """Everything that determines the .tflite: builder, learning rate, seed. Small and picklable
+    (cloudpickle carries notebook builders), so the conversion can run wherever TensorFlow already is."""
+
+    builder: ModelBuilder = build_mlp
+    lr: float = 0.05
+    seed: int = 0
+
+    def build(self) -> bytes:
+        from fedsim.model.convert import convert_to_tflite
+
+        return convert_to_tflite(self.builder, self.lr, self.seed)
