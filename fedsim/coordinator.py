@@ -86,17 +86,21 @@ class Coordinator:
         if self.strategy.linear:
             # Hosts validate and pre-sum their devices' checkpoints; partials come back, not checkpoints.
             result = self.engine.run_round(round_num, self.global_checkpoint, selected, HostReduce(self.spec, self.strategy))
+            hosts_done = time.perf_counter()
             device_rows = [self._row(round_num, r, r.status, r.error) for r in sorted(result.reports, key=lambda r: r.device_id)]
             accepted = [r for r in device_rows if r["status"] == "ok"]
             if result.partials:
                 self._set_global(self.strategy.aggregate_partials(self.global_weights, result.partials))
         else:
             result = self.engine.run_round(round_num, self.global_checkpoint, selected)
+            hosts_done = time.perf_counter()
             updates, device_rows = self._accept(round_num, result.reports)
             accepted = [r for r in device_rows if r["status"] == "ok"]
             if updates:
                 self._set_global(self.strategy.aggregate(self.global_weights, updates))
+        aggregated = time.perf_counter()
         accuracy, loss = self.evaluate(self.global_checkpoint)
+        evaluated = time.perf_counter()
         samples = sum(r["samples"] for r in accepted)
         train_loss = sum(r["train_loss"] * r["samples"] for r in accepted) / samples if samples else float("nan")
         round_row = {
@@ -108,7 +112,10 @@ class Coordinator:
             "devices_reported": sum(r["status"] != "failed" for r in device_rows),
             "devices_accepted": len(accepted),
             "samples": samples,
-            "wall_s": time.perf_counter() - start,
+            "wall_s": evaluated - start,
+            "hosts_s": hosts_done - start,  # dispatch until every host answered
+            "aggregate_s": aggregated - hosts_done,
+            "evaluate_s": evaluated - aggregated,
             "bytes_up": sum(r["checkpoint_bytes"] for r in device_rows),
             "bytes_down": len(self.global_checkpoint) * len(selected),
             # seconds since the run began; differences between rounds include the recording of the tables

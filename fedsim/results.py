@@ -28,7 +28,8 @@ CHECKPOINT_FILE = "global.ckpt"
 
 ROUND_COLUMNS = [
     "round", "test_accuracy", "test_loss", "train_loss", "devices_selected", "devices_reported",
-    "devices_accepted", "samples", "wall_s", "elapsed_s", "bytes_up", "bytes_down",
+    "devices_accepted", "samples", "wall_s", "hosts_s", "aggregate_s", "evaluate_s", "elapsed_s",
+    "bytes_up", "bytes_down",
 ]
 DEVICE_COLUMNS = [
     "round", "device_id", "host", "samples", "train_loss", "train_s", "checkpoint_bytes", "status", "reason",

@@ -37,10 +37,6 @@ def run(
     started = time.perf_counter()
     config = (config or Config()).replace(**settings) if settings else (config or Config())
     dataset = load_dataset(config.dataset, config.data_dir, config.seed, config.synthetic_samples)
-    if len(dataset.y_train) < config.devices:
-        from fedsim.config import ConfigError
-
-        raise ConfigError(f"--devices {config.devices} exceeds the {len(dataset.y_train)} training samples of {dataset.name}")
     out = claim_run_folder(config.out or default_out(config.name))
     strategy = strategy or make_strategy(config.strategy)
     builder = model_builder or MODELS[config.model]
@@ -48,6 +44,8 @@ def run(
         "config": config.to_dict(),
         "versions": versions(),
         "dataset": {"name": dataset.name, "train_samples": len(dataset.y_train), "test_samples": len(dataset.y_test)},
+        # > 1 when devices outnumber training samples: each sample is then held by up to this many devices
+        "sample_reuse": -(-config.devices // len(dataset.y_train)),
         "strategy": type(strategy).__name__,
         "model_builder": f"{builder.__module__}.{getattr(builder, '__qualname__', repr(builder))}",
         "started": dt.datetime.now().isoformat(timespec="seconds"),

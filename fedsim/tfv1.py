@@ -132,7 +132,7 @@ def _meta_shapes(meta: bytes) -> dict[str, tuple[int, ...]]:
 
 
 def read_tfv1(data: bytes) -> dict[str, np.ndarray]:
-    """TF v1 checkpoint bytes -> {name: float32 array}."""
+    """TF v1 checkpoint bytes -> {name: float32 array}; the arrays are read-only views into `data`."""
     buf = memoryview(data)
     if len(buf) < _FOOTER:
         raise ValueError("shorter than a table footer")
@@ -177,7 +177,7 @@ def read_tfv1(data: bytes) -> dict[str, np.ndarray]:
         flat = values[name]
         if flat.size != int(np.prod(shape)):
             raise ValueError(f"{name}: shape {list(shape)} but {flat.size} values")
-        out[name] = flat.astype(np.float32).reshape(shape)  # astype copies: no view into `data`
+        out[name] = flat.reshape(shape)  # a read-only view into `data`: no copy on the hot path
     return out
 
 
