@@ -11,8 +11,8 @@ from typing import Any
 
 from fedsim.config import Config
 from fedsim.coordinator import Coordinator
-from fedsim.data import iid_partition, load_dataset
-from fedsim.engine.base import Engine, HostSettings
+from fedsim.data import DataRecipe
+from fedsim.engine.base import Engine, HostSettings, Setup
 from fedsim.model import MODELS
 from fedsim.model.builders import ArtifactRecipe, ModelBuilder
 from fedsim.results import Run, RunWriter, claim_run_folder, default_out, load_run, versions
@@ -36,27 +36,21 @@ def run(
     """
     started = time.perf_counter()
     config = (config or Config()).replace(**settings) if settings else (config or Config())
-    dataset = load_dataset(config.dataset, config.data_dir, config.seed, config.synthetic_samples)
+    data = DataRecipe(config.dataset, config.data_dir, config.seed, config.synthetic_samples)
+    data.check()  # a missing data set fails here, before any folder or Ray process exists
     out = claim_run_folder(config.out or default_out(config.name))
     strategy = strategy or make_strategy(config.strategy)
     builder = model_builder or MODELS[config.model]
     meta: dict[str, Any] = {
         "config": config.to_dict(),
         "versions": versions(),
-        "dataset": {"name": dataset.name, "train_samples": len(dataset.y_train), "test_samples": len(dataset.y_test)},
-        # > 1 when devices outnumber training samples: each sample is then held by up to this many devices
-        "sample_reuse": -(-config.devices // len(dataset.y_train)),
         "strategy": type(strategy).__name__,
         "model_builder": f"{builder.__module__}.{getattr(builder, '__qualname__', repr(builder))}",
         "started": dt.datetime.now().isoformat(timespec="seconds"),
     }
     writer = RunWriter(out, meta)
     try:
-        # The data set travels in a list that _run empties: once the hosts hold their shards the
-        # coordinator process lets go of its copy (~55 MB for Fashion-MNIST).
-        holder = [dataset]
-        del dataset
-        _run(config, holder, strategy, builder, engine, writer, progress, started)
+        _run(config, data, strategy, builder, engine, writer, progress, started)
     except BaseException as e:
         writer.write_meta(status="failed", error=f"{type(e).__name__}: {e}", finished=dt.datetime.now().isoformat(timespec="seconds"))
         raise
@@ -64,18 +58,23 @@ def run(
     return load_run(out)
 
 
-def _run(config, holder, strategy, builder, engine, writer, progress, started) -> None:  # noqa: ANN001
-    dataset = holder.pop()
+def _run(config, data, strategy, builder, engine, writer, progress, started) -> None:  # noqa: ANN001
     if engine is None:
         from fedsim.engine.ray import RayEngine
 
         engine = RayEngine(config.hosts, config.address)
-    shards = iid_partition(len(dataset.y_train), config.devices, config.seed)
+    settings = HostSettings(config.local_epochs, config.batch_size, config.seed)
+    setup = Setup(ArtifactRecipe(builder, config.lr, config.seed), data, config.devices, settings)
     with engine:
-        settings = HostSettings(config.local_epochs, config.batch_size, config.seed)
-        artifact = engine.start(ArtifactRecipe(builder, config.lr, config.seed), dataset, shards, settings)
-        writer.write_model(artifact)
-        del dataset, shards
-        writer.write_meta(hosts=engine.num_hosts, engine=type(engine).__name__)
+        prepared = engine.start(setup)
+        writer.write_model(prepared.artifact)
+        train_samples = int(prepared.dataset_info["train_samples"])
+        writer.write_meta(
+            hosts=engine.num_hosts,
+            engine=type(engine).__name__,
+            dataset=prepared.dataset_info,
+            # > 1 when devices outnumber training samples: each sample is then held by up to this many devices
+            sample_reuse=-(-config.devices // train_samples),
+        )
         initial = engine.initial_checkpoint()
         Coordinator(config, engine, strategy, engine.evaluate, initial, writer, progress, started).run()

@@ -18,8 +18,8 @@ class ScriptedEngine(Engine):
         self.spoil = spoil or {}
         self.calls = []
 
-    def start(self, recipe, dataset, shards, settings):
-        return b""
+    def start(self, setup):
+        raise AssertionError("the coordinator never starts an engine")
 
     def initial_checkpoint(self):
         return write_checkpoint(zero_weights())

@@ -1,21 +1,44 @@
 """Data sets and partitioners. Images stay uint8 and labels int until a device trains on them."""
 
+from dataclasses import dataclass
+
 from fedsim.data.dataset import Dataset
 from fedsim.data.fashion_mnist import DataNotFoundError, fetch_fashion_mnist, find_fashion_mnist, load_fashion_mnist
 from fedsim.data.partition import iid_partition
 from fedsim.data.synthetic import make_synthetic
 
 
+@dataclass(frozen=True)
+class DataRecipe:
+    """Which data set to load and how: small and picklable, so the loading can happen in a short-lived
+    worker instead of the coordinator process."""
+
+    name: str = "fashion_mnist"
+    data_dir: str | None = None
+    seed: int = 0
+    synthetic_samples: int = 200
+
+    def check(self) -> None:
+        """Fail now (DataNotFoundError) if the data set is not where it is looked for."""
+        if self.name == "fashion_mnist":
+            find_fashion_mnist(self.data_dir)
+        elif self.name != "synthetic":
+            raise ValueError(f"unknown data set {self.name!r}; use fashion_mnist or synthetic")
+
+    def load(self) -> Dataset:
+        self.check()
+        if self.name == "fashion_mnist":
+            return load_fashion_mnist(self.data_dir)
+        return make_synthetic(samples_per_class=self.synthetic_samples, seed=self.seed)
+
+
 def load_dataset(name: str, data_dir: str | None = None, seed: int = 0, synthetic_samples: int = 200) -> Dataset:
     """The data set a config names: "fashion_mnist" (real files) or "synthetic" (generated)."""
-    if name == "fashion_mnist":
-        return load_fashion_mnist(data_dir)
-    if name == "synthetic":
-        return make_synthetic(samples_per_class=synthetic_samples, seed=seed)
-    raise ValueError(f"unknown data set {name!r}; use fashion_mnist or synthetic")
+    return DataRecipe(name, data_dir, seed, synthetic_samples).load()
 
 
 __all__ = [
+    "DataRecipe",
     "Dataset",
     "DataNotFoundError",
     "fetch_fashion_mnist",

@@ -11,6 +11,7 @@ from types import TracebackType
 import numpy as np
 
 from fedsim.checkpoint import WeightSpec
+from fedsim.data import DataRecipe, iid_partition
 from fedsim.data.dataset import Dataset
 from fedsim.model.builders import ArtifactRecipe
 from fedsim.strategies.base import Partial, Strategy
@@ -101,6 +102,38 @@ class HostData:
     placements: list[tuple[int, int, int]]  # (device_id, start, stop) into x and y
 
 
+@dataclass(frozen=True)
+class Setup:
+    """Everything an engine needs to start a run: what to convert, what to load, how to split it."""
+
+    artifact: ArtifactRecipe
+    data: DataRecipe
+    devices: int
+    settings: HostSettings
+
+
+@dataclass
+class Prepared:
+    """The outcome of preparing a run: the .tflite, what the data set was, and each host's share."""
+
+    artifact: bytes
+    dataset_info: dict[str, int | str]
+    hosts: list[HostData]
+    tests: list[TestBlocks]
+
+
+def prepare(setup: Setup, num_hosts: int) -> Prepared:
+    """Load the data, partition it, cut it per host, and convert the model (imports TensorFlow)."""
+    dataset = setup.data.load()
+    shards = iid_partition(len(dataset.y_train), setup.devices, setup.settings.seed)
+    info: dict[str, int | str] = {
+        "name": dataset.name,
+        "train_samples": len(dataset.y_train),
+        "test_samples": len(dataset.y_test),
+    }
+    return Prepared(setup.artifact.build(), info, host_data(dataset, shards, num_hosts), test_blocks(dataset, num_hosts))
+
+
 def host_data(dataset: Dataset, shards: Sequence[np.ndarray], num_hosts: int) -> list[HostData]:
     out = []
     for ids in assign_hosts(len(shards), num_hosts):
@@ -121,11 +154,10 @@ class Engine(ABC):
     num_hosts: int
 
     @abstractmethod
-    def start(
-        self, recipe: ArtifactRecipe, dataset: Dataset, shards: Sequence[np.ndarray], settings: HostSettings
-    ) -> bytes:
-        """Create the hosts, give each its devices' shards and test blocks (once), convert the model
-        and load it on every host. Returns the .tflite."""
+    def start(self, setup: Setup) -> Prepared:
+        """Prepare the run (see `prepare`), create the hosts, give each its devices' shards and test
+        blocks once, and load the .tflite on every host. The returned Prepared may omit `hosts` and
+        `tests` (they live on the hosts)."""
 
     @abstractmethod
     def initial_checkpoint(self) -> bytes:

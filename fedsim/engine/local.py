@@ -4,14 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
-from fedsim.data.dataset import Dataset
-from fedsim.engine.base import (
-    Engine, HostReduce, HostSettings, RoundResult, combine_evaluations, host_data, test_blocks,
-)
+from fedsim.engine.base import Engine, HostReduce, Prepared, RoundResult, Setup, combine_evaluations, prepare
 from fedsim.engine.host import DeviceHost
-from fedsim.model.builders import ArtifactRecipe
 
 
 class LocalEngine(Engine):
@@ -21,18 +15,15 @@ class LocalEngine(Engine):
         self.num_hosts = num_hosts
         self.hosts: list[DeviceHost] = []
 
-    def start(
-        self, recipe: ArtifactRecipe, dataset: Dataset, shards: Sequence[np.ndarray], settings: HostSettings
-    ) -> bytes:
-        artifact = recipe.build()
-        self.num_hosts = min(self.num_hosts, len(shards))
-        tests = test_blocks(dataset, self.num_hosts)
-        self.test_samples = len(dataset.y_test)
+    def start(self, setup: Setup) -> Prepared:
+        self.num_hosts = min(self.num_hosts, setup.devices)
+        prepared = prepare(setup, self.num_hosts)
+        self.test_samples = int(prepared.dataset_info["test_samples"])
         self.hosts = [
-            DeviceHost(h, data, settings, tests[h], artifact)
-            for h, data in enumerate(host_data(dataset, shards, self.num_hosts))
+            DeviceHost(h, data, setup.settings, tests, prepared.artifact)
+            for h, (data, tests) in enumerate(zip(prepared.hosts, prepared.tests))
         ]
-        return artifact
+        return prepared
 
     def initial_checkpoint(self) -> bytes:
         return self.hosts[0].initial_checkpoint()

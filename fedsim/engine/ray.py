@@ -11,18 +11,16 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
+import psutil
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from fedsim.data.dataset import Dataset
-from fedsim.engine.base import (
-    DeviceReport, Engine, HostReduce, HostSettings, RoundResult, combine_evaluations, host_data, test_blocks,
-)
-from fedsim.model.builders import ArtifactRecipe
+from fedsim.engine.base import DeviceReport, Engine, HostReduce, Prepared, RoundResult, Setup, combine_evaluations, prepare
 from fedsim.engine.host import DeviceHost
 
 
@@ -61,6 +59,23 @@ def connect(address: str | None = None) -> bool:
     return True
 
 
+def _prepare_remote(setup: Setup, num_hosts: int) -> tuple[Any, ...]:
+    prepared = prepare(setup, num_hosts)
+    return (prepared.artifact, prepared.dataset_info, os.getpid(), *prepared.hosts, *prepared.tests)
+
+
+def _wait_for_exit(pid: int, timeout_s: float = 15.0) -> None:
+    """Wait until a finished one-shot worker of this node has exited (Ray ends it after max_calls)."""
+    deadline = time.monotonic() + timeout_s
+    while psutil.pid_exists(pid) and time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.05)
+
+
 class RayEngine(Engine):
     def __init__(self, hosts: int | None = None, address: str | None = None, round_timeout_s: float | None = None) -> None:
         self.requested_hosts = hosts
@@ -75,28 +90,28 @@ class RayEngine(Engine):
         if not ray.is_initialized():
             self._owns_ray = connect(self.address)
 
-    def start(
-        self, recipe: ArtifactRecipe, dataset: Dataset, shards: Sequence[np.ndarray], settings: HostSettings
-    ) -> bytes:
+    def start(self, setup: Setup) -> Prepared:
         self._connect()
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        self.num_hosts = min(self.requested_hosts or cpus, len(shards))
+        self.num_hosts = h = min(self.requested_hosts or cpus, setup.devices)
+        # A one-shot worker on this node (where the data set was found) loads and splits the data and
+        # converts the model, putting each host's share straight into the object store. The
+        # coordinator process never imports TensorFlow or maps the data (~0.6 GB saved), and the
+        # worker exits before the hosts start, so its memory is not counted with theirs.
+        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+        task = ray.remote(max_calls=1)(_prepare_remote).options(num_returns=3 + 2 * h, scheduling_strategy=here)
+        refs = task.remote(setup, h)
+        artifact, info, worker_pid = ray.get(refs[:3])
+        _wait_for_exit(worker_pid)
+        host_refs, test_refs = refs[3 : 3 + h], refs[3 + h :]
+        self.test_samples = int(info["test_samples"])
         # More hosts than CPUs (e.g. one actor per device) must still all be scheduled.
-        per_host_cpus = min(1.0, cpus / self.num_hosts)
+        per_host_cpus = min(1.0, cpus / h)
         actor_cls = ray.remote(DeviceHost).options(num_cpus=per_host_cpus, scheduling_strategy="SPREAD")
-        tests = test_blocks(dataset, self.num_hosts)
-        self.test_samples = len(dataset.y_test)
-        # Each host's data goes into the object store once and is read there without a copy.
-        self.actors = [
-            actor_cls.remote(h, ray.put(data), settings, tests[h])
-            for h, data in enumerate(host_data(dataset, shards, self.num_hosts))
-        ]
-        # Host 0 converts the model: the coordinator process never imports TensorFlow (~0.5 GB), and
-        # no extra process holds it either. Then every host loads the same bytes.
-        artifact = ray.get(self.actors[0].build_artifact.remote(recipe))
+        self.actors = [actor_cls.remote(i, host_refs[i], setup.settings, test_refs[i]) for i in range(h)]
         artifact_ref = ray.put(artifact)
         self.host_pids = ray.get([a.load.remote(artifact_ref) for a in self.actors])
-        return artifact
+        return Prepared(artifact, info, [], [])
 
     def initial_checkpoint(self) -> bytes:
         return ray.get(self.actors[0].initial_checkpoint.remote())
