@@ -13,6 +13,7 @@ import json
 import os
 import platform
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -80,16 +81,30 @@ def claim_run_folder(out: str | os.PathLike[str]) -> Path:
 
 
 class RunWriter:
-    """Writes one run folder. Tables are rewritten whole after each round (they are small)."""
+    """Writes one run folder. Tables are rewritten whole after each round (they are small).
+
+    A round's files are written on a background thread while the next round runs on the hosts (the
+    coordinator would otherwise leave them idle for the write); at most one write is in flight, so a
+    crash loses at most the round that had just finished, and every completed write is whole.
+    """
 
     def __init__(self, path: Path, meta: dict[str, Any]) -> None:
         self.path = path
         self.meta = dict(meta)
         self.rounds: list[dict[str, Any]] = []
         self.devices: list[dict[str, Any]] = []
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsim-writer")
+        self._pending: Future[None] | None = None
         self.write_meta(status="running")
 
+    def flush(self) -> None:
+        """Wait for the write in flight; re-raise its error, if any."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
     def write_meta(self, **changes: Any) -> None:
+        self.flush()
         self.meta.update(changes)
         _atomic_write(self.path / CONFIG_FILE, json.dumps(self.meta, indent=2, default=str).encode())
 
@@ -99,10 +114,21 @@ class RunWriter:
     def record_round(self, round_row: dict[str, Any], device_rows: list[dict[str, Any]], global_checkpoint: bytes) -> None:
         self.rounds.append(round_row)
         self.devices.extend(device_rows)
-        _atomic_write(self.path / CHECKPOINT_FILE, global_checkpoint)
-        _atomic_parquet(self.path / DEVICES_FILE, pd.DataFrame(self.devices, columns=DEVICE_COLUMNS))
-        _atomic_parquet(self.path / ROUNDS_FILE, pd.DataFrame(self.rounds, columns=ROUND_COLUMNS))
-        self.write_meta(rounds_completed=round_row["round"])
+        self.flush()
+        self._pending = self._pool.submit(
+            self._write_round, list(self.rounds), list(self.devices), global_checkpoint, round_row["round"]
+        )
+
+    def _write_round(self, rounds: list[dict[str, Any]], devices: list[dict[str, Any]], checkpoint: bytes, round_num: int) -> None:
+        _atomic_write(self.path / CHECKPOINT_FILE, checkpoint)
+        _atomic_parquet(self.path / DEVICES_FILE, pd.DataFrame(devices, columns=DEVICE_COLUMNS))
+        _atomic_parquet(self.path / ROUNDS_FILE, pd.DataFrame(rounds, columns=ROUND_COLUMNS))
+        self.meta["rounds_completed"] = round_num
+        _atomic_write(self.path / CONFIG_FILE, json.dumps(self.meta, indent=2, default=str).encode())
+
+    def close(self) -> None:
+        self.flush()
+        self._pool.shutdown()
 
 
 @dataclass

@@ -46,16 +46,24 @@ def run(
         "versions": versions(),
         "strategy": type(strategy).__name__,
         "model_builder": f"{builder.__module__}.{getattr(builder, '__qualname__', repr(builder))}",
-        "started": dt.datetime.now().isoformat(timespec="seconds"),
+        "started": _now(),
     }
     writer = RunWriter(out, meta)
     try:
         _run(config, data, strategy, builder, engine, writer, progress, started)
     except BaseException as e:
-        writer.write_meta(status="failed", error=f"{type(e).__name__}: {e}", finished=dt.datetime.now().isoformat(timespec="seconds"))
+        try:
+            writer.write_meta(status="failed", error=f"{type(e).__name__}: {e}", finished=_now())
+        finally:
+            writer.close()
         raise
-    writer.write_meta(status="completed", finished=dt.datetime.now().isoformat(timespec="seconds"))
+    writer.write_meta(status="completed", finished=_now())
+    writer.close()
     return load_run(out)
+
+
+def _now() -> str:
+    return dt.datetime.now().isoformat(timespec="seconds")
 
 
 def _run(config, data, strategy, builder, engine, writer, progress, started) -> None:  # noqa: ANN001

@@ -51,3 +51,17 @@ def test_partials_combine_to_the_same_mean(weights_like):
     assert out["a/bias"].dtype == np.float32
     with pytest.raises(ValueError, match="no partial"):
         combine_partials([Partial({}, 0.0, 0)], {"a/bias": np.float32})
+
+
+def test_partial_sum_groups_equal_coefficients_and_caps_the_groups(weights_like):
+    from fedsim.strategies.aggregate import PartialSum
+
+    ps = PartialSum(max_groups=2)
+    for value, c in [(1.0, 10), (2.0, 10), (3.0, 20), (4.0, 30), (5.0, 30), (6.0, 20)]:
+        ps.add(weights_like(value), c)
+    assert sorted(ps.groups) == [10, 20]  # 30 exceeded the cap and was scaled at once
+    p = ps.partial()
+    expected = 1 * 10 + 2 * 10 + 3 * 20 + 4 * 30 + 5 * 30 + 6 * 20
+    np.testing.assert_allclose(p.weighted_sum["a/bias"], np.full(3, expected))
+    assert (p.total_weight, p.count) == (120.0, 6)
+    assert p.weighted_sum["a/bias"].dtype == np.float64

@@ -17,8 +17,7 @@ from fedsim.checkpoint import CheckpointError, check_weights, read_checkpoint, s
 from fedsim.device import Device, Runner, evaluate_counts
 from fedsim.model.builders import ArtifactRecipe
 from fedsim.engine.base import DeviceReport, HostData, HostReduce, HostSettings, RoundResult, TestBlocks
-from fedsim.strategies.aggregate import accumulate
-from fedsim.strategies.base import Partial
+from fedsim.strategies.aggregate import PartialSum
 
 
 class DeviceHost:
@@ -85,21 +84,19 @@ class DeviceHost:
         good ones to this host's partial; otherwise return each checkpoint's bytes."""
         path = self.scratch / f"global-{round_num}.ckpt"
         path.write_bytes(global_checkpoint)
-        acc: dict[str, np.ndarray] = {}
-        total, count = 0.0, 0
+        acc = PartialSum()
         reports = []
         try:
             for device_id in device_ids:
                 report, weights = self._run_device(device_id, round_num, path, reduce)
                 if weights is not None and reduce is not None:
                     c = reduce.strategy.coefficient(report.samples)
-                    accumulate(acc, weights, c)
-                    total, count = total + c, count + 1
+                    acc.add(weights, c)
                 reports.append(report)
         finally:
             path.unlink(missing_ok=True)
             (self.scratch / "device.ckpt").unlink(missing_ok=True)
-        partials = [Partial(acc, total, count)] if reduce is not None and count else []
+        partials = [acc.partial()] if reduce is not None and acc.count else []
         return RoundResult(reports, partials)
 
     def _run_device(

@@ -20,6 +20,40 @@ def accumulate(acc: dict[str, np.ndarray], weights: Mapping[str, np.ndarray], co
             acc[name] = np.multiply(w, coefficient, dtype=np.float64)
 
 
+class PartialSum:
+    """A host's running sum_i c_i * w_i (float64), total c_i and count.
+
+    Updates that share a coefficient (IID shard sizes differ by at most one sample, so FedAvg sees one
+    or two values) are first summed unscaled: a float64 += float32 per tensor instead of a
+    multiplication and an addition, and each group is scaled once at the end. At most `max_groups`
+    groups are kept (each holds a float64 copy of the model); other coefficients are scaled at once.
+    """
+
+    def __init__(self, max_groups: int = 4) -> None:
+        self.max_groups = max_groups
+        self.groups: dict[float, dict[str, np.ndarray]] = {}
+        self.scaled: dict[str, np.ndarray] = {}
+        self.total, self.count = 0.0, 0
+
+    def add(self, weights: Mapping[str, np.ndarray], coefficient: float) -> None:
+        group = self.groups.get(coefficient)
+        if group is not None:
+            for name, w in weights.items():
+                np.add(group[name], w, out=group[name])
+        elif len(self.groups) < self.max_groups:
+            self.groups[coefficient] = {name: w.astype(np.float64) for name, w in weights.items()}
+        else:
+            accumulate(self.scaled, weights, coefficient)
+        self.total += coefficient
+        self.count += 1
+
+    def partial(self) -> Partial:
+        acc = {name: a.copy() for name, a in self.scaled.items()}
+        for coefficient, group in sorted(self.groups.items()):
+            accumulate(acc, group, coefficient)
+        return Partial(acc, self.total, self.count)
+
+
 def combine_partials(partials: Sequence[Partial], dtypes: Mapping[str, np.dtype]) -> Weights:
     """(sum of the partials' weighted sums) / (sum of their weights), cast back to the model's dtypes."""
     live = [p for p in partials if p.count > 0]
