@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import struct
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import google_crc32c
 import numpy as np
@@ -131,8 +132,45 @@ def _meta_shapes(meta: bytes) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Where a model's checkpoint keeps its floats. Every checkpoint of one model has the same bytes
+    outside its float values and data-block checksums, so after one full parse the next ones only
+    compare those fixed bytes and take the floats at the same offsets."""
+
+    fixed: list[tuple[int, bytes]]  # (offset, the bytes that must be there)
+    tensors: list[tuple[str, int, int, tuple[int, ...]]]  # (name, byte offset, float count, shape)
+
+
+_LAYOUTS: dict[int, _Layout] = {}  # by file length
+
+
 def read_tfv1(data: bytes) -> dict[str, np.ndarray]:
     """TF v1 checkpoint bytes -> {name: float32 array}; the arrays are read-only views into `data`."""
+    layout = _LAYOUTS.get(len(data))
+    if layout is not None and all(data[o : o + len(b)] == b for o, b in layout.fixed):
+        return {
+            name: np.frombuffer(data, dtype="<f4", count=count, offset=offset).reshape(shape)
+            for name, offset, count, shape in layout.tensors
+        }
+    out, variable = _parse(data)
+    fixed, tensors, pos = [], [], 0
+    base = np.frombuffer(data, dtype=np.uint8).ctypes.data if data else 0
+    regions = sorted(variable + [(out[n].ctypes.data - base, out[n].nbytes) for n in out])
+    for start, size in regions:
+        fixed.append((pos, data[pos:start]))
+        pos = start + size
+    fixed.append((pos, data[pos:]))
+    for name, a in out.items():
+        tensors.append((name, a.ctypes.data - base, a.size, a.shape))
+    if len(_LAYOUTS) >= 16:
+        _LAYOUTS.clear()
+    _LAYOUTS[len(data)] = _Layout(fixed, tensors)
+    return out
+
+
+def _parse(data: bytes) -> tuple[dict[str, np.ndarray], list[tuple[int, int]]]:
+    """The full parse: the tensors, and the (offset, size) of every data-block checksum."""
     buf = memoryview(data)
     if len(buf) < _FOOTER:
         raise ValueError("shorter than a table footer")
@@ -148,9 +186,11 @@ def read_tfv1(data: bytes) -> dict[str, np.ndarray]:
 
     shapes: dict[str, tuple[int, ...]] = {}
     values: dict[str, np.ndarray] = {}
+    checksums: list[tuple[int, int]] = []
     for _, handle in _block_entries(buf, index_offset, index_size):
         block_offset, p = _varint(handle, 0)
         block_size, _ = _varint(handle, p)
+        checksums.append((block_offset + block_size + 1, 4))  # after the compression-type byte
         for key, value in _block_entries(buf, block_offset, block_size):
             if key == b"":
                 shapes.update(_meta_shapes(bytes(value)))
@@ -178,7 +218,7 @@ def read_tfv1(data: bytes) -> dict[str, np.ndarray]:
         if flat.size != int(np.prod(shape)):
             raise ValueError(f"{name}: shape {list(shape)} but {flat.size} values")
         out[name] = flat.reshape(shape)  # a read-only view into `data`: no copy on the hot path
-    return out
+    return out, checksums
 
 
 # ---- writer ----------------------------------------------------------------------------------

@@ -54,3 +54,25 @@ def test_writer_is_byte_for_byte_what_tensorflow_save_writes(runner, shm_scratch
     names = sorted(many)
     tf.raw_ops.Save(filename=str(tf_path), tensor_names=names, data=[many[n] for n in names])
     assert write_tfv1(many) == tf_path.read_bytes()
+
+
+def test_the_layout_fast_path_reads_new_values_and_refuses_changed_structure(runner, shm_scratch, synthetic):
+    from conftest import batch
+
+    from fedsim.tfv1 import _LAYOUTS
+
+    path = shm_scratch / "d.ckpt"
+    runner.save(path)
+    first = path.read_bytes()
+    read_tfv1(first)
+    assert len(first) in _LAYOUTS  # the full parse left a layout behind
+    x, y = batch(synthetic)
+    runner.train(x, y)
+    runner.save(path)
+    second = path.read_bytes()
+    assert len(second) == len(first) and second != first
+    fast, slow = read_tfv1(second), _read_with_tensorflow(path)
+    for k in slow:
+        np.testing.assert_array_equal(fast[k], slow[k])
+    renamed = second.replace(b"mlp/hidden/bias", b"mlp/hidden/bia5")  # same length, other structure
+    assert "mlp/hidden/bia5" in read_tfv1(renamed)  # a changed name is not read as the old one
