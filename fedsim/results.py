@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 CONFIG_FILE = "config.json"
 ROUNDS_FILE = "rounds.parquet"
@@ -71,6 +73,12 @@ def _atomic_parquet(path: Path, frame: pd.DataFrame) -> None:
     os.replace(tmp, path)
 
 
+def _atomic_arrow(path: Path, table: pa.Table) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
 def claim_run_folder(out: str | os.PathLike[str]) -> Path:
     """Create `out` for a new run; refuse one that exists and is not empty."""
     path = Path(out)
@@ -92,7 +100,9 @@ class RunWriter:
         self.path = path
         self.meta = dict(meta)
         self.rounds: list[dict[str, Any]] = []
-        self.devices: list[dict[str, Any]] = []
+        # One Arrow table per round: rewriting the devices table concatenates them (no copy) and
+        # encodes once, instead of rebuilding a DataFrame from every row of every round.
+        self.device_tables: list[pa.Table] = []
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsim-writer")
         self._pending: Future[None] | None = None
         self.write_meta(status="running")
@@ -113,16 +123,18 @@ class RunWriter:
 
     def record_round(self, round_row: dict[str, Any], device_rows: list[dict[str, Any]], global_checkpoint: bytes) -> None:
         self.rounds.append(round_row)
-        self.devices.extend(device_rows)
         self.flush()
-        self._pending = self._pool.submit(
-            self._write_round, list(self.rounds), list(self.devices), global_checkpoint, round_row["round"]
-        )
+        self._pending = self._pool.submit(self._write_round, list(self.rounds), device_rows, global_checkpoint)
 
-    def _write_round(self, rounds: list[dict[str, Any]], devices: list[dict[str, Any]], checkpoint: bytes, round_num: int) -> None:
+    def _write_round(self, rounds: list[dict[str, Any]], device_rows: list[dict[str, Any]], checkpoint: bytes) -> None:
+        table = pa.Table.from_pandas(pd.DataFrame(device_rows, columns=DEVICE_COLUMNS), preserve_index=False)
+        if self.device_tables:
+            table = table.cast(self.device_tables[0].schema)
+        self.device_tables.append(table)
         _atomic_write(self.path / CHECKPOINT_FILE, checkpoint)
-        _atomic_parquet(self.path / DEVICES_FILE, pd.DataFrame(devices, columns=DEVICE_COLUMNS))
+        _atomic_arrow(self.path / DEVICES_FILE, pa.concat_tables(self.device_tables))
         _atomic_parquet(self.path / ROUNDS_FILE, pd.DataFrame(rounds, columns=ROUND_COLUMNS))
+        round_num = rounds[-1]["round"]
         self.meta["rounds_completed"] = round_num
         _atomic_write(self.path / CONFIG_FILE, json.dumps(self.meta, indent=2, default=str).encode())
 
