@@ -5,7 +5,8 @@
 
 For each fleet size N (every device every round up to 1000; 1,000 devices per round above that):
 - floor_s: the signature calls a round makes on its devices (restore, every train batch, save),
-  replayed back to back on one interpreter in this process, divided by the number of hosts;
+  replayed back to back on one interpreter in a child process, divided by the number of hosts
+  (median of 3 replays);
 - round_wall_s: median wall time of rounds 2..R of a real `fedsim.run` on Ray (evaluation and the
   writing of the tables included: differences of the rounds table's elapsed_s);
 - ratio = round_wall_s / floor_s; first_round_s: from the fedsim.run call (Ray start, conversion and
@@ -92,10 +93,11 @@ def floor_seconds(artifact: bytes, config: fedsim.Config, round_num: int, hosts:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def measure_floor(artifact: bytes, config: fedsim.Config, round_num: int, hosts: int) -> float:
+def measure_floor(artifact: bytes, config: fedsim.Config, round_num: int, hosts: int, repeats: int = 3) -> float:
+    """Median of `repeats` replays in one child process (the machine is noisy)."""
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(1) as pool:
-        return pool.apply(floor_seconds, (artifact, config, round_num, hosts))
+        return float(np.median([pool.apply(floor_seconds, (artifact, config, round_num, hosts)) for _ in range(repeats)]))
 
 
 def bench_one(devices: int, rounds: int, hosts: int, out: Path) -> dict:
