@@ -79,3 +79,38 @@ def test_the_coordinator_process_never_imports_tensorflow(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "False False"
     assert len(fedsim.load_run(tmp_path / "r").rounds) == 2
+
+
+def test_a_host_killed_mid_round_fails_its_devices_then_comes_back(tmp_path):
+    """SIGKILL a host process during a round: its devices are recorded as failed, the other host's
+    devices report, and the next round runs on all devices again (Ray restarts the host)."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from fedsim.data import DataRecipe
+    from fedsim.engine.base import HostSettings, Setup
+    from fedsim.model.builders import ArtifactRecipe
+
+    setup = Setup(ArtifactRecipe(), DataRecipe("synthetic", synthetic_samples=40), devices=8,
+                  settings=HostSettings(local_epochs=300, batch_size=8, seed=0))
+    with RayEngine(hosts=2) as engine:
+        engine.start(setup)
+        initial = engine.initial_checkpoint()
+        victim = engine.host_pids[0]
+        results = {}
+        worker = threading.Thread(target=lambda: results.setdefault(1, engine.run_round(1, initial, list(range(8)))))
+        worker.start()
+        time.sleep(0.7)  # well inside the round: each host trains 4 devices x 300 epochs (~2 s)
+        os.kill(victim, signal.SIGKILL)
+        worker.join(timeout=120)
+        reports = {r.device_id: r for r in results[1].reports}
+        assert sorted(reports) == list(range(8))
+        assert {d for d, r in reports.items() if r.status == "failed"} == {0, 2, 4, 6}  # host 0's devices
+        assert all("host 0 failed" in reports[d].error for d in (0, 2, 4, 6))
+        assert all(reports[d].status == "ok" for d in (1, 3, 5, 7))
+        again = engine.run_round(2, initial, list(range(8)))
+        assert [r.status for r in again.reports] == ["ok"] * 8
+        accuracy, _ = engine.evaluate(initial)
+        assert 0.0 <= accuracy <= 1.0

@@ -15,7 +15,6 @@ import numpy as np
 
 from fedsim.checkpoint import CheckpointError, check_weights, read_checkpoint, scratch_dir
 from fedsim.device import Device, Runner, evaluate_counts
-from fedsim.model.builders import ArtifactRecipe
 from fedsim.engine.base import DeviceReport, HostData, HostReduce, HostSettings, RoundResult, TestBlocks
 from fedsim.strategies.aggregate import PartialSum
 
@@ -50,15 +49,8 @@ class DeviceHost:
             self._runner = Runner(self.artifact)
         return self._runner
 
-    def build_artifact(self, recipe: ArtifactRecipe) -> bytes:
-        """Convert the model here, in a process that imports TensorFlow anyway, and load it."""
-        self.load(recipe.build())
-        assert self.artifact is not None
-        return self.artifact
-
-    def load(self, artifact: bytes) -> int:
-        """Take the .tflite and build its interpreter now (the first round then pays no start-up)."""
-        self.artifact, self._runner = artifact, None
+    def ready(self) -> int:
+        """Build the interpreter now (the first round then pays no start-up); return the host's pid."""
         _ = self.runner
         return os.getpid()
 

@@ -76,6 +76,9 @@ def _wait_for_exit(pid: int, timeout_s: float = 15.0) -> None:
         time.sleep(0.05)
 
 
+HOST_RESTARTS = 5  # a host that keeps dying (e.g. out of memory at start) is given up after this
+
+
 class RayEngine(Engine):
     def __init__(self, hosts: int | None = None, address: str | None = None, round_timeout_s: float | None = None) -> None:
         self.requested_hosts = hosts
@@ -84,6 +87,7 @@ class RayEngine(Engine):
         self.num_hosts = 0
         self.actors: list[Any] = []
         self.host_pids: list[int] = []
+        self._arguments: list[Any] = []
         self._owns_ray = False
 
     def _connect(self) -> None:
@@ -107,10 +111,19 @@ class RayEngine(Engine):
         self.test_samples = int(info["test_samples"])
         # More hosts than CPUs (e.g. one actor per device) must still all be scheduled.
         per_host_cpus = min(1.0, cpus / h)
-        actor_cls = ray.remote(DeviceHost).options(num_cpus=per_host_cpus, scheduling_strategy="SPREAD")
-        self.actors = [actor_cls.remote(i, host_refs[i], setup.settings, test_refs[i]) for i in range(h)]
+        # A host that dies (killed, out of memory) is restarted by Ray from the same arguments: its
+        # shards and the .tflite stay in the object store, so it comes back whole for the next round.
+        # The round it died in is not retried: its devices are recorded as failed.
+        actor_cls = ray.remote(DeviceHost).options(
+            num_cpus=per_host_cpus, scheduling_strategy="SPREAD", max_restarts=HOST_RESTARTS, max_task_retries=0
+        )
         artifact_ref = ray.put(artifact)
-        self.host_pids = ray.get([a.load.remote(artifact_ref) for a in self.actors])
+        self.actors = [
+            actor_cls.remote(i, host_refs[i], setup.settings, test_refs[i], artifact_ref) for i in range(h)
+        ]
+        # Ray restarts an actor from its constructor arguments: keep them in scope for the run.
+        self._arguments = [*host_refs, *test_refs, artifact_ref]
+        self.host_pids = ray.get([a.ready.remote() for a in self.actors])
         return Prepared(artifact, info, [], [])
 
     def initial_checkpoint(self) -> bytes:
@@ -118,7 +131,11 @@ class RayEngine(Engine):
 
     def evaluate(self, checkpoint: bytes) -> tuple[float, float]:
         ref = ray.put(checkpoint)
-        parts = ray.get([a.evaluate.remote(ref) for a in self.actors], timeout=self.round_timeout_s)
+        try:
+            parts = ray.get([a.evaluate.remote(ref) for a in self.actors], timeout=self.round_timeout_s)
+        except RayActorError:
+            # A host died between rounds: Ray restarts it; its test blocks come back with it.
+            parts = ray.get([a.evaluate.remote(ref) for a in self.actors], timeout=self.round_timeout_s)
         return combine_evaluations(parts, self.test_samples)
 
     def run_round(
@@ -147,6 +164,7 @@ class RayEngine(Engine):
                 pass
             ray.kill(actor)
         self.actors = []
+        self._arguments = []
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
         self._owns_ray = False
