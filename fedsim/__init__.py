@@ -19,7 +19,7 @@ from fedsim.data import DataNotFoundError  # noqa: E402
 from fedsim.engine.base import Engine  # noqa: E402
 from fedsim.engine.local import LocalEngine  # noqa: E402
 from fedsim.results import Run, RunFolderError, load_run, load_runs  # noqa: E402
-from fedsim.simulation import run  # noqa: E402
+from fedsim.simulation import resume, run  # noqa: E402
 from fedsim.strategies import FedAvg, Strategy, Update  # noqa: E402
 
 __version__ = "0.1.0"
@@ -38,5 +38,6 @@ __all__ = [
     "__version__",
     "load_run",
     "load_runs",
+    "resume",
     "run",
 ]

@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     for f in fields(Config):
         run.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_type_of(f.name), default=None,
                          help=f"{_HELP.get(f.name, f.name)} (default: {f.default})")
+    run.add_argument("--resume", metavar="DIR", help="continue an interrupted run after its last completed round "
+                     "(its own settings; only --hosts and --address may change)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     data = sub.add_parser("data", help="data set utilities")
@@ -71,8 +73,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
 def _run(args: argparse.Namespace) -> int:
     import fedsim
 
-    config = config_from_args(args)
-    result = fedsim.run(config, progress=not args.no_progress)
+    if args.resume:
+        others = [f.name for f in fields(Config) if f.name not in ("hosts", "address") and getattr(args, f.name) is not None]
+        if others or args.config:
+            flags = ", ".join("--" + n.replace("_", "-") for n in others) or "--config"
+            raise ConfigError(f"--resume uses the run's own settings; drop {flags} (only --hosts and --address may change)")
+        result = fedsim.resume(args.resume, progress=not args.no_progress, hosts=args.hosts, address=args.address)
+        config = Config.from_dict(result.config)
+    else:
+        config = config_from_args(args)
+        result = fedsim.run(config, progress=not args.no_progress)
     last = result.rounds.iloc[-1]
     print(f"fedsim: {len(result.rounds)} rounds on {config.devices} devices; "
           f"final test accuracy {last.test_accuracy:.4f}, test loss {last.test_loss:.4f}")

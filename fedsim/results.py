@@ -12,6 +12,7 @@ import glob as globlib
 import json
 import os
 import platform
+import shutil
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute, for filtering tables on resume
 import pyarrow.parquet as pq
 
 CONFIG_FILE = "config.json"
@@ -28,6 +30,7 @@ ROUNDS_FILE = "rounds.parquet"
 DEVICES_FILE = "devices.parquet"
 MODEL_FILE = "model.tflite"
 CHECKPOINT_FILE = "global.ckpt"
+RESUME_DIR = "resume"  # resume/round-K.ckpt: the checkpoint a resume starts from (removed when complete)
 
 ROUND_COLUMNS = [
     "round", "test_accuracy", "test_loss", "train_loss", "devices_selected", "devices_reported",
@@ -96,16 +99,29 @@ class RunWriter:
     crash loses at most the round that had just finished, and every completed write is whole.
     """
 
-    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+    def __init__(self, path: Path, meta: dict[str, Any], resume_from: int | None = None) -> None:
         self.path = path
         self.meta = dict(meta)
         self.rounds: list[dict[str, Any]] = []
         # One Arrow table per round: rewriting the devices table concatenates them (no copy) and
         # encodes once, instead of rebuilding a DataFrame from every row of every round.
         self.device_tables: list[pa.Table] = []
+        if resume_from is not None:
+            self._load_tables(resume_from)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsim-writer")
         self._pending: Future[None] | None = None
         self.write_meta(status="running")
+
+    def _load_tables(self, rounds_completed: int) -> None:
+        """Take the tables up to `rounds_completed`; rows of a later round whose checkpoint was not
+        committed are dropped (that round is run again, with the same result)."""
+        if rounds_completed == 0:
+            return
+        rounds = pd.read_parquet(self.path / ROUNDS_FILE)
+        self.rounds = rounds[rounds["round"] <= rounds_completed].to_dict("records")
+        devices = pq.read_table(self.path / DEVICES_FILE)
+        mask = pa.compute.less_equal(devices["round"], pa.scalar(rounds_completed, devices.schema.field("round").type))
+        self.device_tables = [devices.filter(mask)]
 
     def flush(self) -> None:
         """Wait for the write in flight; re-raise its error, if any."""
@@ -131,16 +147,35 @@ class RunWriter:
         if self.device_tables:
             table = table.cast(self.device_tables[0].schema)
         self.device_tables.append(table)
-        _atomic_write(self.path / CHECKPOINT_FILE, checkpoint)
+        round_num = rounds[-1]["round"]
+        # Commit order, so that a kill at any point leaves a resumable folder: the round's checkpoint
+        # under its own name, the tables, then config.json's rounds_completed (the commit point),
+        # then the user-facing global.ckpt, then the previous round's checkpoint is dropped.
+        resume = self.path / RESUME_DIR
+        resume.mkdir(exist_ok=True)
+        _atomic_write(resume / f"round-{round_num}.ckpt", checkpoint)
         _atomic_arrow(self.path / DEVICES_FILE, pa.concat_tables(self.device_tables))
         _atomic_parquet(self.path / ROUNDS_FILE, pd.DataFrame(rounds, columns=ROUND_COLUMNS))
-        round_num = rounds[-1]["round"]
         self.meta["rounds_completed"] = round_num
         _atomic_write(self.path / CONFIG_FILE, json.dumps(self.meta, indent=2, default=str).encode())
+        _atomic_write(self.path / CHECKPOINT_FILE, checkpoint)
+        for old in resume.glob("round-*.ckpt"):
+            if old.name != f"round-{round_num}.ckpt":
+                old.unlink(missing_ok=True)
 
     def close(self) -> None:
         self.flush()
         self._pool.shutdown()
+        if self.meta.get("status") == "completed":  # nothing left to resume: global.ckpt is the model
+            shutil.rmtree(self.path / RESUME_DIR, ignore_errors=True)
+
+
+def resume_checkpoint(path: Path, rounds_completed: int) -> bytes:
+    """The committed global checkpoint after `rounds_completed` rounds of the run in `path`."""
+    f = path / RESUME_DIR / f"round-{rounds_completed}.ckpt"
+    if not f.is_file():
+        raise RunFolderError(f"{path}: no checkpoint for round {rounds_completed} ({f} is missing); cannot resume")
+    return f.read_bytes()
 
 
 @dataclass

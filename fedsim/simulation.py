@@ -6,7 +6,10 @@ Everything that can be wrong with the input (settings, data, run folder) is chec
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 from fedsim.config import Config
@@ -15,7 +18,10 @@ from fedsim.data import DataRecipe
 from fedsim.engine.base import Engine, HostSettings, Setup
 from fedsim.model import MODELS
 from fedsim.model.builders import ArtifactRecipe, ModelBuilder
-from fedsim.results import Run, RunWriter, claim_run_folder, default_out, load_run, versions
+from fedsim.results import (
+    CONFIG_FILE, MODEL_FILE, Run, RunFolderError, RunWriter, claim_run_folder, default_out, load_run,
+    resume_checkpoint, versions,
+)
 from fedsim.strategies import Strategy, make_strategy
 
 
@@ -49,8 +55,59 @@ def run(
         "started": _now(),
     }
     writer = RunWriter(out, meta)
+    recipe = ArtifactRecipe(builder, config.lr, config.seed)
+    _guarded(writer, lambda: _run(config, data, strategy, recipe, engine, writer, progress, started))
+    return load_run(out)
+
+
+def _now() -> str:
+    return dt.datetime.now().isoformat(timespec="seconds")
+
+
+def resume(
+    path: str | os.PathLike[str],
+    *,
+    engine: Engine | None = None,
+    strategy: Strategy | None = None,
+    progress: bool = True,
+    hosts: int | None = None,
+    address: str | None = None,
+) -> Run:
+    """Continue an interrupted run in its own folder after its last committed round.
+
+    The run's saved settings and .tflite are used as they are; only where it runs (hosts, address)
+    may change, since neither changes the results. The rounds table comes out identical to an
+    uninterrupted run's.
+    """
+    started = time.perf_counter()
+    folder = Path(path)
+    meta_file = folder / CONFIG_FILE
+    if not meta_file.is_file():
+        raise RunFolderError(f"--resume {folder}: not a fedsim run folder (no {CONFIG_FILE})")
+    meta = json.loads(meta_file.read_text())
+    changes = {k: v for k, v in (("hosts", hosts), ("address", address)) if v is not None}
+    config = Config.from_dict(meta["config"]).replace(**changes)
+    done = int(meta.get("rounds_completed", 0))
+    if done >= config.rounds:
+        raise RunFolderError(f"--resume {folder}: all {config.rounds} rounds are already complete")
+    data = DataRecipe(config.dataset, config.data_dir, config.seed, config.synthetic_samples)
+    data.check()
+    artifact = (folder / MODEL_FILE).read_bytes()
+    initial = resume_checkpoint(folder, done) if done else None
+    meta["config"] = config.to_dict()
+    for stale in ("error", "finished"):
+        meta.pop(stale, None)
+    meta.setdefault("resumed", []).append({"after_round": done, "at": _now()})
+    writer = RunWriter(folder, meta, resume_from=done)
+    _guarded(writer, lambda: _run(config, data, strategy or make_strategy(config.strategy), artifact, engine, writer,
+                                  progress, started, initial, done + 1))
+    return load_run(folder)
+
+
+def _guarded(writer: RunWriter, body: Any) -> None:
+    """Run `body`, then record how the run ended in config.json (completed, or failed and why)."""
     try:
-        _run(config, data, strategy, builder, engine, writer, progress, started)
+        body()
     except BaseException as e:
         try:
             writer.write_meta(status="failed", error=f"{type(e).__name__}: {e}", finished=_now())
@@ -59,20 +116,15 @@ def run(
         raise
     writer.write_meta(status="completed", finished=_now())
     writer.close()
-    return load_run(out)
 
 
-def _now() -> str:
-    return dt.datetime.now().isoformat(timespec="seconds")
-
-
-def _run(config, data, strategy, builder, engine, writer, progress, started) -> None:  # noqa: ANN001
+def _run(config, data, strategy, artifact, engine, writer, progress, started, initial=None, start_round=1) -> None:  # noqa: ANN001
     if engine is None:
         from fedsim.engine.ray import RayEngine
 
         engine = RayEngine(config.hosts, config.address)
     settings = HostSettings(config.local_epochs, config.batch_size, config.seed)
-    setup = Setup(ArtifactRecipe(builder, config.lr, config.seed), data, config.devices, settings)
+    setup = Setup(artifact, data, config.devices, settings)
     with engine:
         prepared = engine.start(setup)
         writer.write_model(prepared.artifact)
@@ -84,5 +136,6 @@ def _run(config, data, strategy, builder, engine, writer, progress, started) -> 
             # > 1 when devices outnumber training samples: each sample is then held by up to this many devices
             sample_reuse=-(-config.devices // train_samples),
         )
-        initial = engine.initial_checkpoint()
-        Coordinator(config, engine, strategy, engine.evaluate, initial, writer, progress, started).run()
+        if initial is None:
+            initial = engine.initial_checkpoint()
+        Coordinator(config, engine, strategy, engine.evaluate, initial, writer, progress, started).run(start_round)

@@ -114,3 +114,61 @@ def test_a_host_killed_mid_round_fails_its_devices_then_comes_back(tmp_path):
         assert [r.status for r in again.reports] == ["ok"] * 8
         accuracy, _ = engine.evaluate(initial)
         assert 0.0 <= accuracy <= 1.0
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of a session: the driver and the Ray processes it started."""
+    import os
+    import signal
+
+    import psutil
+
+    for p in psutil.process_iter():
+        try:
+            if os.getsid(p.pid) == sid:
+                os.kill(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            pass
+
+
+def test_a_run_killed_after_round_3_resumes_to_the_uninterrupted_table(tmp_path):
+    import json
+    import time
+
+    args = ["--dataset", "synthetic", "--synthetic-samples", "40", "--devices", "8", "--hosts", "2",
+            "--rounds", "6", "--local-epochs", "25", "--seed", "4", "--no-progress"]
+    cli = [sys.executable, "-m", "fedsim.cli", "run"]
+    straight = subprocess.run([*cli, *args, "--out", str(tmp_path / "straight")], capture_output=True, text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([*cli, *args, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if json.loads((out / "config.json").read_text()).get("rounds_completed", 0) >= 3:
+                    break
+            except (FileNotFoundError, json.JSONDecodeError):
+                pass
+            time.sleep(0.01)
+    finally:
+        _kill_session(proc.pid)
+        proc.wait(timeout=60)
+    killed_at = json.loads((out / "config.json").read_text())["rounds_completed"]
+    assert 3 <= killed_at < 6, f"the kill landed after round {killed_at}"
+
+    resumed = subprocess.run([*cli, "--resume", str(out), "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = fedsim.load_run(tmp_path / "straight"), fedsim.load_run(out)
+    columns = ["round", "test_accuracy", "test_loss", "train_loss", "devices_selected", "devices_accepted", "samples"]
+    assert b.rounds[columns].equals(a.rounds[columns])
+    assert b.meta["resumed"][0]["after_round"] == killed_at and b.meta["status"] == "completed"
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, capsys):
+    from fedsim.cli import main
+
+    assert main(["run", "--resume", str(tmp_path), "--lr", "0.1"]) == 2
+    assert "--resume uses the run's own settings; drop --lr" in capsys.readouterr().err

@@ -106,7 +106,7 @@ class HostData:
 class Setup:
     """Everything an engine needs to start a run: what to convert, what to load, how to split it."""
 
-    artifact: ArtifactRecipe
+    artifact: ArtifactRecipe | bytes  # bytes: a .tflite already made (a resumed run reuses its own)
     data: DataRecipe
     devices: int
     settings: HostSettings
@@ -131,7 +131,8 @@ def prepare(setup: Setup, num_hosts: int) -> Prepared:
         "train_samples": len(dataset.y_train),
         "test_samples": len(dataset.y_test),
     }
-    return Prepared(setup.artifact.build(), info, host_data(dataset, shards, num_hosts), test_blocks(dataset, num_hosts))
+    artifact = setup.artifact if isinstance(setup.artifact, bytes) else setup.artifact.build()
+    return Prepared(artifact, info, host_data(dataset, shards, num_hosts), test_blocks(dataset, num_hosts))
 
 
 def host_data(dataset: Dataset, shards: Sequence[np.ndarray], num_hosts: int) -> list[HostData]:
