@@ -30,13 +30,15 @@ _HELP = {
     "out": "run folder (default results/<name>/<timestamp>); must not exist or be empty",
     "name": "experiment name (default run folder)",
     "synthetic_samples": "samples per class of the synthetic data set",
+    "round_timeout": "seconds before a silent host is restarted and its devices marked failed",
+    "min_devices": "fewest devices that must report per round (else retry once, then stop)",
 }
 
 
 def _type_of(name: str) -> Any:
-    if name in ("fraction", "lr"):
+    if name in ("fraction", "lr", "round_timeout"):
         return float
-    if name in ("devices", "rounds", "local_epochs", "batch_size", "seed", "hosts", "synthetic_samples"):
+    if name in ("devices", "rounds", "local_epochs", "batch_size", "seed", "hosts", "synthetic_samples", "min_devices"):
         return int
     return str
 
@@ -108,7 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fedsim.data import DataNotFoundError
     from fedsim.results import RunFolderError
 
-    user_errors: tuple[type[BaseException], ...] = (ConfigError, DataNotFoundError, RunFolderError, ConnectionError)
+    from fedsim.coordinator import RoundFailedError
+
+    user_errors: tuple[type[BaseException], ...] = (
+        ConfigError, DataNotFoundError, RunFolderError, ConnectionError, RoundFailedError,
+    )
     try:
         return _run(args) if args.command == "run" else _data(args)
     except user_errors as e:

@@ -51,6 +51,12 @@ class Config:
     strategy: str = "fedavg"
     # model builder by name (see fedsim.model.MODELS).
     model: str = "mlp"
+    # seconds a round may take before a host that has not answered is restarted and its devices
+    # recorded as failed; None = wait as long as it takes.
+    round_timeout: float | None = None
+    # fewest devices that must report in a round; below it the round is retried once, then the run
+    # stops (keeping every completed round on disk).
+    min_devices: int = 1
     # run folder; None = results/<name>/<timestamp>.
     out: str | None = None
     # experiment name, used for the default run folder.
@@ -67,7 +73,7 @@ class Config:
                 value = getattr(self, name)
                 raise ConfigError(f"{_flag(name)} {what}, got {value!r}")
 
-        for name in ("devices", "rounds", "local_epochs", "batch_size", "seed", "synthetic_samples"):
+        for name in ("devices", "rounds", "local_epochs", "batch_size", "seed", "synthetic_samples", "min_devices"):
             value = getattr(self, name)
             need(isinstance(value, int) and not isinstance(value, bool), name, "must be an integer")
         need(self.devices >= 1, "devices", "must be at least 1")
@@ -76,6 +82,14 @@ class Config:
         need(self.batch_size >= 1, "batch_size", "must be at least 1")
         need(self.seed >= 0, "seed", "must be >= 0")
         need(self.synthetic_samples >= 1, "synthetic_samples", "must be at least 1")
+        need(1 <= self.min_devices, "min_devices", "must be at least 1")
+        if self.min_devices > self.devices_per_round:
+            raise ConfigError(
+                f"--min-devices {self.min_devices} exceeds the {self.devices_per_round} devices selected per round"
+            )
+        if self.round_timeout is not None:
+            need(isinstance(self.round_timeout, (int, float)) and self.round_timeout > 0, "round_timeout",
+                 "must be a positive number of seconds")
         need(isinstance(self.fraction, (int, float)), "fraction", "must be a number")
         need(0.0 < self.fraction <= 1.0, "fraction", "must be in (0, 1]")
         need(isinstance(self.lr, (int, float)) and self.lr > 0, "lr", "must be a positive number")

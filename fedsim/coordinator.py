@@ -23,6 +23,10 @@ from fedsim.strategies.base import Strategy, Update, Weights
 Evaluate = Callable[[bytes], tuple[float, float]]
 
 
+class RoundFailedError(RuntimeError):
+    """Too few devices reported in a round, twice: the run stops; completed rounds stay on disk."""
+
+
 class Recorder(Protocol):
     def record_round(self, round_row: dict[str, Any], device_rows: list[dict[str, Any]], global_checkpoint: bytes) -> None: ...
 
@@ -83,17 +87,27 @@ class Coordinator:
     def run_round(self, round_num: int) -> RoundOutcome:
         start = time.perf_counter()
         selected = select_devices(self.config.devices, self.config.devices_per_round, self.config.seed, round_num)
-        if self.strategy.linear:
-            # Hosts validate and pre-sum their devices' checkpoints; partials come back, not checkpoints.
-            result = self.engine.run_round(round_num, self.global_checkpoint, selected, HostReduce(self.spec, self.strategy))
-            hosts_done = time.perf_counter()
+        reduce = HostReduce(self.spec, self.strategy) if self.strategy.linear else None
+        for attempt in (1, 2):
+            result = self.engine.run_round(round_num, self.global_checkpoint, selected, reduce)
+            reported = sum(r.status != "failed" for r in result.reports)
+            if reported >= self.config.min_devices:
+                break
+            if attempt == 2:
+                errors = sorted({r.error for r in result.reports if r.status == "failed"})
+                raise RoundFailedError(
+                    f"round {round_num}: {reported} of {len(selected)} selected devices reported, fewer than "
+                    f"--min-devices {self.config.min_devices}, also on the retry ({'; '.join(errors)[:300]}); "
+                    f"rounds 1-{round_num - 1} are saved; fix the cause and continue with fedsim run --resume"
+                )
+        hosts_done = time.perf_counter()
+        if reduce is not None:
+            # Hosts validated and pre-summed their devices' checkpoints; partials came back, not checkpoints.
             device_rows = [self._row(round_num, r, r.status, r.error) for r in sorted(result.reports, key=lambda r: r.device_id)]
             accepted = [r for r in device_rows if r["status"] == "ok"]
             if result.partials:
                 self._set_global(self.strategy.aggregate_partials(self.global_weights, result.partials))
         else:
-            result = self.engine.run_round(round_num, self.global_checkpoint, selected)
-            hosts_done = time.perf_counter()
             updates, device_rows = self._accept(round_num, result.reports)
             accepted = [r for r in device_rows if r["status"] == "ok"]
             if updates:

@@ -122,7 +122,7 @@ def _run(config, data, strategy, artifact, engine, writer, progress, started, in
     if engine is None:
         from fedsim.engine.ray import RayEngine
 
-        engine = RayEngine(config.hosts, config.address)
+        engine = RayEngine(config.hosts, config.address, config.round_timeout)
     settings = HostSettings(config.local_epochs, config.batch_size, config.seed)
     setup = Setup(artifact, data, config.devices, settings)
     with engine:

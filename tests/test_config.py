@@ -55,3 +55,11 @@ def test_toml_malformed_or_missing(tmp_path):
 def test_devices_per_round():
     assert Config(devices=10, fraction=0.25).devices_per_round == 2
     assert Config(devices=10, fraction=0.01).devices_per_round == 1
+
+
+def test_reliability_settings():
+    assert Config(devices=10, min_devices=10).min_devices == 10
+    with pytest.raises(ConfigError, match="--min-devices 6 exceeds the 5 devices selected per round"):
+        Config(devices=10, fraction=0.5, min_devices=6)
+    with pytest.raises(ConfigError, match="--round-timeout must be a positive number"):
+        Config(round_timeout=0)

@@ -5,7 +5,7 @@ import pytest
 
 from fedsim.checkpoint import read_checkpoint, write_checkpoint
 from fedsim.config import Config
-from fedsim.coordinator import Coordinator, select_devices
+from fedsim.coordinator import Coordinator, RoundFailedError, select_devices
 from fedsim.engine.base import DeviceReport, Engine, RoundResult
 from fedsim.strategies import FedAvg
 
@@ -13,9 +13,10 @@ from fedsim.strategies import FedAvg
 class ScriptedEngine(Engine):
     """Each device reports the global weights plus its own id (or a scripted bad checkpoint)."""
 
-    def __init__(self, spoil=None):
+    def __init__(self, spoil=None, down=0):
         self.num_hosts = 2
         self.spoil = spoil or {}
+        self.down = down  # the first `down` calls find every device unreachable
         self.calls = []
 
     def start(self, setup):
@@ -30,6 +31,8 @@ class ScriptedEngine(Engine):
     def run_round(self, round_num, global_checkpoint, device_ids, reduce=None):
         assert reduce is None  # the strategies here keep every update on the coordinator
         self.calls.append(list(device_ids))
+        if len(self.calls) <= self.down:
+            return RoundResult([DeviceReport(d, self.host_of(d), 0, "failed", error="host unreachable") for d in device_ids])
         g = read_checkpoint(global_checkpoint)
         reports = []
         for d in device_ids:
@@ -132,3 +135,24 @@ def test_fraction_selects_a_seeded_subset_each_round():
 @pytest.mark.parametrize("n", [1, 7])
 def test_selecting_everyone(n):
     assert select_devices(n, n, 0, 1) == list(range(n))
+
+
+def test_too_few_reports_are_retried_once():
+    engine = ScriptedEngine(down=1)
+    rec = Recorded()
+    make(Config(devices=4, rounds=1, dataset="synthetic", min_devices=3), engine, rec).run()
+    assert len(engine.calls) == 2 and engine.calls[0] == engine.calls[1]  # the same selection, again
+    assert rec.rounds[0]["devices_reported"] == 4
+
+
+def test_too_few_reports_twice_stop_the_run_with_the_rounds_before_kept():
+    engine = ScriptedEngine(down=10)
+    rec = Recorded()
+    coord = make(Config(devices=4, rounds=3, dataset="synthetic", min_devices=2), engine, rec)
+    engine.down = 0
+    coord.run_round(1)  # a good round first
+    engine.down, engine.calls = 10, []
+    with pytest.raises(RoundFailedError, match="round 2: 0 of 4 selected devices reported, fewer than --min-devices 2"):
+        coord.run_round(2)
+    assert len(engine.calls) == 2
+    assert [r["round"] for r in rec.rounds] == [1]

@@ -172,3 +172,26 @@ def test_resume_with_other_settings_is_refused(tmp_path, capsys):
 
     assert main(["run", "--resume", str(tmp_path), "--lr", "0.1"]) == 2
     assert "--resume uses the run's own settings; drop --lr" in capsys.readouterr().err
+
+
+def test_a_hung_host_times_out_is_restarted_and_serves_the_next_round():
+    """SIGSTOP a host (it hangs, it does not die): with a round timeout its devices are recorded as
+    failed, the host is restarted, and the next round runs on every device."""
+    import os
+    import signal
+
+    from fedsim.data import DataRecipe
+    from fedsim.engine.base import HostSettings, Setup
+    from fedsim.model.builders import ArtifactRecipe
+
+    setup = Setup(ArtifactRecipe(), DataRecipe("synthetic", synthetic_samples=20), devices=4,
+                  settings=HostSettings(local_epochs=1, batch_size=8, seed=0))
+    with RayEngine(hosts=2, round_timeout_s=5) as engine:
+        engine.start(setup)
+        initial = engine.initial_checkpoint()
+        os.kill(engine.host_pids[1], signal.SIGSTOP)
+        stalled = {r.device_id: r for r in engine.run_round(1, initial, [0, 1, 2, 3]).reports}
+        assert [stalled[d].status for d in range(4)] == ["ok", "failed", "ok", "failed"]
+        assert "no answer within --round-timeout 5 s" in stalled[1].error
+        again = engine.run_round(2, initial, [0, 1, 2, 3])
+        assert [r.status for r in again.reports] == ["ok"] * 4, [r.error for r in again.reports]

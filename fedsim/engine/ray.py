@@ -88,6 +88,7 @@ class RayEngine(Engine):
         self.actors: list[Any] = []
         self.host_pids: list[int] = []
         self._arguments: list[Any] = []
+        self._restarting: set[int] = set()  # hosts that died or were killed; Ray is bringing them back
         self._owns_ray = False
 
     def _connect(self) -> None:
@@ -130,6 +131,7 @@ class RayEngine(Engine):
         return ray.get(self.actors[0].initial_checkpoint.remote())
 
     def evaluate(self, checkpoint: bytes) -> tuple[float, float]:
+        self._await_restarts()
         ref = ray.put(checkpoint)
         try:
             parts = ray.get([a.evaluate.remote(ref) for a in self.actors], timeout=self.round_timeout_s)
@@ -141,20 +143,43 @@ class RayEngine(Engine):
     def run_round(
         self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int], reduce: HostReduce | None = None
     ) -> RoundResult:
+        self._await_restarts()
         checkpoint_ref = ray.put(global_checkpoint)  # one copy in the object store, read by every host
         calls = [
             (h, mine, self.actors[h].run_round.remote(round_num, checkpoint_ref, mine, reduce))
             for h, mine in sorted(self.split(device_ids).items())
         ]
+        refs = [ref for _, _, ref in calls]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.round_timeout_s)
+        done = set(ready)
         result = RoundResult()
         for h, mine, ref in calls:
+            if ref not in done:
+                # Hung (stopped, deadlocked, far too slow): restart it so the next round finds it idle.
+                ray.kill(self.actors[h], no_restart=False)
+                self._restarting.add(h)
+                error = f"host {h} failed: no answer within --round-timeout {self.round_timeout_s:g} s"
+                result.reports.extend(DeviceReport(d, h, 0, "failed", error=error) for d in mine)
+                continue
             try:
-                result.extend(ray.get(ref, timeout=self.round_timeout_s))
-            except (RayActorError, RayTaskError, GetTimeoutError) as e:
+                result.extend(ray.get(ref))
+            except (RayActorError, RayTaskError) as e:
+                if isinstance(e, RayActorError):
+                    self._restarting.add(h)
                 first = str(e).strip().splitlines()[0] if str(e).strip() else ""
                 error = f"host {h} failed: {type(e).__name__}: {first}"
                 result.reports.extend(DeviceReport(d, h, 0, "failed", error=error) for d in mine)
         return result
+
+    def _await_restarts(self, timeout_s: float = 180.0) -> None:
+        """Wait for hosts Ray is restarting (TensorFlow import, interpreter) before the next round's
+        clock starts: the round timeout is for a round's work, not for a host's start-up."""
+        for h in sorted(self._restarting):
+            try:
+                self.host_pids[h] = ray.get(self.actors[h].ready.remote(), timeout=timeout_s)
+            except (RayActorError, GetTimeoutError):
+                pass  # still down (or out of restarts): its devices fail this round and say why
+        self._restarting.clear()
 
     def close(self) -> None:
         for actor in self.actors:
