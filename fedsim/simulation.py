@@ -131,6 +131,7 @@ def _run(config, data, strategy, artifact, engine, writer, progress, started, in
         train_samples = int(prepared.dataset_info["train_samples"])
         writer.write_meta(
             hosts=engine.num_hosts,
+            host_nodes=getattr(engine, "host_nodes", None),
             engine=type(engine).__name__,
             dataset=prepared.dataset_info,
             # > 1 when devices outnumber training samples: each sample is then held by up to this many devices

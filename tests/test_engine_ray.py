@@ -195,3 +195,29 @@ def test_a_hung_host_times_out_is_restarted_and_serves_the_next_round():
         assert "no answer within --round-timeout 5 s" in stalled[1].error
         again = engine.run_round(2, initial, [0, 1, 2, 3])
         assert [r.status for r in again.reports] == ["ok"] * 4, [r.error for r in again.reports]
+
+
+def test_a_two_node_ray_cluster_gives_the_single_node_results(tmp_path):
+    """A real two-node cluster on this machine (a head and a second raylet with its own resources):
+    fedsim joins it by address, places a host on each node, and gets the single-node table."""
+    from ray.cluster_utils import Cluster
+
+    args = ["--dataset", "synthetic", "--synthetic-samples", "30", "--devices", "6", "--hosts", "2",
+            "--rounds", "3", "--seed", "7", "--no-progress"]
+    cli = [sys.executable, "-m", "fedsim.cli", "run"]
+    single = subprocess.run([*cli, *args, "--out", str(tmp_path / "single")], capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        multi = subprocess.run([*cli, *args, "--address", cluster.address, "--out", str(tmp_path / "multi")],
+                               capture_output=True, text=True, timeout=300)
+    finally:
+        cluster.shutdown()
+    assert multi.returncode == 0, multi.stderr[-2000:]
+    a, b = fedsim.load_run(tmp_path / "single"), fedsim.load_run(tmp_path / "multi")
+    assert len(set(b.meta["host_nodes"])) == 2  # one host on each node
+    columns = ["round", "test_accuracy", "test_loss", "train_loss", "devices_accepted", "samples", "bytes_up"]
+    assert b.rounds[columns].equals(a.rounds[columns])

@@ -76,6 +76,13 @@ def _wait_for_exit(pid: int, timeout_s: float = 15.0) -> None:
         time.sleep(0.05)
 
 
+class _RayDeviceHost(DeviceHost):
+    """A DeviceHost that can also say which Ray node it runs on."""
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+
 HOST_RESTARTS = 5  # a host that keeps dying (e.g. out of memory at start) is given up after this
 
 
@@ -88,6 +95,7 @@ class RayEngine(Engine):
         self.actors: list[Any] = []
         self.host_pids: list[int] = []
         self._arguments: list[Any] = []
+        self.host_nodes: list[str] = []
         self._restarting: set[int] = set()  # hosts that died or were killed; Ray is bringing them back
         self._owns_ray = False
 
@@ -115,7 +123,7 @@ class RayEngine(Engine):
         # A host that dies (killed, out of memory) is restarted by Ray from the same arguments: its
         # shards and the .tflite stay in the object store, so it comes back whole for the next round.
         # The round it died in is not retried: its devices are recorded as failed.
-        actor_cls = ray.remote(DeviceHost).options(
+        actor_cls = ray.remote(_RayDeviceHost).options(
             num_cpus=per_host_cpus, scheduling_strategy="SPREAD", max_restarts=HOST_RESTARTS, max_task_retries=0
         )
         artifact_ref = ray.put(artifact)
@@ -125,6 +133,8 @@ class RayEngine(Engine):
         # Ray restarts an actor from its constructor arguments: keep them in scope for the run.
         self._arguments = [*host_refs, *test_refs, artifact_ref]
         self.host_pids = ray.get([a.ready.remote() for a in self.actors])
+        # Which Ray node each host landed on (SPREAD places them across nodes).
+        self.host_nodes = ray.get([a.node_id.remote() for a in self.actors])
         return Prepared(artifact, info, [], [])
 
     def initial_checkpoint(self) -> bytes:
