@@ -107,13 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
-    from fedsim.data import DataNotFoundError
+    from fedsim.data import DataError, DataNotFoundError
     from fedsim.results import RunFolderError
 
     from fedsim.coordinator import RoundFailedError
 
     user_errors: tuple[type[BaseException], ...] = (
-        ConfigError, DataNotFoundError, RunFolderError, ConnectionError, RoundFailedError,
+        ConfigError, DataError, DataNotFoundError, RunFolderError, ConnectionError, RoundFailedError,
     )
     try:
         return _run(args) if args.command == "run" else _data(args)

@@ -46,3 +46,16 @@ def test_flags_override_the_config_file(tmp_path):
     args = build_parser().parse_args(["run", "--config", str(f), "--rounds", "9", "--local-epochs", "2"])
     c = config_from_args(args)
     assert (c.devices, c.rounds, c.local_epochs) == (20, 9, 2)
+
+
+def test_a_damaged_data_folder_is_one_line_naming_the_file(tmp_path, capsys):
+    from test_data import fake_fashion_mnist
+
+    from fedsim.data.fashion_mnist import FILES
+
+    fake_fashion_mnist(tmp_path)
+    (tmp_path / FILES["y_test"]).write_bytes(b"\x1f\x8b broken")
+    assert main(["run", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert FILES["y_test"] in err and "Traceback" not in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()

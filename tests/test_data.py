@@ -88,3 +88,24 @@ def test_real_fashion_mnist_from_the_debian_package():
     ds = load_fashion_mnist(DEBIAN_DIR)
     assert ds.x_train.shape == (60000, 28, 28) and ds.x_test.shape == (10000, 28, 28)
     assert np.bincount(ds.y_train).tolist() == [6000] * 10
+
+
+def test_a_truncated_data_file_is_caught_before_any_work(tmp_path):
+    from fedsim.data import DataError, DataRecipe, check_fashion_mnist
+
+    fake_fashion_mnist(tmp_path, n_train=200)
+    assert check_fashion_mnist(tmp_path)["x_train"] == (200, 28, 28)
+    f = tmp_path / FILES["x_train"]
+    f.write_bytes(f.read_bytes()[:-100])
+    with pytest.raises(DataError, match="truncated or damaged|not a readable gzip"):
+        DataRecipe("fashion_mnist", str(tmp_path)).check()
+    f.write_bytes(b"plain text, not gzip")
+    with pytest.raises(DataError, match="not a readable gzip IDX file"):
+        DataRecipe("fashion_mnist", str(tmp_path)).check()
+
+
+@pytest.mark.real_data
+def test_the_installed_fashion_mnist_passes_the_check():
+    from fedsim.data import check_fashion_mnist
+
+    assert check_fashion_mnist(DEBIAN_DIR)["x_test"] == (10000, 28, 28)

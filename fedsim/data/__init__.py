@@ -3,7 +3,9 @@
 from dataclasses import dataclass
 
 from fedsim.data.dataset import Dataset
-from fedsim.data.fashion_mnist import DataNotFoundError, fetch_fashion_mnist, find_fashion_mnist, load_fashion_mnist
+from fedsim.data.fashion_mnist import (
+    DataError, DataNotFoundError, check_fashion_mnist, fetch_fashion_mnist, find_fashion_mnist, load_fashion_mnist,
+)
 from fedsim.data.partition import iid_partition
 from fedsim.data.synthetic import make_synthetic
 
@@ -21,7 +23,7 @@ class DataRecipe:
     def check(self) -> None:
         """Fail now (DataNotFoundError) if the data set is not where it is looked for."""
         if self.name == "fashion_mnist":
-            find_fashion_mnist(self.data_dir)
+            check_fashion_mnist(self.data_dir)
         elif self.name != "synthetic":
             raise ValueError(f"unknown data set {self.name!r}; use fashion_mnist or synthetic")
 
@@ -38,6 +40,7 @@ def load_dataset(name: str, data_dir: str | None = None, seed: int = 0, syntheti
 
 
 __all__ = [
+    "DataError",
     "DataRecipe",
     "Dataset",
     "DataNotFoundError",

@@ -52,6 +52,35 @@ def find_fashion_mnist(data_dir: str | os.PathLike[str] | None = None) -> Path:
     )
 
 
+class DataError(ValueError):
+    """A data file is there but unreadable (truncated, not gzip, not IDX)."""
+
+
+def check_idx(path: Path) -> tuple[int, ...]:
+    """Validate an IDX gzip file without decompressing it all: its header must be an unsigned-byte
+    IDX header, and gzip's trailer (uncompressed size mod 2**32) must match the size the header
+    implies, which catches truncated downloads. Returns the shape."""
+    try:
+        with gzip.open(path, "rb") as f:
+            head = f.read(4)
+            if len(head) < 4:
+                raise DataError(f"{path}: too short for an IDX header; re-install or re-download it")
+            zero, dtype_code, ndim = struct.unpack(">HBB", head)
+            if zero != 0 or dtype_code != 0x08:
+                raise DataError(f"{path}: not an unsigned-byte IDX file; re-install or re-download it")
+            shape = struct.unpack(f">{ndim}I", f.read(4 * ndim))
+        with open(path, "rb") as raw:
+            raw.seek(-4, os.SEEK_END)
+            (isize,) = struct.unpack("<I", raw.read(4))
+    except (OSError, EOFError, struct.error) as e:
+        raise DataError(f"{path}: not a readable gzip IDX file ({e}); re-install or re-download it") from None
+    expected = (4 + 4 * len(shape) + int(np.prod(shape))) % 2**32
+    if isize != expected:
+        raise DataError(f"{path}: truncated or damaged (holds {isize} bytes, its header implies {expected}); "
+                        "re-install or re-download it")
+    return shape
+
+
 def read_idx(path: Path) -> np.ndarray:
     """One IDX file (gzip) -> uint8 array of the shape its header gives."""
     try:
@@ -69,6 +98,16 @@ def read_idx(path: Path) -> np.ndarray:
     if body.size != int(np.prod(shape)):
         raise ValueError(f"{path}: header says {shape} but holds {body.size} bytes")
     return body.reshape(shape)
+
+
+def check_fashion_mnist(data_dir: str | os.PathLike[str] | None = None) -> dict[str, tuple[int, ...]]:
+    """Find the data set and validate its four files cheaply; their shapes by key."""
+    d = find_fashion_mnist(data_dir)
+    shapes = {key: check_idx(d / name) for key, name in FILES.items()}
+    for split in ("train", "test"):
+        if shapes[f"x_{split}"][:1] != shapes[f"y_{split}"][:1]:
+            raise DataError(f"{d}: {shapes[f'x_{split}'][0]} {split} images but {shapes[f'y_{split}'][0]} labels")
+    return shapes
 
 
 def load_fashion_mnist(data_dir: str | os.PathLike[str] | None = None) -> Dataset:
