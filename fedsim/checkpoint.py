@@ -13,6 +13,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +121,45 @@ def check_weights(weights: Mapping[str, np.ndarray], spec: WeightSpec) -> None:
             raise CheckpointError(f"{name} is {a.dtype}{list(a.shape)}, expected {dtype}{list(shape)}")
         if not np.isfinite(a).all():
             raise CheckpointError(f"{name} holds NaN or Inf")
+
+
+@dataclass(frozen=True)
+class UpdateScreen:
+    """What a device update must pass before it is aggregated: the model's names, shapes and dtypes,
+    finite values, and optionally a bound on the update's L2 norm ||w - global|| over all tensors
+    (reject above max_norm; scale down to clip_norm)."""
+
+    spec: WeightSpec
+    max_norm: float | None = None
+    clip_norm: float | None = None
+
+    @property
+    def needs_global(self) -> bool:
+        return self.max_norm is not None or self.clip_norm is not None
+
+    def screen(self, weights: Weights, global_weights: Weights | None) -> tuple[Weights, str]:
+        """(weights to aggregate, a note: "" or how they were clipped); CheckpointError to reject."""
+        check_weights(weights, self.spec)
+        if not self.needs_global:
+            return weights, ""
+        assert global_weights is not None
+        norm = update_norm(weights, global_weights)
+        if self.max_norm is not None and norm > self.max_norm:
+            raise CheckpointError(f"update norm {norm:.4g} exceeds --max-update-norm {self.max_norm:g}")
+        if self.clip_norm is not None and norm > self.clip_norm:
+            scale = self.clip_norm / norm
+            clipped = {
+                k: (global_weights[k] + (w.astype(np.float64) - global_weights[k]) * scale).astype(w.dtype)
+                for k, w in weights.items()
+            }
+            return clipped, f"clipped: update norm {norm:.4g} scaled to --clip-update-norm {self.clip_norm:g}"
+        return weights, ""
+
+
+def update_norm(weights: Mapping[str, np.ndarray], global_weights: Mapping[str, np.ndarray]) -> float:
+    """L2 norm of weights - global_weights over every tensor, in float64."""
+    total = 0.0
+    for name, w in weights.items():
+        d = w.astype(np.float64) - global_weights[name]
+        total += float(np.dot(d.ravel(), d.ravel()))
+    return float(np.sqrt(total))

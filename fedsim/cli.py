@@ -32,11 +32,13 @@ _HELP = {
     "synthetic_samples": "samples per class of the synthetic data set",
     "round_timeout": "seconds before a silent host is restarted and its devices marked failed",
     "min_devices": "fewest devices that must report per round (else retry once, then stop)",
+    "max_update_norm": "reject device updates farther than this (L2) from the global model",
+    "clip_update_norm": "scale device updates down to this L2 norm before averaging",
 }
 
 
 def _type_of(name: str) -> Any:
-    if name in ("fraction", "lr", "round_timeout"):
+    if name in ("fraction", "lr", "round_timeout", "max_update_norm", "clip_update_norm"):
         return float
     if name in ("devices", "rounds", "local_epochs", "batch_size", "seed", "hosts", "synthetic_samples", "min_devices"):
         return int

@@ -57,6 +57,10 @@ class Config:
     # fewest devices that must report in a round; below it the round is retried once, then the run
     # stops (keeping every completed round on disk).
     min_devices: int = 1
+    # reject a device update whose L2 distance from the global model exceeds this; None = no bound.
+    max_update_norm: float | None = None
+    # scale a device update down to this L2 norm before averaging; None = no clipping.
+    clip_update_norm: float | None = None
     # run folder; None = results/<name>/<timestamp>.
     out: str | None = None
     # experiment name, used for the default run folder.
@@ -90,6 +94,10 @@ class Config:
         if self.round_timeout is not None:
             need(isinstance(self.round_timeout, (int, float)) and self.round_timeout > 0, "round_timeout",
                  "must be a positive number of seconds")
+        for name in ("max_update_norm", "clip_update_norm"):
+            value = getattr(self, name)
+            if value is not None:
+                need(isinstance(value, (int, float)) and value > 0, name, "must be a positive number")
         need(isinstance(self.fraction, (int, float)), "fraction", "must be a number")
         need(0.0 < self.fraction <= 1.0, "fraction", "must be in (0, 1]")
         need(isinstance(self.lr, (int, float)) and self.lr > 0, "lr", "must be a positive number")

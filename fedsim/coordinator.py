@@ -15,7 +15,9 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from fedsim.checkpoint import CheckpointError, WeightSpec, check_weights, read_checkpoint, scratch_dir, spec_of, write_checkpoint
+from fedsim.checkpoint import (
+    CheckpointError, UpdateScreen, WeightSpec, check_weights, read_checkpoint, scratch_dir, spec_of, write_checkpoint,
+)
 from fedsim.config import Config
 from fedsim.engine.base import DeviceReport, Engine, HostReduce
 from fedsim.strategies.base import Strategy, Update, Weights
@@ -68,6 +70,7 @@ class Coordinator:
         self.global_checkpoint = initial_checkpoint
         self.global_weights: Weights = read_checkpoint(initial_checkpoint, self.scratch)
         self.spec: WeightSpec = spec_of(self.global_weights)
+        self.screen = UpdateScreen(self.spec, config.max_update_norm, config.clip_update_norm)
         self.history: list[RoundOutcome] = []
 
     def run(self, start_round: int = 1) -> list[RoundOutcome]:
@@ -87,7 +90,7 @@ class Coordinator:
     def run_round(self, round_num: int) -> RoundOutcome:
         start = time.perf_counter()
         selected = select_devices(self.config.devices, self.config.devices_per_round, self.config.seed, round_num)
-        reduce = HostReduce(self.spec, self.strategy) if self.strategy.linear else None
+        reduce = HostReduce(self.screen, self.strategy) if self.strategy.linear else None
         for attempt in (1, 2):
             result = self.engine.run_round(round_num, self.global_checkpoint, selected, reduce)
             reported = sum(r.status != "failed" for r in result.reports)
@@ -167,8 +170,7 @@ class Coordinator:
             status, reason = r.status, r.error
             if status == "ok":
                 try:
-                    weights = read_checkpoint(r.checkpoint or b"", self.scratch)
-                    check_weights(weights, self.spec)
+                    weights, reason = self.screen.screen(read_checkpoint(r.checkpoint or b"", self.scratch), self.global_weights)
                     updates.append(Update(r.device_id, weights, r.samples))
                 except CheckpointError as e:
                     status, reason = "rejected", str(e)

@@ -156,3 +156,22 @@ def test_too_few_reports_twice_stop_the_run_with_the_rounds_before_kept():
         coord.run_round(2)
     assert len(engine.calls) == 2
     assert [r["round"] for r in rec.rounds] == [1]
+
+
+def test_update_norm_bounds_on_the_coordinator():
+    # device d sends g + d on 9 weights: its update norm is 3d
+    rec = Recorded()
+    coord = make(Config(devices=4, rounds=1, dataset="synthetic", max_update_norm=7.0), ScriptedEngine(), rec)
+    coord.run()
+    status = {r["device_id"]: (r["status"], r["reason"]) for r in rec.devices}
+    assert [status[d][0] for d in range(4)] == ["ok", "ok", "ok", "rejected"]  # norms 0, 3, 6, 9
+    assert "update norm 9 exceeds --max-update-norm 7" in status[3][1]
+    # FedAvg of devices 0..2 with weights 1, 2, 3: (0 + 2 + 6) / 6
+    np.testing.assert_allclose(coord.global_weights["a/bias"], np.full(3, 8 / 6), rtol=1e-6)
+
+    rec = Recorded()
+    coord = make(Config(devices=4, rounds=1, dataset="synthetic", clip_update_norm=3.0), ScriptedEngine(), rec)
+    coord.run()
+    # every update is scaled to norm <= 3, i.e. each weight moves by at most 1: (0 + 1*2 + 1*3 + 1*4) / 10
+    np.testing.assert_allclose(coord.global_weights["a/bias"], np.full(3, 0.9), rtol=1e-6)
+    assert sum(r["reason"].startswith("clipped") for r in rec.devices) == 2

@@ -1,6 +1,6 @@
 import numpy as np
 
-from fedsim.checkpoint import read_checkpoint, read_checkpoint_file, spec_of
+from fedsim.checkpoint import UpdateScreen, read_checkpoint, read_checkpoint_file, spec_of
 from fedsim.device import Device, Runner, evaluate_counts
 from fedsim.engine.base import HostData, HostReduce, HostSettings
 from fedsim.engine.host import DeviceHost
@@ -91,7 +91,7 @@ def test_host_partial_equals_fedavg_of_the_devices_checkpoints(artifact, synthet
         full = host.run_round(1, initial, [0, 2]).reports
         weights = [read_checkpoint(r.checkpoint, host.scratch) for r in full]
         spec = spec_of(weights[0])
-        reduced = host.run_round(1, initial, [0, 2], HostReduce(spec, FedAvg()))
+        reduced = host.run_round(1, initial, [0, 2], HostReduce(UpdateScreen(spec), FedAvg()))
         assert all(r.checkpoint is None and r.status == "ok" for r in reduced.reports)
         assert [r.checkpoint_bytes for r in reduced.reports] == [r.checkpoint_bytes for r in full]
         (partial,) = reduced.partials
@@ -111,9 +111,36 @@ def test_host_rejects_a_checkpoint_that_does_not_match_the_model(artifact, synth
         spec = {k: v for k, v in spec_of(read_checkpoint(initial, host.scratch)).items()}
         first = sorted(spec)[0]
         spec[first] = ((3,), "float32")  # the host's model now disagrees with the spec
-        reduced = host.run_round(1, initial, [0], HostReduce(spec, FedAvg()))
+        reduced = host.run_round(1, initial, [0], HostReduce(UpdateScreen(spec), FedAvg()))
         (report,) = reduced.reports
         assert report.status == "rejected" and f"{first} is float32" in report.error
         assert reduced.partials == []
+    finally:
+        host.close()
+
+
+def test_host_rejects_or_clips_outsized_updates(artifact, synthetic):
+    from fedsim.checkpoint import update_norm
+
+    host = make_host(artifact, synthetic)
+    try:
+        initial = host.runner.initial_checkpoint(host.scratch)
+        g = read_checkpoint(initial, host.scratch)
+        spec = spec_of(g)
+        full = host.run_round(1, initial, [0, 2]).reports
+        norms = [update_norm(read_checkpoint(r.checkpoint, host.scratch), g) for r in full]
+        bound = (norms[0] + norms[1]) / 2 if norms[0] != norms[1] else norms[0] / 2
+        rejected = host.run_round(1, initial, [0, 2], HostReduce(UpdateScreen(spec, max_norm=bound), FedAvg()))
+        statuses = {r.device_id: (r.status, r.error) for r in rejected.reports}
+        over = [d for d, n in zip([0, 2], norms) if n > bound]
+        assert over and all(statuses[d][0] == "rejected" and "exceeds --max-update-norm" in statuses[d][1] for d in over)
+        assert sum(p.count for p in rejected.partials) == 2 - len(over)
+
+        clip = min(norms) / 2
+        clipped = host.run_round(1, initial, [0, 2], HostReduce(UpdateScreen(spec, clip_norm=clip), FedAvg()))
+        assert all(r.status == "ok" and r.error.startswith("clipped: update norm") for r in clipped.reports)
+        (partial,) = clipped.partials
+        mean = {k: (partial.weighted_sum[k] / partial.total_weight) for k in g}
+        assert update_norm(mean, g) <= clip * (1 + 1e-5)  # an average of updates of norm <= clip
     finally:
         host.close()

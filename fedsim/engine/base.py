@@ -10,7 +10,7 @@ from types import TracebackType
 
 import numpy as np
 
-from fedsim.checkpoint import WeightSpec
+from fedsim.checkpoint import UpdateScreen
 from fedsim.data import DataRecipe, iid_partition
 from fedsim.data.dataset import Dataset
 from fedsim.model.builders import ArtifactRecipe
@@ -30,7 +30,7 @@ class HostSettings:
 class HostReduce:
     """Asks hosts to validate their devices' checkpoints and pre-sum them for a linear strategy."""
 
-    spec: WeightSpec
+    screen: UpdateScreen
     strategy: Strategy
 
 

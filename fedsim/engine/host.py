@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedsim.checkpoint import CheckpointError, check_weights, read_checkpoint, scratch_dir
+from fedsim.checkpoint import CheckpointError, read_checkpoint, scratch_dir
 from fedsim.device import Device, Runner, evaluate_counts
 from fedsim.engine.base import DeviceReport, HostData, HostReduce, HostSettings, RoundResult, TestBlocks
 from fedsim.strategies.aggregate import PartialSum
@@ -78,9 +78,11 @@ class DeviceHost:
         path.write_bytes(global_checkpoint)
         acc = PartialSum()
         reports = []
+        # The global weights, only when updates are screened by their distance from them.
+        global_weights = read_checkpoint(global_checkpoint) if reduce is not None and reduce.screen.needs_global else None
         try:
             for device_id in device_ids:
-                report, weights = self._run_device(device_id, round_num, path, reduce)
+                report, weights = self._run_device(device_id, round_num, path, reduce, global_weights)
                 if weights is not None and reduce is not None:
                     c = reduce.strategy.coefficient(report.samples)
                     acc.add(weights, c)
@@ -92,7 +94,12 @@ class DeviceHost:
         return RoundResult(reports, partials)
 
     def _run_device(
-        self, device_id: int, round_num: int, global_path: os.PathLike[str], reduce: HostReduce | None
+        self,
+        device_id: int,
+        round_num: int,
+        global_path: os.PathLike[str],
+        reduce: HostReduce | None,
+        global_weights: dict[str, np.ndarray] | None,
     ) -> tuple[DeviceReport, dict[str, np.ndarray] | None]:
         device = self.devices.get(device_id)
         if device is None:
@@ -113,11 +120,10 @@ class DeviceHost:
         if reduce is None:
             return DeviceReport(status="ok", checkpoint=data, **ok), None
         try:
-            weights = read_checkpoint(data, self.scratch)
-            check_weights(weights, reduce.spec)
+            weights, note = reduce.screen.screen(read_checkpoint(data, self.scratch), global_weights)
         except CheckpointError as e:
             return DeviceReport(status="rejected", error=str(e), **ok), None
-        return DeviceReport(status="ok", **ok), weights
+        return DeviceReport(status="ok", error=note, **ok), weights
 
     def close(self) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)
