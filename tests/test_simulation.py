@@ -49,3 +49,25 @@ def test_resume_refuses_a_complete_run(tmp_path):
     done = fedsim.run(out=str(tmp_path / "done"), engine=fedsim.LocalEngine(), dataset="synthetic", devices=2, rounds=1, progress=False)
     with pytest.raises(fedsim.RunFolderError, match="already complete"):
         fedsim.resume(done.path, engine=fedsim.LocalEngine())
+
+
+def nan_on_training():
+    """The seed MLP with a hidden unit that is sqrt(x - 1e9): NaN in the forward pass, so the very
+    first `train` call turns the weights NaN inside the .tflite."""
+    import keras
+
+    inputs = keras.Input((28, 28))
+    hidden = keras.layers.Dense(16, activation="relu", name="hidden")(keras.layers.Flatten()(inputs))
+    broken = keras.layers.Lambda(lambda t: keras.ops.sqrt(t - 1e9), name="broken")(hidden)
+    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="out")(broken), name="nan")
+
+
+def test_devices_whose_training_turns_nan_are_rejected_and_the_model_stays_finite(tmp_path):
+    run = fedsim.run(dataset="synthetic", synthetic_samples=20, devices=4, rounds=2, model_builder=nan_on_training,
+                     out=str(tmp_path / "r"), engine=fedsim.LocalEngine(2), progress=False)
+    assert set(run.devices["status"]) == {"rejected"}
+    assert run.devices["reason"].str.contains("holds NaN or Inf").all()
+    assert (run.rounds["devices_accepted"] == 0).all()
+    from fedsim.checkpoint import read_checkpoint_file
+
+    assert all(np.isfinite(w).all() for w in read_checkpoint_file(run.path / "global.ckpt").values())
