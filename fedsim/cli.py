@@ -24,7 +24,9 @@ _HELP = {
     "address": "join an existing Ray cluster (e.g. auto or 10.0.0.1:6379)",
     "data_dir": "folder with the Fashion-MNIST IDX .gz files",
     "dataset": "fashion_mnist or synthetic",
-    "partition": "how the training set is split (iid)",
+    "partition": "how the training set is split: iid, dirichlet:A, shards:K, classes:K, quantity:S",
+    "min_samples": "fewest samples any device may hold",
+    "per_round": "devices selected per round, as a count (instead of --fraction)",
     "strategy": "aggregation strategy (fedavg)",
     "model": "model builder (mlp)",
     "out": "run folder (default results/<name>/<timestamp>); must not exist or be empty",
@@ -40,7 +42,8 @@ _HELP = {
 def _type_of(name: str) -> Any:
     if name in ("fraction", "lr", "round_timeout", "max_update_norm", "clip_update_norm"):
         return float
-    if name in ("devices", "rounds", "local_epochs", "batch_size", "seed", "hosts", "synthetic_samples", "min_devices"):
+    if name in ("devices", "rounds", "local_epochs", "batch_size", "seed", "hosts", "synthetic_samples", "min_devices",
+                "min_samples", "per_round"):
         return int
     return str
 
@@ -109,13 +112,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
-    from fedsim.data import DataError, DataNotFoundError
+    from fedsim.data import DataError, DataNotFoundError, PartitionError
     from fedsim.results import RunFolderError
 
     from fedsim.coordinator import RoundFailedError
 
     user_errors: tuple[type[BaseException], ...] = (
-        ConfigError, DataError, DataNotFoundError, RunFolderError, ConnectionError, RoundFailedError,
+        ConfigError, DataError, DataNotFoundError, RunFolderError, ConnectionError, RoundFailedError, PartitionError,
     )
     try:
         return _run(args) if args.command == "run" else _data(args)

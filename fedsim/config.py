@@ -45,8 +45,12 @@ class Config:
     data_dir: str | None = None
     # data set: "fashion_mnist" (real), or "synthetic" (small, generated; for tests and demos).
     dataset: str = "fashion_mnist"
-    # how the training set is split across devices; only "iid" so far.
+    # how the training set is split across devices: iid, dirichlet:A, shards:K, classes:K, quantity:S.
     partition: str = "iid"
+    # every device holds at least this many samples (Dirichlet draws are repeated until it holds).
+    min_samples: int = 1
+    # devices selected per round, as a count; None = use --fraction.
+    per_round: int | None = None
     # aggregation strategy by name (see fedsim.strategies.STRATEGIES).
     strategy: str = "fedavg"
     # model builder by name (see fedsim.model.MODELS).
@@ -108,7 +112,18 @@ class Config:
                     f"--hosts {self.hosts} exceeds --devices {self.devices}; each host needs at least one device"
                 )
         need(self.dataset in ("fashion_mnist", "synthetic"), "dataset", "must be fashion_mnist or synthetic")
-        need(self.partition == "iid", "partition", "must be iid (the only partitioner so far)")
+        from fedsim.data.partition import PartitionError, parse_spec
+
+        try:
+            parse_spec(self.partition)
+        except PartitionError as e:
+            raise ConfigError(str(e)) from None
+        need(isinstance(self.min_samples, int) and self.min_samples >= 1, "min_samples", "must be at least 1")
+        if self.per_round is not None:
+            need(isinstance(self.per_round, int) and 1 <= self.per_round <= self.devices, "per_round",
+                 f"must be between 1 and --devices ({self.devices})")
+            if self.fraction != 1.0:
+                raise ConfigError("--per-round and --fraction both choose devices per round; give one of them")
         from fedsim.model import MODELS
         from fedsim.strategies import STRATEGIES
 
@@ -118,6 +133,8 @@ class Config:
 
     @property
     def devices_per_round(self) -> int:
+        if self.per_round is not None:
+            return self.per_round
         return max(1, round(self.fraction * self.devices))
 
     # ---- dict / TOML --------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute, for filtering tables on resume
@@ -30,6 +31,7 @@ ROUNDS_FILE = "rounds.parquet"
 DEVICES_FILE = "devices.parquet"
 MODEL_FILE = "model.tflite"
 CHECKPOINT_FILE = "global.ckpt"
+PARTITION_FILE = "partition.parquet"
 RESUME_DIR = "resume"  # resume/round-K.ckpt: the checkpoint a resume starts from (removed when complete)
 
 ROUND_COLUMNS = [
@@ -137,6 +139,13 @@ class RunWriter:
     def write_model(self, artifact: bytes) -> None:
         _atomic_write(self.path / MODEL_FILE, artifact)
 
+    def write_partition(self, counts: np.ndarray) -> None:
+        """partition.parquet: device_id, samples, and one count column per label (label_0, ...)."""
+        frame = pd.DataFrame(counts, columns=[f"label_{c}" for c in range(counts.shape[1])])
+        frame.insert(0, "samples", counts.sum(axis=1))
+        frame.insert(0, "device_id", np.arange(len(counts)))
+        _atomic_parquet(self.path / PARTITION_FILE, frame)
+
     def record_round(self, round_row: dict[str, Any], device_rows: list[dict[str, Any]], global_checkpoint: bytes) -> None:
         self.rounds.append(round_row)
         self.flush()
@@ -186,6 +195,7 @@ class Run:
     meta: dict[str, Any]
     rounds: pd.DataFrame
     devices: pd.DataFrame
+    partition: pd.DataFrame  # device_id, samples, label_0..label_9: what each device holds
 
     @property
     def config(self) -> dict[str, Any]:
@@ -211,7 +221,8 @@ def load_run(path: str | os.PathLike[str]) -> Run:
         f = p / name
         return pd.read_parquet(f) if f.is_file() else pd.DataFrame(columns=columns)
 
-    return Run(p, meta, table(ROUNDS_FILE, ROUND_COLUMNS), table(DEVICES_FILE, DEVICE_COLUMNS))
+    return Run(p, meta, table(ROUNDS_FILE, ROUND_COLUMNS), table(DEVICES_FILE, DEVICE_COLUMNS),
+               table(PARTITION_FILE, ["device_id", "samples"]))
 
 
 def _expand(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:

@@ -124,10 +124,12 @@ def _run(config, data, strategy, artifact, engine, writer, progress, started, in
 
         engine = RayEngine(config.hosts, config.address, config.round_timeout)
     settings = HostSettings(config.local_epochs, config.batch_size, config.seed)
-    setup = Setup(artifact, data, config.devices, settings)
+    setup = Setup(artifact, data, config.devices, settings, config.partition, config.min_samples)
     with engine:
         prepared = engine.start(setup)
         writer.write_model(prepared.artifact)
+        if prepared.label_counts is not None:
+            writer.write_partition(prepared.label_counts)
         train_samples = int(prepared.dataset_info["train_samples"])
         writer.write_meta(
             hosts=engine.num_hosts,

@@ -71,3 +71,19 @@ def test_an_existing_non_empty_out_is_never_overwritten(tmp_path):
 def test_load_run_of_a_non_run_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a fedsim run folder"):
         fedsim.load_run(tmp_path)
+
+
+def test_partition_table_is_saved_and_loaded(two_runs):
+    _, (run, _) = two_runs
+    part = fedsim.load_run(run.path).partition
+    assert list(part.columns[:2]) == ["device_id", "samples"] and len(part) == 4
+    assert part["samples"].sum() == run.meta["dataset"]["train_samples"]
+    assert (part.filter(like="label_").sum(axis=1) == part["samples"]).all()
+
+
+def test_a_non_iid_run_records_its_skew(tmp_path):
+    run = fedsim.run(dataset="synthetic", synthetic_samples=30, devices=5, rounds=1, partition="classes:2", per_round=3,
+                     out=str(tmp_path / "c2"), engine=fedsim.LocalEngine(2), progress=False)
+    labels_per_device = (run.partition.filter(like="label_") > 0).sum(axis=1)
+    assert (labels_per_device == 2).all()
+    assert run.rounds["devices_selected"].tolist() == [3]

@@ -6,7 +6,7 @@ from fedsim.data.dataset import Dataset
 from fedsim.data.fashion_mnist import (
     DataError, DataNotFoundError, check_fashion_mnist, fetch_fashion_mnist, find_fashion_mnist, load_fashion_mnist,
 )
-from fedsim.data.partition import iid_partition
+from fedsim.data.partition import PartitionError, iid_partition, label_counts, parse_spec, partition
 from fedsim.data.synthetic import make_synthetic
 
 
@@ -46,7 +46,11 @@ __all__ = [
     "DataNotFoundError",
     "fetch_fashion_mnist",
     "find_fashion_mnist",
+    "PartitionError",
     "iid_partition",
+    "label_counts",
+    "parse_spec",
+    "partition",
     "load_dataset",
     "load_fashion_mnist",
     "make_synthetic",

@@ -11,7 +11,7 @@ from types import TracebackType
 import numpy as np
 
 from fedsim.checkpoint import UpdateScreen
-from fedsim.data import DataRecipe, iid_partition
+from fedsim.data import DataRecipe, label_counts, partition
 from fedsim.data.dataset import Dataset
 from fedsim.model.builders import ArtifactRecipe
 from fedsim.strategies.base import Partial, Strategy
@@ -110,6 +110,8 @@ class Setup:
     data: DataRecipe
     devices: int
     settings: HostSettings
+    partition: str = "iid"
+    min_samples: int = 1
 
 
 @dataclass
@@ -120,19 +122,21 @@ class Prepared:
     dataset_info: dict[str, int | str]
     hosts: list[HostData]
     tests: list[TestBlocks]
+    label_counts: np.ndarray | None = None  # (devices, classes): what each device holds
 
 
 def prepare(setup: Setup, num_hosts: int) -> Prepared:
     """Load the data, partition it, cut it per host, and convert the model (imports TensorFlow)."""
     dataset = setup.data.load()
-    shards = iid_partition(len(dataset.y_train), setup.devices, setup.settings.seed)
+    shards = partition(dataset.y_train, setup.devices, setup.partition, setup.settings.seed, setup.min_samples)
     info: dict[str, int | str] = {
         "name": dataset.name,
         "train_samples": len(dataset.y_train),
         "test_samples": len(dataset.y_test),
     }
     artifact = setup.artifact if isinstance(setup.artifact, bytes) else setup.artifact.build()
-    return Prepared(artifact, info, host_data(dataset, shards, num_hosts), test_blocks(dataset, num_hosts))
+    counts = label_counts(dataset.y_train, shards).astype(np.int32)
+    return Prepared(artifact, info, host_data(dataset, shards, num_hosts), test_blocks(dataset, num_hosts), counts)
 
 
 def host_data(dataset: Dataset, shards: Sequence[np.ndarray], num_hosts: int) -> list[HostData]:

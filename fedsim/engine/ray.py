@@ -61,7 +61,8 @@ def connect(address: str | None = None) -> bool:
 
 def _prepare_remote(setup: Setup, num_hosts: int) -> tuple[Any, ...]:
     prepared = prepare(setup, num_hosts)
-    return (prepared.artifact, prepared.dataset_info, os.getpid(), *prepared.hosts, *prepared.tests)
+    info = {**prepared.dataset_info, "label_counts": prepared.label_counts}
+    return (prepared.artifact, info, os.getpid(), *prepared.hosts, *prepared.tests)
 
 
 def _wait_for_exit(pid: int, timeout_s: float = 15.0) -> None:
@@ -115,6 +116,7 @@ class RayEngine(Engine):
         task = ray.remote(max_calls=1)(_prepare_remote).options(num_returns=3 + 2 * h, scheduling_strategy=here)
         refs = task.remote(setup, h)
         artifact, info, worker_pid = ray.get(refs[:3])
+        counts = info.pop("label_counts")
         _wait_for_exit(worker_pid)
         host_refs, test_refs = refs[3 : 3 + h], refs[3 + h :]
         self.test_samples = int(info["test_samples"])
@@ -135,7 +137,7 @@ class RayEngine(Engine):
         self.host_pids = ray.get([a.ready.remote() for a in self.actors])
         # Which Ray node each host landed on (SPREAD places them across nodes).
         self.host_nodes = ray.get([a.node_id.remote() for a in self.actors])
-        return Prepared(artifact, info, [], [])
+        return Prepared(artifact, info, [], [], counts)
 
     def initial_checkpoint(self) -> bytes:
         return ray.get(self.actors[0].initial_checkpoint.remote())
