@@ -21,6 +21,7 @@ from fedsim.engine.local import LocalEngine  # noqa: E402
 from fedsim.results import Run, RunFolderError, load_run, load_runs  # noqa: E402
 from fedsim.simulation import resume, run  # noqa: E402
 from fedsim.strategies import FedAvg, Strategy, Update  # noqa: E402
+from fedsim.sweep import sweep  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -40,4 +41,5 @@ __all__ = [
     "load_runs",
     "resume",
     "run",
+    "sweep",
 ]

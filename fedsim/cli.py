@@ -62,6 +62,26 @@ def build_parser() -> argparse.ArgumentParser:
                      "(its own settings; only --hosts and --address may change)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    sw = sub.add_parser("sweep", help="run a grid of experiments in one Ray session",
+                        description="Run every (devices, partition, seed) point; other flags as for run.")
+    sw.add_argument("--config", metavar="FILE.toml", help="base settings")
+    for f in fields(Config):
+        if f.name in ("devices", "partition", "seed", "out"):
+            continue
+        sw.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_type_of(f.name), default=None,
+                        help=_HELP.get(f.name, f.name))
+    sw.add_argument("--devices", required=True, help="comma-separated fleet sizes, e.g. 10,100,1000")
+    sw.add_argument("--partition", dest="partitions", help="comma-separated partition specs (default iid)")
+    sw.add_argument("--seeds", help="comma-separated seeds (default 0)")
+    sw.add_argument("--out", help="sweep folder (default results/sweeps/<name>/<timestamp>)")
+    sw.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    for name, what in (("plot", "write PNG plots of"), ("report", "print a markdown table of")):
+        cmd = sub.add_parser(name, help=f"{what} a run or sweep folder")
+        cmd.add_argument("path", help="a run folder, a sweep folder, or a folder of runs")
+        if name == "plot":
+            cmd.add_argument("--out", help="folder for the PNGs (default: the given folder)")
+
     data = sub.add_parser("data", help="data set utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     fetch = data_sub.add_parser("fetch", help="download Fashion-MNIST into the Keras cache (needs a network)")
@@ -98,6 +118,41 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated integers, got {text!r}") from None
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from fedsim.sweep import sweep
+
+    overrides = {f.name: getattr(args, f.name) for f in fields(Config)
+                 if f.name not in ("devices", "partition", "seed", "out") and getattr(args, f.name, None) is not None}
+    base = Config.from_toml(args.config, **overrides) if args.config else Config(**overrides)
+    devices = _ints(args.devices, "--devices")
+    seeds = _ints(args.seeds, "--seeds") if args.seeds else None
+    partitions = [p.strip() for p in args.partitions.split(",")] if args.partitions else None
+    table = sweep(base, devices, partitions, seeds, args.out, progress=not args.no_progress)
+    failed = table[table["status"] == "failed"] if "status" in table else table.iloc[:0]
+    print(f"fedsim: sweep of {table['point'].nunique()} points, {len(failed)} failed")
+    for _, row in failed.iterrows():
+        print(f"fedsim: failed {row['point']}: {row['error']}")
+    return 0
+
+
+def _analysis(args: argparse.Namespace) -> int:
+    from fedsim.analysis import plot, report
+
+    if args.command == "plot":
+        for path in plot(args.path, args.out):
+            print(f"fedsim: wrote {path}")
+    else:
+        print(report(args.path))
+    return 0
+
+
 def _data(args: argparse.Namespace) -> int:
     from fedsim.data import fetch_fashion_mnist, find_fashion_mnist
 
@@ -119,9 +174,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     user_errors: tuple[type[BaseException], ...] = (
         ConfigError, DataError, DataNotFoundError, RunFolderError, ConnectionError, RoundFailedError, PartitionError,
+        FileNotFoundError,
     )
     try:
-        return _run(args) if args.command == "run" else _data(args)
+        commands = {"run": _run, "sweep": _sweep, "plot": _analysis, "report": _analysis, "data": _data}
+        return commands[args.command](args)
     except user_errors as e:
         if args.debug:
             raise

@@ -1,0 +1,77 @@
+"""Pictures and tables of runs and sweeps: `fedsim plot` and `fedsim report`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from fedsim.results import load_runs
+
+
+def _label(row: pd.Series) -> str:
+    return f"{row['devices']} devices, {row['partition']}, seed {row['seed']}"
+
+
+def summary(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """One row per run: its settings and final / best accuracy and median seconds per round."""
+    rounds = load_runs(path)
+    keys = ["run", "devices", "partition", "seed", "devices_per_round"] if "devices_per_round" in rounds else ["run", "devices", "partition", "seed"]
+    grouped = rounds.groupby("run", sort=False)
+    table = grouped[[k for k in keys if k != "run"]].first()
+    table["rounds"] = grouped["round"].max()
+    table["final_accuracy"] = grouped["test_accuracy"].last()
+    table["best_accuracy"] = grouped["test_accuracy"].max()
+    table["median_round_s"] = grouped["wall_s"].median()
+    table.index = [Path(r).name for r in table.index]
+    return table.sort_values(["partition", "devices", "seed"])
+
+
+def report(path: str | os.PathLike[str]) -> str:
+    """A compact markdown table of every run under `path`."""
+    table = summary(path)
+    return table.to_markdown(floatfmt=".4f")
+
+
+def plot(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> list[Path]:
+    """accuracy.png (test accuracy per round, a line per run) and, when runs differ in device count,
+    scaling.png (final accuracy and seconds per round against devices, log x). Returns the files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = load_runs(path)
+    folder = Path(out or (path if Path(path).is_dir() else Path(path).parent))
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for run, frame in rounds.groupby("run", sort=False):
+        ax.plot(frame["round"], frame["test_accuracy"], marker=".", label=_label(frame.iloc[0]))
+    ax.set(xlabel="round", ylabel="test accuracy", title="Test accuracy per round")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    written.append(folder / "accuracy.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+
+    table = summary(path)
+    if table["devices"].nunique() > 1:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+        for partition, frame in table.groupby("partition"):
+            by_devices = frame.groupby("devices")
+            left.plot(by_devices["final_accuracy"].mean(), marker="o", label=partition)
+            right.plot(by_devices["median_round_s"].median(), marker="o", label=partition)
+        left.set(xscale="log", xlabel="devices", ylabel="final test accuracy", title="Accuracy against fleet size")
+        right.set(xscale="log", xlabel="devices", ylabel="seconds per round (median)", title="Round time against fleet size")
+        for ax in (left, right):
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize="small")
+        fig.tight_layout()
+        written.append(folder / "scaling.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    return written

@@ -1,0 +1,56 @@
+"""Sweeps run a grid in one Ray session; plot and report read what they leave."""
+
+import json
+
+import pandas as pd
+import pytest
+
+import fedsim
+from fedsim.analysis import plot, report, summary
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sweeps") / "s"
+    base = fedsim.Config(dataset="synthetic", synthetic_samples=20, rounds=2, per_round=6, hosts=2, name="t")
+    table = fedsim.sweep(base, devices=[4, 8], partitions=["iid", "classes:20"], seeds=[0], out=folder, progress=False)
+    return folder, table
+
+
+def test_every_point_is_a_run_folder_and_failures_are_recorded(swept):
+    folder, table = swept
+    saved = pd.read_parquet(folder / "sweep.parquet")
+    assert set(saved["point"]) == set(table["point"]) and len(set(saved["point"])) == 4
+    ok = saved[saved["status"] == "completed"]
+    assert sorted(ok["devices"].unique()) == [4, 8] and set(ok["partition"]) == {"iid"}
+    assert ok.groupby("point")["round"].max().tolist() == [2, 2]
+    assert set(ok["devices_selected"]) == {4, 6}  # per_round 6, capped at 4 devices
+    failed = saved[saved["status"] == "failed"]
+    assert len(failed) == 2 and failed["error"].str.contains("only 10 labels").all()
+    points = json.loads((folder / "sweep.json").read_text())["points"]
+    assert [p["status"] for p in points].count("failed") == 2
+
+
+def test_one_ray_session_serves_every_point(swept):
+    folder, _ = swept
+    nodes = {tuple(fedsim.load_run(folder / p).meta["host_nodes"]) for p in ("devices-4_iid_seed-0", "devices-8_iid_seed-0")}
+    assert len({n for pair in nodes for n in pair}) == 1  # a new Ray start would have a new node id
+
+
+def test_load_runs_of_a_sweep_is_ready_for_groupby(swept):
+    folder, _ = swept
+    df = fedsim.load_runs(folder)
+    assert df.groupby(["devices", "partition"])["test_accuracy"].max().index.tolist() == [(4, "iid"), (8, "iid")]
+
+
+def test_report_and_plots(swept, tmp_path):
+    folder, _ = swept
+    table = summary(folder)
+    assert list(table["devices"]) == [4, 8] and table["final_accuracy"].between(0, 1).all()
+    md = report(folder)
+    assert md.startswith("|") and "devices-8_iid_seed-0" in md and "final_accuracy" in md
+    written = plot(folder, tmp_path)
+    assert [p.name for p in written] == ["accuracy.png", "scaling.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000 for p in written)
