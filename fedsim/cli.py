@@ -27,6 +27,7 @@ _HELP = {
     "partition": "how the training set is split: iid, dirichlet:A, shards:K, classes:K, quantity:S",
     "min_samples": "fewest samples any device may hold",
     "per_round": "devices selected per round, as a count (instead of --fraction)",
+    "device_test_fraction": "share of each device's data kept as its own test split (per-device accuracy)",
     "strategy": "aggregation strategy (fedavg)",
     "model": "model builder (mlp)",
     "out": "run folder (default results/<name>/<timestamp>); must not exist or be empty",
@@ -40,7 +41,7 @@ _HELP = {
 
 
 def _type_of(name: str) -> Any:
-    if name in ("fraction", "lr", "round_timeout", "max_update_norm", "clip_update_norm"):
+    if name in ("fraction", "lr", "round_timeout", "max_update_norm", "clip_update_norm", "device_test_fraction"):
         return float
     if name in ("devices", "rounds", "local_epochs", "batch_size", "seed", "hosts", "synthetic_samples", "min_devices",
                 "min_samples", "per_round"):

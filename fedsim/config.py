@@ -49,6 +49,9 @@ class Config:
     partition: str = "iid"
     # every device holds at least this many samples (Dirichlet draws are repeated until it holds).
     min_samples: int = 1
+    # share of each device's samples kept as its own test split (0 = none); the selected devices then
+    # score every new global model on it, which is how non-IID fairness is read.
+    device_test_fraction: float = 0.0
     # devices selected per round, as a count; None = use --fraction.
     per_round: int | None = None
     # aggregation strategy by name (see fedsim.strategies.STRATEGIES).
@@ -119,6 +122,8 @@ class Config:
         except PartitionError as e:
             raise ConfigError(str(e)) from None
         need(isinstance(self.min_samples, int) and self.min_samples >= 1, "min_samples", "must be at least 1")
+        need(isinstance(self.device_test_fraction, (int, float)) and 0 <= self.device_test_fraction < 1,
+             "device_test_fraction", "must be in [0, 1)")
         if self.per_round is not None:
             need(isinstance(self.per_round, int) and 1 <= self.per_round <= self.devices, "per_round",
                  f"must be between 1 and --devices ({self.devices})")

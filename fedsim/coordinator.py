@@ -19,10 +19,10 @@ from fedsim.checkpoint import (
     CheckpointError, UpdateScreen, WeightSpec, check_weights, read_checkpoint, scratch_dir, spec_of, write_checkpoint,
 )
 from fedsim.config import Config
-from fedsim.engine.base import DeviceReport, Engine, HostReduce
+from fedsim.engine.base import DeviceReport, Engine, Evaluation, HostReduce
 from fedsim.strategies.base import Strategy, Update, Weights
 
-Evaluate = Callable[[bytes], tuple[float, float]]
+Evaluate = Callable[[bytes, Sequence[int]], Evaluation]
 
 
 class RoundFailedError(RuntimeError):
@@ -116,7 +116,13 @@ class Coordinator:
             if updates:
                 self._set_global(self.strategy.aggregate(self.global_weights, updates))
         aggregated = time.perf_counter()
-        accuracy, loss = self.evaluate(self.global_checkpoint)
+        # With --device-test-fraction, the selected devices also score the new model on their own data.
+        local = selected if self.config.device_test_fraction > 0 else []
+        evaluation = self.evaluate(self.global_checkpoint, local)
+        accuracy, loss, per_device = evaluation.accuracy, evaluation.loss, evaluation.device_accuracy
+        for row in device_rows:
+            row["test_accuracy"] = per_device.get(row["device_id"], float("nan"))
+        spread = np.array(list(per_device.values())) if per_device else np.full(1, np.nan)
         evaluated = time.perf_counter()
         samples = sum(r["samples"] for r in accepted)
         train_loss = sum(r["train_loss"] * r["samples"] for r in accepted) / samples if samples else float("nan")
@@ -125,6 +131,9 @@ class Coordinator:
             "test_accuracy": accuracy,
             "test_loss": loss,
             "train_loss": train_loss,
+            "device_acc_mean": float(np.mean(spread)),
+            "device_acc_p10": float(np.percentile(spread, 10)),
+            "device_acc_p90": float(np.percentile(spread, 90)),
             "devices_selected": len(selected),
             "devices_reported": sum(r["status"] != "failed" for r in device_rows),
             "devices_accepted": len(accepted),

@@ -81,6 +81,8 @@ class Device:
     x: np.ndarray
     y: np.ndarray
     seed: int
+    x_test: np.ndarray | None = None  # the device's own test split (uint8 images), if it keeps one
+    y_test: np.ndarray | None = None
 
     @property
     def samples(self) -> int:
@@ -118,7 +120,7 @@ class Device:
 
 
 def evaluate_counts(
-    runner: Runner, checkpoint: Path, blocks: Sequence[tuple[np.ndarray, np.ndarray]]
+    runner: Runner, checkpoint: Path, blocks: Sequence[tuple[np.ndarray, np.ndarray]], restore: bool = True
 ) -> tuple[int, np.ndarray]:
     """Restore `checkpoint`, run `infer` on each block of (uint8 images, labels), and return
     (correctly classified, per-sample cross-entropy).
@@ -126,7 +128,8 @@ def evaluate_counts(
     One `infer` call per block: TFLite's matrix kernels may round differently for another batch
     size, so callers keep blocks fixed to get the same numbers however the blocks are spread.
     """
-    runner.restore(checkpoint)
+    if restore:
+        runner.restore(checkpoint)
     correct, losses = 0, [np.zeros(0)]
     for x, y in blocks:
         probs = runner.infer(scale_images(x))

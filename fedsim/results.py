@@ -35,12 +35,14 @@ PARTITION_FILE = "partition.parquet"
 RESUME_DIR = "resume"  # resume/round-K.ckpt: the checkpoint a resume starts from (removed when complete)
 
 ROUND_COLUMNS = [
-    "round", "test_accuracy", "test_loss", "train_loss", "devices_selected", "devices_reported",
+    "round", "test_accuracy", "test_loss", "train_loss", "device_acc_mean", "device_acc_p10", "device_acc_p90",
+    "devices_selected", "devices_reported",
     "devices_accepted", "samples", "wall_s", "hosts_s", "aggregate_s", "evaluate_s", "elapsed_s",
     "bytes_up", "bytes_down",
 ]
 DEVICE_COLUMNS = [
     "round", "device_id", "host", "samples", "train_loss", "train_s", "checkpoint_bytes", "status", "reason",
+    "test_accuracy",
 ]
 
 
@@ -139,9 +141,11 @@ class RunWriter:
     def write_model(self, artifact: bytes) -> None:
         _atomic_write(self.path / MODEL_FILE, artifact)
 
-    def write_partition(self, counts: np.ndarray) -> None:
-        """partition.parquet: device_id, samples, and one count column per label (label_0, ...)."""
+    def write_partition(self, counts: np.ndarray, test_sizes: np.ndarray | None = None) -> None:
+        """partition.parquet: device_id, samples (trained on), test_samples (its own test split), and
+        one count column per label of the training samples (label_0, ...)."""
         frame = pd.DataFrame(counts, columns=[f"label_{c}" for c in range(counts.shape[1])])
+        frame.insert(0, "test_samples", test_sizes if test_sizes is not None else 0)
         frame.insert(0, "samples", counts.sum(axis=1))
         frame.insert(0, "device_id", np.arange(len(counts)))
         _atomic_parquet(self.path / PARTITION_FILE, frame)

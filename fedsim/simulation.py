@@ -124,12 +124,13 @@ def _run(config, data, strategy, artifact, engine, writer, progress, started, in
 
         engine = RayEngine(config.hosts, config.address, config.round_timeout)
     settings = HostSettings(config.local_epochs, config.batch_size, config.seed)
-    setup = Setup(artifact, data, config.devices, settings, config.partition, config.min_samples)
+    setup = Setup(artifact, data, config.devices, settings, config.partition, config.min_samples,
+                  config.device_test_fraction)
     with engine:
         prepared = engine.start(setup)
         writer.write_model(prepared.artifact)
         if prepared.label_counts is not None:
-            writer.write_partition(prepared.label_counts)
+            writer.write_partition(prepared.label_counts, prepared.test_sizes)
         train_samples = int(prepared.dataset_info["train_samples"])
         writer.write_meta(
             hosts=engine.num_hosts,

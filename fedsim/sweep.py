@@ -64,9 +64,9 @@ def sweep(
             (folder / "sweep.json").write_text(json.dumps({"base": base.to_dict(), "points": points}, indent=2))
     finally:
         if owns_ray:
-            import ray
+            from fedsim.engine.ray import disconnect
 
-            ray.shutdown()
+            disconnect()
     table = _table(folder, points)
     table.to_parquet(folder / SWEEP_FILE, index=False)
     return table

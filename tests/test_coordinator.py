@@ -6,7 +6,7 @@ import pytest
 from fedsim.checkpoint import read_checkpoint, write_checkpoint
 from fedsim.config import Config
 from fedsim.coordinator import Coordinator, RoundFailedError, select_devices
-from fedsim.engine.base import DeviceReport, Engine, RoundResult
+from fedsim.engine.base import DeviceReport, Engine, Evaluation, RoundResult
 from fedsim.strategies import FedAvg
 
 
@@ -25,8 +25,8 @@ class ScriptedEngine(Engine):
     def initial_checkpoint(self):
         return write_checkpoint(zero_weights())
 
-    def evaluate(self, checkpoint):
-        return 0.5, 1.0
+    def evaluate(self, checkpoint, device_ids=()):
+        return Evaluation(0.5, 1.0)
 
     def run_round(self, round_num, global_checkpoint, device_ids, reduce=None):
         assert reduce is None  # the strategies here keep every update on the coordinator
@@ -67,7 +67,7 @@ class FedAvgOnCoordinator(FedAvg):
 
 def make(config, engine, recorder=None):
     scores = iter(np.linspace(0.1, 0.9, 20))
-    return Coordinator(config, engine, FedAvgOnCoordinator(), lambda ckpt: (float(next(scores)), 1.0),
+    return Coordinator(config, engine, FedAvgOnCoordinator(), lambda ckpt, ids: Evaluation(float(next(scores)), 1.0),
                        write_checkpoint(zero_weights()), recorder, progress=False)
 
 

@@ -61,7 +61,7 @@ def test_evaluation_scores_through_infer_in_chunks(artifact, synthetic, shm_scra
 
 def make_host(artifact, synthetic):
     settings = HostSettings(local_epochs=1, batch_size=8, seed=0)
-    data = HostData(synthetic.x_train[:50], synthetic.y_train[:50], [(0, 0, 20), (2, 20, 50)])
+    data = HostData(synthetic.x_train[:50], synthetic.y_train[:50], [(0, 0, 20, 20), (2, 20, 50, 50)])
     return DeviceHost(0, data, settings, artifact=artifact)
 
 

@@ -78,7 +78,7 @@ def test_partition_table_is_saved_and_loaded(two_runs):
     part = fedsim.load_run(run.path).partition
     assert list(part.columns[:2]) == ["device_id", "samples"] and len(part) == 4
     assert part["samples"].sum() == run.meta["dataset"]["train_samples"]
-    assert (part.filter(like="label_").sum(axis=1) == part["samples"]).all()
+    assert (part.filter(like="label_").sum(axis=1) == part["samples"]).all() and (part["test_samples"] == 0).all()
 
 
 def test_a_non_iid_run_records_its_skew(tmp_path):
@@ -87,3 +87,21 @@ def test_a_non_iid_run_records_its_skew(tmp_path):
     labels_per_device = (run.partition.filter(like="label_") > 0).sum(axis=1)
     assert (labels_per_device == 2).all()
     assert run.rounds["devices_selected"].tolist() == [3]
+
+
+def test_per_device_evaluation_on_their_own_test_splits(tmp_path):
+    run = fedsim.run(dataset="synthetic", synthetic_samples=40, devices=6, rounds=2, partition="classes:2",
+                     device_test_fraction=0.25, per_round=4, out=str(tmp_path / "p"), engine=fedsim.LocalEngine(2),
+                     progress=False)
+    assert run.devices["test_accuracy"].between(0, 1).all() and len(run.devices) == 8
+    r = run.rounds.iloc[-1]
+    assert r.device_acc_p10 <= r.device_acc_mean <= r.device_acc_p90
+    # each device keeps floor(1/4) of its shard to test on
+    part = run.partition
+    whole = part["samples"] + part["test_samples"]
+    assert (part["test_samples"] == (whole * 0.25).astype(int)).all() and part["test_samples"].min() > 0
+
+
+def test_without_device_tests_the_spread_columns_are_empty(two_runs):
+    _, (run, _) = two_runs
+    assert run.rounds["device_acc_mean"].isna().all() and run.devices["test_accuracy"].isna().all()

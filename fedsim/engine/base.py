@@ -66,11 +66,21 @@ class RoundResult:
         self.partials.extend(other.partials)
 
 
-def combine_evaluations(parts: Sequence[tuple[int, np.ndarray]], n: int) -> tuple[float, float]:
-    """Hosts' (correct, per-sample losses) over their test slices -> (accuracy, mean loss). fsum is
-    exactly rounded, so the result is the same however many hosts split the test set."""
+@dataclass(frozen=True)
+class Evaluation:
+    """The global model on the test set, and on the selected devices' own test splits (if any)."""
+
+    accuracy: float
+    loss: float
+    device_accuracy: dict[int, float] = field(default_factory=dict)
+
+
+def combine_evaluations(parts: Sequence[tuple[int, np.ndarray, dict[int, float]]], n: int) -> Evaluation:
+    """Hosts' (correct, per-sample losses, device accuracies) -> Evaluation. fsum is exactly
+    rounded, so the mean loss is the same however many hosts split the test set."""
     losses = np.concatenate([p[1] for p in parts])
-    return sum(p[0] for p in parts) / n, math.fsum(losses.tolist()) / n
+    devices = {d: a for p in parts for d, a in p[2].items()}
+    return Evaluation(sum(p[0] for p in parts) / n, math.fsum(losses.tolist()) / n, devices)
 
 
 TestBlocks = list[tuple[np.ndarray, np.ndarray]]
@@ -99,7 +109,9 @@ class HostData:
 
     x: np.ndarray
     y: np.ndarray
-    placements: list[tuple[int, int, int]]  # (device_id, start, stop) into x and y
+    # (device_id, start, stop, test_stop): rows [start, stop) are the device's training shard and
+    # [stop, test_stop) its own test split (empty unless --device-test-fraction is set)
+    placements: list[tuple[int, int, int, int]]
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,7 @@ class Setup:
     settings: HostSettings
     partition: str = "iid"
     min_samples: int = 1
+    device_test_fraction: float = 0.0
 
 
 @dataclass
@@ -122,13 +135,17 @@ class Prepared:
     dataset_info: dict[str, int | str]
     hosts: list[HostData]
     tests: list[TestBlocks]
-    label_counts: np.ndarray | None = None  # (devices, classes): what each device holds
+    label_counts: np.ndarray | None = None  # (devices, classes): what each device trains on
+    test_sizes: np.ndarray | None = None  # (devices,): the size of each device's own test split
 
 
 def prepare(setup: Setup, num_hosts: int) -> Prepared:
     """Load the data, partition it, cut it per host, and convert the model (imports TensorFlow)."""
     dataset = setup.data.load()
     shards = partition(dataset.y_train, setup.devices, setup.partition, setup.settings.seed, setup.min_samples)
+    local_tests = None
+    if setup.device_test_fraction > 0:
+        shards, local_tests = split_local_tests(shards, setup.device_test_fraction, setup.settings.seed)
     info: dict[str, int | str] = {
         "name": dataset.name,
         "train_samples": len(dataset.y_train),
@@ -136,17 +153,37 @@ def prepare(setup: Setup, num_hosts: int) -> Prepared:
     }
     artifact = setup.artifact if isinstance(setup.artifact, bytes) else setup.artifact.build()
     counts = label_counts(dataset.y_train, shards).astype(np.int32)
-    return Prepared(artifact, info, host_data(dataset, shards, num_hosts), test_blocks(dataset, num_hosts), counts)
+    hosts = host_data(dataset, shards, num_hosts, local_tests)
+    test_sizes = np.array([len(t) for t in local_tests] if local_tests else [0] * len(shards), dtype=np.int32)
+    return Prepared(artifact, info, hosts, test_blocks(dataset, num_hosts), counts, test_sizes)
 
 
-def host_data(dataset: Dataset, shards: Sequence[np.ndarray], num_hosts: int) -> list[HostData]:
+def host_data(
+    dataset: Dataset, shards: Sequence[np.ndarray], num_hosts: int, local_tests: Sequence[np.ndarray] | None = None
+) -> list[HostData]:
     out = []
     for ids in assign_hosts(len(shards), num_hosts):
-        bounds = np.cumsum([0] + [len(shards[d]) for d in ids])
-        order = np.concatenate([shards[d] for d in ids])
-        placements = [(d, int(bounds[i]), int(bounds[i + 1])) for i, d in enumerate(ids)]
+        parts, placements, pos = [], [], 0
+        for d in ids:
+            test = local_tests[d] if local_tests is not None else shards[d][:0]
+            parts += [shards[d], test]
+            placements.append((d, pos, pos + len(shards[d]), pos + len(shards[d]) + len(test)))
+            pos += len(shards[d]) + len(test)
+        order = np.concatenate(parts)
         out.append(HostData(dataset.x_train[order], dataset.y_train[order], placements))
     return out
+
+
+def split_local_tests(shards: Sequence[np.ndarray], fraction: float, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each device keeps floor(fraction * n) of its own samples (seeded, at least one left to train
+    on) as a test split drawn from its own distribution."""
+    train, test = [], []
+    for d, shard in enumerate(shards):
+        n_test = min(int(fraction * len(shard)), len(shard) - 1)
+        order = np.random.default_rng([seed, d, 0x7E57]).permutation(len(shard))
+        test.append(np.sort(shard[order[:n_test]]))
+        train.append(np.sort(shard[order[n_test:]]))
+    return train, test
 
 
 class Engine(ABC):
@@ -169,8 +206,9 @@ class Engine(ABC):
         """The weights baked into the artifact, exported through its `save` signature."""
 
     @abstractmethod
-    def evaluate(self, checkpoint: bytes) -> tuple[float, float]:
-        """(test accuracy, mean test cross-entropy) of a checkpoint, through the `infer` signature."""
+    def evaluate(self, checkpoint: bytes, device_ids: Sequence[int] = ()) -> Evaluation:
+        """Test accuracy and mean cross-entropy of a checkpoint through the `infer` signature, and
+        its accuracy on each of `device_ids`' own test split."""
 
     @abstractmethod
     def run_round(

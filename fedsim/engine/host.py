@@ -34,8 +34,9 @@ class DeviceHost:
         self.settings = settings
         # Views, not copies: a registered device costs its slice of the host's data and a few bytes.
         self.devices = {
-            device_id: Device(device_id, data.x[start:stop], data.y[start:stop], settings.seed)
-            for device_id, start, stop in data.placements
+            device_id: Device(device_id, data.x[start:stop], data.y[start:stop], settings.seed,
+                              data.x[stop:test_stop], data.y[stop:test_stop])
+            for device_id, start, stop, test_stop in data.placements
         }
         self.test_blocks = test_blocks or []
         self.scratch = scratch_dir(f"fedsim-host{host_index}-")
@@ -60,12 +61,20 @@ class DeviceHost:
     def initial_checkpoint(self) -> bytes:
         return self.runner.initial_checkpoint(self.scratch)
 
-    def evaluate(self, checkpoint: bytes) -> tuple[int, np.ndarray]:
-        """(correct, per-sample losses) of `checkpoint` on this host's blocks of the test set."""
+    def evaluate(self, checkpoint: bytes, device_ids: Sequence[int] = ()) -> tuple[int, np.ndarray, dict[int, float]]:
+        """(correct, per-sample losses) of `checkpoint` on this host's blocks of the test set, and its
+        accuracy on each of `device_ids`' own test split (devices of this host with one)."""
         path = self.scratch / "evaluate.ckpt"
         path.write_bytes(checkpoint)
         try:
-            return evaluate_counts(self.runner, path, self.test_blocks)
+            correct, losses = evaluate_counts(self.runner, path, self.test_blocks)
+            per_device = {}
+            for d in device_ids:
+                device = self.devices.get(d)
+                if device is not None and device.y_test is not None and len(device.y_test):
+                    c, _ = evaluate_counts(self.runner, path, [(device.x_test, device.y_test)], restore=False)
+                    per_device[d] = c / len(device.y_test)
+            return correct, losses, per_device
         finally:
             path.unlink(missing_ok=True)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fedsim.engine.base import Engine, HostReduce, Prepared, RoundResult, Setup, combine_evaluations, prepare
+from fedsim.engine.base import Engine, Evaluation, HostReduce, Prepared, RoundResult, Setup, combine_evaluations, prepare
 from fedsim.engine.host import DeviceHost
 
 
@@ -28,8 +28,10 @@ class LocalEngine(Engine):
     def initial_checkpoint(self) -> bytes:
         return self.hosts[0].initial_checkpoint()
 
-    def evaluate(self, checkpoint: bytes) -> tuple[float, float]:
-        return combine_evaluations([h.evaluate(checkpoint) for h in self.hosts], self.test_samples)
+    def evaluate(self, checkpoint: bytes, device_ids: Sequence[int] = ()) -> Evaluation:
+        per_host = self.split(device_ids)
+        parts = [host.evaluate(checkpoint, per_host.get(h, [])) for h, host in enumerate(self.hosts)]
+        return combine_evaluations(parts, self.test_samples)
 
     def run_round(
         self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int], reduce: HostReduce | None = None

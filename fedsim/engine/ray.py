@@ -20,7 +20,9 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from fedsim.engine.base import DeviceReport, Engine, HostReduce, Prepared, RoundResult, Setup, combine_evaluations, prepare
+from fedsim.engine.base import (
+    DeviceReport, Engine, Evaluation, HostReduce, Prepared, RoundResult, Setup, combine_evaluations, prepare,
+)
 from fedsim.engine.host import DeviceHost
 
 
@@ -61,7 +63,7 @@ def connect(address: str | None = None) -> bool:
 
 def _prepare_remote(setup: Setup, num_hosts: int) -> tuple[Any, ...]:
     prepared = prepare(setup, num_hosts)
-    info = {**prepared.dataset_info, "label_counts": prepared.label_counts}
+    info = {**prepared.dataset_info, "label_counts": prepared.label_counts, "test_sizes": prepared.test_sizes}
     return (prepared.artifact, info, os.getpid(), *prepared.hosts, *prepared.tests)
 
 
@@ -75,6 +77,12 @@ def _wait_for_exit(pid: int, timeout_s: float = 15.0) -> None:
         except psutil.NoSuchProcess:
             return
         time.sleep(0.05)
+
+
+def disconnect() -> None:
+    """Shut down the Ray this process started (see `connect`)."""
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 class _RayDeviceHost(DeviceHost):
@@ -116,7 +124,7 @@ class RayEngine(Engine):
         task = ray.remote(max_calls=1)(_prepare_remote).options(num_returns=3 + 2 * h, scheduling_strategy=here)
         refs = task.remote(setup, h)
         artifact, info, worker_pid = ray.get(refs[:3])
-        counts = info.pop("label_counts")
+        counts, test_sizes = info.pop("label_counts"), info.pop("test_sizes")
         _wait_for_exit(worker_pid)
         host_refs, test_refs = refs[3 : 3 + h], refs[3 + h :]
         self.test_samples = int(info["test_samples"])
@@ -137,19 +145,25 @@ class RayEngine(Engine):
         self.host_pids = ray.get([a.ready.remote() for a in self.actors])
         # Which Ray node each host landed on (SPREAD places them across nodes).
         self.host_nodes = ray.get([a.node_id.remote() for a in self.actors])
-        return Prepared(artifact, info, [], [], counts)
+        return Prepared(artifact, info, [], [], counts, test_sizes)
 
     def initial_checkpoint(self) -> bytes:
         return ray.get(self.actors[0].initial_checkpoint.remote())
 
-    def evaluate(self, checkpoint: bytes) -> tuple[float, float]:
+    def evaluate(self, checkpoint: bytes, device_ids: Sequence[int] = ()) -> Evaluation:
         self._await_restarts()
         ref = ray.put(checkpoint)
+        per_host = self.split(device_ids)
+
+        def ask() -> list[Any]:
+            calls = [a.evaluate.remote(ref, per_host.get(h, [])) for h, a in enumerate(self.actors)]
+            return ray.get(calls, timeout=self.round_timeout_s)
+
         try:
-            parts = ray.get([a.evaluate.remote(ref) for a in self.actors], timeout=self.round_timeout_s)
+            parts = ask()
         except RayActorError:
             # A host died between rounds: Ray restarts it; its test blocks come back with it.
-            parts = ray.get([a.evaluate.remote(ref) for a in self.actors], timeout=self.round_timeout_s)
+            parts = ask()
         return combine_evaluations(parts, self.test_samples)
 
     def run_round(
