@@ -24,6 +24,10 @@ def summary(path: str | os.PathLike[str]) -> pd.DataFrame:
     table["final_accuracy"] = grouped["test_accuracy"].last()
     table["best_accuracy"] = grouped["test_accuracy"].max()
     table["median_round_s"] = grouped["wall_s"].median()
+    if "device_acc_mean" in rounds and rounds["device_acc_mean"].notna().any():
+        table["device_acc_p10"] = grouped["device_acc_p10"].last()
+        table["device_acc_mean"] = grouped["device_acc_mean"].last()
+        table["device_acc_p90"] = grouped["device_acc_p90"].last()
     table.index = [Path(r).name for r in table.index]
     return table.sort_values(["partition", "devices", "seed"])
 
@@ -35,8 +39,10 @@ def report(path: str | os.PathLike[str]) -> str:
 
 
 def plot(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> list[Path]:
-    """accuracy.png (test accuracy per round, a line per run) and, when runs differ in device count,
-    scaling.png (final accuracy and seconds per round against devices, log x). Returns the files."""
+    """accuracy.png (test accuracy per round, a line per run); scaling.png (final accuracy and seconds
+    per round against devices, log x) when runs differ in device count; device_spread.png (the
+    selected devices' accuracy on their own data, p10-p90 band and mean) when runs measured it.
+    Returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,6 +63,22 @@ def plot(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
     written.append(folder / "accuracy.png")
     fig.savefig(written[-1], dpi=120)
     plt.close(fig)
+
+    if "device_acc_mean" in rounds and rounds["device_acc_mean"].notna().any():
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for run, frame in rounds.groupby("run", sort=False):
+            if frame["device_acc_mean"].isna().all():
+                continue
+            line = ax.plot(frame["round"], frame["device_acc_mean"], label=_label(frame.iloc[0]))[0]
+            ax.fill_between(frame["round"], frame["device_acc_p10"], frame["device_acc_p90"], alpha=0.2, color=line.get_color())
+        ax.set(xlabel="round", ylabel="accuracy on the device's own data",
+               title="Per-device accuracy of the global model (mean, p10-p90)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        written.append(folder / "device_spread.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
 
     table = summary(path)
     if table["devices"].nunique() > 1:

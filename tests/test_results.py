@@ -105,3 +105,13 @@ def test_per_device_evaluation_on_their_own_test_splits(tmp_path):
 def test_without_device_tests_the_spread_columns_are_empty(two_runs):
     _, (run, _) = two_runs
     assert run.rounds["device_acc_mean"].isna().all() and run.devices["test_accuracy"].isna().all()
+
+
+def test_plot_draws_the_per_device_spread_when_measured(tmp_path):
+    from fedsim.analysis import plot
+
+    fedsim.run(dataset="synthetic", synthetic_samples=30, devices=4, rounds=2, device_test_fraction=0.3,
+               out=str(tmp_path / "runs" / "a"), engine=fedsim.LocalEngine(2), progress=False)
+    written = plot(tmp_path / "runs", tmp_path / "png")
+    assert [p.name for p in written] == ["accuracy.png", "device_spread.png"]
+    assert all(p.stat().st_size > 10_000 for p in written)
