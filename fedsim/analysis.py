@@ -57,12 +57,7 @@ def plot(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
     for run, frame in rounds.groupby("run", sort=False):
         ax.plot(frame["round"], frame["test_accuracy"], marker=".", label=_label(frame.iloc[0]))
     ax.set(xlabel="round", ylabel="test accuracy", title="Test accuracy per round")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    written.append(folder / "accuracy.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+    written.append(_finish(fig, [ax], folder / "accuracy.png"))
 
     if "device_acc_mean" in rounds and rounds["device_acc_mean"].notna().any():
         fig, ax = plt.subplots(figsize=(8, 5))
@@ -73,12 +68,7 @@ def plot(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
             ax.fill_between(frame["round"], frame["device_acc_p10"], frame["device_acc_p90"], alpha=0.2, color=line.get_color())
         ax.set(xlabel="round", ylabel="accuracy on the device's own data",
                title="Per-device accuracy of the global model (mean, p10-p90)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-        fig.tight_layout()
-        written.append(folder / "device_spread.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(_finish(fig, [ax], folder / "device_spread.png"))
 
     table = summary(path)
     if table["devices"].nunique() > 1:
@@ -89,11 +79,18 @@ def plot(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
             right.plot(by_devices["median_round_s"].median(), marker="o", label=partition)
         left.set(xscale="log", xlabel="devices", ylabel="final test accuracy", title="Accuracy against fleet size")
         right.set(xscale="log", xlabel="devices", ylabel="seconds per round (median)", title="Round time against fleet size")
-        for ax in (left, right):
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize="small")
-        fig.tight_layout()
-        written.append(folder / "scaling.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(_finish(fig, [left, right], folder / "scaling.png"))
     return written
+
+
+def _finish(fig, axes, path: Path) -> Path:  # noqa: ANN001 - matplotlib objects
+    """Grid and legend on every axis, save as PNG, free the figure."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -34,11 +34,6 @@ class DataRecipe:
         return make_synthetic(samples_per_class=self.synthetic_samples, seed=self.seed)
 
 
-def load_dataset(name: str, data_dir: str | None = None, seed: int = 0, synthetic_samples: int = 200) -> Dataset:
-    """The data set a config names: "fashion_mnist" (real files) or "synthetic" (generated)."""
-    return DataRecipe(name, data_dir, seed, synthetic_samples).load()
-
-
 __all__ = [
     "DataError",
     "DataRecipe",
@@ -51,7 +46,6 @@ __all__ = [
     "label_counts",
     "parse_spec",
     "partition",
-    "load_dataset",
     "load_fashion_mnist",
     "make_synthetic",
 ]
