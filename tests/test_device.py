@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from fedsim.checkpoint import UpdateScreen, read_checkpoint, read_checkpoint_file, spec_of
 from fedsim.device import Device, Runner, evaluate_counts
@@ -59,88 +60,77 @@ def test_evaluation_scores_through_infer_in_chunks(artifact, synthetic, shm_scra
     np.testing.assert_allclose(losses2, losses, rtol=1e-5)
 
 
-def make_host(artifact, synthetic):
+@pytest.fixture
+def host(artifact, synthetic):
+    """A host with devices 0 (20 samples) and 2 (30 samples); closed after the test."""
     settings = HostSettings(local_epochs=1, batch_size=8, seed=0)
     data = HostData(synthetic.x_train[:50], synthetic.y_train[:50], [(0, 0, 20, 20), (2, 20, 50, 50)])
-    return DeviceHost(0, data, settings, artifact=artifact)
+    host = DeviceHost(0, data, settings, artifact=artifact)
+    yield host
+    host.close()
 
 
-def test_host_reports_a_failing_device_without_stopping_the_others(artifact, synthetic):
-    host = make_host(artifact, synthetic)
-    try:
-        initial = host.runner.initial_checkpoint(host.scratch)
-        result = host.run_round(1, initial, [0, 7, 2])
-        reports = result.reports
-        assert [r.device_id for r in reports] == [0, 7, 2]
-        assert [r.status for r in reports] == ["ok", "failed", "ok"]
-        assert "device 7 is not on host 0" in reports[1].error
-        assert reports[0].checkpoint and reports[0].checkpoint_bytes == len(reports[0].checkpoint)
-        assert result.partials == []
-        bad = host.run_round(2, b"not a checkpoint", [0]).reports
-        assert bad[0].status == "failed" and bad[0].error
-        assert not list(host.scratch.iterdir())  # no checkpoint files left behind
-    finally:
-        host.close()
+def test_host_reports_a_failing_device_without_stopping_the_others(host):
+    initial = host.initial_checkpoint()
+    result = host.run_round(1, initial, [0, 7, 2])
+    reports = result.reports
+    assert [r.device_id for r in reports] == [0, 7, 2]
+    assert [r.status for r in reports] == ["ok", "failed", "ok"]
+    assert "device 7 is not on host 0" in reports[1].error
+    assert reports[0].checkpoint and reports[0].checkpoint_bytes == len(reports[0].checkpoint)
+    assert result.partials == []
+    bad = host.run_round(2, b"not a checkpoint", [0]).reports
+    assert bad[0].status == "failed" and bad[0].error
+    assert not list(host.scratch.iterdir())  # no checkpoint files left behind
+    host.close()
     assert not host.scratch.exists()
 
 
-def test_host_partial_equals_fedavg_of_the_devices_checkpoints(artifact, synthetic):
-    host = make_host(artifact, synthetic)
-    try:
-        initial = host.runner.initial_checkpoint(host.scratch)
-        full = host.run_round(1, initial, [0, 2]).reports
-        weights = [read_checkpoint(r.checkpoint, host.scratch) for r in full]
-        spec = spec_of(weights[0])
-        reduced = host.run_round(1, initial, [0, 2], HostReduce(UpdateScreen(spec), FedAvg()))
-        assert all(r.checkpoint is None and r.status == "ok" for r in reduced.reports)
-        assert [r.checkpoint_bytes for r in reduced.reports] == [r.checkpoint_bytes for r in full]
-        (partial,) = reduced.partials
-        assert partial.count == 2 and partial.total_weight == 50.0
-        from_partial = FedAvg().aggregate_partials(weights[0], reduced.partials)
-        expected = weighted_mean(weights, [20, 30])
-        for k in expected:
-            np.testing.assert_allclose(from_partial[k], expected[k], rtol=1e-6, atol=1e-7)
-    finally:
-        host.close()
+def test_host_partial_equals_fedavg_of_the_devices_checkpoints(host):
+    initial = host.initial_checkpoint()
+    full = host.run_round(1, initial, [0, 2]).reports
+    weights = [read_checkpoint(r.checkpoint, host.scratch) for r in full]
+    spec = spec_of(weights[0])
+    reduced = host.run_round(1, initial, [0, 2], HostReduce(UpdateScreen(spec), FedAvg()))
+    assert all(r.checkpoint is None and r.status == "ok" for r in reduced.reports)
+    assert [r.checkpoint_bytes for r in reduced.reports] == [r.checkpoint_bytes for r in full]
+    (partial,) = reduced.partials
+    assert partial.count == 2 and partial.total_weight == 50.0
+    from_partial = FedAvg().aggregate_partials(weights[0], reduced.partials)
+    expected = weighted_mean(weights, [20, 30])
+    for k in expected:
+        np.testing.assert_allclose(from_partial[k], expected[k], rtol=1e-6, atol=1e-7)
 
 
-def test_host_rejects_a_checkpoint_that_does_not_match_the_model(artifact, synthetic):
-    host = make_host(artifact, synthetic)
-    try:
-        initial = host.runner.initial_checkpoint(host.scratch)
-        spec = {k: v for k, v in spec_of(read_checkpoint(initial, host.scratch)).items()}
-        first = sorted(spec)[0]
-        spec[first] = ((3,), "float32")  # the host's model now disagrees with the spec
-        reduced = host.run_round(1, initial, [0], HostReduce(UpdateScreen(spec), FedAvg()))
-        (report,) = reduced.reports
-        assert report.status == "rejected" and f"{first} is float32" in report.error
-        assert reduced.partials == []
-    finally:
-        host.close()
+def test_host_rejects_a_checkpoint_that_does_not_match_the_model(host):
+    initial = host.initial_checkpoint()
+    spec = {k: v for k, v in spec_of(read_checkpoint(initial, host.scratch)).items()}
+    first = sorted(spec)[0]
+    spec[first] = ((3,), "float32")  # the host's model now disagrees with the spec
+    reduced = host.run_round(1, initial, [0], HostReduce(UpdateScreen(spec), FedAvg()))
+    (report,) = reduced.reports
+    assert report.status == "rejected" and f"{first} is float32" in report.error
+    assert reduced.partials == []
 
 
-def test_host_rejects_or_clips_outsized_updates(artifact, synthetic):
+def test_host_rejects_or_clips_outsized_updates(host):
     from fedsim.checkpoint import update_norm
 
-    host = make_host(artifact, synthetic)
-    try:
-        initial = host.runner.initial_checkpoint(host.scratch)
-        g = read_checkpoint(initial, host.scratch)
-        spec = spec_of(g)
-        full = host.run_round(1, initial, [0, 2]).reports
-        norms = [update_norm(read_checkpoint(r.checkpoint, host.scratch), g) for r in full]
-        bound = (norms[0] + norms[1]) / 2 if norms[0] != norms[1] else norms[0] / 2
-        rejected = host.run_round(1, initial, [0, 2], HostReduce(UpdateScreen(spec, max_norm=bound), FedAvg()))
-        statuses = {r.device_id: (r.status, r.error) for r in rejected.reports}
-        over = [d for d, n in zip([0, 2], norms) if n > bound]
-        assert over and all(statuses[d][0] == "rejected" and "exceeds --max-update-norm" in statuses[d][1] for d in over)
-        assert sum(p.count for p in rejected.partials) == 2 - len(over)
+    initial = host.initial_checkpoint()
+    g = read_checkpoint(initial, host.scratch)
+    spec = spec_of(g)
+    full = host.run_round(1, initial, [0, 2]).reports
+    norms = [update_norm(read_checkpoint(r.checkpoint, host.scratch), g) for r in full]
+    bound = (norms[0] + norms[1]) / 2 if norms[0] != norms[1] else norms[0] / 2
+    rejected = host.run_round(1, initial, [0, 2], HostReduce(UpdateScreen(spec, max_norm=bound), FedAvg()))
+    statuses = {r.device_id: (r.status, r.error) for r in rejected.reports}
+    over = [d for d, n in zip([0, 2], norms) if n > bound]
+    assert over and all(statuses[d][0] == "rejected" and "exceeds --max-update-norm" in statuses[d][1] for d in over)
+    assert sum(p.count for p in rejected.partials) == 2 - len(over)
 
-        clip = min(norms) / 2
-        clipped = host.run_round(1, initial, [0, 2], HostReduce(UpdateScreen(spec, clip_norm=clip), FedAvg()))
-        assert all(r.status == "ok" and r.error.startswith("clipped: update norm") for r in clipped.reports)
-        (partial,) = clipped.partials
-        mean = {k: (partial.weighted_sum[k] / partial.total_weight) for k in g}
-        assert update_norm(mean, g) <= clip * (1 + 1e-5)  # an average of updates of norm <= clip
-    finally:
-        host.close()
+    clip = min(norms) / 2
+    clipped = host.run_round(1, initial, [0, 2], HostReduce(UpdateScreen(spec, clip_norm=clip), FedAvg()))
+    assert all(r.status == "ok" and r.error.startswith("clipped: update norm") for r in clipped.reports)
+    (partial,) = clipped.partials
+    mean = {k: (partial.weighted_sum[k] / partial.total_weight) for k in g}
+    assert update_norm(mean, g) <= clip * (1 + 1e-5)  # an average of updates of norm <= clip
