@@ -70,7 +70,7 @@ class DeviceUpdate:
     samples: int
     train_loss: float
     train_s: float  # seconds in the device's signatures: restore, every train batch, save
-    checkpoint_path: Path  # the file `save` wrote; the host reads it, then removes it
+    checkpoint_path: Path  # the file `save` wrote; the host reads it, the next device overwrites it
 
 
 @dataclass
