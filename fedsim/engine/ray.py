@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from fedsim.engine.base import (
@@ -200,11 +200,20 @@ class RayEngine(Engine):
     def _await_restarts(self, timeout_s: float = 180.0) -> None:
         """Wait for hosts Ray is restarting (TensorFlow import, interpreter) before the next round's
         clock starts: the round timeout is for a round's work, not for a host's start-up."""
+        deadline = time.monotonic() + timeout_s
         for h in sorted(self._restarting):
-            try:
-                self.host_pids[h] = ray.get(self.actors[h].ready.remote(), timeout=timeout_s)
-            except (RayActorError, GetTimeoutError):
-                pass  # still down (or out of restarts): its devices fail this round and say why
+            while True:
+                try:
+                    left = max(1.0, deadline - time.monotonic())
+                    self.host_pids[h] = ray.get(self.actors[h].ready.remote(), timeout=left)
+                    break
+                except ActorUnavailableError:
+                    # "The actor is restarting": not ready to take calls yet; ask again shortly.
+                    if time.monotonic() >= deadline:
+                        break
+                    time.sleep(0.2)
+                except (RayActorError, GetTimeoutError):
+                    break  # still down (or out of restarts): its devices fail this round and say why
         self._restarting.clear()
 
     def close(self) -> None:
