@@ -9,6 +9,7 @@ folder, on tmpfs (/dev/shm) where there is one.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import uuid
@@ -107,17 +108,23 @@ def spec_of(weights: Mapping[str, np.ndarray]) -> WeightSpec:
     return {name: (tuple(a.shape), str(a.dtype)) for name, a in weights.items()}
 
 
+@functools.lru_cache(maxsize=None)
+def _dtype(name: str) -> np.dtype:
+    return np.dtype(name)
+
+
 def check_weights(weights: Mapping[str, np.ndarray], spec: WeightSpec) -> None:
     """Raise CheckpointError naming the first way `weights` differs from the model's spec."""
-    missing = sorted(set(spec) - set(weights))
-    if missing:
-        raise CheckpointError(f"missing weight(s) {', '.join(missing)}")
-    extra = sorted(set(weights) - set(spec))
-    if extra:
+    if weights.keys() != spec.keys():
+        missing = sorted(set(spec) - set(weights))
+        if missing:
+            raise CheckpointError(f"missing weight(s) {', '.join(missing)}")
+        extra = sorted(set(weights) - set(spec))
         raise CheckpointError(f"unexpected weight(s) {', '.join(extra)}")
     for name, (shape, dtype) in spec.items():
         a = weights[name]
-        if tuple(a.shape) != shape or str(a.dtype) != dtype:
+        # dtype objects compare without formatting a name (this runs for every device update)
+        if a.shape != tuple(shape) or a.dtype != _dtype(dtype):
             raise CheckpointError(f"{name} is {a.dtype}{list(a.shape)}, expected {dtype}{list(shape)}")
         if not np.isfinite(a).all():
             raise CheckpointError(f"{name} holds NaN or Inf")

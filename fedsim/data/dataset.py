@@ -36,6 +36,11 @@ def scale_images(x: np.ndarray) -> np.ndarray:
     return np.multiply(x, np.float32(1.0 / 255.0), dtype=np.float32)  # one pass, no uint8->float copy
 
 
+_EYE = np.eye(NUM_CLASSES, dtype=np.float32)
+_EYE.flags.writeable = False
+
+
 def one_hot(y: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
     """int labels -> float32 one-hot rows, what categorical cross-entropy expects."""
-    return np.eye(num_classes, dtype=np.float32)[y]
+    eye = _EYE if num_classes == NUM_CLASSES else np.eye(num_classes, dtype=np.float32)
+    return eye[y]
