@@ -122,8 +122,8 @@ class Device:
 def evaluate_counts(
     runner: Runner, checkpoint: Path, blocks: Sequence[tuple[np.ndarray, np.ndarray]], restore: bool = True
 ) -> tuple[int, np.ndarray]:
-    """Restore `checkpoint`, run `infer` on each block of (uint8 images, labels), and return
-    (correctly classified, per-sample cross-entropy).
+    """Restore `checkpoint`, run `infer` on each block of (images, labels), and return
+    (correctly classified, per-sample cross-entropy). Images are uint8, or float32 already scaled.
 
     One `infer` call per block: TFLite's matrix kernels may round differently for another batch
     size, so callers keep blocks fixed to get the same numbers however the blocks are spread.
@@ -132,7 +132,7 @@ def evaluate_counts(
         runner.restore(checkpoint)
     correct, losses = 0, [np.zeros(0)]
     for x, y in blocks:
-        probs = runner.infer(scale_images(x))
+        probs = runner.infer(scale_images(x) if x.dtype == np.uint8 else x)
         labels = np.asarray(y, dtype=np.int64)
         correct += int(np.sum(np.argmax(probs, axis=1) == labels))
         picked = probs[np.arange(len(labels)), labels].astype(np.float64)
