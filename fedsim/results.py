@@ -156,9 +156,9 @@ class RunWriter:
         self._pending = self._pool.submit(self._write_round, list(self.rounds), device_rows, global_checkpoint)
 
     def _write_round(self, rounds: list[dict[str, Any]], device_rows: list[dict[str, Any]], checkpoint: bytes) -> None:
-        table = pa.Table.from_pandas(pd.DataFrame(device_rows, columns=DEVICE_COLUMNS), preserve_index=False)
-        if self.device_tables:
-            table = table.cast(self.device_tables[0].schema)
+        # Straight to Arrow (no DataFrame): this thread shares the CPU with the hosts' next round.
+        schema = self.device_tables[0].schema if self.device_tables else None
+        table = pa.Table.from_pylist([{c: r.get(c) for c in DEVICE_COLUMNS} for r in device_rows], schema=schema)
         self.device_tables.append(table)
         round_num = rounds[-1]["round"]
         # Commit order, so that a kill at any point leaves a resumable folder: the round's checkpoint
@@ -168,7 +168,7 @@ class RunWriter:
         resume.mkdir(exist_ok=True)
         _atomic_write(resume / f"round-{round_num}.ckpt", checkpoint)
         _atomic_arrow(self.path / DEVICES_FILE, pa.concat_tables(self.device_tables))
-        _atomic_parquet(self.path / ROUNDS_FILE, pd.DataFrame(rounds, columns=ROUND_COLUMNS))
+        _atomic_arrow(self.path / ROUNDS_FILE, pa.Table.from_pylist([{c: r.get(c) for c in ROUND_COLUMNS} for r in rounds]))
         self.meta["rounds_completed"] = round_num
         _atomic_write(self.path / CONFIG_FILE, json.dumps(self.meta, indent=2, default=str).encode())
         _atomic_write(self.path / CHECKPOINT_FILE, checkpoint)
