@@ -42,16 +42,26 @@ PER_ROUND_CAP = 1000  # above this many devices, 1,000 are selected each round
 
 
 class RssSampler(threading.Thread):
-    """Peak of the summed RSS of this process and every descendant, sampled in the background."""
+    """Peak of the summed RSS of this process and every descendant, sampled in the background.
 
-    def __init__(self, interval_s: float = 0.2) -> None:
+    The sampler runs in the driver, on the CPUs the hosts use, so it is kept cheap: the process tree
+    is walked once a second and only the known processes' RSS is read in between.
+    """
+
+    def __init__(self, interval_s: float = 0.2, rescan_s: float = 1.0) -> None:
         super().__init__(daemon=True)
-        self.interval_s, self.peak_bytes, self._stop_event = interval_s, 0, threading.Event()
+        self.interval_s, self.rescan_s = interval_s, rescan_s
+        self.peak_bytes, self._stop_event = 0, threading.Event()
+        self._procs: list[psutil.Process] = []
+        self._scanned = -float("inf")
 
     def sample(self) -> int:
-        me = psutil.Process()
+        now = time.monotonic()
+        if now - self._scanned >= self.rescan_s:
+            me = psutil.Process()
+            self._procs, self._scanned = [me, *me.children(recursive=True)], now
         total = 0
-        for p in [me, *me.children(recursive=True)]:
+        for p in self._procs:
             try:
                 total += p.memory_info().rss
             except psutil.Error:
@@ -134,7 +144,7 @@ def bench_one(devices: int, rounds: int, hosts: int, out: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", default="10,100,1000,10000", help="comma-separated fleet sizes")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds per run (the median uses rounds 2..R)")
+    parser.add_argument("--rounds", type=int, default=8, help="rounds per run (the median uses rounds 2..R)")
     parser.add_argument("--hosts", type=int, default=2, help="Ray device hosts")
     parser.add_argument("--out", default="results/bench", help="folder for overhead.csv / overhead.md")
     args = parser.parse_args()
