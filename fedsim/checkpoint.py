@@ -108,7 +108,7 @@ def spec_of(weights: Mapping[str, np.ndarray]) -> WeightSpec:
     return {name: (tuple(a.shape), str(a.dtype)) for name, a in weights.items()}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _dtype(name: str) -> np.dtype:
     return np.dtype(name)
 
