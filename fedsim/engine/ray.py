@@ -107,6 +107,14 @@ class RayEngine(Engine):
         self.host_nodes: list[str] = []
         self._restarting: set[int] = set()  # hosts that died or were killed; Ray is bringing them back
         self._owns_ray = False
+        self._put_cache: tuple[bytes, Any] | None = None
+
+    def _put(self, checkpoint: bytes) -> Any:
+        """One object-store copy per global checkpoint: a round's model is evaluated, then sent out
+        as the next round's starting point, and both calls read the same object."""
+        if self._put_cache is None or self._put_cache[0] is not checkpoint:
+            self._put_cache = (checkpoint, ray.put(checkpoint))
+        return self._put_cache[1]
 
     def _connect(self) -> None:
         if not ray.is_initialized():
@@ -152,7 +160,7 @@ class RayEngine(Engine):
 
     def evaluate(self, checkpoint: bytes, device_ids: Sequence[int] = ()) -> Evaluation:
         self._await_restarts()
-        ref = ray.put(checkpoint)
+        ref = self._put(checkpoint)
         per_host = self.split(device_ids)
 
         def ask() -> list[Any]:
@@ -170,7 +178,7 @@ class RayEngine(Engine):
         self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int], reduce: HostReduce | None = None
     ) -> RoundResult:
         self._await_restarts()
-        checkpoint_ref = ray.put(global_checkpoint)  # one copy in the object store, read by every host
+        checkpoint_ref = self._put(global_checkpoint)  # one copy in the object store, read by every host
         calls = [
             (h, mine, self.actors[h].run_round.remote(round_num, checkpoint_ref, mine, reduce))
             for h, mine in sorted(self.split(device_ids).items())
@@ -225,6 +233,7 @@ class RayEngine(Engine):
             ray.kill(actor)
         self.actors = []
         self._arguments = []
+        self._put_cache = None
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
         self._owns_ray = False
