@@ -86,6 +86,11 @@ def _atomic_arrow(path: Path, table: pa.Table) -> None:
     os.replace(tmp, path)
 
 
+def _arrow_table(rows: list[dict[str, Any]], columns: list[str], schema: pa.Schema | None = None) -> pa.Table:
+    """Rows -> an Arrow table with exactly `columns`, in that order (missing values are null)."""
+    return pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows], schema=schema)
+
+
 def claim_run_folder(out: str | os.PathLike[str]) -> Path:
     """Create `out` for a new run; refuse one that exists and is not empty."""
     path = Path(out)
@@ -158,7 +163,7 @@ class RunWriter:
     def _write_round(self, rounds: list[dict[str, Any]], device_rows: list[dict[str, Any]], checkpoint: bytes) -> None:
         # Straight to Arrow (no DataFrame): this thread shares the CPU with the hosts' next round.
         schema = self.device_tables[0].schema if self.device_tables else None
-        table = pa.Table.from_pylist([{c: r.get(c) for c in DEVICE_COLUMNS} for r in device_rows], schema=schema)
+        table = _arrow_table(device_rows, DEVICE_COLUMNS, schema)
         self.device_tables.append(table)
         round_num = rounds[-1]["round"]
         # Commit order, so that a kill at any point leaves a resumable folder: the round's checkpoint
@@ -168,7 +173,7 @@ class RunWriter:
         resume.mkdir(exist_ok=True)
         _atomic_write(resume / f"round-{round_num}.ckpt", checkpoint)
         _atomic_arrow(self.path / DEVICES_FILE, pa.concat_tables(self.device_tables))
-        _atomic_arrow(self.path / ROUNDS_FILE, pa.Table.from_pylist([{c: r.get(c) for c in ROUND_COLUMNS} for r in rounds]))
+        _atomic_arrow(self.path / ROUNDS_FILE, _arrow_table(rounds, ROUND_COLUMNS))
         self.meta["rounds_completed"] = round_num
         _atomic_write(self.path / CONFIG_FILE, json.dumps(self.meta, indent=2, default=str).encode())
         _atomic_write(self.path / CHECKPOINT_FILE, checkpoint)
