@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from fedsim.checkpoint import UpdateScreen, read_checkpoint, read_checkpoint_file, spec_of
-from fedsim.device import Device, Runner, evaluate_counts
+from fedsim.device import Device, Runner, evaluate_counts, shuffle_rng
 from fedsim.engine.base import HostData, HostReduce, HostSettings
 from fedsim.engine.host import DeviceHost
 from fedsim.strategies import FedAvg
@@ -44,6 +44,21 @@ def test_a_round_depends_on_device_and_round_not_on_the_interpreter(artifact, sy
     a, b, c = bytes_of(r1, dev, 1), bytes_of(r2, dev, 1), bytes_of(r1, dev, 2)
     assert a == b
     assert a != c  # another round shuffles differently
+
+
+def test_shuffling_is_keyed_by_seed_device_and_round_only():
+    """One generator per thread is re-keyed for every device: what came before must not leak in."""
+    first = shuffle_rng(0, 7, 3).permutation(100)
+    shuffle_rng(1, 2, 9).permutation(37)  # another device's draw in between
+    g = shuffle_rng(0, 7, 3)
+    assert np.array_equal(g.permutation(100), first)
+    second_epoch = g.permutation(100)
+    assert not np.array_equal(second_epoch, first)  # the stream continues across local epochs
+    # the documented keying: Philox with key (seed, device << 32 | round)
+    reference = np.random.Generator(np.random.Philox(key=np.array([0, 7 << 32 | 3], dtype=np.uint64)))
+    assert np.array_equal(reference.permutation(100), first)
+    others = [shuffle_rng(s, d, r).permutation(100) for s, d, r in ((1, 7, 3), (0, 8, 3), (0, 7, 4))]
+    assert all(not np.array_equal(o, first) for o in others)
 
 
 def test_evaluation_scores_through_infer_in_chunks(artifact, synthetic, shm_scratch):
