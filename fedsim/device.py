@@ -41,6 +41,13 @@ class Runner:
         self._infer = self.interpreter.get_signature_runner(INFER)
         self._save = self.interpreter.get_signature_runner(SAVE)
         self._restore = self.interpreter.get_signature_runner(RESTORE)
+        # fedsim's artifacts take uint8 pixels and scale them in the graph; one made by an earlier
+        # fedsim (a resumed run's) or by hand may take float32 in [0, 1]: `images` converts for it.
+        self.image_dtype = np.dtype(self._train.get_input_details()["x"]["dtype"])
+
+    def images(self, x: np.ndarray) -> np.ndarray:
+        """uint8 images -> what this artifact's `x` inputs take."""
+        return x if self.image_dtype == x.dtype else scale_images(x)
 
     def restore(self, path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         return self._restore(**{CHECKPOINT_PATH: np.array(os.fsencode(path))})
@@ -131,12 +138,12 @@ class Device:
         """restore the global model -> local_epochs of shuffled mini-batches through `train` -> `save` to out."""
         # Shuffling depends on (seed, device, round) only, never on which host runs the device.
         rng = shuffle_rng(self.seed, self.device_id, round_num)
-        # Shuffle the uint8 shard, then convert: done before the clock starts, so train_s counts
-        # the device's signature calls and nothing the simulator adds.
+        # Shuffled before the clock starts, so train_s counts the device's signature calls and
+        # nothing the simulator adds.
         epochs = []
         for _ in range(local_epochs):
             order = rng.permutation(self.samples)
-            epochs.append((scale_images(self.x[order]), one_hot(self.y[order])))
+            epochs.append((runner.images(self.x[order]), one_hot(self.y[order])))
         start = time.perf_counter()
         runner.restore(global_checkpoint)
         loss_sum, seen = 0.0, 0
@@ -154,7 +161,7 @@ def evaluate_counts(
     runner: Runner, checkpoint: Path, blocks: Sequence[tuple[np.ndarray, np.ndarray]], restore: bool = True
 ) -> tuple[int, np.ndarray]:
     """Restore `checkpoint`, run `infer` on each block of (images, labels), and return
-    (correctly classified, per-sample cross-entropy). Images are uint8, or float32 already scaled.
+    (correctly classified, per-sample cross-entropy). Images are uint8.
 
     One `infer` call per block: TFLite's matrix kernels may round differently for another batch
     size, so callers keep blocks fixed to get the same numbers however the blocks are spread.
@@ -163,7 +170,7 @@ def evaluate_counts(
         runner.restore(checkpoint)
     correct, losses = 0, [np.zeros(0)]
     for x, y in blocks:
-        probs = runner.infer(scale_images(x) if x.dtype == np.uint8 else x)
+        probs = runner.infer(runner.images(x))
         labels = np.asarray(y, dtype=np.int64)
         correct += int(np.sum(np.argmax(probs, axis=1) == labels))
         picked = probs[np.arange(len(labels)), labels].astype(np.float64)

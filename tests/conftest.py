@@ -47,9 +47,10 @@ def shm_scratch():
 
 
 def batch(ds, n: int = 32, offset: int = 0):
-    from fedsim.data.dataset import one_hot, scale_images
+    """(uint8 images, one-hot labels): what the artifact's `train` takes."""
+    from fedsim.data.dataset import one_hot
 
-    return scale_images(ds.x_train[offset : offset + n]), one_hot(ds.y_train[offset : offset + n])
+    return ds.x_train[offset : offset + n], one_hot(ds.y_train[offset : offset + n])
 
 
 @pytest.fixture

@@ -55,6 +55,44 @@ def test_infer_outputs_class_probabilities(runner, synthetic):
     np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
 
 
+def test_the_artifact_takes_uint8_pixels_and_scales_them_itself(runner):
+    x_details = runner._train.get_input_details()["x"]
+    assert x_details["dtype"] == np.uint8 and runner.image_dtype == np.uint8
+    assert runner._infer.get_input_details()["x"]["dtype"] == np.uint8
+
+
+def test_an_artifact_taking_float32_images_still_runs_and_agrees(artifact, synthetic, scratch, monkeypatch):
+    """A .tflite made before the artifact scaled its own pixels (a resumed run keeps its own) takes
+    float32 in [0, 1]: the Runner scales for it, and the outputs equal the uint8 artifact's."""
+    import tensorflow as tf
+
+    import fedsim.model.convert as convert
+    from fedsim.model.module import OnDeviceModule
+    from fedsim.model.signatures import LOSS, OUTPUT
+
+    class FloatInputModule(OnDeviceModule):
+        @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.float32, name="x"),
+                                      tf.TensorSpec([None, 10], tf.float32, name="y")])
+        def train(self, x, y):
+            with tf.GradientTape() as tape:
+                loss = self.loss_fn(y, self.model(x, training=True))
+            grads = tape.gradient(loss, self.model.trainable_variables)
+            self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+            return {LOSS: loss}
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.float32, name="x")])
+        def infer(self, x):
+            return {OUTPUT: self.model(x)}
+
+    monkeypatch.setattr(convert, "OnDeviceModule", FloatInputModule)
+    old = Runner(convert.convert_to_tflite())  # same builder, lr and seed as the `artifact` fixture
+    new = Runner(artifact)
+    assert old.image_dtype == np.float32
+    x, y = batch(synthetic, 16)
+    np.testing.assert_allclose(old.infer(old.images(x)), new.infer(new.images(x)), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(old.train(old.images(x), y), new.train(new.images(x), y), rtol=1e-6)
+
+
 def test_initial_checkpoint_is_the_artifacts_own_weights(artifact, scratch):
     a = Runner(artifact).initial_checkpoint(scratch)
     b = Runner(artifact).initial_checkpoint(scratch)

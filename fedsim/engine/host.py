@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from fedsim.checkpoint import CheckpointError, read_checkpoint, scratch_dir
-from fedsim.data.dataset import scale_images
 from fedsim.device import Device, Runner, evaluate_counts
 from fedsim.engine.base import DeviceReport, HostData, HostReduce, HostSettings, RoundResult, TestBlocks
 from fedsim.strategies.aggregate import PartialSum
@@ -39,8 +38,7 @@ class DeviceHost:
                               data.x[stop:test_stop], data.y[stop:test_stop])
             for device_id, start, stop, test_stop in data.placements
         }
-        # Scaled once here rather than every round: the test set is evaluated after every round.
-        self.test_blocks = [(scale_images(x), np.asarray(y, dtype=np.int64)) for x, y in test_blocks or []]
+        self.test_blocks = [(x, np.asarray(y, dtype=np.int64)) for x, y in test_blocks or []]
         self.scratch = scratch_dir(f"fedsim-host{host_index}-")
         self._runner: Runner | None = None
 

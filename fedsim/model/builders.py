@@ -1,5 +1,6 @@
 """Keras model builders. A builder takes no arguments and returns an uncompiled Keras model whose
-input is (None, 28, 28) float32 and whose output is (None, 10) class probabilities."""
+input is (None, 28, 28) float32 in [0, 1] (the on-device module scales the uint8 pixels it is given)
+and whose output is (None, 10) class probabilities."""
 
 from __future__ import annotations
 
