@@ -145,6 +145,11 @@ class _Layout:
 _LAYOUTS: dict[int, _Layout] = {}  # by file length
 
 
+def cached_layout(size: int) -> _Layout | None:
+    """The layout of the checkpoints of `size` bytes that read_tfv1 has parsed, if any."""
+    return _LAYOUTS.get(size)
+
+
 def read_tfv1(data: bytes) -> dict[str, np.ndarray]:
     """TF v1 checkpoint bytes -> {name: float32 array}; the arrays are read-only views into `data`."""
     layout = _LAYOUTS.get(len(data))

@@ -57,3 +57,65 @@ def test_check_weights_names_what_is_wrong(weights_like):
     w["extra"] = np.zeros(1, np.float32)
     with pytest.raises(CheckpointError, match="unexpected weight"):
         check_weights(w, spec)
+
+
+def test_flat_reader_scatters_a_models_checkpoints_into_one_vector(weights_like, shm_scratch):
+    from fedsim.checkpoint import FlatReader
+
+    spec = spec_of(weights_like(0.0))
+    reader = FlatReader(spec)
+    path = shm_scratch / "d.ckpt"
+    path.write_bytes(write_checkpoint(weights_like(1.0)))
+    first, flat, size = reader.read(path)  # the first file is parsed: no vector yet
+    assert flat is None and size == path.stat().st_size
+    w = {"a/kernel": np.arange(6, dtype=np.float32).reshape(2, 3), "a/bias": np.array([-1.5, 0.25, 7.0], np.float32)}
+    path.write_bytes(write_checkpoint(w))
+    got, flat, _ = reader.read(path)
+    assert flat is not None
+    np.testing.assert_array_equal(flat, np.concatenate([w[name].ravel() for name in spec]))
+    for name in w:
+        np.testing.assert_array_equal(got[name], w[name])
+    check_weights(got, spec, flat)
+
+
+def test_flat_reader_sends_anything_else_through_the_full_reader(weights_like, shm_scratch):
+    from fedsim.checkpoint import FlatReader
+
+    spec = spec_of(weights_like(0.0))
+    reader = FlatReader(spec)
+    path = shm_scratch / "d.ckpt"
+    good = write_checkpoint(weights_like(1.0))
+    path.write_bytes(good)
+    reader.read(path)
+    path.write_bytes(good[:-10])  # truncated
+    with pytest.raises(CheckpointError):
+        reader.read(path)
+    path.write_bytes(good + b"\0")  # longer than the model's checkpoints
+    with pytest.raises(CheckpointError):
+        reader.read(path)
+    other = {"a/kernel": np.zeros((2, 3), np.float32), "b/bias": np.zeros(3, np.float32)}  # same size, other name
+    path.write_bytes(write_checkpoint(other))
+    weights, flat, _ = reader.read(path)
+    assert flat is None and set(weights) == {"a/kernel", "b/bias"}
+    with pytest.raises(CheckpointError, match="missing weight"):
+        check_weights(weights, spec, flat)
+    path.unlink()
+    with pytest.raises(CheckpointError, match="cannot read"):
+        reader.read(path)
+
+
+def test_flat_reader_values_are_checked_for_nan_by_name(weights_like, shm_scratch):
+    from fedsim.checkpoint import FlatReader
+
+    spec = spec_of(weights_like(0.0))
+    reader = FlatReader(spec)
+    path = shm_scratch / "d.ckpt"
+    path.write_bytes(write_checkpoint(weights_like(1.0)))
+    reader.read(path)
+    bad = weights_like(1.0)
+    bad["a/bias"][1] = np.inf
+    path.write_bytes(write_checkpoint(bad))
+    weights, flat, _ = reader.read(path)
+    assert flat is not None
+    with pytest.raises(CheckpointError, match="a/bias holds NaN or Inf"):
+        check_weights(weights, spec, flat)

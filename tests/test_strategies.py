@@ -65,3 +65,22 @@ def test_partial_sum_groups_equal_coefficients_and_caps_the_groups(weights_like)
     np.testing.assert_allclose(p.weighted_sum["a/bias"], np.full(3, expected))
     assert (p.total_weight, p.count) == (120.0, 6)
     assert p.weighted_sum["a/bias"].dtype == np.float64
+
+
+def test_partial_sum_of_flat_vectors_equals_the_per_tensor_sum(weights_like):
+    from fedsim.strategies.aggregate import PartialSum
+
+    rng = np.random.default_rng(0)
+    updates = [({k: (v + rng.standard_normal(v.shape)).astype(np.float32) for k, v in weights_like(0.0).items()}, c)
+               for c in (10, 10, 20, 30, 30, 40, 50, 60)]  # more coefficients than groups
+    plain, flat = PartialSum(max_groups=2), PartialSum(max_groups=2)
+    for w, c in updates:
+        plain.add(w, c)
+        flat.add(w, c, np.concatenate([w[k].ravel() for k in w]))
+    a, b = plain.partial(), flat.partial()
+    assert (a.total_weight, a.count) == (b.total_weight, b.count) == (250.0, 8)
+    expected = {k: sum(np.float64(c) * w[k].astype(np.float64) for w, c in updates) for k in updates[0][0]}
+    for k in expected:
+        np.testing.assert_array_equal(a.weighted_sum[k], b.weighted_sum[k])
+        np.testing.assert_allclose(a.weighted_sum[k], expected[k], rtol=1e-12)
+        assert a.weighted_sum[k].shape == updates[0][0][k].shape

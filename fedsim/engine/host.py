@@ -13,10 +13,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedsim.checkpoint import CheckpointError, read_checkpoint, scratch_dir
+from fedsim.checkpoint import CheckpointError, FlatReader, WeightSpec, read_checkpoint, scratch_dir
 from fedsim.device import Device, Runner, evaluate_counts
 from fedsim.engine.base import DeviceReport, HostData, HostReduce, HostSettings, RoundResult, TestBlocks
 from fedsim.strategies.aggregate import PartialSum
+from fedsim.strategies.base import Weights
 
 
 class DeviceHost:
@@ -41,6 +42,7 @@ class DeviceHost:
         self.test_blocks = [(x, np.asarray(y, dtype=np.int64)) for x, y in test_blocks or []]
         self.scratch = scratch_dir(f"fedsim-host{host_index}-")
         self._runner: Runner | None = None
+        self._flat_reader: FlatReader | None = None
 
     @property
     def runner(self) -> Runner:
@@ -91,10 +93,10 @@ class DeviceHost:
         global_weights = read_checkpoint(global_checkpoint) if reduce is not None and reduce.screen.needs_global else None
         try:
             for device_id in device_ids:
-                report, weights = self._run_device(device_id, round_num, path, reduce, global_weights)
+                report, weights, flat = self._run_device(device_id, round_num, path, reduce, global_weights)
                 if weights is not None and reduce is not None:
                     c = reduce.strategy.coefficient(report.samples)
-                    acc.add(weights, c)
+                    acc.add(weights, c, flat)
                 reports.append(report)
         finally:
             path.unlink(missing_ok=True)
@@ -109,11 +111,12 @@ class DeviceHost:
         global_path: os.PathLike[str],
         reduce: HostReduce | None,
         global_weights: dict[str, np.ndarray] | None,
-    ) -> tuple[DeviceReport, dict[str, np.ndarray] | None]:
+    ) -> tuple[DeviceReport, Weights | None, np.ndarray | None]:
+        """(report, weights to add to the partial, the same as one vector if the reader has it)."""
         device = self.devices.get(device_id)
         if device is None:
             error = f"device {device_id} is not on host {self.host_index}"
-            return DeviceReport(device_id, self.host_index, 0, "failed", error=error), None
+            return DeviceReport(device_id, self.host_index, 0, "failed", error=error), None, None
         out = self.scratch / "device.ckpt"  # every device's `save` overwrites the same file
         try:
             update = device.run_round(
@@ -122,17 +125,25 @@ class DeviceHost:
         except Exception as e:  # a device's failure is data for the coordinator, not a crash of the host
             self._runner = None  # the interpreter may be in a bad state: the next device gets a fresh one
             error = f"{type(e).__name__}: {e}"
-            return DeviceReport(device_id, self.host_index, device.samples, "failed", error=error), None
-        data = out.read_bytes()
+            return DeviceReport(device_id, self.host_index, device.samples, "failed", error=error), None, None
         ok = dict(device_id=device_id, host=self.host_index, samples=update.samples,
-                  train_loss=update.train_loss, train_s=update.train_s, checkpoint_bytes=len(data))
+                  train_loss=update.train_loss, train_s=update.train_s)
         if reduce is None:
-            return DeviceReport(status="ok", checkpoint=data, **ok), None
+            data = out.read_bytes()
+            return DeviceReport(status="ok", checkpoint=data, checkpoint_bytes=len(data), **ok), None, None
         try:
-            weights, note = reduce.screen.screen(read_checkpoint(data, self.scratch), global_weights)
+            weights, flat, size = self._reader(reduce.screen.spec).read(out)
+            screened, note = reduce.screen.screen(weights, global_weights, flat)
         except CheckpointError as e:
-            return DeviceReport(status="rejected", error=str(e), **ok), None
-        return DeviceReport(status="ok", error=note, **ok), weights
+            size = out.stat().st_size if out.exists() else 0
+            return DeviceReport(status="rejected", error=str(e), checkpoint_bytes=size, **ok), None, None
+        # Clipping returns new arrays: the reader's vector then no longer holds what is added.
+        return DeviceReport(status="ok", error=note, checkpoint_bytes=size, **ok), screened, flat if screened is weights else None
+
+    def _reader(self, spec: WeightSpec) -> FlatReader:
+        if self._flat_reader is None or (self._flat_reader.spec is not spec and self._flat_reader.spec != spec):
+            self._flat_reader = FlatReader(spec)
+        return self._flat_reader
 
     def close(self) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)
