@@ -41,6 +41,8 @@ class DeviceHost:
         }
         self.test_blocks = [(x, np.asarray(y, dtype=np.int64)) for x, y in test_blocks or []]
         self.scratch = scratch_dir(f"fedsim-host{host_index}-")
+        # Every device's `save` overwrites this one file (the path is built once: it is used per device).
+        self._device_out = self.scratch / "device.ckpt"
         self._runner: Runner | None = None
         self._flat_reader: FlatReader | None = None
 
@@ -100,7 +102,7 @@ class DeviceHost:
                 reports.append(report)
         finally:
             path.unlink(missing_ok=True)
-            (self.scratch / "device.ckpt").unlink(missing_ok=True)
+            self._device_out.unlink(missing_ok=True)
         partials = [acc.partial()] if reduce is not None and acc.count else []
         return RoundResult(reports, partials)
 
@@ -117,7 +119,7 @@ class DeviceHost:
         if device is None:
             error = f"device {device_id} is not on host {self.host_index}"
             return DeviceReport(device_id, self.host_index, 0, "failed", error=error), None, None
-        out = self.scratch / "device.ckpt"  # every device's `save` overwrites the same file
+        out = self._device_out
         try:
             update = device.run_round(
                 self.runner, global_path, round_num, self.settings.local_epochs, self.settings.batch_size, out
