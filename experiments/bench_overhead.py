@@ -144,7 +144,8 @@ def bench_one(devices: int, rounds: int, hosts: int, out: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", default="10,100,1000,10000", help="comma-separated fleet sizes")
-    parser.add_argument("--rounds", type=int, default=8, help="rounds per run (the median uses rounds 2..R)")
+    # 12: the median then covers 11 round times, so one busy moment on a shared machine cannot move it
+    parser.add_argument("--rounds", type=int, default=12, help="rounds per run (the median uses rounds 2..R)")
     parser.add_argument("--hosts", type=int, default=2, help="Ray device hosts")
     parser.add_argument("--out", default="results/bench", help="folder for overhead.csv / overhead.md")
     args = parser.parse_args()
