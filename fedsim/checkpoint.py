@@ -161,7 +161,7 @@ class FlatReader:
         flat_bytes = memoryview(self.flat).cast("B")
         regions: list[tuple[int, int, memoryview | bytearray, bytes | None]] = []
         pos = 0
-        for name, (shape, _) in self.spec.items():
+        for name in self.spec:
             offset, count, _ = found[name]
             regions.append((offset, 4 * count, flat_bytes[pos : pos + 4 * count], None))
             pos += 4 * count

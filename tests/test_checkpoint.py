@@ -66,15 +66,15 @@ def test_flat_reader_scatters_a_models_checkpoints_into_one_vector(weights_like,
     reader = FlatReader(spec)
     path = shm_scratch / "d.ckpt"
     path.write_bytes(write_checkpoint(weights_like(1.0)))
-    first, flat, size = reader.read(path)  # the first file is parsed: no vector yet
-    assert flat is None and size == path.stat().st_size
+    parsed, flat, size = reader.read(path)  # the first file is parsed: no vector yet
+    assert flat is None and size == path.stat().st_size and set(parsed) == set(spec)
     w = {"a/kernel": np.arange(6, dtype=np.float32).reshape(2, 3), "a/bias": np.array([-1.5, 0.25, 7.0], np.float32)}
     path.write_bytes(write_checkpoint(w))
     got, flat, _ = reader.read(path)
     assert flat is not None
     np.testing.assert_array_equal(flat, np.concatenate([w[name].ravel() for name in spec]))
-    for name in w:
-        np.testing.assert_array_equal(got[name], w[name])
+    for name, value in w.items():
+        np.testing.assert_array_equal(got[name], value)
     check_weights(got, spec, flat)
 
 

@@ -66,7 +66,7 @@ def test_an_artifact_taking_float32_images_still_runs_and_agrees(artifact, synth
     float32 in [0, 1]: the Runner scales for it, and the outputs equal the uint8 artifact's."""
     import tensorflow as tf
 
-    import fedsim.model.convert as convert
+    from fedsim.model import convert
     from fedsim.model.module import OnDeviceModule
     from fedsim.model.signatures import LOSS, OUTPUT
 

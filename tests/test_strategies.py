@@ -80,7 +80,7 @@ def test_partial_sum_of_flat_vectors_equals_the_per_tensor_sum(weights_like):
     a, b = plain.partial(), flat.partial()
     assert (a.total_weight, a.count) == (b.total_weight, b.count) == (250.0, 8)
     expected = {k: sum(np.float64(c) * w[k].astype(np.float64) for w, c in updates) for k in updates[0][0]}
-    for k in expected:
+    for k, value in expected.items():
         np.testing.assert_array_equal(a.weighted_sum[k], b.weighted_sum[k])
-        np.testing.assert_allclose(a.weighted_sum[k], expected[k], rtol=1e-12)
+        np.testing.assert_allclose(a.weighted_sum[k], value, rtol=1e-12)
         assert a.weighted_sum[k].shape == updates[0][0][k].shape
