@@ -15,28 +15,47 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from fedsim.config import Config, ConfigError  # noqa: E402
-from fedsim.data import DataNotFoundError  # noqa: E402
+from fedsim.data import ArrayDataset, DataError, DataNotFoundError, Dataset  # noqa: E402
 from fedsim.engine.base import Engine  # noqa: E402
 from fedsim.engine.local import LocalEngine  # noqa: E402
+from fedsim.model.builders import ArtifactRecipe, ModelError, Optimizer  # noqa: E402
 from fedsim.results import Run, RunFolderError, load_run, load_runs  # noqa: E402
 from fedsim.simulation import resume, run  # noqa: E402
 from fedsim.strategies import FedAvg, Strategy, Update  # noqa: E402
 from fedsim.sweep import sweep  # noqa: E402
+from fedsim.task import Task, TaskError  # noqa: E402
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+
+def inspect(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+    """Report on a .tflite (bytes, file or run folder): see fedsim.artifact.inspect. Loads TensorFlow."""
+    from fedsim.artifact import inspect as impl
+
+    return impl(*args, **kwargs)
+
 
 __all__ = [
+    "ArrayDataset",
+    "ArtifactRecipe",
     "Config",
     "ConfigError",
+    "DataError",
     "DataNotFoundError",
+    "Dataset",
     "Engine",
     "FedAvg",
     "LocalEngine",
+    "ModelError",
+    "Optimizer",
     "Run",
     "RunFolderError",
     "Strategy",
+    "Task",
+    "TaskError",
     "Update",
     "__version__",
+    "inspect",
     "load_run",
     "load_runs",
     "resume",

@@ -18,21 +18,29 @@ _HELP = {
     "fraction": "share of devices selected per round, in (0, 1]",
     "local_epochs": "passes over its shard each device makes per round",
     "batch_size": "mini-batch size of the train signature",
-    "lr": "SGD learning rate baked into the .tflite",
+    "lr": "learning rate of the on-device optimiser baked into the .tflite",
+    "device_optimizer": "on-device optimiser: sgd, momentum or adam (state restarts every device round)",
+    "device_momentum": "momentum of --device-optimizer momentum",
+    "device_beta1": "Adam's beta1 (--device-optimizer adam)",
+    "device_beta2": "Adam's beta2 (--device-optimizer adam)",
+    "device_epsilon": "Adam's epsilon (--device-optimizer adam)",
     "seed": "seed for partition, init, selection and shuffling",
     "hosts": "Ray actors hosting devices (default: one per CPU)",
     "address": "join an existing Ray cluster (e.g. auto or 10.0.0.1:6379)",
     "data_dir": "folder with the Fashion-MNIST IDX .gz files",
-    "dataset": "fashion_mnist or synthetic",
-    "partition": "how the training set is split: iid, dirichlet:A, shards:K, classes:K, quantity:S",
+    "dataset": "fashion_mnist, synthetic:ALPHA,BETA (FedProx) or toy_images",
+    "data": "your own data: an .npz with x_train, y_train, x_test, y_test (optional device_train, device_test)",
+    "artifact": "run a .tflite made elsewhere as it is (checked before any round)",
+    "partition": "how the training set is split: iid, natural, dirichlet:A, shards:K, classes:K, quantity:S "
+                 "(default: natural for synthetic, else iid)",
     "min_samples": "fewest samples any device may hold",
     "per_round": "devices selected per round, as a count (instead of --fraction)",
     "device_test_fraction": "share of each device's data kept as its own test split (per-device accuracy)",
     "strategy": "aggregation strategy (fedavg)",
-    "model": "model builder (mlp)",
+    "model": "mlp, cnn, logreg, or your Keras builder as package.module:function (it receives the Task)",
     "out": "run folder (default results/<name>/<timestamp>); must not exist or be empty",
     "name": "experiment name (default run folder)",
-    "synthetic_samples": "samples per class of the synthetic data set",
+    "toy_samples": "samples per class of the toy_images data set",
     "round_timeout": "seconds before a silent host is restarted and its devices marked failed",
     "min_devices": "fewest devices that must report per round (else retry once, then stop)",
     "max_update_norm": "reject device updates farther than this (L2) from the global model",
@@ -41,9 +49,10 @@ _HELP = {
 
 
 def _type_of(name: str) -> Any:
-    if name in ("fraction", "lr", "round_timeout", "max_update_norm", "clip_update_norm", "device_test_fraction"):
+    if name in ("fraction", "lr", "round_timeout", "max_update_norm", "clip_update_norm", "device_test_fraction",
+                "device_momentum", "device_beta1", "device_beta2", "device_epsilon"):
         return float
-    if name in ("devices", "rounds", "local_epochs", "batch_size", "seed", "hosts", "synthetic_samples", "min_devices",
+    if name in ("devices", "rounds", "local_epochs", "batch_size", "seed", "hosts", "toy_samples", "min_devices",
                 "min_samples", "per_round"):
         return int
     return str
@@ -82,6 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("path", help="a run folder, a sweep folder, or a folder of runs")
         if name == "plot":
             cmd.add_argument("--out", help="folder for the PNGs (default: the given folder)")
+
+    ins = sub.add_parser("inspect", help="report on a .tflite artifact: signatures, ops, size, latency, parity",
+                         description="Signatures with shapes and dtypes, the ops of each (and which need the Flex "
+                         "delegate), file and checkpoint size, parameters, and latency on this machine (one thread).")
+    ins.add_argument("path", help="a .tflite file, or a run folder (its model.tflite)")
+    ins.add_argument("--parity", type=int, default=0, metavar="N",
+                     help="also train the same model N steps in TensorFlow from the same weights and report the "
+                     "drift (needs a run folder, whose config names the model; from Python, recipe=)")
+    ins.add_argument("--repeats", type=int, default=20, help="calls per latency median (default 20)")
+    ins.add_argument("--json", metavar="FILE", help="also write the report as JSON")
 
     data = sub.add_parser("data", help="data set utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -154,6 +173,19 @@ def _analysis(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    from fedsim.artifact import inspect
+
+    if args.parity < 0 or args.repeats < 1:
+        raise ConfigError("--parity must be >= 0 and --repeats >= 1")
+    report = inspect(args.path, parity=args.parity, repeats=args.repeats)
+    print(report)
+    if args.json:
+        report.write(args.json)
+        print(f"fedsim: wrote {args.json}")
+    return 0
+
+
 def _data(args: argparse.Namespace) -> int:
     from fedsim.data import fetch_fashion_mnist, find_fashion_mnist
 
@@ -164,21 +196,30 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _artifact_error() -> type[BaseException]:
+    from fedsim.artifact import ArtifactError  # no TensorFlow at import: that module loads it lazily
+
+    return ArtifactError
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
     from fedsim.data import DataError, DataNotFoundError, PartitionError
+    from fedsim.model.builders import ModelError
     from fedsim.results import RunFolderError
+    from fedsim.task import TaskError
 
     from fedsim.coordinator import RoundFailedError
 
     user_errors: tuple[type[BaseException], ...] = (
         ConfigError, DataError, DataNotFoundError, RunFolderError, ConnectionError, RoundFailedError, PartitionError,
-        FileNotFoundError,
+        FileNotFoundError, ModelError, TaskError, _artifact_error(),
     )
     try:
-        commands = {"run": _run, "sweep": _sweep, "plot": _analysis, "report": _analysis, "data": _data}
+        commands = {"run": _run, "sweep": _sweep, "plot": _analysis, "report": _analysis, "data": _data,
+                    "inspect": _inspect}
         return commands[args.command](args)
     except user_errors as e:
         if args.debug:

@@ -17,6 +17,11 @@ class ConfigError(ValueError):
     """A setting is missing, unknown or out of range; the message names the flag."""
 
 
+def _is_import_path(text: str) -> bool:
+    module, sep, attr = text.partition(":")
+    return bool(sep) and all(p.isidentifier() for p in module.split(".") + attr.split("."))
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -33,8 +38,17 @@ class Config:
     local_epochs: int = 1
     # mini-batch fed to the train signature; 32 is the usual on-device batch.
     batch_size: int = 32
-    # SGD learning rate baked into the .tflite train signature.
+    # learning rate of the on-device optimiser baked into the .tflite train signature.
     lr: float = 0.05
+    # on-device optimiser: sgd (the guide's), momentum or adam. Its state restarts at every device's
+    # round and never enters the checkpoint a device uploads.
+    device_optimizer: str = "sgd"
+    # momentum of --device-optimizer momentum (0.9: the usual heavy-ball value).
+    device_momentum: float = 0.9
+    # Adam's decay rates and epsilon for --device-optimizer adam (Keras' defaults).
+    device_beta1: float = 0.9
+    device_beta2: float = 0.999
+    device_epsilon: float = 1e-7
     # one seed drives the partition, the model init, device selection and every device's shuffling.
     seed: int = 0
     # Ray actors hosting the devices; None = one per CPU Ray sees (never more than devices).
@@ -43,10 +57,15 @@ class Config:
     address: str | None = None
     # folder holding the Fashion-MNIST IDX files; None = $FEDSIM_DATA, then the standard places.
     data_dir: str | None = None
-    # data set: "fashion_mnist" (real), or "synthetic" (small, generated; for tests and demos).
+    # data set: fashion_mnist (real), synthetic:ALPHA,BETA (FedProx's Synthetic(alpha, beta), generated
+    # from the seed, one user per device) or toy_images (small 28x28, generated; for tests and demos).
     dataset: str = "fashion_mnist"
-    # how the training set is split across devices: iid, dirichlet:A, shards:K, classes:K, quantity:S.
-    partition: str = "iid"
+    # your own arrays: an .npz with x_train, y_train, x_test, y_test (optional device_train /
+    # device_test ids for --partition natural, num_classes); the dataset is then recorded as "npz".
+    data: str | None = None
+    # how the training set is split across devices: iid, natural, dirichlet:A, shards:K, classes:K,
+    # quantity:S. None = natural for synthetic:ALPHA,BETA (one generated user per device), else iid.
+    partition: str | None = None
     # every device holds at least this many samples (Dirichlet draws are repeated until it holds).
     min_samples: int = 1
     # share of each device's samples kept as its own test split (0 = none); the selected devices then
@@ -56,7 +75,8 @@ class Config:
     per_round: int | None = None
     # aggregation strategy by name (see fedsim.strategies.STRATEGIES).
     strategy: str = "fedavg"
-    # model builder by name (see fedsim.model.MODELS).
+    # model: mlp, cnn, logreg (see fedsim.model.MODELS) or your builder as package.module:function,
+    # which receives the Task and returns an uncompiled Keras model.
     model: str = "mlp"
     # seconds a round may take before a host that has not answered is restarted and its devices
     # recorded as failed; None = wait as long as it takes.
@@ -72,10 +92,19 @@ class Config:
     out: str | None = None
     # experiment name, used for the default run folder.
     name: str = "fashion_mnist_fedavg"
-    # samples per class of the synthetic data set (training), when dataset = "synthetic".
-    synthetic_samples: int = 200
+    # samples per class of the toy_images data set (training).
+    toy_samples: int = 200
+    # a .tflite made outside fedsim, run as it is (its model and optimiser replace --model, --lr and
+    # --device-optimizer); checked before any round.
+    artifact: str | None = None
 
     def __post_init__(self) -> None:
+        # Resolved once, so config.json records what ran: the data set an .npz makes, and the
+        # partition the data set implies when none was given.
+        if self.data is not None and self.dataset == "fashion_mnist":
+            object.__setattr__(self, "dataset", "npz")
+        if self.partition is None and isinstance(self.dataset, str):
+            object.__setattr__(self, "partition", "natural" if self.dataset.startswith("synthetic:") else "iid")
         self.validate()
 
     def validate(self) -> None:
@@ -84,7 +113,7 @@ class Config:
                 value = getattr(self, name)
                 raise ConfigError(f"{_flag(name)} {what}, got {value!r}")
 
-        for name in ("devices", "rounds", "local_epochs", "batch_size", "seed", "synthetic_samples", "min_devices"):
+        for name in ("devices", "rounds", "local_epochs", "batch_size", "seed", "toy_samples", "min_devices"):
             value = getattr(self, name)
             need(isinstance(value, int) and not isinstance(value, bool), name, "must be an integer")
         need(self.devices >= 1, "devices", "must be at least 1")
@@ -92,7 +121,7 @@ class Config:
         need(self.local_epochs >= 1, "local_epochs", "must be at least 1")
         need(self.batch_size >= 1, "batch_size", "must be at least 1")
         need(self.seed >= 0, "seed", "must be >= 0")
-        need(self.synthetic_samples >= 1, "synthetic_samples", "must be at least 1")
+        need(self.toy_samples >= 1, "toy_samples", "must be at least 1")
         need(1 <= self.min_devices, "min_devices", "must be at least 1")
         if self.min_devices > self.devices_per_round:
             raise ConfigError(
@@ -114,13 +143,32 @@ class Config:
                 raise ConfigError(
                     f"--hosts {self.hosts} exceeds --devices {self.devices}; each host needs at least one device"
                 )
-        need(self.dataset in ("fashion_mnist", "synthetic"), "dataset", "must be fashion_mnist or synthetic")
+        from fedsim.data import check_dataset_name
         from fedsim.data.partition import PartitionError, parse_spec
 
+        need(isinstance(self.dataset, str), "dataset", "must be a data set name")
         try:
+            check_dataset_name(self.dataset)
             parse_spec(self.partition)
-        except PartitionError as e:
+        except (PartitionError, ValueError) as e:
             raise ConfigError(str(e)) from None
+        if self.data is not None:
+            need(isinstance(self.data, str) and self.data.endswith(".npz"), "data", "must be an .npz file")
+            need(self.dataset == "npz", "dataset", "must be left out with --data (the .npz is the data set)")
+        need(self.dataset != "npz" or self.data is not None, "dataset", "npz needs --data FILE.npz")
+        if self.artifact is not None:
+            need(isinstance(self.artifact, str) and self.artifact.endswith(".tflite"), "artifact",
+                 "must be a .tflite file")
+        from fedsim.model.builders import OPTIMIZERS
+
+        need(self.device_optimizer in OPTIMIZERS, "device_optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
+        need(isinstance(self.device_momentum, (int, float)) and 0 <= self.device_momentum < 1, "device_momentum",
+             "must be in [0, 1)")
+        for name in ("device_beta1", "device_beta2"):
+            need(isinstance(getattr(self, name), (int, float)) and 0 <= getattr(self, name) < 1, name,
+                 "must be in [0, 1)")
+        need(isinstance(self.device_epsilon, (int, float)) and self.device_epsilon > 0, "device_epsilon",
+             "must be a positive number")
         need(isinstance(self.min_samples, int) and self.min_samples >= 1, "min_samples", "must be at least 1")
         need(isinstance(self.device_test_fraction, (int, float)) and 0 <= self.device_test_fraction < 1,
              "device_test_fraction", "must be in [0, 1)")
@@ -133,7 +181,8 @@ class Config:
         from fedsim.strategies import STRATEGIES
 
         need(self.strategy in STRATEGIES, "strategy", f"must be one of {sorted(STRATEGIES)}")
-        need(self.model in MODELS, "model", f"must be one of {sorted(MODELS)}")
+        need(isinstance(self.model, str) and (self.model in MODELS or _is_import_path(self.model)), "model",
+             f"must be one of {', '.join(sorted(MODELS))} or package.module:function")
         need(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
 
     @property
@@ -149,6 +198,11 @@ class Config:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
         known = {f.name for f in fields(cls)}
+        if "synthetic_samples" in data and "toy_samples" not in data:
+            # config.json of an earlier fedsim, where "synthetic" named today's toy_images
+            data = {("toy_samples" if k == "synthetic_samples" else k): v for k, v in data.items()}
+            if data.get("dataset") == "synthetic":
+                data["dataset"] = "toy_images"
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(

@@ -58,6 +58,7 @@ class Coordinator:
         recorder: Recorder | None = None,
         progress: bool = True,
         started: float | None = None,
+        local_eval: bool | None = None,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -65,6 +66,8 @@ class Coordinator:
         self.evaluate = evaluate
         self.recorder = recorder
         self.progress = progress
+        # whether the selected devices score each new model on their own test split
+        self.local_eval = config.device_test_fraction > 0 if local_eval is None else local_eval
         self.started = time.perf_counter() if started is None else started  # for elapsed_s
         self.scratch = scratch_dir("fedsim-coordinator-")
         self.global_checkpoint = initial_checkpoint
@@ -116,8 +119,8 @@ class Coordinator:
             if updates:
                 self._set_global(self.strategy.aggregate(self.global_weights, updates))
         aggregated = time.perf_counter()
-        # With --device-test-fraction, the selected devices also score the new model on their own data.
-        local = selected if self.config.device_test_fraction > 0 else []
+        # Devices with a test split of their own also score the new model on it.
+        local = selected if self.local_eval else []
         evaluation = self.evaluate(self.global_checkpoint, local)
         accuracy, loss, per_device = evaluation.accuracy, evaluation.loss, evaluation.device_accuracy
         for row in device_rows:

@@ -36,18 +36,37 @@ class Runner:
         available = self.interpreter.get_signature_list()
         missing = [s for s in SIGNATURES if s not in available]
         if missing:
-            raise ValueError(f"the .tflite lacks signature(s) {missing}; it has {sorted(available)}")
+            raise ValueError(f"missing signature(s) {', '.join(missing)}; it has {', '.join(sorted(available)) or 'none'} "
+                             f"(the guide's contract: {', '.join(SIGNATURES)})")
         self._train = self.interpreter.get_signature_runner(TRAIN)
         self._infer = self.interpreter.get_signature_runner(INFER)
         self._save = self.interpreter.get_signature_runner(SAVE)
         self._restore = self.interpreter.get_signature_runner(RESTORE)
-        # fedsim's artifacts take uint8 pixels and scale them in the graph; one made by an earlier
-        # fedsim (a resumed run's) or by hand may take float32 in [0, 1]: `images` converts for it.
-        self.image_dtype = np.dtype(self._train.get_input_details()["x"]["dtype"])
+        inputs = self._train.get_input_details()
+        if set(inputs) != {"x", "y"}:
+            raise ValueError(f"the .tflite's train signature takes {sorted(inputs)}; the guide's contract is train(x, y)")
+        # fedsim's artifacts take the data's compact dtype (uint8 pixels, scaled in the graph) and class
+        # ids; one made by an earlier fedsim (a resumed run's) or by hand from the guide may take
+        # float32 pixels in [0, 1] and one-hot labels: `inputs` and `labels` convert for it.
+        self.x_dtype = np.dtype(inputs["x"]["dtype"])
+        self.x_shape = tuple(int(s) for s in inputs["x"]["shape_signature"][1:])
+        y_shape = inputs["y"]["shape_signature"]
+        self.one_hot_classes = int(y_shape[-1]) if len(y_shape) == 2 else None
+        self.y_dtype = np.dtype(inputs["y"]["dtype"])
 
-    def images(self, x: np.ndarray) -> np.ndarray:
-        """uint8 images -> what this artifact's `x` inputs take."""
-        return x if self.image_dtype == x.dtype else scale_images(x)
+    def inputs(self, x: np.ndarray) -> np.ndarray:
+        """The data's inputs -> what this artifact's `x` takes."""
+        if x.dtype == self.x_dtype:
+            return x
+        if x.dtype == np.uint8 and self.x_dtype == np.float32:
+            return scale_images(x)
+        return x.astype(self.x_dtype)
+
+    def labels(self, y: np.ndarray) -> np.ndarray:
+        """int class ids -> what this artifact's `y` takes (ids, or one-hot rows as in the guide)."""
+        if self.one_hot_classes is not None:
+            return one_hot(y, self.one_hot_classes)
+        return y if y.dtype == self.y_dtype else y.astype(self.y_dtype)
 
     def restore(self, path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         return self._restore(**{CHECKPOINT_PATH: np.array(os.fsencode(path))})
@@ -113,13 +132,14 @@ class DeviceUpdate:
 
 @dataclass
 class Device:
-    """One phone's data (uint8 images, int labels) and seed. Holds no interpreter between rounds."""
+    """One phone's data (inputs in the task's dtype, int32 class ids) and seed. Holds no interpreter
+    between rounds."""
 
     device_id: int
     x: np.ndarray
     y: np.ndarray
     seed: int
-    x_test: np.ndarray | None = None  # the device's own test split (uint8 images), if it keeps one
+    x_test: np.ndarray | None = None  # the device's own test split, if it keeps one
     y_test: np.ndarray | None = None
 
     @property
@@ -143,7 +163,7 @@ class Device:
         epochs = []
         for _ in range(local_epochs):
             order = rng.permutation(self.samples)
-            epochs.append((runner.images(self.x[order]), one_hot(self.y[order])))
+            epochs.append((runner.inputs(self.x[order]), runner.labels(self.y[order])))
         start = time.perf_counter()
         runner.restore(global_checkpoint)
         loss_sum, seen = 0.0, 0
@@ -160,8 +180,8 @@ class Device:
 def evaluate_counts(
     runner: Runner, checkpoint: Path, blocks: Sequence[tuple[np.ndarray, np.ndarray]], restore: bool = True
 ) -> tuple[int, np.ndarray]:
-    """Restore `checkpoint`, run `infer` on each block of (images, labels), and return
-    (correctly classified, per-sample cross-entropy). Images are uint8.
+    """Restore `checkpoint`, run `infer` on each block of (inputs, labels), and return
+    (correctly classified, per-sample cross-entropy).
 
     One `infer` call per block: TFLite's matrix kernels may round differently for another batch
     size, so callers keep blocks fixed to get the same numbers however the blocks are spread.
@@ -172,8 +192,13 @@ def evaluate_counts(
         return 0, np.zeros(0)
     # Scored once over all blocks (per sample, so the same as per block; a host evaluates after
     # every round, and ten small blocks' worth of numpy calls cost more than the arithmetic).
-    probs = np.concatenate([runner.infer(runner.images(x)) for x, _ in blocks])
+    out = np.concatenate([runner.infer(runner.inputs(x)) for x, _ in blocks])
     labels = np.concatenate([np.asarray(y, dtype=np.int64) for _, y in blocks])
-    correct = int(np.count_nonzero(np.argmax(probs, axis=1) == labels))
-    picked = probs[np.arange(len(labels)), labels].astype(np.float64)
+    correct = int(np.count_nonzero(np.argmax(out, axis=1) == labels))
+    if out.min() < 0 or not np.allclose(out.sum(axis=1), 1.0, atol=1e-3):
+        # Logits (an artifact made elsewhere): cross-entropy through a stable log-softmax.
+        shifted = out.astype(np.float64) - out.max(axis=1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        return correct, -log_probs[np.arange(len(labels)), labels]
+    picked = out[np.arange(len(labels)), labels].astype(np.float64)
     return correct, -np.log(np.clip(picked, 1e-7, 1.0))

@@ -32,6 +32,7 @@ DEVICES_FILE = "devices.parquet"
 MODEL_FILE = "model.tflite"
 CHECKPOINT_FILE = "global.ckpt"
 PARTITION_FILE = "partition.parquet"
+ARTIFACT_FILE = "artifact.json"  # the artifact report (fedsim inspect): signatures, ops, sizes, latency
 RESUME_DIR = "resume"  # resume/round-K.ckpt: the checkpoint a resume starts from (removed when complete)
 
 ROUND_COLUMNS = [
@@ -96,8 +97,14 @@ def claim_run_folder(out: str | os.PathLike[str]) -> Path:
     path = Path(out)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise RunFolderError(f"--out {path} already exists and is not empty; fedsim never overwrites a run, pick another folder")
+    created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
+    if created:
+        _CREATED.add(path.resolve())
     return path
+
+
+_CREATED: set[Path] = set()  # run folders this process made (a failed start may remove them again)
 
 
 class RunWriter:
@@ -145,6 +152,19 @@ class RunWriter:
 
     def write_model(self, artifact: bytes) -> None:
         _atomic_write(self.path / MODEL_FILE, artifact)
+
+    def write_artifact_report(self, report: dict[str, Any]) -> None:
+        _atomic_write(self.path / ARTIFACT_FILE, json.dumps(report, indent=2, default=float).encode())
+
+    def discard(self) -> None:
+        """Remove what this writer wrote (a run that never completed a round), and the folder if this
+        process created it; an empty folder the user made stays."""
+        for name in (CONFIG_FILE, MODEL_FILE, ARTIFACT_FILE, PARTITION_FILE, ROUNDS_FILE, DEVICES_FILE,
+                     CHECKPOINT_FILE):
+            (self.path / name).unlink(missing_ok=True)
+        shutil.rmtree(self.path / RESUME_DIR, ignore_errors=True)
+        if self.path.resolve() in _CREATED and not any(self.path.iterdir()):
+            self.path.rmdir()
 
     def write_partition(self, counts: np.ndarray, test_sizes: np.ndarray | None = None) -> None:
         """partition.parquet: device_id, samples (trained on), test_samples (its own test split), and
@@ -204,11 +224,17 @@ class Run:
     meta: dict[str, Any]
     rounds: pd.DataFrame
     devices: pd.DataFrame
-    partition: pd.DataFrame  # device_id, samples, label_0..label_9: what each device holds
+    partition: pd.DataFrame  # device_id, samples, label_0..label_{C-1}: what each device holds
 
     @property
     def config(self) -> dict[str, Any]:
         return self.meta["config"]
+
+    @property
+    def artifact(self) -> dict[str, Any] | None:
+        """The artifact report (artifact.json): signatures, ops, sizes, latency on the run's machine."""
+        f = self.path / ARTIFACT_FILE
+        return json.loads(f.read_text()) if f.is_file() else None
 
     @property
     def final_accuracy(self) -> float:

@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedsim.config import Config
+import numpy as np
+
+from fedsim.config import Config, ConfigError, _is_import_path
 from fedsim.coordinator import Coordinator
-from fedsim.data import DataRecipe
+from fedsim.data import DataRecipe, Dataset
 from fedsim.engine.base import Engine, HostSettings, Setup
-from fedsim.model import MODELS
-from fedsim.model.builders import ArtifactRecipe, ModelBuilder
+from fedsim.model.builders import MODELS, ArtifactRecipe, ModelBuilder, Optimizer, builder_name, resolve_builder
 from fedsim.results import (
     CONFIG_FILE, MODEL_FILE, Run, RunFolderError, RunWriter, claim_run_folder, default_out, load_run,
     resume_checkpoint, versions,
@@ -31,6 +32,7 @@ def run(
     engine: Engine | None = None,
     strategy: Strategy | None = None,
     model_builder: ModelBuilder | None = None,
+    data: Dataset | None = None,
     progress: bool = True,
     **settings: Any,
 ) -> Run:
@@ -38,26 +40,54 @@ def run(
 
     `fedsim.run(devices=10, rounds=5)` or `fedsim.run(Config(...))`; keyword settings override the
     config. `engine` defaults to Ray (RayEngine(config.hosts, config.address)); pass LocalEngine() to
-    run in-process. `model_builder` replaces the named model with your own Keras builder.
+    run in-process. `model_builder` replaces the named model with your own Keras builder (it receives
+    the Task). `data` runs on your own arrays (`fedsim.ArrayDataset(...)`) instead of a named data set.
     """
     started = time.perf_counter()
+    if data is not None:
+        settings = {**settings, "dataset": "arrays"}
     config = (config or Config()).replace(**settings) if settings else (config or Config())
-    data = DataRecipe(config.dataset, config.data_dir, config.seed, config.synthetic_samples)
-    data.check()  # a missing data set fails here, before any folder or Ray process exists
-    out = claim_run_folder(config.out or default_out(config.name))
+    if config.dataset == "arrays" and data is None:
+        raise ConfigError("--dataset arrays is a data set built in Python: pass it as fedsim.run(data=ArrayDataset(...))")
+    recipe_data = data_recipe(config, data)
+    recipe_data.check()  # a missing data set fails here, before any folder or Ray process exists
+    builder = model_builder or resolve_builder(config.model)
+    model = f"artifact {config.artifact}" if config.artifact else builder_name(builder)
+    if not config.artifact and (model in MODELS or _is_import_path(model)):
+        config = config.replace(model=model)  # what config.json records is what ran
+    artifact: ArtifactRecipe | bytes = ArtifactRecipe(builder, None, optimizer_of(config), config.seed)
+    if config.artifact:
+        artifact = _read_artifact(config.artifact)
     strategy = strategy or make_strategy(config.strategy)
-    builder = model_builder or MODELS[config.model]
+    out = claim_run_folder(config.out or default_out(config.name))
     meta: dict[str, Any] = {
         "config": config.to_dict(),
         "versions": versions(),
         "strategy": type(strategy).__name__,
-        "model_builder": f"{builder.__module__}.{getattr(builder, '__qualname__', repr(builder))}",
+        "model": model,
         "started": _now(),
     }
     writer = RunWriter(out, meta)
-    recipe = ArtifactRecipe(builder, config.lr, config.seed)
-    _guarded(writer, lambda: _run(config, data, strategy, recipe, engine, writer, progress, started))
+    _guarded(writer, lambda: _run(config, recipe_data, strategy, artifact, engine, writer, progress, started,
+                                  check_artifact=bool(config.artifact)), new_run=True)
     return load_run(out)
+
+
+def data_recipe(config: Config, arrays: Dataset | None = None) -> DataRecipe:
+    return DataRecipe(config.dataset, config.data_dir, config.seed, config.toy_samples, config.devices, config.data,
+                      arrays)
+
+
+def optimizer_of(config: Config) -> Optimizer:
+    return Optimizer(config.device_optimizer, config.lr, config.device_momentum, config.device_beta1,
+                     config.device_beta2, config.device_epsilon)
+
+
+def _read_artifact(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"--artifact {path}: {e.strerror}") from None
 
 
 def _now() -> str:
@@ -72,6 +102,7 @@ def resume(
     progress: bool = True,
     hosts: int | None = None,
     address: str | None = None,
+    data: Dataset | None = None,
 ) -> Run:
     """Continue an interrupted run in its own folder after its last committed round.
 
@@ -90,8 +121,13 @@ def resume(
     done = int(meta.get("rounds_completed", 0))
     if done >= config.rounds:
         raise RunFolderError(f"--resume {folder}: all {config.rounds} rounds are already complete")
-    data = DataRecipe(config.dataset, config.data_dir, config.seed, config.synthetic_samples)
-    data.check()
+    if config.dataset == "arrays" and data is None:
+        raise RunFolderError(f"--resume {folder}: this run trained on arrays built in Python; pass them again as "
+                             "fedsim.resume(DIR, data=ArrayDataset(...))")
+    recipe_data = data_recipe(config, data)
+    recipe_data.check()
+    if not (folder / MODEL_FILE).is_file():
+        raise RunFolderError(f"--resume {folder}: the run stopped before its artifact was made; start it again")
     artifact = (folder / MODEL_FILE).read_bytes()
     initial = resume_checkpoint(folder, done) if done else None
     meta["config"] = config.to_dict()
@@ -99,13 +135,16 @@ def resume(
         meta.pop(stale, None)
     meta.setdefault("resumed", []).append({"after_round": done, "at": _now()})
     writer = RunWriter(folder, meta, resume_from=done)
-    _guarded(writer, lambda: _run(config, data, strategy or make_strategy(config.strategy), artifact, engine, writer,
-                                  progress, started, initial, done + 1))
+    _guarded(writer, lambda: _run(config, recipe_data, strategy or make_strategy(config.strategy), artifact, engine,
+                                  writer, progress, started, initial, done + 1))
     return load_run(folder)
 
 
-def _guarded(writer: RunWriter, body: Any) -> None:
-    """Run `body`, then record how the run ended in config.json (completed, or failed and why)."""
+def _guarded(writer: RunWriter, body: Any, new_run: bool = False) -> None:
+    """Run `body`, then record how the run ended in config.json (completed, or failed and why).
+
+    A new run that fails before its first round is committed leaves no folder behind, so the same
+    command can simply be run again once the cause is fixed."""
     try:
         body()
     except BaseException as e:
@@ -113,22 +152,27 @@ def _guarded(writer: RunWriter, body: Any) -> None:
             writer.write_meta(status="failed", error=f"{type(e).__name__}: {e}", finished=_now())
         finally:
             writer.close()
+            if new_run and not writer.meta.get("rounds_completed"):
+                writer.discard()
         raise
     writer.write_meta(status="completed", finished=_now())
     writer.close()
 
 
-def _run(config, data, strategy, artifact, engine, writer, progress, started, initial=None, start_round=1) -> None:  # noqa: ANN001
+def _run(config, data, strategy, artifact, engine, writer, progress, started, initial=None, start_round=1,  # noqa: ANN001
+         check_artifact=False) -> None:  # noqa: ANN001
     if engine is None:
         from fedsim.engine.ray import RayEngine
 
         engine = RayEngine(config.hosts, config.address, config.round_timeout)
     settings = HostSettings(config.local_epochs, config.batch_size, config.seed)
     setup = Setup(artifact, data, config.devices, settings, config.partition, config.min_samples,
-                  config.device_test_fraction)
+                  config.device_test_fraction, check_artifact)
     with engine:
         prepared = engine.start(setup)
         writer.write_model(prepared.artifact)
+        if prepared.report is not None:
+            writer.write_artifact_report(prepared.report)
         if prepared.label_counts is not None:
             writer.write_partition(prepared.label_counts, prepared.test_sizes)
         train_samples = int(prepared.dataset_info["train_samples"])
@@ -136,10 +180,15 @@ def _run(config, data, strategy, artifact, engine, writer, progress, started, in
             hosts=engine.num_hosts,
             host_nodes=getattr(engine, "host_nodes", None),
             engine=type(engine).__name__,
-            dataset=prepared.dataset_info,
+            dataset={k: v for k, v in prepared.dataset_info.items() if k != "task"},
+            task=prepared.dataset_info.get("task"),
             # > 1 when devices outnumber training samples: each sample is then held by up to this many devices
             sample_reuse=-(-config.devices // train_samples),
         )
         if initial is None:
             initial = engine.initial_checkpoint()
-        Coordinator(config, engine, strategy, engine.evaluate, initial, writer, progress, started).run(start_round)
+        # Devices that keep a test split of their own (--device-test-fraction, or a natural partition
+        # whose data names each test sample's device) score every new global model on it.
+        local_eval = prepared.test_sizes is not None and bool(np.any(prepared.test_sizes))
+        Coordinator(config, engine, strategy, engine.evaluate, initial, writer, progress, started,
+                    local_eval).run(start_round)

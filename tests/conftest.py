@@ -1,4 +1,4 @@
-"""Tiny shared fixtures: a synthetic data set, the converted seed artifact (built once per session)."""
+"""Tiny shared fixtures: a toy data set, the converted seed artifact (built once per session)."""
 
 from __future__ import annotations
 
@@ -10,19 +10,19 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from fedsim.checkpoint import scratch_dir  # noqa: E402
-from fedsim.data import make_synthetic  # noqa: E402
+from fedsim.data import make_toy_images  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def synthetic():
-    return make_synthetic(samples_per_class=40, test_per_class=20, seed=0)
+def toy():
+    return make_toy_images(samples_per_class=40, test_per_class=20, seed=0)
 
 
 @pytest.fixture(scope="session")
 def artifact() -> bytes:
     from fedsim.model.convert import convert_to_tflite
 
-    return convert_to_tflite(lr=0.05, seed=0)
+    return convert_to_tflite()  # the seed MLP on 28x28 uint8 images, 10 classes, SGD lr 0.05
 
 
 @pytest.fixture
@@ -47,10 +47,8 @@ def shm_scratch():
 
 
 def batch(ds, n: int = 32, offset: int = 0):
-    """(uint8 images, one-hot labels): what the artifact's `train` takes."""
-    from fedsim.data.dataset import one_hot
-
-    return ds.x_train[offset : offset + n], one_hot(ds.y_train[offset : offset + n])
+    """(uint8 images, int32 class ids): what the artifact's `train` takes."""
+    return ds.x_train[offset : offset + n], ds.y_train[offset : offset + n]
 
 
 @pytest.fixture

@@ -73,7 +73,7 @@ def make(config, engine, recorder=None):
 
 def test_rounds_aggregate_sample_weighted_and_record_everything():
     rec = Recorded()
-    coord = make(Config(devices=3, rounds=2, dataset="synthetic"), ScriptedEngine(), rec)
+    coord = make(Config(devices=3, rounds=2, dataset="toy_images"), ScriptedEngine(), rec)
     coord.run()
     # round 1: device d sends 0 + d with weight d + 1 -> (0*1 + 1*2 + 2*3) / 6 = 8/6
     # round 2: from g1 each sends g1 + d -> g1 + 8/6
@@ -101,7 +101,7 @@ def test_bad_checkpoints_are_rejected_recorded_and_never_averaged():
 
     spoil = {1: nan, 2: wrong_shape, 3: truncated, 4: foreign}
     rec = Recorded()
-    coord = make(Config(devices=6, rounds=1, dataset="synthetic"), ScriptedEngine(spoil), rec)
+    coord = make(Config(devices=6, rounds=1, dataset="toy_images"), ScriptedEngine(spoil), rec)
     coord.run()
     status = {r["device_id"]: (r["status"], r["reason"]) for r in rec.devices}
     assert status[0][0] == "ok" and status[5][0] == "ok"
@@ -117,7 +117,7 @@ def test_bad_checkpoints_are_rejected_recorded_and_never_averaged():
 
 def test_a_round_with_no_good_update_keeps_the_global_model():
     rec = Recorded()
-    coord = make(Config(devices=2, rounds=1, dataset="synthetic"), ScriptedEngine({0: lambda g: b"x", 1: lambda g: b""}), rec)
+    coord = make(Config(devices=2, rounds=1, dataset="toy_images"), ScriptedEngine({0: lambda g: b"x", 1: lambda g: b""}), rec)
     coord.run()
     np.testing.assert_array_equal(coord.global_weights["a/bias"], np.zeros(3))
     assert rec.rounds[0]["devices_accepted"] == 0 and np.isnan(rec.rounds[0]["train_loss"])
@@ -125,7 +125,7 @@ def test_a_round_with_no_good_update_keeps_the_global_model():
 
 def test_fraction_selects_a_seeded_subset_each_round():
     engine = ScriptedEngine()
-    make(Config(devices=20, rounds=3, fraction=0.25, dataset="synthetic"), engine).run()
+    make(Config(devices=20, rounds=3, fraction=0.25, dataset="toy_images"), engine).run()
     assert all(len(c) == 5 for c in engine.calls)
     assert len({tuple(c) for c in engine.calls}) > 1
     assert select_devices(20, 5, 0, 2) == engine.calls[1]
@@ -140,7 +140,7 @@ def test_selecting_everyone(n):
 def test_too_few_reports_are_retried_once():
     engine = ScriptedEngine(down=1)
     rec = Recorded()
-    make(Config(devices=4, rounds=1, dataset="synthetic", min_devices=3), engine, rec).run()
+    make(Config(devices=4, rounds=1, dataset="toy_images", min_devices=3), engine, rec).run()
     assert len(engine.calls) == 2 and engine.calls[0] == engine.calls[1]  # the same selection, again
     assert rec.rounds[0]["devices_reported"] == 4
 
@@ -148,7 +148,7 @@ def test_too_few_reports_are_retried_once():
 def test_too_few_reports_twice_stop_the_run_with_the_rounds_before_kept():
     engine = ScriptedEngine(down=10)
     rec = Recorded()
-    coord = make(Config(devices=4, rounds=3, dataset="synthetic", min_devices=2), engine, rec)
+    coord = make(Config(devices=4, rounds=3, dataset="toy_images", min_devices=2), engine, rec)
     engine.down = 0
     coord.run_round(1)  # a good round first
     engine.down, engine.calls = 10, []
@@ -161,7 +161,7 @@ def test_too_few_reports_twice_stop_the_run_with_the_rounds_before_kept():
 def test_update_norm_bounds_on_the_coordinator():
     # device d sends g + d on 9 weights: its update norm is 3d
     rec = Recorded()
-    coord = make(Config(devices=4, rounds=1, dataset="synthetic", max_update_norm=7.0), ScriptedEngine(), rec)
+    coord = make(Config(devices=4, rounds=1, dataset="toy_images", max_update_norm=7.0), ScriptedEngine(), rec)
     coord.run()
     status = {r["device_id"]: (r["status"], r["reason"]) for r in rec.devices}
     assert [status[d][0] for d in range(4)] == ["ok", "ok", "ok", "rejected"]  # norms 0, 3, 6, 9
@@ -170,7 +170,7 @@ def test_update_norm_bounds_on_the_coordinator():
     np.testing.assert_allclose(coord.global_weights["a/bias"], np.full(3, 8 / 6), rtol=1e-6)
 
     rec = Recorded()
-    coord = make(Config(devices=4, rounds=1, dataset="synthetic", clip_update_norm=3.0), ScriptedEngine(), rec)
+    coord = make(Config(devices=4, rounds=1, dataset="toy_images", clip_update_norm=3.0), ScriptedEngine(), rec)
     coord.run()
     # every update is scaled to norm <= 3, i.e. each weight moves by at most 1: (0 + 1*2 + 1*3 + 1*4) / 10
     np.testing.assert_allclose(coord.global_weights["a/bias"], np.full(3, 0.9), rtol=1e-6)

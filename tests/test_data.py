@@ -4,7 +4,7 @@ import struct
 import numpy as np
 import pytest
 
-from fedsim.data import DataNotFoundError, find_fashion_mnist, iid_partition, load_fashion_mnist, make_synthetic
+from fedsim.data import DataNotFoundError, find_fashion_mnist, iid_partition, load_fashion_mnist, make_toy_images
 from fedsim.data.fashion_mnist import DEBIAN_DIR, FILES, read_idx
 
 
@@ -77,7 +77,7 @@ def test_more_devices_than_samples_still_gives_every_device_one():
 
 
 def test_synthetic_has_fashion_mnist_shapes():
-    ds = make_synthetic(samples_per_class=5, test_per_class=2)
+    ds = make_toy_images(samples_per_class=5, test_per_class=2)
     assert ds.x_train.shape == (50, 28, 28) and ds.x_train.dtype == np.uint8
     assert sorted(set(ds.y_train.tolist())) == list(range(10))
 

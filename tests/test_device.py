@@ -13,12 +13,12 @@ def make_device(ds, device_id=3, n=50):
     return Device(device_id, ds.x_train[:n], ds.y_train[:n], seed=0)
 
 
-def test_a_device_round_restores_trains_and_saves(artifact, synthetic, shm_scratch):
+def test_a_device_round_restores_trains_and_saves(artifact, toy, shm_scratch):
     runner = Runner(artifact)
     global_path = shm_scratch / "global.ckpt"
     global_path.write_bytes(runner.initial_checkpoint(shm_scratch))
     out = shm_scratch / "d.ckpt"
-    update = make_device(synthetic).run_round(runner, global_path, 1, local_epochs=2, batch_size=16, out=out)
+    update = make_device(toy).run_round(runner, global_path, 1, local_epochs=2, batch_size=16, out=out)
     assert update.samples == 50 and update.device_id == 3 and update.checkpoint_path == out
     assert np.isfinite(update.train_loss) and update.train_s > 0
     initial = read_checkpoint(global_path.read_bytes(), shm_scratch)
@@ -27,13 +27,13 @@ def test_a_device_round_restores_trains_and_saves(artifact, synthetic, shm_scrat
     assert any(not np.array_equal(trained[k], initial[k]) for k in initial)
 
 
-def test_a_round_depends_on_device_and_round_not_on_the_interpreter(artifact, synthetic, shm_scratch):
+def test_a_round_depends_on_device_and_round_not_on_the_interpreter(artifact, toy, shm_scratch):
     """Hosts reuse one interpreter across devices: the result must not depend on which one or what ran before."""
     r1, r2 = Runner(artifact), Runner(artifact)
     g = shm_scratch / "g.ckpt"
     g.write_bytes(r1.initial_checkpoint(shm_scratch))
-    dev = make_device(synthetic)
-    other = Device(9, synthetic.x_train[50:90], synthetic.y_train[50:90], seed=0)
+    dev = make_device(toy)
+    other = Device(9, toy.x_train[50:90], toy.y_train[50:90], seed=0)
 
     def bytes_of(runner, device, round_num):
         out = shm_scratch / "x.ckpt"
@@ -61,12 +61,12 @@ def test_shuffling_is_keyed_by_seed_device_and_round_only():
     assert all(not np.array_equal(o, first) for o in others)
 
 
-def test_evaluation_scores_through_infer_in_chunks(artifact, synthetic, shm_scratch):
+def test_evaluation_scores_through_infer_in_chunks(artifact, toy, shm_scratch):
     runner = Runner(artifact)
     path = shm_scratch / "init.ckpt"
     path.write_bytes(runner.initial_checkpoint(shm_scratch))
-    n = len(synthetic.y_test)
-    x, y = synthetic.x_test, synthetic.y_test
+    n = len(toy.y_test)
+    x, y = toy.x_test, toy.y_test
     correct, losses = evaluate_counts(runner, path, [(x, y)])
     assert 0 <= correct <= 0.3 * n and losses.shape == (n,)  # an untrained 10-class model is near chance
     assert 1.5 < losses.mean() < 4.0  # near -log(1/10) = 2.30
@@ -76,10 +76,10 @@ def test_evaluation_scores_through_infer_in_chunks(artifact, synthetic, shm_scra
 
 
 @pytest.fixture
-def host(artifact, synthetic):
+def host(artifact, toy):
     """A host with devices 0 (20 samples) and 2 (30 samples); closed after the test."""
     settings = HostSettings(local_epochs=1, batch_size=8, seed=0)
-    data = HostData(synthetic.x_train[:50], synthetic.y_train[:50], [(0, 0, 20, 20), (2, 20, 50, 50)])
+    data = HostData(toy.x_train[:50], toy.y_train[:50], [(0, 0, 20, 20), (2, 20, 50, 50)])
     host = DeviceHost(0, data, settings, artifact=artifact)
     yield host
     host.close()

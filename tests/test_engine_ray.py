@@ -15,7 +15,7 @@ pytestmark = pytest.mark.ray
 def test_cli_end_to_end_on_ray_two_hosts_accuracy_rises(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "fedsim.cli", "run", "--dataset", "synthetic", "--synthetic-samples", "40",
+        [sys.executable, "-m", "fedsim.cli", "run", "--dataset", "toy_images", "--toy-samples", "40",
          "--devices", "8", "--hosts", "2", "--rounds", "4", "--out", str(out), "--no-progress"],
         capture_output=True, text=True, timeout=300,
     )
@@ -29,7 +29,7 @@ def test_cli_end_to_end_on_ray_two_hosts_accuracy_rises(tmp_path):
 
 
 def test_ray_gives_exactly_the_local_engines_results(tmp_path):
-    settings = dict(dataset="synthetic", synthetic_samples=30, devices=9, rounds=2, seed=5, fraction=0.67, progress=False)
+    settings = dict(dataset="toy_images", toy_samples=30, devices=9, rounds=2, seed=5, fraction=0.67, progress=False)
     on_ray = fedsim.run(out=str(tmp_path / "ray"), engine=RayEngine(hosts=2), **settings)
     local = fedsim.run(out=str(tmp_path / "local"), engine=fedsim.LocalEngine(3), **settings)
     np.testing.assert_array_equal(on_ray.rounds["test_accuracy"], local.rounds["test_accuracy"])
@@ -38,14 +38,14 @@ def test_ray_gives_exactly_the_local_engines_results(tmp_path):
 
 
 def test_one_host_per_device_when_hosts_equal_devices(tmp_path):
-    run = fedsim.run(dataset="synthetic", synthetic_samples=10, devices=3, hosts=3, rounds=1, out=str(tmp_path / "r"), progress=False)
+    run = fedsim.run(dataset="toy_images", toy_samples=10, devices=3, hosts=3, rounds=1, out=str(tmp_path / "r"), progress=False)
     assert run.meta["hosts"] == 3
     assert run.devices.groupby("host")["device_id"].nunique().tolist() == [1, 1, 1]
 
 
 def test_an_address_that_does_not_answer_is_a_clear_error(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "fedsim.cli", "run", "--dataset", "synthetic", "--devices", "2", "--rounds", "1",
+        [sys.executable, "-m", "fedsim.cli", "run", "--dataset", "toy_images", "--devices", "2", "--rounds", "1",
          "--address", "127.0.0.1:1", "--out", str(tmp_path / "r")],
         capture_output=True, text=True, timeout=180,
     )
@@ -72,7 +72,7 @@ def test_the_coordinator_process_never_imports_tensorflow(tmp_path):
     """Conversion, devices and evaluation run in Ray workers; the driver saves ~0.5 GB by not importing TF."""
     script = (
         "import sys, fedsim\n"
-        f"fedsim.run(dataset='synthetic', synthetic_samples=10, devices=4, hosts=2, rounds=2, out={str(tmp_path / 'r')!r}, progress=False)\n"
+        f"fedsim.run(dataset='toy_images', toy_samples=10, devices=4, hosts=2, rounds=2, out={str(tmp_path / 'r')!r}, progress=False)\n"
         "print('tensorflow' in sys.modules, 'keras' in sys.modules)\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
@@ -93,7 +93,7 @@ def test_a_host_killed_mid_round_fails_its_devices_then_comes_back(tmp_path):
     from fedsim.engine.base import HostSettings, Setup
     from fedsim.model.builders import ArtifactRecipe
 
-    setup = Setup(ArtifactRecipe(), DataRecipe("synthetic", synthetic_samples=40), devices=8,
+    setup = Setup(ArtifactRecipe(), DataRecipe("toy_images", toy_samples=40), devices=8,
                   settings=HostSettings(local_epochs=300, batch_size=8, seed=0))
     with RayEngine(hosts=2) as engine:
         engine.start(setup)
@@ -134,7 +134,7 @@ def test_a_run_killed_after_round_3_resumes_to_the_uninterrupted_table(tmp_path)
     import json
     import time
 
-    args = ["--dataset", "synthetic", "--synthetic-samples", "40", "--devices", "8", "--hosts", "2",
+    args = ["--dataset", "toy_images", "--toy-samples", "40", "--devices", "8", "--hosts", "2",
             "--rounds", "6", "--local-epochs", "25", "--seed", "4", "--no-progress"]
     cli = [sys.executable, "-m", "fedsim.cli", "run"]
     straight = subprocess.run([*cli, *args, "--out", str(tmp_path / "straight")], capture_output=True, text=True, timeout=300)
@@ -183,7 +183,7 @@ def test_a_hung_host_times_out_is_restarted_and_serves_the_next_round():
     from fedsim.engine.base import HostSettings, Setup
     from fedsim.model.builders import ArtifactRecipe
 
-    setup = Setup(ArtifactRecipe(), DataRecipe("synthetic", synthetic_samples=20), devices=4,
+    setup = Setup(ArtifactRecipe(), DataRecipe("toy_images", toy_samples=20), devices=4,
                   settings=HostSettings(local_epochs=1, batch_size=8, seed=0))
     with RayEngine(hosts=2, round_timeout_s=5) as engine:
         engine.start(setup)
@@ -201,7 +201,7 @@ def test_a_two_node_ray_cluster_gives_the_single_node_results(tmp_path):
     fedsim joins it by address, places a host on each node, and gets the single-node table."""
     from ray.cluster_utils import Cluster
 
-    args = ["--dataset", "synthetic", "--synthetic-samples", "30", "--devices", "6", "--hosts", "2",
+    args = ["--dataset", "toy_images", "--toy-samples", "30", "--devices", "6", "--hosts", "2",
             "--rounds", "3", "--seed", "7", "--no-progress"]
     cli = [sys.executable, "-m", "fedsim.cli", "run"]
     single = subprocess.run([*cli, *args, "--out", str(tmp_path / "single")], capture_output=True, text=True, timeout=300)

@@ -29,13 +29,13 @@ pytestmark = pytest.mark.real_data
 
 def test_iid_devices_see_the_global_label_mix(labels):
     shards = partition(labels, 100, "iid", seed=0)
-    counts = label_counts(labels, shards)
+    counts = label_counts(labels, shards, 10)
     assert covers_without_overlap(shards, len(labels)) and sum(map(len, shards)) == 60000
     assert max_class_share(counts) < 0.2  # ~0.1 for a 10-class uniform mix
 
 
 def test_dirichlet_skew_grows_as_alpha_falls(labels):
-    shares = {a: max_class_share(label_counts(labels, partition(labels, 100, f"dirichlet:{a}", seed=0))) for a in (10.0, 1.0, 0.1)}
+    shares = {a: max_class_share(label_counts(labels, partition(labels, 100, f"dirichlet:{a}", seed=0), 10)) for a in (10.0, 1.0, 0.1)}
     assert shares[10.0] < shares[1.0] < shares[0.1]
     assert shares[0.1] > 0.6  # mostly one label per device
     shards = partition(labels, 100, "dirichlet:0.1", seed=0, min_samples=10)
@@ -44,7 +44,7 @@ def test_dirichlet_skew_grows_as_alpha_falls(labels):
 
 def test_shards_gives_each_device_k_sorted_shards(labels):
     shards = partition(labels, 100, "shards:2", seed=0)
-    counts = label_counts(labels, shards)
+    counts = label_counts(labels, shards, 10)
     assert {len(s) for s in shards} == {600}  # 200 shards of 300
     assert ((counts > 0).sum(axis=1) <= 2).all()  # 300-sample shards never straddle a label here
     assert covers_without_overlap(shards, len(labels))
@@ -52,7 +52,7 @@ def test_shards_gives_each_device_k_sorted_shards(labels):
 
 def test_classes_gives_exactly_k_labels(labels):
     for k in (1, 2, 3):
-        counts = label_counts(labels, partition(labels, 50, f"classes:{k}", seed=1))
+        counts = label_counts(labels, partition(labels, 50, f"classes:{k}", seed=1), 10)
         assert ((counts > 0).sum(axis=1) == k).all()
 
 
@@ -61,7 +61,7 @@ def test_quantity_skews_sizes_but_not_labels(labels):
     assert sizes[0.1].sum() == sizes[2.0].sum() == 60000
     assert sizes[2.0].std() > 5 * sizes[0.1].std()
     assert sizes[2.0].min() >= 1
-    assert max_class_share(label_counts(labels, partition(labels, 100, "quantity:2.0", seed=0))) < 0.6
+    assert max_class_share(label_counts(labels, partition(labels, 100, "quantity:2.0", seed=0), 10)) < 0.6
 
 
 @pytest.mark.parametrize("spec", ["iid", "dirichlet:0.5", "shards:2", "classes:2", "quantity:1.0"])

@@ -12,7 +12,7 @@ def two_runs(tmp_path_factory):
     runs = []
     for devices in (4, 8):
         runs.append(
-            fedsim.run(dataset="synthetic", synthetic_samples=20, devices=devices, rounds=2, seed=1,
+            fedsim.run(dataset="toy_images", toy_samples=20, devices=devices, rounds=2, seed=1,
                        out=str(root / f"d{devices}"), engine=fedsim.LocalEngine(2), progress=False)
         )
     return root, runs
@@ -63,7 +63,7 @@ def test_an_existing_non_empty_out_is_never_overwritten(tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("precious")
     with pytest.raises(RunFolderError, match="already exists and is not empty"):
-        fedsim.run(dataset="synthetic", devices=2, rounds=1, out=str(out), engine=fedsim.LocalEngine(), progress=False)
+        fedsim.run(dataset="toy_images", devices=2, rounds=1, out=str(out), engine=fedsim.LocalEngine(), progress=False)
     assert (out / "keep.txt").read_text() == "precious" and len(list(out.iterdir())) == 1
     assert claim_run_folder(tmp_path / "empty") == tmp_path / "empty"
 
@@ -82,7 +82,7 @@ def test_partition_table_is_saved_and_loaded(two_runs):
 
 
 def test_a_non_iid_run_records_its_skew(tmp_path):
-    run = fedsim.run(dataset="synthetic", synthetic_samples=30, devices=5, rounds=1, partition="classes:2", per_round=3,
+    run = fedsim.run(dataset="toy_images", toy_samples=30, devices=5, rounds=1, partition="classes:2", per_round=3,
                      out=str(tmp_path / "c2"), engine=fedsim.LocalEngine(2), progress=False)
     labels_per_device = (run.partition.filter(like="label_") > 0).sum(axis=1)
     assert (labels_per_device == 2).all()
@@ -90,7 +90,7 @@ def test_a_non_iid_run_records_its_skew(tmp_path):
 
 
 def test_per_device_evaluation_on_their_own_test_splits(tmp_path):
-    run = fedsim.run(dataset="synthetic", synthetic_samples=40, devices=6, rounds=2, partition="classes:2",
+    run = fedsim.run(dataset="toy_images", toy_samples=40, devices=6, rounds=2, partition="classes:2",
                      device_test_fraction=0.25, per_round=4, out=str(tmp_path / "p"), engine=fedsim.LocalEngine(2),
                      progress=False)
     assert run.devices["test_accuracy"].between(0, 1).all() and len(run.devices) == 8
@@ -110,7 +110,7 @@ def test_without_device_tests_the_spread_columns_are_empty(two_runs):
 def test_plot_draws_the_per_device_spread_when_measured(tmp_path):
     from fedsim.analysis import plot
 
-    fedsim.run(dataset="synthetic", synthetic_samples=30, devices=4, rounds=2, device_test_fraction=0.3,
+    fedsim.run(dataset="toy_images", toy_samples=30, devices=4, rounds=2, device_test_fraction=0.3,
                out=str(tmp_path / "runs" / "a"), engine=fedsim.LocalEngine(2), progress=False)
     written = plot(tmp_path / "runs", tmp_path / "png")
     assert [p.name for p in written] == ["accuracy.png", "device_spread.png"]

@@ -11,7 +11,7 @@ class FedAvgOnCoordinator(FedAvg):
 
 
 def test_host_partials_and_coordinator_fedavg_agree(tmp_path):
-    settings = dict(dataset="synthetic", synthetic_samples=30, devices=6, rounds=2, seed=2, progress=False)
+    settings = dict(dataset="toy_images", toy_samples=30, devices=6, rounds=2, seed=2, progress=False)
     on_hosts = fedsim.run(out=str(tmp_path / "a"), engine=fedsim.LocalEngine(2), **settings)
     on_coord = fedsim.run(out=str(tmp_path / "b"), engine=fedsim.LocalEngine(2), strategy=FedAvgOnCoordinator(), **settings)
     np.testing.assert_allclose(on_hosts.rounds["test_loss"], on_coord.rounds["test_loss"], rtol=1e-5)
@@ -24,7 +24,7 @@ def test_resume_continues_a_cut_run_to_the_same_tables(tmp_path):
     compare with the uninterrupted run."""
     import json
 
-    settings = dict(dataset="synthetic", synthetic_samples=20, devices=6, rounds=4, seed=3, fraction=0.5, progress=False)
+    settings = dict(dataset="toy_images", toy_samples=20, devices=6, rounds=4, seed=3, fraction=0.5, progress=False)
     straight = fedsim.run(out=str(tmp_path / "straight"), engine=fedsim.LocalEngine(2), **settings)
     assert not (straight.path / "resume").exists()  # a completed run keeps only global.ckpt
 
@@ -46,7 +46,7 @@ def test_resume_continues_a_cut_run_to_the_same_tables(tmp_path):
 def test_resume_refuses_a_complete_run(tmp_path):
     import pytest
 
-    done = fedsim.run(out=str(tmp_path / "done"), engine=fedsim.LocalEngine(), dataset="synthetic", devices=2, rounds=1, progress=False)
+    done = fedsim.run(out=str(tmp_path / "done"), engine=fedsim.LocalEngine(), dataset="toy_images", devices=2, rounds=1, progress=False)
     with pytest.raises(fedsim.RunFolderError, match="already complete"):
         fedsim.resume(done.path, engine=fedsim.LocalEngine())
 
@@ -63,7 +63,7 @@ def nan_on_training():
 
 
 def test_devices_whose_training_turns_nan_are_rejected_and_the_model_stays_finite(tmp_path):
-    run = fedsim.run(dataset="synthetic", synthetic_samples=20, devices=4, rounds=2, model_builder=nan_on_training,
+    run = fedsim.run(dataset="toy_images", toy_samples=20, devices=4, rounds=2, model_builder=nan_on_training,
                      out=str(tmp_path / "r"), engine=fedsim.LocalEngine(2), progress=False)
     assert set(run.devices["status"]) == {"rejected"}
     assert run.devices["reason"].str.contains("holds NaN or Inf").all()

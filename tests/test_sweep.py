@@ -14,7 +14,7 @@ pytestmark = pytest.mark.ray
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sweeps") / "s"
-    base = fedsim.Config(dataset="synthetic", synthetic_samples=20, rounds=2, per_round=6, hosts=2, name="t")
+    base = fedsim.Config(dataset="toy_images", toy_samples=20, rounds=2, per_round=6, hosts=2, name="t")
     table = fedsim.sweep(base, devices=[4, 8], partitions=["iid", "classes:20"], seeds=[0], out=folder, progress=False)
     return folder, table
 

@@ -56,7 +56,7 @@ def test_writer_is_byte_for_byte_what_tensorflow_save_writes(runner, shm_scratch
     assert write_tfv1(many) == tf_path.read_bytes()
 
 
-def test_the_layout_fast_path_reads_new_values_and_refuses_changed_structure(runner, shm_scratch, synthetic):
+def test_the_layout_fast_path_reads_new_values_and_refuses_changed_structure(runner, shm_scratch, toy):
     from conftest import batch
 
     from fedsim.tfv1 import _LAYOUTS
@@ -66,7 +66,7 @@ def test_the_layout_fast_path_reads_new_values_and_refuses_changed_structure(run
     first = path.read_bytes()
     read_tfv1(first)
     assert len(first) in _LAYOUTS  # the full parse left a layout behind
-    x, y = batch(synthetic)
+    x, y = batch(toy)
     runner.train(x, y)
     runner.save(path)
     second = path.read_bytes()

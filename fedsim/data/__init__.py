@@ -1,51 +1,99 @@
-"""Data sets and partitioners. Images stay uint8 and labels int until a device trains on them."""
+"""Data sets and partitioners. Inputs keep their compact dtype and labels are int32 class ids until a
+device trains on them."""
+
+from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedsim.data.dataset import Dataset
+from fedsim.data.arrays import check_npz, has_device_ids, load_npz
+from fedsim.data.dataset import DataError, Dataset
 from fedsim.data.fashion_mnist import (
-    DataError, DataNotFoundError, check_fashion_mnist, fetch_fashion_mnist, find_fashion_mnist, load_fashion_mnist,
+    DataNotFoundError, check_fashion_mnist, fetch_fashion_mnist, find_fashion_mnist, load_fashion_mnist,
 )
 from fedsim.data.partition import PartitionError, iid_partition, label_counts, parse_spec, partition
-from fedsim.data.synthetic import make_synthetic
+from fedsim.data.synthetic import make_synthetic, parse_synthetic
+from fedsim.data.toy import make_toy_images
+
+# Named data sets (--dataset); "synthetic:ALPHA,BETA" and an .npz (--data) come besides.
+NAMED = ("fashion_mnist", "toy_images")
+ArrayDataset = Dataset  # the name notebooks use for a data set built from their own arrays
+
+
+def check_dataset_name(name: str) -> None:
+    """ValueError naming the problem if `name` is no data set fedsim knows."""
+    if name in NAMED or name in ("npz", "arrays"):
+        return
+    if name == "synthetic":
+        raise ValueError("--dataset synthetic needs its parameters: synthetic:ALPHA,BETA, e.g. synthetic:1,1 "
+                         "(FedProx's Synthetic(alpha, beta)); the 28x28 test set is now toy_images")
+    if parse_synthetic(name) is None:
+        raise ValueError(f"--dataset {name!r}: use fashion_mnist, synthetic:ALPHA,BETA or toy_images, "
+                         "or --data FILE.npz for your own arrays")
 
 
 @dataclass(frozen=True)
 class DataRecipe:
     """Which data set to load and how: small and picklable, so the loading can happen in a short-lived
-    worker instead of the coordinator process."""
+    worker instead of the coordinator process. `arrays` carries a data set built in Python."""
 
     name: str = "fashion_mnist"
     data_dir: str | None = None
     seed: int = 0
-    synthetic_samples: int = 200
+    toy_samples: int = 200
+    devices: int = 1  # Synthetic(alpha, beta) generates one user per device
+    path: str | None = None  # --data FILE.npz
+    arrays: Dataset | None = None
 
     def check(self) -> None:
-        """Fail now (DataNotFoundError) if the data set is not where it is looked for."""
-        if self.name == "fashion_mnist":
+        """Fail now (DataNotFoundError, DataError) if the data set is not where it is looked for."""
+        if self.arrays is not None:
+            return
+        if self.path is not None:
+            check_npz(self.path)
+        elif self.name == "fashion_mnist":
             check_fashion_mnist(self.data_dir)
-        elif self.name != "synthetic":
-            raise ValueError(f"unknown data set {self.name!r}; use fashion_mnist or synthetic")
+        else:
+            check_dataset_name(self.name)
+
+    @property
+    def natural(self) -> bool:
+        """Whether the data carries device ids (so --partition natural can use them)."""
+        if self.arrays is not None:
+            return self.arrays.device_train is not None
+        if self.path is not None:
+            return has_device_ids(self.path)
+        return parse_synthetic(self.name) is not None
 
     def load(self) -> Dataset:
         self.check()
+        if self.arrays is not None:
+            return self.arrays
+        if self.path is not None:
+            return load_npz(self.path)
         if self.name == "fashion_mnist":
             return load_fashion_mnist(self.data_dir)
-        return make_synthetic(samples_per_class=self.synthetic_samples, seed=self.seed)
+        if self.name == "toy_images":
+            return make_toy_images(samples_per_class=self.toy_samples, seed=self.seed)
+        alpha, beta = parse_synthetic(self.name)  # type: ignore[misc] - check() accepted the name
+        return make_synthetic(alpha, beta, self.devices, self.seed)
 
 
 __all__ = [
+    "ArrayDataset",
     "DataError",
     "DataRecipe",
     "Dataset",
     "DataNotFoundError",
+    "check_dataset_name",
     "fetch_fashion_mnist",
     "find_fashion_mnist",
     "PartitionError",
     "iid_partition",
     "label_counts",
+    "load_npz",
     "parse_spec",
     "partition",
     "load_fashion_mnist",
     "make_synthetic",
+    "make_toy_images",
 ]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsim.data.dataset import Dataset
+from fedsim.data.dataset import DataError, Dataset
 
 FILES = {
     "x_train": "train-images-idx3-ubyte.gz",
@@ -50,10 +50,6 @@ def find_fashion_mnist(data_dir: str | os.PathLike[str] | None = None) -> Path:
         "install the Debian package dataset-fashion-mnist (apt-get install -y dataset-fashion-mnist), "
         "run `fedsim data fetch` where a network exists, or pass --data-dir"
     )
-
-
-class DataError(ValueError):
-    """A data file is there but unreadable (truncated, not gzip, not IDX)."""
 
 
 def check_idx(path: Path) -> tuple[int, ...]:
@@ -113,7 +109,7 @@ def check_fashion_mnist(data_dir: str | os.PathLike[str] | None = None) -> dict[
 def load_fashion_mnist(data_dir: str | os.PathLike[str] | None = None) -> Dataset:
     d = find_fashion_mnist(data_dir)
     arrays = {key: read_idx(d / name) for key, name in FILES.items()}
-    return Dataset(name="fashion_mnist", **arrays)
+    return Dataset(name="fashion_mnist", num_classes=10, **arrays)
 
 
 def fetch_fashion_mnist(dest: str | os.PathLike[str] | None = None, mirror: str = MIRROR) -> Path:

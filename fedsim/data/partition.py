@@ -6,6 +6,7 @@ Specs, as in --partition and TOML:
   shards:K       McMahan et al.: sort by label, cut into K*N equal shards, give each device K at random
   classes:K      each device sees exactly K labels; a label's samples are split among its devices
   quantity:S     IID labels, device sizes drawn log-normal with sigma S
+  natural        the device ids the data carries (Synthetic(alpha, beta), an .npz with device_train)
 Every device gets at least `min_samples` samples: Dirichlet draws are repeated until that holds;
 otherwise the partition fails naming the devices.
 """
@@ -24,13 +25,14 @@ class PartitionError(ValueError):
 def parse_spec(spec: str) -> tuple[str, float | None]:
     """"dirichlet:0.3" -> ("dirichlet", 0.3); raises PartitionError naming the problem."""
     kind, _, arg = spec.partition(":")
-    kinds = {"iid": None, "dirichlet": float, "shards": int, "classes": int, "quantity": float}
+    kinds = {"iid": None, "natural": None, "dirichlet": float, "shards": int, "classes": int, "quantity": float}
     if kind not in kinds:
-        raise PartitionError(f"--partition {spec!r}: unknown kind {kind!r}; use iid, dirichlet:A, shards:K, classes:K or quantity:S")
+        raise PartitionError(f"--partition {spec!r}: unknown kind {kind!r}; use iid, natural, dirichlet:A, shards:K, "
+                             "classes:K or quantity:S")
     cast = kinds[kind]
     if cast is None:
         if arg:
-            raise PartitionError(f"--partition {spec!r}: iid takes no argument")
+            raise PartitionError(f"--partition {spec!r}: {kind} takes no argument")
         return kind, None
     try:
         value = cast(arg)
@@ -41,7 +43,9 @@ def parse_spec(spec: str) -> tuple[str, float | None]:
     return kind, value
 
 
-def partition(labels: np.ndarray, num_devices: int, spec: str = "iid", seed: int = 0, min_samples: int = 1) -> list[np.ndarray]:
+def partition(labels: np.ndarray, num_devices: int, spec: str = "iid", seed: int = 0, min_samples: int = 1,
+              owners: np.ndarray | None = None) -> list[np.ndarray]:
+    """One sorted index array per device. `owners`: the device id of each sample, for natural."""
     kind, arg = parse_spec(spec)
     labels = np.asarray(labels)
     if num_devices < 1:
@@ -49,6 +53,8 @@ def partition(labels: np.ndarray, num_devices: int, spec: str = "iid", seed: int
     rng = np.random.default_rng([seed, 0x9A27])
     if kind == "iid":
         shards = iid_partition(len(labels), num_devices, seed)
+    elif kind == "natural":
+        shards = natural_partition(owners, num_devices)
     elif kind == "dirichlet":
         shards = _dirichlet(labels, num_devices, float(arg), rng, min_samples)
     elif kind == "shards":
@@ -84,6 +90,24 @@ def iid_partition(num_samples: int, num_devices: int, seed: int) -> list[np.ndar
     if passes > 1:
         order = order[:num_devices]
     return [np.sort(s) for s in np.array_split(order, num_devices)]
+
+
+def natural_partition(owners: np.ndarray | None, num_devices: int, what: str = "device_train") -> list[np.ndarray]:
+    """Device d holds the samples of the d-th smallest id in `owners` (ids may be any integers)."""
+    if owners is None:
+        raise PartitionError("--partition natural needs data that carries device ids (synthetic:ALPHA,BETA, or an "
+                             ".npz / ArrayDataset with device_train); use iid, dirichlet:A, ... for this data set")
+    ids, inverse = np.unique(owners, return_inverse=True)
+    if len(ids) != num_devices:
+        raise PartitionError(f"--partition natural: the data's {what} names {len(ids)} devices but --devices is "
+                             f"{num_devices}; set --devices {len(ids)}")
+    return group_indices(inverse, len(ids))
+
+
+def group_indices(group: np.ndarray, n: int) -> list[np.ndarray]:
+    """[indices i with group[i] == g for g in range(n)], each in ascending order."""
+    order = np.argsort(group, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(group, minlength=n))[:-1])
 
 
 def _dirichlet(labels: np.ndarray, n: int, alpha: float, rng: np.random.Generator, min_samples: int) -> list[np.ndarray]:
@@ -146,6 +170,6 @@ def _quantity(num_samples: int, n: int, sigma: float, rng: np.random.Generator, 
     return list(np.split(order, np.cumsum(sizes)[:-1]))
 
 
-def label_counts(labels: np.ndarray, shards: list[np.ndarray], num_classes: int = 10) -> np.ndarray:
+def label_counts(labels: np.ndarray, shards: list[np.ndarray], num_classes: int) -> np.ndarray:
     """(devices, classes) matrix of how many samples of each label every device holds."""
     return np.stack([np.bincount(labels[s], minlength=num_classes) for s in shards]) if shards else np.zeros((0, num_classes), int)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 
 from fedsim.checkpoint import UpdateScreen
 from fedsim.data import DataRecipe, label_counts, partition
-from fedsim.data.dataset import Dataset
+from fedsim.data.dataset import DataError, Dataset
+from fedsim.data.partition import group_indices
 from fedsim.model.builders import ArtifactRecipe
 from fedsim.strategies.base import Partial, Strategy
 
@@ -118,13 +121,15 @@ class HostData:
 class Setup:
     """Everything an engine needs to start a run: what to convert, what to load, how to split it."""
 
-    artifact: ArtifactRecipe | bytes  # bytes: a .tflite already made (a resumed run reuses its own)
+    artifact: ArtifactRecipe | bytes  # bytes: a .tflite already made (a resumed run's own, or --artifact)
     data: DataRecipe
     devices: int
     settings: HostSettings
     partition: str = "iid"
     min_samples: int = 1
     device_test_fraction: float = 0.0
+    # check a .tflite made elsewhere against the data before any round (--artifact)
+    check_artifact: bool = False
 
 
 @dataclass
@@ -132,45 +137,83 @@ class Prepared:
     """The outcome of preparing a run: the .tflite, what the data set was, and each host's share."""
 
     artifact: bytes
-    dataset_info: dict[str, int | str]
+    dataset_info: dict[str, Any]
     hosts: list[HostData]
     tests: list[TestBlocks]
     label_counts: np.ndarray | None = None  # (devices, classes): what each device trains on
     test_sizes: np.ndarray | None = None  # (devices,): the size of each device's own test split
+    report: dict[str, Any] | None = None  # the artifact report (artifact.json)
 
 
 def prepare(setup: Setup, num_hosts: int) -> Prepared:
-    """Load the data, partition it, cut it per host, and convert the model (imports TensorFlow)."""
+    """Load the data, partition it, cut it per host, make or check the artifact and measure it
+    (imports TensorFlow)."""
+    from fedsim.artifact import check_artifact, inspect
+
     dataset = setup.data.load()
-    shards = partition(dataset.y_train, setup.devices, setup.partition, setup.settings.seed, setup.min_samples)
-    local_tests = None
+    task = dataset.task
+    if (setup.data.path or setup.data.arrays is not None) and len(dataset.y_train) < setup.devices:
+        raise DataError(f"{dataset.name}: {len(dataset.y_train)} training samples cannot give {setup.devices} "
+                        "devices one each; use fewer --devices")
+    shards = partition(dataset.y_train, setup.devices, setup.partition, setup.settings.seed, setup.min_samples,
+                       dataset.device_train)
+    local_tests, tests_from_test_set = None, False
     if setup.device_test_fraction > 0:
         shards, local_tests = split_local_tests(shards, setup.device_test_fraction, setup.settings.seed)
-    info: dict[str, int | str] = {
+    elif setup.partition == "natural" and dataset.device_test is not None:
+        local_tests, tests_from_test_set = natural_tests(dataset), True
+    info: dict[str, Any] = {
         "name": dataset.name,
         "train_samples": len(dataset.y_train),
         "test_samples": len(dataset.y_test),
+        "task": task.to_dict(),
     }
-    artifact = setup.artifact if isinstance(setup.artifact, bytes) else setup.artifact.build()
-    counts = label_counts(dataset.y_train, shards).astype(np.int32)
-    hosts = host_data(dataset, shards, num_hosts, local_tests)
+    sample = (dataset.x_train[: setup.settings.batch_size], dataset.y_train[: setup.settings.batch_size])
+    if isinstance(setup.artifact, bytes):
+        artifact = setup.artifact
+        if setup.check_artifact:
+            check_artifact(artifact, task, *sample)
+    else:
+        artifact = dataclasses.replace(setup.artifact, task=task).build()
+    report = inspect(artifact, task, sample, batch_size=setup.settings.batch_size).to_dict()
+    counts = label_counts(dataset.y_train, shards, task.num_classes).astype(np.int32)
+    hosts = host_data(dataset, shards, num_hosts, local_tests, tests_from_test_set)
     test_sizes = np.array([len(t) for t in local_tests] if local_tests else [0] * len(shards), dtype=np.int32)
-    return Prepared(artifact, info, hosts, test_blocks(dataset, num_hosts), counts, test_sizes)
+    return Prepared(artifact, info, hosts, test_blocks(dataset, num_hosts), counts, test_sizes, report)
+
+
+def natural_tests(dataset: Dataset) -> list[np.ndarray]:
+    """Each device's own test samples (indices into the test set), by the data's device ids."""
+    ids = np.unique(dataset.device_train)
+    pos = np.minimum(np.searchsorted(ids, dataset.device_test), len(ids) - 1)
+    unknown = ids[pos] != dataset.device_test
+    if unknown.any():
+        shown = ", ".join(map(str, np.unique(dataset.device_test[unknown])[:5]))
+        raise DataError(f"{dataset.name}: device_test names device(s) {shown} that hold no training samples")
+    return group_indices(pos, len(ids))
 
 
 def host_data(
-    dataset: Dataset, shards: Sequence[np.ndarray], num_hosts: int, local_tests: Sequence[np.ndarray] | None = None
+    dataset: Dataset, shards: Sequence[np.ndarray], num_hosts: int, local_tests: Sequence[np.ndarray] | None = None,
+    tests_from_test_set: bool = False,
 ) -> list[HostData]:
+    """Each host's devices' shards (and own test splits) back to back. Local tests are indices into
+    the training set, or into the test set when `tests_from_test_set`."""
+    x_all, y_all, test_offset = dataset.x_train, dataset.y_train, 0
+    if tests_from_test_set:
+        x_all = np.concatenate([dataset.x_train, dataset.x_test])
+        y_all = np.concatenate([dataset.y_train, dataset.y_test])
+        test_offset = len(dataset.y_train)
     out = []
     for ids in assign_hosts(len(shards), num_hosts):
         parts, placements, pos = [], [], 0
         for d in ids:
-            test = local_tests[d] if local_tests is not None else shards[d][:0]
+            test = local_tests[d] + test_offset if local_tests is not None else shards[d][:0]
             parts += [shards[d], test]
             placements.append((d, pos, pos + len(shards[d]), pos + len(shards[d]) + len(test)))
             pos += len(shards[d]) + len(test)
         order = np.concatenate(parts)
-        out.append(HostData(dataset.x_train[order], dataset.y_train[order], placements))
+        out.append(HostData(x_all[order], y_all[order], placements))
     return out
 
 

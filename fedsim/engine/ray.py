@@ -63,7 +63,8 @@ def connect(address: str | None = None) -> bool:
 
 def _prepare_remote(setup: Setup, num_hosts: int) -> tuple[Any, ...]:
     prepared = prepare(setup, num_hosts)
-    info = {**prepared.dataset_info, "label_counts": prepared.label_counts, "test_sizes": prepared.test_sizes}
+    info = {**prepared.dataset_info, "label_counts": prepared.label_counts, "test_sizes": prepared.test_sizes,
+            "report": prepared.report}
     return (prepared.artifact, info, os.getpid(), *prepared.hosts, *prepared.tests)
 
 
@@ -131,8 +132,13 @@ class RayEngine(Engine):
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
         task = ray.remote(max_calls=1)(_prepare_remote).options(num_returns=3 + 2 * h, scheduling_strategy=here)
         refs = task.remote(setup, h)
-        artifact, info, worker_pid = ray.get(refs[:3])
-        counts, test_sizes = info.pop("label_counts"), info.pop("test_sizes")
+        try:
+            artifact, info, worker_pid = ray.get(refs[:3])
+        except RayTaskError as e:
+            # Bad data, a partition that cannot be made, a model or artifact that cannot run: the
+            # worker's own error, one line, not Ray's wrapping of it with the worker's traceback.
+            raise (e.cause if isinstance(e.cause, Exception) else e) from None
+        counts, test_sizes, report = info.pop("label_counts"), info.pop("test_sizes"), info.pop("report")
         _wait_for_exit(worker_pid)
         host_refs, test_refs = refs[3 : 3 + h], refs[3 + h :]
         self.test_samples = int(info["test_samples"])
@@ -153,7 +159,7 @@ class RayEngine(Engine):
         self.host_pids = ray.get([a.ready.remote() for a in self.actors])
         # Which Ray node each host landed on (SPREAD places them across nodes).
         self.host_nodes = ray.get([a.node_id.remote() for a in self.actors])
-        return Prepared(artifact, info, [], [], counts, test_sizes)
+        return Prepared(artifact, info, [], [], counts, test_sizes, report)
 
     def initial_checkpoint(self) -> bytes:
         return ray.get(self.actors[0].initial_checkpoint.remote())

@@ -3,10 +3,16 @@
 TensorFlow is imported lazily, inside the functions that need it, so importing fedsim stays cheap.
 """
 
-from fedsim.model.builders import MODELS, build_mlp
+from fedsim.model.builders import (
+    MODELS, OPTIMIZERS, ArtifactRecipe, ModelError, Optimizer, build_cnn, build_logreg, build_mlp, builder_name,
+    resolve_builder,
+)
 from fedsim.model.signatures import INFER, RESTORE, SAVE, SIGNATURES, TRAIN
 
-__all__ = ["INFER", "MODELS", "RESTORE", "SAVE", "SIGNATURES", "TRAIN", "build_mlp", "convert_to_tflite"]
+__all__ = [
+    "INFER", "MODELS", "OPTIMIZERS", "RESTORE", "SAVE", "SIGNATURES", "TRAIN", "ArtifactRecipe", "ModelError",
+    "Optimizer", "build_cnn", "build_logreg", "build_mlp", "builder_name", "convert_to_tflite", "resolve_builder",
+]
 
 
 def convert_to_tflite(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201

@@ -1,46 +1,174 @@
-"""Keras model builders. A builder takes no arguments and returns an uncompiled Keras model whose
-input is (None, 28, 28) float32 in [0, 1] (the on-device module scales the uint8 pixels it is given)
-and whose output is (None, 10) class probabilities."""
+"""Keras model builders. A builder receives the Task and returns an uncompiled Keras model.
+
+The model sees what the artifact hands it after its own preprocessing: images as float32 in [0, 1]
+of the task's shape (H, W) or (H, W, C), features as float32, tokens as int32 ids. Its output is
+(None, num_classes): probabilities (a softmax last) or logits (anything else); the artifact's loss
+and `infer` adapt to which.
+"""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-ModelBuilder = Callable[[], Any]
+from fedsim.task import Task
+
+ModelBuilder = Callable[..., Any]
 
 
-def build_mlp() -> Any:
-    """The guide's model: Flatten(28x28) -> Dense(128, relu) -> Dense(10, softmax)."""
+class ModelError(ValueError):
+    """A model cannot become an on-device artifact for this task (the message names the layer or the flag)."""
+
+
+def _front(task: Task, keras: Any) -> list[Any]:
+    """Input layer, and for tokens an embedding: what every built-in model starts with."""
+    layers = [keras.Input(shape=task.input_shape, dtype="int32" if task.kind == "tokens" else "float32")]
+    if task.kind == "tokens":
+        layers += [keras.layers.Embedding(task.vocab_size, 32, name="embedding"),
+                   keras.layers.GlobalAveragePooling1D(name="pool")]
+    else:
+        layers.append(keras.layers.Flatten(name="flatten"))
+    return layers
+
+
+def build_mlp(task: Task) -> Any:
+    """The guide's model: Flatten -> Dense(128, relu) -> Dense(classes, softmax)."""
     import keras
 
     # Explicit names: they become the checkpoint's tensor names ("mlp/hidden/kernel"), so they must
     # not depend on how many models the process built before.
     return keras.Sequential(
-        [
-            keras.Input(shape=(28, 28)),
-            keras.layers.Flatten(name="flatten"),
+        _front(task, keras) + [
             keras.layers.Dense(128, activation="relu", name="hidden"),
-            keras.layers.Dense(10, activation="softmax", name="classifier"),
+            keras.layers.Dense(task.num_classes, activation="softmax", name="classifier"),
         ],
         name="mlp",
     )
 
 
-MODELS: dict[str, ModelBuilder] = {"mlp": build_mlp}
+def build_logreg(task: Task) -> Any:
+    """Multinomial logistic regression: Flatten -> Dense(classes, softmax), the usual model for
+    Synthetic(alpha, beta)."""
+    import keras
+
+    return keras.Sequential(
+        _front(task, keras) + [keras.layers.Dense(task.num_classes, activation="softmax", name="classifier")],
+        name="logreg",
+    )
+
+
+def build_cnn(task: Task) -> Any:
+    """The small CNN of the non-IID FMNIST literature (LeNet-5 shape): conv 6@5x5 -> max-pool 2 ->
+    conv 16@5x5 -> max-pool 2 -> dense 120 -> dense 84 -> classes."""
+    import keras
+
+    if task.kind != "image":
+        raise ModelError(f"--model cnn needs image inputs (H x W or H x W x C uint8); this data set has {task.describe()}")
+    h, w = task.input_shape[:2]
+    if min(h, w) < 12:
+        raise ModelError(f"--model cnn needs images of at least 12x12 (two 5x5 convolutions and two pools); "
+                         f"this data set has {h}x{w}")
+    channels = task.input_shape[2] if len(task.input_shape) == 3 else 1
+    return keras.Sequential(
+        [
+            keras.Input(shape=task.input_shape),
+            keras.layers.Reshape((h, w, channels), name="channels"),
+            keras.layers.Conv2D(6, 5, activation="relu", name="conv1"),
+            keras.layers.MaxPooling2D(2, name="pool1"),
+            keras.layers.Conv2D(16, 5, activation="relu", name="conv2"),
+            keras.layers.MaxPooling2D(2, name="pool2"),
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(120, activation="relu", name="dense1"),
+            keras.layers.Dense(84, activation="relu", name="dense2"),
+            keras.layers.Dense(task.num_classes, activation="softmax", name="classifier"),
+        ],
+        name="cnn",
+    )
+
+
+MODELS: dict[str, ModelBuilder] = {"mlp": build_mlp, "cnn": build_cnn, "logreg": build_logreg}
+
+
+def builder_name(builder: ModelBuilder) -> str:
+    """A built-in's name, else "module:qualname" (what config.json records and --model accepts)."""
+    for name, known in MODELS.items():
+        if builder is known:
+            return name
+    return f"{getattr(builder, '__module__', '?')}:{getattr(builder, '__qualname__', repr(builder))}"
+
+
+def resolve_builder(name: str) -> ModelBuilder:
+    """--model NAME: a built-in, or "package.module:function" imported from the Python path."""
+    if name in MODELS:
+        return MODELS[name]
+    module_name, sep, attr = name.partition(":")
+    if not sep or not module_name or not attr:
+        raise ModelError(f"--model {name!r}: use one of {', '.join(sorted(MODELS))} or package.module:function")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as e:  # ImportError, or the module itself failing to import
+        raise ModelError(f"--model {name}: cannot import {module_name} ({type(e).__name__}: {e})") from None
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise ModelError(f"--model {name}: {module_name} has no {attr}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ModelError(f"--model {name}: {attr} is not callable")
+    return target
+
+
+def call_builder(builder: ModelBuilder, task: Task) -> Any:
+    """builder(task); a builder written for the 28x28 seed task that takes no argument still works."""
+    try:
+        takes_task = bool(inspect.signature(builder).parameters)
+    except (TypeError, ValueError):
+        takes_task = True
+    return builder(task) if takes_task else builder()
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """The on-device optimiser baked into `train`. Its state (momentum, Adam moments, step count)
+    starts from zero at every `restore`, so it never carries from one device to the next, and
+    `save` never writes it."""
+
+    name: str = "sgd"  # sgd | momentum | adam
+    lr: float = 0.05
+    momentum: float = 0.9  # momentum only
+    beta1: float = 0.9  # adam only
+    beta2: float = 0.999  # adam only
+    epsilon: float = 1e-7  # adam only
+
+    def build(self) -> Any:
+        import keras
+
+        if self.name == "sgd":
+            return keras.optimizers.SGD(learning_rate=self.lr)
+        if self.name == "momentum":
+            return keras.optimizers.SGD(learning_rate=self.lr, momentum=self.momentum)
+        if self.name == "adam":
+            return keras.optimizers.Adam(learning_rate=self.lr, beta_1=self.beta1, beta_2=self.beta2,
+                                         epsilon=self.epsilon)
+        raise ModelError(f"--device-optimizer must be sgd, momentum or adam, got {self.name!r}")
+
+
+OPTIMIZERS = ("sgd", "momentum", "adam")
 
 
 @dataclass(frozen=True)
 class ArtifactRecipe:
-    """Everything that determines the .tflite: builder, learning rate, seed. Small and picklable
+    """Everything that determines the .tflite: builder, task, optimiser, seed. Small and picklable
     (cloudpickle carries notebook builders), so the conversion can run wherever TensorFlow already is."""
 
     builder: ModelBuilder = build_mlp
-    lr: float = 0.05
+    task: Task = field(default_factory=lambda: Task((28, 28), "image", 10))
+    optimizer: Optimizer = Optimizer()
     seed: int = 0
 
     def build(self) -> bytes:
         from fedsim.model.convert import convert_to_tflite
 
-        return convert_to_tflite(self.builder, self.lr, self.seed)
+        return convert_to_tflite(self)

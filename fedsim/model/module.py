@@ -7,63 +7,84 @@ from typing import Any
 import tensorflow as tf
 
 from fedsim.model.signatures import CHECKPOINT_PATH, LOSS, OUTPUT
+from fedsim.task import Task
 
 
-def _scaled(pixels: tf.Tensor) -> tf.Tensor:
-    """uint8 pixels -> float32 in [0, 1] (fedsim.data.dataset.scale_images, in the graph)."""
-    return tf.cast(pixels, tf.float32) * (1.0 / 255.0)
+def outputs_probabilities(model: Any) -> bool:
+    """Whether the model ends in a softmax (probabilities) rather than raw logits."""
+    import keras
+
+    last = model.layers[-1] if getattr(model, "layers", None) else None
+    if isinstance(last, keras.layers.Softmax):
+        return True
+    activation = getattr(last, "activation", None)
+    return activation is keras.activations.softmax or getattr(activation, "__name__", "") == "softmax"
 
 
 class OnDeviceModule(tf.Module):
-    """train/infer/save/restore around a Keras model, trained with plain SGD.
+    """train/infer/save/restore around a Keras model, for one task and one on-device optimiser.
 
     Two fixes over the guide's text: `train` calls the loss as loss(y_true, y_pred) (the guide swaps
     them), and `restore` assigns each restored tensor to its variable (the guide only returns them,
     which restores nothing).
 
-    One change: `train` and `infer` take images as uint8 pixels, what a phone's image decoder gives,
-    and scale them to [0, 1] float32 before the model sees them. Scaling in the graph is cheaper
-    than before the call: a quarter of the bytes cross into the interpreter, and TFLite's cast
-    costs less than a numpy conversion per device per round (measured: a host's round at 10
-    devices 5% shorter, the signature calls themselves unchanged). The Keras model still gets
-    float32 in [0, 1], so model builders are unaffected.
+    Changes, each for the simulated fleet:
+    - `x` takes the task's compact dtype: uint8 pixels (what a phone's image decoder gives) scaled to
+      [0, 1] in the graph, float32 features, or int32 token ids. A quarter of the bytes of float32
+      pixels cross into the interpreter, and TFLite's cast costs less than a numpy conversion.
+    - `y` takes int32 class ids (the guide: one-hot float32), so a host need not one-hot every batch.
+    - `infer` always returns probabilities, whether the model ends in a softmax or in logits.
+    - `restore` also zeroes the optimiser's state (momentum, moments, step count): a device's round
+      starts from the global weights and a fresh optimiser, whichever device used the interpreter
+      before. `save` writes the model's weights only.
     """
 
-    def __init__(self, model: Any, lr: float) -> None:
+    def __init__(self, model: Any, task: Task, optimizer: Any) -> None:
         super().__init__()
         import keras
 
         self.model = model
-        self.loss_fn = keras.losses.CategoricalCrossentropy()
-        self.optimizer = keras.optimizers.SGD(learning_rate=lr)
+        self.task = task
+        self.probabilities = outputs_probabilities(model)
+        self.loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=not self.probabilities)
+        self.optimizer = optimizer
         self.optimizer.build(model.trainable_variables)
         # Keras 3 trap: a tf.Module does not track a Keras 3 model's variables, so without these
         # explicit references the converted model loses their initial values and `train` fails
         # with "read_variable.cc ... variable != nullptr". Keep the underlying tf.Variables here.
         self.weight_vars = [w.value for w in model.weights]
         self.optimizer_vars = [v.value for v in self.optimizer.variables]
-        # Checkpoint tensor names: the Keras weight paths ("sequential/dense/kernel"), unique per model.
+        # The optimiser's state, reset by `restore`; its learning rate is a variable too, and stays.
+        lr_var = getattr(self.optimizer, "_learning_rate", None)
+        lr_var = getattr(lr_var, "value", lr_var)
+        self.state_vars = [v for v in self.optimizer_vars if v is not lr_var]
+        # Checkpoint tensor names: the Keras weight paths ("mlp/hidden/kernel"), unique per model.
         self.weight_names = [w.path for w in model.weights]
         if len(set(self.weight_names)) != len(self.weight_names):
             raise ValueError(f"model weight names are not unique: {self.weight_names}")
+        x_spec = tf.TensorSpec([None, *task.input_shape], tf.as_dtype(task.input_dtype), name="x")
+        y_spec = tf.TensorSpec([None], tf.int32, name="y")
+        # Signatures follow the task, so they are bound here rather than in the class body.
+        self.train = tf.function(self._train, input_signature=[x_spec, y_spec])
+        self.infer = tf.function(self._infer, input_signature=[x_spec])
 
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec([None, 28, 28], tf.uint8, name="x"),
-            tf.TensorSpec([None, 10], tf.float32, name="y"),
-        ]
-    )
-    def train(self, x: tf.Tensor, y: tf.Tensor) -> dict[str, tf.Tensor]:
+    def preprocess(self, x: tf.Tensor) -> tf.Tensor:
+        """What the model sees: uint8 pixels as float32 in [0, 1]; features and tokens as they are."""
+        if self.task.kind == "image":
+            return tf.cast(x, tf.float32) * (1.0 / 255.0)
+        return x
+
+    def _train(self, x: tf.Tensor, y: tf.Tensor) -> dict[str, tf.Tensor]:
         with tf.GradientTape() as tape:
-            prediction = self.model(_scaled(x), training=True)
+            prediction = self.model(self.preprocess(x), training=True)
             loss = self.loss_fn(y, prediction)
         gradients = tape.gradient(loss, self.model.trainable_variables)
         self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
         return {LOSS: loss}
 
-    @tf.function(input_signature=[tf.TensorSpec([None, 28, 28], tf.uint8, name="x")])
-    def infer(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {OUTPUT: self.model(_scaled(x))}
+    def _infer(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        out = self.model(self.preprocess(x))
+        return {OUTPUT: out if self.probabilities else tf.nn.softmax(out)}
 
     @tf.function(input_signature=[tf.TensorSpec([], tf.string, name=CHECKPOINT_PATH)])
     def save(self, checkpoint_path: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -84,4 +105,6 @@ class OnDeviceModule(tf.Module):
             )
             var.assign(tensor)
             restored[name] = tensor
+        for var in self.state_vars:
+            var.assign(tf.zeros_like(var))
         return restored

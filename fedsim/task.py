@@ -1,0 +1,84 @@
+"""The task contract: what one sample looks like and how many classes there are, taken from the data.
+
+Every other part of fedsim reads the task instead of assuming a shape: the artifact's `train` /
+`infer` input specs, the model builders, the label counts, the partitioners and the evaluation.
+Imports nothing else from fedsim (it sits below `data` and `model`).
+
+Three kinds of input, chosen by the data's dtype:
+  image     uint8 (H, W) or (H, W, C) pixels; the artifact takes uint8 and scales to [0, 1] itself
+  features  float feature arrays (any shape); the artifact takes float32 as they are
+  tokens    integer sequences (L,); the artifact takes int32 ids in [0, vocab_size)
+Labels are always integer class ids in [0, num_classes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+KINDS = ("image", "features", "tokens")
+INPUT_DTYPES = {"image": "uint8", "features": "float32", "tokens": "int32"}
+
+
+class TaskError(ValueError):
+    """The data does not make a task fedsim can train on (the message names the problem)."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """One sample's shape and dtype, the number of classes, and (for tokens) the vocabulary size."""
+
+    input_shape: tuple[int, ...]
+    kind: str
+    num_classes: int
+    vocab_size: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
+        if self.kind not in KINDS:
+            raise TaskError(f"task kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if not self.input_shape or any(s < 1 for s in self.input_shape):
+            raise TaskError(f"a sample's shape must be non-empty and positive, got {self.input_shape}")
+        if self.kind == "image" and len(self.input_shape) not in (2, 3):
+            raise TaskError(f"uint8 images must be H x W or H x W x C per sample, got {self.input_shape}")
+        if self.kind == "tokens" and (len(self.input_shape) != 1 or not self.vocab_size or self.vocab_size < 1):
+            raise TaskError(f"token inputs must be (length,) sequences with a vocabulary, got {self.input_shape}")
+        if self.num_classes < 2:
+            raise TaskError(f"a classification task needs at least 2 classes, got {self.num_classes}")
+
+    @property
+    def input_dtype(self) -> str:
+        """What the artifact's `x` takes."""
+        return INPUT_DTYPES[self.kind]
+
+    def describe(self) -> str:
+        shape = "x".join(map(str, self.input_shape))
+        what = {"image": f"{shape} uint8 images", "features": f"{shape} float features",
+                "tokens": f"length-{shape} token sequences (vocabulary {self.vocab_size})"}[self.kind]
+        return f"{what}, {self.num_classes} classes"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_shape"] = list(self.input_shape)
+        d["input_dtype"] = self.input_dtype
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Task:
+        return cls(tuple(d["input_shape"]), d["kind"], int(d["num_classes"]), d.get("vocab_size"))
+
+
+def kind_of(dtype: np.dtype) -> str:
+    """uint8 -> image, float -> features, other integers -> tokens; anything else is refused."""
+    dtype = np.dtype(dtype)
+    if dtype == np.uint8:
+        return "image"
+    if np.issubdtype(dtype, np.floating):
+        return "features"
+    if np.issubdtype(dtype, np.integer):
+        return "tokens"
+    raise TaskError(
+        f"inputs of dtype {dtype} cannot be fed to a model; use uint8 images, float features or integer tokens"
+    )
