@@ -2,6 +2,9 @@
 
     python experiments/bench_overhead.py                      # 10, 100, 1000, 10000 devices, 2 hosts
     python experiments/bench_overhead.py --devices 10,100 --rounds 4
+    python experiments/bench_overhead.py --devices 1000 --cnn-devices ""  # MLP rows only
+
+Rows: the seed MLP at each --devices size, and the small CNN (--model cnn) at each --cnn-devices size.
 
 For each fleet size N (every device every round up to 1000; 1,000 devices per round above that):
 - floor_s: the signature calls a round makes on its devices (restore, every train batch, save),
@@ -35,7 +38,7 @@ from fedsim.data import iid_partition, load_fashion_mnist
 from fedsim.device import Device, Runner
 
 # Targets of the performance issue: ratio, peak memory (MiB) and time to the first round.
-RATIO_TARGET = {10: 1.3, 100: 1.3, 1000: 1.3, 10000: 1.6}
+RATIO_TARGET = {10: 1.3, 100: 1.3, 1000: 1.3, 10000: 1.6}  # the CNN rows share them
 RSS_TARGET_MB = {1000: 2048, 10000: 3072}
 FIRST_ROUND_TARGET_S = {1000: 20.0}
 PER_ROUND_CAP = 1000  # above this many devices, 1,000 are selected each round
@@ -110,11 +113,11 @@ def measure_floor(artifact: bytes, config: fedsim.Config, round_num: int, hosts:
         return float(np.median([pool.apply(floor_seconds, (artifact, config, round_num, hosts)) for _ in range(repeats)]))
 
 
-def bench_one(devices: int, rounds: int, hosts: int, out: Path) -> dict:
+def bench_one(devices: int, rounds: int, hosts: int, out: Path, model: str = "mlp") -> dict:
     fraction = 1.0 if devices <= PER_ROUND_CAP else PER_ROUND_CAP / devices
     config = fedsim.Config(devices=devices, rounds=rounds, hosts=hosts, fraction=fraction, seed=0,
-                           local_epochs=1, batch_size=32, lr=0.05, out=str(out / f"run-{devices}"),
-                           name="bench_overhead")
+                           local_epochs=1, batch_size=32, lr=0.05, out=str(out / f"run-{model}-{devices}"),
+                           name="bench_overhead", model=model)
     sampler = RssSampler()
     sampler.start()
     try:
@@ -126,6 +129,7 @@ def bench_one(devices: int, rounds: int, hosts: int, out: Path) -> dict:
     artifact = (run.path / "model.tflite").read_bytes()
     floor = measure_floor(artifact, config, round_num=2, hosts=run.meta["hosts"])
     return {
+        "model": model,
         "devices": devices,
         "hosts": run.meta["hosts"],
         "devices_per_round": config.devices_per_round,
@@ -147,17 +151,19 @@ def main() -> None:
     # 12: the median then covers 11 round times, so one busy moment on a shared machine cannot move it
     parser.add_argument("--rounds", type=int, default=12, help="rounds per run (the median uses rounds 2..R)")
     parser.add_argument("--hosts", type=int, default=2, help="Ray device hosts")
+    parser.add_argument("--cnn-devices", default="100", help="fleet sizes for the CNN rows (empty: none)")
     parser.add_argument("--out", default="results/bench", help="folder for overhead.csv / overhead.md")
     args = parser.parse_args()
-    sizes = [int(s) for s in args.devices.split(",")]
+    sizes = [("mlp", int(s)) for s in args.devices.split(",") if s.strip()]
+    sizes += [("cnn", int(s)) for s in args.cnn_devices.split(",") if s.strip()]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = Path(tempfile.mkdtemp(prefix="fedsim-bench-runs-"))
     load_fashion_mnist()  # fail here, before any Ray start, if the data set is missing
     rows = []
     try:
-        for n in sizes:
-            row = bench_one(n, args.rounds, args.hosts, runs)
+        for model, n in sizes:
+            row = bench_one(n, args.rounds, args.hosts, runs, model)
             rows.append(row)
             print(", ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     finally:
@@ -166,7 +172,7 @@ def main() -> None:
     table.to_csv(out / "overhead.csv", index=False)
     stamp = time.strftime("%Y-%m-%d %H:%M")
     md = (f"fedsim overhead benchmark, {stamp}, {psutil.cpu_count()} CPUs, "
-          f"{args.rounds} rounds per size, Fashion-MNIST, batch 32, 1 local epoch\n\n{table.to_markdown(index=False)}\n")
+          f"{args.rounds} rounds per size, Fashion-MNIST, SGD, batch 32, 1 local epoch\n\n{table.to_markdown(index=False)}\n")
     (out / "overhead.md").write_text(md)
     print("\n" + md)
     print(f"wrote {out / 'overhead.csv'} and {out / 'overhead.md'}")

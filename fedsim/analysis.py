@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedsim.results import load_runs
+from fedsim.results import Run, load_runs
 
 
 def _label(row: pd.Series) -> str:
@@ -94,3 +94,33 @@ def _finish(fig, axes, path: Path) -> Path:  # noqa: ANN001 - matplotlib objects
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def workload_row(run: Run, command: str) -> dict[str, object]:
+    """What a workload reaches and how fast: one row for the README's workload table."""
+    artifact = run.artifact or {}
+    latency = artifact.get("latency_ms", {})
+    return {
+        "workload": f"{run.meta.get('model', run.config['model'])} on {run.config['dataset']}",
+        "command": command,
+        "devices": run.config["devices"],
+        "rounds": int(run.rounds["round"].max()),
+        "final_accuracy": round(float(run.rounds["test_accuracy"].iloc[-1]), 4),
+        "best_accuracy": round(float(run.rounds["test_accuracy"].max()), 4),
+        "median_round_s": round(float(run.rounds["wall_s"].median()), 3),
+        "run_s": round(float(run.rounds["elapsed_s"].iloc[-1]), 1),
+        "parameters": artifact.get("parameters"),
+        "train_batch_ms": round(latency.get("train", float("nan")), 3),
+        "restore_ms": round(latency.get("restore", float("nan")), 3),
+        "save_ms": round(latency.get("save", float("nan")), 3),
+    }
+
+
+def write_workload(row: dict[str, object], rounds: pd.DataFrame, out: str | os.PathLike[str], name: str) -> Path:
+    """results/workloads/<name>.csv (the rounds table) and <name>.md (the summary row)."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    rounds.to_csv(folder / f"{name}.csv", index=False)
+    md = folder / f"{name}.md"
+    md.write_text(pd.DataFrame([row]).to_markdown(index=False) + "\n")
+    return md

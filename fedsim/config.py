@@ -99,13 +99,18 @@ class Config:
     artifact: str | None = None
 
     def __post_init__(self) -> None:
-        # Resolved once, so config.json records what ran: the data set an .npz makes, and the
-        # partition the data set implies when none was given.
+        # Resolved once, so config.json records what ran: an .npz is the data set.
         if self.data is not None and self.dataset == "fashion_mnist":
             object.__setattr__(self, "dataset", "npz")
-        if self.partition is None and isinstance(self.dataset, str):
-            object.__setattr__(self, "partition", "natural" if self.dataset.startswith("synthetic:") else "iid")
         self.validate()
+
+    @property
+    def partition_spec(self) -> str:
+        """--partition, or the one the data set implies: natural for synthetic:ALPHA,BETA (one generated
+        user per device), iid otherwise. A run records this resolved value."""
+        if self.partition is not None:
+            return self.partition
+        return "natural" if self.dataset.startswith("synthetic:") else "iid"
 
     def validate(self) -> None:
         def need(ok: bool, name: str, what: str) -> None:
@@ -149,7 +154,7 @@ class Config:
         need(isinstance(self.dataset, str), "dataset", "must be a data set name")
         try:
             check_dataset_name(self.dataset)
-            parse_spec(self.partition)
+            parse_spec(self.partition_spec)
         except (PartitionError, ValueError) as e:
             raise ConfigError(str(e)) from None
         if self.data is not None:

@@ -47,6 +47,7 @@ def run(
     if data is not None:
         settings = {**settings, "dataset": "arrays"}
     config = (config or Config()).replace(**settings) if settings else (config or Config())
+    config = config.replace(partition=config.partition_spec)  # config.json records the partition that ran
     if config.dataset == "arrays" and data is None:
         raise ConfigError("--dataset arrays is a data set built in Python: pass it as fedsim.run(data=ArrayDataset(...))")
     recipe_data = data_recipe(config, data)
@@ -166,7 +167,7 @@ def _run(config, data, strategy, artifact, engine, writer, progress, started, in
 
         engine = RayEngine(config.hosts, config.address, config.round_timeout)
     settings = HostSettings(config.local_epochs, config.batch_size, config.seed)
-    setup = Setup(artifact, data, config.devices, settings, config.partition, config.min_samples,
+    setup = Setup(artifact, data, config.devices, settings, config.partition_spec, config.min_samples,
                   config.device_test_fraction, check_artifact)
     with engine:
         prepared = engine.start(setup)

@@ -40,7 +40,7 @@ def sweep(
     `base.per_round`, when set, is capped at each point's device count, so one sweep can keep rounds
     at most K devices from 10 to 10,000 devices.
     """
-    partitions = list(partitions or [base.partition])
+    partitions = list(partitions or [base.partition_spec])
     seeds = list(seeds or [base.seed])
     grid = list(itertools.product(devices, partitions, seeds))
     # Check every point's settings before anything runs.

@@ -109,3 +109,118 @@ def test_the_installed_fashion_mnist_passes_the_check():
     from fedsim.data import check_fashion_mnist
 
     assert check_fashion_mnist(DEBIAN_DIR)["x_test"] == (10000, 28, 28)
+
+
+# ---- Synthetic(alpha, beta) ----------------------------------------------------------------------
+def test_synthetic_alpha_beta_has_the_papers_shape_and_one_user_per_device():
+    from fedsim.data import make_synthetic
+
+    ds = make_synthetic(1.0, 1.0, num_devices=30, seed=0)
+    assert ds.name == "synthetic:1,1" and ds.x_train.shape[1:] == (60,) and ds.x_train.dtype == np.float32
+    assert ds.task.kind == "features" and ds.task.num_classes == 10
+    assert set(ds.device_train.tolist()) == set(range(30)) == set(ds.device_test.tolist())
+    sizes = np.bincount(ds.device_train, minlength=30) + np.bincount(ds.device_test, minlength=30)
+    assert sizes.min() >= 50  # lognormal(4, 2) + 50 per device
+    # each device keeps int(10%) of its samples (at least one) for testing
+    np.testing.assert_array_equal(np.bincount(ds.device_test, minlength=30), np.maximum(1, (sizes * 0.1).astype(int)))
+    again = make_synthetic(1.0, 1.0, num_devices=30, seed=0)
+    np.testing.assert_array_equal(ds.x_train, again.x_train)
+    assert not np.array_equal(make_synthetic(1.0, 1.0, num_devices=30, seed=1).y_train[:50], ds.y_train[:50])
+
+
+def test_synthetic_feature_statistics_follow_sigma_and_beta():
+    """Within a device feature j has variance j^-1.2 (Sigma's diagonal); across devices the feature
+    means spread with beta (v_k ~ N(B_k, 1), B_k ~ N(0, beta))."""
+    from fedsim.data import make_synthetic
+
+    sizes = np.full(40, 3000)
+    calm = make_synthetic(0.0, 0.0, 40, seed=3, sizes=sizes)
+    x0 = calm.x_train[calm.device_train == 0].astype(np.float64)
+    expected = np.arange(1, 61) ** -1.2
+    np.testing.assert_allclose(x0.var(axis=0), expected, rtol=0.15)
+    device_means = lambda ds: np.array([ds.x_train[ds.device_train == k].mean() for k in range(40)])  # noqa: E731
+    wild = make_synthetic(0.0, 5.0, 40, seed=3, sizes=sizes)
+    # mean over 60 features of v_k: B_k + N(0, 1/60); B_k = 0 when beta = 0, spread 5 when beta = 5
+    assert device_means(calm).std() < 0.3 and device_means(wild).std() > 2.5
+
+
+def test_synthetic_without_parameters_is_refused_with_the_fix():
+    from fedsim.config import Config, ConfigError
+
+    with pytest.raises(ConfigError, match="synthetic:ALPHA,BETA"):
+        Config(dataset="synthetic")
+    with pytest.raises(ConfigError, match="synthetic:1,1"):
+        Config(dataset="synthetic:1")
+    assert Config(dataset="synthetic:0.5,0.5").partition_spec == "natural"  # one generated user per device
+    assert Config(dataset="synthetic:0.5,0.5", partition="iid").partition_spec == "iid"
+    assert Config().replace(dataset="synthetic:1,1").partition_spec == "natural"
+
+
+# ---- the user's own data ---------------------------------------------------------------------------
+def _npz(path, **overrides):
+    rng = np.random.default_rng(0)
+    arrays = dict(x_train=rng.normal(size=(40, 6)).astype(np.float32), y_train=rng.integers(0, 3, 40),
+                  x_test=rng.normal(size=(10, 6)).astype(np.float32), y_test=rng.integers(0, 3, 10))
+    arrays.update(overrides)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path
+
+
+def test_an_npz_of_arrays_is_a_data_set(tmp_path):
+    from fedsim.data import DataRecipe
+
+    f = _npz(tmp_path / "mine.npz", device_train=np.repeat([10, 20, 30, 40], 10), device_test=np.repeat([10, 20], 5))
+    recipe = DataRecipe(path=str(f))
+    recipe.check()
+    ds = recipe.load()
+    assert recipe.natural and ds.name == "mine.npz" and ds.task.describe() == "6 float features, 3 classes"
+    assert ds.natural_devices == 4
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(y_test=None), "missing array(s) y_test"),
+        (dict(extra=np.zeros(3)), "unknown array(s) extra"),
+    ],
+)
+def test_an_npz_missing_or_with_unknown_arrays_is_one_line(tmp_path, overrides, message):
+    from fedsim.data import DataError, DataRecipe
+
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        DataRecipe(path=str(_npz(tmp_path / "d.npz", **overrides))).check()
+    (tmp_path / "junk.npz").write_text("not a zip")
+    with pytest.raises(DataError, match="not a readable .npz"):
+        DataRecipe(path=str(tmp_path / "junk.npz")).check()
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        (dict(x_train=np.zeros((5, 3)), y_train=np.zeros(4, int)), "x_train has 5 samples but y_train has 4 labels"),
+        (dict(y_train=np.array([0, 1, 7, 1, 0]), num_classes=3), r"y_train labels must be class ids in \[0, 3\), got 0..7"),
+        (dict(y_train=np.array([0, 1, -1, 1, 0])), r"labels must be class ids in \[0, 2\), got -1..1"),
+        (dict(y_train=np.array([0, 1, 0.5, 1, 0])), "y_train must be integer class ids, got float64"),
+        (dict(x_train=np.array([["a"] * 3] * 5)), "inputs of dtype <U1 cannot be fed to a model"),
+        (dict(x_train=np.array([[0.0, np.nan, 1.0]] + [[0.0] * 3] * 4)), "x_train holds NaN or Inf features in 1 sample"),
+        (dict(x_test=np.zeros((2, 4))), r"train samples are \(3,\) but test samples \(4,\)"),
+    ],
+)
+def test_bad_arrays_get_one_line_each(arrays, message):
+    from fedsim.data import ArrayDataset, DataError
+
+    base = dict(x_train=np.zeros((5, 3)), y_train=np.array([0, 1, 0, 1, 0]), x_test=np.zeros((2, 3)), y_test=np.array([0, 1]))
+    base.update(arrays)
+    with pytest.raises(DataError, match=message) as e:
+        ArrayDataset(**base)
+    assert "\n" not in str(e.value)
+
+
+def test_pandas_frames_are_arrays_too():
+    import pandas as pd
+
+    from fedsim.data import ArrayDataset
+
+    frame = pd.DataFrame({"a": [0.1, 0.2, 0.3], "b": [1, 2, 3]})
+    ds = ArrayDataset(frame, pd.Series([0, 1, 1]), frame.iloc[:2], pd.Series([1, 0]))
+    assert ds.x_train.dtype == np.float32 and ds.task.input_shape == (2,)

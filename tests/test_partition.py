@@ -91,3 +91,15 @@ def test_per_round_selection():
     assert Config(devices=50, per_round=7).devices_per_round == 7
     with pytest.raises(ConfigError, match="give one of them"):
         Config(devices=50, per_round=7, fraction=0.5)
+
+
+def test_natural_partition_uses_the_datas_device_ids():
+    from fedsim.data.partition import PartitionError
+
+    labels = np.array([0, 1, 0, 1, 1])
+    shards = partition(labels, 3, "natural", owners=np.array([5, 5, 9, 2, 9]))
+    assert [s.tolist() for s in shards] == [[3], [0, 1], [2, 4]]  # ids 2, 5, 9 -> devices 0, 1, 2
+    with pytest.raises(PartitionError, match="names 3 devices but --devices is 4; set --devices 3"):
+        partition(labels, 4, "natural", owners=np.array([5, 5, 9, 2, 9]))
+    with pytest.raises(PartitionError, match="needs data that carries device ids"):
+        partition(labels, 3, "natural")

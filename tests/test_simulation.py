@@ -71,3 +71,49 @@ def test_devices_whose_training_turns_nan_are_rejected_and_the_model_stays_finit
     from fedsim.checkpoint import read_checkpoint_file
 
     assert all(np.isfinite(w).all() for w in read_checkpoint_file(run.path / "global.ckpt").values())
+
+
+def test_synthetic_alpha_beta_with_logreg_is_naturally_partitioned_and_learns(tmp_path):
+    run = fedsim.run(dataset="synthetic:1,1", model="logreg", devices=6, rounds=4, lr=0.05, seed=0,
+                     out=str(tmp_path / "s"), engine=fedsim.LocalEngine(2), progress=False)
+    assert run.config["partition"] == "natural" and run.config["model"] == "logreg"
+    assert run.meta["task"] == {"input_shape": [60], "kind": "features", "num_classes": 10, "vocab_size": None,
+                                "input_dtype": "float32"}
+    # one generated user per device: its own test split, scored every round
+    assert (run.partition["test_samples"] > 0).all() and list(run.partition.filter(like="label_").columns)[-1] == "label_9"
+    assert run.rounds["device_acc_mean"].notna().all()
+    assert run.rounds["test_accuracy"].iloc[-1] > 0.2  # chance is 0.1
+    assert run.artifact["task"]["input_shape"] == [60] and run.artifact["parameters"] == 60 * 10 + 10
+
+
+def test_arrays_from_python_run_with_a_user_builder_and_are_recorded_honestly(tmp_path):
+    from user_models import build
+
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(3, 5)) * 3
+    y = rng.integers(0, 3, 300)
+    x = centres[y] + rng.normal(size=(300, 5))
+    data = fedsim.ArrayDataset(x[:240], y[:240], x[240:], y[240:], device_train=np.arange(240) % 4)
+    run = fedsim.run(data=data, partition="natural", devices=4, rounds=3, model_builder=build, lr=0.1,
+                     out=str(tmp_path / "a"), engine=fedsim.LocalEngine(), progress=False)
+    assert run.config["dataset"] == "arrays" and run.config["model"] == "user_models:build"
+    assert run.partition["samples"].tolist() == [60, 60, 60, 60]
+    assert run.rounds["test_accuracy"].iloc[-1] > 0.6
+
+
+def test_a_failed_start_leaves_no_folder_and_names_the_problem(tmp_path):
+    import pytest
+
+    from fedsim.artifact import ArtifactError
+    from guide_artifact import build_guide_tflite
+
+    broken = tmp_path / "broken.tflite"
+    broken.write_bytes(build_guide_tflite(restore_assigns=False))
+    with pytest.raises(ArtifactError, match="restore does not bring back"):
+        fedsim.run(dataset="toy_images", toy_samples=5, devices=2, rounds=1, artifact=str(broken),
+                   out=str(tmp_path / "r"), engine=fedsim.LocalEngine(), progress=False)
+    assert not (tmp_path / "r").exists()
+    few = fedsim.ArrayDataset(np.zeros((3, 2), np.float32), [0, 1, 0], np.zeros((2, 2), np.float32), [0, 1])
+    with pytest.raises(fedsim.DataError, match="3 training samples cannot give 5 devices one each"):
+        fedsim.run(data=few, devices=5, rounds=1, out=str(tmp_path / "f"), engine=fedsim.LocalEngine(), progress=False)
+    assert not (tmp_path / "f").exists()
