@@ -49,7 +49,6 @@ class Runner:
         # ids; one made by an earlier fedsim (a resumed run's) or by hand from the guide may take
         # float32 pixels in [0, 1] and one-hot labels: `inputs` and `labels` convert for it.
         self.x_dtype = np.dtype(inputs["x"]["dtype"])
-        self.x_shape = tuple(int(s) for s in inputs["x"]["shape_signature"][1:])
         y_shape = inputs["y"]["shape_signature"]
         self.one_hot_classes = int(y_shape[-1]) if len(y_shape) == 2 else None
         self.y_dtype = np.dtype(inputs["y"]["dtype"])

@@ -1,8 +1,9 @@
 """A device host: the devices placed on it, one interpreter it lends to each in turn, a scratch folder.
 
 Plain Python; `engine.ray` wraps it in a Ray actor and `engine.local` calls it directly. Interpreters
-are per host, not per device: a device's round begins with `restore` of the global checkpoint, so the
-interpreter carries nothing from one device to the next (plain SGD keeps no optimizer state).
+are per host, not per device: a device's round begins with `restore` of the global checkpoint, which
+also zeroes the on-device optimiser's state, so the interpreter carries nothing from one device to
+the next.
 """
 
 from __future__ import annotations
