@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -156,9 +157,7 @@ def check_artifact(artifact: bytes, task: Task, x: np.ndarray, y: np.ndarray) ->
     try:
         check_training(runner, x, y, scratch)
     finally:
-        for f in scratch.iterdir():
-            f.unlink()
-        scratch.rmdir()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 # ---- the report -------------------------------------------------------------------------------
@@ -295,9 +294,7 @@ def inspect(
                               int(sum(w.size for w in weights.values())), ckpt.stat().st_size, latency,
                               len(y), repeats, table)
     finally:
-        for f in scratch.iterdir():
-            f.unlink()
-        scratch.rmdir()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _run_meta(path: Path) -> dict[str, Any]:
@@ -336,8 +333,9 @@ def run_parity(runner: Any, recipe: Any, task: Task, batch: tuple[np.ndarray, np
     module = build_module(replace(recipe, task=task))
     start = scratch / "parity.ckpt"
     runner.save(start)
+    weights = read_checkpoint_file(start)
     for name, var in zip(module.weight_names, module.weight_vars):
-        var.assign(read_checkpoint_file(start)[name])
+        var.assign(weights[name])
     rng = np.random.default_rng(0)
     rows = []
     for step in range(1, steps + 1):

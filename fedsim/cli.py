@@ -196,16 +196,11 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _artifact_error() -> type[BaseException]:
-    from fedsim.artifact import ArtifactError  # no TensorFlow at import: that module loads it lazily
-
-    return ArtifactError
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
+    from fedsim.artifact import ArtifactError  # TensorFlow only loads when a report or check runs
     from fedsim.data import DataError, DataNotFoundError, PartitionError
     from fedsim.model.builders import ModelError
     from fedsim.results import RunFolderError
@@ -215,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     user_errors: tuple[type[BaseException], ...] = (
         ConfigError, DataError, DataNotFoundError, RunFolderError, ConnectionError, RoundFailedError, PartitionError,
-        FileNotFoundError, ModelError, TaskError, _artifact_error(),
+        FileNotFoundError, ModelError, TaskError, ArtifactError,
     )
     try:
         commands = {"run": _run, "sweep": _sweep, "plot": _analysis, "report": _analysis, "data": _data,
