@@ -17,17 +17,19 @@ def _label(row: pd.Series) -> str:
 def summary(path: str | os.PathLike[str]) -> pd.DataFrame:
     """One row per run: its settings and final / best accuracy and median seconds per round."""
     rounds = load_runs(path)
+    evaluated = rounds.dropna(subset=["test_accuracy"])  # --eval-every: rounds in between have none
     keys = ["run", "devices", "partition", "seed", "devices_per_round"] if "devices_per_round" in rounds else ["run", "devices", "partition", "seed"]
     grouped = rounds.groupby("run", sort=False)
     table = grouped[[k for k in keys if k != "run"]].first()
     table["rounds"] = grouped["round"].max()
-    table["final_accuracy"] = grouped["test_accuracy"].last()
-    table["best_accuracy"] = grouped["test_accuracy"].max()
+    scored = evaluated.groupby("run", sort=False)
+    table["final_accuracy"] = scored["test_accuracy"].last()
+    table["best_accuracy"] = scored["test_accuracy"].max()
     table["median_round_s"] = grouped["wall_s"].median()
     if "device_acc_mean" in rounds and rounds["device_acc_mean"].notna().any():
-        table["device_acc_p10"] = grouped["device_acc_p10"].last()
-        table["device_acc_mean"] = grouped["device_acc_mean"].last()
-        table["device_acc_p90"] = grouped["device_acc_p90"].last()
+        table["device_acc_p10"] = scored["device_acc_p10"].last()
+        table["device_acc_mean"] = scored["device_acc_mean"].last()
+        table["device_acc_p90"] = scored["device_acc_p90"].last()
     table.index = [Path(r).name for r in table.index]
     return table.sort_values(["partition", "devices", "seed"])
 
@@ -48,7 +50,7 @@ def plot(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rounds = load_runs(path)
+    rounds = load_runs(path).dropna(subset=["test_accuracy"])  # rounds without evaluation (--eval-every)
     folder = Path(out or (path if Path(path).is_dir() else Path(path).parent))
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -105,7 +107,7 @@ def workload_row(run: Run, command: str) -> dict[str, object]:
         "command": command,
         "devices": run.config["devices"],
         "rounds": int(run.rounds["round"].max()),
-        "final_accuracy": round(float(run.rounds["test_accuracy"].iloc[-1]), 4),
+        "final_accuracy": round(run.final_accuracy, 4),
         "best_accuracy": round(float(run.rounds["test_accuracy"].max()), 4),
         "median_round_s": round(float(run.rounds["wall_s"].median()), 3),
         "run_s": round(float(run.rounds["elapsed_s"].iloc[-1]), 1),

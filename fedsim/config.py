@@ -78,6 +78,9 @@ class Config:
     # model: mlp, cnn, logreg (see fedsim.model.MODELS) or your builder as package.module:function,
     # which receives the Task and returns an uncompiled Keras model.
     model: str = "mlp"
+    # evaluate the global model on the test set every this many rounds (and always after the last);
+    # rounds in between record NaN test accuracy and loss. 1 = every round.
+    eval_every: int = 1
     # seconds a round may take before a host that has not answered is restarted and its devices
     # recorded as failed; None = wait as long as it takes.
     round_timeout: float | None = None
@@ -118,7 +121,8 @@ class Config:
                 value = getattr(self, name)
                 raise ConfigError(f"{_flag(name)} {what}, got {value!r}")
 
-        for name in ("devices", "rounds", "local_epochs", "batch_size", "seed", "toy_samples", "min_devices"):
+        for name in ("devices", "rounds", "local_epochs", "batch_size", "seed", "toy_samples", "min_devices",
+                     "eval_every"):
             value = getattr(self, name)
             need(isinstance(value, int) and not isinstance(value, bool), name, "must be an integer")
         need(self.devices >= 1, "devices", "must be at least 1")
@@ -128,6 +132,7 @@ class Config:
         need(self.seed >= 0, "seed", "must be >= 0")
         need(self.toy_samples >= 1, "toy_samples", "must be at least 1")
         need(1 <= self.min_devices, "min_devices", "must be at least 1")
+        need(self.eval_every >= 1, "eval_every", "must be at least 1")
         if self.min_devices > self.devices_per_round:
             raise ConfigError(
                 f"--min-devices {self.min_devices} exceeds the {self.devices_per_round} devices selected per round"

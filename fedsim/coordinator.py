@@ -74,21 +74,27 @@ class Coordinator:
         self.global_weights: Weights = read_checkpoint(initial_checkpoint, self.scratch)
         self.spec: WeightSpec = spec_of(self.global_weights)
         self.screen = UpdateScreen(self.spec, config.max_update_norm, config.clip_update_norm)
-        self.history: list[RoundOutcome] = []
+        self.last: RoundOutcome | None = None  # the latest round only: a long run keeps no history here
 
-    def run(self, start_round: int = 1) -> list[RoundOutcome]:
+    def evaluates(self, round_num: int) -> bool:
+        """Whether the global model is evaluated after `round_num` (--eval-every; always after the last)."""
+        return round_num % self.config.eval_every == 0 or round_num == self.config.rounds
+
+    def run(self, start_round: int = 1) -> RoundOutcome | None:
+        """Run rounds start_round..config.rounds; the last round's outcome (the tables hold them all)."""
         bar = tqdm(total=self.config.rounds, initial=start_round - 1, desc="fedsim", unit="round", disable=not self.progress)
         try:
             for round_num in range(start_round, self.config.rounds + 1):
-                outcome = self.run_round(round_num)
-                self.history.append(outcome)
+                outcome = self.last = self.run_round(round_num)
                 row = outcome.round_row
-                bar.set_postfix(acc=f"{row['test_accuracy']:.4f}", loss=f"{row['test_loss']:.3f}", s=f"{row['wall_s']:.2f}")
+                if not np.isnan(row["test_accuracy"]):  # rounds without evaluation keep the last figures
+                    bar.set_postfix(acc=f"{row['test_accuracy']:.4f}", loss=f"{row['test_loss']:.3f}",
+                                    s=f"{row['wall_s']:.2f}")
                 bar.update(1)
         finally:
             bar.close()
             shutil.rmtree(self.scratch, ignore_errors=True)
-        return self.history
+        return self.last
 
     def run_round(self, round_num: int) -> RoundOutcome:
         start = time.perf_counter()
@@ -120,9 +126,12 @@ class Coordinator:
                 self._set_global(self.strategy.aggregate(self.global_weights, updates))
         aggregated = time.perf_counter()
         # Devices with a test split of their own also score the new model on it.
-        local = selected if self.local_eval else []
-        evaluation = self.evaluate(self.global_checkpoint, local)
-        accuracy, loss, per_device = evaluation.accuracy, evaluation.loss, evaluation.device_accuracy
+        if self.evaluates(round_num):
+            local = selected if self.local_eval else []
+            evaluation = self.evaluate(self.global_checkpoint, local)
+            accuracy, loss, per_device = evaluation.accuracy, evaluation.loss, evaluation.device_accuracy
+        else:
+            accuracy, loss, per_device = float("nan"), float("nan"), {}
         for row in device_rows:
             row["test_accuracy"] = per_device.get(row["device_id"], float("nan"))
         spread = np.array(list(per_device.values())) if per_device else np.full(1, np.nan)

@@ -1,8 +1,11 @@
 """The run folder: config.json, rounds.parquet, devices.parquet, model.tflite, global.ckpt.
 
-Every file is written atomically (to a temporary name, then renamed) after every round, so a killed
-run leaves complete tables up to its last finished round. `load_run` / `load_runs` read them back
-into pandas.
+rounds.parquet and devices.parquet are folders of one parquet part per round (`round-00000001.parquet`),
+which pandas reads as one table (`pd.read_parquet(folder / "devices.parquet")`): recording a round
+writes that round's rows only, so its cost does not grow with the rounds before it. Every file is
+written atomically (to a temporary name, then renamed), so a killed run leaves complete tables up to
+its last finished round. `load_run` / `load_runs` read them back into pandas; folders written as
+single files by earlier versions load the same way.
 """
 
 from __future__ import annotations
@@ -45,6 +48,47 @@ DEVICE_COLUMNS = [
     "round", "device_id", "host", "samples", "train_loss", "train_s", "checkpoint_bytes", "status", "reason",
     "test_accuracy",
 ]
+_INT_COLUMNS = {"round", "device_id", "host", "samples", "checkpoint_bytes", "devices_selected", "devices_reported",
+                "devices_accepted", "bytes_up", "bytes_down"}
+_STRING_COLUMNS = {"status", "reason"}
+
+
+def _schema(columns: list[str]) -> pa.Schema:
+    """One fixed schema per table, so every round's part has the same types (a round whose reasons
+    are all empty must not make the column null-typed)."""
+    def kind(c: str) -> pa.DataType:
+        return pa.int64() if c in _INT_COLUMNS else pa.string() if c in _STRING_COLUMNS else pa.float64()
+
+    return pa.schema([(c, kind(c)) for c in columns])
+
+
+ROUND_SCHEMA = _schema(ROUND_COLUMNS)
+DEVICE_SCHEMA = _schema(DEVICE_COLUMNS)
+
+
+def part_name(round_num: int) -> str:
+    return f"round-{round_num:08d}.parquet"
+
+
+def part_round(name: str) -> int | None:
+    """The round a part file holds, or None for anything else in the table's folder."""
+    if name.startswith("round-") and name.endswith(".parquet"):
+        digits = name[len("round-") : -len(".parquet")]
+        return int(digits) if digits.isdigit() else None
+    return None
+
+
+def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
+    """A table of the run folder as one DataFrame: a folder of per-round parts, or a single file
+    (folders of earlier versions); empty with `columns` if there is none yet."""
+    if path.is_dir():
+        parts = sorted(str(f) for f in path.iterdir() if part_round(f.name) is not None)
+        if not parts:
+            return pd.DataFrame(columns=columns)
+        return pq.ParquetDataset(parts).read().to_pandas()
+    if path.is_file():
+        return pd.read_parquet(path)
+    return pd.DataFrame(columns=columns)
 
 
 class RunFolderError(FileExistsError):
@@ -108,36 +152,44 @@ _CREATED: set[Path] = set()  # run folders this process made (a failed start may
 
 
 class RunWriter:
-    """Writes one run folder. Tables are rewritten whole after each round (they are small).
+    """Writes one run folder. A round's rows go into their own parquet part of each table.
 
     A round's files are written on a background thread while the next round runs on the hosts (the
     coordinator would otherwise leave them idle for the write); at most one write is in flight, so a
-    crash loses at most the round that had just finished, and every completed write is whole.
+    crash loses at most the round that had just finished, and every completed write is whole. The
+    writer holds no rows of earlier rounds: its memory and each round's write cost stay flat.
     """
 
     def __init__(self, path: Path, meta: dict[str, Any], resume_from: int | None = None) -> None:
         self.path = path
         self.meta = dict(meta)
-        self.rounds: list[dict[str, Any]] = []
-        # One Arrow table per round: rewriting the devices table concatenates them (no copy) and
-        # encodes once, instead of rebuilding a DataFrame from every row of every round.
-        self.device_tables: list[pa.Table] = []
         if resume_from is not None:
-            self._load_tables(resume_from)
+            self._trim_tables(resume_from)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsim-writer")
         self._pending: Future[None] | None = None
         self.write_meta(status="running")
 
-    def _load_tables(self, rounds_completed: int) -> None:
-        """Take the tables up to `rounds_completed`; rows of a later round whose checkpoint was not
-        committed are dropped (that round is run again, with the same result)."""
-        if rounds_completed == 0:
-            return
-        rounds = pd.read_parquet(self.path / ROUNDS_FILE)
-        self.rounds = rounds[rounds["round"] <= rounds_completed].to_dict("records")
-        devices = pq.read_table(self.path / DEVICES_FILE)
-        mask = pa.compute.less_equal(devices["round"], pa.scalar(rounds_completed, devices.schema.field("round").type))
-        self.device_tables = [devices.filter(mask)]
+    def _trim_tables(self, rounds_completed: int) -> None:
+        """Keep the tables' rows up to `rounds_completed`; rows of a later round whose checkpoint was
+        not committed are dropped (that round is run again, with the same result). A table written
+        as one file by an earlier version is split into per-round parts first."""
+        for name, columns, schema in ((ROUNDS_FILE, ROUND_COLUMNS, ROUND_SCHEMA), (DEVICES_FILE, DEVICE_COLUMNS, DEVICE_SCHEMA)):
+            table = self.path / name
+            if table.is_file():
+                frame = pd.read_parquet(table)
+                legacy = table.with_name(f".{name}.legacy")
+                os.replace(table, legacy)
+                table.mkdir()
+                for round_num, rows in frame.groupby("round", sort=True):
+                    if round_num <= rounds_completed:
+                        _atomic_arrow(table / part_name(int(round_num)),
+                                      pa.Table.from_pandas(rows.reindex(columns=columns), schema=schema, preserve_index=False))
+                legacy.unlink()
+            elif table.is_dir():
+                for f in table.iterdir():
+                    r = part_round(f.name)
+                    if r is not None and r > rounds_completed:
+                        f.unlink()
 
     def flush(self) -> None:
         """Wait for the write in flight; re-raise its error, if any."""
@@ -159,10 +211,10 @@ class RunWriter:
     def discard(self) -> None:
         """Remove what this writer wrote (a run that never completed a round), and the folder if this
         process created it; an empty folder the user made stays."""
-        for name in (CONFIG_FILE, MODEL_FILE, ARTIFACT_FILE, PARTITION_FILE, ROUNDS_FILE, DEVICES_FILE,
-                     CHECKPOINT_FILE):
+        for name in (CONFIG_FILE, MODEL_FILE, ARTIFACT_FILE, PARTITION_FILE, CHECKPOINT_FILE):
             (self.path / name).unlink(missing_ok=True)
-        shutil.rmtree(self.path / RESUME_DIR, ignore_errors=True)
+        for name in (RESUME_DIR, ROUNDS_FILE, DEVICES_FILE):
+            shutil.rmtree(self.path / name, ignore_errors=True)
         if self.path.resolve() in _CREATED and not any(self.path.iterdir()):
             self.path.rmdir()
 
@@ -176,28 +228,28 @@ class RunWriter:
         _atomic_parquet(self.path / PARTITION_FILE, frame)
 
     def record_round(self, round_row: dict[str, Any], device_rows: list[dict[str, Any]], global_checkpoint: bytes) -> None:
-        self.rounds.append(round_row)
         self.flush()
-        self._pending = self._pool.submit(self._write_round, list(self.rounds), device_rows, global_checkpoint)
+        self._pending = self._pool.submit(self._write_round, round_row, device_rows, global_checkpoint)
 
-    def _write_round(self, rounds: list[dict[str, Any]], device_rows: list[dict[str, Any]], checkpoint: bytes) -> None:
-        # Straight to Arrow (no DataFrame): this thread shares the CPU with the hosts' next round.
-        schema = self.device_tables[0].schema if self.device_tables else None
-        table = _arrow_table(device_rows, DEVICE_COLUMNS, schema)
-        self.device_tables.append(table)
-        round_num = rounds[-1]["round"]
+    def _write_round(self, round_row: dict[str, Any], device_rows: list[dict[str, Any]], checkpoint: bytes) -> None:
+        round_num = round_row["round"]
         # Commit order, so that a kill at any point leaves a resumable folder: the round's checkpoint
-        # under its own name, the tables, then config.json's rounds_completed (the commit point),
-        # then the user-facing global.ckpt, then the previous round's checkpoint is dropped.
+        # under its own name, the round's table parts, then config.json's rounds_completed (the
+        # commit point), then the user-facing global.ckpt, then the previous round's checkpoint is
+        # dropped. Parts of a round that never committed are removed on resume.
         resume = self.path / RESUME_DIR
         resume.mkdir(exist_ok=True)
         _atomic_write(resume / f"round-{round_num}.ckpt", checkpoint)
-        _atomic_arrow(self.path / DEVICES_FILE, pa.concat_tables(self.device_tables))
-        _atomic_arrow(self.path / ROUNDS_FILE, _arrow_table(rounds, ROUND_COLUMNS))
+        for name, rows, columns, schema in ((DEVICES_FILE, device_rows, DEVICE_COLUMNS, DEVICE_SCHEMA),
+                                            (ROUNDS_FILE, [round_row], ROUND_COLUMNS, ROUND_SCHEMA)):
+            folder = self.path / name
+            folder.mkdir(exist_ok=True)
+            # Straight to Arrow (no DataFrame): this thread shares the CPU with the hosts' next round.
+            _atomic_arrow(folder / part_name(round_num), _arrow_table(rows, columns, schema))
         self.meta["rounds_completed"] = round_num
         _atomic_write(self.path / CONFIG_FILE, json.dumps(self.meta, indent=2, default=str).encode())
         _atomic_write(self.path / CHECKPOINT_FILE, checkpoint)
-        for old in resume.glob("round-*.ckpt"):
+        for old in resume.iterdir():
             if old.name != f"round-{round_num}.ckpt":
                 old.unlink(missing_ok=True)
 
@@ -238,7 +290,9 @@ class Run:
 
     @property
     def final_accuracy(self) -> float:
-        return float(self.rounds["test_accuracy"].iloc[-1]) if len(self.rounds) else float("nan")
+        """Test accuracy of the last evaluated round (with --eval-every, rounds in between have none)."""
+        scored = self.rounds["test_accuracy"].dropna()
+        return float(scored.iloc[-1]) if len(scored) else float("nan")
 
     def __repr__(self) -> str:
         return (f"Run({str(self.path)!r}, status={self.meta.get('status')!r}, rounds={len(self.rounds)}, "
@@ -252,12 +306,8 @@ def load_run(path: str | os.PathLike[str]) -> Run:
         raise FileNotFoundError(f"{p} is not a fedsim run folder (no {CONFIG_FILE})")
     meta = json.loads(config_file.read_text())
 
-    def table(name: str, columns: list[str]) -> pd.DataFrame:
-        f = p / name
-        return pd.read_parquet(f) if f.is_file() else pd.DataFrame(columns=columns)
-
-    return Run(p, meta, table(ROUNDS_FILE, ROUND_COLUMNS), table(DEVICES_FILE, DEVICE_COLUMNS),
-               table(PARTITION_FILE, ["device_id", "samples"]))
+    return Run(p, meta, read_table(p / ROUNDS_FILE, ROUND_COLUMNS), read_table(p / DEVICES_FILE, DEVICE_COLUMNS),
+               read_table(p / PARTITION_FILE, ["device_id", "samples"]))
 
 
 def _expand(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:

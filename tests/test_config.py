@@ -17,6 +17,7 @@ from fedsim.config import Config, ConfigError
         ({"hosts": 0}, "--hosts must be at least 1"),
         ({"strategy": "nope"}, "--strategy must be one of"),
         ({"devices": 2.5}, "--devices must be an integer"),
+        ({"eval_every": 0}, "--eval-every must be at least 1"),
     ],
 )
 def test_bad_values_name_the_flag(changes, message):

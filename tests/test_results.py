@@ -115,3 +115,66 @@ def test_plot_draws_the_per_device_spread_when_measured(tmp_path):
     written = plot(tmp_path / "runs", tmp_path / "png")
     assert [p.name for p in written] == ["accuracy.png", "device_spread.png"]
     assert all(p.stat().st_size > 10_000 for p in written)
+
+
+def _round_rows(r, devices=3):
+    round_row = {"round": r, "test_accuracy": 0.1 * r, "test_loss": 1.0 / r, "elapsed_s": float(r)}
+    device_rows = [{"round": r, "device_id": d, "host": d % 2, "samples": 10 + d, "status": "ok", "reason": ""}
+                   for d in range(devices)]
+    return round_row, device_rows
+
+
+def test_each_round_is_one_part_and_pandas_reads_the_table_in_one_call(tmp_path):
+    import pandas as pd
+
+    from fedsim.results import RunWriter
+
+    writer = RunWriter(claim_run_folder(tmp_path / "run"), {"config": {}})
+    for r in range(1, 6):
+        writer.record_round(*_round_rows(r), f"ckpt{r}".encode())
+    writer.close()
+    parts = sorted(p.name for p in (tmp_path / "run" / "devices.parquet").iterdir())
+    assert parts == [f"round-{r:08d}.parquet" for r in range(1, 6)]
+    devices = pd.read_parquet(tmp_path / "run" / "devices.parquet")  # the folder, as one table
+    assert len(devices) == 15 and devices["round"].tolist() == sorted(devices["round"].tolist())
+    run = fedsim.load_run(tmp_path / "run")
+    assert run.rounds["round"].tolist() == [1, 2, 3, 4, 5] and list(run.rounds.columns) == ROUND_COLUMNS
+    assert run.rounds["devices_selected"].isna().all()  # columns a round did not fill are null, not missing
+    assert (tmp_path / "run" / "global.ckpt").read_bytes() == b"ckpt5"
+    # the writer keeps no rows of earlier rounds
+    assert not any(isinstance(v, list) and v for v in vars(writer).values())
+
+
+def test_resume_drops_parts_of_rounds_that_never_committed(tmp_path):
+    from fedsim.results import RunWriter
+
+    folder = claim_run_folder(tmp_path / "run")
+    writer = RunWriter(folder, {"config": {}})
+    for r in range(1, 5):
+        writer.record_round(*_round_rows(r), b"c")
+    writer.close()
+    RunWriter(folder, json.loads((folder / "config.json").read_text()), resume_from=2).close()
+    run = fedsim.load_run(folder)
+    assert run.rounds["round"].tolist() == [1, 2] and sorted(run.devices["round"].unique()) == [1, 2]
+
+
+def test_a_folder_written_as_single_tables_still_loads_and_resumes(tmp_path):
+    """Run folders of earlier versions hold rounds.parquet / devices.parquet as single files."""
+    import pandas as pd
+
+    from fedsim.results import RunWriter
+
+    folder = claim_run_folder(tmp_path / "old")
+    rounds, devices = zip(*(_round_rows(r) for r in (1, 2, 3)))
+    pd.DataFrame(list(rounds)).reindex(columns=ROUND_COLUMNS).to_parquet(folder / "rounds.parquet")
+    pd.DataFrame([d for ds in devices for d in ds]).reindex(columns=DEVICE_COLUMNS).to_parquet(folder / "devices.parquet")
+    (folder / "config.json").write_text(json.dumps({"config": {}, "rounds_completed": 3}))
+    assert fedsim.load_run(folder).rounds["round"].tolist() == [1, 2, 3]
+
+    writer = RunWriter(folder, {"config": {}}, resume_from=2)
+    writer.record_round(*_round_rows(3, devices=2), b"c")
+    writer.close()
+    run = fedsim.load_run(folder)
+    assert (folder / "devices.parquet").is_dir()
+    assert run.rounds["round"].tolist() == [1, 2, 3]
+    assert run.devices.groupby("round").size().tolist() == [3, 3, 2]  # round 3 as re-run

@@ -117,3 +117,18 @@ def test_a_failed_start_leaves_no_folder_and_names_the_problem(tmp_path):
     with pytest.raises(fedsim.DataError, match="3 training samples cannot give 5 devices one each"):
         fedsim.run(data=few, devices=5, rounds=1, out=str(tmp_path / "f"), engine=fedsim.LocalEngine(), progress=False)
     assert not (tmp_path / "f").exists()
+
+
+def test_eval_every_scores_every_rth_round_and_the_last(tmp_path):
+    from fedsim.analysis import summary
+
+    run = fedsim.run(out=str(tmp_path / "r"), engine=fedsim.LocalEngine(), dataset="toy_images", toy_samples=20,
+                     devices=4, rounds=5, eval_every=2, device_test_fraction=0.2, progress=False)
+    scored = run.rounds.set_index("round")["test_accuracy"].notna()
+    assert scored.to_dict() == {1: False, 2: True, 3: False, 4: True, 5: True}
+    assert run.rounds.set_index("round")["device_acc_mean"].notna().to_dict() == scored.to_dict()
+    assert run.devices[run.devices["round"] == 3]["test_accuracy"].isna().all()
+    assert run.final_accuracy == run.rounds["test_accuracy"].iloc[-1]
+    table = summary(tmp_path / "r")
+    assert table["final_accuracy"].iloc[0] == run.final_accuracy
+    assert table["best_accuracy"].iloc[0] == run.rounds["test_accuracy"].max()
