@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedsim.checkpoint import CheckpointError, read_checkpoint_file, scratch_dir
-from fedsim.model.signatures import CHECKPOINT_PATH, INFER, RESTORE, SAVE, SIGNATURES, TRAIN
+from fedsim.checkpoint import CheckpointError, read_checkpoint_file, scratch_dir, unpack
+from fedsim.model.signatures import CHECKPOINT_PATH, INFER, PACKED, RESTORE, SAVE, SIGNATURES, TRAIN
 from fedsim.task import Task, TaskError, kind_of
 
 
@@ -186,6 +186,8 @@ class ArtifactReport:
     batch_size: int
     repeats: int
     parity: pd.DataFrame | None = field(default=None)
+    checkpoint_format: str = "tensors"  # packed: one tensor, cut along `layout`; tensors: one per weight
+    layout: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
 
     def flex_ops(self, signature: str) -> list[str]:
         return sorted({op for op in self.ops.get(signature, []) if op.startswith("Flex")})
@@ -208,7 +210,9 @@ class ArtifactReport:
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("source", "file_bytes", "task", "signatures", "parameters",
-                                           "checkpoint_bytes", "latency_ms", "batch_size", "repeats")}
+                                           "checkpoint_bytes", "checkpoint_format", "latency_ms", "batch_size",
+                                           "repeats")}
+        d["layout"] = [[name, list(shape)] for name, shape in self.layout]
         d["ops"] = {sig: {"count": len(ops), "flex": self.flex_ops(sig), "distinct": sorted(set(ops))}
                     for sig, ops in self.ops.items()}
         if self.parity is not None:
@@ -222,7 +226,8 @@ class ArtifactReport:
         flex = sorted({op for sig in SIGNATURES for op in self.flex_ops(sig)})
         lines = [
             f"artifact {self.source}: {self.file_bytes / 1024:.1f} KiB; task: {Task.from_dict(self.task).describe()}",
-            f"parameters {self.parameters:,}; checkpoint {self.checkpoint_bytes / 1024:.1f} KiB; "
+            f"parameters {self.parameters:,}; checkpoint {self.checkpoint_bytes / 1024:.1f} KiB "
+            f"({self.checkpoint_format}); "
             f"latency: median of {self.repeats} calls, one thread, batch {self.batch_size}",
             "",
             self.table().to_markdown(index=False, floatfmt=".3f"),
@@ -292,7 +297,7 @@ def inspect(
                     "outputs": _io(interp.get_signature_runner(sig).get_output_details())} for sig in SIGNATURES}
         return ArtifactReport(source, len(artifact), task.to_dict(), io, signature_ops(artifact),
                               int(sum(w.size for w in weights.values())), ckpt.stat().st_size, latency,
-                              len(y), repeats, table)
+                              len(y), repeats, table, "packed" if PACKED in weights else "tensors", runner.layout)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -315,7 +320,9 @@ def recipe_of(meta: dict[str, Any], task: Task | None) -> Any:
     optimizer = Optimizer(config.get("device_optimizer", "sgd"), config["lr"], config.get("device_momentum", 0.9),
                           config.get("device_beta1", 0.9), config.get("device_beta2", 0.999),
                           config.get("device_epsilon", 1e-7))
-    return ArtifactRecipe(resolve_builder(config.get("model", "mlp")), task, optimizer, config["seed"])
+    # runs from before checkpoint formats existed saved one tensor per weight
+    return ArtifactRecipe(resolve_builder(config.get("model", "mlp")), task, optimizer, config["seed"],
+                          config.get("checkpoint_format", "tensors"))
 
 
 def run_parity(runner: Any, recipe: Any, task: Task, batch: tuple[np.ndarray, np.ndarray], steps: int,
@@ -333,7 +340,7 @@ def run_parity(runner: Any, recipe: Any, task: Task, batch: tuple[np.ndarray, np
     module = build_module(replace(recipe, task=task))
     start = scratch / "parity.ckpt"
     runner.save(start)
-    weights = read_checkpoint_file(start)
+    weights = unpack(read_checkpoint_file(start), runner.layout)
     for name, var in zip(module.weight_names, module.weight_vars):
         var.assign(weights[name])
     rng = np.random.default_rng(0)
@@ -347,7 +354,7 @@ def run_parity(runner: Any, recipe: Any, task: Task, batch: tuple[np.ndarray, np
         lite_loss = runner.train(runner.inputs(xb), runner.labels(yb))
         tf_loss = float(module.train(tf.constant(xb), tf.constant(yb, tf.int32))["loss"])
         runner.save(scratch / "parity-step.ckpt")
-        lite = read_checkpoint_file(scratch / "parity-step.ckpt")
+        lite = unpack(read_checkpoint_file(scratch / "parity-step.ckpt"), runner.layout)
         diffs = [np.max(np.abs(lite[n] - v.numpy())) for n, v in zip(module.weight_names, module.weight_vars)]
         scale = max(float(np.max(np.abs(v.numpy()))) for v in module.weight_vars)
         rows.append({"step": step, "loss_tflite": lite_loss, "loss_tf": tf_loss, "loss_diff": abs(lite_loss - tf_loss),

@@ -19,9 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsim.tfv1 import UnsupportedCheckpoint, cached_layout, read_tfv1, write_tfv1
+import crc32c
+
+from fedsim.tfv1 import UnsupportedCheckpoint, cached_layout, mask_crc, read_tfv1, write_tfv1
 
 Weights = dict[str, np.ndarray]
+# (name, shape) of each weight, in the order a packed checkpoint holds them: the artifact's restore
+# signature outputs say it (Runner.layout), and artifact.json records it.
+Layout = list[tuple[str, tuple[int, ...]]]
 # name -> (shape, dtype string): what a valid checkpoint of the run's model holds.
 WeightSpec = dict[str, tuple[tuple[int, ...], str]]
 
@@ -49,13 +54,17 @@ def _read_with_tensorflow(path: str | os.PathLike[str]) -> Weights:
 
 
 def _parse(data: bytes, path: str | os.PathLike[str] | None, scratch: Path | None) -> Weights:
-    """The fast numpy reader for what `save` writes; TensorFlow's reader for anything else."""
+    """The numpy reader for what `save` writes; TensorFlow's reader only for well-formed checkpoints
+    that use what the numpy reader leaves to it (other dtypes, slices). A malformed or corrupted file
+    is refused here, checksums included, so a bad upload never makes the coordinator import TensorFlow."""
     if not data:
         raise CheckpointError("empty checkpoint")
     try:
         return read_tfv1(data)
-    except (UnsupportedCheckpoint, ValueError):
+    except UnsupportedCheckpoint:
         pass
+    except ValueError as e:
+        raise CheckpointError(f"not a readable TF v1 checkpoint: {e}") from None
     if path is not None:
         return _read_with_tensorflow(path)
     folder = scratch or scratch_dir()
@@ -127,7 +136,7 @@ class FlatReader:
             pos += size
         # The scatter-read plan, once a file of the spec's layout has been parsed: the file size,
         # the buffers in file order, and (buffer, expected bytes) for the bytes around the floats.
-        self._plan: tuple[int, list[memoryview | bytearray], list[tuple[bytearray, bytes]]] | None = None
+        self._plan: _Plan | None = None
 
     def read(self, path: str | os.PathLike[str]) -> tuple[Weights, np.ndarray | None, int]:
         """(weights, the same as one vector or None, the file's size). Weights and vector from the
@@ -138,8 +147,9 @@ class FlatReader:
             raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from None
         try:
             if self._plan is not None:
-                size, buffers, fixed = self._plan
-                if os.preadv(fd, buffers, 0) == size and all(buf == expected for buf, expected in fixed):
+                size, buffers, fixed, blocks = self._plan
+                if (os.preadv(fd, buffers, 0) == size and all(buf == expected for buf, expected in fixed)
+                        and all(_crc_ok(parts, stored) for parts, stored in blocks)):
                     return self._views, self.flat, size
             data = b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
         finally:
@@ -149,7 +159,7 @@ class FlatReader:
             self._plan = self._make_plan(len(data))
         return weights, None, len(data)
 
-    def _make_plan(self, size: int) -> tuple[int, list[memoryview | bytearray], list[tuple[bytearray, bytes]]] | None:
+    def _make_plan(self, size: int) -> _Plan | None:
         layout = cached_layout(size)
         if layout is None or not hasattr(os, "preadv"):
             return None
@@ -171,18 +181,56 @@ class FlatReader:
         regions.sort(key=lambda r: r[0])
         buffers: list[memoryview | bytearray] = []
         fixed: list[tuple[bytearray, bytes]] = []
+        # Data blocks lie back to back from byte 0, each followed by its checksum: the buffers before
+        # a checksum (since the previous one) are that block's bytes, verified on every read.
+        blocks: list[tuple[list[memoryview | bytearray], bytearray]] = []
+        since: list[memoryview | bytearray] = []
         at = 0
         for offset, length, buf, expected in regions:
             if offset > at:
-                buffers.append(bytearray(offset - at))  # a block checksum: differs with the floats
+                checksum = bytearray(offset - at)  # a data block's checksum: differs with the floats
+                buffers.append(checksum)
+                blocks.append((since, checksum))
+                since = []
             buffers.append(buf)
+            since.append(buf)
             if expected is not None:
                 fixed.append((buf, expected))
             at = offset + length
-        if at != size:
+        if at != size or any(len(checksum) != 4 for _, checksum in blocks):
             return None
         buffers.append(bytearray(1))  # a longer file reads size + 1 bytes and takes the slow path
-        return size, buffers, fixed
+        return size, buffers, fixed, blocks
+
+
+_Plan = tuple[int, list[memoryview | bytearray], list[tuple[bytearray, bytes]],
+              list[tuple[list[memoryview | bytearray], bytearray]]]
+
+
+def _crc_ok(parts: list[memoryview | bytearray], stored: bytearray) -> bool:
+    crc = 0
+    for part in parts:
+        crc = crc32c.crc32c(part, crc)
+    return mask_crc(crc) == int.from_bytes(stored, "little")
+
+
+def unpack(weights: Mapping[str, np.ndarray], layout: Layout) -> Weights:
+    """The named weights of a checkpoint whichever way `save` laid it out: a packed checkpoint (one
+    tensor, fedsim.model.signatures.PACKED) is cut along `layout`; one tensor per weight is returned as is."""
+    from fedsim.model.signatures import PACKED
+
+    if PACKED not in weights:
+        return dict(weights)
+    flat = np.asarray(weights[PACKED]).ravel()
+    sizes = [int(np.prod(shape)) for _, shape in layout]
+    if sum(sizes) != flat.size:
+        raise CheckpointError(f"packed checkpoint holds {flat.size} values, the layout {sum(sizes)}")
+    out: Weights = {}
+    pos = 0
+    for (name, shape), size in zip(layout, sizes):
+        out[name] = flat[pos : pos + size].reshape(shape)
+        pos += size
+    return out
 
 
 def spec_of(weights: Mapping[str, np.ndarray]) -> WeightSpec:

@@ -19,6 +19,7 @@ _HELP = {
     "local_epochs": "passes over its shard each device makes per round",
     "batch_size": "mini-batch size of the train signature",
     "lr": "learning rate of the on-device optimiser baked into the .tflite",
+    "checkpoint_format": "packed (all weights in one tensor: a cheaper restore) or tensors (the guide's, one per weight)",
     "device_optimizer": "on-device optimiser: sgd, momentum or adam (state restarts every device round)",
     "device_momentum": "momentum of --device-optimizer momentum",
     "device_beta1": "Adam's beta1 (--device-optimizer adam)",

@@ -49,6 +49,9 @@ class Config:
     device_beta1: float = 0.9
     device_beta2: float = 0.999
     device_epsilon: float = 1e-7
+    # how the artifact's `save` lays out its checkpoint: packed (every weight in one tensor: `restore`
+    # is one Restore op, several times cheaper) or tensors (one per weight, the guide's form).
+    checkpoint_format: str = "packed"
     # one seed drives the partition, the model init, device selection and every device's shuffling.
     seed: int = 0
     # Ray actors hosting the devices; None = one per CPU Ray sees (never more than devices).
@@ -172,6 +175,10 @@ class Config:
         from fedsim.model.builders import OPTIMIZERS
 
         need(self.device_optimizer in OPTIMIZERS, "device_optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
+        from fedsim.model.signatures import CHECKPOINT_FORMATS
+
+        need(self.checkpoint_format in CHECKPOINT_FORMATS, "checkpoint_format",
+             f"must be one of {', '.join(CHECKPOINT_FORMATS)}")
         need(isinstance(self.device_momentum, (int, float)) and 0 <= self.device_momentum < 1, "device_momentum",
              "must be in [0, 1)")
         for name in ("device_beta1", "device_beta2"):

@@ -53,6 +53,13 @@ class Runner:
         self.one_hot_classes = int(y_shape[-1]) if len(y_shape) == 2 else None
         self.y_dtype = np.dtype(inputs["y"]["dtype"])
 
+    @property
+    def layout(self) -> list[tuple[str, tuple[int, ...]]]:
+        """(weight name, shape) of every weight, from the restore signature's outputs, in the order a
+        packed checkpoint holds them (fedsim.checkpoint.unpack)."""
+        details = self._restore.get_output_details()
+        return [(name, tuple(int(d) for d in details[name]["shape"])) for name in sorted(details)]
+
     def inputs(self, x: np.ndarray) -> np.ndarray:
         """The data's inputs -> what this artifact's `x` takes."""
         if x.dtype == self.x_dtype:

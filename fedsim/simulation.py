@@ -56,7 +56,7 @@ def run(
     model = f"artifact {config.artifact}" if config.artifact else builder_name(builder)
     if not config.artifact and (model in MODELS or _is_import_path(model)):
         config = config.replace(model=model)  # what config.json records is what ran
-    artifact: ArtifactRecipe | bytes = ArtifactRecipe(builder, None, optimizer_of(config), config.seed)
+    artifact: ArtifactRecipe | bytes = ArtifactRecipe(builder, None, optimizer_of(config), config.seed, config.checkpoint_format)
     if config.artifact:
         artifact = _read_artifact(config.artifact)
     strategy = strategy or make_strategy(config.strategy)

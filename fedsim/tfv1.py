@@ -5,8 +5,10 @@ Every device checkpoint is read once per round, so tf.train.load_checkpoint's ~0
 This reader handles exactly what tf.raw_ops.Save writes for whole float32 tensors: a LevelDB-format
 table, uncompressed, whose entries are SavedTensorSlices protos with the values packed in
 TensorProto.float_val (or tensor_content). Anything else raises UnsupportedCheckpoint, and the caller
-falls back to TensorFlow's reader; a file that is not a well-formed table raises ValueError.
-Block checksums are not verified (TensorFlow's reader does not verify them either by default).
+falls back to TensorFlow's reader; a file that is not a well-formed table raises ValueError, and
+one whose bytes do not match a block's crc32c checksum raises ChecksumError (a ValueError): every
+block is verified, on the full parse and on the fast path alike (TensorFlow's reader does not verify
+them by default, so a flipped bit in a weight would otherwise be averaged in).
 
 The writer produces the same format for float32 tensors (checksums included), so the coordinator can
 write the global checkpoint without importing TensorFlow; the artifact's `restore` signature and
@@ -20,7 +22,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import google_crc32c
+import crc32c
 import numpy as np
 
 _MAGIC = 0xDB4775248B80FB57
@@ -30,6 +32,26 @@ _DT_FLOAT = 1
 
 class UnsupportedCheckpoint(Exception):
     """Well-formed, but uses a feature this reader leaves to TensorFlow (slices, other dtypes...)."""
+
+
+class ChecksumError(ValueError):
+    """A block's bytes do not match the crc32c checksum stored after it: the file was altered."""
+
+
+def masked_crc(data: bytes | memoryview) -> int:
+    """The table format's checksum: crc32c, rotated and offset ("masked") as LevelDB stores it."""
+    return mask_crc(crc32c.crc32c(data))
+
+
+def mask_crc(crc: int) -> int:
+    return ((crc >> 15 | crc << 17) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _verify_block(data: memoryview, offset: int, size: int) -> None:
+    """The block's contents and its compression-type byte against the 4 checksum bytes after them."""
+    (stored,) = struct.unpack_from("<I", data, offset + size + 1)
+    if masked_crc(data[offset : offset + size + 1]) != stored:
+        raise ChecksumError(f"block at byte {offset} fails its crc32c checksum (the file was altered or corrupted)")
 
 
 def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
@@ -72,6 +94,7 @@ def _fields(buf: memoryview):  # noqa: ANN202 - yields (field number, wire type,
 def _block_entries(data: memoryview, offset: int, size: int) -> list[tuple[bytes, memoryview]]:
     if offset + size + 5 > len(data):
         raise ValueError("block past end of file")
+    _verify_block(data, offset, size)
     if data[offset + size] != 0:
         raise UnsupportedCheckpoint("compressed block")
     block = data[offset : offset + size]
@@ -140,6 +163,7 @@ class _Layout:
 
     fixed: list[tuple[int, bytes]]  # (offset, the bytes that must be there)
     tensors: list[tuple[str, int, int, tuple[int, ...]]]  # (name, byte offset, float count, shape)
+    blocks: list[tuple[int, int]]  # (offset, size) of each data block: their checksums change with the floats
 
 
 _LAYOUTS: dict[int, _Layout] = {}  # by file length
@@ -154,11 +178,14 @@ def read_tfv1(data: bytes) -> dict[str, np.ndarray]:
     """TF v1 checkpoint bytes -> {name: float32 array}; the arrays are read-only views into `data`."""
     layout = _LAYOUTS.get(len(data))
     if layout is not None and all(data[o : o + len(b)] == b for o, b in layout.fixed):
+        view = memoryview(data)
+        for offset, size in layout.blocks:
+            _verify_block(view, offset, size)
         return {
             name: np.frombuffer(data, dtype="<f4", count=count, offset=offset).reshape(shape)
             for name, offset, count, shape in layout.tensors
         }
-    out, variable = _parse(data)
+    out, variable, blocks = _parse(data)
     fixed, tensors, pos = [], [], 0
     base = np.frombuffer(data, dtype=np.uint8).ctypes.data if data else 0
     regions = sorted(variable + [(out[n].ctypes.data - base, out[n].nbytes) for n in out])
@@ -170,12 +197,13 @@ def read_tfv1(data: bytes) -> dict[str, np.ndarray]:
         tensors.append((name, a.ctypes.data - base, a.size, a.shape))
     if len(_LAYOUTS) >= 16:
         _LAYOUTS.clear()
-    _LAYOUTS[len(data)] = _Layout(fixed, tensors)
+    _LAYOUTS[len(data)] = _Layout(fixed, tensors, blocks)
     return out
 
 
-def _parse(data: bytes) -> tuple[dict[str, np.ndarray], list[tuple[int, int]]]:
-    """The full parse: the tensors, and the (offset, size) of every data-block checksum."""
+def _parse(data: bytes) -> tuple[dict[str, np.ndarray], list[tuple[int, int]], list[tuple[int, int]]]:
+    """The full parse, every block's checksum verified: the tensors, the (offset, size) of every
+    data-block checksum, and the (offset, size) of every data block."""
     buf = memoryview(data)
     if len(buf) < _FOOTER:
         raise ValueError("shorter than a table footer")
@@ -184,18 +212,21 @@ def _parse(data: bytes) -> tuple[dict[str, np.ndarray], list[tuple[int, int]]]:
     if magic != _MAGIC:
         raise ValueError("no table magic number at the end")
     pos = 0
-    _, pos = _varint(footer, pos)  # metaindex offset
-    _, pos = _varint(footer, pos)  # metaindex size
+    metaindex_offset, pos = _varint(footer, pos)
+    metaindex_size, pos = _varint(footer, pos)
+    _block_entries(buf, metaindex_offset, metaindex_size)  # empty in these files; read for its checksum
     index_offset, pos = _varint(footer, pos)
     index_size, pos = _varint(footer, pos)
 
     shapes: dict[str, tuple[int, ...]] = {}
     values: dict[str, np.ndarray] = {}
     checksums: list[tuple[int, int]] = []
+    blocks: list[tuple[int, int]] = []
     for _, handle in _block_entries(buf, index_offset, index_size):
         block_offset, p = _varint(handle, 0)
         block_size, _ = _varint(handle, p)
         checksums.append((block_offset + block_size + 1, 4))  # after the compression-type byte
+        blocks.append((block_offset, block_size))
         for key, value in _block_entries(buf, block_offset, block_size):
             if key == b"":
                 shapes.update(_meta_shapes(bytes(value)))
@@ -223,7 +254,7 @@ def _parse(data: bytes) -> tuple[dict[str, np.ndarray], list[tuple[int, int]]]:
         if flat.size != int(np.prod(shape)):
             raise ValueError(f"{name}: shape {list(shape)} but {flat.size} values")
         out[name] = flat.reshape(shape)  # a read-only view into `data`: no copy on the hot path
-    return out, checksums
+    return out, checksums, blocks
 
 
 # ---- writer ----------------------------------------------------------------------------------
@@ -286,11 +317,6 @@ def _short_successor(key: bytes) -> bytes:
     return key
 
 
-def _masked_crc(data: bytes) -> int:
-    crc = google_crc32c.value(data)
-    return ((crc >> 15 | crc << 17) + 0xA282EAD8) & 0xFFFFFFFF
-
-
 def write_tfv1(weights: Mapping[str, np.ndarray]) -> bytes:
     """{name: float32 array} -> TF v1 checkpoint bytes (what tf.raw_ops.Save writes)."""
     meta, data_entries = b"", []
@@ -312,7 +338,7 @@ def write_tfv1(weights: Mapping[str, np.ndarray]) -> bytes:
     def add_block(contents: bytes) -> bytes:
         handle = _put_varint(len(out)) + _put_varint(len(contents))
         trailer = b"\x00"  # no compression
-        out.extend(contents + trailer + struct.pack("<I", _masked_crc(contents + trailer)))
+        out.extend(contents + trailer + struct.pack("<I", masked_crc(contents + trailer)))
         return handle
 
     data_handle = add_block(_block(entries))

@@ -25,6 +25,22 @@ def artifact() -> bytes:
     return convert_to_tflite()  # the seed MLP on 28x28 uint8 images, 10 classes, SGD lr 0.05
 
 
+@pytest.fixture(scope="session")
+def tensors_artifact() -> bytes:
+    from fedsim.model.builders import ArtifactRecipe
+    from fedsim.model.convert import convert_to_tflite
+
+    return convert_to_tflite(ArtifactRecipe(checkpoint_format="tensors"))  # the guide's one tensor per weight
+
+
+@pytest.fixture(params=["packed", "tensors"])
+def any_runner(request, artifact, tensors_artifact):
+    """The seed MLP's interpreter, once with each checkpoint format."""
+    from fedsim.device import Runner
+
+    return Runner(artifact if request.param == "packed" else tensors_artifact)
+
+
 @pytest.fixture
 def runner(artifact):
     from fedsim.device import Runner

@@ -12,14 +12,19 @@ def test_write_then_read_round_trips(weights_like, shm_scratch):
         np.testing.assert_array_equal(back[k], w[k])
 
 
-def test_written_checkpoint_restores_through_the_restore_signature(runner, shm_scratch):
+def test_written_checkpoint_restores_through_the_restore_signature(any_runner, shm_scratch):
+    from fedsim.checkpoint import unpack
+
+    runner = any_runner
     initial = runner.initial_checkpoint(shm_scratch)
     weights = {k: v + 1.0 for k, v in read_checkpoint(initial, shm_scratch).items()}
     path = shm_scratch / "g.ckpt"
     path.write_bytes(write_checkpoint(weights, shm_scratch))
     restored = runner.restore(path)
-    for k in weights:
-        np.testing.assert_array_equal(restored[k], weights[k])
+    named = unpack(weights, runner.layout)
+    assert restored.keys() == named.keys() and len(named) == 4
+    for k in named:
+        np.testing.assert_array_equal(restored[k], named[k])
 
 
 @pytest.mark.parametrize("data", [b"", b"garbage" * 100])
@@ -119,3 +124,60 @@ def test_flat_reader_values_are_checked_for_nan_by_name(weights_like, shm_scratc
     assert flat is not None
     with pytest.raises(CheckpointError, match="a/bias holds NaN or Inf"):
         check_weights(weights, spec, flat)
+
+
+def _flip(data: bytes, at: int, bit: int = 3) -> bytes:
+    out = bytearray(data)
+    out[at] ^= 1 << bit
+    return bytes(out)
+
+
+def test_flat_reader_verifies_block_checksums_on_its_fast_path(any_runner, shm_scratch):
+    """A device checkpoint with one flipped bit in a weight is refused by its crc32c, also once the
+    reader has its scatter-read plan (the floats land straight in the vector: the checksum is the
+    only thing that can tell)."""
+    from fedsim.checkpoint import FlatReader
+
+    path = shm_scratch / "d.ckpt"
+    any_runner.save(path)
+    good = path.read_bytes()
+    reader = FlatReader(spec_of(read_checkpoint(good)))
+    reader.read(path)
+    _, flat, _ = reader.read(path)
+    assert flat is not None  # the fast path
+    path.write_bytes(_flip(good, len(good) // 2))
+    with pytest.raises(CheckpointError, match="not a readable TF v1 checkpoint: block at byte 0 fails its crc32c"):
+        reader.read(path)
+    path.write_bytes(good)
+    _, flat_again, _ = reader.read(path)
+    assert flat_again is not None
+
+
+def test_a_corrupt_upload_is_refused_without_importing_tensorflow(tmp_path):
+    """The coordinator's reader refuses truncated, bit-flipped and garbage checkpoints itself."""
+    import subprocess
+    import sys
+
+    good = write_checkpoint({"a/kernel": np.ones((64, 32), np.float32), "a/bias": np.zeros(32, np.float32)})
+    (tmp_path / "good.ckpt").write_bytes(good)
+    code = f"""
+import sys
+from pathlib import Path
+from fedsim.checkpoint import CheckpointError, read_checkpoint
+good = Path({str(tmp_path / "good.ckpt")!r}).read_bytes()
+flipped = bytearray(good); flipped[len(good) // 3] ^= 1
+reasons = []
+for bad in (bytes(flipped), good[:-7], b"garbage" * 20, good[:100]):
+    try:
+        read_checkpoint(bad)
+    except CheckpointError as e:
+        reasons.append(str(e))
+assert read_checkpoint(good)["a/kernel"].shape == (64, 32)
+print(len(reasons), "tensorflow" in sys.modules)
+print(reasons[0])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    count, imported = out.stdout.split("\n")[0].split()
+    assert count == "4" and imported == "False"
+    assert "crc32c" in out.stdout

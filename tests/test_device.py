@@ -149,3 +149,65 @@ def test_host_rejects_or_clips_outsized_updates(host):
     (partial,) = clipped.partials
     mean = {k: (partial.weighted_sum[k] / partial.total_weight) for k in g}
     assert update_norm(mean, g) <= clip * (1 + 1e-5)  # an average of updates of norm <= clip
+
+
+@pytest.fixture
+def host3(artifact, toy):
+    """A host with devices 0 (20 samples), 2 (30) and 4 (40); closed after the test."""
+    settings = HostSettings(local_epochs=1, batch_size=8, seed=0)
+    data = HostData(toy.x_train[:90], toy.y_train[:90], [(0, 0, 20, 20), (2, 20, 50, 50), (4, 50, 90, 90)])
+    host = DeviceHost(0, data, settings, artifact=artifact)
+    yield host
+    host.close()
+
+
+def _reduce(host, initial):
+    return HostReduce(UpdateScreen(spec_of(read_checkpoint(initial, host.scratch))), FedAvg())
+
+
+def test_a_device_whose_signature_raises_leaves_the_next_device_correct(host3):
+    """Default path (validation and pre-summing on the host): device 0's `train` fails inside the
+    interpreter; the host records it, takes a fresh interpreter, and device 2's update is exactly
+    what it is on a clean host."""
+    initial = host3.initial_checkpoint()
+    clean = {r.device_id: read_checkpoint(r.checkpoint, host3.scratch) for r in host3.run_round(1, initial, [2]).reports}
+    good = host3.devices[0]
+    host3.devices[0] = Device(0, good.x[:, :27, :27], good.y, good.seed)  # the model cannot take 27x27
+    first_interpreter = host3.runner
+    result = host3.run_round(1, initial, [0, 2], _reduce(host3, initial))
+    statuses = [(r.device_id, r.status) for r in result.reports]
+    assert statuses == [(0, "failed"), (2, "ok")] and result.reports[0].error
+    assert host3.runner is not first_interpreter  # the failed device's interpreter was dropped
+    (partial,) = result.partials
+    assert partial.count == 1 and partial.total_weight == 30.0
+    for name, value in clean[2].items():
+        np.testing.assert_array_equal((partial.weighted_sum[name] / 30.0).astype(np.float32), value)
+
+
+def test_a_round_with_a_bit_flipped_upload_averages_the_others(host3):
+    """Default path: device 2's saved file gets one flipped bit after `save` (as a faulty disk or
+    link would): it is rejected by its checksum, and the partial averages devices 0 and 4 only."""
+    initial = host3.initial_checkpoint()
+    clean = {r.device_id: read_checkpoint(r.checkpoint, host3.scratch)
+             for r in host3.run_round(1, initial, [0, 2, 4]).reports}
+
+    class Flipping(Device):
+        def run_round(self, runner, global_checkpoint, round_num, local_epochs, batch_size, out):
+            update = super().run_round(runner, global_checkpoint, round_num, local_epochs, batch_size, out)
+            data = bytearray(out.read_bytes())
+            data[len(data) // 2] ^= 0x10
+            out.write_bytes(bytes(data))
+            return update
+
+    d = host3.devices[2]
+    host3.devices[2] = Flipping(2, d.x, d.y, d.seed)
+    for _ in range(2):  # the second round reads through the host's fast path
+        result = host3.run_round(1, initial, [0, 2, 4], _reduce(host3, initial))
+        status = {r.device_id: (r.status, r.error) for r in result.reports}
+        assert status[0][0] == status[4][0] == "ok"
+        assert status[2][0] == "rejected" and "crc32c" in status[2][1]
+        (partial,) = result.partials
+        assert partial.count == 2 and partial.total_weight == 60.0
+        for name in clean[0]:
+            by_hand = (20 * clean[0][name].astype(np.float64) + 40 * clean[4][name].astype(np.float64)) / 60
+            np.testing.assert_allclose(partial.weighted_sum[name] / 60, by_hand, rtol=1e-12, atol=1e-12)

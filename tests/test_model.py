@@ -32,9 +32,9 @@ def test_save_then_restore_in_a_fresh_interpreter_gives_identical_weights(artifa
     restored = fresh.restore(path)
     after = fresh.infer(x)
 
-    from fedsim.checkpoint import read_checkpoint_file
+    from fedsim.checkpoint import read_checkpoint_file, unpack
 
-    on_disk = read_checkpoint_file(path)
+    on_disk = unpack(read_checkpoint_file(path), fresh.layout)
     assert set(restored) == set(on_disk)
     for name, value in on_disk.items():
         np.testing.assert_array_equal(restored[name], value)
@@ -121,9 +121,9 @@ def _trained(runner, checkpoint, batches, scratch, name):
     for x, y in batches:
         runner.train(x, y)
     runner.save(scratch / name)
-    from fedsim.checkpoint import read_checkpoint_file
+    from fedsim.checkpoint import read_checkpoint_file, unpack
 
-    return read_checkpoint_file(scratch / name)
+    return unpack(read_checkpoint_file(scratch / name), runner.layout)
 
 
 @pytest.mark.parametrize("optimizer", ["momentum", "adam"])
@@ -146,6 +146,9 @@ def test_optimizer_state_never_leaks_from_one_device_to_the_next(optimizer, toy,
         np.testing.assert_array_equal(after_a[name], alone[name])
     # The uploaded checkpoint holds the model's four weights only, never the optimiser's state.
     assert sorted(alone) == ["mlp/classifier/bias", "mlp/classifier/kernel", "mlp/hidden/bias", "mlp/hidden/kernel"]
+    from fedsim.checkpoint import read_checkpoint_file
+
+    assert read_checkpoint_file(scratch / "alone.ckpt")["fedsim/packed"].size == 784 * 128 + 128 + 128 * 10 + 10
 
 
 def test_momentum_really_keeps_state_within_a_round(toy, scratch):
@@ -217,3 +220,46 @@ def test_a_user_builder_by_import_path_and_a_logits_model(toy):
                          ("user_models:missing", "user_models has no missing"), ("mlp2", "use one of")):
         with pytest.raises(ModelError, match=message):
             resolve_builder(bad)
+
+
+def test_packed_and_per_tensor_checkpoints_train_the_same_and_tensorflow_reads_both(toy, scratch):
+    """The packed form (fedsim's default) is one tensor in a TF v1 file that tf.train.load_checkpoint
+    reads; cut along the layout it holds exactly what the guide's one-tensor-per-weight form holds
+    after the same training, and each form's restore brings its own file back."""
+    import tensorflow as tf
+
+    from fedsim.checkpoint import read_checkpoint_file, unpack
+    from fedsim.model.builders import ArtifactRecipe
+    from fedsim.model.convert import convert_to_tflite
+
+    trained = {}
+    for form in ("packed", "tensors"):
+        r = Runner(convert_to_tflite(ArtifactRecipe(checkpoint_format=form)))
+        for start in (0, 32, 64):
+            r.train(*batch(toy, 32, start))
+        path = scratch / f"{form}.ckpt"
+        r.save(path)
+        names = tf.train.load_checkpoint(str(path)).get_variable_to_shape_map()
+        assert names == ({"fedsim/packed": [101770]} if form == "packed" else {n: list(s) for n, s in r.layout})
+        trained[form] = unpack(read_checkpoint_file(path), r.layout)
+        fresh = Runner(convert_to_tflite(ArtifactRecipe(checkpoint_format=form)))
+        restored = fresh.restore(path)
+        for name, value in trained[form].items():
+            np.testing.assert_array_equal(restored[name], value)
+    assert trained["packed"].keys() == trained["tensors"].keys()
+    for name, value in trained["tensors"].items():
+        np.testing.assert_array_equal(trained["packed"][name], value)
+
+
+def test_packed_needs_float32_weights():
+    import keras
+
+    from fedsim.model.builders import ArtifactRecipe, ModelError
+    from fedsim.model.convert import convert_to_tflite
+
+    def half():
+        return keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(),
+                                 keras.layers.Dense(10, activation="softmax", dtype="float64", name="out")])
+
+    with pytest.raises(ModelError, match="--checkpoint-format packed needs float32 weights.*use --checkpoint-format tensors"):
+        convert_to_tflite(ArtifactRecipe(half))

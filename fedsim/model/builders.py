@@ -160,13 +160,14 @@ OPTIMIZERS = ("sgd", "momentum", "adam")
 
 @dataclass(frozen=True)
 class ArtifactRecipe:
-    """Everything that determines the .tflite: builder, task, optimiser, seed. Small and picklable
+    """Everything that determines the .tflite: builder, task, optimiser, seed, checkpoint layout. Small and picklable
     (cloudpickle carries notebook builders), so the conversion can run wherever TensorFlow already is."""
 
     builder: ModelBuilder = build_mlp
     task: Task = field(default_factory=lambda: Task((28, 28), "image", 10))
     optimizer: Optimizer = Optimizer()
     seed: int = 0
+    checkpoint_format: str = "packed"  # "packed" or "tensors" (the guide's): see fedsim.model.signatures
 
     def build(self) -> bytes:
         from fedsim.model.convert import convert_to_tflite

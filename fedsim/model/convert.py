@@ -34,7 +34,7 @@ def build_model(recipe: ArtifactRecipe) -> Any:
 
 def build_module(recipe: ArtifactRecipe) -> OnDeviceModule:
     """The seeded tf.Module; the seed fixes the initial weights, so a config reproduces its model."""
-    return OnDeviceModule(build_model(recipe), recipe.task, recipe.optimizer.build())
+    return OnDeviceModule(build_model(recipe), recipe.task, recipe.optimizer.build(), recipe.checkpoint_format)
 
 
 def sample_inputs(task: Task, n: int, seed: int = 0) -> np.ndarray:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
-from fedsim.model.signatures import CHECKPOINT_PATH, LOSS, OUTPUT
+from fedsim.model.signatures import CHECKPOINT_FORMATS, CHECKPOINT_PATH, LOSS, OUTPUT, PACKED
 from fedsim.task import Task
 
 
@@ -37,12 +38,20 @@ class OnDeviceModule(tf.Module):
     - `restore` also zeroes the optimiser's state (momentum, moments, step count): a device's round
       starts from the global weights and a fresh optimiser, whichever device used the interpreter
       before. `save` writes the model's weights only.
+    - `checkpoint_format="packed"` (fedsim's default) writes every weight into one float32 tensor:
+      `restore` then runs one Restore op instead of one per weight (each op opens and indexes the
+      file again), and slices it with builtin ops. "tensors" keeps the guide's one tensor per weight.
     """
 
-    def __init__(self, model: Any, task: Task, optimizer: Any) -> None:
+    def __init__(self, model: Any, task: Task, optimizer: Any, checkpoint_format: str = "packed") -> None:
         super().__init__()
         import keras
 
+        from fedsim.model.builders import ModelError
+
+        if checkpoint_format not in CHECKPOINT_FORMATS:
+            raise ModelError(f"--checkpoint-format must be one of {', '.join(CHECKPOINT_FORMATS)}, got {checkpoint_format!r}")
+        self.checkpoint_format = checkpoint_format
         self.model = model
         self.task = task
         self.probabilities = outputs_probabilities(model)
@@ -62,6 +71,14 @@ class OnDeviceModule(tf.Module):
         self.weight_names = [w.path for w in model.weights]
         if len(set(self.weight_names)) != len(self.weight_names):
             raise ValueError(f"model weight names are not unique: {self.weight_names}")
+        if checkpoint_format == "packed":
+            odd = [(w.path, w.dtype) for w in model.weights if w.dtype != "float32"]
+            if odd:
+                raise ModelError(f"--checkpoint-format packed needs float32 weights, but {odd[0][0]} is "
+                                 f"{odd[0][1]}; use --checkpoint-format tensors")
+        # A packed checkpoint holds the weights in name order: the order in which the restore
+        # signature lists its outputs, so the artifact itself tells how to cut it (Runner.layout).
+        self.packed = sorted(zip(self.weight_names, self.weight_vars), key=lambda nv: nv[0])
         x_spec = tf.TensorSpec([None, *task.input_shape], tf.as_dtype(task.input_dtype), name="x")
         y_spec = tf.TensorSpec([None], tf.int32, name="y")
         # Signatures follow the task, so they are bound here rather than in the class body.
@@ -88,23 +105,28 @@ class OnDeviceModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([], tf.string, name=CHECKPOINT_PATH)])
     def save(self, checkpoint_path: tf.Tensor) -> dict[str, tf.Tensor]:
-        tf.raw_ops.Save(
-            filename=checkpoint_path,
-            tensor_names=self.weight_names,
-            data=[v.read_value() for v in self.weight_vars],
-            name="save",
-        )
+        if self.checkpoint_format == "packed":
+            names = [PACKED]
+            values = [tf.concat([tf.reshape(v.read_value(), [-1]) for _, v in self.packed], 0)]
+        else:
+            names, values = self.weight_names, [v.read_value() for v in self.weight_vars]
+        tf.raw_ops.Save(filename=checkpoint_path, tensor_names=names, data=values, name="save")
         return {CHECKPOINT_PATH: checkpoint_path}
 
     @tf.function(input_signature=[tf.TensorSpec([], tf.string, name=CHECKPOINT_PATH)])
     def restore(self, checkpoint_path: tf.Tensor) -> dict[str, tf.Tensor]:
         restored = {}
-        for name, var in zip(self.weight_names, self.weight_vars):
-            tensor = tf.raw_ops.Restore(
-                file_pattern=checkpoint_path, tensor_name=name, dt=var.dtype, name="restore"
-            )
-            var.assign(tensor)
-            restored[name] = tensor
+        if self.checkpoint_format == "packed":
+            flat = tf.raw_ops.Restore(file_pattern=checkpoint_path, tensor_name=PACKED, dt=tf.float32, name="restore")
+            sizes = [int(np.prod(var.shape)) for _, var in self.packed]
+            for (name, var), part in zip(self.packed, tf.split(flat, sizes)):
+                restored[name] = tf.reshape(part, var.shape)
+                var.assign(restored[name])
+        else:
+            for name, var in zip(self.weight_names, self.weight_vars):
+                restored[name] = tf.raw_ops.Restore(file_pattern=checkpoint_path, tensor_name=name, dt=var.dtype,
+                                                    name="restore")
+                var.assign(restored[name])
         for var in self.state_vars:
             var.assign(tf.zeros_like(var))
         return restored

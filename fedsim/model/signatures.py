@@ -9,3 +9,10 @@ SIGNATURES = (TRAIN, INFER, SAVE, RESTORE)
 LOSS = "loss"
 OUTPUT = "output"
 CHECKPOINT_PATH = "checkpoint_path"
+
+# How `save` lays the weights out in its checkpoint. "tensors": one tensor per weight, the guide's form
+# (restore runs one Restore op per weight). "packed": every weight back to back in one float32 tensor
+# named PACKED, so restore is one Restore op and builtin slices; the restore signature's outputs
+# still name every weight with its shape, which is the layout (fedsim.checkpoint.unpack).
+CHECKPOINT_FORMATS = ("packed", "tensors")
+PACKED = "fedsim/packed"
