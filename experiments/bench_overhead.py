@@ -1,20 +1,31 @@
 """How close a fedsim round comes to the cost of its TFLite work, and what the fleet costs in memory.
 
-    python experiments/bench_overhead.py                      # 10, 100, 1000, 10000 devices, 2 hosts
-    python experiments/bench_overhead.py --devices 10,100 --rounds 4
-    python experiments/bench_overhead.py --devices 1000 --cnn-devices ""  # MLP rows only
+    python experiments/bench_overhead.py                      # every row below
+    python experiments/bench_overhead.py --rows mlp-10,mlp-1000 --rounds 6
+    python experiments/bench_overhead.py --list               # the rows and their settings
 
-Rows: the seed MLP at each --devices size, and the small CNN (--model cnn) at each --cnn-devices size.
+Rows (2 hosts unless named; Fashion-MNIST; SGD, batch 32, 1 local epoch; packed checkpoints unless named):
+- mlp-10, mlp-100, mlp-1000: every device every round, equal IID shards;
+- mlp-10000: 1,000 of 10,000 devices per round;
+- mlp-1000-tensors: mlp-1000 with the guide's checkpoint form (one Restore op per weight), for comparison;
+- cnn-100: the small CNN (--model cnn);
+- mlp-1000-quantity: shards of skewed size (--partition quantity:1.0);
+- mlp-1000-per10-h2 / -h8: 10 of 1,000 devices per round, --eval-every 10, on 2 and on 8 hosts;
+- mlp-1m: 1,000,000 registered devices, 1,000 per round, on a generated data set (2 samples of 20
+  float features per device, natural partition, 10,000 test samples; an .npz made from the seed).
 
-For each fleet size N (every device every round up to 1000; 1,000 devices per round above that):
+For each row:
 - floor_s: the signature calls a round makes on its devices (restore, every train batch, save),
-  replayed back to back on one interpreter in a child process, divided by the number of hosts
-  (median of 3 replays);
+  replayed back to back on one interpreter in a child process, divided by min(hosts, CPUs) (median
+  of 3 replays of round 2; each of rounds 2..R once where only some devices are selected);
 - round_wall_s: median wall time of rounds 2..R of a real `fedsim.run` on Ray (evaluation and the
   writing of the tables included: differences of the rounds table's elapsed_s);
-- ratio = round_wall_s / floor_s; first_round_s: from the fedsim.run call (Ray start, conversion and
-  data placement included) to the end of round 1; peak_rss_mb: the largest sum of RSS over this
-  process and all its descendants (Ray's workers and daemons), sampled every 0.2 s.
+- ratio: median over rounds 2..R of round wall / floor;
+- host_balance: median over rounds of the busiest host's signature time over the mean host's;
+- first_round_s: from the fedsim.run call (Ray start, conversion and data placement included) to the
+  end of round 1; peak_rss_mb / peak_pss_mb: the largest sum of RSS (PSS: shared pages counted once,
+  e.g. the data set every host maps) over this process and all its descendants (Ray's workers and
+  daemons), sampled every 0.2 s (PSS every 1 s).
 Writes results/bench/overhead.csv and overhead.md with the targets they are compared against.
 """
 
@@ -22,10 +33,12 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import shutil
 import tempfile
 import threading
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +47,54 @@ import psutil
 
 import fedsim
 from fedsim.coordinator import select_devices
-from fedsim.data import iid_partition, load_fashion_mnist
+from fedsim.data import DataRecipe, partition
 from fedsim.device import Device, Runner
+from fedsim.simulation import data_recipe
 
-# Targets of the performance issue: ratio, peak memory (MiB) and time to the first round.
-RATIO_TARGET = {10: 1.3, 100: 1.3, 1000: 1.3, 10000: 1.6}  # the CNN rows share them
-RSS_TARGET_MB = {1000: 2048, 10000: 3072}
-FIRST_ROUND_TARGET_S = {1000: 20.0}
-PER_ROUND_CAP = 1000  # above this many devices, 1,000 are selected each round
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    devices: int
+    model: str = "mlp"
+    per_round: int | None = None
+    hosts: int = 2
+    partition: str = "iid"
+    eval_every: int = 1
+    checkpoint_format: str = "packed"
+    rounds: int | None = None  # None: --rounds
+    million: bool = False  # the generated 1M-device data set
+    ratio_target: float | None = None
+    memory_target_mb: float | None = None  # compared with peak PSS
+    first_round_target_s: float | None = None
+
+
+# Targets: the performance issues' ratio, peak memory (MiB) and time to the first round.
+ROWS = [
+    Row("mlp-10", 10, ratio_target=1.3),
+    Row("mlp-100", 100, ratio_target=1.15),
+    Row("mlp-1000", 1000, ratio_target=1.15, memory_target_mb=1536, first_round_target_s=20.0),
+    Row("mlp-10000", 10000, per_round=1000, ratio_target=1.6, memory_target_mb=3072),
+    Row("mlp-1000-tensors", 1000, checkpoint_format="tensors"),
+    Row("cnn-100", 100, model="cnn", ratio_target=1.3),
+    Row("mlp-1000-quantity", 1000, partition="quantity:1.0", ratio_target=1.3),
+    Row("mlp-1000-per10-h2", 1000, per_round=10, eval_every=10, rounds=41, ratio_target=1.5),
+    Row("mlp-1000-per10-h8", 1000, per_round=10, hosts=8, eval_every=10, rounds=41, ratio_target=1.5),
+    Row("mlp-1m", 1_000_000, per_round=1000, partition="natural", million=True, memory_target_mb=2560),
+]
+
+
+def million_devices_npz(path: Path, devices: int = 1_000_000, per_device: int = 2, features: int = 20) -> Path:
+    """A generated data set for a million registered devices: Gaussian features, labels from one fixed
+    linear model, `per_device` training samples per device (carried as device ids)."""
+    rng = np.random.default_rng(np.random.Philox(key=[0, 0x1E6]))
+    w = rng.standard_normal((features, 10)).astype(np.float32)
+    x = rng.standard_normal((devices * per_device, features), dtype=np.float32)
+    x_test = rng.standard_normal((10_000, features), dtype=np.float32)
+    np.savez(path, x_train=x, y_train=np.argmax(x @ w, axis=1).astype(np.int32), x_test=x_test,
+             y_test=np.argmax(x_test @ w, axis=1).astype(np.int32),
+             device_train=np.repeat(np.arange(devices, dtype=np.int64), per_device))
+    return path
 
 
 class RssSampler(threading.Thread):
@@ -51,10 +104,10 @@ class RssSampler(threading.Thread):
     is walked once a second and only the known processes' RSS is read in between.
     """
 
-    def __init__(self, interval_s: float = 0.2, rescan_s: float = 1.0) -> None:
+    def __init__(self, interval_s: float = 0.2, rescan_s: float = 1.0, pss_every: int = 5) -> None:
         super().__init__(daemon=True)
-        self.interval_s, self.rescan_s = interval_s, rescan_s
-        self.peak_bytes, self._stop_event = 0, threading.Event()
+        self.interval_s, self.rescan_s, self.pss_every = interval_s, rescan_s, pss_every
+        self.peak_bytes, self.peak_pss_bytes, self._stop_event = 0, 0, threading.Event()
         self._procs: list[psutil.Process] = []
         self._scanned = -float("inf")
 
@@ -71,99 +124,139 @@ class RssSampler(threading.Thread):
                 pass
         return total
 
+    def sample_pss(self) -> int:
+        total = 0
+        for p in self._procs:
+            try:
+                total += p.memory_full_info().pss
+            except (psutil.Error, AttributeError):
+                pass
+        return total
+
     def run(self) -> None:
+        n = 0
         while not self._stop_event.is_set():
             self.peak_bytes = max(self.peak_bytes, self.sample())
+            if n % self.pss_every == 0:
+                self.peak_pss_bytes = max(self.peak_pss_bytes, self.sample_pss())
+            n += 1
             self._stop_event.wait(self.interval_s)
 
-    def stop(self) -> float:
+    def stop(self) -> tuple[float, float]:
+        """(peak RSS, peak PSS) in MiB."""
         self._stop_event.set()
         self.join()
-        return self.peak_bytes / 2**20
+        return self.peak_bytes / 2**20, self.peak_pss_bytes / 2**20
 
 
-def floor_seconds(artifact: bytes, config: fedsim.Config, round_num: int, hosts: int) -> float:
-    """The round's signature calls, back to back on one interpreter, divided by the hosts.
+def floor_seconds(artifact: bytes, config: fedsim.Config, round_nums: list[int], divisor: int) -> list[float]:
+    """Each round's signature calls, back to back on one interpreter, divided by `divisor`.
 
     Runs in a child process (see measure_floor), so this process stays what a fedsim driver is:
     one that never imports TensorFlow, or its memory would be counted in every later run."""
-    dataset = load_fashion_mnist()
-    shards = iid_partition(len(dataset.y_train), config.devices, config.seed)
-    selected = select_devices(config.devices, config.devices_per_round, config.seed, round_num)
+    dataset = data_recipe(config).load()
+    shards = partition(dataset.y_train, config.devices, config.partition_spec, config.seed, config.min_samples,
+                       dataset.device_train)
     runner = Runner(artifact)
     scratch = Path(tempfile.mkdtemp(dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
     try:
         global_path = scratch / "global.ckpt"
         global_path.write_bytes(runner.initial_checkpoint(scratch))
-        devices = [Device(d, dataset.x_train[shards[d]], dataset.y_train[shards[d]], config.seed) for d in selected]
-        total = 0.0
-        for device in devices:
-            # Device.run_round times exactly restore + train batches + save (its train_s).
-            total += device.run_round(runner, global_path, round_num, config.local_epochs, config.batch_size,
-                                      scratch / "d.ckpt").train_s
-        return total / hosts
+        floors = []
+        for round_num in round_nums:
+            selected = select_devices(config.devices, config.devices_per_round, config.seed, round_num)
+            total = 0.0
+            for d in selected:
+                device = Device(d, dataset.x_train[shards[d]], dataset.y_train[shards[d]], config.seed)
+                # Device.run_round times exactly restore + train batches + save (its train_s).
+                total += device.run_round(runner, global_path, round_num, config.local_epochs, config.batch_size,
+                                          scratch / "d.ckpt").train_s
+            floors.append(total / divisor)
+        return floors
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def measure_floor(artifact: bytes, config: fedsim.Config, round_num: int, hosts: int, repeats: int = 3) -> float:
-    """Median of `repeats` replays in one child process (the machine is noisy)."""
+def measure_floor(artifact: bytes, config: fedsim.Config, rounds: int, divisor: int) -> np.ndarray:
+    """Per round 2..R: the replayed floor. Every device every round: median of 3 replays of round 2
+    (the same work each round); a selection per round: one replay of each round's own devices."""
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(1) as pool:
-        return float(np.median([pool.apply(floor_seconds, (artifact, config, round_num, hosts)) for _ in range(repeats)]))
+        if config.devices_per_round >= config.devices:
+            replays = [pool.apply(floor_seconds, (artifact, config, [2], divisor))[0] for _ in range(3)]
+            return np.full(rounds - 1, float(np.median(replays)))
+        return np.array(pool.apply(floor_seconds, (artifact, config, list(range(2, rounds + 1)), divisor)))
 
 
-def bench_one(devices: int, rounds: int, hosts: int, out: Path, model: str = "mlp") -> dict:
-    fraction = 1.0 if devices <= PER_ROUND_CAP else PER_ROUND_CAP / devices
-    config = fedsim.Config(devices=devices, rounds=rounds, hosts=hosts, fraction=fraction, seed=0,
-                           local_epochs=1, batch_size=32, lr=0.05, out=str(out / f"run-{model}-{devices}"),
-                           name="bench_overhead", model=model)
+def bench_one(row: Row, rounds: int, out: Path) -> dict:
+    rounds = row.rounds or rounds
+    data = str(million_devices_npz(out / "million.npz")) if row.million else None
+    config = fedsim.Config(devices=row.devices, rounds=rounds, hosts=row.hosts, per_round=row.per_round, seed=0,
+                           local_epochs=1, batch_size=32, lr=0.05, out=str(out / f"run-{row.name}"),
+                           name="bench_overhead", model=row.model, partition=row.partition,
+                           eval_every=row.eval_every, checkpoint_format=row.checkpoint_format, data=data)
     sampler = RssSampler()
     sampler.start()
     try:
         run = fedsim.run(config, progress=False)
     finally:
-        peak_mb = sampler.stop()
+        peak_rss, peak_pss = sampler.stop()
     elapsed = run.rounds["elapsed_s"].to_numpy()
-    round_wall = float(np.median(np.diff(elapsed))) if len(elapsed) > 1 else float("nan")
+    walls = np.diff(elapsed)
     artifact = (run.path / "model.tflite").read_bytes()
-    floor = measure_floor(artifact, config, round_num=2, hosts=run.meta["hosts"])
+    divisor = min(run.meta["hosts"], psutil.cpu_count() or 1)
+    floors = measure_floor(artifact, config, rounds, divisor)
+    per_host = run.devices[run.devices["round"] >= 2].groupby(["round", "host"])["train_s"].sum().unstack(fill_value=0)
+    balance = float(np.median(per_host.max(axis=1) / per_host.mean(axis=1))) if len(per_host) else float("nan")
+    if data:
+        Path(data).unlink()
     return {
-        "model": model,
-        "devices": devices,
+        "row": row.name,
+        "model": row.model,
+        "checkpoint": row.checkpoint_format,
+        "devices": row.devices,
+        "per_round": config.devices_per_round,
         "hosts": run.meta["hosts"],
-        "devices_per_round": config.devices_per_round,
-        "floor_s": round(floor, 4),
-        "round_wall_s": round(round_wall, 4),
-        "ratio": round(round_wall / floor, 3),
+        "partition": config.partition_spec,
+        "eval_every": row.eval_every,
+        "floor_s": round(float(np.median(floors)), 4),
+        "round_wall_s": round(float(np.median(walls)), 4),
+        "ratio": round(float(np.median(walls / floors)), 3),
+        "host_balance": round(balance, 3),
         "first_round_s": round(float(elapsed[0]), 2),
-        "peak_rss_mb": round(peak_mb),
+        "peak_rss_mb": round(peak_rss),
+        "peak_pss_mb": round(peak_pss),
         "final_accuracy": round(run.final_accuracy, 4),
-        "ratio_target": RATIO_TARGET.get(devices),
-        "peak_rss_target_mb": RSS_TARGET_MB.get(devices),
-        "first_round_target_s": FIRST_ROUND_TARGET_S.get(devices),
+        "ratio_target": row.ratio_target,
+        "memory_target_mb": row.memory_target_mb,
+        "first_round_target_s": row.first_round_target_s,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--devices", default="10,100,1000,10000", help="comma-separated fleet sizes")
+    parser.add_argument("--rows", default=",".join(r.name for r in ROWS), help="comma-separated row names (--list)")
     # 12: the median then covers 11 round times, so one busy moment on a shared machine cannot move it
-    parser.add_argument("--rounds", type=int, default=12, help="rounds per run (the median uses rounds 2..R)")
-    parser.add_argument("--hosts", type=int, default=2, help="Ray device hosts")
-    parser.add_argument("--cnn-devices", default="100", help="fleet sizes for the CNN rows (empty: none)")
+    parser.add_argument("--rounds", type=int, default=12, help="rounds per run where the row sets none")
     parser.add_argument("--out", default="results/bench", help="folder for overhead.csv / overhead.md")
+    parser.add_argument("--list", action="store_true", help="print the rows and exit")
     args = parser.parse_args()
-    sizes = [("mlp", int(s)) for s in args.devices.split(",") if s.strip()]
-    sizes += [("cnn", int(s)) for s in args.cnn_devices.split(",") if s.strip()]
+    if args.list:
+        print(pd.DataFrame([asdict(r) for r in ROWS]).to_markdown(index=False))
+        return
+    by_name = {r.name: r for r in ROWS}
+    names = [n.strip() for n in args.rows.split(",") if n.strip()]
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        parser.error(f"unknown row(s) {', '.join(unknown)}; --list shows them")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = Path(tempfile.mkdtemp(prefix="fedsim-bench-runs-"))
-    load_fashion_mnist()  # fail here, before any Ray start, if the data set is missing
+    DataRecipe("fashion_mnist").check()  # fail here, before any Ray start, if the data set is missing
     rows = []
     try:
-        for model, n in sizes:
-            row = bench_one(n, args.rounds, args.hosts, runs, model)
+        for name in names:
+            row = bench_one(by_name[name], args.rounds, runs)
             rows.append(row)
             print(", ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     finally:
@@ -171,8 +264,9 @@ def main() -> None:
     table = pd.DataFrame(rows)
     table.to_csv(out / "overhead.csv", index=False)
     stamp = time.strftime("%Y-%m-%d %H:%M")
-    md = (f"fedsim overhead benchmark, {stamp}, {psutil.cpu_count()} CPUs, "
-          f"{args.rounds} rounds per size, Fashion-MNIST, SGD, batch 32, 1 local epoch\n\n{table.to_markdown(index=False)}\n")
+    md = (f"fedsim overhead benchmark, {stamp}, {psutil.cpu_count()} CPUs, {args.rounds} rounds per row unless "
+          "set, SGD, batch 32, 1 local epoch. ratio = median over rounds 2..R of round wall / floor; memory "
+          f"target compared with peak PSS.\n\n{table.to_markdown(index=False)}\n")
     (out / "overhead.md").write_text(md)
     print("\n" + md)
     print(f"wrote {out / 'overhead.csv'} and {out / 'overhead.md'}")

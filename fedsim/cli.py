@@ -209,10 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fedsim.task import TaskError
 
     from fedsim.coordinator import RoundFailedError
+    from fedsim.engine.base import EngineError
 
     user_errors: tuple[type[BaseException], ...] = (
         ConfigError, DataError, DataNotFoundError, RunFolderError, ConnectionError, RoundFailedError, PartitionError,
-        FileNotFoundError, ModelError, TaskError, ArtifactError,
+        FileNotFoundError, ModelError, TaskError, ArtifactError, EngineError,
     )
     try:
         commands = {"run": _run, "sweep": _sweep, "plot": _analysis, "report": _analysis, "data": _data,

@@ -70,9 +70,11 @@ class Coordinator:
         self.local_eval = config.device_test_fraction > 0 if local_eval is None else local_eval
         self.started = time.perf_counter() if started is None else started  # for elapsed_s
         self.scratch = scratch_dir("fedsim-coordinator-")
-        self.global_checkpoint = initial_checkpoint
         self.global_weights: Weights = read_checkpoint(initial_checkpoint, self.scratch)
         self.spec: WeightSpec = spec_of(self.global_weights)
+        # Every global checkpoint in fedsim's own layout (one block per entry, which the devices'
+        # Restore ops read more cheaply), the first one too: same weights, other bytes.
+        self.global_checkpoint = write_checkpoint(self.global_weights, self.scratch)
         self.screen = UpdateScreen(self.spec, config.max_update_norm, config.clip_update_norm)
         self.last: RoundOutcome | None = None  # the latest round only: a long run keeps no history here
 

@@ -52,6 +52,8 @@ def run(
         raise ConfigError("--dataset arrays is a data set built in Python: pass it as fedsim.run(data=ArrayDataset(...))")
     recipe_data = data_recipe(config, data)
     recipe_data.check()  # a missing data set fails here, before any folder or Ray process exists
+    # and a fleet it cannot make or hold (Ray would otherwise kill the preparation for memory)
+    recipe_data.check_fleet(config.devices, config.min_samples, config.partition_spec == "natural")
     builder = model_builder or resolve_builder(config.model)
     model = f"artifact {config.artifact}" if config.artifact else builder_name(builder)
     if not config.artifact and (model in MODELS or _is_import_path(model)):

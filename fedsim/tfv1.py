@@ -317,8 +317,16 @@ def _short_successor(key: bytes) -> bytes:
     return key
 
 
-def write_tfv1(weights: Mapping[str, np.ndarray]) -> bytes:
-    """{name: float32 array} -> TF v1 checkpoint bytes (what tf.raw_ops.Save writes)."""
+def write_tfv1(weights: Mapping[str, np.ndarray], one_block: bool = False) -> bytes:
+    """{name: float32 array} -> TF v1 checkpoint bytes.
+
+    By default every entry (the meta entry, then each tensor) gets a data block of its own. A Restore
+    op reads the meta entry, then its tensor's entry, and each read loads a whole block: with
+    tf.raw_ops.Save's single block, restoring a 400 KB model reads those 400 KB twice per Restore op.
+    Readers find blocks through the index, so the file is as valid (tf.train.load_checkpoint, the
+    artifact's restore signature and read_tfv1 all read it; tests check them). `one_block=True` writes
+    byte for byte what tf.raw_ops.Save writes.
+    """
     meta, data_entries = b"", []
     for name in sorted(weights):
         a = np.asarray(weights[name])
@@ -341,9 +349,15 @@ def write_tfv1(weights: Mapping[str, np.ndarray]) -> bytes:
         out.extend(contents + trailer + struct.pack("<I", masked_crc(contents + trailer)))
         return handle
 
-    data_handle = add_block(_block(entries))
+    groups = [entries] if one_block else [[e] for e in entries]
+    index = []
+    for i, group in enumerate(groups):
+        handle = add_block(_block(group))
+        # The index key of a block: >= its last key and < the next block's first (its last key
+        # serves); after the last block, the shortest key past it, as LevelDB writes it.
+        index.append((group[-1][0] if i + 1 < len(groups) else _short_successor(group[-1][0]), handle))
     meta_handle = add_block(_block([]))
-    index_handle = add_block(_block([(_short_successor(entries[-1][0]), data_handle)]))
+    index_handle = add_block(_block(index))
     footer = meta_handle + index_handle
     out += footer + b"\x00" * (40 - len(footer)) + struct.pack("<Q", _MAGIC)
     return bytes(out)

@@ -61,6 +61,36 @@ def test_a_damaged_data_folder_is_one_line_naming_the_file(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--devices", "100000000"], "--devices 100000000: fashion_mnist has 60000 training samples"),
+        (["--dataset", "synthetic:1,1", "--devices", "1000000"], "GiB available; use at most"),
+    ],
+)
+def test_a_fleet_too_large_for_the_data_or_the_machine_is_one_line_at_once(args, message, tmp_path):
+    import time
+
+    started = time.monotonic()
+    out = fedsim_cli("run", *args, "--rounds", "1", "--out", str(tmp_path / "o"))
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+    assert out.stderr.count("\n") == 1 and time.monotonic() - started < 60
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.ray
+def test_a_partition_the_worker_cannot_make_is_one_line_and_leaves_no_folder(tmp_path):
+    """The error is raised in Ray's preparation worker; the user sees fedsim's one line, and the same
+    command can be run again (no half-made folder)."""
+    for _ in range(2):
+        out = fedsim_cli("run", "--partition", "classes:11", "--devices", "4", "--rounds", "1",
+                         "--out", str(tmp_path / "o"))
+        lines = [line for line in out.stderr.splitlines() if line.startswith("fedsim")]
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        assert len(lines) == 1 and "classes:11" in lines[0]
+        assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.ray
 def test_user_data_a_user_builder_and_a_foreign_artifact_run_end_to_end(tmp_path):
     """Through the CLI and Ray: an .npz with a builder given by import path; a .tflite made by hand

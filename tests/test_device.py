@@ -3,7 +3,7 @@ import pytest
 
 from fedsim.checkpoint import UpdateScreen, read_checkpoint, read_checkpoint_file, spec_of
 from fedsim.device import Device, Runner, evaluate_counts, shuffle_rng
-from fedsim.engine.base import HostData, HostReduce, HostSettings
+from fedsim.engine.base import FleetData, HostReduce, HostSettings
 from fedsim.engine.host import DeviceHost
 from fedsim.strategies import FedAvg
 from fedsim.strategies.aggregate import weighted_mean
@@ -77,9 +77,9 @@ def test_evaluation_scores_through_infer_in_chunks(artifact, toy, shm_scratch):
 
 @pytest.fixture
 def host(artifact, toy):
-    """A host with devices 0 (20 samples) and 2 (30 samples); closed after the test."""
+    """A host of a fleet with devices 0 (20 samples), 1 (none) and 2 (30 samples); closed after the test."""
     settings = HostSettings(local_epochs=1, batch_size=8, seed=0)
-    data = HostData(toy.x_train[:50], toy.y_train[:50], [(0, 0, 20, 20), (2, 20, 50, 50)])
+    data = FleetData(toy.x_train[:50], toy.y_train[:50], np.array([(0, 20, 20), (20, 20, 20), (20, 50, 50)]))
     host = DeviceHost(0, data, settings, artifact=artifact)
     yield host
     host.close()
@@ -91,7 +91,7 @@ def test_host_reports_a_failing_device_without_stopping_the_others(host):
     reports = result.reports
     assert [r.device_id for r in reports] == [0, 7, 2]
     assert [r.status for r in reports] == ["ok", "failed", "ok"]
-    assert "device 7 is not on host 0" in reports[1].error
+    assert "device 7 is not in the fleet of 3 devices" in reports[1].error
     assert reports[0].checkpoint and reports[0].checkpoint_bytes == len(reports[0].checkpoint)
     assert result.partials == []
     bad = host.run_round(2, b"not a checkpoint", [0]).reports
@@ -153,9 +153,10 @@ def test_host_rejects_or_clips_outsized_updates(host):
 
 @pytest.fixture
 def host3(artifact, toy):
-    """A host with devices 0 (20 samples), 2 (30) and 4 (40); closed after the test."""
+    """A host of a fleet with devices 0 (20 samples), 2 (30) and 4 (40); closed after the test."""
     settings = HostSettings(local_epochs=1, batch_size=8, seed=0)
-    data = HostData(toy.x_train[:90], toy.y_train[:90], [(0, 0, 20, 20), (2, 20, 50, 50), (4, 50, 90, 90)])
+    bounds = np.array([(0, 20, 20), (20, 20, 20), (20, 50, 50), (50, 50, 50), (50, 90, 90)])
+    data = FleetData(toy.x_train[:90], toy.y_train[:90], bounds)
     host = DeviceHost(0, data, settings, artifact=artifact)
     yield host
     host.close()
@@ -171,8 +172,9 @@ def test_a_device_whose_signature_raises_leaves_the_next_device_correct(host3):
     what it is on a clean host."""
     initial = host3.initial_checkpoint()
     clean = {r.device_id: read_checkpoint(r.checkpoint, host3.scratch) for r in host3.run_round(1, initial, [2]).reports}
-    good = host3.devices[0]
-    host3.devices[0] = Device(0, good.x[:, :27, :27], good.y, good.seed)  # the model cannot take 27x27
+    good = host3.device(0)
+    broken = Device(0, good.x[:, :27, :27], good.y, good.seed)  # the model cannot take 27x27
+    host3.device = lambda d: broken if d == 0 else DeviceHost.device(host3, d)
     first_interpreter = host3.runner
     result = host3.run_round(1, initial, [0, 2], _reduce(host3, initial))
     statuses = [(r.device_id, r.status) for r in result.reports]
@@ -199,8 +201,9 @@ def test_a_round_with_a_bit_flipped_upload_averages_the_others(host3):
             out.write_bytes(bytes(data))
             return update
 
-    d = host3.devices[2]
-    host3.devices[2] = Flipping(2, d.x, d.y, d.seed)
+    d = host3.device(2)
+    flipping = Flipping(2, d.x, d.y, d.seed)
+    host3.device = lambda i: flipping if i == 2 else DeviceHost.device(host3, i)
     for _ in range(2):  # the second round reads through the host's fast path
         result = host3.run_round(1, initial, [0, 2, 4], _reduce(host3, initial))
         status = {r.device_id: (r.status, r.error) for r in result.reports}

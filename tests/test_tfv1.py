@@ -49,13 +49,36 @@ def test_writer_is_byte_for_byte_what_tensorflow_save_writes(any_runner, shm_scr
     path = shm_scratch / "d.ckpt"
     runner.save(path)
     device_bytes = path.read_bytes()
-    assert write_tfv1(read_tfv1(device_bytes)) == device_bytes
+    assert write_tfv1(read_tfv1(device_bytes), one_block=True) == device_bytes
     many = {f"layer{i}/w": np.full((i + 1,), i, np.float32) for i in range(40)}  # > 16 keys: restarts
     many["scalar"] = np.array(2.5, np.float32)
     tf_path = shm_scratch / "tf.ckpt"
     names = sorted(many)
     tf.raw_ops.Save(filename=str(tf_path), tensor_names=names, data=[many[n] for n in names])
-    assert write_tfv1(many) == tf_path.read_bytes()
+    assert write_tfv1(many, one_block=True) == tf_path.read_bytes()
+
+
+def test_the_default_layout_gives_each_entry_its_own_block_and_every_reader_reads_it(any_runner, shm_scratch):
+    """What the coordinator writes: TensorFlow's reader, the artifact's restore signature and the
+    numpy reader all read it, and restoring it reads less than Save's single-block layout."""
+    import tensorflow as tf
+
+    from fedsim.checkpoint import unpack
+    from fedsim.tfv1 import write_tfv1
+
+    any_runner.save(shm_scratch / "d.ckpt")
+    weights = {k: v + 0.5 for k, v in read_tfv1((shm_scratch / "d.ckpt").read_bytes()).items()}
+    split, single = write_tfv1(weights), write_tfv1(weights, one_block=True)
+    assert split != single
+    path = shm_scratch / "g.ckpt"
+    path.write_bytes(split)
+    reader = tf.train.load_checkpoint(str(path))
+    for name, value in weights.items():
+        np.testing.assert_array_equal(reader.get_tensor(name), value)
+        np.testing.assert_array_equal(read_tfv1(split)[name], value)
+    restored = any_runner.restore(path)
+    for name, value in unpack(weights, any_runner.layout).items():
+        np.testing.assert_array_equal(restored[name], value)
 
 
 def test_the_layout_fast_path_reads_new_values_and_refuses_changed_structure(tensors_artifact, shm_scratch, toy):

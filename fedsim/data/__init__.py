@@ -11,8 +11,10 @@ from fedsim.data.fashion_mnist import (
     DataNotFoundError, check_fashion_mnist, fetch_fashion_mnist, find_fashion_mnist, load_fashion_mnist,
 )
 from fedsim.data.partition import PartitionError, iid_partition, label_counts, parse_spec, partition
-from fedsim.data.synthetic import make_synthetic, parse_synthetic
-from fedsim.data.toy import make_toy_images
+from fedsim.data.synthetic import expected_bytes_per_device, make_synthetic, parse_synthetic
+from fedsim.data.toy import TOY_CLASSES, make_toy_images
+
+FASHION_MNIST_TRAIN = 60_000
 
 # Named data sets (--dataset); "synthetic:ALPHA,BETA" and an .npz (--data) come besides.
 NAMED = ("fashion_mnist", "toy_images")
@@ -54,6 +56,28 @@ class DataRecipe:
             check_fashion_mnist(self.data_dir)
         else:
             check_dataset_name(self.name)
+
+    def check_fleet(self, devices: int, min_samples: int = 1, natural: bool = False,
+                    available_bytes: int | None = None) -> None:
+        """Fail now, with one line, on a fleet the data cannot make or the machine cannot hold: more
+        devices than samples to give them (unless the data's own device ids make the fleet), or a
+        generated data set larger than the memory there is."""
+        known = {"fashion_mnist": FASHION_MNIST_TRAIN, "toy_images": self.toy_samples * TOY_CLASSES}
+        samples = len(self.arrays.y_train) if self.arrays is not None else None if self.path else known.get(self.name)
+        if samples is not None and not natural and devices * min_samples > samples:
+            raise DataError(f"--devices {devices}: {self.name} has {samples} training samples, too few to give "
+                            f"{devices} devices {min_samples} each (--min-samples); use at most "
+                            f"{samples // min_samples} devices")
+        if parse_synthetic(self.name) is not None and self.arrays is None and self.path is None:
+            import psutil
+
+            need = devices * expected_bytes_per_device()
+            have = psutil.virtual_memory().available if available_bytes is None else available_bytes
+            if need > have // 2:
+                raise DataError(f"--devices {devices}: {self.name} generates one user per device, about "
+                                f"{need / 2**30:.1f} GiB for {devices} devices; this machine has "
+                                f"{have / 2**30:.1f} GiB available; use at most "
+                                f"{max(1, have // 2 // expected_bytes_per_device())} devices")
 
     @property
     def natural(self) -> bool:

@@ -38,6 +38,14 @@ def parse_synthetic(name: str) -> tuple[float, float] | None:
     return alpha, beta
 
 
+def expected_bytes_per_device() -> int:
+    """What one generated user costs, on average: the paper's sizes (mean e^(4 + 2^2/2) + 50 samples),
+    60 float32 features, an int32 label and an int64 device id each, plus the same again while the
+    generator concatenates them."""
+    samples = np.exp(4 + 2**2 / 2) + 50
+    return int(2 * samples * (DIMENSION * 4 + 4 + 8))
+
+
 def make_synthetic(alpha: float, beta: float, num_devices: int, seed: int = 0,
                    sizes: np.ndarray | None = None) -> Dataset:
     """One generated user per device, carried as device ids (a natural partition).

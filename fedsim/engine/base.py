@@ -1,11 +1,13 @@
-"""The engine interface: place devices on hosts once, then run rounds on chosen devices."""
+"""The engine interface: share the fleet's data with every host once, then deal each round's devices
+to hosts by their expected cost."""
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -18,6 +20,10 @@ from fedsim.data.dataset import DataError, Dataset
 from fedsim.data.partition import group_indices
 from fedsim.model.builders import ArtifactRecipe
 from fedsim.strategies.base import Partial, Strategy
+
+
+class EngineError(RuntimeError):
+    """The engine could not start the run (e.g. its preparation ran out of memory); one line says why."""
 
 
 @dataclass(frozen=True)
@@ -97,24 +103,55 @@ def test_blocks(dataset: Dataset, num_hosts: int) -> list[TestBlocks]:
     return [blocks[h::num_hosts] for h in range(num_hosts)]
 
 
-def assign_hosts(num_devices: int, num_hosts: int) -> list[list[int]]:
-    """Device ids per host, round-robin, so any contiguous selection spreads across hosts."""
-    return [list(range(h, num_devices, num_hosts)) for h in range(num_hosts)]
-
-
 @dataclass(frozen=True)
-class HostData:
-    """One host's training data: its devices' shards back to back, and where each one lies.
+class FleetData:
+    """Every device's training data back to back, shared by all hosts, so any host can run any device.
 
-    A host keeps its devices' shards as views into these two arrays: on Ray they arrive through the
-    object store without a copy, so a host holds its share of the data once and nothing else.
+    On Ray it is one object in the object store: hosts on a node map it without a copy, so the fleet's
+    data is held once per node whatever the number of hosts, and a registered device costs one row of
+    `bounds` (24 bytes), not an object.
     """
 
     x: np.ndarray
     y: np.ndarray
-    # (device_id, start, stop, test_stop): rows [start, stop) are the device's training shard and
-    # [stop, test_stop) its own test split (empty unless --device-test-fraction is set)
-    placements: list[tuple[int, int, int, int]]
+    # (devices, 3) int64, row = device id: rows [start, stop) of x / y are the device's training shard
+    # and [stop, test_stop) its own test split (empty unless it has one)
+    bounds: np.ndarray
+
+    @property
+    def devices(self) -> int:
+        return len(self.bounds)
+
+    @property
+    def samples(self) -> np.ndarray:
+        return self.bounds[:, 1] - self.bounds[:, 0]
+
+
+def expected_costs(samples: np.ndarray, settings: HostSettings, latency_ms: Mapping[str, float] | None) -> np.ndarray:
+    """Expected seconds of each device's round: restore + its train batches + save, at the latencies
+    the artifact report measured (one batch per 32 samples and 1 ms of fixed cost without one)."""
+    latency = latency_ms or {}
+    batches = -(-np.asarray(samples, dtype=np.int64) // settings.batch_size) * settings.local_epochs
+    fixed = latency.get("restore", 0.5) + latency.get("save", 0.5)
+    return (fixed + batches * latency.get("train", 0.3)) / 1e3
+
+
+def deal(device_ids: Sequence[int], costs: np.ndarray | None, num_hosts: int) -> dict[int, list[int]]:
+    """A round's devices per host (hosts with none left out), so the round ends when the work is
+    done rather than when the unluckiest host is: the most expensive device first, each to the host
+    with the least expected work so far (LPT). Deterministic; each host's list is in id order.
+    Without costs every device counts the same."""
+    ids = sorted(int(d) for d in device_ids)
+    if num_hosts <= 1:
+        return {0: ids} if ids else {}
+    cost = (lambda d: float(costs[d])) if costs is not None else (lambda d: 1.0)
+    loads = [(0.0, h) for h in range(num_hosts)]
+    per_host: dict[int, list[int]] = {}
+    for d in sorted(ids, key=lambda d: (-cost(d), d)):
+        load, h = heapq.heappop(loads)
+        per_host.setdefault(h, []).append(d)
+        heapq.heappush(loads, (load + cost(d), h))
+    return {h: sorted(mine) for h, mine in sorted(per_host.items())}
 
 
 @dataclass(frozen=True)
@@ -134,11 +171,12 @@ class Setup:
 
 @dataclass
 class Prepared:
-    """The outcome of preparing a run: the .tflite, what the data set was, and each host's share."""
+    """The outcome of preparing a run: the .tflite, what the data set was, the fleet's data and each
+    host's blocks of the test set."""
 
     artifact: bytes
     dataset_info: dict[str, Any]
-    hosts: list[HostData]
+    fleet: FleetData | None
     tests: list[TestBlocks]
     label_counts: np.ndarray | None = None  # (devices, classes): what each device trains on
     test_sizes: np.ndarray | None = None  # (devices,): the size of each device's own test split
@@ -177,9 +215,9 @@ def prepare(setup: Setup, num_hosts: int) -> Prepared:
         artifact = dataclasses.replace(setup.artifact, task=task).build()
     report = inspect(artifact, task, sample, batch_size=setup.settings.batch_size).to_dict()
     counts = label_counts(dataset.y_train, shards, task.num_classes).astype(np.int32)
-    hosts = host_data(dataset, shards, num_hosts, local_tests, tests_from_test_set)
+    fleet = fleet_data(dataset, shards, local_tests, tests_from_test_set)
     test_sizes = np.array([len(t) for t in local_tests] if local_tests else [0] * len(shards), dtype=np.int32)
-    return Prepared(artifact, info, hosts, test_blocks(dataset, num_hosts), counts, test_sizes, report)
+    return Prepared(artifact, info, fleet, test_blocks(dataset, num_hosts), counts, test_sizes, report)
 
 
 def natural_tests(dataset: Dataset) -> list[np.ndarray]:
@@ -193,28 +231,27 @@ def natural_tests(dataset: Dataset) -> list[np.ndarray]:
     return group_indices(pos, len(ids))
 
 
-def host_data(
-    dataset: Dataset, shards: Sequence[np.ndarray], num_hosts: int, local_tests: Sequence[np.ndarray] | None = None,
+def fleet_data(
+    dataset: Dataset, shards: Sequence[np.ndarray], local_tests: Sequence[np.ndarray] | None = None,
     tests_from_test_set: bool = False,
-) -> list[HostData]:
-    """Each host's devices' shards (and own test splits) back to back. Local tests are indices into
-    the training set, or into the test set when `tests_from_test_set`."""
+) -> FleetData:
+    """Every device's shard (and own test split) back to back, in device order. Local tests are
+    indices into the training set, or into the test set when `tests_from_test_set`."""
     x_all, y_all, test_offset = dataset.x_train, dataset.y_train, 0
     if tests_from_test_set:
         x_all = np.concatenate([dataset.x_train, dataset.x_test])
         y_all = np.concatenate([dataset.y_train, dataset.y_test])
         test_offset = len(dataset.y_train)
-    out = []
-    for ids in assign_hosts(len(shards), num_hosts):
-        parts, placements, pos = [], [], 0
-        for d in ids:
-            test = local_tests[d] + test_offset if local_tests is not None else shards[d][:0]
-            parts += [shards[d], test]
-            placements.append((d, pos, pos + len(shards[d]), pos + len(shards[d]) + len(test)))
-            pos += len(shards[d]) + len(test)
-        order = np.concatenate(parts)
-        out.append(HostData(x_all[order], y_all[order], placements))
-    return out
+    train_sizes = np.fromiter((len(s) for s in shards), np.int64, len(shards))
+    test_sizes = (np.fromiter((len(t) for t in local_tests), np.int64, len(shards)) if local_tests is not None
+                  else np.zeros(len(shards), np.int64))
+    ends = np.cumsum(train_sizes + test_sizes)
+    bounds = np.stack([ends - train_sizes - test_sizes, ends - test_sizes, ends], axis=1)
+    if local_tests is None:
+        order = np.concatenate(shards) if len(shards) else np.zeros(0, np.int64)
+    else:
+        order = np.concatenate([part for d in range(len(shards)) for part in (shards[d], local_tests[d] + test_offset)])
+    return FleetData(x_all[order], y_all[order], bounds)
 
 
 def split_local_tests(shards: Sequence[np.ndarray], fraction: float, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -232,16 +269,18 @@ def split_local_tests(shards: Sequence[np.ndarray], fraction: float, seed: int) 
 class Engine(ABC):
     """Runs everything that needs TensorFlow: conversion, devices, evaluation.
 
-    start() builds the artifact and places devices and test blocks once, then run_round() and
-    evaluate() every round. The coordinator process itself never needs to import TensorFlow.
+    start() builds the artifact and shares the fleet's data and test blocks with the hosts once, then
+    run_round() and evaluate() every round; any host can run any device, and `split` deals each
+    round's devices by expected cost. The coordinator process itself never needs to import TensorFlow.
     """
 
     num_hosts: int
+    costs: np.ndarray | None = None  # expected seconds of each device's round (expected_costs)
 
     @abstractmethod
     def start(self, setup: Setup) -> Prepared:
-        """Prepare the run (see `prepare`), create the hosts, give each its devices' shards and test
-        blocks once, and load the .tflite on every host. The returned Prepared may omit `hosts` and
+        """Prepare the run (see `prepare`), create the hosts, give each the fleet's data and its test
+        blocks once, and load the .tflite on every host. The returned Prepared may omit `fleet` and
         `tests` (they live on the hosts)."""
 
     @abstractmethod
@@ -260,15 +299,15 @@ class Engine(ABC):
         """Run one round on the given devices; one report per device, failures included. With
         `reduce`, hosts return partials instead of checkpoints."""
 
-    def host_of(self, device_id: int) -> int:
-        return device_id % self.num_hosts
+    def set_costs(self, prepared: Prepared, settings: HostSettings) -> None:
+        """Expected device costs from the partition and the artifact report's measured latencies."""
+        if prepared.label_counts is not None:
+            latency = (prepared.report or {}).get("latency_ms")
+            self.costs = expected_costs(prepared.label_counts.sum(axis=1), settings, latency)
 
     def split(self, device_ids: Sequence[int]) -> dict[int, list[int]]:
-        """Selected device ids per host index (hosts with none left out)."""
-        per_host: dict[int, list[int]] = {}
-        for d in device_ids:
-            per_host.setdefault(self.host_of(d), []).append(d)
-        return per_host
+        """A round's device ids per host index, dealt by expected cost (hosts with none left out)."""
+        return deal(device_ids, self.costs, self.num_hosts)
 
     def close(self) -> None:
         """Release hosts and whatever the engine started."""

@@ -1,4 +1,5 @@
-"""A device host: the devices placed on it, one interpreter it lends to each in turn, a scratch folder.
+"""A device host: the fleet's data (shared), one interpreter it lends to each device it is dealt in
+turn, a scratch folder. Any host can run any device; which ones it runs changes every round.
 
 Plain Python; `engine.ray` wraps it in a Ray actor and `engine.local` calls it directly. Interpreters
 are per host, not per device: a device's round begins with `restore` of the global checkpoint, which
@@ -16,7 +17,7 @@ import numpy as np
 
 from fedsim.checkpoint import CheckpointError, FlatReader, WeightSpec, read_checkpoint, scratch_dir
 from fedsim.device import Device, Runner, evaluate_counts
-from fedsim.engine.base import DeviceReport, HostData, HostReduce, HostSettings, RoundResult, TestBlocks
+from fedsim.engine.base import DeviceReport, FleetData, HostReduce, HostSettings, RoundResult, TestBlocks
 from fedsim.strategies.aggregate import PartialSum
 from fedsim.strategies.base import Weights
 
@@ -25,7 +26,7 @@ class DeviceHost:
     def __init__(
         self,
         host_index: int,
-        data: HostData,
+        fleet: FleetData,
         settings: HostSettings,
         test_blocks: TestBlocks | None = None,
         artifact: bytes | None = None,
@@ -34,12 +35,7 @@ class DeviceHost:
         self.host_index = host_index
         self.artifact = artifact
         self.settings = settings
-        # Views, not copies: a registered device costs its slice of the host's data and a few bytes.
-        self.devices = {
-            device_id: Device(device_id, data.x[start:stop], data.y[start:stop], settings.seed,
-                              data.x[stop:test_stop], data.y[stop:test_stop])
-            for device_id, start, stop, test_stop in data.placements
-        }
+        self.fleet = fleet
         self.test_blocks = [(x, np.asarray(y, dtype=np.int64)) for x, y in test_blocks or []]
         self.scratch = scratch_dir(f"fedsim-host{host_index}-")
         # Every device's `save` overwrites this one file (the path is built once: it is used per device).
@@ -60,22 +56,27 @@ class DeviceHost:
         _ = self.runner
         return os.getpid()
 
-    def device_ids(self) -> list[int]:
-        return sorted(self.devices)
+    def device(self, device_id: int) -> Device | None:
+        """The device's data as views into the fleet's arrays (made when it is dealt, not kept)."""
+        if not 0 <= device_id < self.fleet.devices:
+            return None
+        start, stop, test_stop = self.fleet.bounds[device_id].tolist()
+        x, y = self.fleet.x, self.fleet.y
+        return Device(device_id, x[start:stop], y[start:stop], self.settings.seed, x[stop:test_stop], y[stop:test_stop])
 
     def initial_checkpoint(self) -> bytes:
         return self.runner.initial_checkpoint(self.scratch)
 
     def evaluate(self, checkpoint: bytes, device_ids: Sequence[int] = ()) -> tuple[int, np.ndarray, dict[int, float]]:
         """(correct, per-sample losses) of `checkpoint` on this host's blocks of the test set, and its
-        accuracy on each of `device_ids`' own test split (devices of this host with one)."""
+        accuracy on each of `device_ids`' own test split (those that have one)."""
         path = self.scratch / "evaluate.ckpt"
         path.write_bytes(checkpoint)
         try:
             correct, losses = evaluate_counts(self.runner, path, self.test_blocks)
             per_device = {}
             for d in device_ids:
-                device = self.devices.get(d)
+                device = self.device(d)
                 if device is not None and device.y_test is not None and len(device.y_test):
                     c, _ = evaluate_counts(self.runner, path, [(device.x_test, device.y_test)], restore=False)
                     per_device[d] = c / len(device.y_test)
@@ -116,9 +117,9 @@ class DeviceHost:
         global_weights: dict[str, np.ndarray] | None,
     ) -> tuple[DeviceReport, Weights | None, np.ndarray | None]:
         """(report, weights to add to the partial, the same as one vector if the reader has it)."""
-        device = self.devices.get(device_id)
+        device = self.device(device_id)
         if device is None:
-            error = f"device {device_id} is not on host {self.host_index}"
+            error = f"device {device_id} is not in the fleet of {self.fleet.devices} devices"
             return DeviceReport(device_id, self.host_index, 0, "failed", error=error), None, None
         out = self._device_out
         try:

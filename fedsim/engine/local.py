@@ -19,10 +19,10 @@ class LocalEngine(Engine):
         self.num_hosts = min(self.num_hosts, setup.devices)
         prepared = prepare(setup, self.num_hosts)
         self.test_samples = int(prepared.dataset_info["test_samples"])
-        self.hosts = [
-            DeviceHost(h, data, setup.settings, tests, prepared.artifact)
-            for h, (data, tests) in enumerate(zip(prepared.hosts, prepared.tests))
-        ]
+        assert prepared.fleet is not None
+        self.hosts = [DeviceHost(h, prepared.fleet, setup.settings, tests, prepared.artifact)
+                      for h, tests in enumerate(prepared.tests)]
+        self.set_costs(prepared, setup.settings)
         return prepared
 
     def initial_checkpoint(self) -> bytes:

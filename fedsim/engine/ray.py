@@ -1,9 +1,10 @@
 """Device hosts as Ray actors. The only module in fedsim that imports Ray.
 
 Each actor hosts many devices (a process importing TensorFlow costs ~0.5 GB, so a fleet of thousands
-cannot be thousands of processes). Shards are placed once at start-up through the object store; every
-round a host gets one call with the global checkpoint (bytes, put once) and the ids of its selected
-devices. Nothing assumes a shared filesystem, so the same code runs on a multi-node cluster.
+cannot be thousands of processes). The fleet's data goes into the object store once at start-up and
+every host maps it (one copy per node), so any host can run any device; every round a host gets one
+call with the global checkpoint (bytes, put once) and the ids of the devices dealt to it. Nothing
+assumes a shared filesystem, so the same code runs on a multi-node cluster.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from typing import Any
 
 import psutil
 import ray
-from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import (
+    ActorUnavailableError, GetTimeoutError, OutOfMemoryError, RayActorError, RayTaskError, WorkerCrashedError,
+)
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from fedsim.engine.base import (
-    DeviceReport, Engine, Evaluation, HostReduce, Prepared, RoundResult, Setup, combine_evaluations, prepare,
+    DeviceReport, Engine, EngineError, Evaluation, HostReduce, Prepared, RoundResult, Setup, combine_evaluations,
+    prepare,
 )
 from fedsim.engine.host import DeviceHost
 
@@ -65,7 +69,7 @@ def _prepare_remote(setup: Setup, num_hosts: int) -> tuple[Any, ...]:
     prepared = prepare(setup, num_hosts)
     info = {**prepared.dataset_info, "label_counts": prepared.label_counts, "test_sizes": prepared.test_sizes,
             "report": prepared.report}
-    return (prepared.artifact, info, os.getpid(), *prepared.hosts, *prepared.tests)
+    return (prepared.artifact, info, os.getpid(), prepared.fleet, *prepared.tests)
 
 
 def _wait_for_exit(pid: int, timeout_s: float = 15.0) -> None:
@@ -130,7 +134,9 @@ class RayEngine(Engine):
         # coordinator process never imports TensorFlow or maps the data (~0.6 GB saved), and the
         # worker exits before the hosts start, so its memory is not counted with theirs.
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
-        task = ray.remote(max_calls=1)(_prepare_remote).options(num_returns=3 + 2 * h, scheduling_strategy=here)
+        # Not retried: a preparation killed for memory would be killed again, and Ray would retry it forever.
+        task = ray.remote(max_calls=1)(_prepare_remote).options(num_returns=4 + h, scheduling_strategy=here,
+                                                                max_retries=0)
         refs = task.remote(setup, h)
         try:
             artifact, info, worker_pid = ray.get(refs[:3])
@@ -138,28 +144,36 @@ class RayEngine(Engine):
             # Bad data, a partition that cannot be made, a model or artifact that cannot run: the
             # worker's own error, one line, not Ray's wrapping of it with the worker's traceback.
             raise (e.cause if isinstance(e.cause, Exception) else e) from None
+        except (OutOfMemoryError, WorkerCrashedError) as e:
+            available = psutil.virtual_memory().available / 2**30
+            what = "ran out of memory" if isinstance(e, OutOfMemoryError) else "crashed"
+            raise EngineError(f"preparing the run {what} (loading and splitting the data for {setup.devices} devices, "
+                              f"converting the model); this node has {available:.1f} GiB available: use fewer "
+                              "--devices or a smaller data set") from None
         counts, test_sizes, report = info.pop("label_counts"), info.pop("test_sizes"), info.pop("report")
         _wait_for_exit(worker_pid)
-        host_refs, test_refs = refs[3 : 3 + h], refs[3 + h :]
+        fleet_ref, test_refs = refs[3], refs[4:]
         self.test_samples = int(info["test_samples"])
         # More hosts than CPUs (e.g. one actor per device) must still all be scheduled.
         per_host_cpus = min(1.0, cpus / h)
-        # A host that dies (killed, out of memory) is restarted by Ray from the same arguments: its
-        # shards and the .tflite stay in the object store, so it comes back whole for the next round.
+        # A host that dies (killed, out of memory) is restarted by Ray from the same arguments: the
+        # fleet's data and the .tflite stay in the object store, so it comes back whole for the next round.
         # The round it died in is not retried: its devices are recorded as failed.
         actor_cls = ray.remote(_RayDeviceHost).options(
             num_cpus=per_host_cpus, scheduling_strategy="SPREAD", max_restarts=HOST_RESTARTS, max_task_retries=0
         )
         artifact_ref = ray.put(artifact)
         self.actors = [
-            actor_cls.remote(i, host_refs[i], setup.settings, test_refs[i], artifact_ref) for i in range(h)
+            actor_cls.remote(i, fleet_ref, setup.settings, test_refs[i], artifact_ref) for i in range(h)
         ]
         # Ray restarts an actor from its constructor arguments: keep them in scope for the run.
-        self._arguments = [*host_refs, *test_refs, artifact_ref]
+        self._arguments = [fleet_ref, *test_refs, artifact_ref]
         self.host_pids = ray.get([a.ready.remote() for a in self.actors])
         # Which Ray node each host landed on (SPREAD places them across nodes).
         self.host_nodes = ray.get([a.node_id.remote() for a in self.actors])
-        return Prepared(artifact, info, [], [], counts, test_sizes, report)
+        prepared = Prepared(artifact, info, None, [], counts, test_sizes, report)
+        self.set_costs(prepared, setup.settings)
+        return prepared
 
     def initial_checkpoint(self) -> bytes:
         return ray.get(self.actors[0].initial_checkpoint.remote())
