@@ -25,7 +25,8 @@ For each row:
 - first_round_s: from the fedsim.run call (Ray start, conversion and data placement included) to the
   end of round 1; peak_rss_mb / peak_pss_mb: the largest sum of RSS (PSS: shared pages counted once,
   e.g. the data set every host maps) over this process and all its descendants (Ray's workers and
-  daemons), sampled every 0.2 s (PSS every 1 s).
+  daemons), sampled every 0.2 s (PSS every 5 s: the kernel walks a process's page tables to sum it,
+  ~10 ms per TensorFlow process, CPU the hosts would otherwise have).
 Writes results/bench/overhead.csv and overhead.md with the targets they are compared against.
 """
 
@@ -46,6 +47,7 @@ import pandas as pd
 import psutil
 
 import fedsim
+from fedsim.checkpoint import read_checkpoint, write_checkpoint
 from fedsim.coordinator import select_devices
 from fedsim.data import DataRecipe, partition
 from fedsim.device import Device, Runner
@@ -104,7 +106,7 @@ class RssSampler(threading.Thread):
     is walked once a second and only the known processes' RSS is read in between.
     """
 
-    def __init__(self, interval_s: float = 0.2, rescan_s: float = 1.0, pss_every: int = 5) -> None:
+    def __init__(self, interval_s: float = 0.2, rescan_s: float = 1.0, pss_every: int = 25) -> None:
         super().__init__(daemon=True)
         self.interval_s, self.rescan_s, self.pss_every = interval_s, rescan_s, pss_every
         self.peak_bytes, self.peak_pss_bytes, self._stop_event = 0, 0, threading.Event()
@@ -127,9 +129,10 @@ class RssSampler(threading.Thread):
     def sample_pss(self) -> int:
         total = 0
         for p in self._procs:
-            try:
-                total += p.memory_full_info().pss
-            except (psutil.Error, AttributeError):
+            try:  # smaps_rollup: the kernel's own sum (psutil's memory_full_info parses all of smaps)
+                with open(f"/proc/{p.pid}/smaps_rollup") as f:
+                    total += next(int(line.split()[1]) for line in f if line.startswith("Pss:")) * 1024
+            except (OSError, StopIteration, ValueError):
                 pass
         return total
 
@@ -161,7 +164,8 @@ def floor_seconds(artifact: bytes, config: fedsim.Config, round_nums: list[int],
     scratch = Path(tempfile.mkdtemp(dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
     try:
         global_path = scratch / "global.ckpt"
-        global_path.write_bytes(runner.initial_checkpoint(scratch))
+        # the global checkpoint as the coordinator writes it (its layout changes what restore costs)
+        global_path.write_bytes(write_checkpoint(read_checkpoint(runner.initial_checkpoint(scratch))))
         floors = []
         for round_num in round_nums:
             selected = select_devices(config.devices, config.devices_per_round, config.seed, round_num)
