@@ -63,6 +63,7 @@ def _type_of(name: str) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedsim", description="Federated learning on simulated phones running the TFLite on-device training artifact.")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
+    parser.add_argument("--version", action="version", version=f"fedsim {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run one experiment", description="Run one experiment; flags override --config.")
@@ -198,6 +199,15 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("fedsim")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
@@ -225,8 +235,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fedsim: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("fedsim: interrupted; the run folder keeps every completed round", file=sys.stderr)
+        folder = _interrupted_folder(args)
+        if folder is not None:
+            print(f"fedsim: interrupted; {folder} keeps every completed round; continue with: "
+                  f"fedsim run --resume {folder}", file=sys.stderr)
+        else:
+            print("fedsim: interrupted", file=sys.stderr)
         return 130
+
+
+def _interrupted_folder(args: argparse.Namespace) -> str | None:
+    """The run folder an interrupted `fedsim run` can be resumed from, if it committed a round."""
+    import json
+    from pathlib import Path
+
+    from fedsim.results import _CREATED
+
+    if getattr(args, "command", None) != "run":
+        return None
+    candidates = [Path(args.resume)] if getattr(args, "resume", None) else sorted(_CREATED)
+    for folder in candidates:
+        try:
+            if json.loads((folder / "config.json").read_text()).get("rounds_completed"):
+                return str(folder)
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 if __name__ == "__main__":

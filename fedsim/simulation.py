@@ -144,7 +144,8 @@ def resume(
 
 
 def _guarded(writer: RunWriter, body: Any, new_run: bool = False) -> None:
-    """Run `body`, then record how the run ended in config.json (completed, or failed and why).
+    """Run `body`, then record how the run ended in config.json (completed; interrupted by Ctrl-C;
+    or failed and why).
 
     A new run that fails before its first round is committed leaves no folder behind, so the same
     command can simply be run again once the cause is fixed."""
@@ -152,7 +153,10 @@ def _guarded(writer: RunWriter, body: Any, new_run: bool = False) -> None:
         body()
     except BaseException as e:
         try:
-            writer.write_meta(status="failed", error=f"{type(e).__name__}: {e}", finished=_now())
+            if isinstance(e, KeyboardInterrupt):  # stopped on purpose: resumable, not failed
+                writer.write_meta(status="interrupted", finished=_now())
+            else:
+                writer.write_meta(status="failed", error=f"{type(e).__name__}: {e}", finished=_now())
         finally:
             writer.close()
             if new_run and not writer.meta.get("rounds_completed"):

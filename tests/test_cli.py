@@ -134,3 +134,8 @@ def test_user_data_a_user_builder_and_a_foreign_artifact_run_end_to_end(tmp_path
     out = fedsim_cli("inspect", str(tmp_path / "npz"), "--repeats", "3", "--parity", "2", env=env)
     assert out.returncode == 0, out.stderr
     assert "| train" in out.stdout and "FlexRestore" in out.stdout and "parity" in out.stdout
+
+
+def test_version():
+    out = fedsim_cli("--version")
+    assert out.returncode == 0 and out.stdout.startswith("fedsim ") and out.stdout.split()[1][0].isdigit()

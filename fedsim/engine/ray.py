@@ -44,6 +44,13 @@ def _probe(address: str, timeout_s: float = 5.0) -> None:
         pass
 
 
+class _DefaultTokenNotice(logging.Filter):
+    """Drops Ray's notice that token authentication is on by default; its other records pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
 def connect(address: str | None = None) -> bool:
     """Join `address`, or start a local Ray. Returns True if this call started Ray (and owns it)."""
     if ray.is_initialized():
@@ -61,6 +68,10 @@ def connect(address: str | None = None) -> bool:
                 "start one with `ray start --head` or leave --address out to run locally"
             ) from None
         return True
+    # A local cluster keeps Ray's default, token authentication, without Ray's notice on every run
+    # that it turned it on by default (setting RAY_AUTH_MODE=token instead does not work for a local
+    # cluster on Ray 2.60: the driver then lacks the token the new cluster requires).
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_DefaultTokenNotice())
     ray.init(include_dashboard=False, **kwargs)
     return True
 
@@ -91,10 +102,43 @@ def disconnect() -> None:
 
 
 class _RayDeviceHost(DeviceHost):
-    """A DeviceHost that can also say which Ray node it runs on."""
+    """A DeviceHost as a Ray actor: it starts empty and `load` gives it its data (the fleet's
+    arrays, its test blocks, the .tflite; object refs the engine keeps alive for the run). When Ray
+    restarts a host that died, the engine loads it again before its next call. The data is not a
+    constructor argument, so Ray has no restart-time reference to warn about on every start."""
+
+    def __init__(self, host_index: int, settings: Any) -> None:  # noqa: D107 - see the class
+        self.host_index, self.settings, self.loaded = host_index, settings, False
+
+    def load(self, fleet: Any, tests: Any, artifact: bytes) -> int:
+        if self.loaded:
+            DeviceHost.close(self)
+        DeviceHost.__init__(self, self.host_index, fleet, self.settings, tests, artifact)
+        self.loaded = True
+        return self.ready()
+
+    def _check_loaded(self) -> None:
+        if not self.loaded:
+            raise RuntimeError(f"host {self.host_index} was restarted and has not been given its data yet")
+
+    def run_round(self, *args: Any, **kwargs: Any) -> Any:
+        self._check_loaded()
+        return super().run_round(*args, **kwargs)
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> Any:
+        self._check_loaded()
+        return super().evaluate(*args, **kwargs)
+
+    def initial_checkpoint(self) -> bytes:
+        self._check_loaded()
+        return super().initial_checkpoint()
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
+
+    def close(self) -> None:
+        if self.loaded:
+            super().close()
 
 
 HOST_RESTARTS = 5  # a host that keeps dying (e.g. out of memory at start) is given up after this
@@ -108,7 +152,7 @@ class RayEngine(Engine):
         self.num_hosts = 0
         self.actors: list[Any] = []
         self.host_pids: list[int] = []
-        self._arguments: list[Any] = []
+        self._host_data: list[tuple[Any, ...]] = []  # per host: the refs `load` takes
         self.host_nodes: list[str] = []
         self._restarting: set[int] = set()  # hosts that died or were killed; Ray is bringing them back
         self._owns_ray = False
@@ -156,19 +200,17 @@ class RayEngine(Engine):
         self.test_samples = int(info["test_samples"])
         # More hosts than CPUs (e.g. one actor per device) must still all be scheduled.
         per_host_cpus = min(1.0, cpus / h)
-        # A host that dies (killed, out of memory) is restarted by Ray from the same arguments: the
-        # fleet's data and the .tflite stay in the object store, so it comes back whole for the next round.
-        # The round it died in is not retried: its devices are recorded as failed.
+        # A host that dies (killed, out of memory) is restarted by Ray and loaded again from the same
+        # refs: the fleet's data and the .tflite stay in the object store (kept alive here for the
+        # run), so it comes back whole for the next round. The round it died in is not retried: its
+        # devices are recorded as failed.
         actor_cls = ray.remote(_RayDeviceHost).options(
             num_cpus=per_host_cpus, scheduling_strategy="SPREAD", max_restarts=HOST_RESTARTS, max_task_retries=0
         )
         artifact_ref = ray.put(artifact)
-        self.actors = [
-            actor_cls.remote(i, fleet_ref, setup.settings, test_refs[i], artifact_ref) for i in range(h)
-        ]
-        # Ray restarts an actor from its constructor arguments: keep them in scope for the run.
-        self._arguments = [fleet_ref, *test_refs, artifact_ref]
-        self.host_pids = ray.get([a.ready.remote() for a in self.actors])
+        self.actors = [actor_cls.remote(i, setup.settings) for i in range(h)]
+        self._host_data = [(fleet_ref, test_refs[i], artifact_ref) for i in range(h)]
+        self.host_pids = ray.get([a.load.remote(*self._host_data[i]) for i, a in enumerate(self.actors)])
         # Which Ray node each host landed on (SPREAD places them across nodes).
         self.host_nodes = ray.get([a.node_id.remote() for a in self.actors])
         prepared = Prepared(artifact, info, None, [], counts, test_sizes, report)
@@ -189,8 +231,11 @@ class RayEngine(Engine):
 
         try:
             parts = ask()
-        except RayActorError:
-            # A host died between rounds: Ray restarts it; its test blocks come back with it.
+        except (RayActorError, RayTaskError):
+            # A host died between rounds: Ray restarts it, and every host is loaded again (a loaded
+            # one is rebuilt from the same data) before asking once more.
+            self._restarting.update(range(self.num_hosts))
+            self._await_restarts()
             parts = ask()
         return combine_evaluations(parts, self.test_samples)
 
@@ -218,22 +263,22 @@ class RayEngine(Engine):
             try:
                 result.extend(ray.get(ref))
             except (RayActorError, RayTaskError) as e:
-                if isinstance(e, RayActorError):
-                    self._restarting.add(h)
+                # died (Ray restarts it), or was restarted unnoticed and has no data: load it again
+                self._restarting.add(h)
                 first = str(e).strip().splitlines()[0] if str(e).strip() else ""
                 error = f"host {h} failed: {type(e).__name__}: {first}"
                 result.reports.extend(DeviceReport(d, h, 0, "failed", error=error) for d in mine)
         return result
 
     def _await_restarts(self, timeout_s: float = 180.0) -> None:
-        """Wait for hosts Ray is restarting (TensorFlow import, interpreter) before the next round's
-        clock starts: the round timeout is for a round's work, not for a host's start-up."""
+        """Wait for hosts Ray is restarting (TensorFlow import, interpreter) and load them again before
+        the next round's clock starts: the round timeout is for a round's work, not a host's start-up."""
         deadline = time.monotonic() + timeout_s
         for h in sorted(self._restarting):
             while True:
                 try:
                     left = max(1.0, deadline - time.monotonic())
-                    self.host_pids[h] = ray.get(self.actors[h].ready.remote(), timeout=left)
+                    self.host_pids[h] = ray.get(self.actors[h].load.remote(*self._host_data[h]), timeout=left)
                     break
                 except ActorUnavailableError:
                     # "The actor is restarting": not ready to take calls yet; ask again shortly.
@@ -252,7 +297,7 @@ class RayEngine(Engine):
                 pass
             ray.kill(actor)
         self.actors = []
-        self._arguments = []
+        self._host_data = []
         self._put_cache = None
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
