@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from dataclasses import fields
+
 import pandas as pd
 
+from fedsim.config import Config
 from fedsim.results import Run, load_runs
 
 
@@ -15,12 +18,17 @@ def _label(row: pd.Series) -> str:
 
 
 def summary(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """One row per run: its settings and final / best accuracy and median seconds per round."""
+    """One row per run: how it ended (status), its fleet, every setting that differs between the runs,
+    final / best accuracy and median seconds per round. Interrupted and failed runs are listed too."""
     rounds = load_runs(path)
     evaluated = rounds.dropna(subset=["test_accuracy"])  # --eval-every: rounds in between have none
-    keys = ["run", "devices", "partition", "seed", "devices_per_round"] if "devices_per_round" in rounds else ["run", "devices", "partition", "seed"]
+    keys = ["status", "devices", "partition", "seed"]
     grouped = rounds.groupby("run", sort=False)
-    table = grouped[[k for k in keys if k != "run"]].first()
+    # and every other setting whose value differs between the runs listed (lr, strategy, model, ...)
+    firsts = grouped.first()
+    keys += [f.name for f in fields(Config) if f.name in firsts and f.name not in keys and f.name not in ("out", "name")
+             and firsts[f.name].astype(str).nunique() > 1]
+    table = firsts[keys].copy()
     table["rounds"] = grouped["round"].max()
     scored = evaluated.groupby("run", sort=False)
     table["final_accuracy"] = scored["test_accuracy"].last()

@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
-from typing import Any
+from typing import Any, NoReturn
 
 from fedsim.config import Config, ConfigError
 
@@ -60,17 +60,45 @@ def _type_of(name: str) -> Any:
     return str
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with "did you mean" for a mistyped flag."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments:"):
+            import difflib
+
+            known = _long_options(self)
+            for word in message.split(":", 1)[1].split():
+                close = difflib.get_close_matches(word.split("=")[0], known, 1) if word.startswith("--") else []
+                if close:
+                    message += f" (did you mean {close[0]}?)"
+                    break
+        super().error(message)
+
+
+def _long_options(parser: argparse.ArgumentParser) -> list[str]:
+    """Every --flag of the parser and of its subcommands."""
+    out = []
+    for action in parser._actions:
+        out += [o for o in action.option_strings if o.startswith("--")]
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                out += _long_options(child)
+    return sorted(set(out))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedsim", description="Federated learning on simulated phones running the TFLite on-device training artifact.")
+    parser = _Parser(prog="fedsim", description="Federated learning on simulated phones running the TFLite on-device training artifact.")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
     parser.add_argument("--version", action="version", version=f"fedsim {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run one experiment", description="Run one experiment; flags override --config.")
     run.add_argument("--config", metavar="FILE.toml", help="settings file with the same keys as the flags (underscores)")
     for f in fields(Config):
         run.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_type_of(f.name), default=None,
-                         help=f"{_HELP.get(f.name, f.name)} (default: {f.default})")
+                         help=_HELP.get(f.name, f.name) + ("" if "default" in _HELP.get(f.name, "") else
+                                                           f" (default: {f.default})"))
     run.add_argument("--resume", metavar="DIR", help="continue an interrupted run after its last completed round "
                      "(its own settings; only --hosts and --address may change)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")

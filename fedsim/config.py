@@ -26,6 +26,25 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _check_type(key: str, annotation: str, value: Any) -> None:
+    """A config file's value of the wrong type, named as the key it was given under (not as a flag),
+    with the type it has: "lr must be a number, got the string '0.1'"."""
+    if value is None and "None" in annotation:
+        return
+    kinds = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string"}
+    wanted = next((t for t in ("bool", "int", "float", "str") if annotation.startswith(t)), None)
+    if wanted is None:
+        return
+    ok = {"bool": lambda v: isinstance(v, bool),
+          "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          "str": lambda v: isinstance(v, str)}[wanted](value)
+    if not ok:
+        got = {str: "the string", bool: "the boolean", int: "the integer", float: "the number", list: "the list",
+               dict: "the table"}.get(type(value), type(value).__name__)
+        raise ConfigError(f"config key {key} must be {kinds[wanted]}, got {got} {value!r}")
+
+
 @dataclass(frozen=True)
 class Config:
     # 100 phones each holding 600 Fashion-MNIST images: a fleet, yet a round costs ~1 s on 2 cores.
@@ -136,6 +155,9 @@ class Config:
         need(self.toy_samples >= 1, "toy_samples", "must be at least 1")
         need(1 <= self.min_devices, "min_devices", "must be at least 1")
         need(self.eval_every >= 1, "eval_every", "must be at least 1")
+        if self.per_round is not None:  # before --min-devices, which is compared with it
+            need(isinstance(self.per_round, int) and 1 <= self.per_round <= self.devices, "per_round",
+                 f"must be between 1 and --devices ({self.devices})")
         if self.min_devices > self.devices_per_round:
             raise ConfigError(
                 f"--min-devices {self.min_devices} exceeds the {self.devices_per_round} devices selected per round"
@@ -190,8 +212,6 @@ class Config:
         need(isinstance(self.device_test_fraction, (int, float)) and 0 <= self.device_test_fraction < 1,
              "device_test_fraction", "must be in [0, 1)")
         if self.per_round is not None:
-            need(isinstance(self.per_round, int) and 1 <= self.per_round <= self.devices, "per_round",
-                 f"must be between 1 and --devices ({self.devices})")
             if self.fraction != 1.0:
                 raise ConfigError("--per-round and --fraction both choose devices per round; give one of them")
         from fedsim.model import MODELS
@@ -222,9 +242,16 @@ class Config:
                 data["dataset"] = "toy_images"
         unknown = sorted(set(data) - known)
         if unknown:
+            import difflib
+
+            hints = [f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k, known, 1)) else k
+                     for k in unknown]
             raise ConfigError(
-                f"unknown config key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
+                f"unknown config key(s) {', '.join(hints)}; known keys: {', '.join(sorted(known))}"
             )
+        for f in fields(cls):
+            if f.name in data:
+                _check_type(f.name, str(f.type), data[f.name])
         return cls(**data)
 
     @classmethod

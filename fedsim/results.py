@@ -334,6 +334,8 @@ def load_runs(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) 
         frame = run.rounds.copy()
         for key, value in run.config.items():
             frame[key] = value
+        frame["strategy"] = run.meta.get("strategy_name", run.config.get("strategy"))  # a custom one by name
+        frame["status"] = run.meta.get("status")  # completed, interrupted, failed, running
         frame["hosts_used"] = run.meta.get("hosts")
         frame["run"] = str(path)
         frames.append(frame)

@@ -63,10 +63,13 @@ def run(
         artifact = _read_artifact(config.artifact)
     strategy = strategy or make_strategy(config.strategy)
     out = claim_run_folder(config.out or default_out(config.name))
+    config = config.replace(out=str(out))  # the folder it ran in, also when it was the default
     meta: dict[str, Any] = {
         "config": config.to_dict(),
         "versions": versions(),
         "strategy": type(strategy).__name__,
+        # what load_runs reports as the strategy: the --strategy name, or module:Class of one passed in
+        "strategy_name": strategy_name(config, strategy),
         "model": model,
         "started": _now(),
     }
@@ -74,6 +77,13 @@ def run(
     _guarded(writer, lambda: _run(config, recipe_data, strategy, artifact, engine, writer, progress, started,
                                   check_artifact=bool(config.artifact)), new_run=True)
     return load_run(out)
+
+
+def strategy_name(config: Config, strategy: Strategy) -> str:
+    """The --strategy name if `strategy` is that strategy, else the strategy's module:Class."""
+    if type(strategy) is type(make_strategy(config.strategy)):
+        return config.strategy
+    return f"{type(strategy).__module__}:{type(strategy).__qualname__}"
 
 
 def data_recipe(config: Config, arrays: Dataset | None = None) -> DataRecipe:
@@ -133,6 +143,11 @@ def resume(
         raise RunFolderError(f"--resume {folder}: the run stopped before its artifact was made; start it again")
     artifact = (folder / MODEL_FILE).read_bytes()
     initial = resume_checkpoint(folder, done) if done else None
+    if done:  # elapsed_s goes on from the last committed round instead of starting again at zero
+        rounds = load_run(folder).rounds
+        committed = rounds[rounds["round"] <= done]["elapsed_s"]
+        if len(committed):
+            started -= float(committed.iloc[-1])
     meta["config"] = config.to_dict()
     for stale in ("error", "finished"):
         meta.pop(stale, None)

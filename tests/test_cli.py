@@ -139,3 +139,11 @@ def test_user_data_a_user_builder_and_a_foreign_artifact_run_end_to_end(tmp_path
 def test_version():
     out = fedsim_cli("--version")
     assert out.returncode == 0 and out.stdout.startswith("fedsim ") and out.stdout.split()[1][0].isdigit()
+
+
+def test_a_mistyped_flag_gets_a_suggestion_and_help_shows_one_default(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--devcies", "3"])
+    assert e.value.code == 2 and "did you mean --devices?" in capsys.readouterr().err
+    text = build_parser()._subparsers._group_actions[0].choices["run"].format_help()
+    assert "one per CPU) (default" not in " ".join(text.split())

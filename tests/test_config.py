@@ -64,3 +64,24 @@ def test_reliability_settings():
         Config(devices=10, fraction=0.5, min_devices=6)
     with pytest.raises(ConfigError, match="--round-timeout must be a positive number"):
         Config(round_timeout=0)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('lr = "0.1"\n', "config key lr must be a number, got the string '0.1'"),
+        ('dataset = ["a"]\n', "config key dataset must be a string, got the list \\['a'\\]"),
+        ("devices = 2.5\n", "config key devices must be an integer, got the number 2.5"),
+        ("devcies = 3\n", "unknown config key\\(s\\) devcies \\(did you mean devices\\?\\)"),
+    ],
+)
+def test_a_config_file_value_of_the_wrong_type_names_the_key_and_the_type(tmp_path, text, message):
+    f = tmp_path / "c.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        Config.from_toml(f)
+
+
+def test_per_round_zero_blames_per_round():
+    with pytest.raises(ConfigError, match="--per-round must be between 1 and --devices"):
+        Config(per_round=0)

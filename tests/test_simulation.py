@@ -40,6 +40,7 @@ def test_resume_continues_a_cut_run_to_the_same_tables(tmp_path):
     assert resumed.rounds[columns].equals(straight.rounds[columns])
     assert resumed.devices.drop(columns=["train_s", "host"]).equals(straight.devices.drop(columns=["train_s", "host"]))
     assert resumed.meta["status"] == "completed" and resumed.meta["resumed"][0]["after_round"] == 2
+    assert resumed.rounds["elapsed_s"].is_monotonic_increasing  # goes on across the resume
     assert (resumed.path / "global.ckpt").read_bytes() == (straight.path / "global.ckpt").read_bytes()
 
 
@@ -146,3 +147,31 @@ def test_results_do_not_depend_on_the_host_count_or_the_deal(tmp_path):
     assert one.rounds[columns].equals(three.rounds[columns])
     assert one.devices.drop(columns=["train_s", "host"]).equals(three.devices.drop(columns=["train_s", "host"]))
     assert (one.path / "global.ckpt").read_bytes() == (three.path / "global.ckpt").read_bytes()
+
+
+def test_a_run_records_the_strategy_and_folder_that_actually_ran(tmp_path):
+    settings = dict(dataset="toy_images", toy_samples=20, devices=3, rounds=1, progress=False, engine=fedsim.LocalEngine())
+    custom = fedsim.run(out=str(tmp_path / "custom"), strategy=FedAvgOnCoordinator(), **settings)
+    plain = fedsim.run(out=str(tmp_path / "plain"), **settings)
+    table = fedsim.load_runs(tmp_path)
+    names = dict(zip(table["run"].map(lambda r: r.rsplit("/", 1)[-1]), table["strategy"]))
+    assert names["plain"] == "fedavg" and names["custom"].endswith(":FedAvgOnCoordinator")
+    assert custom.config["out"] == str(tmp_path / "custom") and plain.meta["strategy_name"] == "fedavg"
+
+
+def test_report_shows_status_and_every_setting_that_differs(tmp_path):
+    import json
+
+    from fedsim.analysis import report, summary
+
+    settings = dict(dataset="toy_images", toy_samples=20, devices=3, rounds=2, progress=False, engine=fedsim.LocalEngine())
+    fedsim.run(out=str(tmp_path / "a"), lr=0.01, **settings)
+    cut = fedsim.run(out=str(tmp_path / "b"), lr=0.1, **settings)
+    meta = json.loads((cut.path / "config.json").read_text())
+    meta["status"] = "interrupted"
+    (cut.path / "config.json").write_text(json.dumps(meta))
+    table = summary(tmp_path)
+    assert table.loc["a", "lr"] == 0.01 and table.loc["b", "lr"] == 0.1
+    assert table.loc["a", "status"] == "completed" and table.loc["b", "status"] == "interrupted"
+    assert "rounds" in table and "model" not in table  # the same in both: not repeated
+    assert "interrupted" in report(tmp_path) and fedsim.load_runs(tmp_path)["status"].nunique() == 2
