@@ -35,6 +35,13 @@ def inspect(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201
     return impl(*args, **kwargs)
 
 
+def load_model(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+    """The trained Keras model of a run folder: see fedsim.artifact.load_model. Loads TensorFlow."""
+    from fedsim.artifact import load_model as impl
+
+    return impl(*args, **kwargs)
+
+
 __all__ = [
     "ArrayDataset",
     "ArtifactRecipe",
@@ -56,6 +63,7 @@ __all__ = [
     "Update",
     "__version__",
     "inspect",
+    "load_model",
     "load_run",
     "load_runs",
     "resume",

@@ -360,3 +360,32 @@ def run_parity(runner: Any, recipe: Any, task: Task, batch: tuple[np.ndarray, np
         rows.append({"step": step, "loss_tflite": lite_loss, "loss_tf": tf_loss, "loss_diff": abs(lite_loss - tf_loss),
                      "max_weight_diff": float(max(diffs)), "max_weight_diff_rel": float(max(diffs)) / scale})
     return pd.DataFrame(rows)
+
+
+def load_model(path: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None = None,
+               model_builder: Any = None) -> Any:
+    """The trained Keras model of a run folder: the builder and task its config.json names, with the
+    weights of its global.ckpt (or of `checkpoint`), whichever checkpoint format the artifact wrote.
+    `model_builder`: the builder, for a run that used a notebook builder or a .tflite made elsewhere."""
+    from fedsim.model.builders import ArtifactRecipe, resolve_builder
+    from fedsim.model.convert import build_model
+
+    folder = Path(path)
+    meta = _run_meta(folder)
+    config = meta["config"]
+    if model_builder is None and config.get("artifact"):
+        raise ArtifactError(f"{folder}: this run used a .tflite made elsewhere; pass model_builder= to rebuild it")
+    task = Task.from_dict(meta["task"]) if meta.get("task") else Task((28, 28), "image", 10)
+    builder = model_builder or resolve_builder(config.get("model", "mlp"))
+    model = build_model(ArtifactRecipe(builder, task, seed=config["seed"]))
+    layout = sorted((w.path, tuple(int(d) for d in w.shape)) for w in model.weights)
+    try:
+        named = unpack(read_checkpoint_file(checkpoint or folder / "global.ckpt"), layout)
+    except CheckpointError as e:
+        raise ArtifactError(f"{folder}: {e}") from None
+    missing = sorted({name for name, _ in layout} - set(named))
+    if missing:
+        raise ArtifactError(f"{folder}: the checkpoint lacks {', '.join(missing[:3])}; is this the run's model?")
+    for w in model.weights:
+        w.assign(np.asarray(named[w.path]).reshape(w.shape))
+    return model

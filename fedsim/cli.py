@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
         run.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_type_of(f.name), default=None,
                          help=_HELP.get(f.name, f.name) + ("" if "default" in _HELP.get(f.name, "") else
                                                            f" (default: {f.default})"))
+    run.add_argument("--engine", choices=("ray", "local"), default="ray",
+                     help="ray: hosts are Ray actors (default); local: hosts run one after another in this "
+                     "process, no Ray (debugging, tiny runs); results are the same")
     run.add_argument("--resume", metavar="DIR", help="continue an interrupted run after its last completed round "
                      "(its own settings; only --hosts and --address may change)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -156,11 +159,16 @@ def _run(args: argparse.Namespace) -> int:
         if others or args.config:
             flags = ", ".join("--" + n.replace("_", "-") for n in others) or "--config"
             raise ConfigError(f"--resume uses the run's own settings; drop {flags} (only --hosts and --address may change)")
-        result = fedsim.resume(args.resume, progress=not args.no_progress, hosts=args.hosts, address=args.address)
+        engine = fedsim.LocalEngine(args.hosts or 1) if args.engine == "local" else None
+        result = fedsim.resume(args.resume, engine=engine, progress=not args.no_progress, hosts=args.hosts,
+                               address=args.address)
         config = Config.from_dict(result.config)
     else:
         config = config_from_args(args)
-        result = fedsim.run(config, progress=not args.no_progress)
+        if args.engine == "local" and config.address:
+            raise ConfigError("--engine local runs in this process; drop --address (or use --engine ray)")
+        engine = fedsim.LocalEngine(config.hosts or 1) if args.engine == "local" else None
+        result = fedsim.run(config, engine=engine, progress=not args.no_progress)
     last = result.rounds.iloc[-1]
     print(f"fedsim: {len(result.rounds)} rounds on {config.devices} devices; "
           f"final test accuracy {last.test_accuracy:.4f}, test loss {last.test_loss:.4f}")

@@ -288,6 +288,12 @@ class Run:
         f = self.path / ARTIFACT_FILE
         return json.loads(f.read_text()) if f.is_file() else None
 
+    def keras_model(self, **kwargs: Any) -> Any:
+        """The trained Keras model (fedsim.load_model of this folder; loads TensorFlow)."""
+        from fedsim.artifact import load_model
+
+        return load_model(self.path, **kwargs)
+
     @property
     def final_accuracy(self) -> float:
         """Test accuracy of the last evaluated round (with --eval-every, rounds in between have none)."""

@@ -147,3 +147,13 @@ def test_a_mistyped_flag_gets_a_suggestion_and_help_shows_one_default(capsys):
     assert e.value.code == 2 and "did you mean --devices?" in capsys.readouterr().err
     text = build_parser()._subparsers._group_actions[0].choices["run"].format_help()
     assert "one per CPU) (default" not in " ".join(text.split())
+
+
+def test_engine_local_runs_without_ray(tmp_path):
+    out = fedsim_cli("run", "--engine", "local", "--dataset", "toy_images", "--toy-samples", "20", "--devices", "3",
+                     "--rounds", "1", "--no-progress", "--out", str(tmp_path / "o"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    import fedsim
+
+    run = fedsim.load_run(tmp_path / "o")
+    assert run.meta["engine"] == "LocalEngine" and run.meta["status"] == "completed"

@@ -178,3 +178,20 @@ def test_a_folder_written_as_single_tables_still_loads_and_resumes(tmp_path):
     assert (folder / "devices.parquet").is_dir()
     assert run.rounds["round"].tolist() == [1, 2, 3]
     assert run.devices.groupby("round").size().tolist() == [3, 3, 2]  # round 3 as re-run
+
+
+@pytest.mark.parametrize("form", ["packed", "tensors"])
+def test_the_trained_keras_model_comes_back_from_the_run_folder(tmp_path, form):
+    import numpy as np
+
+    from fedsim.data import DataRecipe
+
+    run = fedsim.run(dataset="toy_images", toy_samples=50, devices=4, rounds=3, seed=2, checkpoint_format=form,
+                     out=str(tmp_path / "r"), engine=fedsim.LocalEngine(), progress=False)
+    model = run.keras_model()
+    data = DataRecipe("toy_images", seed=2, toy_samples=50).load()  # the run's own data set
+    probs = model.predict(data.x_test.astype(np.float32) / 255.0, verbose=0)
+    accuracy = float(np.mean(np.argmax(probs, axis=1) == data.y_test))
+    # the Keras model scores the test set as the run's evaluation through the artifact did
+    assert abs(accuracy - run.final_accuracy) < 0.02 and accuracy > 0.5
+    assert fedsim.load_model(run.path).count_params() == model.count_params()
