@@ -63,10 +63,12 @@ def plot(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
     folder.mkdir(parents=True, exist_ok=True)
     written = []
 
+    what = Path(path).name  # every figure says what was run
     fig, ax = plt.subplots(figsize=(8, 5))
     for run, frame in rounds.groupby("run", sort=False):
         ax.plot(frame["round"], frame["test_accuracy"], marker=".", label=_label(frame.iloc[0]))
-    ax.set(xlabel="round", ylabel="test accuracy", title="Test accuracy per round")
+    ax.set(xlabel="round", ylabel="test accuracy", title=f"Test accuracy per round: {what}", ylim=(0, 1))
+    _integer_rounds(ax)
     written.append(_finish(fig, [ax], folder / "accuracy.png"))
 
     if "device_acc_mean" in rounds and rounds["device_acc_mean"].notna().any():
@@ -76,8 +78,9 @@ def plot(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
                 continue
             line = ax.plot(frame["round"], frame["device_acc_mean"], label=_label(frame.iloc[0]))[0]
             ax.fill_between(frame["round"], frame["device_acc_p10"], frame["device_acc_p90"], alpha=0.2, color=line.get_color())
-        ax.set(xlabel="round", ylabel="accuracy on the device's own data",
-               title="Per-device accuracy of the global model (mean, p10-p90)")
+        ax.set(xlabel="round", ylabel="accuracy on the device's own data", ylim=(0, 1),
+               title=f"Per-device accuracy of the global model (mean, p10-p90): {what}")
+        _integer_rounds(ax)
         written.append(_finish(fig, [ax], folder / "device_spread.png"))
 
     table = summary(path)
@@ -87,10 +90,31 @@ def plot(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
             by_devices = frame.groupby("devices")
             left.plot(by_devices["final_accuracy"].mean(), marker="o", label=partition)
             right.plot(by_devices["median_round_s"].median(), marker="o", label=partition)
-        left.set(xscale="log", xlabel="devices", ylabel="final test accuracy", title="Accuracy against fleet size")
-        right.set(xscale="log", xlabel="devices", ylabel="seconds per round (median)", title="Round time against fleet size")
+        left.set(xscale="log", xlabel="devices", ylabel="final test accuracy", ylim=(0, 1),
+                 title=f"Accuracy against fleet size: {what}")
+        right.set(xscale="log", xlabel="devices", ylabel="seconds per round (median)",
+                  title=f"Round time against fleet size: {what}")
+        right.set_ylim(bottom=0)  # from zero: noise between sizes must not look like a trend
+        for ax in (left, right):
+            _fleet_ticks(ax, sorted(table["devices"].unique()))
         written.append(_finish(fig, [left, right], folder / "scaling.png"))
     return written
+
+
+def _integer_rounds(ax) -> None:  # noqa: ANN001 - a matplotlib axis
+    """Rounds are whole numbers: no ticks at 1.5."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _fleet_ticks(ax, sizes: list[int]) -> None:  # noqa: ANN001 - a matplotlib axis
+    """A log axis labelled at the fleet sizes that ran, written out (10, 100, 1000), nothing else."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    ax.xaxis.set_major_locator(FixedLocator(sizes))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{n:,}" for n in sizes])
 
 
 def _finish(fig, axes, path: Path) -> Path:  # noqa: ANN001 - matplotlib objects

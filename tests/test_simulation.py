@@ -175,3 +175,24 @@ def test_report_shows_status_and_every_setting_that_differs(tmp_path):
     assert table.loc["a", "status"] == "completed" and table.loc["b", "status"] == "interrupted"
     assert "rounds" in table and "model" not in table  # the same in both: not repeated
     assert "interrupted" in report(tmp_path) and fedsim.load_runs(tmp_path)["status"].nunique() == 2
+
+
+def test_plot_axes_show_whole_rounds_and_the_fleet_sizes_that_ran():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fedsim.analysis import _fleet_ticks, _integer_rounds
+
+    fig, (a, b) = plt.subplots(1, 2)
+    a.plot([1, 2, 3], [0.1, 0.2, 0.3])
+    _integer_rounds(a)
+    fig.canvas.draw()
+    assert all(float(t).is_integer() for t in a.get_xticks())
+    b.plot([20, 40, 50], [1, 2, 3])
+    b.set_xscale("log")
+    _fleet_ticks(b, [20, 40, 50])
+    fig.canvas.draw()
+    assert list(b.get_xticks()) == [20, 40, 50] and [t.get_text() for t in b.get_xticklabels()] == ["20", "40", "50"]
+    plt.close(fig)
