@@ -22,7 +22,7 @@ from fedsim.model.builders import ArtifactRecipe, ModelError, Optimizer  # noqa:
 from fedsim.results import Run, RunFolderError, load_run, load_runs  # noqa: E402
 from fedsim.simulation import resume, run  # noqa: E402
 from fedsim.strategies import FedAvg, Strategy, Update  # noqa: E402
-from fedsim.sweep import sweep  # noqa: E402
+from fedsim.sweep import resume_sweep, sweep  # noqa: E402
 from fedsim.task import Task, TaskError  # noqa: E402
 
 __version__ = "0.2.0"
@@ -67,6 +67,7 @@ __all__ = [
     "load_run",
     "load_runs",
     "resume",
+    "resume_sweep",
     "run",
     "sweep",
 ]

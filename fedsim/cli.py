@@ -55,7 +55,7 @@ def _type_of(name: str) -> Any:
                 "device_momentum", "device_beta1", "device_beta2", "device_epsilon"):
         return float
     if name in ("devices", "rounds", "local_epochs", "batch_size", "seed", "hosts", "toy_samples", "min_devices",
-                "min_samples", "per_round"):
+                "min_samples", "per_round", "eval_every"):
         return int
     return str
 
@@ -107,17 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sw = sub.add_parser("sweep", help="run a grid of experiments in one Ray session",
-                        description="Run every (devices, partition, seed) point; other flags as for run.")
-    sw.add_argument("--config", metavar="FILE.toml", help="base settings")
+                        description="Run every point of the grid: any run setting may be a comma-separated list "
+                        "(--lr 0.01,0.1 --local-epochs 1,5), or a [sweep] table of lists in --config.")
+    sw.add_argument("--config", metavar="FILE.toml", help="base settings, and a [sweep] table of lists to vary")
     for f in fields(Config):
-        if f.name in ("devices", "partition", "seed", "out"):
+        if f.name in ("partition", "seed", "out", "name"):
             continue
-        sw.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_type_of(f.name), default=None,
-                        help=_HELP.get(f.name, f.name))
-    sw.add_argument("--devices", required=True, help="comma-separated fleet sizes, e.g. 10,100,1000")
+        sw.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
+                        help=_HELP.get(f.name, f.name) + " (a comma-separated list sweeps it)")
+    sw.add_argument("--name", help="experiment name (the default sweep folder is results/sweeps/<name>/<timestamp>)")
     sw.add_argument("--partition", dest="partitions", help="comma-separated partition specs (default iid)")
     sw.add_argument("--seeds", help="comma-separated seeds (default 0)")
     sw.add_argument("--out", help="sweep folder (default results/sweeps/<name>/<timestamp>)")
+    sw.add_argument("--resume", metavar="DIR", help="run the points of an earlier sweep that did not complete")
     sw.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     for name, what in (("plot", "write PNG plots of"), ("report", "print a markdown table of")):
@@ -184,21 +186,83 @@ def _ints(text: str, flag: str) -> list[int]:
         raise ConfigError(f"{flag} takes comma-separated integers, got {text!r}") from None
 
 
-def _sweep(args: argparse.Namespace) -> int:
-    from fedsim.sweep import sweep
+def _sweep_values(name: str, text: str) -> list[Any]:
+    """A sweep flag's comma-separated values, each of the setting's type. A data set spec such as
+    synthetic:1,1 keeps its own comma."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if name == "dataset":  # synthetic:ALPHA,BETA: glue BETA back to its spec
+        merged: list[str] = []
+        for p in parts:
+            if merged and merged[-1].startswith("synthetic:") and "," not in merged[-1] and p.replace(".", "", 1).isdigit():
+                merged[-1] += "," + p
+            else:
+                merged.append(p)
+        parts = merged
+    kind = _type_of(name)
+    try:
+        return [kind(p) for p in parts]
+    except ValueError:
+        raise ConfigError(f"--{name.replace('_', '-')} takes comma-separated values of type {kind.__name__}, "
+                          f"got {text!r}") from None
 
-    overrides = {f.name: getattr(args, f.name) for f in fields(Config)
-                 if f.name not in ("devices", "partition", "seed", "out") and getattr(args, f.name, None) is not None}
-    base = Config.from_toml(args.config, **overrides) if args.config else Config(**overrides)
-    devices = _ints(args.devices, "--devices")
-    seeds = _ints(args.seeds, "--seeds") if args.seeds else None
-    partitions = [p.strip() for p in args.partitions.split(",")] if args.partitions else None
-    table = sweep(base, devices, partitions, seeds, args.out, progress=not args.no_progress)
+
+def _sweep(args: argparse.Namespace) -> int:
+    import tomllib
+    from pathlib import Path
+
+    from fedsim.sweep import resume_sweep, sweep
+
+    if args.resume:
+        table = resume_sweep(args.resume, progress=not args.no_progress)
+        folder = Path(args.resume)
+    else:
+        file_values: dict[str, Any] = {}
+        grid: dict[str, list[Any]] = {}
+        if args.config:
+            try:
+                file_values = tomllib.loads(Path(args.config).read_text())
+            except (OSError, tomllib.TOMLDecodeError) as e:
+                raise ConfigError(f"--config {args.config}: {e}") from None
+            table_grid = file_values.pop("sweep", {})
+            if not isinstance(table_grid, dict):
+                raise ConfigError(f"--config {args.config}: [sweep] must be a table of lists")
+            grid.update({k: v if isinstance(v, list) else [v] for k, v in table_grid.items()})
+        overrides: dict[str, Any] = {}
+        for f in fields(Config):
+            text = getattr(args, f.name, None)
+            if f.name in ("partition", "seed", "out") or text is None:
+                continue
+            if f.name == "name":
+                overrides["name"] = text
+                continue
+            values = _sweep_values(f.name, text)
+            if len(values) == 1:
+                overrides[f.name] = values[0]
+                grid.pop(f.name, None)
+            else:
+                grid[f.name] = values
+        if args.seeds:
+            grid["seed"] = _ints(args.seeds, "--seeds")
+        if args.partitions:
+            grid["partition"] = [p.strip() for p in args.partitions.split(",") if p.strip()]
+        for key in [k for k, v in grid.items() if len(v) == 1 and k not in ("devices", "partition", "seed")]:
+            file_values[key] = grid.pop(key)[0]
+        base = Config.from_dict({**file_values, **overrides, **{k: v[0] for k, v in grid.items()}})
+        out = args.out or str(Path("results") / "sweeps" / base.name / _stamp())
+        table = sweep(base, out=out, progress=not args.no_progress, grid=grid)
+        folder = Path(out)
     failed = table[table["status"] == "failed"] if "status" in table else table.iloc[:0]
-    print(f"fedsim: sweep of {table['point'].nunique()} points, {len(failed)} failed")
+    print(f"fedsim: sweep of {table['point'].nunique()} points, {failed['point'].nunique()} failed")
     for _, row in failed.iterrows():
         print(f"fedsim: failed {row['point']}: {row['error']}")
+    print(f"fedsim: sweep in {folder}; fedsim report {folder}")
     return 0
+
+
+def _stamp() -> str:
+    import datetime as dt
+
+    return dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
 def _analysis(args: argparse.Namespace) -> int:

@@ -1,7 +1,10 @@
-"""A grid of runs (devices x partitions x seeds) in one Ray session, each point a normal run folder.
+"""A grid of runs over any settings in one Ray session, each point a normal run folder.
 
-A point that fails is recorded with its error and the sweep goes on. sweep.parquet joins every
-point's config with its rounds (failed points: one row with status "failed" and the error).
+The grid is devices x partitions x seeds x any other settings given as lists (`grid={"lr": [0.01,
+0.1]}`, `fedsim sweep --lr 0.01,0.1`, or a `[sweep]` table in the TOML file). A point that fails is
+recorded with its error and the sweep goes on. sweep.json records the base settings, the grid and
+each point's outcome, so `resume_sweep` runs only the points that did not complete; sweep.parquet
+joins every point's config with its rounds (failed points: one row with status "failed" and the error).
 """
 
 from __future__ import annotations
@@ -10,63 +13,126 @@ import datetime as dt
 import itertools
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from fedsim.config import Config
-from fedsim.results import claim_run_folder, load_runs
-from fedsim.simulation import run
+from fedsim.config import Config, ConfigError
+from fedsim.results import CONFIG_FILE, RunFolderError, claim_run_folder, load_runs
+from fedsim.simulation import resume, run
 
 SWEEP_FILE = "sweep.parquet"
+SWEEP_JSON = "sweep.json"
 
 
-def point_name(devices: int, partition: str, seed: int) -> str:
-    return f"devices-{devices}_{partition.replace(':', '-')}_seed-{seed}"
+def point_name(devices: int, partition: str, seed: int, others: Mapping[str, Any] | None = None) -> str:
+    """devices-100_iid_seed-0, then key-value for every other setting the sweep varies."""
+    extra = "".join(f"_{k}-{v}" for k, v in (others or {}).items())
+    return f"devices-{devices}_{partition}_seed-{seed}{extra}".replace(":", "-").replace(",", "-").replace("/", "-")
 
 
 def sweep(
     base: Config,
-    devices: Sequence[int],
+    devices: Sequence[int] | None = None,
     partitions: Sequence[str] | None = None,
     seeds: Sequence[int] | None = None,
     out: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    grid: Mapping[str, Sequence[Any]] | None = None,
 ) -> pd.DataFrame:
-    """Run every (devices, partition, seed) point with `base`'s other settings; return sweep.parquet.
+    """Run every point of devices x partitions x seeds x `grid` with `base`'s other settings; return
+    sweep.parquet. Unset dimensions take `base`'s value.
 
     `base.per_round`, when set, is capped at each point's device count, so one sweep can keep rounds
     at most K devices from 10 to 10,000 devices.
     """
-    partitions = list(partitions or [base.partition_spec])
-    seeds = list(seeds or [base.seed])
-    grid = list(itertools.product(devices, partitions, seeds))
-    # Check every point's settings before anything runs.
-    configs = []
-    for d, p, s in grid:
-        per_round = min(base.per_round, d) if base.per_round is not None else None
-        configs.append(base.replace(devices=d, partition=p, seed=s, per_round=per_round, hosts=_hosts(base, d)))
+    axes = _axes(base, devices, partitions, seeds, grid)
+    configs = _configs(base, axes)  # every point's settings are checked before anything runs
     folder = claim_run_folder(out or Path("results") / "sweeps" / base.name / dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    return _run_points(folder, base, axes, configs, progress, {})
+
+
+def resume_sweep(path: str | os.PathLike[str], progress: bool = True) -> pd.DataFrame:
+    """Run the points of a sweep that did not complete: an interrupted point is resumed, one that
+    never started (or failed before its first round) runs from the start; completed points stay."""
+    folder = Path(path)
+    try:
+        saved = json.loads((folder / SWEEP_JSON).read_text())
+    except (OSError, ValueError):
+        raise RunFolderError(f"--resume {folder}: not a sweep folder (no readable {SWEEP_JSON})") from None
+    base = Config.from_dict(saved["base"])
+    axes = {k: list(v) for k, v in saved["grid"].items()}
+    done = {p["point"]: p for p in saved["points"] if p["status"] == "completed"}
+    return _run_points(folder, base, axes, _configs(base, axes), progress, done)
+
+
+def _axes(base: Config, devices: Sequence[int] | None, partitions: Sequence[str] | None,
+          seeds: Sequence[int] | None, grid: Mapping[str, Sequence[Any]] | None) -> dict[str, list[Any]]:
+    grid = dict(grid or {})
+    known = {f for f in Config.__dataclass_fields__ if f not in ("out", "name")}
+    unknown = sorted(set(grid) - known)
+    if unknown:
+        raise ConfigError(f"cannot sweep over {', '.join(unknown)}: not a run setting")
+    axes = {"devices": list(devices or grid.pop("devices", None) or [base.devices]),
+            "partition": list(partitions or grid.pop("partition", None) or [base.partition_spec]),
+            "seed": list(seeds or grid.pop("seed", None) or [base.seed])}
+    for key, values in grid.items():
+        values = list(values) if isinstance(values, (list, tuple)) else [values]
+        if not values:
+            raise ConfigError(f"sweep over {key}: no values")
+        axes[key] = values
+    return axes
+
+
+def _configs(base: Config, axes: Mapping[str, list[Any]]) -> list[tuple[str, Config]]:
+    others = [k for k in axes if k not in ("devices", "partition", "seed") and len(axes[k]) > 1]
+    out = []
+    for values in itertools.product(*axes.values()):
+        point = dict(zip(axes, values))
+        d = point["devices"]
+        per_round = min(base.per_round, d) if base.per_round is not None and "per_round" not in point else point.get(
+            "per_round", None)
+        changes = {**point, "per_round": per_round, "hosts": point.get("hosts", _hosts(base, d))}
+        try:
+            config = base.replace(**changes)
+        except ConfigError as e:
+            raise ConfigError(f"sweep point {point}: {e}") from None
+        name = point_name(d, config.partition_spec, config.seed, {k: point[k] for k in others})
+        out.append((name, config))
+    return out
+
+
+def _run_points(folder: Path, base: Config, axes: Mapping[str, list[Any]], configs: list[tuple[str, Config]],
+                progress: bool, done: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
     points: list[dict[str, Any]] = []
     owns_ray = _connect(base.address)
     try:
-        for config in configs:
-            name = point_name(config.devices, config.partition, config.seed)
-            point = {"point": name, "devices": config.devices, "partition": config.partition, "seed": config.seed}
+        for name, config in configs:
+            point = {"point": name, **{k: getattr(config, k) for k in axes}}
+            if name in done:
+                points.append(done[name])
+                continue
+            run_folder = folder / name
             try:
-                run(config.replace(out=str(folder / name), name=name), progress=progress)
+                if (run_folder / CONFIG_FILE).is_file():
+                    resume(run_folder, progress=progress)  # a point cut short by an earlier stop
+                else:
+                    run(config.replace(out=str(run_folder), name=name), progress=progress)
                 point.update(status="completed", error="")
             except Exception as e:  # a failing point is data: record it and go on
                 point.update(status="failed", error=f"{type(e).__name__}: {e}")
             points.append(point)
-            (folder / "sweep.json").write_text(json.dumps({"base": base.to_dict(), "points": points}, indent=2))
+            (folder / SWEEP_JSON).write_text(json.dumps({"base": base.to_dict(), "grid": axes, "points": points},
+                                                        indent=2, default=str))
     finally:
         if owns_ray:
             from fedsim.engine.ray import disconnect
 
             disconnect()
+    (folder / SWEEP_JSON).write_text(json.dumps({"base": base.to_dict(), "grid": axes, "points": points},
+                                                indent=2, default=str))
     table = _table(folder, points)
     table.to_parquet(folder / SWEEP_FILE, index=False)
     return table

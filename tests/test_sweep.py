@@ -54,3 +54,50 @@ def test_report_and_plots(swept, tmp_path):
     written = plot(folder, tmp_path)
     assert [p.name for p in written] == ["accuracy.png", "scaling.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000 for p in written)
+
+
+def test_sweep_any_setting_from_the_command_line_then_resume_only_what_did_not_complete(tmp_path):
+    import subprocess
+    import sys
+
+    folder = tmp_path / "lr"
+    out = subprocess.run([sys.executable, "-m", "fedsim.cli", "sweep", "--devices", "20", "--lr", "0.01,0.1",
+                          "--rounds", "2", "--dataset", "toy_images", "--toy-samples", "20", "--no-progress",
+                          "--out", str(folder)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"sweep in {folder}" in out.stdout
+    df = fedsim.load_runs(folder)
+    assert sorted(df["lr"].unique()) == [0.01, 0.1] and set(df["status"]) == {"completed"}
+    md = report(folder)
+    header = [cell.strip() for cell in md.splitlines()[0].split("|")]
+    assert "lr" in header and "status" in header and "completed" in md
+
+    # a point that did not complete (here: never ran) is run by --resume; the completed one is left alone
+    saved = json.loads((folder / "sweep.json").read_text())
+    first, second = saved["points"]
+    kept = (folder / first["point"] / "config.json").stat().st_mtime_ns
+    import shutil
+
+    shutil.rmtree(folder / second["point"])
+    second["status"], second["error"] = "failed", "cut"
+    (folder / "sweep.json").write_text(json.dumps(saved))
+    again = subprocess.run([sys.executable, "-m", "fedsim.cli", "sweep", "--resume", str(folder), "--no-progress"],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (folder / first["point"] / "config.json").stat().st_mtime_ns == kept
+    points = json.loads((folder / "sweep.json").read_text())["points"]
+    assert [p["status"] for p in points] == ["completed", "completed"]
+    assert fedsim.load_run(folder / second["point"]).meta["status"] == "completed"
+
+
+def test_a_sweep_table_in_the_config_file(tmp_path):
+    import subprocess
+    import sys
+
+    f = tmp_path / "s.toml"
+    f.write_text('dataset = "toy_images"\ntoy_samples = 20\ndevices = 6\nrounds = 1\n\n[sweep]\nlocal_epochs = [1, 2]\n')
+    out = subprocess.run([sys.executable, "-m", "fedsim.cli", "sweep", "--config", str(f), "--no-progress",
+                          "--out", str(tmp_path / "s")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    df = fedsim.load_runs(tmp_path / "s")
+    assert sorted(df["local_epochs"].unique()) == [1, 2] and set(df["devices"]) == {6}
