@@ -43,6 +43,7 @@ _HELP = {
     "name": "experiment name (default run folder)",
     "toy_samples": "samples per class of the toy_images data set",
     "round_timeout": "seconds before a silent host is restarted and its devices marked failed",
+    "tensorboard": "also write each round's scalars as TensorBoard event files under DIR (tensorboard --logdir DIR)",
     "eval_every": "evaluate the global model every R rounds and after the last (others record NaN accuracy)",
     "min_devices": "fewest devices that must report per round (else retry once, then stop)",
     "max_update_norm": "reject device updates farther than this (L2) from the global model",

@@ -113,6 +113,9 @@ class Config:
     max_update_norm: float | None = None
     # scale a device update down to this L2 norm before averaging; None = no clipping.
     clip_update_norm: float | None = None
+    # also write each round's scalars as TensorBoard event files under this folder (one subfolder per
+    # run; `tensorboard --logdir DIR`); None = none.
+    tensorboard: str | None = None
     # run folder; None = results/<name>/<timestamp>.
     out: str | None = None
     # experiment name, used for the default run folder.

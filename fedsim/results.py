@@ -160,9 +160,11 @@ class RunWriter:
     writer holds no rows of earlier rounds: its memory and each round's write cost stay flat.
     """
 
-    def __init__(self, path: Path, meta: dict[str, Any], resume_from: int | None = None) -> None:
+    def __init__(self, path: Path, meta: dict[str, Any], resume_from: int | None = None,
+                 tracker: Any = None) -> None:
         self.path = path
         self.meta = dict(meta)
+        self.tracker = tracker  # e.g. fedsim.tracking.TensorBoardLog: told each round's row
         if resume_from is not None:
             self._trim_tables(resume_from)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsim-writer")
@@ -228,6 +230,8 @@ class RunWriter:
         _atomic_parquet(self.path / PARTITION_FILE, frame)
 
     def record_round(self, round_row: dict[str, Any], device_rows: list[dict[str, Any]], global_checkpoint: bytes) -> None:
+        if self.tracker is not None:
+            self.tracker.record(round_row)
         self.flush()
         self._pending = self._pool.submit(self._write_round, round_row, device_rows, global_checkpoint)
 
@@ -256,6 +260,8 @@ class RunWriter:
     def close(self) -> None:
         self.flush()
         self._pool.shutdown()
+        if self.tracker is not None:
+            self.tracker.close()
         if self.meta.get("status") == "completed":  # nothing left to resume: global.ckpt is the model
             shutil.rmtree(self.path / RESUME_DIR, ignore_errors=True)
 

@@ -73,10 +73,19 @@ def run(
         "model": model,
         "started": _now(),
     }
-    writer = RunWriter(out, meta)
+    writer = RunWriter(out, meta, tracker=_tracker(config, out))
     _guarded(writer, lambda: _run(config, recipe_data, strategy, artifact, engine, writer, progress, started,
                                   check_artifact=bool(config.artifact)), new_run=True)
     return load_run(out)
+
+
+def _tracker(config: Config, folder: Path) -> Any:
+    """The experiment tracker --tensorboard asks for, or None."""
+    if not config.tensorboard:
+        return None
+    from fedsim.tracking import TensorBoardLog
+
+    return TensorBoardLog(config.tensorboard, folder.name)
 
 
 def strategy_name(config: Config, strategy: Strategy) -> str:
@@ -152,7 +161,7 @@ def resume(
     for stale in ("error", "finished"):
         meta.pop(stale, None)
     meta.setdefault("resumed", []).append({"after_round": done, "at": _now()})
-    writer = RunWriter(folder, meta, resume_from=done)
+    writer = RunWriter(folder, meta, resume_from=done, tracker=_tracker(config, folder))
     _guarded(writer, lambda: _run(config, recipe_data, strategy or make_strategy(config.strategy), artifact, engine,
                                   writer, progress, started, initial, done + 1))
     return load_run(folder)

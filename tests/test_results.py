@@ -195,3 +195,17 @@ def test_the_trained_keras_model_comes_back_from_the_run_folder(tmp_path, form):
     # the Keras model scores the test set as the run's evaluation through the artifact did
     assert abs(accuracy - run.final_accuracy) < 0.02 and accuracy > 0.5
     assert fedsim.load_model(run.path).count_params() == model.count_params()
+
+
+def test_tensorboard_event_files_carry_each_rounds_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = fedsim.run(dataset="toy_images", toy_samples=20, devices=3, rounds=3, eval_every=2,
+                     tensorboard=str(tmp_path / "tb"), out=str(tmp_path / "r"), engine=fedsim.LocalEngine(),
+                     progress=False)
+    events = EventAccumulator(str(tmp_path / "tb" / "r"))
+    events.Reload()
+    accuracy = [(e.step, round(e.value, 6)) for e in events.Scalars("test_accuracy")]
+    expected = [(int(r), round(a, 6)) for r, a in zip(run.rounds["round"], run.rounds["test_accuracy"]) if a == a]
+    assert accuracy == expected and [s for s, _ in accuracy] == [2, 3]  # round 1 was not evaluated
+    assert [e.step for e in events.Scalars("train_loss")] == [1, 2, 3]
