@@ -20,8 +20,8 @@ from fedsim.data import DataRecipe, Dataset
 from fedsim.engine.base import Engine, HostSettings, Setup
 from fedsim.model.builders import MODELS, ArtifactRecipe, ModelBuilder, Optimizer, builder_name, resolve_builder
 from fedsim.results import (
-    CONFIG_FILE, MODEL_FILE, Run, RunFolderError, RunWriter, claim_run_folder, default_out, load_run,
-    resume_checkpoint, versions,
+    CONFIG_FILE, MODEL_FILE, ROUND_COLUMNS, ROUNDS_FILE, Run, RunFolderError, RunWriter, claim_run_folder,
+    default_out, load_run, read_table, resume_checkpoint, versions,
 )
 from fedsim.strategies import Strategy, make_strategy
 
@@ -153,7 +153,7 @@ def resume(
     artifact = (folder / MODEL_FILE).read_bytes()
     initial = resume_checkpoint(folder, done) if done else None
     if done:  # elapsed_s goes on from the last committed round instead of starting again at zero
-        rounds = load_run(folder).rounds
+        rounds = read_table(folder / ROUNDS_FILE, ROUND_COLUMNS)  # not the devices table: it can be large
         committed = rounds[rounds["round"] <= done]["elapsed_s"]
         if len(committed):
             started -= float(committed.iloc[-1])

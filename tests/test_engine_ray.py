@@ -134,9 +134,23 @@ def _kill_session(sid: int) -> None:
             pass
 
 
-def test_a_run_killed_after_round_3_resumes_to_the_uninterrupted_table(tmp_path):
+def _wait_for_round(proc: subprocess.Popen, out, rounds: int, timeout_s: float = 240) -> None:
+    """Until the run in `out` has committed `rounds` rounds (or its process ended, or time ran out)."""
     import json
     import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if json.loads((out / "config.json").read_text()).get("rounds_completed", 0) >= rounds:
+                return
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        time.sleep(0.01)
+
+
+def test_a_run_killed_after_round_3_resumes_to_the_uninterrupted_table(tmp_path):
+    import json
 
     args = ["--dataset", "toy_images", "--toy-samples", "40", "--devices", "8", "--hosts", "2",
             "--rounds", "6", "--local-epochs", "25", "--seed", "4", "--no-progress"]
@@ -147,15 +161,8 @@ def test_a_run_killed_after_round_3_resumes_to_the_uninterrupted_table(tmp_path)
     out = tmp_path / "killed"
     proc = subprocess.Popen([*cli, *args, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    deadline = time.monotonic() + 240
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if json.loads((out / "config.json").read_text()).get("rounds_completed", 0) >= 3:
-                    break
-            except (FileNotFoundError, json.JSONDecodeError):
-                pass
-            time.sleep(0.01)
+        _wait_for_round(proc, out, 3)
     finally:
         _kill_session(proc.pid)
         proc.wait(timeout=60)
@@ -229,22 +236,14 @@ def test_a_two_node_ray_cluster_gives_the_single_node_results(tmp_path):
 def test_ctrl_c_records_interrupted_and_prints_the_command_that_continues(tmp_path):
     import json
     import signal
-    import time
 
     out = tmp_path / "run"
     args = ["--dataset", "toy_images", "--toy-samples", "40", "--devices", "8", "--hosts", "2", "--rounds", "6",
             "--local-epochs", "25", "--seed", "4", "--no-progress"]
     proc = subprocess.Popen([sys.executable, "-m", "fedsim.cli", "run", *args, "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 240
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if json.loads((out / "config.json").read_text()).get("rounds_completed", 0) >= 1:
-                    break
-            except (FileNotFoundError, json.JSONDecodeError):
-                pass
-            time.sleep(0.01)
+        _wait_for_round(proc, out, 1)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     finally:

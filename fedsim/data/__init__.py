@@ -33,6 +33,14 @@ def check_dataset_name(name: str) -> None:
                          "or --data FILE.npz for your own arrays")
 
 
+def check_devices_fit(name: str, samples: int, devices: int, min_samples: int = 1) -> None:
+    """DataError unless `samples` training samples can give each of `devices` devices `min_samples`."""
+    if devices * min_samples > samples:
+        raise DataError(f"--devices {devices}: {name} has {samples} training samples, too few to give "
+                        f"{devices} devices {min_samples} each (--min-samples); use at most "
+                        f"{samples // min_samples} devices")
+
+
 @dataclass(frozen=True)
 class DataRecipe:
     """Which data set to load and how: small and picklable, so the loading can happen in a short-lived
@@ -64,10 +72,8 @@ class DataRecipe:
         generated data set larger than the memory there is."""
         known = {"fashion_mnist": FASHION_MNIST_TRAIN, "toy_images": self.toy_samples * TOY_CLASSES}
         samples = len(self.arrays.y_train) if self.arrays is not None else None if self.path else known.get(self.name)
-        if samples is not None and not natural and devices * min_samples > samples:
-            raise DataError(f"--devices {devices}: {self.name} has {samples} training samples, too few to give "
-                            f"{devices} devices {min_samples} each (--min-samples); use at most "
-                            f"{samples // min_samples} devices")
+        if samples is not None and not natural:
+            check_devices_fit(self.name, samples, devices, min_samples)
         if parse_synthetic(self.name) is not None and self.arrays is None and self.path is None:
             import psutil
 
@@ -109,6 +115,7 @@ __all__ = [
     "Dataset",
     "DataNotFoundError",
     "check_dataset_name",
+    "check_devices_fit",
     "fetch_fashion_mnist",
     "find_fashion_mnist",
     "PartitionError",

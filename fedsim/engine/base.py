@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from fedsim.checkpoint import UpdateScreen
-from fedsim.data import DataRecipe, label_counts, partition
+from fedsim.data import DataRecipe, check_devices_fit, label_counts, partition
 from fedsim.data.dataset import DataError, Dataset
 from fedsim.data.partition import group_indices
 from fedsim.model.builders import ArtifactRecipe
@@ -190,9 +190,8 @@ def prepare(setup: Setup, num_hosts: int) -> Prepared:
 
     dataset = setup.data.load()
     task = dataset.task
-    if (setup.data.path or setup.data.arrays is not None) and len(dataset.y_train) < setup.devices:
-        raise DataError(f"{dataset.name}: {len(dataset.y_train)} training samples cannot give {setup.devices} "
-                        "devices one each; use fewer --devices")
+    if setup.data.path or setup.data.arrays is not None:  # sizes known only once loaded (an .npz)
+        check_devices_fit(dataset.name, len(dataset.y_train), setup.devices)
     shards = partition(dataset.y_train, setup.devices, setup.partition, setup.settings.seed, setup.min_samples,
                        dataset.device_train)
     local_tests, tests_from_test_set = None, False
@@ -216,7 +215,7 @@ def prepare(setup: Setup, num_hosts: int) -> Prepared:
     report = inspect(artifact, task, sample, batch_size=setup.settings.batch_size).to_dict()
     counts = label_counts(dataset.y_train, shards, task.num_classes).astype(np.int32)
     fleet = fleet_data(dataset, shards, local_tests, tests_from_test_set)
-    test_sizes = np.array([len(t) for t in local_tests] if local_tests else [0] * len(shards), dtype=np.int32)
+    test_sizes = (fleet.bounds[:, 2] - fleet.bounds[:, 1]).astype(np.int32)
     return Prepared(artifact, info, fleet, test_blocks(dataset, num_hosts), counts, test_sizes, report)
 
 
