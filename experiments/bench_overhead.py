@@ -66,6 +66,7 @@ class Row:
     checkpoint_format: str = "packed"
     rounds: int | None = None  # None: --rounds
     million: bool = False  # the generated 1M-device data set
+    strategy: str = "fedavg"
     ratio_target: float | None = None
     memory_target_mb: float | None = None  # compared with peak PSS
     first_round_target_s: float | None = None
@@ -82,6 +83,8 @@ ROWS = [
     Row("mlp-1000-quantity", 1000, partition="quantity:1.0", ratio_target=1.3),
     Row("mlp-1000-per10-h2", 1000, per_round=10, eval_every=10, rounds=41, ratio_target=1.5),
     Row("mlp-1000-per10-h8", 1000, per_round=10, hosts=8, eval_every=10, rounds=41, ratio_target=1.5),
+    # an order statistic: every update's vector crosses to the coordinator (no target: shows its cost)
+    Row("mlp-1000-fedmedian", 1000, strategy="fedmedian"),
     Row("mlp-1m", 1_000_000, per_round=1000, partition="natural", million=True, memory_target_mb=2560),
 ]
 
@@ -198,7 +201,8 @@ def bench_one(row: Row, rounds: int, out: Path) -> dict:
     config = fedsim.Config(devices=row.devices, rounds=rounds, hosts=row.hosts, per_round=row.per_round, seed=0,
                            local_epochs=1, batch_size=32, lr=0.05, out=str(out / f"run-{row.name}"),
                            name="bench_overhead", model=row.model, partition=row.partition,
-                           eval_every=row.eval_every, checkpoint_format=row.checkpoint_format, data=data)
+                           eval_every=row.eval_every, checkpoint_format=row.checkpoint_format, data=data,
+                           strategy=row.strategy)
     sampler = RssSampler()
     sampler.start()
     try:
@@ -218,6 +222,7 @@ def bench_one(row: Row, rounds: int, out: Path) -> dict:
         "row": row.name,
         "model": row.model,
         "checkpoint": row.checkpoint_format,
+        "strategy": row.strategy,
         "devices": row.devices,
         "per_round": config.devices_per_round,
         "hosts": run.meta["hosts"],

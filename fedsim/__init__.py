@@ -21,7 +21,7 @@ from fedsim.engine.local import LocalEngine  # noqa: E402
 from fedsim.model.builders import ArtifactRecipe, ModelError, Optimizer  # noqa: E402
 from fedsim.results import Run, RunFolderError, load_run, load_runs  # noqa: E402
 from fedsim.simulation import resume, run  # noqa: E402
-from fedsim.strategies import FedAvg, Strategy, Update  # noqa: E402
+from fedsim.strategies import STRATEGIES, Aggregate, DevicePlan, FedAvg, Strategy, make_strategy  # noqa: E402
 from fedsim.sweep import resume_sweep, sweep  # noqa: E402
 from fedsim.task import Task, TaskError  # noqa: E402
 
@@ -60,7 +60,10 @@ __all__ = [
     "Strategy",
     "Task",
     "TaskError",
-    "Update",
+    "Aggregate",
+    "DevicePlan",
+    "STRATEGIES",
+    "make_strategy",
     "__version__",
     "inspect",
     "load_model",

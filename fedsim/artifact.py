@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from fedsim.checkpoint import CheckpointError, read_checkpoint_file, scratch_dir, unpack
-from fedsim.model.signatures import CHECKPOINT_PATH, INFER, PACKED, RESTORE, SAVE, SIGNATURES, TRAIN
+from fedsim.model.signatures import CHECKPOINT_PATH, CONTROL_PATH, INFER, PACKED, RESTORE, SAVE, SIGNATURES, TRAIN
 from fedsim.task import Task, TaskError, kind_of
 
 
@@ -85,9 +85,9 @@ def check_signatures(runner: Any, task: Task) -> None:
     if missing:
         raise ArtifactError(f"missing signature(s) {', '.join(missing)}; it has {', '.join(sorted(available)) or 'none'} "
                             f"(the guide's contract: {', '.join(SIGNATURES)})")
-    for sig in (SAVE, RESTORE):
+    for sig, allowed in ((SAVE, ([CHECKPOINT_PATH],)), (RESTORE, ([CHECKPOINT_PATH], [CHECKPOINT_PATH, CONTROL_PATH]))):
         inputs = available[sig]["inputs"]
-        if inputs != [CHECKPOINT_PATH]:
+        if sorted(inputs) not in allowed:  # the scaffold variant's restore also takes a control file
             raise ArtifactError(f"{sig} takes {inputs}; the guide's {sig} takes [{CHECKPOINT_PATH!r}]")
     infer_in = runner.interpreter.get_signature_runner(INFER).get_input_details()
     if set(infer_in) != {"x"}:

@@ -280,26 +280,21 @@ class UpdateScreen:
     def needs_global(self) -> bool:
         return self.max_norm is not None or self.clip_norm is not None
 
-    def screen(
-        self, weights: Weights, global_weights: Weights | None, flat: np.ndarray | None = None
-    ) -> tuple[Weights, str]:
-        """(weights to aggregate, a note: "" or how they were clipped); CheckpointError to reject.
-        `flat`: the weights as one vector, if the caller has it (see check_weights)."""
-        check_weights(weights, self.spec, flat)
+    def screen(self, flat: np.ndarray, global_flat: np.ndarray | None) -> tuple[np.ndarray, str]:
+        """(the update to aggregate, a note: "" or how it was clipped); CheckpointError to reject.
+        `flat`: the checked weights as one vector; `global_flat`: the global model's (float64), needed
+        when `needs_global`."""
         if not self.needs_global:
-            return weights, ""
-        assert global_weights is not None
-        norm = update_norm(weights, global_weights)
+            return flat, ""
+        assert global_flat is not None
+        d = flat.astype(np.float64) - global_flat
+        norm = float(np.sqrt(np.dot(d, d)))
         if self.max_norm is not None and norm > self.max_norm:
             raise CheckpointError(f"update norm {norm:.4g} exceeds --max-update-norm {self.max_norm:g}")
         if self.clip_norm is not None and norm > self.clip_norm:
-            scale = self.clip_norm / norm
-            clipped = {
-                k: (global_weights[k] + (w.astype(np.float64) - global_weights[k]) * scale).astype(w.dtype)
-                for k, w in weights.items()
-            }
+            clipped = (global_flat + d * (self.clip_norm / norm)).astype(flat.dtype)
             return clipped, f"clipped: update norm {norm:.4g} scaled to --clip-update-norm {self.clip_norm:g}"
-        return weights, ""
+        return flat, ""
 
 
 def update_norm(weights: Mapping[str, np.ndarray], global_weights: Mapping[str, np.ndarray]) -> float:
@@ -309,3 +304,19 @@ def update_norm(weights: Mapping[str, np.ndarray], global_weights: Mapping[str, 
         d = w.astype(np.float64) - global_weights[name]
         total += float(np.dot(d.ravel(), d.ravel()))
     return float(np.sqrt(total))
+
+
+def flatten(weights: Mapping[str, np.ndarray], spec: WeightSpec) -> np.ndarray:
+    """The weights as one float32 vector in the spec's order (the layout strategies work in)."""
+    return np.concatenate([np.ravel(weights[name]).astype(np.float32, copy=False) for name in spec])
+
+
+def unflatten(flat: np.ndarray, spec: WeightSpec) -> Weights:
+    """One vector in the spec's order -> named tensors of the spec's shapes and dtypes (copies)."""
+    out: Weights = {}
+    pos = 0
+    for name, (shape, dtype) in spec.items():
+        size = int(np.prod(shape))
+        out[name] = np.asarray(flat[pos : pos + size], dtype=_dtype(dtype)).reshape(shape).copy()
+        pos += size
+    return out

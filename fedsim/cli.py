@@ -37,7 +37,22 @@ _HELP = {
     "min_samples": "fewest samples any device may hold",
     "per_round": "devices selected per round, as a count (instead of --fraction)",
     "device_test_fraction": "share of each device's data kept as its own test split (per-device accuracy)",
-    "strategy": "aggregation strategy (fedavg)",
+    "strategy": "fedavg, fedavgm, fedadam, fedyogi, fedadagrad, qfedavg, fedprox, scaffold, fedmedian, trimmedmean, "
+                "krum, multikrum or bulyan",
+    "server_lr": "server learning rate (fedavgm, scaffold 1.0; fedadam, fedyogi, fedadagrad 0.01)",
+    "server_momentum": "fedavgm's server momentum (0.9)",
+    "beta1": "first-moment decay of fedadam/fedyogi/fedadagrad (0.9)",
+    "beta2": "second-moment decay of fedadam/fedyogi (0.99)",
+    "tau": "adaptivity of fedadam/fedyogi/fedadagrad (1e-3)",
+    "q": "qfedavg's fairness exponent (1.0; 0 = unweighted mean)",
+    "lipschitz": "qfedavg's L (default 1 / --lr)",
+    "trim": "trimmedmean: share cut from each end per coordinate (0.2)",
+    "assumed_byzantine": "krum/multikrum/bulyan: Byzantine updates assumed per round (default --byzantine x selected)",
+    "krum_m": "multikrum: updates averaged (default n - f)",
+    "mu": "fedprox: proximal weight in the devices' train (0.01)",
+    "byzantine": "share of devices (seeded) that attack with --attack",
+    "attack": "signflip, gaussian, labelflip or alie",
+    "attack_scale": "signflip factor (4), gaussian std (1), or alie's z (default: the paper's)",
     "model": "mlp, cnn, logreg, or your Keras builder as package.module:function (it receives the Task)",
     "out": "run folder (default results/<name>/<timestamp>); must not exist or be empty",
     "name": "experiment name (default run folder)",
@@ -53,10 +68,11 @@ _HELP = {
 
 def _type_of(name: str) -> Any:
     if name in ("fraction", "lr", "round_timeout", "max_update_norm", "clip_update_norm", "device_test_fraction",
-                "device_momentum", "device_beta1", "device_beta2", "device_epsilon"):
+                "device_momentum", "device_beta1", "device_beta2", "device_epsilon", "server_lr", "server_momentum",
+                "beta1", "beta2", "tau", "q", "lipschitz", "trim", "mu", "byzantine", "attack_scale"):
         return float
     if name in ("devices", "rounds", "local_epochs", "batch_size", "seed", "hosts", "toy_samples", "min_devices",
-                "min_samples", "per_round", "eval_every"):
+                "min_samples", "per_round", "eval_every", "assumed_byzantine", "krum_m"):
         return int
     return str
 

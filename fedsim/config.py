@@ -22,6 +22,12 @@ def _is_import_path(text: str) -> bool:
     return bool(sep) and all(p.isidentifier() for p in module.split(".") + attr.split("."))
 
 
+def _strategy_params() -> tuple[str, ...]:
+    from fedsim.strategies import STRATEGY_PARAMS
+
+    return STRATEGY_PARAMS
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -95,8 +101,36 @@ class Config:
     device_test_fraction: float = 0.0
     # devices selected per round, as a count; None = use --fraction.
     per_round: int | None = None
-    # aggregation strategy by name (see fedsim.strategies.STRATEGIES).
+    # aggregation strategy by name (see fedsim.strategies.STRATEGIES): fedavg, fedavgm, fedadam, fedyogi,
+    # fedadagrad, qfedavg, fedprox and scaffold (these two change the devices' train), fedmedian, trimmedmean, krum,
+    # multikrum, bulyan. In a TOML file also a table: [strategy] name = "fedadam", server_lr = 0.01.
     strategy: str = "fedavg"
+    # The strategies' hyperparameters (None = the strategy's default; giving one the strategy does
+    # not take is an error). server_lr: the server's step (fedavgm, scaffold 1.0; fedadam/fedyogi/fedadagrad 0.01).
+    server_lr: float | None = None
+    # fedavgm's momentum on the pseudo-gradient (0.9).
+    server_momentum: float | None = None
+    # decay rates and adaptivity of fedadam / fedyogi / fedadagrad (0.9, 0.99, 1e-3; Reddi et al. 2021).
+    beta1: float | None = None
+    beta2: float | None = None
+    tau: float | None = None
+    # qfedavg's fairness exponent q (1.0; 0 = the unweighted mean) and L (default 1 / --lr).
+    q: float | None = None
+    lipschitz: float | None = None
+    # trimmedmean: share of values cut from each end per coordinate (0.2).
+    trim: float | None = None
+    # krum / multikrum / bulyan: Byzantine updates assumed per round (default: --byzantine x selected).
+    assumed_byzantine: int | None = None
+    # multikrum: updates averaged (default n - f).
+    krum_m: int | None = None
+    # fedprox: weight of the proximal term mu/2 * ||w - w_global||^2 in the devices' train (0.01).
+    mu: float | None = None
+    # share of devices (seeded, fixed for the run) that attack with --attack; 0 = none.
+    byzantine: float = 0.0
+    # what the --byzantine devices do: signflip, gaussian, labelflip or alie (see fedsim.strategies.attacks).
+    attack: str | None = None
+    # signflip's factor (4) or gaussian's standard deviation (1); for alie, a z replacing the paper's.
+    attack_scale: float | None = None
     # model: mlp, cnn, logreg (see fedsim.model.MODELS) or your builder as package.module:function,
     # which receives the Task and returns an uncompiled Keras model.
     model: str = "mlp"
@@ -218,9 +252,28 @@ class Config:
             if self.fraction != 1.0:
                 raise ConfigError("--per-round and --fraction both choose devices per round; give one of them")
         from fedsim.model import MODELS
-        from fedsim.strategies import STRATEGIES
+        from fedsim.strategies import STRATEGIES, make_strategy
+        from fedsim.strategies.attacks import ATTACKS
 
-        need(self.strategy in STRATEGIES, "strategy", f"must be one of {sorted(STRATEGIES)}")
+        need(self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(sorted(STRATEGIES))}")
+        try:
+            strategy = make_strategy(self.strategy, **{n: getattr(self, n) for n in _strategy_params()})
+        except (TypeError, ValueError) as e:
+            raise ConfigError(str(e)) from None
+        if strategy.variant is not None and self.artifact is not None:
+            raise ConfigError(f"--strategy {self.strategy} changes the devices' train signature, which an --artifact "
+                              "made elsewhere does not have; drop --artifact")
+        need(isinstance(self.byzantine, (int, float)) and 0 <= self.byzantine < 1, "byzantine", "must be in [0, 1)")
+        if self.attack is not None:
+            need(self.attack in ATTACKS, "attack", f"must be one of {', '.join(ATTACKS)}")
+            need(self.byzantine > 0, "byzantine", f"must be above 0 with --attack {self.attack}")
+        elif self.byzantine > 0:
+            raise ConfigError(f"--byzantine {self.byzantine} needs --attack ({', '.join(ATTACKS)})")
+        if self.attack_scale is not None:
+            need(isinstance(self.attack_scale, (int, float)) and self.attack_scale > 0, "attack_scale",
+                 "must be a positive number")
+            need(self.attack is not None and self.attack != "labelflip", "attack_scale",
+                 "applies to --attack signflip, gaussian or alie")
         need(isinstance(self.model, str) and (self.model in MODELS or _is_import_path(self.model)), "model",
              f"must be one of {', '.join(sorted(MODELS))} or package.module:function")
         need(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
@@ -238,6 +291,18 @@ class Config:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
         known = {f.name for f in fields(cls)}
+        if isinstance(data.get("strategy"), dict):  # [strategy] name = "fedadam", server_lr = 0.01, ...
+            table = dict(data["strategy"])
+            if "name" not in table:
+                raise ConfigError("config table [strategy] needs name = \"...\" (e.g. name = \"fedadam\")")
+            odd = sorted(set(table) - {"name", *_strategy_params()})
+            if odd:
+                raise ConfigError(f"[strategy] {', '.join(odd)}: not a strategy setting; known: "
+                                  f"name, {', '.join(_strategy_params())}")
+            clash = sorted(set(table) & set(data) - {"name"})
+            if clash:
+                raise ConfigError(f"{', '.join(clash)} given both in [strategy] and at the top level")
+            data = {**{k: v for k, v in data.items() if k != "strategy"}, "strategy": table.pop("name"), **table}
         if "synthetic_samples" in data and "toy_samples" not in data:
             # config.json of an earlier fedsim, where "synthetic" named today's toy_images
             data = {("toy_samples" if k == "synthetic_samples" else k): v for k, v in data.items()}
@@ -268,6 +333,10 @@ class Config:
             raise ConfigError(f"--config {p}: not valid TOML ({e})") from None
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(data)
+
+    def strategy_settings(self) -> dict[str, Any]:
+        """The strategy hyperparameters given (not None)."""
+        return {n: getattr(self, n) for n in _strategy_params() if getattr(self, n) is not None}
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)

@@ -6,6 +6,7 @@ engine, the evaluator and the recorder are passed in. No TensorFlow and no Ray h
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -16,11 +17,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fedsim.checkpoint import (
-    CheckpointError, UpdateScreen, WeightSpec, check_weights, read_checkpoint, scratch_dir, spec_of, write_checkpoint,
+    UpdateScreen, WeightSpec, check_weights, flatten, read_checkpoint, scratch_dir, spec_of, unflatten, write_checkpoint,
 )
 from fedsim.config import Config
-from fedsim.engine.base import DeviceReport, Engine, Evaluation, HostReduce
-from fedsim.strategies.base import Strategy, Update, Weights
+from fedsim.engine.base import DeviceReport, Engine, Evaluation, HostPipeline
+from fedsim.strategies.attacks import Attack, byzantine_devices
+from fedsim.strategies.base import HONEST, DevicePlan, State, Strategy, Weights, reduce_partials
 
 Evaluate = Callable[[bytes, Sequence[int]], Evaluation]
 
@@ -30,7 +32,8 @@ class RoundFailedError(RuntimeError):
 
 
 class Recorder(Protocol):
-    def record_round(self, round_row: dict[str, Any], device_rows: list[dict[str, Any]], global_checkpoint: bytes) -> None: ...
+    def record_round(self, round_row: dict[str, Any], device_rows: list[dict[str, Any]], global_checkpoint: bytes,
+                     state: State | None = None) -> None: ...
 
 
 def select_devices(num_devices: int, per_round: int, seed: int, round_num: int) -> list[int]:
@@ -59,6 +62,8 @@ class Coordinator:
         progress: bool = True,
         started: float | None = None,
         local_eval: bool | None = None,
+        state: State | None = None,
+        num_classes: int = 0,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -76,6 +81,20 @@ class Coordinator:
         # Restore ops read more cheaply), the first one too: same weights, other bytes.
         self.global_checkpoint = write_checkpoint(self.global_weights, self.scratch)
         self.screen = UpdateScreen(self.spec, config.max_update_norm, config.clip_update_norm)
+        self.flat = flatten(self.global_weights, self.spec)
+        # the strategy's server state: from the last committed round on resume, else fresh
+        fresh = strategy.init(self.flat)
+        if state is not None and {k: np.shape(v) for k, v in state.items()} != {k: np.shape(v) for k, v in fresh.items()}:
+            raise ValueError(f"the saved server state holds {sorted(state) or 'nothing'}, but {strategy.name} keeps "
+                             f"{sorted(fresh) or 'nothing'} of the model's size; it cannot continue this run")
+        self.state: State = fresh if state is None else state
+        self.attack = Attack(config.attack, config.attack_scale, config.seed) if config.attack else None
+        self.attackers = (byzantine_devices(config.devices, config.byzantine, config.seed) if self.attack is not None
+                          else np.zeros(0, np.int64))
+        # hosts send every update when the strategy is an order statistic or the attack reads the honest ones
+        needs_rows = strategy.accumulate == "stack" or (self.attack is not None and self.attack.needs_rows)
+        self.accumulate = "stack" if needs_rows else "sum"
+        self.num_classes = num_classes
         self.last: RoundOutcome | None = None  # the latest round only: a long run keeps no history here
 
     def evaluates(self, round_num: int) -> bool:
@@ -98,12 +117,21 @@ class Coordinator:
             shutil.rmtree(self.scratch, ignore_errors=True)
         return self.last
 
+    def plan(self, round_num: int, selected: Sequence[int]) -> dict[int, DevicePlan]:
+        """The round's per-device instructions: the strategy's, with the attackers' roles on top."""
+        plan = dict(self.strategy.plan(round_num, selected, self.state))
+        if self.attack is not None:
+            for d in np.intersect1d(self.attackers, selected).tolist():
+                plan[d] = dataclasses.replace(plan.get(d, DevicePlan()), role=self.attack.kind)
+        return plan
+
     def run_round(self, round_num: int) -> RoundOutcome:
         start = time.perf_counter()
         selected = select_devices(self.config.devices, self.config.devices_per_round, self.config.seed, round_num)
-        reduce = HostReduce(self.screen, self.strategy) if self.strategy.linear else None
+        plan = self.plan(round_num, selected)
+        pipeline = HostPipeline(self.screen, self.strategy, self.accumulate, self.attack, plan, self.num_classes)
         for attempt in (1, 2):
-            result = self.engine.run_round(round_num, self.global_checkpoint, selected, reduce)
+            result = self.engine.run_round(round_num, self.global_checkpoint, selected, pipeline)
             reported = sum(r.status != "failed" for r in result.reports)
             if reported >= self.config.min_devices:
                 break
@@ -115,17 +143,16 @@ class Coordinator:
                     f"rounds 1-{round_num - 1} are saved; fix the cause and continue with fedsim run --resume"
                 )
         hosts_done = time.perf_counter()
-        if reduce is not None:
-            # Hosts validated and pre-summed their devices' checkpoints; partials came back, not checkpoints.
-            device_rows = [self._row(round_num, r, r.status, r.error) for r in sorted(result.reports, key=lambda r: r.device_id)]
-            accepted = [r for r in device_rows if r["status"] == "ok"]
-            if result.partials:
-                self._set_global(self.strategy.aggregate_partials(self.global_weights, result.partials))
-        else:
-            updates, device_rows = self._accept(round_num, result.reports)
-            accepted = [r for r in device_rows if r["status"] == "ok"]
-            if updates:
-                self._set_global(self.strategy.aggregate(self.global_weights, updates))
+        sent = len(self.global_checkpoint)  # the checkpoint the devices restored (before it is replaced)
+        device_rows = [self._row(round_num, r, plan.get(r.device_id))
+                       for r in sorted(result.reports, key=lambda r: r.device_id)]
+        accepted = [r for r in device_rows if r["status"] == "ok"]
+        if result.partials:
+            aggregate = reduce_partials(result.partials)
+            if self.attack is not None and self.attack.needs_rows:
+                aggregate = self.attack.alie(aggregate, self.attackers)
+            flat, state = self.strategy.apply(self.flat, aggregate, self.state)
+            self._set_global(np.asarray(flat, dtype=np.float32), state)
         aggregated = time.perf_counter()
         # Devices with a test split of their own also score the new model on it.
         if self.evaluates(round_num):
@@ -156,22 +183,26 @@ class Coordinator:
             "hosts_s": hosts_done - start,  # dispatch until every host answered
             "aggregate_s": aggregated - hosts_done,
             "evaluate_s": evaluated - aggregated,
-            "bytes_up": sum(r["checkpoint_bytes"] for r in device_rows),
-            "bytes_down": len(self.global_checkpoint) * len(selected),
+            # SCAFFOLD's control variates travel too: c - c_i down, the device's change of c_i up
+            "bytes_up": sum(r["checkpoint_bytes"] for r in device_rows) + sum(
+                len(plan[r["device_id"]].control or b"") for r in accepted if r["device_id"] in plan),
+            "bytes_down": sent * len(selected) + sum(len(p.control or b"") for p in plan.values()),
             # seconds since the run began; differences between rounds include the recording of the tables
             "elapsed_s": time.perf_counter() - self.started,
         }
         if self.recorder is not None:
-            self.recorder.record_round(round_row, device_rows, self.global_checkpoint)
+            self.recorder.record_round(round_row, device_rows, self.global_checkpoint, self.state)
         return RoundOutcome(round_row, device_rows)
 
-    def _set_global(self, weights: Weights) -> None:
-        check_weights(weights, self.spec)  # a strategy bug must not poison the model
+    def _set_global(self, flat: np.ndarray, state: State) -> None:
+        weights = unflatten(flat, self.spec)
+        check_weights(weights, self.spec, flat)  # a strategy bug must not poison the model
+        self.flat, self.state = flat, state
         self.global_weights = weights
         self.global_checkpoint = write_checkpoint(weights, self.scratch)
 
     @staticmethod
-    def _row(round_num: int, r: DeviceReport, status: str, reason: str) -> dict[str, Any]:
+    def _row(round_num: int, r: DeviceReport, plan: DevicePlan | None) -> dict[str, Any]:
         return {
             "round": round_num,
             "device_id": r.device_id,
@@ -180,22 +211,8 @@ class Coordinator:
             "train_loss": r.train_loss,
             "train_s": r.train_s,
             "checkpoint_bytes": r.checkpoint_bytes,
-            "status": status,
-            "reason": reason,
+            "status": r.status,
+            "reason": r.error,
+            "role": plan.role if plan is not None else HONEST,
+            "mu": plan.mu if plan is not None else float("nan"),
         }
-
-    def _accept(self, round_num: int, reports: Sequence[DeviceReport]) -> tuple[list[Update], list[dict[str, Any]]]:
-        """Restore every reported checkpoint into named weights; reject (and record) any that is
-        unreadable, does not match the model, or is not finite. Rejected updates are never averaged."""
-        updates: list[Update] = []
-        rows: list[dict[str, Any]] = []
-        for r in sorted(reports, key=lambda r: r.device_id):
-            status, reason = r.status, r.error
-            if status == "ok":
-                try:
-                    weights, reason = self.screen.screen(read_checkpoint(r.checkpoint or b"", self.scratch), self.global_weights)
-                    updates.append(Update(r.device_id, weights, r.samples))
-                except CheckpointError as e:
-                    status, reason = "rejected", str(e)
-            rows.append(self._row(round_num, r, status, reason))
-        return updates, rows

@@ -7,9 +7,11 @@ round through whatever Runner its host lends it. A device that is not training c
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,9 @@ import numpy as np
 
 from fedsim.data.dataset import one_hot, scale_images
 from fedsim.model.tflog import quiet_native_stderr
-from fedsim.model.signatures import CHECKPOINT_PATH, INFER, LOSS, OUTPUT, RESTORE, SAVE, SIGNATURES, TRAIN
+from fedsim.model.signatures import (
+    CHECKPOINT_PATH, CONTROL_PATH, CORRECTION, INFER, LOSS, MU, OUTPUT, RESTORE, SAVE, SIGNATURES, TRAIN,
+)
 
 
 class Runner:
@@ -43,8 +47,14 @@ class Runner:
         self._save = self.interpreter.get_signature_runner(SAVE)
         self._restore = self.interpreter.get_signature_runner(RESTORE)
         inputs = self._train.get_input_details()
-        if set(inputs) != {"x", "y"}:
-            raise ValueError(f"the .tflite's train signature takes {sorted(inputs)}; the guide's contract is train(x, y)")
+        if set(inputs) not in ({"x", "y"}, {"x", "y", MU}):
+            raise ValueError(f"the .tflite's train signature takes {sorted(inputs)}; the guide's contract is train(x, y)"
+                             f" (fedsim's fedprox variant: train(x, y, mu))")
+        # the fedprox variant's train(x, y, mu); mu = 0 is the plain loss
+        self.takes_mu = MU in inputs
+        # the scaffold variant's restore(checkpoint_path, control_path): c - c_i from a control file
+        self.takes_control = CONTROL_PATH in self._restore.get_input_details()
+        self._zero_control: Path | None = None
         # fedsim's artifacts take the data's compact dtype (uint8 pixels, scaled in the graph) and class
         # ids; one made by an earlier fedsim (a resumed run's) or by hand from the guide may take
         # float32 pixels in [0, 1] and one-hot labels: `inputs` and `labels` convert for it.
@@ -74,13 +84,40 @@ class Runner:
             return one_hot(y, self.one_hot_classes)
         return y if y.dtype == self.y_dtype else y.astype(self.y_dtype)
 
-    def restore(self, path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-        return self._restore(**{CHECKPOINT_PATH: np.array(os.fsencode(path))})
+    def restore(self, path: str | os.PathLike[str], control: str | os.PathLike[str] | None = None) -> dict[str, np.ndarray]:
+        """Restore the weights from `path`; a scaffold artifact also reads its correction from `control`
+        (a control file, see write_control; none: a zero correction, i.e. plain training)."""
+        if not self.takes_control:
+            if control is not None:
+                raise ValueError("this .tflite's restore takes no control file; SCAFFOLD needs the scaffold "
+                                 "variant, which fedsim builds for --strategy scaffold")
+            return self._restore(**{CHECKPOINT_PATH: np.array(os.fsencode(path))})
+        if control is None:
+            control = self.zero_control()
+        return self._restore(**{CHECKPOINT_PATH: np.array(os.fsencode(path)),
+                                CONTROL_PATH: np.array(os.fsencode(control))})
+
+    def zero_control(self) -> Path:
+        """A control file of zeros for this artifact's weights (made once, removed with the Runner)."""
+        if self._zero_control is None:
+            import tempfile
+
+            size = sum(int(np.prod(shape)) for _, shape in self.layout)
+            folder = Path(tempfile.mkdtemp(prefix="fedsim-control-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+            self._zero_control = folder / "zero.ckpt"
+            write_control(np.zeros(size, np.float32), self._zero_control)
+            weakref.finalize(self, shutil.rmtree, folder, True)
+        return self._zero_control
 
     def save(self, path: str | os.PathLike[str]) -> None:
         self._save(**{CHECKPOINT_PATH: np.array(os.fsencode(path))})
 
-    def train(self, x: np.ndarray, y: np.ndarray) -> float:
+    def train(self, x: np.ndarray, y: np.ndarray, mu: float = 0.0) -> float:
+        if self.takes_mu:
+            return float(self._train(x=x, y=y, mu=np.float32(mu))[LOSS])
+        if mu:
+            raise ValueError("this .tflite's train has no proximal term (train(x, y)); FedProx needs the fedprox "
+                             "variant, which fedsim builds for --strategy fedprox")
         return float(self._train(x=x, y=y)[LOSS])
 
     def infer(self, x: np.ndarray) -> np.ndarray:
@@ -93,6 +130,16 @@ class Runner:
         data = path.read_bytes()
         path.unlink()
         return data
+
+
+def write_control(correction: np.ndarray, path: Path) -> int:
+    """Write SCAFFOLD's correction c - c_i (one float32 vector, weights in name order) as the control
+    file a scaffold artifact's `restore` reads; its size in bytes."""
+    from fedsim.tfv1 import write_tfv1
+
+    data = write_tfv1({CORRECTION: np.asarray(correction, dtype=np.float32)})
+    path.write_bytes(data)
+    return len(data)
 
 
 _SHUFFLE = threading.local()
@@ -133,6 +180,7 @@ class DeviceUpdate:
     samples: int
     train_loss: float
     train_s: float  # seconds in the device's signatures: restore, every train batch, save
+    start_loss: float  # the first train batch's loss: the global model's loss on the device's data
     checkpoint_path: Path  # the file `save` wrote; the host reads it, the next device overwrites it
 
 
@@ -160,8 +208,15 @@ class Device:
         local_epochs: int,
         batch_size: int,
         out: Path,
+        mu: float = 0.0,
+        flip_labels: int = 0,
+        control: Path | None = None,
     ) -> DeviceUpdate:
-        """restore the global model -> local_epochs of shuffled mini-batches through `train` -> `save` to out."""
+        """restore the global model -> local_epochs of shuffled mini-batches through `train` -> `save` to out.
+
+        mu: FedProx's proximal weight (the fedprox variant's train input). flip_labels: the number of
+        classes C of a label-flipping attacker, which trains on C - 1 - y instead of y (0: honest).
+        control: SCAFFOLD's control file (the scaffold variant's restore reads c - c_i from it)."""
         # Shuffling depends on (seed, device, round) only, never on which host runs the device.
         rng = shuffle_rng(self.seed, self.device_id, round_num)
         # Shuffled before the clock starts, so train_s counts the device's signature calls and
@@ -169,18 +224,22 @@ class Device:
         epochs = []
         for _ in range(local_epochs):
             order = rng.permutation(self.samples)
-            epochs.append((runner.inputs(self.x[order]), runner.labels(self.y[order])))
+            y = self.y[order] if not flip_labels else (flip_labels - 1 - self.y[order]).astype(self.y.dtype)
+            epochs.append((runner.inputs(self.x[order]), runner.labels(y)))
         start = time.perf_counter()
-        runner.restore(global_checkpoint)
-        loss_sum, seen = 0.0, 0
+        runner.restore(global_checkpoint, control) if control is not None else runner.restore(global_checkpoint)
+        loss_sum, seen, start_loss = 0.0, 0, float("nan")
         for xs, ys in epochs:
             for i in range(0, self.samples, batch_size):
                 xb, yb = xs[i : i + batch_size], ys[i : i + batch_size]
-                loss_sum += runner.train(xb, yb) * len(yb)
+                loss = runner.train(xb, yb, mu) if mu else runner.train(xb, yb)
+                if not seen:
+                    start_loss = loss
+                loss_sum += loss * len(yb)
                 seen += len(yb)
         runner.save(out)
         train_s = time.perf_counter() - start
-        return DeviceUpdate(self.device_id, self.samples, loss_sum / max(seen, 1), train_s, out)
+        return DeviceUpdate(self.device_id, self.samples, loss_sum / max(seen, 1), train_s, start_loss, out)
 
 
 def evaluate_counts(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import glob as globlib
+import io
 import json
 import os
 import platform
@@ -36,6 +37,7 @@ MODEL_FILE = "model.tflite"
 CHECKPOINT_FILE = "global.ckpt"
 PARTITION_FILE = "partition.parquet"
 ARTIFACT_FILE = "artifact.json"  # the artifact report (fedsim inspect): signatures, ops, sizes, latency
+STATE_FILE = "server_state.npz"  # a stateful strategy's state after the last round (np.load)
 RESUME_DIR = "resume"  # resume/round-K.ckpt: the checkpoint a resume starts from (removed when complete)
 
 ROUND_COLUMNS = [
@@ -46,11 +48,11 @@ ROUND_COLUMNS = [
 ]
 DEVICE_COLUMNS = [
     "round", "device_id", "host", "samples", "train_loss", "train_s", "checkpoint_bytes", "status", "reason",
-    "test_accuracy",
+    "test_accuracy", "role", "mu",
 ]
 _INT_COLUMNS = {"round", "device_id", "host", "samples", "checkpoint_bytes", "devices_selected", "devices_reported",
                 "devices_accepted", "bytes_up", "bytes_down"}
-_STRING_COLUMNS = {"status", "reason"}
+_STRING_COLUMNS = {"status", "reason", "role"}
 
 
 def _schema(columns: list[str]) -> pa.Schema:
@@ -229,13 +231,15 @@ class RunWriter:
         frame.insert(0, "device_id", np.arange(len(counts)))
         _atomic_parquet(self.path / PARTITION_FILE, frame)
 
-    def record_round(self, round_row: dict[str, Any], device_rows: list[dict[str, Any]], global_checkpoint: bytes) -> None:
+    def record_round(self, round_row: dict[str, Any], device_rows: list[dict[str, Any]], global_checkpoint: bytes,
+                     state: dict[str, np.ndarray] | None = None) -> None:
         if self.tracker is not None:
             self.tracker.record(round_row)
         self.flush()
-        self._pending = self._pool.submit(self._write_round, round_row, device_rows, global_checkpoint)
+        self._pending = self._pool.submit(self._write_round, round_row, device_rows, global_checkpoint, state)
 
-    def _write_round(self, round_row: dict[str, Any], device_rows: list[dict[str, Any]], checkpoint: bytes) -> None:
+    def _write_round(self, round_row: dict[str, Any], device_rows: list[dict[str, Any]], checkpoint: bytes,
+                     state: dict[str, np.ndarray] | None = None) -> None:
         round_num = round_row["round"]
         # Commit order, so that a kill at any point leaves a resumable folder: the round's checkpoint
         # under its own name, the round's table parts, then config.json's rounds_completed (the
@@ -244,6 +248,10 @@ class RunWriter:
         resume = self.path / RESUME_DIR
         resume.mkdir(exist_ok=True)
         _atomic_write(resume / f"round-{round_num}.ckpt", checkpoint)
+        keep = {f"round-{round_num}.ckpt"}
+        if state:  # the strategy's server state (momentum, moments), so that a resume continues it
+            _atomic_write(resume / f"round-{round_num}.{STATE_FILE}", _npz(state))
+            keep.add(f"round-{round_num}.{STATE_FILE}")
         for name, rows, columns, schema in ((DEVICES_FILE, device_rows, DEVICE_COLUMNS, DEVICE_SCHEMA),
                                             (ROUNDS_FILE, [round_row], ROUND_COLUMNS, ROUND_SCHEMA)):
             folder = self.path / name
@@ -253,8 +261,10 @@ class RunWriter:
         self.meta["rounds_completed"] = round_num
         _atomic_write(self.path / CONFIG_FILE, json.dumps(self.meta, indent=2, default=str).encode())
         _atomic_write(self.path / CHECKPOINT_FILE, checkpoint)
+        if state:
+            _atomic_write(self.path / STATE_FILE, _npz(state))
         for old in resume.iterdir():
-            if old.name != f"round-{round_num}.ckpt":
+            if old.name not in keep:
                 old.unlink(missing_ok=True)
 
     def close(self) -> None:
@@ -264,6 +274,21 @@ class RunWriter:
             self.tracker.close()
         if self.meta.get("status") == "completed":  # nothing left to resume: global.ckpt is the model
             shutil.rmtree(self.path / RESUME_DIR, ignore_errors=True)
+
+
+def _npz(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def resume_state(path: Path, rounds_completed: int) -> dict[str, np.ndarray]:
+    """The strategy's server state committed with round `rounds_completed` ({} if it keeps none)."""
+    f = path / RESUME_DIR / f"round-{rounds_completed}.{STATE_FILE}"
+    if not f.is_file():
+        return {}
+    with np.load(f) as data:
+        return {k: data[k] for k in data.files}
 
 
 def resume_checkpoint(path: Path, rounds_completed: int) -> bytes:

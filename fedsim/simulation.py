@@ -21,16 +21,16 @@ from fedsim.engine.base import Engine, HostSettings, Setup
 from fedsim.model.builders import MODELS, ArtifactRecipe, ModelBuilder, Optimizer, builder_name, resolve_builder
 from fedsim.results import (
     CONFIG_FILE, MODEL_FILE, ROUND_COLUMNS, ROUNDS_FILE, Run, RunFolderError, RunWriter, claim_run_folder,
-    default_out, load_run, read_table, resume_checkpoint, versions,
+    default_out, load_run, read_table, resume_checkpoint, resume_state, versions,
 )
-from fedsim.strategies import Strategy, make_strategy
+from fedsim.strategies import STRATEGIES, Strategy, strategy_for
 
 
 def run(
     config: Config | None = None,
     *,
     engine: Engine | None = None,
-    strategy: Strategy | None = None,
+    strategy: Strategy | str | None = None,
     model_builder: ModelBuilder | None = None,
     data: Dataset | None = None,
     progress: bool = True,
@@ -44,6 +44,8 @@ def run(
     the Task). `data` runs on your own arrays (`fedsim.ArrayDataset(...)`) instead of a named data set.
     """
     started = time.perf_counter()
+    if isinstance(strategy, str):  # fedsim.run(strategy="fedadam", server_lr=0.01): a name is a setting
+        settings, strategy = {**settings, "strategy": strategy}, None
     if data is not None:
         settings = {**settings, "dataset": "arrays"}
     config = (config or Config()).replace(**settings) if settings else (config or Config())
@@ -58,16 +60,18 @@ def run(
     model = f"artifact {config.artifact}" if config.artifact else builder_name(builder)
     if not config.artifact and (model in MODELS or _is_import_path(model)):
         config = config.replace(model=model)  # what config.json records is what ran
-    artifact: ArtifactRecipe | bytes = ArtifactRecipe(builder, None, optimizer_of(config), config.seed, config.checkpoint_format)
+    strategy = strategy.bind(config) if strategy is not None else strategy_for(config)
+    artifact: ArtifactRecipe | bytes = ArtifactRecipe(builder, None, optimizer_of(config), config.seed,
+                                                      config.checkpoint_format, strategy.variant)
     if config.artifact:
         artifact = _read_artifact(config.artifact)
-    strategy = strategy or make_strategy(config.strategy)
     out = claim_run_folder(config.out or default_out(config.name))
     config = config.replace(out=str(out))  # the folder it ran in, also when it was the default
     meta: dict[str, Any] = {
         "config": config.to_dict(),
         "versions": versions(),
         "strategy": type(strategy).__name__,
+        "strategy_params": strategy.describe() if hasattr(strategy, "describe") else {},
         # what load_runs reports as the strategy: the --strategy name, or module:Class of one passed in
         "strategy_name": strategy_name(config, strategy),
         "model": model,
@@ -90,9 +94,32 @@ def _tracker(config: Config, folder: Path) -> Any:
 
 def strategy_name(config: Config, strategy: Strategy) -> str:
     """The --strategy name if `strategy` is that strategy, else the strategy's module:Class."""
-    if type(strategy) is type(make_strategy(config.strategy)):
+    if type(strategy) is STRATEGIES.get(config.strategy):
         return config.strategy
     return f"{type(strategy).__module__}:{type(strategy).__qualname__}"
+
+
+def _resume_strategy(folder: Path, meta: dict[str, Any], config: Config, given: Strategy | None) -> Strategy:
+    """The strategy that ran, rebuilt: by name, or a custom one passed again (or importable by its
+    recorded module:Class). A run whose strategy cannot be rebuilt is refused rather than resumed
+    with another rule."""
+    name = meta.get("strategy_name", config.strategy)
+    if given is not None:
+        if strategy_name(config, given) != name:
+            raise RunFolderError(f"--resume {folder}: the run used strategy {name}, not "
+                                 f"{strategy_name(config, given)}")
+        return given.bind(config)
+    if name in STRATEGIES:
+        return strategy_for(config)
+    import importlib
+
+    module, _, cls = name.partition(":")
+    try:
+        made = getattr(importlib.import_module(module), cls)()
+    except Exception as e:  # any failure to rebuild it means: the caller must pass it
+        raise RunFolderError(f"--resume {folder}: the run used strategy {name}, which cannot be rebuilt here "
+                             f"({type(e).__name__}: {e}); pass it again: fedsim.resume(DIR, strategy=...)") from None
+    return made.bind(config)
 
 
 def data_recipe(config: Config, arrays: Dataset | None = None) -> DataRecipe:
@@ -152,6 +179,8 @@ def resume(
         raise RunFolderError(f"--resume {folder}: the run stopped before its artifact was made; start it again")
     artifact = (folder / MODEL_FILE).read_bytes()
     initial = resume_checkpoint(folder, done) if done else None
+    state = resume_state(folder, done) if done else None
+    strategy = _resume_strategy(folder, meta, config, strategy)
     if done:  # elapsed_s goes on from the last committed round instead of starting again at zero
         rounds = read_table(folder / ROUNDS_FILE, ROUND_COLUMNS)  # not the devices table: it can be large
         committed = rounds[rounds["round"] <= done]["elapsed_s"]
@@ -162,8 +191,8 @@ def resume(
         meta.pop(stale, None)
     meta.setdefault("resumed", []).append({"after_round": done, "at": _now()})
     writer = RunWriter(folder, meta, resume_from=done, tracker=_tracker(config, folder))
-    _guarded(writer, lambda: _run(config, recipe_data, strategy or make_strategy(config.strategy), artifact, engine,
-                                  writer, progress, started, initial, done + 1))
+    _guarded(writer, lambda: _run(config, recipe_data, strategy, artifact, engine, writer, progress, started,
+                                  initial, done + 1, state=state))
     return load_run(folder)
 
 
@@ -191,7 +220,7 @@ def _guarded(writer: RunWriter, body: Any, new_run: bool = False) -> None:
 
 
 def _run(config, data, strategy, artifact, engine, writer, progress, started, initial=None, start_round=1,  # noqa: ANN001
-         check_artifact=False) -> None:  # noqa: ANN001
+         check_artifact=False, state=None) -> None:  # noqa: ANN001
     if engine is None:
         from fedsim.engine.ray import RayEngine
 
@@ -221,5 +250,6 @@ def _run(config, data, strategy, artifact, engine, writer, progress, started, in
         # Devices that keep a test split of their own (--device-test-fraction, or a natural partition
         # whose data names each test sample's device) score every new global model on it.
         local_eval = prepared.test_sizes is not None and bool(np.any(prepared.test_sizes))
+        task = prepared.dataset_info.get("task") or {}
         Coordinator(config, engine, strategy, engine.evaluate, initial, writer, progress, started,
-                    local_eval).run(start_round)
+                    local_eval, state, int(task.get("num_classes", 0))).run(start_round)

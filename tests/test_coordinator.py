@@ -3,15 +3,18 @@
 import numpy as np
 import pytest
 
-from fedsim.checkpoint import read_checkpoint, write_checkpoint
+from fedsim.checkpoint import CheckpointError, FlatReader, read_checkpoint, scratch_dir, write_checkpoint
 from fedsim.config import Config
 from fedsim.coordinator import Coordinator, RoundFailedError, select_devices
 from fedsim.engine.base import DeviceReport, Engine, Evaluation, RoundResult
+from fedsim.engine.host import accept_upload, global_vector
 from fedsim.strategies import FedAvg
+from fedsim.strategies.aggregate import accumulator
 
 
 class ScriptedEngine(Engine):
-    """Each device reports the global weights plus its own id (or a scripted bad checkpoint)."""
+    """Each device uploads the global weights plus its own id (or a scripted bad checkpoint), which
+    goes through the hosts' own upload pipeline (accept_upload) into one partial."""
 
     def __init__(self, spoil=None, down=0):
         self.num_hosts = 2
@@ -28,28 +31,33 @@ class ScriptedEngine(Engine):
     def evaluate(self, checkpoint, device_ids=()):
         return Evaluation(0.5, 1.0)
 
-    def run_round(self, round_num, global_checkpoint, device_ids, reduce=None):
-        assert reduce is None  # the strategies here keep every update on the coordinator
+    def run_round(self, round_num, global_checkpoint, device_ids, pipeline):
         self.calls.append(list(device_ids))
         if len(self.calls) <= self.down:
             return RoundResult([DeviceReport(d, d % self.num_hosts, 0, "failed", error="host unreachable") for d in device_ids])
         g = read_checkpoint(global_checkpoint)
-        reports = []
+        global_flat = global_vector(global_checkpoint, pipeline)
+        reader, acc, reports = FlatReader(pipeline.screen.spec), accumulator(pipeline.accumulate), []
+        path = scratch_dir() / "upload.ckpt"
         for d in device_ids:
-            if d in self.spoil:
-                data = self.spoil[d](g)
-            else:
-                data = write_checkpoint({k: v + d for k, v in g.items()})
-            reports.append(DeviceReport(d, d % self.num_hosts, samples=d + 1, train_loss=1.0, train_s=0.01,
-                                        checkpoint=data, checkpoint_bytes=len(data)))
-        return RoundResult(reports)
+            data = self.spoil[d](g) if d in self.spoil else write_checkpoint({k: v + d for k, v in g.items()})
+            path.write_bytes(data)
+            ok = dict(samples=d + 1, train_loss=1.0, train_s=0.01, checkpoint_bytes=len(data))
+            try:
+                flat, note, _ = accept_upload(reader, path, pipeline, d, round_num, global_flat)
+            except CheckpointError as e:
+                reports.append(DeviceReport(d, d % self.num_hosts, status="rejected", error=str(e), **ok))
+                continue
+            acc.add(flat, pipeline.strategy.weight(d + 1), d, d + 1, 1.0)
+            reports.append(DeviceReport(d, d % self.num_hosts, error=note, **ok))
+        return RoundResult(reports, [acc.partial()] if acc.count else [])
 
 
 class Recorded:
     def __init__(self):
         self.rounds, self.devices, self.checkpoints = [], [], []
 
-    def record_round(self, round_row, device_rows, global_checkpoint):
+    def record_round(self, round_row, device_rows, global_checkpoint, state=None):
         self.rounds.append(round_row)
         self.devices.extend(device_rows)
         self.checkpoints.append(global_checkpoint)
@@ -59,21 +67,22 @@ def zero_weights():
     return {"a/kernel": np.zeros((2, 3), np.float32), "a/bias": np.zeros(3, np.float32)}
 
 
-class FedAvgOnCoordinator(FedAvg):
-    """FedAvg with every update sent to the coordinator (the path non-linear strategies take)."""
+class FedAvgOfRows(FedAvg):
+    """FedAvg from every update's vector (the path order statistics take) instead of a running sum."""
 
-    linear = False
+    accumulate = "stack"
 
 
-def make(config, engine, recorder=None):
+def make(config, engine, recorder=None, strategy=None):
     scores = iter(np.linspace(0.1, 0.9, 20))
-    return Coordinator(config, engine, FedAvgOnCoordinator(), lambda ckpt, ids: Evaluation(float(next(scores)), 1.0),
+    return Coordinator(config, engine, strategy or FedAvg(), lambda ckpt, ids: Evaluation(float(next(scores)), 1.0),
                        write_checkpoint(zero_weights()), recorder, progress=False)
 
 
-def test_rounds_aggregate_sample_weighted_and_record_everything():
+@pytest.mark.parametrize("strategy", [FedAvg(), FedAvgOfRows()], ids=["sum", "stack"])
+def test_rounds_aggregate_sample_weighted_and_record_everything(strategy):
     rec = Recorded()
-    coord = make(Config(devices=3, rounds=2, dataset="toy_images"), ScriptedEngine(), rec)
+    coord = make(Config(devices=3, rounds=2, dataset="toy_images"), ScriptedEngine(), rec, strategy)
     coord.run()
     # round 1: device d sends 0 + d with weight d + 1 -> (0*1 + 1*2 + 2*3) / 6 = 8/6
     # round 2: from g1 each sends g1 + d -> g1 + 8/6
@@ -86,7 +95,8 @@ def test_rounds_aggregate_sample_weighted_and_record_everything():
     assert rec.rounds[1]["bytes_down"] == 3 * len(rec.checkpoints[0])
 
 
-def test_bad_checkpoints_are_rejected_recorded_and_never_averaged():
+@pytest.mark.parametrize("strategy", [FedAvg(), FedAvgOfRows()], ids=["sum", "stack"])
+def test_bad_checkpoints_are_rejected_recorded_and_never_averaged(strategy):
     def nan(g):
         return write_checkpoint({k: np.full_like(v, np.nan) for k, v in g.items()})
 
@@ -101,7 +111,7 @@ def test_bad_checkpoints_are_rejected_recorded_and_never_averaged():
 
     spoil = {1: nan, 2: wrong_shape, 3: truncated, 4: foreign}
     rec = Recorded()
-    coord = make(Config(devices=6, rounds=1, dataset="toy_images"), ScriptedEngine(spoil), rec)
+    coord = make(Config(devices=6, rounds=1, dataset="toy_images"), ScriptedEngine(spoil), rec, strategy)
     coord.run()
     status = {r["device_id"]: (r["status"], r["reason"]) for r in rec.devices}
     assert status[0][0] == "ok" and status[5][0] == "ok"

@@ -1,12 +1,14 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
-from fedsim.checkpoint import UpdateScreen, read_checkpoint, read_checkpoint_file, spec_of
+from fedsim.checkpoint import UpdateScreen, flatten, read_checkpoint, read_checkpoint_file, spec_of
 from fedsim.device import Device, Runner, evaluate_counts, shuffle_rng
-from fedsim.engine.base import FleetData, HostReduce, HostSettings
+from fedsim.engine.base import FleetData, HostPipeline, HostSettings
 from fedsim.engine.host import DeviceHost
-from fedsim.strategies import FedAvg
-from fedsim.strategies.aggregate import weighted_mean
+from fedsim.strategies import DevicePlan, FedAvg, reduce_partials
+from fedsim.strategies.attacks import Attack
 
 
 def make_device(ds, device_id=3, n=50):
@@ -85,36 +87,45 @@ def host(artifact, toy):
     host.close()
 
 
+def pipeline(host, initial, accumulate="stack", strategy=None, **screen):
+    """The host pipeline of a run of `strategy` (FedAvg), keeping every upload's vector by default."""
+    spec = spec_of(read_checkpoint(initial, host.scratch))
+    return HostPipeline(UpdateScreen(spec, **screen), strategy or FedAvg(), accumulate)
+
+
+def uploads(host, initial, ids, round_num=1):
+    """Each device's upload as one vector (what a stacking strategy sees)."""
+    (p,) = host.run_round(round_num, initial, ids, pipeline(host, initial)).partials
+    return {d: row for d, row in zip(p.device_ids.tolist(), p.rows)}
+
+
 def test_host_reports_a_failing_device_without_stopping_the_others(host):
     initial = host.initial_checkpoint()
-    result = host.run_round(1, initial, [0, 7, 2])
+    result = host.run_round(1, initial, [0, 7, 2], pipeline(host, initial))
     reports = result.reports
     assert [r.device_id for r in reports] == [0, 7, 2]
     assert [r.status for r in reports] == ["ok", "failed", "ok"]
     assert "device 7 is not in the fleet of 3 devices" in reports[1].error
-    assert reports[0].checkpoint and reports[0].checkpoint_bytes == len(reports[0].checkpoint)
-    assert result.partials == []
-    bad = host.run_round(2, b"not a checkpoint", [0]).reports
+    assert reports[0].checkpoint_bytes > 0
+    (partial,) = result.partials
+    assert partial.device_ids.tolist() == [0, 2] and partial.samples.tolist() == [20, 30]
+    assert np.all(np.isfinite(partial.start_losses))  # the first batch's loss at the global model
+    bad = host.run_round(2, b"not a checkpoint", [0], pipeline(host, initial)).reports
     assert bad[0].status == "failed" and bad[0].error
     assert not list(host.scratch.iterdir())  # no checkpoint files left behind
     host.close()
     assert not host.scratch.exists()
 
 
-def test_host_partial_equals_fedavg_of_the_devices_checkpoints(host):
+def test_host_running_sum_equals_fedavg_of_the_devices_uploads(host):
     initial = host.initial_checkpoint()
-    full = host.run_round(1, initial, [0, 2]).reports
-    weights = [read_checkpoint(r.checkpoint, host.scratch) for r in full]
-    spec = spec_of(weights[0])
-    reduced = host.run_round(1, initial, [0, 2], HostReduce(UpdateScreen(spec), FedAvg()))
-    assert all(r.checkpoint is None and r.status == "ok" for r in reduced.reports)
-    assert [r.checkpoint_bytes for r in reduced.reports] == [r.checkpoint_bytes for r in full]
-    (partial,) = reduced.partials
-    assert partial.count == 2 and partial.total_weight == 50.0
-    from_partial = FedAvg().aggregate_partials(weights[0], reduced.partials)
-    expected = weighted_mean(weights, [20, 30])
-    for k in expected:
-        np.testing.assert_allclose(from_partial[k], expected[k], rtol=1e-6, atol=1e-7)
+    rows = uploads(host, initial, [0, 2])
+    summed = host.run_round(1, initial, [0, 2], pipeline(host, initial, "sum"))
+    assert all(r.status == "ok" for r in summed.reports)
+    (partial,) = summed.partials
+    assert partial.count == 2 and partial.total_weight == 50.0 and partial.rows is None
+    expected = (20 * rows[0].astype(np.float64) + 30 * rows[2].astype(np.float64)) / 50
+    np.testing.assert_allclose(reduce_partials(summed.partials).mean(), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_host_rejects_a_checkpoint_that_does_not_match_the_model(host):
@@ -122,33 +133,44 @@ def test_host_rejects_a_checkpoint_that_does_not_match_the_model(host):
     spec = {k: v for k, v in spec_of(read_checkpoint(initial, host.scratch)).items()}
     first = sorted(spec)[0]
     spec[first] = ((3,), "float32")  # the host's model now disagrees with the spec
-    reduced = host.run_round(1, initial, [0], HostReduce(UpdateScreen(spec), FedAvg()))
-    (report,) = reduced.reports
+    result = host.run_round(1, initial, [0], HostPipeline(UpdateScreen(spec), FedAvg()))
+    (report,) = result.reports
     assert report.status == "rejected" and f"{first} is float32" in report.error
-    assert reduced.partials == []
+    assert result.partials == []
 
 
 def test_host_rejects_or_clips_outsized_updates(host):
-    from fedsim.checkpoint import update_norm
-
     initial = host.initial_checkpoint()
-    g = read_checkpoint(initial, host.scratch)
-    spec = spec_of(g)
-    full = host.run_round(1, initial, [0, 2]).reports
-    norms = [update_norm(read_checkpoint(r.checkpoint, host.scratch), g) for r in full]
+    g = flatten(read_checkpoint(initial, host.scratch), pipeline(host, initial).screen.spec).astype(np.float64)
+    rows = uploads(host, initial, [0, 2])
+    norms = [float(np.linalg.norm(rows[d] - g)) for d in (0, 2)]
     bound = (norms[0] + norms[1]) / 2 if norms[0] != norms[1] else norms[0] / 2
-    rejected = host.run_round(1, initial, [0, 2], HostReduce(UpdateScreen(spec, max_norm=bound), FedAvg()))
+    rejected = host.run_round(1, initial, [0, 2], pipeline(host, initial, "sum", max_norm=bound))
     statuses = {r.device_id: (r.status, r.error) for r in rejected.reports}
     over = [d for d, n in zip([0, 2], norms) if n > bound]
     assert over and all(statuses[d][0] == "rejected" and "exceeds --max-update-norm" in statuses[d][1] for d in over)
     assert sum(p.count for p in rejected.partials) == 2 - len(over)
 
     clip = min(norms) / 2
-    clipped = host.run_round(1, initial, [0, 2], HostReduce(UpdateScreen(spec, clip_norm=clip), FedAvg()))
+    clipped = host.run_round(1, initial, [0, 2], pipeline(host, initial, "sum", clip_norm=clip))
     assert all(r.status == "ok" and r.error.startswith("clipped: update norm") for r in clipped.reports)
-    (partial,) = clipped.partials
-    mean = {k: (partial.weighted_sum[k] / partial.total_weight) for k in g}
-    assert update_norm(mean, g) <= clip * (1 + 1e-5)  # an average of updates of norm <= clip
+    mean = reduce_partials(clipped.partials).mean()
+    assert np.linalg.norm(mean - g) <= clip * (1 + 1e-5)  # an average of updates of norm <= clip
+
+
+def test_attackers_uploads_are_rewritten_on_the_host(host):
+    initial = host.initial_checkpoint()
+    g = flatten(read_checkpoint(initial, host.scratch), pipeline(host, initial).screen.spec).astype(np.float64)
+    honest = uploads(host, initial, [0, 2])
+    base = pipeline(host, initial)
+    attacked = dataclasses.replace(base, attack=Attack("signflip"), plan={2: DevicePlan(role="signflip")})
+    (p,) = host.run_round(1, initial, [0, 2], attacked).partials
+    np.testing.assert_array_equal(p.rows[0], honest[0])  # device 0 is honest
+    np.testing.assert_allclose(p.rows[1], g - 4 * (honest[2] - g), rtol=1e-5, atol=1e-6)
+    flipping = dataclasses.replace(base, attack=Attack("labelflip"), plan={2: DevicePlan(role="labelflip")},
+                                   num_classes=10)
+    (p,) = host.run_round(1, initial, [2], flipping).partials
+    assert not np.array_equal(p.rows[0], honest[2])  # trained on other labels
 
 
 @pytest.fixture
@@ -162,40 +184,34 @@ def host3(artifact, toy):
     host.close()
 
 
-def _reduce(host, initial):
-    return HostReduce(UpdateScreen(spec_of(read_checkpoint(initial, host.scratch))), FedAvg())
-
-
 def test_a_device_whose_signature_raises_leaves_the_next_device_correct(host3):
     """Default path (validation and pre-summing on the host): device 0's `train` fails inside the
     interpreter; the host records it, takes a fresh interpreter, and device 2's update is exactly
     what it is on a clean host."""
     initial = host3.initial_checkpoint()
-    clean = {r.device_id: read_checkpoint(r.checkpoint, host3.scratch) for r in host3.run_round(1, initial, [2]).reports}
+    clean = uploads(host3, initial, [2])
     good = host3.device(0)
     broken = Device(0, good.x[:, :27, :27], good.y, good.seed)  # the model cannot take 27x27
     host3.device = lambda d: broken if d == 0 else DeviceHost.device(host3, d)
     first_interpreter = host3.runner
-    result = host3.run_round(1, initial, [0, 2], _reduce(host3, initial))
+    result = host3.run_round(1, initial, [0, 2], pipeline(host3, initial, "sum"))
     statuses = [(r.device_id, r.status) for r in result.reports]
     assert statuses == [(0, "failed"), (2, "ok")] and result.reports[0].error
     assert host3.runner is not first_interpreter  # the failed device's interpreter was dropped
     (partial,) = result.partials
     assert partial.count == 1 and partial.total_weight == 30.0
-    for name, value in clean[2].items():
-        np.testing.assert_array_equal((partial.weighted_sum[name] / 30.0).astype(np.float32), value)
+    np.testing.assert_array_equal((partial.weighted_sum / 30.0).astype(np.float32), clean[2])
 
 
 def test_a_round_with_a_bit_flipped_upload_averages_the_others(host3):
     """Default path: device 2's saved file gets one flipped bit after `save` (as a faulty disk or
     link would): it is rejected by its checksum, and the partial averages devices 0 and 4 only."""
     initial = host3.initial_checkpoint()
-    clean = {r.device_id: read_checkpoint(r.checkpoint, host3.scratch)
-             for r in host3.run_round(1, initial, [0, 2, 4]).reports}
+    clean = uploads(host3, initial, [0, 2, 4])
 
     class Flipping(Device):
-        def run_round(self, runner, global_checkpoint, round_num, local_epochs, batch_size, out):
-            update = super().run_round(runner, global_checkpoint, round_num, local_epochs, batch_size, out)
+        def run_round(self, runner, global_checkpoint, round_num, local_epochs, batch_size, out, **kw):
+            update = super().run_round(runner, global_checkpoint, round_num, local_epochs, batch_size, out, **kw)
             data = bytearray(out.read_bytes())
             data[len(data) // 2] ^= 0x10
             out.write_bytes(bytes(data))
@@ -205,12 +221,11 @@ def test_a_round_with_a_bit_flipped_upload_averages_the_others(host3):
     flipping = Flipping(2, d.x, d.y, d.seed)
     host3.device = lambda i: flipping if i == 2 else DeviceHost.device(host3, i)
     for _ in range(2):  # the second round reads through the host's fast path
-        result = host3.run_round(1, initial, [0, 2, 4], _reduce(host3, initial))
+        result = host3.run_round(1, initial, [0, 2, 4], pipeline(host3, initial, "sum"))
         status = {r.device_id: (r.status, r.error) for r in result.reports}
         assert status[0][0] == status[4][0] == "ok"
         assert status[2][0] == "rejected" and "crc32c" in status[2][1]
         (partial,) = result.partials
         assert partial.count == 2 and partial.total_weight == 60.0
-        for name in clean[0]:
-            by_hand = (20 * clean[0][name].astype(np.float64) + 40 * clean[4][name].astype(np.float64)) / 60
-            np.testing.assert_allclose(partial.weighted_sum[name] / 60, by_hand, rtol=1e-12, atol=1e-12)
+        by_hand = (20 * clean[0].astype(np.float64) + 40 * clean[4].astype(np.float64)) / 60
+        np.testing.assert_allclose(partial.weighted_sum / 60, by_hand, rtol=1e-12, atol=1e-12)

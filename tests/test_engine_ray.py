@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import fedsim
+from fedsim.engine.base import HostPipeline
 from fedsim.engine.ray import RayEngine
 
 pytestmark = pytest.mark.ray
@@ -104,7 +105,7 @@ def test_a_host_killed_mid_round_fails_its_devices_then_comes_back(tmp_path):
         initial = engine.initial_checkpoint()
         victim = engine.host_pids[0]
         results = {}
-        worker = threading.Thread(target=lambda: results.setdefault(1, engine.run_round(1, initial, list(range(8)))))
+        worker = threading.Thread(target=lambda: results.setdefault(1, engine.run_round(1, initial, list(range(8)), HostPipeline.plain(initial))))
         worker.start()
         time.sleep(1.0)  # well inside the round: each host trains 4 devices x 1000 epochs (~3 s)
         os.kill(victim, signal.SIGKILL)
@@ -114,7 +115,7 @@ def test_a_host_killed_mid_round_fails_its_devices_then_comes_back(tmp_path):
         assert {d for d, r in reports.items() if r.status == "failed"} == {0, 2, 4, 6}  # host 0's devices
         assert all("host 0 failed" in reports[d].error for d in (0, 2, 4, 6))
         assert all(reports[d].status == "ok" for d in (1, 3, 5, 7))
-        again = engine.run_round(2, initial, list(range(8)))
+        again = engine.run_round(2, initial, list(range(8)), HostPipeline.plain(initial))
         assert [r.status for r in again.reports] == ["ok"] * 8
         assert 0.0 <= engine.evaluate(initial).accuracy <= 1.0
 
@@ -200,10 +201,10 @@ def test_a_hung_host_times_out_is_restarted_and_serves_the_next_round():
         engine.start(setup)
         initial = engine.initial_checkpoint()
         os.kill(engine.host_pids[1], signal.SIGSTOP)
-        stalled = {r.device_id: r for r in engine.run_round(1, initial, [0, 1, 2, 3]).reports}
+        stalled = {r.device_id: r for r in engine.run_round(1, initial, [0, 1, 2, 3], HostPipeline.plain(initial)).reports}
         assert [stalled[d].status for d in range(4)] == ["ok", "failed", "ok", "failed"]
         assert "no answer within --round-timeout 5 s" in stalled[1].error
-        again = engine.run_round(2, initial, [0, 1, 2, 3])
+        again = engine.run_round(2, initial, [0, 1, 2, 3], HostPipeline.plain(initial))
         assert [r.status for r in again.reports] == ["ok"] * 4, [r.error for r in again.reports]
 
 

@@ -1,4 +1,4 @@
-"""fedsim.run wiring, in-process: both aggregation paths give the same model."""
+"""fedsim.run wiring, in-process: both accumulations give the same model."""
 
 import numpy as np
 
@@ -6,14 +6,16 @@ import fedsim
 from fedsim.strategies import FedAvg
 
 
-class FedAvgOnCoordinator(FedAvg):
-    linear = False
+class FedAvgOfRows(FedAvg):
+    """FedAvg from every update's vector instead of the hosts' running sums."""
+
+    accumulate = "stack"
 
 
 def test_host_partials_and_coordinator_fedavg_agree(tmp_path):
     settings = dict(dataset="toy_images", toy_samples=30, devices=6, rounds=2, seed=2, progress=False)
     on_hosts = fedsim.run(out=str(tmp_path / "a"), engine=fedsim.LocalEngine(2), **settings)
-    on_coord = fedsim.run(out=str(tmp_path / "b"), engine=fedsim.LocalEngine(2), strategy=FedAvgOnCoordinator(), **settings)
+    on_coord = fedsim.run(out=str(tmp_path / "b"), engine=fedsim.LocalEngine(2), strategy=FedAvgOfRows(), **settings)
     np.testing.assert_allclose(on_hosts.rounds["test_loss"], on_coord.rounds["test_loss"], rtol=1e-5)
     np.testing.assert_array_equal(on_hosts.devices["checkpoint_bytes"], on_coord.devices["checkpoint_bytes"])
     assert on_hosts.rounds["elapsed_s"].is_monotonic_increasing
@@ -151,11 +153,11 @@ def test_results_do_not_depend_on_the_host_count_or_the_deal(tmp_path):
 
 def test_a_run_records_the_strategy_and_folder_that_actually_ran(tmp_path):
     settings = dict(dataset="toy_images", toy_samples=20, devices=3, rounds=1, progress=False, engine=fedsim.LocalEngine())
-    custom = fedsim.run(out=str(tmp_path / "custom"), strategy=FedAvgOnCoordinator(), **settings)
+    custom = fedsim.run(out=str(tmp_path / "custom"), strategy=FedAvgOfRows(), **settings)
     plain = fedsim.run(out=str(tmp_path / "plain"), **settings)
     table = fedsim.load_runs(tmp_path)
     names = dict(zip(table["run"].map(lambda r: r.rsplit("/", 1)[-1]), table["strategy"]))
-    assert names["plain"] == "fedavg" and names["custom"].endswith(":FedAvgOnCoordinator")
+    assert names["plain"] == "fedavg" and names["custom"].endswith(":FedAvgOfRows")
     assert custom.config["out"] == str(tmp_path / "custom") and plain.meta["strategy_name"] == "fedavg"
 
 

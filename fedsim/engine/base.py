@@ -19,7 +19,8 @@ from fedsim.data import DataRecipe, check_devices_fit, label_counts, partition
 from fedsim.data.dataset import DataError, Dataset
 from fedsim.data.partition import group_indices
 from fedsim.model.builders import ArtifactRecipe
-from fedsim.strategies.base import Partial, Strategy
+from fedsim.strategies.attacks import Attack
+from fedsim.strategies.base import HONEST, DevicePlan, Partial, Strategy
 
 
 class EngineError(RuntimeError):
@@ -36,20 +37,52 @@ class HostSettings:
 
 
 @dataclass(frozen=True)
-class HostReduce:
-    """Asks hosts to validate their devices' checkpoints and pre-sum them for a linear strategy."""
+class HostPipeline:
+    """What a host does with each device's upload in a round, in order: check it against the model
+    (shapes, finite values), let an attacker rewrite it (`attack`, for devices whose plan names it),
+    screen it (`screen`: norm bound, clipping), then accumulate it: a running sum of
+    strategy.weight(samples) * w ("sum") or the vector itself ("stack"). `plan` holds the devices
+    whose instructions differ from the defaults (FedProx's mu, an attacker's role)."""
 
     screen: UpdateScreen
     strategy: Strategy
+    accumulate: str = "sum"
+    attack: Attack | None = None
+    plan: Mapping[int, DevicePlan] = field(default_factory=dict)
+    num_classes: int = 0  # for label-flipping attackers
+
+    @classmethod
+    def plain(cls, checkpoint: bytes, strategy: Strategy | None = None) -> HostPipeline:
+        """The pipeline of a plain run (no screening beyond the model's shapes, no attack) of
+        `strategy` (FedAvg) for the model `checkpoint` holds: for driving an engine by hand."""
+        from fedsim.checkpoint import read_checkpoint, spec_of
+        from fedsim.strategies.fedavg import FedAvg
+
+        strategy = strategy or FedAvg()
+        return cls(UpdateScreen(spec_of(read_checkpoint(checkpoint))), strategy, strategy.accumulate)
+
+    @property
+    def needs_global(self) -> bool:
+        """Whether the host needs the global weights as a vector (distance bounds, attacks on it)."""
+        return self.screen.needs_global or (self.attack is not None and self.attack.on_host)
+
+    def only(self, device_ids: Sequence[int]) -> HostPipeline:
+        """This pipeline with the plan cut to `device_ids` (what one host needs to carry)."""
+        if not self.plan:
+            return self
+        return dataclasses.replace(self, plan={d: self.plan[d] for d in device_ids if d in self.plan})
+
+    def role(self, device_id: int) -> str:
+        plan = self.plan.get(device_id)
+        return plan.role if plan is not None else HONEST
 
 
 @dataclass(frozen=True)
 class DeviceReport:
     """One device's outcome in one round, as the coordinator receives it.
 
-    status: "ok" (trained; `checkpoint` holds its saved weights, or they went into the host's
-    partial), "rejected" (its checkpoint failed validation on the host; `error` says why) or
-    "failed" (it did not finish; `error` says why).
+    status: "ok" (trained; its update went into the host's partial), "rejected" (its checkpoint
+    failed validation on the host; `error` says why) or "failed" (it did not finish; `error` says why).
     """
 
     device_id: int
@@ -58,14 +91,13 @@ class DeviceReport:
     status: str = "ok"
     train_loss: float = float("nan")
     train_s: float = float("nan")
-    checkpoint: bytes | None = None
     checkpoint_bytes: int = 0
     error: str = ""
 
 
 @dataclass
 class RoundResult:
-    """Every selected device's report, plus the hosts' partials when the round was reduced on hosts."""
+    """Every selected device's report, plus the hosts' partials of the accepted updates."""
 
     reports: list[DeviceReport] = field(default_factory=list)
     partials: list[Partial] = field(default_factory=list)
@@ -293,10 +325,10 @@ class Engine(ABC):
 
     @abstractmethod
     def run_round(
-        self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int], reduce: HostReduce | None = None
+        self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int], pipeline: HostPipeline
     ) -> RoundResult:
-        """Run one round on the given devices; one report per device, failures included. With
-        `reduce`, hosts return partials instead of checkpoints."""
+        """Run one round on the given devices: one report per device, failures included, and one
+        partial per host that accepted an update (see HostPipeline)."""
 
     def set_costs(self, prepared: Prepared, settings: HostSettings) -> None:
         """Expected device costs from the partition and the artifact report's measured latencies."""

@@ -15,11 +15,38 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedsim.checkpoint import CheckpointError, FlatReader, WeightSpec, read_checkpoint, scratch_dir
-from fedsim.device import Device, Runner, evaluate_counts
-from fedsim.engine.base import DeviceReport, FleetData, HostReduce, HostSettings, RoundResult, TestBlocks
-from fedsim.strategies.aggregate import PartialSum
-from fedsim.strategies.base import Weights
+from fedsim.checkpoint import CheckpointError, FlatReader, WeightSpec, check_weights, flatten, read_checkpoint, scratch_dir
+from fedsim.device import Device, Runner, evaluate_counts, write_control
+from fedsim.engine.base import DeviceReport, FleetData, HostPipeline, HostSettings, RoundResult, TestBlocks
+from fedsim.strategies.aggregate import accumulator
+from fedsim.strategies.base import HONEST
+
+
+def accept_upload(
+    reader: FlatReader, path: os.PathLike[str], pipeline: HostPipeline, device_id: int, round_num: int,
+    global_flat: np.ndarray | None,
+) -> tuple[np.ndarray, str, int]:
+    """(the upload as one vector to accumulate, a note, the file's size) of the checkpoint a device
+    saved at `path`: read, checked against the model, rewritten if the device attacks, screened.
+    CheckpointError if it is refused."""
+    spec = pipeline.screen.spec
+    weights, flat, size = reader.read(path)
+    check_weights(weights, spec, flat)
+    if flat is None:  # the reader's first file (or an odd one): parsed, not yet a vector
+        flat = flatten(weights, spec)
+    attack = pipeline.attack
+    if attack is not None and attack.on_host and pipeline.role(device_id) != HONEST:
+        assert global_flat is not None
+        flat = attack.corrupt(flat, global_flat, device_id, round_num)
+    flat, note = pipeline.screen.screen(flat, global_flat)
+    return flat, note, size
+
+
+def global_vector(global_checkpoint: bytes, pipeline: HostPipeline) -> np.ndarray | None:
+    """The global weights as one float64 vector when the pipeline compares or attacks with them."""
+    if not pipeline.needs_global:
+        return None
+    return flatten(read_checkpoint(global_checkpoint), pipeline.screen.spec).astype(np.float64)
 
 
 class DeviceHost:
@@ -85,64 +112,68 @@ class DeviceHost:
             path.unlink(missing_ok=True)
 
     def run_round(
-        self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int], reduce: HostReduce | None = None
+        self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int], pipeline: HostPipeline
     ) -> RoundResult:
-        """Run the devices one after another. With `reduce`, validate each checkpoint here and add the
-        good ones to this host's partial; otherwise return each checkpoint's bytes."""
+        """Run the devices one after another; check, screen and accumulate each upload here
+        (HostPipeline), so one partial per host crosses the network instead of one checkpoint per device."""
         path = self.scratch / f"global-{round_num}.ckpt"
         path.write_bytes(global_checkpoint)
-        acc = PartialSum()
+        acc = accumulator(pipeline.accumulate)
         reports = []
-        # The global weights, only when updates are screened by their distance from them.
-        global_weights = read_checkpoint(global_checkpoint) if reduce is not None and reduce.screen.needs_global else None
+        # The global weights as one vector, only when uploads are compared with (or attacked from) them.
+        global_flat = global_vector(global_checkpoint, pipeline)
         try:
             for device_id in device_ids:
-                report, weights, flat = self._run_device(device_id, round_num, path, reduce, global_weights)
-                if weights is not None and reduce is not None:
-                    c = reduce.strategy.coefficient(report.samples)
-                    acc.add(weights, c, flat)
+                report, flat, start_loss = self._run_device(device_id, round_num, path, pipeline, global_flat)
+                if flat is not None:
+                    acc.add(flat, pipeline.strategy.weight(report.samples), device_id, report.samples, start_loss)
                 reports.append(report)
         finally:
             path.unlink(missing_ok=True)
             self._device_out.unlink(missing_ok=True)
-        partials = [acc.partial()] if reduce is not None and acc.count else []
-        return RoundResult(reports, partials)
+            (self.scratch / "control.ckpt").unlink(missing_ok=True)
+        return RoundResult(reports, [acc.partial()] if acc.count else [])
 
     def _run_device(
         self,
         device_id: int,
         round_num: int,
         global_path: os.PathLike[str],
-        reduce: HostReduce | None,
-        global_weights: dict[str, np.ndarray] | None,
-    ) -> tuple[DeviceReport, Weights | None, np.ndarray | None]:
-        """(report, weights to add to the partial, the same as one vector if the reader has it)."""
+        pipeline: HostPipeline,
+        global_flat: np.ndarray | None,
+    ) -> tuple[DeviceReport, np.ndarray | None, float]:
+        """(report, the upload to accumulate as one vector or None, the first batch's loss)."""
         device = self.device(device_id)
         if device is None:
             error = f"device {device_id} is not in the fleet of {self.fleet.devices} devices"
-            return DeviceReport(device_id, self.host_index, 0, "failed", error=error), None, None
+            return DeviceReport(device_id, self.host_index, 0, "failed", error=error), None, float("nan")
         out = self._device_out
+        plan = pipeline.plan.get(device_id)
+        role = plan.role if plan is not None else HONEST
         try:
+            control = None
+            if plan is not None and plan.control is not None:  # SCAFFOLD's c - c_i, as the device's file
+                control = self.scratch / "control.ckpt"
+                write_control(np.frombuffer(plan.control, np.float32), control)
             update = device.run_round(
-                self.runner, global_path, round_num, self.settings.local_epochs, self.settings.batch_size, out
+                self.runner, global_path, round_num, self.settings.local_epochs, self.settings.batch_size, out,
+                mu=plan.mu if plan is not None else 0.0,
+                flip_labels=pipeline.num_classes if role == "labelflip" else 0,
+                control=control,
             )
         except Exception as e:  # a device's failure is data for the coordinator, not a crash of the host
             self._runner = None  # the interpreter may be in a bad state: the next device gets a fresh one
             error = f"{type(e).__name__}: {e}"
-            return DeviceReport(device_id, self.host_index, device.samples, "failed", error=error), None, None
+            return DeviceReport(device_id, self.host_index, device.samples, "failed", error=error), None, float("nan")
         ok = dict(device_id=device_id, host=self.host_index, samples=update.samples,
                   train_loss=update.train_loss, train_s=update.train_s)
-        if reduce is None:
-            data = out.read_bytes()
-            return DeviceReport(status="ok", checkpoint=data, checkpoint_bytes=len(data), **ok), None, None
         try:
-            weights, flat, size = self._reader(reduce.screen.spec).read(out)
-            screened, note = reduce.screen.screen(weights, global_weights, flat)
+            flat, note, size = accept_upload(self._reader(pipeline.screen.spec), out, pipeline, device_id, round_num,
+                                             global_flat)
         except CheckpointError as e:
             size = out.stat().st_size if out.exists() else 0
-            return DeviceReport(status="rejected", error=str(e), checkpoint_bytes=size, **ok), None, None
-        # Clipping returns new arrays: the reader's vector then no longer holds what is added.
-        return DeviceReport(status="ok", error=note, checkpoint_bytes=size, **ok), screened, flat if screened is weights else None
+            return DeviceReport(status="rejected", error=str(e), checkpoint_bytes=size, **ok), None, float("nan")
+        return DeviceReport(status="ok", error=note, checkpoint_bytes=size, **ok), flat, update.start_loss
 
     def _reader(self, spec: WeightSpec) -> FlatReader:
         if self._flat_reader is None or (self._flat_reader.spec is not spec and self._flat_reader.spec != spec):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fedsim.engine.base import Engine, Evaluation, HostReduce, Prepared, RoundResult, Setup, combine_evaluations, prepare
+from fedsim.engine.base import Engine, Evaluation, HostPipeline, Prepared, RoundResult, Setup, combine_evaluations, prepare
 from fedsim.engine.host import DeviceHost
 
 
@@ -34,11 +34,11 @@ class LocalEngine(Engine):
         return combine_evaluations(parts, self.test_samples)
 
     def run_round(
-        self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int], reduce: HostReduce | None = None
+        self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int], pipeline: HostPipeline
     ) -> RoundResult:
         result = RoundResult()
         for h, mine in sorted(self.split(device_ids).items()):
-            result.extend(self.hosts[h].run_round(round_num, global_checkpoint, mine, reduce))
+            result.extend(self.hosts[h].run_round(round_num, global_checkpoint, mine, pipeline.only(mine)))
         return result
 
     def close(self) -> None:

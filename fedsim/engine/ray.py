@@ -24,7 +24,7 @@ from ray.exceptions import (
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from fedsim.engine.base import (
-    DeviceReport, Engine, EngineError, Evaluation, HostReduce, Prepared, RoundResult, Setup, combine_evaluations,
+    DeviceReport, Engine, EngineError, Evaluation, HostPipeline, Prepared, RoundResult, Setup, combine_evaluations,
     prepare,
 )
 from fedsim.engine.host import DeviceHost
@@ -240,12 +240,12 @@ class RayEngine(Engine):
         return combine_evaluations(parts, self.test_samples)
 
     def run_round(
-        self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int], reduce: HostReduce | None = None
+        self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int], pipeline: HostPipeline
     ) -> RoundResult:
         self._await_restarts()
         checkpoint_ref = self._put(global_checkpoint)  # one copy in the object store, read by every host
         calls = [
-            (h, mine, self.actors[h].run_round.remote(round_num, checkpoint_ref, mine, reduce))
+            (h, mine, self.actors[h].run_round.remote(round_num, checkpoint_ref, mine, pipeline.only(mine)))
             for h, mine in sorted(self.split(device_ids).items())
         ]
         refs = [ref for _, _, ref in calls]

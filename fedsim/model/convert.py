@@ -34,7 +34,8 @@ def build_model(recipe: ArtifactRecipe) -> Any:
 
 def build_module(recipe: ArtifactRecipe) -> OnDeviceModule:
     """The seeded tf.Module; the seed fixes the initial weights, so a config reproduces its model."""
-    return OnDeviceModule(build_model(recipe), recipe.task, recipe.optimizer.build(), recipe.checkpoint_format)
+    return OnDeviceModule(build_model(recipe), recipe.task, recipe.optimizer.build(), recipe.checkpoint_format,
+                          recipe.variant)
 
 
 def sample_inputs(task: Task, n: int, seed: int = 0) -> np.ndarray:

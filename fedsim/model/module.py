@@ -7,7 +7,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from fedsim.model.signatures import CHECKPOINT_FORMATS, CHECKPOINT_PATH, LOSS, OUTPUT, PACKED
+from fedsim.model.signatures import (
+    CHECKPOINT_FORMATS, CHECKPOINT_PATH, CONTROL_PATH, CORRECTION, LOSS, MU, OUTPUT, PACKED, VARIANTS,
+)
 from fedsim.task import Task
 
 
@@ -41,9 +43,16 @@ class OnDeviceModule(tf.Module):
     - `checkpoint_format="packed"` (fedsim's default) writes every weight into one float32 tensor:
       `restore` then runs one Restore op instead of one per weight (each op opens and indexes the
       file again), and slices it with builtin ops. "tensors" keeps the guide's one tensor per weight.
+    - `variant="fedprox"`: `train(x, y, mu)` minimises loss + mu/2 * ||w - anchor||^2 over the trainable
+      weights, where `restore` sets the anchor to the restored weights (the round's global model).
+      The returned loss is the task's loss alone. The anchors never enter the checkpoint.
+    - `variant="scaffold"`: `restore(checkpoint_path, control_path)` also reads SCAFFOLD's correction
+      c - c_i from the control file, and `train` adds it to every gradient before the optimiser's step.
+      The correction never enters the checkpoint.
     """
 
-    def __init__(self, model: Any, task: Task, optimizer: Any, checkpoint_format: str = "packed") -> None:
+    def __init__(self, model: Any, task: Task, optimizer: Any, checkpoint_format: str = "packed",
+                 variant: str | None = None) -> None:
         super().__init__()
         import keras
 
@@ -51,7 +60,10 @@ class OnDeviceModule(tf.Module):
 
         if checkpoint_format not in CHECKPOINT_FORMATS:
             raise ModelError(f"--checkpoint-format must be one of {', '.join(CHECKPOINT_FORMATS)}, got {checkpoint_format!r}")
+        if variant is not None and variant not in VARIANTS:
+            raise ModelError(f"unknown artifact variant {variant!r}; known: {', '.join(VARIANTS)}")
         self.checkpoint_format = checkpoint_format
+        self.variant = variant
         self.model = model
         self.task = task
         self.probabilities = outputs_probabilities(model)
@@ -79,10 +91,28 @@ class OnDeviceModule(tf.Module):
         # A packed checkpoint holds the weights in name order: the order in which the restore
         # signature lists its outputs, so the artifact itself tells how to cut it (Runner.layout).
         self.packed = sorted(zip(self.weight_names, self.weight_vars), key=lambda nv: nv[0])
+        # FedProx's anchors: one per trainable weight, by weight name (set by restore, never saved)
+        trainable = {v.path for v in model.trainable_variables}
+        self.anchors = ({w.path: tf.Variable(tf.zeros_like(w.value), trainable=False, name=f"anchor_{i}")
+                         for i, w in enumerate(model.weights) if w.path in trainable} if variant == "fedprox" else {})
+        # SCAFFOLD's correction c - c_i, one per weight in packed (name) order (set by restore, never saved)
+        self.corrections = ([tf.Variable(tf.zeros_like(var), trainable=False, name=f"correction_{i}")
+                             for i, (_, var) in enumerate(self.packed)] if variant == "scaffold" else [])
+        self.correction_of = {name: i for i, (name, _) in enumerate(self.packed)}
         x_spec = tf.TensorSpec([None, *task.input_shape], tf.as_dtype(task.input_dtype), name="x")
         y_spec = tf.TensorSpec([None], tf.int32, name="y")
+        path_spec = tf.TensorSpec([], tf.string, name=CHECKPOINT_PATH)
         # Signatures follow the task, so they are bound here rather than in the class body.
-        self.train = tf.function(self._train, input_signature=[x_spec, y_spec])
+        if variant == "scaffold":
+            control_spec = tf.TensorSpec([], tf.string, name=CONTROL_PATH)
+            self.restore = tf.function(self._restore_scaffold, input_signature=[path_spec, control_spec])
+        else:
+            self.restore = tf.function(self._restore, input_signature=[path_spec])
+        if variant == "fedprox":
+            mu_spec = tf.TensorSpec([], tf.float32, name=MU)
+            self.train = tf.function(self._train_prox, input_signature=[x_spec, y_spec, mu_spec])
+        else:
+            self.train = tf.function(self._train, input_signature=[x_spec, y_spec])
         self.infer = tf.function(self._infer, input_signature=[x_spec])
 
     def preprocess(self, x: tf.Tensor) -> tf.Tensor:
@@ -96,7 +126,21 @@ class OnDeviceModule(tf.Module):
             prediction = self.model(self.preprocess(x), training=True)
             loss = self.loss_fn(y, prediction)
         gradients = tape.gradient(loss, self.model.trainable_variables)
+        if self.corrections:  # SCAFFOLD: g + (c - c_i)
+            gradients = [g + self.corrections[self.correction_of[v.path]]
+                         for g, v in zip(gradients, self.model.trainable_variables)]
         self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
+        return {LOSS: loss}
+
+    def _train_prox(self, x: tf.Tensor, y: tf.Tensor, mu: tf.Tensor) -> dict[str, tf.Tensor]:
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            prediction = self.model(self.preprocess(x), training=True)
+            loss = self.loss_fn(y, prediction)
+            proximal = tf.add_n([tf.reduce_sum(tf.square(v - self.anchors[v.path])) for v in variables])
+            total = loss + 0.5 * mu * proximal
+        gradients = tape.gradient(total, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
         return {LOSS: loss}
 
     def _infer(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -113,8 +157,15 @@ class OnDeviceModule(tf.Module):
         tf.raw_ops.Save(filename=checkpoint_path, tensor_names=names, data=values, name="save")
         return {CHECKPOINT_PATH: checkpoint_path}
 
-    @tf.function(input_signature=[tf.TensorSpec([], tf.string, name=CHECKPOINT_PATH)])
-    def restore(self, checkpoint_path: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _restore_scaffold(self, checkpoint_path: tf.Tensor, control_path: tf.Tensor) -> dict[str, tf.Tensor]:
+        flat = tf.raw_ops.Restore(file_pattern=control_path, tensor_name=CORRECTION, dt=tf.float32,
+                                  name="restore_control")
+        sizes = [int(np.prod(var.shape)) for _, var in self.packed]
+        for (_, var), part, correction in zip(self.packed, tf.split(flat, sizes), self.corrections):
+            correction.assign(tf.reshape(part, var.shape))
+        return self._restore(checkpoint_path)
+
+    def _restore(self, checkpoint_path: tf.Tensor) -> dict[str, tf.Tensor]:
         restored = {}
         if self.checkpoint_format == "packed":
             flat = tf.raw_ops.Restore(file_pattern=checkpoint_path, tensor_name=PACKED, dt=tf.float32, name="restore")
@@ -122,11 +173,15 @@ class OnDeviceModule(tf.Module):
             for (name, var), part in zip(self.packed, tf.split(flat, sizes)):
                 restored[name] = tf.reshape(part, var.shape)
                 var.assign(restored[name])
+                if name in self.anchors:
+                    self.anchors[name].assign(restored[name])
         else:
             for name, var in zip(self.weight_names, self.weight_vars):
                 restored[name] = tf.raw_ops.Restore(file_pattern=checkpoint_path, tensor_name=name, dt=var.dtype,
                                                     name="restore")
                 var.assign(restored[name])
+                if name in self.anchors:
+                    self.anchors[name].assign(restored[name])
         for var in self.state_vars:
             var.assign(tf.zeros_like(var))
         return restored

@@ -6,6 +6,17 @@ SAVE = "save"  # save(checkpoint_path) -> {"checkpoint_path"}; writes a TF v1 ch
 RESTORE = "restore"  # restore(checkpoint_path) -> {weight name: tensor}; reads and assigns
 SIGNATURES = (TRAIN, INFER, SAVE, RESTORE)
 
+MU = "mu"  # the fedprox variant's train(x, y, mu): weight of the proximal term
+
+CONTROL_PATH = "control_path"  # the scaffold variant's restore(checkpoint_path, control_path)
+CORRECTION = "fedsim/correction"  # the tensor of a control file: c - c_i, packed like the weights
+
+# Artifact variants: what `train` computes besides the task's loss. "fedprox" (Li et al. 2020) adds
+# mu/2 * ||w - w_restored||^2, with the anchor w_restored set by `restore`. "scaffold" (Karimireddy et
+# al. 2020) adds the correction c - c_i to every gradient; `restore` also reads it from a control file
+# (one float32 tensor CORRECTION, every weight back to back in name order, as a packed checkpoint).
+VARIANTS = ("fedprox", "scaffold")
+
 LOSS = "loss"
 OUTPUT = "output"
 CHECKPOINT_PATH = "checkpoint_path"

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import numpy as np
 
-from fedsim.strategies.aggregate import combine_partials, weighted_mean
-from fedsim.strategies.base import Partial, Strategy, Update, Weights
+from fedsim.strategies.base import Aggregate, State, Strategy
 
 
 class FedAvg(Strategy):
     name = "fedavg"
-    linear = True
 
-    def coefficient(self, samples: int) -> float:
-        return float(samples)
-
-    def aggregate(self, global_weights: Weights, updates: Sequence[Update]) -> Weights:
-        return weighted_mean([u.weights for u in updates], [self.coefficient(u.samples) for u in updates])
-
-    def aggregate_partials(self, global_weights: Weights, partials: Sequence[Partial]) -> Weights:
-        return combine_partials(partials, {name: w.dtype for name, w in global_weights.items()})
+    def apply(self, weights: np.ndarray, aggregate: Aggregate, state: State) -> tuple[np.ndarray, State]:
+        return aggregate.mean().astype(weights.dtype), state

@@ -1,0 +1,104 @@
+"""Every strategy on one non-IID fleet, then the robust ones under attack.
+
+    python experiments/compare_strategies.py [--rounds R] [--only NAME,...]
+
+Fashion-MNIST, 100 devices, dirichlet 0.3, the seed MLP, the same seed for every run: one run per
+strategy, then FedAvg and the robust strategies with 20% of the devices attacking (signflip: each
+uploads its update reversed and scaled by 4; ALIE: mean - z * std of the honest updates). Prints and
+saves one table of final and best test accuracy per run (compare_strategies.md / .csv, quoted in
+the README) and a plot of test accuracy per round (compare_strategies.png), under results/workloads/.
+The runs themselves go to results/compare_strategies/<stamp>/ (fedsim.load_runs reads them).
+"""
+
+import argparse
+import time
+from datetime import datetime
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+import fedsim  # noqa: E402
+
+# ---- settings ---------------------------------------------------------------------------------
+DEVICES, PARTITION, SEED = 100, "dirichlet:0.3", 0
+STRATEGIES = {  # name -> its settings (the defaults unless tuned here; each row of the table says which)
+    "fedavg": {},
+    "fedavgm": {"server_lr": 1.0, "server_momentum": 0.5},
+    "fedadam": {"server_lr": 0.003},
+    "fedyogi": {"server_lr": 0.003},
+    "fedadagrad": {"server_lr": 0.003},
+    "qfedavg": {"q": 0.2},
+    "fedprox": {"mu": 0.01},
+    "fedmedian": {},
+    "trimmedmean": {"trim": 0.2},
+    "krum": {},
+    "multikrum": {},
+    "bulyan": {},
+}
+ROBUST = ["fedavg", "fedmedian", "trimmedmean", "krum", "multikrum", "bulyan"]
+ATTACKS = [("signflip", 0.2), ("alie", 0.2)]
+OUT = Path("results/workloads")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument("--only", default="", help="comma-separated run names (default: all)")
+    args = parser.parse_args()
+    root = Path(f"results/compare_strategies/{datetime.now():%Y%m%d-%H%M%S}")
+    plan = [(name, name, settings, None, 0.0) for name, settings in STRATEGIES.items()]
+    plan += [(f"{name}+{attack}", name, STRATEGIES[name], attack, share) for attack, share in ATTACKS for name in ROBUST]
+    only = set(filter(None, args.only.split(",")))
+    rows, curves = [], {}
+    for label, name, settings, attack, share in plan:
+        if only and label not in only:
+            continue
+        extra = {"attack": attack, "byzantine": share} if attack else {}
+        started = time.perf_counter()
+        run = fedsim.run(devices=DEVICES, partition=PARTITION, seed=SEED, rounds=args.rounds, strategy=name,
+                         out=str(root / label.replace("+", "-")), name="compare_strategies", progress=False,
+                         **settings, **extra)
+        acc = run.rounds.set_index("round")["test_accuracy"]
+        curves[label] = acc
+        honest = run.devices[run.devices["role"] == "honest"]
+        rows.append({
+            "run": label, "strategy": name, "attack": attack or "", "byzantine": share,
+            "settings": ", ".join(f"{k}={v}" for k, v in settings.items()) or "defaults",
+            "final_accuracy": round(float(acc.iloc[-1]), 4), "best_accuracy": round(float(acc.max()), 4),
+            "best_round": int(acc.idxmax()), "rounds": args.rounds,
+            "honest_train_loss": round(float(honest["train_loss"].mean()), 4),
+            "s_per_round": round(float(run.rounds["wall_s"].median()), 3),
+            "wall_s": round(time.perf_counter() - started, 1), "folder": str(run.path),
+        })
+        print(f"{label:24s} final {rows[-1]['final_accuracy']:.4f} best {rows[-1]['best_accuracy']:.4f} "
+              f"({rows[-1]['wall_s']:.0f} s)", flush=True)
+    table = pd.DataFrame(rows)
+    OUT.mkdir(parents=True, exist_ok=True)
+    suffix = "" if not only else "_partial"
+    table.to_csv(OUT / f"compare_strategies{suffix}.csv", index=False)
+    shown = table[["run", "settings", "final_accuracy", "best_accuracy", "best_round", "s_per_round"]]
+    header = (f"Fashion-MNIST, {DEVICES} devices, {PARTITION}, MLP, seed {SEED}, {args.rounds} rounds; "
+              f"`python experiments/compare_strategies.py`\n\n")
+    (OUT / f"compare_strategies{suffix}.md").write_text(header + shown.to_markdown(index=False) + "\n")
+    print(shown.to_markdown(index=False))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)
+    for label, acc in curves.items():
+        ax = axes[1] if "+" in label else axes[0]
+        ax.plot(acc.index, acc.values, label=label, lw=1.2)
+    for ax, title in zip(axes, ("every strategy, no attack", "20% attackers (signflip, ALIE)")):
+        ax.set(title=title, xlabel="round", ylim=(0, 1))
+        ax.axhline(0.8, color="grey", lw=0.6, ls=":")
+        ax.legend(fontsize=7, ncol=2)
+    axes[0].set_ylabel("test accuracy")
+    fig.suptitle(f"Fashion-MNIST, {DEVICES} devices, {PARTITION}")
+    fig.tight_layout()
+    fig.savefig(OUT / f"compare_strategies{suffix}.png", dpi=120)
+    print(f"wrote {OUT / f'compare_strategies{suffix}.md'}, .csv, .png; runs in {root}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Bulyan (El Mhamdi et al. 2018): n - 2f updates picked by Krum one at a time, then a coordinate-wise
+trimmed average of the n - 4f values nearest the median. f as in Krum (lowered to (n - 3) // 4
+when a round has too few updates for it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fedsim.strategies import robust
+from fedsim.strategies.base import Aggregate, State, Strategy
+from fedsim.strategies.krum import KrumParams, assumed
+
+
+class Bulyan(Strategy):
+    name = "bulyan"
+    Params = KrumParams
+    accumulate = "stack"
+
+    def bind(self, config: Any) -> Strategy:
+        return type(self)(assumed(self.params, config))
+
+    def apply(self, weights: np.ndarray, aggregate: Aggregate, state: State) -> tuple[np.ndarray, State]:
+        assert aggregate.rows is not None
+        n = len(aggregate.rows)
+        f = min(self.params.assumed_byzantine or 0, max((n - 3) // 4, 0))
+        mean, _ = robust.bulyan(aggregate.rows, weights.astype(np.float64), f)
+        return mean.astype(weights.dtype), state

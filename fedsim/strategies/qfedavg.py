@@ -1,0 +1,56 @@
+"""q-FedAvg (Li et al. 2020, "Fair Resource Allocation in Federated Learning", Algorithm 2).
+
+With L = 1 / (the devices' learning rate) and F_k the loss of the global model w on device k:
+  dw_k = L * (w - w_k)
+  D_k  = F_k^q * dw_k
+  h_k  = q * F_k^(q-1) * ||dw_k||^2 + L * F_k^q
+  w    = w - sum_k D_k / sum_k h_k
+F_k is the loss of the device's first train batch, which `train` computes at w before its first
+step (the paper evaluates it on the device's whole training set). q = 0 is the unweighted mean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from fedsim.strategies.base import Aggregate, State, Strategy, check_param, positive
+
+
+@dataclass(frozen=True)
+class QFedAvgParams:
+    q: float = 1.0
+    # L of the paper; None = 1 / --lr (the devices' learning rate), the paper's choice
+    lipschitz: float | None = None
+
+    def __post_init__(self) -> None:
+        check_param(isinstance(self.q, (int, float)) and self.q >= 0, "q", "must be >= 0", self.q)
+        check_param(self.lipschitz is None or positive(self.lipschitz), "lipschitz", "must be a positive number",
+                    self.lipschitz)
+
+
+class QFedAvg(Strategy):
+    name = "qfedavg"
+    Params = QFedAvgParams
+    accumulate = "stack"
+
+    def bind(self, config: Any) -> QFedAvg:
+        if self.params.lipschitz is not None:
+            return self
+        return QFedAvg(replace(self.params, lipschitz=1.0 / config.lr))
+
+    def apply(self, weights: np.ndarray, aggregate: Aggregate, state: State) -> tuple[np.ndarray, State]:
+        q = float(self.params.q)
+        big_l = self.params.lipschitz
+        if big_l is None:
+            raise ValueError("qfedavg needs --lipschitz (or a run, which uses 1 / --lr)")
+        assert aggregate.rows is not None
+        w = weights.astype(np.float64)
+        dw = big_l * (w - aggregate.rows.astype(np.float64))  # (n, P)
+        f = np.maximum(aggregate.start_losses, 1e-10)
+        fq = f ** q
+        sq_norms = np.einsum("ij,ij->i", dw, dw)
+        h = q * f ** (q - 1) * sq_norms + big_l * fq
+        return (w - (fq @ dw) / h.sum()).astype(weights.dtype), state
