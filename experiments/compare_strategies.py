@@ -11,7 +11,6 @@ The runs themselves go to results/compare_strategies/<stamp>/ (fedsim.load_runs 
 """
 
 import argparse
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -33,6 +32,7 @@ STRATEGIES = {  # name -> its settings (the defaults unless tuned here; each row
     "fedadagrad": {"server_lr": 0.003},
     "qfedavg": {"q": 0.2},
     "fedprox": {"mu": 0.01},
+    "scaffold": {},
     "fedmedian": {},
     "trimmedmean": {"trim": 0.2},
     "krum": {},
@@ -44,12 +44,44 @@ ATTACKS = [("signflip", 0.2), ("alie", 0.2)]
 OUT = Path("results/workloads")
 
 
+def row_of(label: str, name: str, settings: dict, attack: str | None, share: float, run: fedsim.Run) -> dict:
+    acc = run.rounds.set_index("round")["test_accuracy"]
+    honest = run.devices[run.devices["role"] == "honest"]
+    return {
+        "run": label, "strategy": name, "attack": attack or "", "byzantine": share,
+        "settings": ", ".join(f"{k}={v}" for k, v in settings.items()) or "defaults",
+        "final_accuracy": round(float(acc.iloc[-1]), 4), "best_accuracy": round(float(acc.max()), 4),
+        "best_round": int(acc.idxmax()), "rounds": int(acc.index.max()),
+        "honest_train_loss": round(float(honest["train_loss"].mean()), 4),
+        "s_per_round": round(float(run.rounds["wall_s"].median()), 3), "folder": str(run.path),
+    }
+
+
+def plot(curves: dict[str, pd.Series], path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5), sharey=True)
+    colours = plt.cm.tab20.colors
+    for i, (label, acc) in enumerate(curves.items()):
+        ax = axes[1] if "+" in label else axes[0]
+        ax.plot(acc.index, acc.values, label=label, lw=1.2, color=colours[i % len(colours)],
+                ls="--" if label.endswith("+alie") else "-")
+    for ax, title in zip(axes, ("every strategy, no attack", "20% attackers (solid: signflip, dashed: ALIE)")):
+        ax.set(title=title, xlabel="round", ylim=(0, 1))
+        ax.axhline(0.8, color="grey", lw=0.6, ls=":")
+        ax.legend(fontsize=7, ncol=3, loc="lower right")
+    axes[0].set_ylabel("test accuracy")
+    fig.suptitle(f"Fashion-MNIST, {DEVICES} devices, {PARTITION}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--only", default="", help="comma-separated run names (default: all)")
+    parser.add_argument("--from", dest="source", help="a folder of this script's runs: tabulate and plot them again")
     args = parser.parse_args()
-    root = Path(f"results/compare_strategies/{datetime.now():%Y%m%d-%H%M%S}")
+    root = Path(args.source) if args.source else Path(f"results/compare_strategies/{datetime.now():%Y%m%d-%H%M%S}")
     plan = [(name, name, settings, None, 0.0) for name, settings in STRATEGIES.items()]
     plan += [(f"{name}+{attack}", name, STRATEGIES[name], attack, share) for attack, share in ATTACKS for name in ROBUST]
     only = set(filter(None, args.only.split(",")))
@@ -57,46 +89,27 @@ def main() -> None:
     for label, name, settings, attack, share in plan:
         if only and label not in only:
             continue
-        extra = {"attack": attack, "byzantine": share} if attack else {}
-        started = time.perf_counter()
-        run = fedsim.run(devices=DEVICES, partition=PARTITION, seed=SEED, rounds=args.rounds, strategy=name,
-                         out=str(root / label.replace("+", "-")), name="compare_strategies", progress=False,
-                         **settings, **extra)
-        acc = run.rounds.set_index("round")["test_accuracy"]
-        curves[label] = acc
-        honest = run.devices[run.devices["role"] == "honest"]
-        rows.append({
-            "run": label, "strategy": name, "attack": attack or "", "byzantine": share,
-            "settings": ", ".join(f"{k}={v}" for k, v in settings.items()) or "defaults",
-            "final_accuracy": round(float(acc.iloc[-1]), 4), "best_accuracy": round(float(acc.max()), 4),
-            "best_round": int(acc.idxmax()), "rounds": args.rounds,
-            "honest_train_loss": round(float(honest["train_loss"].mean()), 4),
-            "s_per_round": round(float(run.rounds["wall_s"].median()), 3),
-            "wall_s": round(time.perf_counter() - started, 1), "folder": str(run.path),
-        })
-        print(f"{label:24s} final {rows[-1]['final_accuracy']:.4f} best {rows[-1]['best_accuracy']:.4f} "
-              f"({rows[-1]['wall_s']:.0f} s)", flush=True)
+        folder = root / label.replace("+", "-")
+        if args.source:
+            run = fedsim.load_run(folder)
+        else:
+            extra = {"attack": attack, "byzantine": share} if attack else {}
+            run = fedsim.run(devices=DEVICES, partition=PARTITION, seed=SEED, rounds=args.rounds, strategy=name,
+                             out=str(folder), name="compare_strategies", progress=False, **settings, **extra)
+        curves[label] = run.rounds.set_index("round")["test_accuracy"]
+        rows.append(row_of(label, name, settings, attack, share, run))
+        print(f"{label:24s} final {rows[-1]['final_accuracy']:.4f} best {rows[-1]['best_accuracy']:.4f}", flush=True)
     table = pd.DataFrame(rows)
+    rounds = int(table["rounds"].max())
     OUT.mkdir(parents=True, exist_ok=True)
     suffix = "" if not only else "_partial"
     table.to_csv(OUT / f"compare_strategies{suffix}.csv", index=False)
     shown = table[["run", "settings", "final_accuracy", "best_accuracy", "best_round", "s_per_round"]]
-    header = (f"Fashion-MNIST, {DEVICES} devices, {PARTITION}, MLP, seed {SEED}, {args.rounds} rounds; "
-              f"`python experiments/compare_strategies.py`\n\n")
+    header = (f"Fashion-MNIST, {DEVICES} devices, {PARTITION}, MLP, seed {SEED}, {rounds} rounds; "
+              f"`python experiments/compare_strategies.py` (runs in {root})\n\n")
     (OUT / f"compare_strategies{suffix}.md").write_text(header + shown.to_markdown(index=False) + "\n")
     print(shown.to_markdown(index=False))
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)
-    for label, acc in curves.items():
-        ax = axes[1] if "+" in label else axes[0]
-        ax.plot(acc.index, acc.values, label=label, lw=1.2)
-    for ax, title in zip(axes, ("every strategy, no attack", "20% attackers (signflip, ALIE)")):
-        ax.set(title=title, xlabel="round", ylim=(0, 1))
-        ax.axhline(0.8, color="grey", lw=0.6, ls=":")
-        ax.legend(fontsize=7, ncol=2)
-    axes[0].set_ylabel("test accuracy")
-    fig.suptitle(f"Fashion-MNIST, {DEVICES} devices, {PARTITION}")
-    fig.tight_layout()
-    fig.savefig(OUT / f"compare_strategies{suffix}.png", dpi=120)
+    plot(curves, OUT / f"compare_strategies{suffix}.png")
     print(f"wrote {OUT / f'compare_strategies{suffix}.md'}, .csv, .png; runs in {root}")
 
 

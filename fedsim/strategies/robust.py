@@ -71,5 +71,8 @@ def bulyan(rows: np.ndarray, center: np.ndarray, f: int) -> tuple[np.ndarray, np
     selected = rows[picked].astype(np.float64)
     beta = len(picked) - 2 * f
     med = np.median(selected, axis=0)
-    closest = np.argsort(np.abs(selected - med), axis=0, kind="stable")[:beta]
-    return np.take_along_axis(selected, closest, axis=0).mean(axis=0), np.array(picked)
+    distance = np.abs(selected - med)
+    if beta < len(picked):  # the beta nearest per coordinate, in any order (a partition, not a sort)
+        closest = np.argpartition(distance, beta - 1, axis=0)[:beta]
+        selected = np.take_along_axis(selected, closest, axis=0)
+    return selected.mean(axis=0), np.array(picked)
