@@ -67,6 +67,8 @@ class Row:
     rounds: int | None = None  # None: --rounds
     million: bool = False  # the generated 1M-device data set
     strategy: str = "fedavg"
+    fleet: str | None = None  # device profiles of the simulated clock (--fleet)
+    deadline: float | None = None  # simulated seconds (--deadline, stragglers dropped)
     ratio_target: float | None = None
     memory_target_mb: float | None = None  # compared with peak PSS
     first_round_target_s: float | None = None
@@ -85,6 +87,9 @@ ROWS = [
     Row("mlp-1000-per10-h8", 1000, per_round=10, hosts=8, eval_every=10, rounds=41, ratio_target=1.5),
     # an order statistic: every update's vector crosses to the coordinator (no target: shows its cost)
     Row("mlp-1000-fedmedian", 1000, strategy="fedmedian"),
+    # the simulated clock with a deadline: stragglers and dropouts are decided before any host runs
+    # them, so a round must cost no more wall time than mlp-1000's (its floor replays every device)
+    Row("mlp-1000-skewed-deadline", 1000, fleet="skewed", deadline=10.0),
     Row("mlp-1m", 1_000_000, per_round=1000, partition="natural", million=True, memory_target_mb=2560),
 ]
 
@@ -202,7 +207,7 @@ def bench_one(row: Row, rounds: int, out: Path) -> dict:
                            local_epochs=1, batch_size=32, lr=0.05, out=str(out / f"run-{row.name}"),
                            name="bench_overhead", model=row.model, partition=row.partition,
                            eval_every=row.eval_every, checkpoint_format=row.checkpoint_format, data=data,
-                           strategy=row.strategy)
+                           strategy=row.strategy, fleet=row.fleet, deadline=row.deadline)
     sampler = RssSampler()
     sampler.start()
     try:
@@ -223,6 +228,7 @@ def bench_one(row: Row, rounds: int, out: Path) -> dict:
         "model": row.model,
         "checkpoint": row.checkpoint_format,
         "strategy": row.strategy,
+        "fleet": (row.fleet or "") + (f", deadline {row.deadline:g} s" if row.deadline else ""),
         "devices": row.devices,
         "per_round": config.devices_per_round,
         "hosts": run.meta["hosts"],

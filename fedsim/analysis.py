@@ -17,6 +17,15 @@ def _label(row: pd.Series) -> str:
     return f"{row['devices']} devices, {row['partition']}, seed {row['seed']}"
 
 
+def _labels(rounds: pd.DataFrame) -> dict[str, str]:
+    """A legend label per run: its fleet, or its folder's name where runs share a fleet."""
+    firsts = rounds.groupby("run", sort=False).first()
+    labels = {run: _label(row) for run, row in firsts.iterrows()}
+    if len(set(labels.values())) < len(labels):
+        return {run: Path(run).name for run in labels}
+    return labels
+
+
 def summary(path: str | os.PathLike[str]) -> pd.DataFrame:
     """One row per run: how it ended (status), its fleet, every setting that differs between the runs,
     final / best accuracy and median seconds per round. Interrupted and failed runs are listed too."""
@@ -38,8 +47,28 @@ def summary(path: str | os.PathLike[str]) -> pd.DataFrame:
         table["device_acc_p10"] = scored["device_acc_p10"].last()
         table["device_acc_mean"] = scored["device_acc_mean"].last()
         table["device_acc_p90"] = scored["device_acc_p90"].last()
+    if "sim_elapsed_s" in rounds and rounds["sim_elapsed_s"].notna().any():  # the simulated clock (--fleet)
+        hours = grouped["sim_elapsed_s"].max() / 3600
+        table["sim_hours"] = hours
+        for target in TIME_TO_ACCURACY:
+            table[f"sim_h_to_{target:.2f}"] = [hours_to(evaluated[evaluated["run"] == r], target) for r in table.index]
     table.index = [Path(r).name for r in table.index]
     return table.sort_values(["partition", "devices", "seed"])
+
+
+TIME_TO_ACCURACY = (0.75, 0.80)  # fedsim report's simulated hours to reach these test accuracies
+
+
+def hours_to(rounds: pd.DataFrame, target: float) -> float:
+    """Simulated hours until the first evaluated round at or above `target` test accuracy (NaN: never)."""
+    hit = rounds[rounds["test_accuracy"] >= target]
+    return float(hit["sim_elapsed_s"].iloc[0] / 3600) if len(hit) else float("nan")
+
+
+def accuracy_at(rounds: pd.DataFrame, hours: float) -> float:
+    """Test accuracy of the last evaluated round that ended within `hours` simulated hours (NaN: none)."""
+    done = rounds[rounds["sim_elapsed_s"] <= hours * 3600].dropna(subset=["test_accuracy"])
+    return float(done["test_accuracy"].iloc[-1]) if len(done) else float("nan")
 
 
 def report(path: str | os.PathLike[str]) -> str:
@@ -64,19 +93,29 @@ def plot(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
     written = []
 
     what = Path(path).name  # every figure says what was run
+    labels = _labels(rounds)
     fig, ax = plt.subplots(figsize=(8, 5))
     for run, frame in rounds.groupby("run", sort=False):
-        ax.plot(frame["round"], frame["test_accuracy"], marker=".", label=_label(frame.iloc[0]))
+        ax.plot(frame["round"], frame["test_accuracy"], marker=".", label=labels[run])
     ax.set(xlabel="round", ylabel="test accuracy", title=f"Test accuracy per round: {what}", ylim=(0, 1))
     _integer_rounds(ax)
     written.append(_finish(fig, [ax], folder / "accuracy.png"))
+
+    if "sim_elapsed_s" in rounds and rounds["sim_elapsed_s"].notna().any():  # runs on the simulated clock
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for run, frame in rounds.groupby("run", sort=False):
+            if frame["sim_elapsed_s"].notna().any():
+                ax.plot(frame["sim_elapsed_s"] / 3600, frame["test_accuracy"], label=labels[run])
+        ax.set(xlabel="simulated hours", ylabel="test accuracy", ylim=(0, 1), xlim=(0, None),
+               title=f"Test accuracy against simulated time: {what}")
+        written.append(_finish(fig, [ax], folder / "accuracy_sim_time.png"))
 
     if "device_acc_mean" in rounds and rounds["device_acc_mean"].notna().any():
         fig, ax = plt.subplots(figsize=(8, 5))
         for run, frame in rounds.groupby("run", sort=False):
             if frame["device_acc_mean"].isna().all():
                 continue
-            line = ax.plot(frame["round"], frame["device_acc_mean"], label=_label(frame.iloc[0]))[0]
+            line = ax.plot(frame["round"], frame["device_acc_mean"], label=labels[run])[0]
             ax.fill_between(frame["round"], frame["device_acc_p10"], frame["device_acc_p90"], alpha=0.2, color=line.get_color())
         ax.set(xlabel="round", ylabel="accuracy on the device's own data", ylim=(0, 1),
                title=f"Per-device accuracy of the global model (mean, p10-p90): {what}")

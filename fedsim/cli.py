@@ -53,6 +53,11 @@ _HELP = {
     "byzantine": "share of devices (seeded) that attack with --attack",
     "attack": "signflip, gaussian, labelflip or alie",
     "attack_scale": "signflip factor (4), gaussian std (1), or alie's z (default: the paper's)",
+    "fleet": "device profiles for the simulated clock: phones, skewed, uniform, FILE.csv or fedscale:CAPACITY[,BEHAVIOUR]",
+    "latency": "pin the simulated compute to a latency table (JSON restore/train/save ms, or an artifact.json)",
+    "deadline": "simulated seconds a round may last (needs --fleet)",
+    "straggler": "drop (discard) or partial (keep the steps done by the deadline)",
+    "over_select": "select this many times the devices kept; the first to finish are kept",
     "model": "mlp, cnn, logreg, or your Keras builder as package.module:function (it receives the Task)",
     "out": "run folder (default results/<name>/<timestamp>); must not exist or be empty",
     "name": "experiment name (default run folder)",
@@ -69,7 +74,8 @@ _HELP = {
 def _type_of(name: str) -> Any:
     if name in ("fraction", "lr", "round_timeout", "max_update_norm", "clip_update_norm", "device_test_fraction",
                 "device_momentum", "device_beta1", "device_beta2", "device_epsilon", "server_lr", "server_momentum",
-                "beta1", "beta2", "tau", "q", "lipschitz", "trim", "mu", "byzantine", "attack_scale"):
+                "beta1", "beta2", "tau", "q", "lipschitz", "trim", "mu", "byzantine", "attack_scale", "deadline",
+                "over_select"):
         return float
     if name in ("devices", "rounds", "local_epochs", "batch_size", "seed", "hosts", "toy_samples", "min_devices",
                 "min_samples", "per_round", "eval_every", "assumed_byzantine", "krum_m"):

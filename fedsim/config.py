@@ -150,6 +150,20 @@ class Config:
     # also write each round's scalars as TensorBoard event files under this folder (one subfolder per
     # run; `tensorboard --logdir DIR`); None = none.
     tensorboard: str | None = None
+    # The simulated clock (see fedsim.fleet). Device profiles: a built-in set (phones, skewed, uniform),
+    # FILE.csv (device_id, speed, down_kbps, up_kbps, availability, dropout) or fedscale:CAPACITY[,BEHAVIOUR]
+    # (FedScale's trace files); None = no simulated clock (every device equal and always there).
+    fleet: str | None = None
+    # a latency table to pin the simulated compute to: JSON {"restore", "train", "save"} in ms (or a run's
+    # artifact.json); None = the artifact's latencies measured at the start of the run (one thread).
+    latency: str | None = None
+    # simulated seconds a round may last; devices that cannot finish by then are stragglers.
+    deadline: float | None = None
+    # what a straggler's work becomes: drop (discarded) or partial (the steps it finished by the deadline).
+    straggler: str = "drop"
+    # select this many times the devices a round keeps; the first to finish are kept (FedScale's
+    # over-commitment).
+    over_select: float = 1.0
     # run folder; None = results/<name>/<timestamp>.
     out: str | None = None
     # experiment name, used for the default run folder.
@@ -277,6 +291,25 @@ class Config:
         need(isinstance(self.model, str) and (self.model in MODELS or _is_import_path(self.model)), "model",
              f"must be one of {', '.join(sorted(MODELS))} or package.module:function")
         need(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
+        from fedsim.fleet import STRAGGLER_POLICIES, check_spec, read_latency
+
+        if self.fleet is not None:
+            need(isinstance(self.fleet, str), "fleet", "must be a fleet name or file")
+            check_spec(self.fleet)
+        need(isinstance(self.over_select, (int, float)) and self.over_select >= 1, "over_select",
+             "must be at least 1 (it picks that many times the devices a round keeps)")
+        need(self.straggler in STRAGGLER_POLICIES, "straggler", f"must be one of {', '.join(STRAGGLER_POLICIES)}")
+        if self.deadline is not None:
+            need(isinstance(self.deadline, (int, float)) and self.deadline > 0, "deadline",
+                 "must be a positive number of simulated seconds")
+        for name, on in (("deadline", self.deadline is not None), ("latency", self.latency is not None),
+                         ("over_select", self.over_select != 1), ("straggler", self.straggler != "drop")):
+            if on and self.fleet is None:
+                raise ConfigError(f"{_flag(name)} needs --fleet (the device profiles of the simulated clock)")
+        if self.straggler == "partial" and self.deadline is None:
+            raise ConfigError("--straggler partial needs --deadline (the time by which work is cut)")
+        if self.latency is not None:
+            read_latency(self.latency)
 
     @property
     def devices_per_round(self) -> int:

@@ -7,6 +7,7 @@ engine, the evaluator and the recorder are passed in. No TensorFlow and no Ray h
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +21,8 @@ from fedsim.checkpoint import (
     UpdateScreen, WeightSpec, check_weights, flatten, read_checkpoint, scratch_dir, spec_of, unflatten, write_checkpoint,
 )
 from fedsim.config import Config
-from fedsim.engine.base import DeviceReport, Engine, Evaluation, HostPipeline
+from fedsim.engine.base import DeviceReport, Engine, Evaluation, HostPipeline, RoundResult
+from fedsim.fleet import Clock, Outcome
 from fedsim.strategies.attacks import Attack, byzantine_devices
 from fedsim.strategies.base import HONEST, DevicePlan, State, Strategy, Weights, reduce_partials
 
@@ -64,6 +66,10 @@ class Coordinator:
         local_eval: bool | None = None,
         state: State | None = None,
         num_classes: int = 0,
+        clock: Clock | None = None,
+        samples: np.ndarray | None = None,
+        upload_bytes: int = 0,
+        sim_started: float = 0.0,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -95,6 +101,11 @@ class Coordinator:
         needs_rows = strategy.accumulate == "stack" or (self.attack is not None and self.attack.needs_rows)
         self.accumulate = "stack" if needs_rows else "sum"
         self.num_classes = num_classes
+        # the simulated clock (--fleet): device profiles, the latency table and the round policy
+        self.clock = clock
+        self.samples = samples  # each device's training samples (what its steps follow)
+        self.upload_bytes = upload_bytes  # the size of a device's saved checkpoint
+        self.sim_elapsed = sim_started
         self.last: RoundOutcome | None = None  # the latest round only: a long run keeps no history here
 
     def evaluates(self, round_num: int) -> bool:
@@ -127,13 +138,30 @@ class Coordinator:
 
     def run_round(self, round_num: int) -> RoundOutcome:
         start = time.perf_counter()
-        selected = select_devices(self.config.devices, self.config.devices_per_round, self.config.seed, round_num)
-        plan = self.plan(round_num, selected)
+        outcomes: dict[int, Outcome] = {}
+        unavailable: list[int] = []
+        sim_round = float("nan")
+        if self.clock is None:
+            selected = select_devices(self.config.devices, self.config.devices_per_round, self.config.seed, round_num)
+            run_ids = selected
+        else:
+            selected, unavailable, want = self._select_available(round_num)
+            outcomes, sim_round = self.clock.plan(round_num, selected, self.samples, want,
+                                                  len(self.global_checkpoint), self.upload_bytes)
+            # devices whose outcome is known before they run (dropped, too late) cost no host time
+            run_ids = [d for d in selected if outcomes[d].status == "run"]
+        plan = self.plan(round_num, run_ids)
+        for d, o in outcomes.items():
+            if o.status == "run" and o.steps is not None:  # partial work by the deadline
+                plan[d] = dataclasses.replace(plan.get(d, DevicePlan()), steps=o.steps)
         pipeline = HostPipeline(self.screen, self.strategy, self.accumulate, self.attack, plan, self.num_classes)
         for attempt in (1, 2):
-            result = self.engine.run_round(round_num, self.global_checkpoint, selected, pipeline)
+            if not run_ids:
+                result = RoundResult()
+                break
+            result = self.engine.run_round(round_num, self.global_checkpoint, run_ids, pipeline)
             reported = sum(r.status != "failed" for r in result.reports)
-            if reported >= self.config.min_devices:
+            if reported >= min(self.config.min_devices, len(run_ids)):
                 break
             if attempt == 2:
                 errors = sorted({r.error for r in result.reports if r.status == "failed"})
@@ -144,8 +172,13 @@ class Coordinator:
                 )
         hosts_done = time.perf_counter()
         sent = len(self.global_checkpoint)  # the checkpoint the devices restored (before it is replaced)
-        device_rows = [self._row(round_num, r, plan.get(r.device_id))
-                       for r in sorted(result.reports, key=lambda r: r.device_id)]
+        reports = list(result.reports)
+        for d, o in outcomes.items():
+            if o.status != "run":
+                reports.append(DeviceReport(d, -1, int(self.samples[d]), o.status))
+        reports += [DeviceReport(d, -1, int(self.samples[d]), "unavailable") for d in unavailable]
+        device_rows = [self._row(round_num, r, plan.get(r.device_id), outcomes.get(r.device_id))
+                       for r in sorted(reports, key=lambda r: r.device_id)]
         accepted = [r for r in device_rows if r["status"] == "ok"]
         if result.partials:
             aggregate = reduce_partials(result.partials)
@@ -176,7 +209,7 @@ class Coordinator:
             "device_acc_p10": float(np.percentile(spread, 10)),
             "device_acc_p90": float(np.percentile(spread, 90)),
             "devices_selected": len(selected),
-            "devices_reported": sum(r["status"] != "failed" for r in device_rows),
+            "devices_reported": sum(r["status"] in ("ok", "rejected") for r in device_rows),
             "devices_accepted": len(accepted),
             "samples": samples,
             "wall_s": evaluated - start,
@@ -187,6 +220,9 @@ class Coordinator:
             "bytes_up": sum(r["checkpoint_bytes"] for r in device_rows) + sum(
                 len(plan[r["device_id"]].control or b"") for r in accepted if r["device_id"] in plan),
             "bytes_down": sent * len(selected) + sum(len(p.control or b"") for p in plan.values()),
+            # the simulated clock (--fleet): this round's length and the total so far, in seconds
+            "sim_round_s": sim_round,
+            "sim_elapsed_s": self._tick(sim_round),
             # seconds since the run began; differences between rounds include the recording of the tables
             "elapsed_s": time.perf_counter() - self.started,
         }
@@ -201,8 +237,30 @@ class Coordinator:
         self.global_weights = weights
         self.global_checkpoint = write_checkpoint(weights, self.scratch)
 
+    def _select_available(self, round_num: int) -> tuple[list[int], list[int], int]:
+        """(selected, unavailable, how many to keep) on the simulated clock: only available devices are
+        selected; with every device selected each round, the unavailable ones are recorded as such;
+        --over-select picks more than the round keeps."""
+        assert self.clock is not None
+        available = self.clock.available(round_num)
+        if self.config.devices_per_round >= self.config.devices:
+            ids = np.arange(self.config.devices)
+            return ids[available].tolist(), ids[~available].tolist(), int(available.sum())
+        pool = np.flatnonzero(available)
+        want = self.config.devices_per_round
+        n = min(len(pool), math.ceil(self.clock.over_select * want - 1e-9))
+        rng = np.random.default_rng([self.config.seed, round_num, 0x5E1EC7])
+        return sorted(int(d) for d in rng.choice(pool, size=n, replace=False)), [], want
+
+    def _tick(self, sim_round: float) -> float:
+        if not np.isnan(sim_round):
+            self.sim_elapsed += sim_round
+            return self.sim_elapsed
+        return float("nan")
+
     @staticmethod
-    def _row(round_num: int, r: DeviceReport, plan: DevicePlan | None) -> dict[str, Any]:
+    def _row(round_num: int, r: DeviceReport, plan: DevicePlan | None, outcome: Outcome | None = None) -> dict[str, Any]:
+        nan = float("nan")
         return {
             "round": round_num,
             "device_id": r.device_id,
@@ -214,5 +272,8 @@ class Coordinator:
             "status": r.status,
             "reason": r.error,
             "role": plan.role if plan is not None else HONEST,
-            "mu": plan.mu if plan is not None else float("nan"),
+            "mu": plan.mu if plan is not None else nan,
+            "sim_compute_s": outcome.compute_s if outcome is not None else nan,
+            "sim_comm_s": outcome.comm_s if outcome is not None else nan,
+            "sim_finish_s": outcome.finish_s if outcome is not None else nan,
         }

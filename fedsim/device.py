@@ -211,12 +211,14 @@ class Device:
         mu: float = 0.0,
         flip_labels: int = 0,
         control: Path | None = None,
+        steps: int | None = None,
     ) -> DeviceUpdate:
         """restore the global model -> local_epochs of shuffled mini-batches through `train` -> `save` to out.
 
         mu: FedProx's proximal weight (the fedprox variant's train input). flip_labels: the number of
         classes C of a label-flipping attacker, which trains on C - 1 - y instead of y (0: honest).
-        control: SCAFFOLD's control file (the scaffold variant's restore reads c - c_i from it)."""
+        control: SCAFFOLD's control file (the scaffold variant's restore reads c - c_i from it).
+        steps: stop after this many train steps (a straggler's work by the deadline); None: all."""
         # Shuffling depends on (seed, device, round) only, never on which host runs the device.
         rng = shuffle_rng(self.seed, self.device_id, round_num)
         # Shuffled before the clock starts, so train_s counts the device's signature calls and
@@ -229,8 +231,12 @@ class Device:
         start = time.perf_counter()
         runner.restore(global_checkpoint, control) if control is not None else runner.restore(global_checkpoint)
         loss_sum, seen, start_loss = 0.0, 0, float("nan")
+        budget = steps if steps is not None else -1
         for xs, ys in epochs:
             for i in range(0, self.samples, batch_size):
+                if budget == 0:
+                    break
+                budget -= 1
                 xb, yb = xs[i : i + batch_size], ys[i : i + batch_size]
                 loss = runner.train(xb, yb, mu) if mu else runner.train(xb, yb)
                 if not seen:

@@ -36,6 +36,7 @@ DEVICES_FILE = "devices.parquet"
 MODEL_FILE = "model.tflite"
 CHECKPOINT_FILE = "global.ckpt"
 PARTITION_FILE = "partition.parquet"
+FLEET_FILE = "fleet.parquet"  # --fleet: every device's profile
 ARTIFACT_FILE = "artifact.json"  # the artifact report (fedsim inspect): signatures, ops, sizes, latency
 STATE_FILE = "server_state.npz"  # a stateful strategy's state after the last round (np.load)
 RESUME_DIR = "resume"  # resume/round-K.ckpt: the checkpoint a resume starts from (removed when complete)
@@ -44,11 +45,11 @@ ROUND_COLUMNS = [
     "round", "test_accuracy", "test_loss", "train_loss", "device_acc_mean", "device_acc_p10", "device_acc_p90",
     "devices_selected", "devices_reported",
     "devices_accepted", "samples", "wall_s", "hosts_s", "aggregate_s", "evaluate_s", "elapsed_s",
-    "bytes_up", "bytes_down",
+    "bytes_up", "bytes_down", "sim_round_s", "sim_elapsed_s",
 ]
 DEVICE_COLUMNS = [
     "round", "device_id", "host", "samples", "train_loss", "train_s", "checkpoint_bytes", "status", "reason",
-    "test_accuracy", "role", "mu",
+    "test_accuracy", "role", "mu", "sim_compute_s", "sim_comm_s", "sim_finish_s",
 ]
 _INT_COLUMNS = {"round", "device_id", "host", "samples", "checkpoint_bytes", "devices_selected", "devices_reported",
                 "devices_accepted", "bytes_up", "bytes_down"}
@@ -221,6 +222,11 @@ class RunWriter:
             shutil.rmtree(self.path / name, ignore_errors=True)
         if self.path.resolve() in _CREATED and not any(self.path.iterdir()):
             self.path.rmdir()
+
+    def write_fleet(self, profiles: pd.DataFrame) -> None:
+        """fleet.parquet: every device's profile on the simulated clock (device_id, speed, bandwidths,
+        availability, dropout), beside partition.parquet."""
+        _atomic_parquet(self.path / FLEET_FILE, profiles)
 
     def write_partition(self, counts: np.ndarray, test_sizes: np.ndarray | None = None) -> None:
         """partition.parquet: device_id, samples (trained on), test_samples (its own test split), and

@@ -18,6 +18,7 @@ from fedsim.config import Config, ConfigError, _is_import_path
 from fedsim.coordinator import Coordinator
 from fedsim.data import DataRecipe, Dataset
 from fedsim.engine.base import Engine, HostSettings, Setup
+from fedsim.fleet import Clock, FleetError, load_fleet, read_latency
 from fedsim.model.builders import MODELS, ArtifactRecipe, ModelBuilder, Optimizer, builder_name, resolve_builder
 from fedsim.results import (
     CONFIG_FILE, MODEL_FILE, ROUND_COLUMNS, ROUNDS_FILE, Run, RunFolderError, RunWriter, claim_run_folder,
@@ -61,6 +62,8 @@ def run(
     if not config.artifact and (model in MODELS or _is_import_path(model)):
         config = config.replace(model=model)  # what config.json records is what ran
     strategy = strategy.bind(config) if strategy is not None else strategy_for(config)
+    # a fleet file with a bad column or id fails here, before any folder or Ray process exists
+    profiles = load_fleet(config.fleet, config.devices, config.seed) if config.fleet else None
     artifact: ArtifactRecipe | bytes = ArtifactRecipe(builder, None, optimizer_of(config), config.seed,
                                                       config.checkpoint_format, strategy.variant)
     if config.artifact:
@@ -79,7 +82,7 @@ def run(
     }
     writer = RunWriter(out, meta, tracker=_tracker(config, out))
     _guarded(writer, lambda: _run(config, recipe_data, strategy, artifact, engine, writer, progress, started,
-                                  check_artifact=bool(config.artifact)), new_run=True)
+                                  check_artifact=bool(config.artifact), profiles=profiles), new_run=True)
     return load_run(out)
 
 
@@ -181,18 +184,23 @@ def resume(
     initial = resume_checkpoint(folder, done) if done else None
     state = resume_state(folder, done) if done else None
     strategy = _resume_strategy(folder, meta, config, strategy)
-    if done:  # elapsed_s goes on from the last committed round instead of starting again at zero
+    sim_started = 0.0
+    if done:  # elapsed_s (and the simulated clock) go on from the last committed round
         rounds = read_table(folder / ROUNDS_FILE, ROUND_COLUMNS)  # not the devices table: it can be large
-        committed = rounds[rounds["round"] <= done]["elapsed_s"]
+        committed = rounds[rounds["round"] <= done]
         if len(committed):
-            started -= float(committed.iloc[-1])
+            started -= float(committed["elapsed_s"].iloc[-1])
+            if "sim_elapsed_s" in committed and not np.isnan(committed["sim_elapsed_s"].iloc[-1]):
+                sim_started = float(committed["sim_elapsed_s"].iloc[-1])
+    profiles = load_fleet(config.fleet, config.devices, config.seed) if config.fleet else None
     meta["config"] = config.to_dict()
     for stale in ("error", "finished"):
         meta.pop(stale, None)
     meta.setdefault("resumed", []).append({"after_round": done, "at": _now()})
     writer = RunWriter(folder, meta, resume_from=done, tracker=_tracker(config, folder))
     _guarded(writer, lambda: _run(config, recipe_data, strategy, artifact, engine, writer, progress, started,
-                                  initial, done + 1, state=state))
+                                  initial, done + 1, state=state, profiles=profiles,
+                                  sim_latency=meta.get("sim_latency_ms"), sim_started=sim_started))
     return load_run(folder)
 
 
@@ -220,7 +228,7 @@ def _guarded(writer: RunWriter, body: Any, new_run: bool = False) -> None:
 
 
 def _run(config, data, strategy, artifact, engine, writer, progress, started, initial=None, start_round=1,  # noqa: ANN001
-         check_artifact=False, state=None) -> None:  # noqa: ANN001
+         check_artifact=False, state=None, profiles=None, sim_latency=None, sim_started=0.0) -> None:  # noqa: ANN001
     if engine is None:
         from fedsim.engine.ray import RayEngine
 
@@ -251,5 +259,32 @@ def _run(config, data, strategy, artifact, engine, writer, progress, started, in
         # whose data names each test sample's device) score every new global model on it.
         local_eval = prepared.test_sizes is not None and bool(np.any(prepared.test_sizes))
         task = prepared.dataset_info.get("task") or {}
+        samples = prepared.label_counts.sum(axis=1) if prepared.label_counts is not None else None
+        upload = int((prepared.report or {}).get("checkpoint_bytes", len(initial)))
+        clock = None
+        if profiles is not None:
+            clock = sim_clock(config, profiles, sim_latency, prepared.report, samples, len(initial), upload)
+            writer.write_fleet(profiles)
+            writer.write_meta(sim_latency_ms=clock.latency_ms)
         Coordinator(config, engine, strategy, engine.evaluate, initial, writer, progress, started,
-                    local_eval, state, int(task.get("num_classes", 0))).run(start_round)
+                    local_eval, state, int(task.get("num_classes", 0)), clock, samples, upload,
+                    sim_started).run(start_round)
+
+
+def sim_clock(config: Config, profiles: Any, latency: dict[str, float] | None, report: dict[str, Any] | None,
+              samples: np.ndarray, down_bytes: int, up_bytes: int) -> Clock:
+    """The run's simulated clock: the profiles, the latency table (pinned by --latency, recorded by an
+    earlier part of this run, or measured at its start), and the round policy; a deadline no device
+    could meet is refused here, before the first round."""
+    if latency is None:
+        latency = read_latency(config.latency) if config.latency else {
+            k: float(v) for k, v in (report or {}).get("latency_ms", {}).items() if k in ("restore", "train", "save")}
+    clock = Clock(profiles, latency, config.batch_size, config.local_epochs, config.seed, config.deadline,
+                  config.straggler, config.over_select)
+    if config.deadline is not None:
+        fewest = clock.fewest_seconds(samples, down_bytes, up_bytes)
+        if fewest > config.deadline:
+            work = "one train step" if config.straggler == "partial" else "its round"
+            raise FleetError(f"--deadline {config.deadline:g} s is shorter than any device could meet: the fastest "
+                             f"needs {fewest:.3g} simulated s for {work}")
+    return clock

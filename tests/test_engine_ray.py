@@ -256,3 +256,22 @@ def test_ctrl_c_records_interrupted_and_prints_the_command_that_continues(tmp_pa
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert fedsim.load_run(out).meta["status"] == "completed" and len(fedsim.load_run(out).rounds) == 6
+
+
+def test_simulated_times_are_the_same_on_ray_and_in_process(tmp_path):
+    """The simulated clock follows the profiles, the pinned latency table and the checkpoint sizes,
+    never the hosts' wall time: a Ray run and an in-process run record the same simulated times."""
+    import json
+
+    import pandas as pd
+
+    latency = tmp_path / "latency.json"
+    latency.write_text(json.dumps({"restore": 0.2, "train": 0.5, "save": 0.3}))
+    settings = dict(dataset="toy_images", toy_samples=30, devices=8, rounds=2, seed=1, progress=False,
+                    fleet="phones", fraction=0.5, over_select=1.5, deadline=30.0, latency=str(latency))
+    on_ray = fedsim.run(out=str(tmp_path / "ray"), hosts=2, **settings)
+    local = fedsim.run(out=str(tmp_path / "local"), engine=fedsim.LocalEngine(1), **settings)
+    columns = ["round", "device_id", "status", "sim_compute_s", "sim_comm_s", "sim_finish_s"]
+    pd.testing.assert_frame_equal(on_ray.devices[columns], local.devices[columns])
+    pd.testing.assert_frame_equal(on_ray.rounds[["sim_round_s", "sim_elapsed_s"]],
+                                  local.rounds[["sim_round_s", "sim_elapsed_s"]])

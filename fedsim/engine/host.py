@@ -160,6 +160,7 @@ class DeviceHost:
                 mu=plan.mu if plan is not None else 0.0,
                 flip_labels=pipeline.num_classes if role == "labelflip" else 0,
                 control=control,
+                steps=plan.steps if plan is not None else None,
             )
         except Exception as e:  # a device's failure is data for the coordinator, not a crash of the host
             self._runner = None  # the interpreter may be in a bad state: the next device gets a fresh one

@@ -29,12 +29,14 @@ HONEST = "honest"
 @dataclass(frozen=True)
 class DevicePlan:
     """What one selected device does this round beyond the run's settings (Flower's configure_fit):
-    its role (honest, or the attack it mounts), FedProx's proximal weight mu, and SCAFFOLD's
-    correction c - c_i (float32 bytes, weights in the model's flat order) that its `train` adds."""
+    its role (honest, or the attack it mounts), FedProx's proximal weight mu, SCAFFOLD's correction
+    c - c_i (float32 bytes, weights in the model's flat order) that its `train` adds, and a budget
+    of train steps."""
 
     role: str = HONEST
     mu: float = 0.0
     control: bytes | None = None
+    steps: int | None = None  # a budget of train steps (a straggler's partial work); None: all
 
 
 @dataclass
