@@ -17,13 +17,48 @@ def _label(row: pd.Series) -> str:
     return f"{row['devices']} devices, {row['partition']}, seed {row['seed']}"
 
 
-def _labels(rounds: pd.DataFrame) -> dict[str, str]:
-    """A legend label per run: its fleet, or its folder's name where runs share a fleet."""
+def _varying(rounds: pd.DataFrame) -> list[str]:
+    """The settings whose values differ between the runs in `rounds` (fleet first, then the rest)."""
     firsts = rounds.groupby("run", sort=False).first()
-    labels = {run: _label(row) for run, row in firsts.iterrows()}
+    keys = ["devices", "partition", "seed"] + [f.name for f in fields(Config) if f.name not in ("out", "name")]
+    return [k for k in dict.fromkeys(keys) if k in firsts and firsts[k].map(str).nunique() > 1]
+
+
+def _labels(rounds: pd.DataFrame) -> dict[str, str]:
+    """A legend label per run: the settings that differ between the runs shown (its fleet when none
+    does; its folder's name where that still leaves two alike)."""
+    firsts = rounds.groupby("run", sort=False).first()
+    varying = _varying(rounds)
+    if varying:
+        def short(value: object) -> str:  # a file setting by its name, not its whole path
+            return Path(value).name if isinstance(value, str) and "/" in value else str(value)
+
+        labels = {run: ", ".join(f"{k}={short(row[k])}" for k in varying) for run, row in firsts.iterrows()}
+    else:
+        labels = {run: _label(row) for run, row in firsts.iterrows()}
     if len(set(labels.values())) < len(labels):
         return {run: Path(run).name for run in labels}
     return labels
+
+
+def _styles(rounds: pd.DataFrame) -> dict[str, dict[str, object]]:
+    """Colour by the setting that varies most, line style by the next (a seed, say), so what varies
+    is read off the lines as well as the legend."""
+    import matplotlib.pyplot as plt
+
+    firsts = rounds.groupby("run", sort=False).first()
+    # the setting with the most distinct values gets the colours
+    varying = sorted(_varying(rounds), key=lambda k: -firsts[k].map(str).nunique())
+    colours = plt.cm.tab10.colors
+    dashes = ["-", "--", ":", "-."]
+    first = sorted(firsts[varying[0]].map(str).unique()) if varying else []
+    second = sorted(firsts[varying[1]].map(str).unique()) if len(varying) > 1 else []
+    styles = {}
+    for i, (run, row) in enumerate(firsts.iterrows()):
+        c = first.index(str(row[varying[0]])) if varying else i
+        d = second.index(str(row[varying[1]])) if second else 0
+        styles[run] = {"color": colours[c % len(colours)], "linestyle": dashes[d % len(dashes)]}
+    return styles
 
 
 def summary(path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -36,7 +71,7 @@ def summary(path: str | os.PathLike[str]) -> pd.DataFrame:
     # and every other setting whose value differs between the runs listed (lr, strategy, model, ...)
     firsts = grouped.first()
     keys += [f.name for f in fields(Config) if f.name in firsts and f.name not in keys and f.name not in ("out", "name")
-             and firsts[f.name].astype(str).nunique() > 1]
+             and firsts[f.name].map(str).nunique() > 1]
     table = firsts[keys].copy()
     table["rounds"] = grouped["round"].max()
     scored = evaluated.groupby("run", sort=False)
@@ -93,10 +128,10 @@ def plot(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
     written = []
 
     what = Path(path).name  # every figure says what was run
-    labels = _labels(rounds)
+    labels, styles = _labels(rounds), _styles(rounds)
     fig, ax = plt.subplots(figsize=(8, 5))
     for run, frame in rounds.groupby("run", sort=False):
-        ax.plot(frame["round"], frame["test_accuracy"], marker=".", label=labels[run])
+        ax.plot(frame["round"], frame["test_accuracy"], marker=".", label=labels[run], **styles[run])
     ax.set(xlabel="round", ylabel="test accuracy", title=f"Test accuracy per round: {what}", ylim=(0, 1))
     _integer_rounds(ax)
     written.append(_finish(fig, [ax], folder / "accuracy.png"))
@@ -105,22 +140,28 @@ def plot(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
         fig, ax = plt.subplots(figsize=(8, 5))
         for run, frame in rounds.groupby("run", sort=False):
             if frame["sim_elapsed_s"].notna().any():
-                ax.plot(frame["sim_elapsed_s"] / 3600, frame["test_accuracy"], label=labels[run])
+                ax.plot(frame["sim_elapsed_s"] / 3600, frame["test_accuracy"], label=labels[run], **styles[run])
         ax.set(xlabel="simulated hours", ylabel="test accuracy", ylim=(0, 1), xlim=(0, None),
                title=f"Test accuracy against simulated time: {what}")
         written.append(_finish(fig, [ax], folder / "accuracy_sim_time.png"))
 
     if "device_acc_mean" in rounds and rounds["device_acc_mean"].notna().any():
-        fig, ax = plt.subplots(figsize=(8, 5))
-        for run, frame in rounds.groupby("run", sort=False):
-            if frame["device_acc_mean"].isna().all():
-                continue
-            line = ax.plot(frame["round"], frame["device_acc_mean"], label=labels[run])[0]
-            ax.fill_between(frame["round"], frame["device_acc_p10"], frame["device_acc_p90"], alpha=0.2, color=line.get_color())
-        ax.set(xlabel="round", ylabel="accuracy on the device's own data", ylim=(0, 1),
-               title=f"Per-device accuracy of the global model (mean, p10-p90): {what}")
-        _integer_rounds(ax)
-        written.append(_finish(fig, [ax], folder / "device_spread.png"))
+        # one panel per partition (a band per run would blur into the next), runs coloured as above
+        measured = rounds[rounds.groupby("run")["device_acc_mean"].transform(lambda c: c.notna().any())]
+        partitions = list(dict.fromkeys(measured["partition"]))
+        fig, axes = plt.subplots(1, len(partitions), figsize=(5 * len(partitions) + 1, 4.5), sharey=True,
+                                 squeeze=False)
+        for ax, partition in zip(axes[0], partitions):
+            for run, frame in measured[measured["partition"] == partition].groupby("run", sort=False):
+                style = styles[run]
+                ax.plot(frame["round"], frame["device_acc_mean"], label=labels[run], **style)
+                ax.fill_between(frame["round"], frame["device_acc_p10"], frame["device_acc_p90"], alpha=0.15,
+                                color=style["color"])
+            ax.set(xlabel="round", title=partition, ylim=(0, 1))
+            _integer_rounds(ax)
+        axes[0][0].set_ylabel("accuracy on the device's own data")
+        fig.suptitle(f"Per-device accuracy of the global model (mean, p10-p90): {what}")
+        written.append(_finish(fig, list(axes[0]), folder / "device_spread.png"))
 
     table = summary(path)
     if table["devices"].nunique() > 1:

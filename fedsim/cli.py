@@ -180,13 +180,15 @@ def _run(args: argparse.Namespace) -> int:
     import fedsim
 
     if args.resume:
-        others = [f.name for f in fields(Config) if f.name not in ("hosts", "address") and getattr(args, f.name) is not None]
+        others = [f.name for f in fields(Config)
+                  if f.name not in ("hosts", "address", "rounds") and getattr(args, f.name) is not None]
         if others or args.config:
             flags = ", ".join("--" + n.replace("_", "-") for n in others) or "--config"
-            raise ConfigError(f"--resume uses the run's own settings; drop {flags} (only --hosts and --address may change)")
+            raise ConfigError(f"--resume uses the run's own settings; drop {flags} (only --hosts, --address, and "
+                              "--rounds to extend it, may change)")
         engine = fedsim.LocalEngine(args.hosts or 1) if args.engine == "local" else None
         result = fedsim.resume(args.resume, engine=engine, progress=not args.no_progress, hosts=args.hosts,
-                               address=args.address)
+                               address=args.address, rounds=args.rounds)
         config = Config.from_dict(result.config)
     else:
         config = config_from_args(args)

@@ -367,9 +367,5 @@ class Config:
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(data)
 
-    def strategy_settings(self) -> dict[str, Any]:
-        """The strategy hyperparameters given (not None)."""
-        return {n: getattr(self, n) for n in _strategy_params() if getattr(self, n) is not None}
-
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)

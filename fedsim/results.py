@@ -288,18 +288,20 @@ def _npz(arrays: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-def resume_state(path: Path, rounds_completed: int) -> dict[str, np.ndarray]:
-    """The strategy's server state committed with round `rounds_completed` ({} if it keeps none)."""
-    f = path / RESUME_DIR / f"round-{rounds_completed}.{STATE_FILE}"
+def resume_state(path: Path, rounds_completed: int, finished: bool = False) -> dict[str, np.ndarray]:
+    """The strategy's server state committed with round `rounds_completed` ({} if it keeps none);
+    of a finished run, the state it ended with."""
+    f = path / STATE_FILE if finished else path / RESUME_DIR / f"round-{rounds_completed}.{STATE_FILE}"
     if not f.is_file():
         return {}
     with np.load(f) as data:
         return {k: data[k] for k in data.files}
 
 
-def resume_checkpoint(path: Path, rounds_completed: int) -> bytes:
-    """The committed global checkpoint after `rounds_completed` rounds of the run in `path`."""
-    f = path / RESUME_DIR / f"round-{rounds_completed}.ckpt"
+def resume_checkpoint(path: Path, rounds_completed: int, finished: bool = False) -> bytes:
+    """The committed global checkpoint after `rounds_completed` rounds of the run in `path` (of a
+    finished run: its global.ckpt)."""
+    f = path / CHECKPOINT_FILE if finished else path / RESUME_DIR / f"round-{rounds_completed}.ckpt"
     if not f.is_file():
         raise RunFolderError(f"{path}: no checkpoint for round {rounds_completed} ({f} is missing); cannot resume")
     return f.read_bytes()

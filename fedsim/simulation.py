@@ -155,12 +155,14 @@ def resume(
     hosts: int | None = None,
     address: str | None = None,
     data: Dataset | None = None,
+    rounds: int | None = None,
 ) -> Run:
-    """Continue an interrupted run in its own folder after its last committed round.
+    """Continue an interrupted run in its own folder after its last committed round, or extend a
+    finished one to `rounds` rounds.
 
     The run's saved settings and .tflite are used as they are; only where it runs (hosts, address)
-    may change, since neither changes the results. The rounds table comes out identical to an
-    uninterrupted run's.
+    and how many rounds it has may change. The rounds table comes out identical to an uninterrupted
+    run's of as many rounds (with --eval-every above 1, the old last round keeps its evaluation).
     """
     started = time.perf_counter()
     folder = Path(path)
@@ -168,11 +170,14 @@ def resume(
     if not meta_file.is_file():
         raise RunFolderError(f"--resume {folder}: not a fedsim run folder (no {CONFIG_FILE})")
     meta = json.loads(meta_file.read_text())
-    changes = {k: v for k, v in (("hosts", hosts), ("address", address)) if v is not None}
+    changes = {k: v for k, v in (("hosts", hosts), ("address", address), ("rounds", rounds)) if v is not None}
     config = Config.from_dict(meta["config"]).replace(**changes)
     done = int(meta.get("rounds_completed", 0))
     if done >= config.rounds:
-        raise RunFolderError(f"--resume {folder}: all {config.rounds} rounds are already complete")
+        if rounds is None:
+            raise RunFolderError(f"--resume {folder}: all {config.rounds} rounds are already complete; extend it "
+                                 f"with --rounds N (N > {done})")
+        raise RunFolderError(f"--resume {folder}: --rounds {rounds} is not more than the {done} rounds it has")
     if config.dataset == "arrays" and data is None:
         raise RunFolderError(f"--resume {folder}: this run trained on arrays built in Python; pass them again as "
                              "fedsim.resume(DIR, data=ArrayDataset(...))")
@@ -181,8 +186,9 @@ def resume(
     if not (folder / MODEL_FILE).is_file():
         raise RunFolderError(f"--resume {folder}: the run stopped before its artifact was made; start it again")
     artifact = (folder / MODEL_FILE).read_bytes()
-    initial = resume_checkpoint(folder, done) if done else None
-    state = resume_state(folder, done) if done else None
+    finished = meta.get("status") == "completed"  # its resume/ folder is gone: global.ckpt is round `done`
+    initial = resume_checkpoint(folder, done, finished) if done else None
+    state = resume_state(folder, done, finished) if done else None
     strategy = _resume_strategy(folder, meta, config, strategy)
     sim_started = 0.0
     if done:  # elapsed_s (and the simulated clock) go on from the last committed round

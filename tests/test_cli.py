@@ -19,6 +19,11 @@ def fedsim_cli(*args, env=None):
         (["--fraction", "1.5"], "--fraction must be in (0, 1]"),
         (["--lr", "-1"], "--lr must be a positive number"),
         (["--devices", "4", "--hosts", "5"], "--hosts 5 exceeds --devices 4"),
+        (["--strategy", "fedavg", "--tau", "0.1"], "--tau is not a setting of --strategy fedavg"),
+        (["--strategy", "fedadam", "--beta1", "1.5"], "--beta1 must be in [0, 1), got 1.5"),
+        (["--byzantine", "0.2"], "--byzantine 0.2 needs --attack"),
+        (["--fleet", "phones", "--over-select", "0.9"], "--over-select must be at least 1"),
+        (["--deadline", "5"], "--deadline needs --fleet"),
     ],
 )
 def test_bad_flags_fail_with_one_line_naming_the_flag(args, message, capsys):
@@ -134,6 +139,14 @@ def test_user_data_a_user_builder_and_a_foreign_artifact_run_end_to_end(tmp_path
     out = fedsim_cli("inspect", str(tmp_path / "npz"), "--repeats", "3", "--parity", "2", env=env)
     assert out.returncode == 0, out.stderr
     assert "| train" in out.stdout and "FlexRestore" in out.stdout and "parity" in out.stdout
+
+
+def test_strategy_flags_reach_the_config():
+    args = build_parser().parse_args(["run", "--strategy", "fedadam", "--server-lr", "0.02", "--beta2", "0.9",
+                                      "--byzantine", "0.1", "--attack", "alie", "--fleet", "phones", "--deadline", "30"])
+    c = config_from_args(args)
+    assert (c.strategy, c.server_lr, c.beta2, c.byzantine, c.attack) == ("fedadam", 0.02, 0.9, 0.1, "alie")
+    assert (c.fleet, c.deadline) == ("phones", 30.0)
 
 
 def test_version():

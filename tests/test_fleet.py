@@ -155,3 +155,25 @@ def test_a_deadline_no_device_can_meet_is_refused_before_the_first_round(tmp_pat
         fedsim.run(out=str(tmp_path / "x"), engine=fedsim.LocalEngine(1), latency=pinned,
                    **{**RUN, "deadline": 0.001})
     assert not (tmp_path / "x").exists()
+
+
+def test_fedscale_trace_files_load_in_their_format(tmp_path):
+    """FedScale's client_device_capacity ({client: {'computation', 'communication'}}) and
+    client_behave_trace ({client: {'active', 'inactive', 'finish_time'}}), written here in that format."""
+    import pickle
+
+    capacity = {7: {"computation": 100.0, "communication": 4000.0}, 9: {"computation": 50.0, "communication": 800.0},
+                11: {"computation": 200.0, "communication": 20000.0}}
+    behave = {1: {"active": [0, 600], "inactive": [300, 900], "finish_time": 1200, "duration": 1200, "model": "x"}}
+    (tmp_path / "cap").write_bytes(pickle.dumps(capacity))
+    (tmp_path / "behave").write_bytes(pickle.dumps(behave))
+    table = load_fleet(f"fedscale:{tmp_path / 'cap'},{tmp_path / 'behave'}", 50, 0)
+    assert len(table) == 50
+    # speed = median computation (100) / the device's own; bandwidth both ways from the trace
+    assert set(np.round(table["speed"], 6)) <= {1.0, 2.0, 0.5}
+    assert set(table["down_kbps"]) <= {4000.0, 800.0, 20000.0} and (table["down_kbps"] == table["up_kbps"]).all()
+    # active 0-300 and 600-900 of 1200 s: half the time
+    np.testing.assert_allclose(table["availability"], 0.5)
+    (tmp_path / "bad").write_bytes(pickle.dumps({1: {"speed": 3}}))
+    with pytest.raises(FleetError, match="entries need 'computation' and 'communication'"):
+        load_fleet(f"fedscale:{tmp_path / 'bad'}", 5, 0)

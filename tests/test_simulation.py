@@ -50,8 +50,25 @@ def test_resume_refuses_a_complete_run(tmp_path):
     import pytest
 
     done = fedsim.run(out=str(tmp_path / "done"), engine=fedsim.LocalEngine(), dataset="toy_images", devices=2, rounds=1, progress=False)
-    with pytest.raises(fedsim.RunFolderError, match="already complete"):
+    with pytest.raises(fedsim.RunFolderError, match="already complete; extend it with --rounds N"):
         fedsim.resume(done.path, engine=fedsim.LocalEngine())
+    with pytest.raises(fedsim.RunFolderError, match="--rounds 1 is not more than the 1 rounds it has"):
+        fedsim.resume(done.path, engine=fedsim.LocalEngine(), rounds=1)
+
+
+def test_a_finished_run_extended_with_rounds_equals_the_straight_run(tmp_path):
+    """--resume DIR --rounds N on a completed run: the rounds table and the model equal an N-round run's,
+    also for a strategy with server state."""
+    settings = dict(dataset="toy_images", toy_samples=20, devices=6, seed=5, fraction=0.5, progress=False,
+                    strategy="fedavgm")
+    straight = fedsim.run(out=str(tmp_path / "straight"), engine=fedsim.LocalEngine(2), rounds=4, **settings)
+    short = fedsim.run(out=str(tmp_path / "short"), engine=fedsim.LocalEngine(2), rounds=2, **settings)
+    assert short.meta["status"] == "completed" and not (short.path / "resume").exists()
+    extended = fedsim.resume(short.path, engine=fedsim.LocalEngine(1), rounds=4)
+    columns = ["round", "test_accuracy", "test_loss", "train_loss", "devices_selected", "samples", "bytes_up"]
+    assert extended.rounds[columns].equals(straight.rounds[columns])
+    assert (extended.path / "global.ckpt").read_bytes() == (straight.path / "global.ckpt").read_bytes()
+    assert extended.config["rounds"] == 4 and extended.meta["status"] == "completed"
 
 
 def nan_on_training():

@@ -4,22 +4,15 @@ when a round has too few updates for it)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from fedsim.strategies import robust
-from fedsim.strategies.base import Aggregate, State, Strategy
-from fedsim.strategies.krum import KrumParams, assumed
+from fedsim.strategies.base import Aggregate, State
+from fedsim.strategies.krum import Krum
 
 
-class Bulyan(Strategy):
+class Bulyan(Krum):
     name = "bulyan"
-    Params = KrumParams
-    accumulate = "stack"
-
-    def bind(self, config: Any) -> Strategy:
-        return type(self)(assumed(self.params, config))
 
     def apply(self, weights: np.ndarray, aggregate: Aggregate, state: State) -> tuple[np.ndarray, State]:
         assert aggregate.rows is not None
