@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -238,12 +239,19 @@ def _run(config, data, strategy, artifact, engine, writer, progress, started, in
     if engine is None:
         from fedsim.engine.ray import RayEngine
 
-        engine = RayEngine(config.hosts, config.address, config.round_timeout)
+        # keep_warm: the next run in this process (a notebook's next cell) reuses Ray and the hosts
+        engine = RayEngine(config.hosts, config.address, config.round_timeout, keep_warm=True)
     settings = HostSettings(config.local_epochs, config.batch_size, config.seed)
     setup = Setup(artifact, data, config.devices, settings, config.partition_spec, config.min_samples,
                   config.device_test_fraction, check_artifact)
     with engine:
+        began = time.perf_counter()
         prepared = engine.start(setup)
+        stages = {**getattr(engine, "startup_s", {}), "total": time.perf_counter() - began}
+        if progress:  # what the wait before round 1 was spent on
+            parts = ", ".join(f"{k} {v:.1f} s" for k, v in stages.items() if k not in ("total", "warm"))
+            print(f"fedsim: started in {stages['total']:.1f} s ({parts}{', warm hosts' if stages.get('warm') else ''})",
+                  file=sys.stderr, flush=True)
         writer.write_model(prepared.artifact)
         if prepared.report is not None:
             writer.write_artifact_report(prepared.report)
@@ -258,6 +266,7 @@ def _run(config, data, strategy, artifact, engine, writer, progress, started, in
             task=prepared.dataset_info.get("task"),
             # > 1 when devices outnumber training samples: each sample is then held by up to this many devices
             sample_reuse=-(-config.devices // train_samples),
+            startup_s=stages,  # seconds before round 1: Ray, data and conversion, hosts (warm: reused)
         )
         if initial is None:
             initial = engine.initial_checkpoint()

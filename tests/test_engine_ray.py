@@ -275,3 +275,19 @@ def test_simulated_times_are_the_same_on_ray_and_in_process(tmp_path):
     pd.testing.assert_frame_equal(on_ray.devices[columns], local.devices[columns])
     pd.testing.assert_frame_equal(on_ray.rounds[["sim_round_s", "sim_elapsed_s"]],
                                   local.rounds[["sim_round_s", "sim_elapsed_s"]])
+
+
+def test_a_second_run_in_the_same_process_starts_warm_and_gives_the_same_results(tmp_path):
+    """fedsim.run keeps Ray and its hosts for the next run in the process (a notebook's next cell):
+    the second run reuses them (no TensorFlow import, no conversion) and its tables equal the first's;
+    a run of another shape lets the parked hosts go instead of waiting for their CPUs."""
+    settings = dict(dataset="toy_images", toy_samples=20, devices=6, rounds=2, seed=3, hosts=2, progress=False)
+    first = fedsim.run(out=str(tmp_path / "a"), **settings)
+    second = fedsim.run(out=str(tmp_path / "b"), **settings)
+    assert second.meta["startup_s"]["warm"] is True
+    assert second.meta["startup_s"]["total"] < first.meta["startup_s"]["total"] or first.meta["startup_s"]["warm"]
+    columns = ["round", "test_accuracy", "test_loss", "train_loss", "samples", "bytes_up"]
+    assert second.rounds[columns].equals(first.rounds[columns])
+    assert (second.path / "global.ckpt").read_bytes() == (first.path / "global.ckpt").read_bytes()
+    other = fedsim.run(out=str(tmp_path / "c"), **{**settings, "hosts": 1})
+    assert other.meta["startup_s"]["warm"] is False and other.meta["status"] == "completed"

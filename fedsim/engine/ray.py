@@ -9,6 +9,8 @@ assumes a shared filesystem, so the same code runs on a multi-node cluster.
 
 from __future__ import annotations
 
+import atexit
+import dataclasses
 import logging
 import os
 import socket
@@ -96,7 +98,9 @@ def _wait_for_exit(pid: int, timeout_s: float = 15.0) -> None:
 
 
 def disconnect() -> None:
-    """Shut down the Ray this process started (see `connect`)."""
+    """Shut down the Ray this process started (see `connect`), and with it any parked hosts."""
+    _WARM_HOSTS.clear()
+    _SESSION.update(owned=False, address=None)
     if ray.is_initialized():
         ray.shutdown()
 
@@ -110,9 +114,11 @@ class _RayDeviceHost(DeviceHost):
     def __init__(self, host_index: int, settings: Any) -> None:  # noqa: D107 - see the class
         self.host_index, self.settings, self.loaded = host_index, settings, False
 
-    def load(self, fleet: Any, tests: Any, artifact: bytes) -> int:
+    def load(self, fleet: Any, tests: Any, artifact: bytes, settings: Any = None) -> int:
         if self.loaded:
             DeviceHost.close(self)
+        if settings is not None:  # a warm host taking another run
+            self.settings = settings
         DeviceHost.__init__(self, self.host_index, fleet, self.settings, tests, artifact)
         self.loaded = True
         return self.ready()
@@ -136,6 +142,11 @@ class _RayDeviceHost(DeviceHost):
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
+    def prepare(self, setup: Setup, num_hosts: int) -> tuple[Any, ...]:
+        """The run's preparation (see `_prepare_remote`) on a warm host, whose process has TensorFlow
+        loaded already: a warm start skips a worker's start-up."""
+        return _prepare_remote(setup, num_hosts)
+
     def close(self) -> None:
         if self.loaded:
             super().close()
@@ -143,9 +154,75 @@ class _RayDeviceHost(DeviceHost):
 
 HOST_RESTARTS = 5  # a host that keeps dying (e.g. out of memory at start) is given up after this
 
+# Warm starts: a RayEngine made with keep_warm (fedsim.run's) leaves Ray running and parks its hosts
+# here when it closes, so the next run in this process (a notebook's next cell, a sweep's next point)
+# reuses both instead of starting Ray and importing TensorFlow again. Torn down at exit.
+_WARM_HOSTS: dict[tuple[Any, ...], list[Any]] = {}  # (Ray job, hosts, CPUs per host) -> parked actors
+_SESSION: dict[str, Any] = {"owned": False, "address": None}  # the Ray this module started and keeps
+# Converted artifacts by recipe (built-in models only: a notebook's builder may change under one name).
+_ARTIFACTS: dict[tuple[Any, ...], bytes] = {}
+
+
+def shutdown_warm() -> None:
+    """Kill the parked hosts and stop the Ray session kept for warm starts (also run at exit)."""
+    for actors in _WARM_HOSTS.values():
+        for actor in actors:
+            try:
+                ray.kill(actor)
+            except Exception:  # already gone with its Ray
+                pass
+    _WARM_HOSTS.clear()
+    if _SESSION["owned"] and ray.is_initialized():
+        ray.shutdown()
+    _SESSION.update(owned=False, address=None)
+
+
+atexit.register(shutdown_warm)
+
+
+def _job() -> str:
+    return ray.get_runtime_context().get_job_id()
+
+
+def _take_warm(hosts: int, per_host_cpus: float) -> list[Any] | None:
+    """The parked hosts of this shape in this Ray session, if any; every other parked host is killed
+    (it would hold CPUs the run's own hosts and tasks need)."""
+    mine = _WARM_HOSTS.pop((_job(), hosts, per_host_cpus), None)
+    for actors in _WARM_HOSTS.values():
+        for actor in actors:
+            try:
+                ray.kill(actor)
+            except Exception:  # of an earlier Ray session: gone already
+                pass
+    _WARM_HOSTS.clear()
+    return mine
+
+
+def _artifact_key(setup: Setup) -> tuple[Any, ...] | None:
+    """What a converted artifact depends on, when it is safe to reuse: a built-in model, and the
+    data's identity (its task follows from it; an .npz by path, size and modification time)."""
+    from fedsim.model.builders import MODELS, ArtifactRecipe
+
+    recipe, data = setup.artifact, setup.data
+    if not isinstance(recipe, ArtifactRecipe) or data.arrays is not None:
+        return None
+    name = next((n for n, b in MODELS.items() if b is recipe.builder), None)
+    if name is None:
+        return None
+    stamp = None
+    if data.path:
+        st = os.stat(data.path)
+        stamp = (data.path, st.st_size, st.st_mtime_ns)
+    return (name, recipe.optimizer, recipe.seed, recipe.checkpoint_format, recipe.variant, data.name,
+            data.data_dir, stamp, setup.settings.batch_size)
+
 
 class RayEngine(Engine):
-    def __init__(self, hosts: int | None = None, address: str | None = None, round_timeout_s: float | None = None) -> None:
+    def __init__(self, hosts: int | None = None, address: str | None = None, round_timeout_s: float | None = None,
+                 keep_warm: bool = False) -> None:
+        # keep_warm: on close, leave Ray running and park the hosts for the next run in this process
+        self.keep_warm = keep_warm
+        self.startup_s: dict[str, float] = {}  # seconds per start-up stage of the last start()
         self.requested_hosts = hosts
         self.address = address
         self.round_timeout_s = round_timeout_s
@@ -166,22 +243,41 @@ class RayEngine(Engine):
         return self._put_cache[1]
 
     def _connect(self) -> None:
+        if ray.is_initialized() and _SESSION["owned"] and _SESSION["address"] != self.address:
+            shutdown_warm()  # the kept session is another cluster than this run asks for
         if not ray.is_initialized():
             self._owns_ray = connect(self.address)
+            if self.keep_warm and self._owns_ray:  # the session outlives this engine
+                _SESSION.update(owned=True, address=self.address)
+                self._owns_ray = False
 
     def start(self, setup: Setup) -> Prepared:
+        began = time.perf_counter()
         self._connect()
+        connected = time.perf_counter()
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.num_hosts = h = min(self.requested_hosts or cpus, setup.devices)
+        per_host_cpus = min(1.0, cpus / h)  # more hosts than CPUs (one per device) must all be scheduled
+        warm = _take_warm(h, per_host_cpus)  # parked hosts of another shape are let go either way
+        if warm and not self.keep_warm:
+            for actor in warm:
+                ray.kill(actor)
+            warm = None
+        key = _artifact_key(setup) if self.keep_warm else None
+        if key is not None and key in _ARTIFACTS:  # converted by an earlier run of this process
+            setup = dataclasses.replace(setup, artifact=_ARTIFACTS[key])
         # A one-shot worker on this node (where the data set was found) loads and splits the data and
         # converts the model, putting each host's share straight into the object store. The
         # coordinator process never imports TensorFlow or maps the data (~0.6 GB saved), and the
         # worker exits before the hosts start, so its memory is not counted with theirs.
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
         # Not retried: a preparation killed for memory would be killed again, and Ray would retry it forever.
-        task = ray.remote(max_calls=1)(_prepare_remote).options(num_returns=4 + h, scheduling_strategy=here,
-                                                                max_retries=0)
-        refs = task.remote(setup, h)
+        if warm:  # a warm host prepares: its process has TensorFlow loaded already
+            refs = warm[0].prepare.options(num_returns=4 + h).remote(setup, h)
+        else:
+            task = ray.remote(max_calls=1)(_prepare_remote).options(num_returns=4 + h, scheduling_strategy=here,
+                                                                    max_retries=0)
+            refs = task.remote(setup, h)
         try:
             artifact, info, worker_pid = ray.get(refs[:3])
         except RayTaskError as e:
@@ -195,11 +291,13 @@ class RayEngine(Engine):
                               f"converting the model); this node has {available:.1f} GiB available: use fewer "
                               "--devices or a smaller data set") from None
         counts, test_sizes, report = info.pop("label_counts"), info.pop("test_sizes"), info.pop("report")
-        _wait_for_exit(worker_pid)
+        if not warm:
+            _wait_for_exit(worker_pid)
+        if key is not None:
+            _ARTIFACTS[key] = artifact
+        prepared_at = time.perf_counter()
         fleet_ref, test_refs = refs[3], refs[4:]
         self.test_samples = int(info["test_samples"])
-        # More hosts than CPUs (e.g. one actor per device) must still all be scheduled.
-        per_host_cpus = min(1.0, cpus / h)
         # A host that dies (killed, out of memory) is restarted by Ray and loaded again from the same
         # refs: the fleet's data and the .tflite stay in the object store (kept alive here for the
         # run), so it comes back whole for the next round. The round it died in is not retried: its
@@ -208,11 +306,14 @@ class RayEngine(Engine):
             num_cpus=per_host_cpus, scheduling_strategy="SPREAD", max_restarts=HOST_RESTARTS, max_task_retries=0
         )
         artifact_ref = ray.put(artifact)
-        self.actors = [actor_cls.remote(i, setup.settings) for i in range(h)]
-        self._host_data = [(fleet_ref, test_refs[i], artifact_ref) for i in range(h)]
+        self.actors = warm or [actor_cls.remote(i, setup.settings) for i in range(h)]
+        self._host_data = [(fleet_ref, test_refs[i], artifact_ref, setup.settings) for i in range(h)]
         self.host_pids = ray.get([a.load.remote(*self._host_data[i]) for i, a in enumerate(self.actors)])
         # Which Ray node each host landed on (SPREAD places them across nodes).
         self.host_nodes = ray.get([a.node_id.remote() for a in self.actors])
+        done = time.perf_counter()
+        self.startup_s = {"ray": connected - began, "prepare": prepared_at - connected, "hosts": done - prepared_at,
+                          "warm": bool(warm)}
         prepared = Prepared(artifact, info, None, [], counts, test_sizes, report)
         self.set_costs(prepared, setup.settings)
         return prepared
@@ -290,12 +391,22 @@ class RayEngine(Engine):
         self._restarting.clear()
 
     def close(self) -> None:
+        alive = []
         for actor in self.actors:
             try:
                 ray.get(actor.close.remote(), timeout=10)
+                alive.append(actor)
             except Exception:  # a dead host has nothing left to clean
-                pass
-            ray.kill(actor)
+                ray.kill(actor)
+        if self.keep_warm and alive and len(alive) == len(self.actors) and ray.is_initialized():
+            cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+            key = (_job(), len(alive), min(1.0, cpus / len(alive)))
+            for old in _WARM_HOSTS.pop(key, []):
+                ray.kill(old)
+            _WARM_HOSTS[key] = alive  # parked for the next run
+        else:
+            for actor in alive:
+                ray.kill(actor)
         self.actors = []
         self._host_data = []
         self._put_cache = None
