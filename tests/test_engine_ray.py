@@ -291,3 +291,49 @@ def test_a_second_run_in_the_same_process_starts_warm_and_gives_the_same_results
     assert (second.path / "global.ckpt").read_bytes() == (first.path / "global.ckpt").read_bytes()
     other = fedsim.run(out=str(tmp_path / "c"), **{**settings, "hosts": 1})
     assert other.meta["startup_s"]["warm"] is False and other.meta["status"] == "completed"
+
+
+def test_the_cluster_route_with_ray_start_and_an_explicit_address(tmp_path):
+    """`ray start --head` (token authentication on, as Ray 2.60 starts it) on a free port, then
+    `fedsim run --address 127.0.0.1:PORT`: the run joins it and prints only fedsim's lines. Only the
+    processes of that head (they carry its own --temp-dir) and their children are stopped after."""
+    import os
+    import shutil
+    import signal
+    import socket
+    import tempfile
+
+    import psutil
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    temp = tempfile.mkdtemp(prefix="fedsim-head-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    started = subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                              f"--temp-dir={temp}"], capture_output=True, text=True, timeout=120)
+    try:
+        assert started.returncode == 0, started.stderr[-2000:]
+        proc = subprocess.run([sys.executable, "-m", "fedsim.cli", "run", "--address", f"127.0.0.1:{port}",
+                               "--dataset", "toy_images", "--toy-samples", "20", "--devices", "4", "--rounds", "1",
+                               "--out", str(tmp_path / "run"), "--no-progress"], capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+        assert all(line.startswith("fedsim") for line in lines), lines
+        assert fedsim.load_run(tmp_path / "run").meta["status"] == "completed"
+    finally:
+        head = [p for p in psutil.process_iter(["cmdline"]) if temp in " ".join(p.info["cmdline"] or [])]
+        family = {p.pid: p for p in head}
+        for p in head:
+            try:
+                family.update({c.pid: c for c in p.children(recursive=True)})
+            except psutil.NoSuchProcess:
+                pass
+        for p in family.values():
+            try:
+                p.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(list(family.values()), timeout=20)
+        shutil.rmtree(temp, ignore_errors=True)

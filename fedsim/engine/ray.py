@@ -53,6 +53,23 @@ class _DefaultTokenNotice(logging.Filter):
         return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
 
 
+def _token_auth(address: str) -> None:
+    """Join a cluster started with `ray start`, which turns token authentication on in Ray 2.60: a
+    driver given an explicit host:port does not pick up the token by itself (`--address auto` does),
+    so Ray's own "enable token auth if a token exists" step is run first. Nothing changes when the
+    user set RAY_AUTH_MODE or has no token. (Setting RAY_AUTH_MODE=token for a local start instead
+    breaks it: the driver would lack the new cluster's token.)"""
+    if address == "auto":
+        return
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
 def connect(address: str | None = None) -> bool:
     """Join `address`, or start a local Ray. Returns True if this call started Ray (and owns it)."""
     if ray.is_initialized():
@@ -63,12 +80,26 @@ def connect(address: str | None = None) -> bool:
     if address:
         try:
             _probe(address)
-            ray.init(address=address, **kwargs)
         except Exception as e:
             raise RayConnectionError(
                 f"--address {address}: no Ray cluster answered ({type(e).__name__}: {e}); "
                 "start one with `ray start --head` or leave --address out to run locally"
             ) from None
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_DefaultTokenNotice())
+        mode = os.environ.get("RAY_AUTH_MODE")
+        try:
+            _token_auth(address)
+            ray.init(address=address, **kwargs)
+        except Exception as e:
+            # it listens (the probe connected), so it refused us: on Ray 2.60 most likely its token
+            raise RayConnectionError(
+                f"--address {address}: a Ray cluster answered but the connection failed ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); if it uses token authentication (`ray start` turns it "
+                "on), this machine needs the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token"
+            ) from None
+        finally:
+            if mode is None:  # left set, it would break a later local start in this process
+                os.environ.pop("RAY_AUTH_MODE", None)
         return True
     # A local cluster keeps Ray's default, token authentication, without Ray's notice on every run
     # that it turned it on by default (setting RAY_AUTH_MODE=token instead does not work for a local
