@@ -65,13 +65,27 @@ _HELP = {
     "round_timeout": "seconds before a silent host is restarted and its devices marked failed",
     "tensorboard": "also write each round's scalars as TensorBoard event files under DIR (tensorboard --logdir DIR)",
     "eval_every": "evaluate the global model every R rounds and after the last (others record NaN accuracy)",
+    "eval_initial": "also evaluate the initial model, recorded as round 0",
     "min_devices": "fewest devices that must report per round (else retry once, then stop)",
     "max_update_norm": "reject device updates farther than this (L2) from the global model",
     "clip_update_norm": "scale device updates down to this L2 norm before averaging",
 }
 
 
+_SWITCHES = ("eval_initial",)  # boolean settings: a flag without a value on `fedsim run`
+
+
+def _switch(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes", "on"):
+        return True
+    if text.lower() in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
 def _type_of(name: str) -> Any:
+    if name in _SWITCHES:
+        return _switch
     if name in ("fraction", "lr", "round_timeout", "max_update_norm", "clip_update_norm", "device_test_fraction",
                 "device_momentum", "device_beta1", "device_beta2", "device_epsilon", "server_lr", "server_momentum",
                 "beta1", "beta2", "tau", "q", "lipschitz", "trim", "mu", "byzantine", "attack_scale", "deadline",
@@ -119,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run one experiment", description="Run one experiment; flags override --config.")
     run.add_argument("--config", metavar="FILE.toml", help="settings file with the same keys as the flags (underscores)")
     for f in fields(Config):
+        if f.name in _SWITCHES:  # a switch: present = on
+            run.add_argument("--" + f.name.replace("_", "-"), dest=f.name, action="store_const", const=True,
+                             default=None, help=_HELP.get(f.name, f.name))
+            continue
         run.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_type_of(f.name), default=None,
                          help=_HELP.get(f.name, f.name) + ("" if "default" in _HELP.get(f.name, "") else
                                                            f" (default: {f.default})"))
@@ -126,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="ray: hosts are Ray actors (default); local: hosts run one after another in this "
                      "process, no Ray (debugging, tiny runs); results are the same")
     run.add_argument("--resume", metavar="DIR", help="continue an interrupted run after its last completed round "
-                     "(its own settings; only --hosts and --address may change)")
+                     "(its own settings; only --hosts and --address may change), or extend a finished one with "
+                     "--rounds N")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sw = sub.add_parser("sweep", help="run a grid of experiments in one Ray session",

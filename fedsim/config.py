@@ -137,6 +137,8 @@ class Config:
     # evaluate the global model on the test set every this many rounds (and always after the last);
     # rounds in between record NaN test accuracy and loss. 1 = every round.
     eval_every: int = 1
+    # also evaluate the initial model and record it as round 0 (test accuracy and loss; no devices).
+    eval_initial: bool = False
     # seconds a round may take before a host that has not answered is restarted and its devices
     # recorded as failed; None = wait as long as it takes.
     round_timeout: float | None = None
@@ -206,6 +208,7 @@ class Config:
         need(self.toy_samples >= 1, "toy_samples", "must be at least 1")
         need(1 <= self.min_devices, "min_devices", "must be at least 1")
         need(self.eval_every >= 1, "eval_every", "must be at least 1")
+        need(isinstance(self.eval_initial, bool), "eval_initial", "must be true or false")
         if self.per_round is not None:  # before --min-devices, which is compared with it
             need(isinstance(self.per_round, int) and 1 <= self.per_round <= self.devices, "per_round",
                  f"must be between 1 and --devices ({self.devices})")

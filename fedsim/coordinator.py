@@ -116,6 +116,9 @@ class Coordinator:
         """Run rounds start_round..config.rounds; the last round's outcome (the tables hold them all)."""
         bar = tqdm(total=self.config.rounds, initial=start_round - 1, desc="fedsim", unit="round", disable=not self.progress)
         try:
+            if self.config.eval_initial and start_round == 1:
+                row = self.record_initial()
+                bar.set_postfix(acc=f"{row['test_accuracy']:.4f}", loss=f"{row['test_loss']:.3f}")
             for round_num in range(start_round, self.config.rounds + 1):
                 outcome = self.last = self.run_round(round_num)
                 row = outcome.round_row
@@ -127,6 +130,26 @@ class Coordinator:
             bar.close()
             shutil.rmtree(self.scratch, ignore_errors=True)
         return self.last
+
+    def record_initial(self) -> dict[str, Any]:
+        """--eval-initial: the initial model on the test set, recorded as round 0 (no device ran; the
+        simulated clock starts at 0)."""
+        start = time.perf_counter()
+        evaluation = self.evaluate(self.global_checkpoint, [])
+        took = time.perf_counter() - start
+        nan = float("nan")
+        row = {
+            "round": 0, "test_accuracy": evaluation.accuracy, "test_loss": evaluation.loss, "train_loss": nan,
+            "device_acc_mean": nan, "device_acc_p10": nan, "device_acc_p90": nan, "devices_selected": 0,
+            "devices_reported": 0, "devices_accepted": 0, "samples": 0, "wall_s": took, "hosts_s": 0.0,
+            "aggregate_s": 0.0, "evaluate_s": took, "bytes_up": 0, "bytes_down": 0,
+            "sim_round_s": 0.0 if self.clock is not None else nan,
+            "sim_elapsed_s": self.sim_elapsed if self.clock is not None else nan,
+            "elapsed_s": time.perf_counter() - self.started,
+        }
+        if self.recorder is not None:
+            self.recorder.record_round(row, [], self.global_checkpoint, self.state)
+        return row
 
     def plan(self, round_num: int, selected: Sequence[int]) -> dict[int, DevicePlan]:
         """The round's per-device instructions: the strategy's, with the attackers' roles on top."""

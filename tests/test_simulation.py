@@ -215,3 +215,19 @@ def test_plot_axes_show_whole_rounds_and_the_fleet_sizes_that_ran():
     fig.canvas.draw()
     assert list(b.get_xticks()) == [20, 40, 50] and [t.get_text() for t in b.get_xticklabels()] == ["20", "40", "50"]
     plt.close(fig)
+
+
+def test_eval_initial_records_the_untrained_model_as_round_0(tmp_path):
+    settings = dict(dataset="toy_images", toy_samples=20, devices=4, rounds=2, seed=1, progress=False)
+    plain = fedsim.run(out=str(tmp_path / "plain"), engine=fedsim.LocalEngine(), **settings)
+    with_0 = fedsim.run(out=str(tmp_path / "zero"), engine=fedsim.LocalEngine(), eval_initial=True, **settings)
+    assert with_0.rounds["round"].tolist() == [0, 1, 2]
+    first = with_0.rounds.iloc[0]
+    assert first["devices_selected"] == 0 and first["samples"] == 0 and 0 <= first["test_accuracy"] <= 0.3
+    columns = ["round", "test_accuracy", "test_loss", "samples"]
+    assert with_0.rounds[columns].iloc[1:].reset_index(drop=True).equals(plain.rounds[columns])
+    assert not (with_0.devices["round"] == 0).any()
+    # the CLI switch
+    from fedsim.cli import build_parser, config_from_args
+
+    assert config_from_args(build_parser().parse_args(["run", "--eval-initial"])).eval_initial is True
