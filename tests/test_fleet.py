@@ -9,7 +9,7 @@ import pytest
 
 import fedsim
 from fedsim.config import Config, ConfigError
-from fedsim.fleet import FLEETS, Clock, FleetError, frame, load_csv, load_fleet, read_latency
+from fedsim.fleet import FLEETS, Clock, FleetError, frame, load_csv, load_fleet
 
 LATENCY = {"restore": 2.0, "train": 1.0, "save": 3.0}
 

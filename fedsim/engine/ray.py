@@ -116,6 +116,16 @@ def _prepare_remote(setup: Setup, num_hosts: int) -> tuple[Any, ...]:
     return (prepared.artifact, info, os.getpid(), prepared.fleet, *prepared.tests)
 
 
+def _retrieved(refs: Sequence[Any]) -> None:
+    """Fetch the failed results of a task once, so Ray does not print each as an "unhandled error"
+    when it is collected (the Ray session may outlive the run: warm starts)."""
+    for ref in refs:
+        try:
+            ray.get(ref, timeout=10)
+        except Exception:  # the failure itself, already reported
+            pass
+
+
 def _wait_for_exit(pid: int, timeout_s: float = 15.0) -> None:
     """Wait until a finished one-shot worker of this node has exited (Ray ends it after max_calls)."""
     deadline = time.monotonic() + timeout_s
@@ -314,8 +324,12 @@ class RayEngine(Engine):
         except RayTaskError as e:
             # Bad data, a partition that cannot be made, a model or artifact that cannot run: the
             # worker's own error, one line, not Ray's wrapping of it with the worker's traceback.
+            _retrieved(refs)
+            if warm:  # the warm host that prepared is fine: park it again for the next run
+                _WARM_HOSTS[(_job(), h, per_host_cpus)] = warm
             raise (e.cause if isinstance(e.cause, Exception) else e) from None
         except (OutOfMemoryError, WorkerCrashedError) as e:
+            _retrieved(refs)
             available = psutil.virtual_memory().available / 2**30
             what = "ran out of memory" if isinstance(e, OutOfMemoryError) else "crashed"
             raise EngineError(f"preparing the run {what} (loading and splitting the data for {setup.devices} devices, "
