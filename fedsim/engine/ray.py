@@ -189,8 +189,12 @@ class _RayDeviceHost(DeviceHost):
         return _prepare_remote(setup, num_hosts)
 
     def close(self) -> None:
+        """Clean the scratch folder and let go of the run's data and interpreter (a parked host must
+        not keep the last run's fleet pinned in the object store); `load` makes it whole again."""
         if self.loaded:
             super().close()
+            self.fleet, self.test_blocks, self.artifact, self._runner, self._flat_reader = None, [], None, None, None
+            self.loaded = False
 
 
 HOST_RESTARTS = 5  # a host that keeps dying (e.g. out of memory at start) is given up after this
