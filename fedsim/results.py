@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute, for filtering tables on resume
+import pyarrow.dataset
 import pyarrow.parquet as pq
 
 CONFIG_FILE = "config.json"
@@ -88,7 +89,13 @@ def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
         parts = sorted(str(f) for f in path.iterdir() if part_round(f.name) is not None)
         if not parts:
             return pd.DataFrame(columns=columns)
-        return pq.ParquetDataset(parts).read().to_pandas()
+        table = pq.ParquetDataset(parts).read().to_pandas()  # with the first part's schema
+        schema = {tuple(ROUND_COLUMNS): ROUND_SCHEMA, tuple(DEVICE_COLUMNS): DEVICE_SCHEMA}.get(tuple(columns))
+        if schema is None or set(columns) <= set(table.columns):
+            return table
+        # The first part was written by an earlier version (a resumed run's) without newer columns:
+        # read again with the table's own schema, so they read as missing values instead of vanishing.
+        return pyarrow.dataset.dataset(parts, schema=schema, format="parquet").to_table().to_pandas()
     if path.is_file():
         return pd.read_parquet(path)
     return pd.DataFrame(columns=columns)

@@ -209,3 +209,24 @@ def test_tensorboard_event_files_carry_each_rounds_scalars(tmp_path):
     expected = [(int(r), round(a, 6)) for r, a in zip(run.rounds["round"], run.rounds["test_accuracy"]) if a == a]
     assert accuracy == expected and [s for s, _ in accuracy] == [2, 3]  # round 1 was not evaluated
     assert [e.step for e in events.Scalars("train_loss")] == [1, 2, 3]
+
+
+def test_a_table_folder_with_parts_from_an_earlier_version_reads_every_column(tmp_path):
+    """A resumed run of an earlier version has parts without the newer columns: they read as missing
+    values, and the newer parts keep theirs (pyarrow alone would read with the first part's schema)."""
+    import pandas as pd
+
+    from fedsim.results import DEVICE_COLUMNS, part_name, read_table
+
+    folder = tmp_path / "devices.parquet"
+    folder.mkdir()
+    old = {"round": [1], "device_id": [0], "host": [0], "samples": [5], "train_loss": [1.0], "train_s": [0.1],
+           "checkpoint_bytes": [10], "status": ["ok"], "reason": [""], "test_accuracy": [float("nan")]}
+    pd.DataFrame(old).to_parquet(folder / part_name(1))
+    new = {**{k: [v[0]] for k, v in old.items()}, "round": [2], "role": ["signflip"], "mu": [0.5],
+           "sim_compute_s": [1.0], "sim_comm_s": [2.0], "sim_finish_s": [3.0]}
+    pd.DataFrame(new).to_parquet(folder / part_name(2))
+    table = read_table(folder, DEVICE_COLUMNS)
+    assert table["round"].tolist() == [1, 2] and list(table.columns) == DEVICE_COLUMNS
+    assert table["role"].isna().tolist() == [True, False] and table["role"].iloc[1] == "signflip"
+    assert table["sim_finish_s"].iloc[1] == 3.0
