@@ -297,15 +297,6 @@ class UpdateScreen:
         return flat, ""
 
 
-def update_norm(weights: Mapping[str, np.ndarray], global_weights: Mapping[str, np.ndarray]) -> float:
-    """L2 norm of weights - global_weights over every tensor, in float64."""
-    total = 0.0
-    for name, w in weights.items():
-        d = w.astype(np.float64) - global_weights[name]
-        total += float(np.dot(d.ravel(), d.ravel()))
-    return float(np.sqrt(total))
-
-
 def flatten(weights: Mapping[str, np.ndarray], spec: WeightSpec) -> np.ndarray:
     """The weights as one float32 vector in the spec's order (the layout strategies work in)."""
     return np.concatenate([np.ravel(weights[name]).astype(np.float32, copy=False) for name in spec])

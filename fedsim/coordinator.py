@@ -38,12 +38,15 @@ class Recorder(Protocol):
                      state: State | None = None) -> None: ...
 
 
-def select_devices(num_devices: int, per_round: int, seed: int, round_num: int) -> list[int]:
-    """The seeded choice of devices for a round; all of them when per_round == num_devices."""
-    if per_round >= num_devices:
-        return list(range(num_devices))
+def select_devices(num_devices: int, per_round: int, seed: int, round_num: int,
+                   among: np.ndarray | None = None) -> list[int]:
+    """The seeded choice of devices for a round; all of them when per_round covers them. `among`:
+    the ids to choose from (the simulated clock's available devices), else every device."""
+    pool = np.arange(num_devices) if among is None else np.asarray(among)
+    if per_round >= len(pool):
+        return [int(d) for d in pool]
     rng = np.random.default_rng([seed, round_num, 0x5E1EC7])
-    return sorted(int(d) for d in rng.choice(num_devices, size=per_round, replace=False))
+    return sorted(int(d) for d in rng.choice(num_devices if among is None else pool, size=per_round, replace=False))
 
 
 @dataclass
@@ -269,11 +272,9 @@ class Coordinator:
         if self.config.devices_per_round >= self.config.devices:
             ids = np.arange(self.config.devices)
             return ids[available].tolist(), ids[~available].tolist(), int(available.sum())
-        pool = np.flatnonzero(available)
         want = self.config.devices_per_round
-        n = min(len(pool), math.ceil(self.clock.over_select * want - 1e-9))
-        rng = np.random.default_rng([self.config.seed, round_num, 0x5E1EC7])
-        return sorted(int(d) for d in rng.choice(pool, size=n, replace=False)), [], want
+        n = math.ceil(self.clock.over_select * want - 1e-9)
+        return select_devices(self.config.devices, n, self.config.seed, round_num, np.flatnonzero(available)), [], want
 
     def _tick(self, sim_round: float) -> float:
         if not np.isnan(sim_round):

@@ -229,7 +229,7 @@ class Device:
             y = self.y[order] if not flip_labels else (flip_labels - 1 - self.y[order]).astype(self.y.dtype)
             epochs.append((runner.inputs(self.x[order]), runner.labels(y)))
         start = time.perf_counter()
-        runner.restore(global_checkpoint, control) if control is not None else runner.restore(global_checkpoint)
+        runner.restore(global_checkpoint, control)
         loss_sum, seen, start_loss = 0.0, 0, float("nan")
         budget = steps if steps is not None else -1
         for xs, ys in epochs:
@@ -238,7 +238,7 @@ class Device:
                     break
                 budget -= 1
                 xb, yb = xs[i : i + batch_size], ys[i : i + batch_size]
-                loss = runner.train(xb, yb, mu) if mu else runner.train(xb, yb)
+                loss = runner.train(xb, yb, mu)
                 if not seen:
                     start_loss = loss
                 loss_sum += loss * len(yb)

@@ -149,7 +149,6 @@ class DeviceHost:
             return DeviceReport(device_id, self.host_index, 0, "failed", error=error), None, float("nan")
         out = self._device_out
         plan = pipeline.plan.get(device_id)
-        role = plan.role if plan is not None else HONEST
         try:
             control = None
             if plan is not None and plan.control is not None:  # SCAFFOLD's c - c_i, as the device's file
@@ -158,7 +157,7 @@ class DeviceHost:
             update = device.run_round(
                 self.runner, global_path, round_num, self.settings.local_epochs, self.settings.batch_size, out,
                 mu=plan.mu if plan is not None else 0.0,
-                flip_labels=pipeline.num_classes if role == "labelflip" else 0,
+                flip_labels=pipeline.num_classes if pipeline.role(device_id) == "labelflip" else 0,
                 control=control,
                 steps=plan.steps if plan is not None else None,
             )

@@ -211,11 +211,7 @@ _ARTIFACTS: dict[tuple[Any, ...], bytes] = {}
 def shutdown_warm() -> None:
     """Kill the parked hosts and stop the Ray session kept for warm starts (also run at exit)."""
     for actors in _WARM_HOSTS.values():
-        for actor in actors:
-            try:
-                ray.kill(actor)
-            except Exception:  # already gone with its Ray
-                pass
+        _kill(actors)
     _WARM_HOSTS.clear()
     if _SESSION["owned"] and ray.is_initialized():
         ray.shutdown()
@@ -225,20 +221,20 @@ def shutdown_warm() -> None:
 atexit.register(shutdown_warm)
 
 
-def _job() -> str:
-    return ray.get_runtime_context().get_job_id()
+def _kill(actors: Sequence[Any]) -> None:
+    for actor in actors:
+        try:
+            ray.kill(actor)
+        except Exception:  # gone already (with an earlier Ray session, say)
+            pass
 
 
-def _take_warm(hosts: int, per_host_cpus: float) -> list[Any] | None:
-    """The parked hosts of this shape in this Ray session, if any; every other parked host is killed
-    (it would hold CPUs the run's own hosts and tasks need)."""
-    mine = _WARM_HOSTS.pop((_job(), hosts, per_host_cpus), None)
+def _take_warm(key: tuple[Any, ...]) -> list[Any] | None:
+    """The parked hosts under `key` (Ray job, hosts, CPUs per host), if any; every other parked host
+    is killed (it would hold CPUs the run's own hosts and tasks need)."""
+    mine = _WARM_HOSTS.pop(key, None)
     for actors in _WARM_HOSTS.values():
-        for actor in actors:
-            try:
-                ray.kill(actor)
-            except Exception:  # of an earlier Ray session: gone already
-                pass
+        _kill(actors)
     _WARM_HOSTS.clear()
     return mine
 
@@ -279,6 +275,7 @@ class RayEngine(Engine):
         self._restarting: set[int] = set()  # hosts that died or were killed; Ray is bringing them back
         self._owns_ray = False
         self._put_cache: tuple[bytes, Any] | None = None
+        self._pool_key: tuple[Any, ...] = ()
 
     def _put(self, checkpoint: bytes) -> Any:
         """One object-store copy per global checkpoint: a round's model is evaluated, then sent out
@@ -303,10 +300,11 @@ class RayEngine(Engine):
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.num_hosts = h = min(self.requested_hosts or cpus, setup.devices)
         per_host_cpus = min(1.0, cpus / h)  # more hosts than CPUs (one per device) must all be scheduled
-        warm = _take_warm(h, per_host_cpus)  # parked hosts of another shape are let go either way
+        # where this run's hosts are parked after it (warm starts): its Ray session and host shape
+        self._pool_key = (ray.get_runtime_context().get_job_id(), h, per_host_cpus)
+        warm = _take_warm(self._pool_key)  # parked hosts of another shape are let go either way
         if warm and not self.keep_warm:
-            for actor in warm:
-                ray.kill(actor)
+            _kill(warm)
             warm = None
         key = _artifact_key(setup) if self.keep_warm else None
         if key is not None and key in _ARTIFACTS:  # converted by an earlier run of this process
@@ -330,7 +328,7 @@ class RayEngine(Engine):
             # worker's own error, one line, not Ray's wrapping of it with the worker's traceback.
             _retrieved(refs)
             if warm:  # the warm host that prepared is fine: park it again for the next run
-                _WARM_HOSTS[(_job(), h, per_host_cpus)] = warm
+                _WARM_HOSTS[self._pool_key] = warm
             raise (e.cause if isinstance(e.cause, Exception) else e) from None
         except (OutOfMemoryError, WorkerCrashedError) as e:
             _retrieved(refs)
@@ -448,14 +446,10 @@ class RayEngine(Engine):
             except Exception:  # a dead host has nothing left to clean
                 ray.kill(actor)
         if self.keep_warm and alive and len(alive) == len(self.actors) and ray.is_initialized():
-            cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-            key = (_job(), len(alive), min(1.0, cpus / len(alive)))
-            for old in _WARM_HOSTS.pop(key, []):
-                ray.kill(old)
-            _WARM_HOSTS[key] = alive  # parked for the next run
+            _kill(_WARM_HOSTS.pop(self._pool_key, []))
+            _WARM_HOSTS[self._pool_key] = alive  # parked for the next run
         else:
-            for actor in alive:
-                ray.kill(actor)
+            _kill(alive)
         self.actors = []
         self._host_data = []
         self._put_cache = None
