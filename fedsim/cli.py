@@ -64,6 +64,7 @@ _HELP = {
     "toy_samples": "samples per class of the toy_images data set",
     "round_timeout": "seconds before a silent host is restarted and its devices marked failed",
     "tensorboard": "also write each round's scalars as TensorBoard event files under DIR (tensorboard --logdir DIR)",
+    "mlflow": "also log the run to MLflow at this tracking URI (e.g. sqlite:///mlflow.db), experiment --name",
     "eval_every": "evaluate the global model every R rounds and after the last (others record NaN accuracy)",
     "eval_initial": "also evaluate the initial model, recorded as round 0",
     "min_devices": "fewest devices that must report per round (else retry once, then stop)",
@@ -220,6 +221,9 @@ def _run(args: argparse.Namespace) -> int:
           f"final test accuracy {last.test_accuracy:.4f}, test loss {last.test_loss:.4f}")
     print(f"fedsim: results in {result.path}")
     print(f"fedsim: python -c \"import fedsim; r = fedsim.load_run('{result.path}'); print(r.rounds)\"")
+    if result.meta.get("mlflow_run_id") and config.mlflow:
+        print(f"fedsim: MLflow run {result.meta['mlflow_run_id']} in experiment {config.name} "
+              f"(mlflow ui --backend-store-uri {config.mlflow})")
     return 0
 
 

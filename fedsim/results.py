@@ -174,7 +174,7 @@ class RunWriter:
                  tracker: Any = None) -> None:
         self.path = path
         self.meta = dict(meta)
-        self.tracker = tracker  # e.g. fedsim.tracking.TensorBoardLog: told each round's row
+        self.tracker = tracker  # fedsim.tracking.Trackers (TensorBoard, MLflow): told each round's row
         if resume_from is not None:
             self._trim_tables(resume_from)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsim-writer")
@@ -202,6 +202,12 @@ class RunWriter:
                     r = part_round(f.name)
                     if r is not None and r > rounds_completed:
                         f.unlink()
+
+    def track(self, trackers: Any) -> None:
+        """Start the experiment trackers (fedsim.tracking.Trackers) for this folder; MLflow's run id
+        goes into config.json with the next write."""
+        if trackers:
+            self.tracker = trackers.start(self.path, self.meta)
 
     def flush(self) -> None:
         """Wait for the write in flight; re-raise its error, if any."""
@@ -284,7 +290,7 @@ class RunWriter:
         self.flush()
         self._pool.shutdown()
         if self.tracker is not None:
-            self.tracker.close()
+            self.tracker.close(self.meta)
         if self.meta.get("status") == "completed":  # nothing left to resume: global.ckpt is the model
             shutil.rmtree(self.path / RESUME_DIR, ignore_errors=True)
 

@@ -26,6 +26,7 @@ from fedsim.results import (
     default_out, load_run, read_table, resume_checkpoint, resume_state, versions,
 )
 from fedsim.strategies import STRATEGIES, Strategy, strategy_for
+from fedsim.tracking import Trackers
 
 
 def run(
@@ -69,6 +70,7 @@ def run(
                                                       config.checkpoint_format, strategy.variant)
     if config.artifact:
         artifact = _read_artifact(config.artifact)
+    trackers = _trackers(config)
     out = claim_run_folder(config.out or default_out(config.name))
     config = config.replace(out=str(out))  # the folder it ran in, also when it was the default
     meta: dict[str, Any] = {
@@ -81,19 +83,21 @@ def run(
         "model": model,
         "started": _now(),
     }
-    writer = RunWriter(out, meta, tracker=_tracker(config, out))
-    _guarded(writer, lambda: _run(config, recipe_data, strategy, artifact, engine, writer, progress, started,
-                                  check_artifact=bool(config.artifact), profiles=profiles), new_run=True)
+    writer = RunWriter(out, meta)
+
+    def body() -> None:
+        writer.track(trackers)
+        _run(config, recipe_data, strategy, artifact, engine, writer, progress, started,
+             check_artifact=bool(config.artifact), profiles=profiles)
+
+    _guarded(writer, body, new_run=True)
     return load_run(out)
 
 
-def _tracker(config: Config, folder: Path) -> Any:
-    """The experiment tracker --tensorboard asks for, or None."""
-    if not config.tensorboard:
-        return None
-    from fedsim.tracking import TensorBoardLog
-
-    return TensorBoardLog(config.tensorboard, folder.name)
+def _trackers(config: Config) -> Trackers:
+    """The experiment trackers the config asks for (--tensorboard, --mlflow); an MLflow URI that
+    cannot be used fails here, before any folder or Ray process exists."""
+    return Trackers(config.tensorboard, config.mlflow, config.name)
 
 
 def strategy_name(config: Config, strategy: Strategy) -> str:
@@ -204,10 +208,15 @@ def resume(
     for stale in ("error", "finished"):
         meta.pop(stale, None)
     meta.setdefault("resumed", []).append({"after_round": done, "at": _now()})
-    writer = RunWriter(folder, meta, resume_from=done, tracker=_tracker(config, folder))
-    _guarded(writer, lambda: _run(config, recipe_data, strategy, artifact, engine, writer, progress, started,
-                                  initial, done + 1, state=state, profiles=profiles,
-                                  sim_latency=meta.get("sim_latency_ms"), sim_started=sim_started))
+    trackers = _trackers(config)
+    writer = RunWriter(folder, meta, resume_from=done)
+
+    def body() -> None:
+        writer.track(trackers)
+        _run(config, recipe_data, strategy, artifact, engine, writer, progress, started, initial, done + 1,
+             state=state, profiles=profiles, sim_latency=meta.get("sim_latency_ms"), sim_started=sim_started)
+
+    _guarded(writer, body)
     return load_run(folder)
 
 

@@ -76,14 +76,15 @@ def test_the_coordinator_process_never_imports_tensorflow(tmp_path):
     script = (
         "import sys, fedsim\n"
         f"fedsim.run(dataset='toy_images', toy_samples=10, devices=4, hosts=2, rounds=2, out={str(tmp_path / 'r')!r}, "
-        f"tensorboard={str(tmp_path / 'tb')!r}, progress=False)\n"
+        f"tensorboard={str(tmp_path / 'tb')!r}, mlflow={'sqlite:///' + str(tmp_path / 'm.db')!r}, progress=False)\n"
         "print('tensorflow' in sys.modules, 'keras' in sys.modules)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "False False"
     assert len(fedsim.load_run(tmp_path / "r").rounds) == 2
     assert list((tmp_path / "tb" / "r").glob("events.out.tfevents.*"))  # tracking without TensorFlow too
+    assert (tmp_path / "m.db").stat().st_size > 0  # MLflow too
 
 
 def test_a_host_killed_mid_round_fails_its_devices_then_comes_back(tmp_path):

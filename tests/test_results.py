@@ -1,4 +1,5 @@
 import json
+import sys
 
 import pytest
 
@@ -230,3 +231,46 @@ def test_a_table_folder_with_parts_from_an_earlier_version_reads_every_column(tm
     assert table["round"].tolist() == [1, 2] and list(table.columns) == DEVICE_COLUMNS
     assert table["role"].isna().tolist() == [True, False] and table["role"].iloc[1] == "signflip"
     assert table["sim_finish_s"].iloc[1] == 3.0
+
+
+def test_mlflow_logs_settings_rounds_and_files_and_a_resume_goes_on_in_the_same_run(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)  # a sqlite store keeps artifacts under ./mlruns
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = fedsim.run(dataset="toy_images", toy_samples=20, devices=3, rounds=2, eval_every=2, mlflow=uri,
+                     name="mlflow_test", out=str(tmp_path / "r"), engine=fedsim.LocalEngine(), progress=False)
+    client = MlflowClient(tracking_uri=uri)
+    run_id = run.meta["mlflow_run_id"]
+    logged = client.get_run(run_id)
+    assert logged.info.status == "FINISHED" and logged.info.run_name == "r"
+    assert client.get_experiment(logged.info.experiment_id).name == "mlflow_test"
+    assert logged.data.params["devices"] == "3" and logged.data.params["strategy"] == "fedavg"
+    assert logged.data.tags["fedsim.folder"] == str((tmp_path / "r").resolve())
+    loss = [(m.step, round(m.value, 6)) for m in client.get_metric_history(run_id, "train_loss")]
+    assert sorted(loss) == [(int(r), round(v, 6)) for r, v in zip(run.rounds["round"], run.rounds["train_loss"])]
+    assert [m.step for m in client.get_metric_history(run_id, "test_accuracy")] == [2]  # round 1: not evaluated
+    files = {f.path for f in client.list_artifacts(run_id)}
+    assert {"config.json", "artifact.json", "model.tflite", "global.ckpt"} <= files
+
+    extended = fedsim.resume(tmp_path / "r", rounds=4, engine=fedsim.LocalEngine(), progress=False)
+    assert extended.meta["mlflow_run_id"] == run_id  # the same MLflow run goes on
+    assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == [1, 2, 3, 4]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert len(client.search_runs([logged.info.experiment_id])) == 1
+
+
+def test_mlflow_problems_are_one_line_before_any_folder_exists(tmp_path, monkeypatch):
+    settings = dict(dataset="toy_images", toy_samples=20, devices=3, rounds=1, out=str(tmp_path / "r"),
+                    engine=fedsim.LocalEngine(), progress=False)
+    # MLflow 3 refuses its old file store unless told otherwise: named, and nothing written
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    with pytest.raises(fedsim.ConfigError, match=r"^--mlflow file:.*: MLflow refused it: .*file") as refused:
+        fedsim.run(mlflow=f"file://{tmp_path / 'mlruns'}", **settings)
+    assert "\n" not in str(refused.value) and not (tmp_path / "r").exists()
+    with pytest.raises(fedsim.ConfigError, match="--mlflow must be a tracking URI"):
+        fedsim.Config(mlflow="")
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as where mlflow is not installed
+    with pytest.raises(fedsim.ConfigError, match="--mlflow needs the mlflow package"):
+        fedsim.run(mlflow=f"sqlite:///{tmp_path / 'm.db'}", **settings)
+    assert not (tmp_path / "r").exists()
