@@ -210,6 +210,9 @@ class Coordinator:
             aggregate = reduce_partials(result.partials)
             if self.attack is not None and self.attack.needs_rows:
                 aggregate = self.attack.alie(aggregate, self.attackers)
+            if aggregate.rows is not None and any(p.steps is not None for p in plan.values()):
+                aggregate.steps = np.array([plan[d].steps if d in plan and plan[d].steps is not None else -1
+                                            for d in aggregate.device_ids.tolist()], np.int64)
             flat, state = self.strategy.apply(self.flat, aggregate, self.state)
             self._set_global(np.asarray(flat, dtype=np.float32), state)
         aggregated = time.perf_counter()

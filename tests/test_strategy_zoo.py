@@ -235,3 +235,17 @@ def test_scaffold_updates_control_variates_by_option_ii():
     plan = s.plan(2, [0, 1], state)
     np.testing.assert_allclose(np.frombuffer(plan[0].control, np.float32), [2.5, -5])
     np.testing.assert_allclose(np.frombuffer(plan[1].control, np.float32), [-2.5, 0])
+
+
+def test_scaffold_counts_the_steps_a_deadline_left_a_straggler():
+    """--straggler partial: device 0 (20 samples, 2 steps) ran only 1 by the deadline, so its
+    c_0+ = (x - y_0) / (1 * 0.1), not / (2 * 0.1); device 2 ran all of its steps (-1)."""
+    from fedsim.strategies import Scaffold
+    from fedsim.strategies.scaffold import LocalTraining
+
+    s = Scaffold(server_lr=1.0, local=LocalTraining(lr=0.1, batch_size=10, local_epochs=1, devices=4))
+    agg = Aggregate(2, 30.0, rows=np.array([[1, -1], [0.5, 0.5]], np.float32), device_ids=np.array([0, 2]),
+                    samples=np.array([20, 10]), start_losses=np.full(2, np.nan), steps=np.array([1, -1]))
+    _, state = run(s, agg, state=s.init(W0))
+    np.testing.assert_allclose(state["c_devices"], [[-10, 10], [0, 0], [-5, -5], [0, 0]], rtol=1e-6)
+    np.testing.assert_allclose(state["c"], [-3.75, 1.25], rtol=1e-6)  # ([-10, 10] + [-5, -5]) / 4

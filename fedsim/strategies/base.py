@@ -65,6 +65,9 @@ class Aggregate:
     device_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     samples: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     start_losses: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    # stack mode: each row's budget of train steps where the round cut it (a straggler's partial work
+    # by the deadline), -1 where the device ran all its steps; empty: every device ran all of them
+    steps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def mean(self) -> np.ndarray:
         """The weighted mean of the updates (float64): sum_i c_i w_i / sum_i c_i."""

@@ -2,7 +2,8 @@
 
 On the device (the `scaffold` artifact variant): every local step uses g(y) + (c - c_i), with c - c_i
 sent down as bytes in the device's plan and read by `restore` from its control file. Then, with x the
-global weights, y_i the device's weights after its K_i steps and eta the devices' learning rate:
+global weights, y_i the device's weights after its K_i steps (all its batches, or the budget a deadline
+left it with --straggler partial) and eta the devices' learning rate:
   c_i+ = c_i - c + (x - y_i) / (K_i * eta)
   x    = x + server_lr * mean_i(y_i - x)        (unweighted over the round's devices, as in the paper)
   c    = c + (1 / N) * sum_i (c_i+ - c_i)       (N: every device of the fleet)
@@ -40,8 +41,14 @@ class LocalTraining:
     local_epochs: int
     devices: int
 
-    def steps(self, samples: np.ndarray) -> np.ndarray:
-        return -(-np.asarray(samples, np.int64) // self.batch_size) * self.local_epochs
+    def steps(self, samples: np.ndarray, budgets: np.ndarray | None = None) -> np.ndarray:
+        """Train steps each device ran: all its batches for every epoch, or its budget where the round
+        cut it short (budget >= 0; -1: no budget)."""
+        full = -(-np.asarray(samples, np.int64) // self.batch_size) * self.local_epochs
+        if budgets is None or not len(budgets):
+            return full
+        budgets = np.asarray(budgets, np.int64)
+        return np.where(budgets >= 0, np.minimum(full, budgets), full)
 
 
 class Scaffold(Strategy):
@@ -78,7 +85,7 @@ class Scaffold(Strategy):
         y = aggregate.rows.astype(np.float64)
         c, c_devices = state["c"], state["c_devices"].copy()
         ids = aggregate.device_ids
-        steps = local.steps(aggregate.samples).astype(np.float64)
+        steps = local.steps(aggregate.samples, aggregate.steps).astype(np.float64)
         c_i = c_devices[ids].astype(np.float64)
         c_plus = c_i - c + (x - y) / (steps * local.lr)[:, None]
         c_devices[ids] = c_plus.astype(np.float32)
