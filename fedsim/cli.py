@@ -105,13 +105,36 @@ class _Parser(argparse.ArgumentParser):
         if message.startswith("unrecognized arguments:"):
             import difflib
 
-            known = _long_options(self)
+            command = self._command()
+            known = _long_options(command) if command is not None else _long_options(self)
             for word in message.split(":", 1)[1].split():
-                close = difflib.get_close_matches(word.split("=")[0], known, 1) if word.startswith("--") else []
+                flag = word.split("=")[0]
+                if not flag.startswith("--"):
+                    continue
+                elsewhere = [name for name, p in self._commands().items() if flag in _long_options(p)]
+                if command is not None and elsewhere:  # a flag of another command, not a typo
+                    message += f" ({flag} is a flag of fedsim {' / '.join(elsewhere)}, not of fedsim {command.prog.split()[-1]})"
+                    break
+                close = difflib.get_close_matches(flag, known, 1)
                 if close:
                     message += f" (did you mean {close[0]}?)"
                     break
         super().error(message)
+
+    def _commands(self) -> dict[str, argparse.ArgumentParser]:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return dict(action.choices)
+        return {}
+
+    def _command(self) -> argparse.ArgumentParser | None:
+        """The subcommand the command line names (its flags are the ones to suggest from)."""
+        commands = self._commands()
+        return next((commands[a] for a in getattr(self, "_argv", sys.argv[1:]) if a in commands), None)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        return super().parse_known_args(args, namespace)
 
 
 def _long_options(parser: argparse.ArgumentParser) -> list[str]:
@@ -162,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--partition", dest="partitions", help="comma-separated partition specs (default iid)")
     sw.add_argument("--seeds", help="comma-separated seeds (default 0)")
     sw.add_argument("--out", help="sweep folder (default results/sweeps/<name>/<timestamp>)")
+    sw.add_argument("--engine", choices=("ray", "local"), default="ray",
+                    help="ray: every point on one Ray session (default); local: each point's hosts in this process")
     sw.add_argument("--resume", metavar="DIR", help="run the points of an earlier sweep that did not complete")
     sw.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -295,9 +320,20 @@ def _sweep(args: argparse.Namespace) -> int:
             grid["partition"] = [p.strip() for p in args.partitions.split(",") if p.strip()]
         for key in [k for k, v in grid.items() if len(v) == 1 and k not in ("devices", "partition", "seed")]:
             file_values[key] = grid.pop(key)[0]
-        base = Config.from_dict({**file_values, **overrides, **{k: v[0] for k, v in grid.items()}})
+        # Comparing strategies: their settings stay in the grid, where each point keeps only those its
+        # strategy takes (fedsim.sweep); in the base they would be checked against the first strategy.
+        comparing = len(grid.get("strategy", [])) > 1
+        if comparing:
+            from fedsim.strategies import STRATEGY_PARAMS
+
+            for key in STRATEGY_PARAMS:
+                for source in (overrides, file_values):
+                    if key in source and key not in grid:
+                        grid[key] = [source.pop(key)]
+        firsts = {k: v[0] for k, v in grid.items() if not (comparing and k in STRATEGY_PARAMS)}
+        base = Config.from_dict({**file_values, **overrides, **firsts})
         out = args.out or str(Path("results") / "sweeps" / base.name / _stamp())
-        table = sweep(base, out=out, progress=not args.no_progress, grid=grid)
+        table = sweep(base, out=out, progress=not args.no_progress, grid=grid, engine=args.engine)
         folder = Path(out)
     failed = table[table["status"] == "failed"] if "status" in table else table.iloc[:0]
     print(f"fedsim: sweep of {table['point'].nunique()} points, {failed['point'].nunique()} failed")

@@ -41,9 +41,11 @@ def sweep(
     out: str | os.PathLike[str] | None = None,
     progress: bool = True,
     grid: Mapping[str, Sequence[Any]] | None = None,
+    engine: str = "ray",
 ) -> pd.DataFrame:
     """Run every point of devices x partitions x seeds x `grid` with `base`'s other settings; return
-    sweep.parquet. Unset dimensions take `base`'s value.
+    sweep.parquet. Unset dimensions take `base`'s value. engine: "ray" (one Ray session for every
+    point) or "local" (each point's hosts in this process, no Ray).
 
     `base.per_round`, when set, is capped at each point's device count, so one sweep can keep rounds
     at most K devices from 10 to 10,000 devices.
@@ -51,7 +53,7 @@ def sweep(
     axes = _axes(base, devices, partitions, seeds, grid)
     configs = _configs(base, axes)  # every point's settings are checked before anything runs
     folder = claim_run_folder(out or Path("results") / "sweeps" / base.name / dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    return _run_points(folder, base, axes, configs, progress, {})
+    return _run_points(folder, base, axes, configs, progress, {}, _engine(engine))
 
 
 def resume_sweep(path: str | os.PathLike[str], progress: bool = True) -> pd.DataFrame:
@@ -65,7 +67,7 @@ def resume_sweep(path: str | os.PathLike[str], progress: bool = True) -> pd.Data
     base = Config.from_dict(saved["base"])
     axes = {k: list(v) for k, v in saved["grid"].items()}
     done = {p["point"]: p for p in saved["points"] if p["status"] == "completed"}
-    return _run_points(folder, base, axes, _configs(base, axes), progress, done)
+    return _run_points(folder, base, axes, _configs(base, axes), progress, done, saved.get("engine", "ray"))
 
 
 def _axes(base: Config, devices: Sequence[int] | None, partitions: Sequence[str] | None,
@@ -87,27 +89,53 @@ def _axes(base: Config, devices: Sequence[int] | None, partitions: Sequence[str]
 
 
 def _configs(base: Config, axes: Mapping[str, list[Any]]) -> list[tuple[str, Config]]:
+    """Every point's name and settings, in grid order. Where the sweep compares strategies, each
+    strategy takes only its own settings (`--strategy fedavg,fedadam --server-lr 0.01,0.1`: the server
+    learning rate varies for fedadam; fedavg, which has none, runs once)."""
+    from fedsim.strategies import STRATEGIES, STRATEGY_PARAMS
+
     others = [k for k in axes if k not in ("devices", "partition", "seed") and len(axes[k]) > 1]
-    out = []
+    compares = len(axes.get("strategy", [])) > 1
+    out, seen = [], set()
     for values in itertools.product(*axes.values()):
         point = dict(zip(axes, values))
         d = point["devices"]
         per_round = min(base.per_round, d) if base.per_round is not None and "per_round" not in point else point.get(
             "per_round", None)
         changes = {**point, "per_round": per_round, "hosts": point.get("hosts", _hosts(base, d))}
+        dropped: set[str] = set()
+        if compares and point["strategy"] in STRATEGIES:
+            takes = set(STRATEGIES[point["strategy"]].param_names())
+            dropped = {k for k in STRATEGY_PARAMS if k not in takes and (k in point or getattr(base, k) is not None)}
+            changes.update({k: None for k in dropped})  # None: not set (the strategy's own default)
         try:
             config = base.replace(**changes)
         except ConfigError as e:
             raise ConfigError(f"sweep point {point}: {e}") from None
-        name = point_name(d, config.partition_spec, config.seed, {k: point[k] for k in others})
-        out.append((name, config))
+        name = point_name(d, config.partition_spec, config.seed, {k: point[k] for k in others if k not in dropped})
+        if name not in seen:  # a strategy's point repeated only by another strategy's settings
+            seen.add(name)
+            out.append((name, config))
     return out
 
 
+def _engine(name: str) -> str:
+    if name not in ("ray", "local"):
+        raise ConfigError(f"--engine must be ray or local, got {name!r}")
+    return name
+
+
 def _run_points(folder: Path, base: Config, axes: Mapping[str, list[Any]], configs: list[tuple[str, Config]],
-                progress: bool, done: Mapping[str, dict[str, Any]]) -> pd.DataFrame:
+                progress: bool, done: Mapping[str, dict[str, Any]], engine: str = "ray") -> pd.DataFrame:
+    from fedsim.engine.local import LocalEngine
+
     points: list[dict[str, Any]] = []
-    owns_ray = _connect(base.address)
+    owns_ray = _connect(base.address) if engine == "ray" else False
+
+    def saved() -> str:
+        return json.dumps({"base": base.to_dict(), "grid": axes, "engine": engine, "points": points}, indent=2,
+                          default=str)
+
     try:
         for name, config in configs:
             point = {"point": name, **{k: getattr(config, k) for k in axes}}
@@ -115,24 +143,23 @@ def _run_points(folder: Path, base: Config, axes: Mapping[str, list[Any]], confi
                 points.append(done[name])
                 continue
             run_folder = folder / name
+            local = LocalEngine(config.hosts or 1) if engine == "local" else None
             try:
                 if (run_folder / CONFIG_FILE).is_file():
-                    resume(run_folder, progress=progress)  # a point cut short by an earlier stop
+                    resume(run_folder, progress=progress, engine=local)  # a point cut short by an earlier stop
                 else:
-                    run(config.replace(out=str(run_folder), name=name), progress=progress)
+                    run(config.replace(out=str(run_folder), name=name), progress=progress, engine=local)
                 point.update(status="completed", error="")
             except Exception as e:  # a failing point is data: record it and go on
                 point.update(status="failed", error=f"{type(e).__name__}: {e}")
             points.append(point)
-            (folder / SWEEP_JSON).write_text(json.dumps({"base": base.to_dict(), "grid": axes, "points": points},
-                                                        indent=2, default=str))
+            (folder / SWEEP_JSON).write_text(saved())
     finally:
         if owns_ray:
             from fedsim.engine.ray import disconnect
 
             disconnect()
-    (folder / SWEEP_JSON).write_text(json.dumps({"base": base.to_dict(), "grid": axes, "points": points},
-                                                indent=2, default=str))
+    (folder / SWEEP_JSON).write_text(saved())
     table = _table(folder, points)
     table.to_parquet(folder / SWEEP_FILE, index=False)
     return table

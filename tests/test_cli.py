@@ -158,6 +158,13 @@ def test_a_mistyped_flag_gets_a_suggestion_and_help_shows_one_default(capsys):
     with pytest.raises(SystemExit) as e:
         main(["run", "--devcies", "3"])
     assert e.value.code == 2 and "did you mean --devices?" in capsys.readouterr().err
+    # a flag of another command is named as such, not "suggested" as itself
+    with pytest.raises(SystemExit):
+        main(["run", "--seeds", "0,1"])
+    assert "--seeds is a flag of fedsim sweep, not of fedsim run" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sweep", "--resmue", "x"])
+    assert "did you mean --resume?" in capsys.readouterr().err
     text = build_parser()._subparsers._group_actions[0].choices["run"].format_help()
     assert "one per CPU) (default" not in " ".join(text.split())
 

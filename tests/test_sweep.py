@@ -1,6 +1,7 @@
 """Sweeps run a grid in one Ray session; plot and report read what they leave."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -101,3 +102,39 @@ def test_a_sweep_table_in_the_config_file(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     df = fedsim.load_runs(tmp_path / "s")
     assert sorted(df["local_epochs"].unique()) == [1, 2] and set(df["devices"]) == {6}
+
+
+def test_comparing_strategies_gives_each_only_its_own_settings():
+    """--strategy fedavg,fedadam --server-lr 0.01,0.1: fedadam runs at both server learning rates,
+    fedavg (which has none) runs once instead of failing; a single strategy keeps the strict check."""
+    from fedsim.sweep import _axes, _configs
+
+    base = fedsim.Config(dataset="toy_images", devices=4)
+    axes = _axes(base, None, None, None, {"strategy": ["fedavg", "fedadam"], "server_lr": [0.01, 0.1]})
+    points = _configs(base, axes)
+    assert [(c.strategy, c.server_lr) for _, c in points] == [("fedavg", None), ("fedadam", 0.01), ("fedadam", 0.1)]
+    assert [n for n, _ in points] == ["devices-4_iid_seed-0_strategy-fedavg",
+                                      "devices-4_iid_seed-0_strategy-fedadam_server_lr-0.01",
+                                      "devices-4_iid_seed-0_strategy-fedadam_server_lr-0.1"]
+    # one server lr for all (a one-value axis, as `fedsim sweep --server-lr 0.01` gives it): fedavg drops it
+    fixed = _configs(base, _axes(base, None, None, None, {"strategy": ["fedavg", "fedadam"], "server_lr": [0.01]}))
+    assert [(c.strategy, c.server_lr) for _, c in fixed] == [("fedavg", None), ("fedadam", 0.01)]
+    # not comparing strategies: a setting the strategy does not take is still the user's mistake
+    with pytest.raises(fedsim.ConfigError, match="--server-lr is not a setting of --strategy fedavg"):
+        _configs(base, _axes(base, None, None, None, {"server_lr": [0.01, 0.1]}))
+
+
+def test_sweep_command_compares_strategies_with_a_shared_server_lr(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "fedsim.cli", "sweep", "--devices", "4", "--rounds", "1",
+                          "--dataset", "toy_images", "--toy-samples", "10", "--strategy", "fedavg,fedadam",
+                          "--server-lr", "0.01", "--engine", "local", "--no-progress", "--out", str(tmp_path / "s")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "sweep of 2 points, 0 failed" in out.stdout
+    df = fedsim.load_runs(tmp_path / "s")
+    assert dict(zip(df["strategy"], df["server_lr"].fillna(-1))) == {"fedavg": -1, "fedadam": 0.01}
+    engines = {fedsim.load_run(tmp_path / "s" / point).meta["engine"] for point in df["run"].map(lambda r: Path(r).name)}
+    assert engines == {"LocalEngine"}  # --engine local: no Ray
