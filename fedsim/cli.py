@@ -65,6 +65,7 @@ _HELP = {
     "round_timeout": "seconds before a silent host is restarted and its devices marked failed",
     "tensorboard": "also write each round's scalars as TensorBoard event files under DIR (tensorboard --logdir DIR)",
     "mlflow": "also log the run to MLflow at this tracking URI (e.g. sqlite:///mlflow.db), experiment --name",
+    "mlflow_experiment": "the MLflow experiment to log in (default: --name; a sweep: the sweep's --name)",
     "eval_every": "evaluate the global model every R rounds and after the last (others record NaN accuracy)",
     "eval_initial": "also evaluate the initial model, recorded as round 0",
     "min_devices": "fewest devices that must report per round (else retry once, then stop)",
@@ -247,7 +248,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"fedsim: results in {result.path}")
     print(f"fedsim: python -c \"import fedsim; r = fedsim.load_run('{result.path}'); print(r.rounds)\"")
     if result.meta.get("mlflow_run_id") and config.mlflow:
-        print(f"fedsim: MLflow run {result.meta['mlflow_run_id']} in experiment {config.name} "
+        print(f"fedsim: MLflow run {result.meta['mlflow_run_id']} in experiment {config.mlflow_experiment or config.name} "
               f"(mlflow ui --backend-store-uri {config.mlflow})")
     return 0
 

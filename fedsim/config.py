@@ -155,6 +155,9 @@ class Config:
     # also log each run to MLflow at this tracking URI (sqlite:///mlflow.db, http://host:5000, ...) in the
     # experiment named by `name`: settings, per-round scalars, the run's files; None = none. Needs mlflow.
     mlflow: str | None = None
+    # the MLflow experiment the run is logged in; None = `name` (a sweep: the sweep's name, one experiment
+    # for all its points).
+    mlflow_experiment: str | None = None
     # The simulated clock (see fedsim.fleet). Device profiles: a built-in set (phones, skewed, uniform),
     # FILE.csv (device_id, speed, down_kbps, up_kbps, availability, dropout) or fedscale:CAPACITY[,BEHAVIOUR]
     # (FedScale's trace files); None = no simulated clock (every device equal and always there).
@@ -299,10 +302,9 @@ class Config:
         need(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
         from fedsim.fleet import STRAGGLER_POLICIES, check_spec, read_latency
 
-        for name in ("tensorboard", "mlflow"):
+        for name, what in (("tensorboard", "a folder"), ("mlflow", "a tracking URI"), ("mlflow_experiment", "a name")):
             value = getattr(self, name)
-            need(value is None or (isinstance(value, str) and value.strip() != ""), name,
-                 "must be a folder" if name == "tensorboard" else "must be a tracking URI")
+            need(value is None or (isinstance(value, str) and value.strip() != ""), name, f"must be {what}")
         if self.fleet is not None:
             need(isinstance(self.fleet, str), "fleet", "must be a fleet name or file")
             check_spec(self.fleet)

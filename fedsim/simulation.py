@@ -97,7 +97,7 @@ def run(
 def _trackers(config: Config) -> Trackers:
     """The experiment trackers the config asks for (--tensorboard, --mlflow); an MLflow URI that
     cannot be used fails here, before any folder or Ray process exists."""
-    return Trackers(config.tensorboard, config.mlflow, config.name)
+    return Trackers(config.tensorboard, config.mlflow, config.mlflow_experiment or config.name)
 
 
 def strategy_name(config: Config, strategy: Strategy) -> str:

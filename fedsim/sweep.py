@@ -148,7 +148,10 @@ def _run_points(folder: Path, base: Config, axes: Mapping[str, list[Any]], confi
                 if (run_folder / CONFIG_FILE).is_file():
                     resume(run_folder, progress=progress, engine=local)  # a point cut short by an earlier stop
                 else:
-                    run(config.replace(out=str(run_folder), name=name), progress=progress, engine=local)
+                    # every point in the sweep's MLflow experiment (where --mlflow logs), named by its folder
+                    run(config.replace(out=str(run_folder), name=name,
+                                       mlflow_experiment=config.mlflow_experiment or base.name),
+                        progress=progress, engine=local)
                 point.update(status="completed", error="")
             except Exception as e:  # a failing point is data: record it and go on
                 point.update(status="failed", error=f"{type(e).__name__}: {e}")

@@ -130,11 +130,18 @@ def test_sweep_command_compares_strategies_with_a_shared_server_lr(tmp_path):
 
     out = subprocess.run([sys.executable, "-m", "fedsim.cli", "sweep", "--devices", "4", "--rounds", "1",
                           "--dataset", "toy_images", "--toy-samples", "10", "--strategy", "fedavg,fedadam",
-                          "--server-lr", "0.01", "--engine", "local", "--no-progress", "--out", str(tmp_path / "s")],
-                         capture_output=True, text=True, timeout=300)
+                          "--server-lr", "0.01", "--engine", "local", "--no-progress", "--out", str(tmp_path / "s"),
+                          "--name", "cmp", "--mlflow", f"sqlite:///{tmp_path / 'm.db'}"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "sweep of 2 points, 0 failed" in out.stdout
     df = fedsim.load_runs(tmp_path / "s")
     assert dict(zip(df["strategy"], df["server_lr"].fillna(-1))) == {"fedavg": -1, "fedadam": 0.01}
     engines = {fedsim.load_run(tmp_path / "s" / point).meta["engine"] for point in df["run"].map(lambda r: Path(r).name)}
     assert engines == {"LocalEngine"}  # --engine local: no Ray
+    # --mlflow: both points are runs of the sweep's one experiment, named by their folders
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
+    logged = client.search_runs([client.get_experiment_by_name("cmp").experiment_id])
+    assert sorted(r.info.run_name for r in logged) == sorted(Path(r).name for r in df["run"].unique())
