@@ -292,6 +292,15 @@ def test_a_second_run_in_the_same_process_starts_warm_and_gives_the_same_results
     assert (second.path / "global.ckpt").read_bytes() == (first.path / "global.ckpt").read_bytes()
     other = fedsim.run(out=str(tmp_path / "c"), **{**settings, "hosts": 1})
     assert other.meta["startup_s"]["warm"] is False and other.meta["status"] == "completed"
+    # fedsim.release(): the parked hosts and the Ray session are let go now, not at exit
+    import ray
+
+    from fedsim.engine.ray import _WARM_HOSTS
+
+    assert _WARM_HOSTS and ray.is_initialized()
+    fedsim.release()
+    assert not _WARM_HOSTS and not ray.is_initialized()
+    assert fedsim.run(out=str(tmp_path / "d"), **settings).meta["startup_s"]["warm"] is False
 
 
 def test_the_cluster_route_with_ray_start_and_an_explicit_address(tmp_path):
