@@ -23,7 +23,7 @@ For each row:
 - ratio: median over rounds 2..R of round wall / floor;
 - host_balance: median over rounds of the busiest host's signature time over the mean host's;
 - first_round_s: from the fedsim.run call (Ray start, conversion and data placement included) to the
-  end of round 1; peak_rss_mb / peak_pss_mb: the largest sum of RSS (PSS: shared pages counted once,
+  end of round 1 (every row starts cold: the warm session is released after each row); peak_rss_mb / peak_pss_mb: the largest sum of RSS (PSS: shared pages counted once,
   e.g. the data set every host maps) over this process and all its descendants (Ray's workers and
   daemons), sampled every 0.2 s (PSS every 5 s: the kernel walks a process's page tables to sum it,
   ~10 ms per TensorFlow process, CPU the hosts would otherwise have).
@@ -218,7 +218,10 @@ def bench_one(row: Row, rounds: int, out: Path) -> dict:
     walls = np.diff(elapsed)
     artifact = (run.path / "model.tflite").read_bytes()
     divisor = min(run.meta["hosts"], psutil.cpu_count() or 1)
-    floors = measure_floor(artifact, config, rounds, divisor)
+    floors = measure_floor(artifact, config, rounds, divisor)  # the run's hosts parked, idle
+    # Every row starts cold, as a fresh process would: the warm session fedsim.run keeps for the next
+    # run would otherwise carry one row's hosts (and memory) into the next, and time a warm start.
+    fedsim.release()
     per_host = run.devices[run.devices["round"] >= 2].groupby(["round", "host"])["train_s"].sum().unstack(fill_value=0)
     balance = float(np.median(per_host.max(axis=1) / per_host.mean(axis=1))) if len(per_host) else float("nan")
     if data:
