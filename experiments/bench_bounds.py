@@ -46,7 +46,6 @@ import fedsim
 from fedsim.checkpoint import read_checkpoint, write_checkpoint
 from fedsim.data import DataRecipe, partition
 from fedsim.engine.base import test_blocks
-from fedsim.engine.ray import shutdown_warm
 
 
 def model_run(model: str, folder: Path) -> tuple[bytes, bytes]:
@@ -184,7 +183,7 @@ def main() -> None:
         for model in sorted(set(rows["model"])):
             artifact, checkpoint = model_run(model, Path(runs))
             made[model] = (artifact, checkpoint, sum(int(w.size) for w in read_checkpoint(checkpoint).values()))
-    shutdown_warm()  # the runs' parked hosts would share the CPUs with what is measured next
+    fedsim.release()  # the runs' parked hosts would share the CPUs with what is measured next
     shared: dict[tuple[str, int], float] = {}
     table = []
     for _, r in rows.iterrows():
