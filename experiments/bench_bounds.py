@@ -31,7 +31,6 @@ import argparse
 import math
 import multiprocessing
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -42,9 +41,10 @@ import pandas as pd
 import psutil
 import ray
 
+import bench_overhead  # this folder's: the floor's replay
 import fedsim
-from fedsim.checkpoint import read_checkpoint, write_checkpoint
-from fedsim.data import DataRecipe, partition
+from fedsim.checkpoint import read_checkpoint
+from fedsim.data import DataRecipe
 from fedsim.engine.base import test_blocks
 
 
@@ -56,22 +56,10 @@ def model_run(model: str, folder: Path) -> tuple[bytes, bytes]:
 
 
 def replay(artifact: bytes, devices: int, ids: list[int], start: float) -> float:
-    """Seconds in the signature calls of Fashion-MNIST devices `ids` (of `devices`, IID), replayed as the
-    overhead benchmark's floor does; begins at `start` (time.time()) so that parallel replays overlap."""
-    from fedsim.device import Device, Runner
-
-    dataset = DataRecipe("fashion_mnist").load()
-    shards = partition(dataset.y_train, devices, "iid", 0, 1, None)
-    runner = Runner(artifact)
-    scratch = Path(tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
-    try:
-        global_path = scratch / "global.ckpt"
-        global_path.write_bytes(write_checkpoint(read_checkpoint(runner.initial_checkpoint(scratch))))
-        made = [Device(d, dataset.x_train[shards[d]], dataset.y_train[shards[d]], 0) for d in ids]
-        time.sleep(max(0.0, start - time.time()))
-        return sum(d.run_round(runner, global_path, 2, 1, 32, scratch / "d.ckpt").train_s for d in made)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    """Seconds in the signature calls of Fashion-MNIST devices `ids` (of `devices`, IID, round 2), replayed
+    as the overhead benchmark's floor is (its settings); begins at `start` so that parallel replays overlap."""
+    config = fedsim.Config(devices=devices, seed=0, local_epochs=1, batch_size=32)
+    return bench_overhead.replay(artifact, config, [(2, ids)], start)[0]
 
 
 def shared_cpus(artifact: bytes, devices: int, cpus: int, repeats: int = 3) -> float:

@@ -23,7 +23,8 @@ For each row:
 - ratio: median over rounds 2..R of round wall / floor;
 - host_balance: median over rounds of the busiest host's signature time over the mean host's;
 - first_round_s: from the fedsim.run call (Ray start, conversion and data placement included) to the
-  end of round 1 (every row starts cold: the warm session is released after each row); peak_rss_mb / peak_pss_mb: the largest sum of RSS (PSS: shared pages counted once,
+  end of round 1 (every row starts cold: the warm session is released after each row);
+- peak_rss_mb / peak_pss_mb: the largest sum of RSS (PSS: shared pages counted once,
   e.g. the data set every host maps) over this process and all its descendants (Ray's workers and
   daemons), sampled every 0.2 s (PSS every 5 s: the kernel walks a process's page tables to sum it,
   ~10 ms per TensorFlow process, CPU the hosts would otherwise have).
@@ -160,8 +161,10 @@ class RssSampler(threading.Thread):
         return self.peak_bytes / 2**20, self.peak_pss_bytes / 2**20
 
 
-def floor_seconds(artifact: bytes, config: fedsim.Config, round_nums: list[int], divisor: int) -> list[float]:
-    """Each round's signature calls, back to back on one interpreter, divided by `divisor`.
+def replay(artifact: bytes, config: fedsim.Config, rounds: list[tuple[int, list[int]]], start: float = 0.0) -> list[float]:
+    """Seconds in the signature calls of each (round, device ids), replayed back to back on one
+    interpreter; the calls begin at `start` (time.time(), once data and interpreter are loaded), so
+    that replays in parallel processes overlap.
 
     Runs in a child process (see measure_floor), so this process stays what a fedsim driver is:
     one that never imports TensorFlow, or its memory would be counted in every later run."""
@@ -174,19 +177,26 @@ def floor_seconds(artifact: bytes, config: fedsim.Config, round_nums: list[int],
         global_path = scratch / "global.ckpt"
         # the global checkpoint as the coordinator writes it (its layout changes what restore costs)
         global_path.write_bytes(write_checkpoint(read_checkpoint(runner.initial_checkpoint(scratch))))
-        floors = []
-        for round_num in round_nums:
-            selected = select_devices(config.devices, config.devices_per_round, config.seed, round_num)
+        time.sleep(max(0.0, start - time.time()))
+        totals = []
+        for round_num, ids in rounds:
             total = 0.0
-            for d in selected:
+            for d in ids:
                 device = Device(d, dataset.x_train[shards[d]], dataset.y_train[shards[d]], config.seed)
                 # Device.run_round times exactly restore + train batches + save (its train_s).
                 total += device.run_round(runner, global_path, round_num, config.local_epochs, config.batch_size,
                                           scratch / "d.ckpt").train_s
-            floors.append(total / divisor)
-        return floors
+            totals.append(total)
+        return totals
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def floor_seconds(artifact: bytes, config: fedsim.Config, round_nums: list[int], divisor: int) -> list[float]:
+    """Each round's signature calls (its selected devices), back to back on one interpreter, divided
+    by `divisor`."""
+    rounds = [(r, select_devices(config.devices, config.devices_per_round, config.seed, r)) for r in round_nums]
+    return [total / divisor for total in replay(artifact, config, rounds)]
 
 
 def measure_floor(artifact: bytes, config: fedsim.Config, rounds: int, divisor: int) -> np.ndarray:
