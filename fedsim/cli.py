@@ -112,7 +112,7 @@ class _Parser(argparse.ArgumentParser):
                 flag = word.split("=")[0]
                 if not flag.startswith("--"):
                     continue
-                elsewhere = [name for name, p in self._commands().items() if flag in _long_options(p)]
+                elsewhere = [name for name, p in _subcommands(self).items() if flag in _long_options(p)]
                 if command is not None and elsewhere:  # a flag of another command, not a typo
                     message += f" ({flag} is a flag of fedsim {' / '.join(elsewhere)}, not of fedsim {command.prog.split()[-1]})"
                     break
@@ -122,15 +122,9 @@ class _Parser(argparse.ArgumentParser):
                     break
         super().error(message)
 
-    def _commands(self) -> dict[str, argparse.ArgumentParser]:
-        for action in self._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                return dict(action.choices)
-        return {}
-
     def _command(self) -> argparse.ArgumentParser | None:
         """The subcommand the command line names (its flags are the ones to suggest from)."""
-        commands = self._commands()
+        commands = _subcommands(self)
         return next((commands[a] for a in getattr(self, "_argv", sys.argv[1:]) if a in commands), None)
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
@@ -138,14 +132,20 @@ class _Parser(argparse.ArgumentParser):
         return super().parse_known_args(args, namespace)
 
 
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parser's subcommands by name ({} if it has none)."""
+    out: dict[str, argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            out.update(action.choices)
+    return out
+
+
 def _long_options(parser: argparse.ArgumentParser) -> list[str]:
     """Every --flag of the parser and of its subcommands."""
-    out = []
-    for action in parser._actions:
-        out += [o for o in action.option_strings if o.startswith("--")]
-        if isinstance(action, argparse._SubParsersAction):
-            for child in action.choices.values():
-                out += _long_options(child)
+    out = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+    for child in _subcommands(parser).values():
+        out += _long_options(child)
     return sorted(set(out))
 
 
