@@ -50,8 +50,9 @@ from fedsim.engine.base import test_blocks
 
 def model_run(model: str, folder: Path) -> tuple[bytes, bytes]:
     """(.tflite, global checkpoint) of a real one-round run of `model` (toy data of the same 28x28 shape)."""
-    run = fedsim.run(dataset="toy_images", toy_samples=10, devices=2, rounds=1, model=model,
-                     out=str(folder / model), progress=False)
+    run = fedsim.run(
+        dataset="toy_images", toy_samples=10, devices=2, rounds=1, model=model, out=str(folder / model), progress=False
+    )
     return (run.path / "model.tflite").read_bytes(), (run.path / "global.ckpt").read_bytes()
 
 
@@ -179,7 +180,9 @@ def main() -> None:
         hosts, per_round = int(r["hosts"]), int(r["per_round"])
         used = min(hosts, cpus)
         if (r["model"], used) not in shared:  # the full-participation share of the row's model
-            shared[r["model"], used] = shared_cpus(artifact, 1000 if r["model"] == "mlp" else 100, used) if used > 1 else 1.0
+            shared[r["model"], used] = (
+                shared_cpus(artifact, 1000 if r["model"] == "mlp" else 100, used) if used > 1 else 1.0
+            )
         factor = shared[r["model"], used]
         evaluate = evaluation_s(artifact, checkpoint, used) if int(r["eval_every"]) == 1 else 0.0
         ray_s = ray_round_s(hosts, checkpoint, params, per_round)
@@ -188,24 +191,36 @@ def main() -> None:
         floor = float(r["floor_s"])
         fixed = floor * factor + ray_s + evaluate
         lowest = (fixed + per_cpu * read_s) / floor
-        table.append({
-            "row": r["row"], "per_round": per_round, "hosts": hosts, "checkpoint_kib": round(len(checkpoint) / 1024, 1),
-            "floor_s": floor, "shared_cpus": round(factor, 3), "ray_round_ms": round(ray_s * 1e3, 3),
-            "read_ms": round(read_s * 1e3, 4), "verify_sum_ms": round(verify_s * 1e3, 4),
-            "evaluate_ms": round(evaluate * 1e3, 2), "lowest_ratio": round(lowest, 3),
-            "numpy_ratio": round((fixed + per_cpu * verify_s) / floor, 3),
-            "measured_ratio": r["ratio"], "ratio_target": r["ratio_target"],
-            "target_reachable": bool(lowest <= r["ratio_target"]),
-        })
+        table.append(
+            {
+                "row": r["row"],
+                "per_round": per_round,
+                "hosts": hosts,
+                "checkpoint_kib": round(len(checkpoint) / 1024, 1),
+                "floor_s": floor,
+                "shared_cpus": round(factor, 3),
+                "ray_round_ms": round(ray_s * 1e3, 3),
+                "read_ms": round(read_s * 1e3, 4),
+                "verify_sum_ms": round(verify_s * 1e3, 4),
+                "evaluate_ms": round(evaluate * 1e3, 2),
+                "lowest_ratio": round(lowest, 3),
+                "numpy_ratio": round((fixed + per_cpu * verify_s) / floor, 3),
+                "measured_ratio": r["ratio"],
+                "ratio_target": r["ratio_target"],
+                "target_reachable": bool(lowest <= r["ratio_target"]),
+            }
+        )
         print(", ".join(f"{k}={v}" for k, v in table[-1].items()), flush=True)
     frame = pd.DataFrame(table)
     frame.to_csv(out / "bounds.csv", index=False)
     stamp = time.strftime("%Y-%m-%d %H:%M")
-    md = (f"fedsim: the lowest ratio a round could reach, {stamp}, {cpus} CPUs, floors and measured ratios from "
-          f"{args.overhead}; `python experiments/bench_bounds.py`. lowest_ratio counts only the CPUs' sharing "
-          "(shared_cpus), Ray's round trip, one read of each upload and the evaluation (no tables, no per-device "
-          "Python, no crc); numpy_ratio adds crc32c and a float64 running sum per upload. See the script's "
-          f"docstring.\n\n{frame.to_markdown(index=False)}\n")
+    md = (
+        f"fedsim: the lowest ratio a round could reach, {stamp}, {cpus} CPUs, floors and measured ratios from "
+        f"{args.overhead}; `python experiments/bench_bounds.py`. lowest_ratio counts only the CPUs' sharing "
+        "(shared_cpus), Ray's round trip, one read of each upload and the evaluation (no tables, no per-device "
+        "Python, no crc); numpy_ratio adds crc32c and a float64 running sum per upload. See the script's "
+        f"docstring.\n\n{frame.to_markdown(index=False)}\n"
+    )
     (out / "bounds.md").write_text(md)
     print("\n" + md)
 

@@ -94,14 +94,24 @@ def main() -> None:
             lat = report.latency_ms
             runner = Runner(artifact)
             global_path = scratch / "global.ckpt"
-            global_path.write_bytes(write_tfv1(read_checkpoint(runner.initial_checkpoint(scratch)), one_block=one_block))
+            global_path.write_bytes(
+                write_tfv1(read_checkpoint(runner.initial_checkpoint(scratch)), one_block=one_block)
+            )
             restore = median_ms(lambda: runner.restore(global_path), args.repeats)
             host = host_ms_per_device(artifact, dataset, args.devices, args.rounds, one_block)
-            row = {"model": model, "configuration": label, "checkpoint_format": form,
-                   "global_layout": "one block" if one_block else "block per entry", "restore_ms": restore,
-                   "save_ms": lat["save"], "train_batch_ms": lat["train"], "infer_batch_ms": lat["infer"],
-                   "host_ms": host, "fixed_ms": restore + lat["save"] + host,
-                   "checkpoint_kib": report.checkpoint_bytes / 1024}
+            row = {
+                "model": model,
+                "configuration": label,
+                "checkpoint_format": form,
+                "global_layout": "one block" if one_block else "block per entry",
+                "restore_ms": restore,
+                "save_ms": lat["save"],
+                "train_batch_ms": lat["train"],
+                "infer_batch_ms": lat["infer"],
+                "host_ms": host,
+                "fixed_ms": restore + lat["save"] + host,
+                "checkpoint_kib": report.checkpoint_bytes / 1024,
+            }
             rows.append({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
             print(", ".join(f"{k}={v}" for k, v in rows[-1].items()), flush=True)
     shutil.rmtree(scratch, ignore_errors=True)
@@ -111,11 +121,13 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "device_round.csv", index=False)
-    md = (f"fedsim device-round benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {psutil.cpu_count()} CPUs, "
-          f"one thread, batch 32; host work over {args.devices} IID Fashion-MNIST devices "
-          f"({60000 // args.devices} samples each), median of {args.rounds} rounds.\n"
-          "fixed_vs_before: the fixed cost before divided by this row's (target: >= 2 for the default, packed, "
-          "at 1000 devices).\n\n" + table.to_markdown(index=False) + "\n")
+    md = (
+        f"fedsim device-round benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {psutil.cpu_count()} CPUs, "
+        f"one thread, batch 32; host work over {args.devices} IID Fashion-MNIST devices "
+        f"({60000 // args.devices} samples each), median of {args.rounds} rounds.\n"
+        "fixed_vs_before: the fixed cost before divided by this row's (target: >= 2 for the default, packed, "
+        "at 1000 devices).\n\n" + table.to_markdown(index=False) + "\n"
+    )
     (out / "device_round.md").write_text(md)
     print("\n" + md)
 

@@ -102,9 +102,14 @@ def million_devices_npz(path: Path, devices: int = 1_000_000, per_device: int = 
     w = rng.standard_normal((features, 10)).astype(np.float32)
     x = rng.standard_normal((devices * per_device, features), dtype=np.float32)
     x_test = rng.standard_normal((10_000, features), dtype=np.float32)
-    np.savez(path, x_train=x, y_train=np.argmax(x @ w, axis=1).astype(np.int32), x_test=x_test,
-             y_test=np.argmax(x_test @ w, axis=1).astype(np.int32),
-             device_train=np.repeat(np.arange(devices, dtype=np.int64), per_device))
+    np.savez(
+        path,
+        x_train=x,
+        y_train=np.argmax(x @ w, axis=1).astype(np.int32),
+        x_test=x_test,
+        y_test=np.argmax(x_test @ w, axis=1).astype(np.int32),
+        device_train=np.repeat(np.arange(devices, dtype=np.int64), per_device),
+    )
     return path
 
 
@@ -161,7 +166,9 @@ class RssSampler(threading.Thread):
         return self.peak_bytes / 2**20, self.peak_pss_bytes / 2**20
 
 
-def replay(artifact: bytes, config: fedsim.Config, rounds: list[tuple[int, list[int]]], start: float = 0.0) -> list[float]:
+def replay(
+    artifact: bytes, config: fedsim.Config, rounds: list[tuple[int, list[int]]], start: float = 0.0
+) -> list[float]:
     """Seconds in the signature calls of each (round, device ids), replayed back to back on one
     interpreter; the calls begin at `start` (time.time(), once data and interpreter are loaded), so
     that replays in parallel processes overlap.
@@ -169,8 +176,9 @@ def replay(artifact: bytes, config: fedsim.Config, rounds: list[tuple[int, list[
     Runs in a child process (see measure_floor), so this process stays what a fedsim driver is:
     one that never imports TensorFlow, or its memory would be counted in every later run."""
     dataset = data_recipe(config).load()
-    shards = partition(dataset.y_train, config.devices, config.partition_spec, config.seed, config.min_samples,
-                       dataset.device_train)
+    shards = partition(
+        dataset.y_train, config.devices, config.partition_spec, config.seed, config.min_samples, dataset.device_train
+    )
     runner = Runner(artifact)
     scratch = Path(tempfile.mkdtemp(dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
     try:
@@ -184,8 +192,9 @@ def replay(artifact: bytes, config: fedsim.Config, rounds: list[tuple[int, list[
             for d in ids:
                 device = Device(d, dataset.x_train[shards[d]], dataset.y_train[shards[d]], config.seed)
                 # Device.run_round times exactly restore + train batches + save (its train_s).
-                total += device.run_round(runner, global_path, round_num, config.local_epochs, config.batch_size,
-                                          scratch / "d.ckpt").train_s
+                total += device.run_round(
+                    runner, global_path, round_num, config.local_epochs, config.batch_size, scratch / "d.ckpt"
+                ).train_s
             totals.append(total)
         return totals
     finally:
@@ -213,11 +222,26 @@ def measure_floor(artifact: bytes, config: fedsim.Config, rounds: int, divisor: 
 def bench_one(row: Row, rounds: int, out: Path) -> dict:
     rounds = row.rounds or rounds
     data = str(million_devices_npz(out / "million.npz")) if row.million else None
-    config = fedsim.Config(devices=row.devices, rounds=rounds, hosts=row.hosts, per_round=row.per_round, seed=0,
-                           local_epochs=1, batch_size=32, lr=0.05, out=str(out / f"run-{row.name}"),
-                           name="bench_overhead", model=row.model, partition=row.partition,
-                           eval_every=row.eval_every, checkpoint_format=row.checkpoint_format, data=data,
-                           strategy=row.strategy, fleet=row.fleet, deadline=row.deadline)
+    config = fedsim.Config(
+        devices=row.devices,
+        rounds=rounds,
+        hosts=row.hosts,
+        per_round=row.per_round,
+        seed=0,
+        local_epochs=1,
+        batch_size=32,
+        lr=0.05,
+        out=str(out / f"run-{row.name}"),
+        name="bench_overhead",
+        model=row.model,
+        partition=row.partition,
+        eval_every=row.eval_every,
+        checkpoint_format=row.checkpoint_format,
+        data=data,
+        strategy=row.strategy,
+        fleet=row.fleet,
+        deadline=row.deadline,
+    )
     sampler = RssSampler()
     sampler.start()
     try:
@@ -292,9 +316,11 @@ def main() -> None:
     table = pd.DataFrame(rows)
     table.to_csv(out / "overhead.csv", index=False)
     stamp = time.strftime("%Y-%m-%d %H:%M")
-    md = (f"fedsim overhead benchmark, {stamp}, {psutil.cpu_count()} CPUs, {args.rounds} rounds per row unless "
-          "set, SGD, batch 32, 1 local epoch. ratio = median over rounds 2..R of round wall / floor; memory "
-          f"target compared with peak PSS.\n\n{table.to_markdown(index=False)}\n")
+    md = (
+        f"fedsim overhead benchmark, {stamp}, {psutil.cpu_count()} CPUs, {args.rounds} rounds per row unless "
+        "set, SGD, batch 32, 1 local epoch. ratio = median over rounds 2..R of round wall / floor; memory "
+        f"target compared with peak PSS.\n\n{table.to_markdown(index=False)}\n"
+    )
     (out / "overhead.md").write_text(md)
     print("\n" + md)
     print(f"wrote {out / 'overhead.csv'} and {out / 'overhead.md'}")

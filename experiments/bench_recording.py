@@ -31,14 +31,39 @@ FLAT_TARGET = 1.2
 
 
 def rows(round_num: int, devices: int, rng: np.random.Generator) -> tuple[dict, list[dict]]:
-    round_row = {"round": round_num, "test_accuracy": rng.random(), "test_loss": rng.random(), "train_loss": rng.random(),
-                 "devices_selected": devices, "devices_reported": devices, "devices_accepted": devices,
-                 "samples": 60 * devices, "wall_s": 1.0, "hosts_s": 0.9, "aggregate_s": 0.01, "evaluate_s": 0.02,
-                 "elapsed_s": float(round_num), "bytes_up": 400_000 * devices, "bytes_down": 400_000 * devices}
+    round_row = {
+        "round": round_num,
+        "test_accuracy": rng.random(),
+        "test_loss": rng.random(),
+        "train_loss": rng.random(),
+        "devices_selected": devices,
+        "devices_reported": devices,
+        "devices_accepted": devices,
+        "samples": 60 * devices,
+        "wall_s": 1.0,
+        "hosts_s": 0.9,
+        "aggregate_s": 0.01,
+        "evaluate_s": 0.02,
+        "elapsed_s": float(round_num),
+        "bytes_up": 400_000 * devices,
+        "bytes_down": 400_000 * devices,
+    }
     losses, times = rng.random(devices), rng.random(devices) / 1e3
-    device_rows = [{"round": round_num, "device_id": d, "host": d % 2, "samples": 60, "train_loss": float(losses[d]),
-                    "train_s": float(times[d]), "checkpoint_bytes": 407_600, "status": "ok", "reason": "",
-                    "test_accuracy": float("nan")} for d in range(devices)]
+    device_rows = [
+        {
+            "round": round_num,
+            "device_id": d,
+            "host": d % 2,
+            "samples": 60,
+            "train_loss": float(losses[d]),
+            "train_s": float(times[d]),
+            "checkpoint_bytes": 407_600,
+            "status": "ok",
+            "reason": "",
+            "test_accuracy": float("nan"),
+        }
+        for d in range(devices)
+    ]
     return round_row, device_rows
 
 
@@ -71,19 +96,29 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     window = min(100, args.rounds)
     first, last = float(np.median(times[:window])) * 1e3, float(np.median(times[-window:])) * 1e3
-    row = {"rounds": args.rounds, "devices": args.devices, "first_write_ms": round(first, 2),
-           "last_write_ms": round(last, 2), "last_vs_first": round(last / first, 3), "flat_target": FLAT_TARGET,
-           "rss_mb_first": round(rss[min(100, args.rounds)]), "rss_mb_last": round(rss[args.rounds]),
-           "load_run_s": round(load_s, 2)}
+    row = {
+        "rounds": args.rounds,
+        "devices": args.devices,
+        "first_write_ms": round(first, 2),
+        "last_write_ms": round(last, 2),
+        "last_vs_first": round(last / first, 3),
+        "flat_target": FLAT_TARGET,
+        "rss_mb_first": round(rss[min(100, args.rounds)]),
+        "rss_mb_last": round(rss[args.rounds]),
+        "load_run_s": round(load_s, 2),
+    }
     print(", ".join(f"{k}={v}" for k, v in row.items()))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame([row]).to_csv(out / "recording.csv", index=False)
     pd.DataFrame({"round": np.arange(1, args.rounds + 1), "write_ms": np.round(np.array(times) * 1e3, 3)}).to_csv(
-        out / "recording_rounds.csv", index=False)
-    md = (f"fedsim recording benchmark, {time.strftime('%Y-%m-%d %H:%M')}: {args.rounds} rounds x {args.devices} "
-          f"device rows written through RunWriter; median write time of the first and the last {window} rounds "
-          f"(per-round times in recording_rounds.csv).\n\n{pd.DataFrame([row]).to_markdown(index=False)}\n")
+        out / "recording_rounds.csv", index=False
+    )
+    md = (
+        f"fedsim recording benchmark, {time.strftime('%Y-%m-%d %H:%M')}: {args.rounds} rounds x {args.devices} "
+        f"device rows written through RunWriter; median write time of the first and the last {window} rounds "
+        f"(per-round times in recording_rounds.csv).\n\n{pd.DataFrame([row]).to_markdown(index=False)}\n"
+    )
     (out / "recording.md").write_text(md)
     print("\n" + md)
 

@@ -55,9 +55,14 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "startup.csv", index=False)
-    text = (f"fedsim start-up, {datetime.now():%Y-%m-%d %H:%M}, medians of {args.repeats} fresh processes "
-            f"(100 devices, 2 hosts, Fashion-MNIST, MLP); `python experiments/bench_startup.py`\n\n"
-            + summary.round(3).to_markdown() + "\n\nEvery repeat:\n\n" + table.round(3).to_markdown(index=False) + "\n")
+    text = (
+        f"fedsim start-up, {datetime.now():%Y-%m-%d %H:%M}, medians of {args.repeats} fresh processes "
+        f"(100 devices, 2 hosts, Fashion-MNIST, MLP); `python experiments/bench_startup.py`\n\n"
+        + summary.round(3).to_markdown()
+        + "\n\nEvery repeat:\n\n"
+        + table.round(3).to_markdown(index=False)
+        + "\n"
+    )
     (out / "startup.md").write_text(text)
     print(text)
 

@@ -20,8 +20,16 @@ lr = 0.05  # SGD on the device (--device-optimizer sgd)
 seed = 0
 
 # ---- run --------------------------------------------------------------------------------------
-run = fedsim.run(devices=devices, rounds=rounds, model="cnn", local_epochs=local_epochs, batch_size=batch_size,
-                 lr=lr, seed=seed, name="cnn_fashion_mnist")
+run = fedsim.run(
+    devices=devices,
+    rounds=rounds,
+    model="cnn",
+    local_epochs=local_epochs,
+    batch_size=batch_size,
+    lr=lr,
+    seed=seed,
+    name="cnn_fashion_mnist",
+)
 
 # ---- look at it -------------------------------------------------------------------------------
 print(run.rounds[["round", "test_accuracy", "test_loss", "train_loss", "wall_s"]].to_string(index=False))

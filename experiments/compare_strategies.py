@@ -48,12 +48,18 @@ def row_of(label: str, name: str, settings: dict, attack: str | None, share: flo
     acc = run.rounds.set_index("round")["test_accuracy"]
     honest = run.devices[run.devices["role"] == "honest"]
     return {
-        "run": label, "strategy": name, "attack": attack or "", "byzantine": share,
+        "run": label,
+        "strategy": name,
+        "attack": attack or "",
+        "byzantine": share,
         "settings": ", ".join(f"{k}={v}" for k, v in settings.items()) or "defaults",
-        "final_accuracy": round(float(acc.iloc[-1]), 4), "best_accuracy": round(float(acc.max()), 4),
-        "best_round": int(acc.idxmax()), "rounds": int(acc.index.max()),
+        "final_accuracy": round(float(acc.iloc[-1]), 4),
+        "best_accuracy": round(float(acc.max()), 4),
+        "best_round": int(acc.idxmax()),
+        "rounds": int(acc.index.max()),
         "honest_train_loss": round(float(honest["train_loss"].mean()), 4),
-        "s_per_round": round(float(run.rounds["wall_s"].median()), 3), "folder": str(run.path),
+        "s_per_round": round(float(run.rounds["wall_s"].median()), 3),
+        "folder": str(run.path),
     }
 
 
@@ -62,8 +68,14 @@ def plot(curves: dict[str, pd.Series], path: Path) -> None:
     colours = plt.cm.tab20.colors
     for i, (label, acc) in enumerate(curves.items()):
         ax = axes[1] if "+" in label else axes[0]
-        ax.plot(acc.index, acc.values, label=label, lw=1.2, color=colours[i % len(colours)],
-                ls="--" if label.endswith("+alie") else "-")
+        ax.plot(
+            acc.index,
+            acc.values,
+            label=label,
+            lw=1.2,
+            color=colours[i % len(colours)],
+            ls="--" if label.endswith("+alie") else "-",
+        )
     for ax, title in zip(axes, ("every strategy, no attack", "20% attackers (solid: signflip, dashed: ALIE)")):
         ax.set(title=title, xlabel="round", ylim=(0, 1))
         ax.axhline(0.8, color="grey", lw=0.6, ls=":")
@@ -83,7 +95,9 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(args.source) if args.source else Path(f"results/compare_strategies/{datetime.now():%Y%m%d-%H%M%S}")
     plan = [(name, name, settings, None, 0.0) for name, settings in STRATEGIES.items()]
-    plan += [(f"{name}+{attack}", name, STRATEGIES[name], attack, share) for attack, share in ATTACKS for name in ROBUST]
+    plan += [
+        (f"{name}+{attack}", name, STRATEGIES[name], attack, share) for attack, share in ATTACKS for name in ROBUST
+    ]
     only = set(filter(None, args.only.split(",")))
     rows, curves = [], {}
     for label, name, settings, attack, share in plan:
@@ -94,8 +108,18 @@ def main() -> None:
             run = fedsim.load_run(folder)
         else:
             extra = {"attack": attack, "byzantine": share} if attack else {}
-            run = fedsim.run(devices=DEVICES, partition=PARTITION, seed=SEED, rounds=args.rounds, strategy=name,
-                             out=str(folder), name="compare_strategies", progress=False, **settings, **extra)
+            run = fedsim.run(
+                devices=DEVICES,
+                partition=PARTITION,
+                seed=SEED,
+                rounds=args.rounds,
+                strategy=name,
+                out=str(folder),
+                name="compare_strategies",
+                progress=False,
+                **settings,
+                **extra,
+            )
         curves[label] = run.rounds.set_index("round")["test_accuracy"]
         rows.append(row_of(label, name, settings, attack, share, run))
         print(f"{label:24s} final {rows[-1]['final_accuracy']:.4f} best {rows[-1]['best_accuracy']:.4f}", flush=True)
@@ -105,8 +129,10 @@ def main() -> None:
     suffix = "" if not only else "_partial"
     table.to_csv(OUT / f"compare_strategies{suffix}.csv", index=False)
     shown = table[["run", "settings", "final_accuracy", "best_accuracy", "best_round", "s_per_round"]]
-    header = (f"Fashion-MNIST, {DEVICES} devices, {PARTITION}, MLP, seed {SEED}, {rounds} rounds; "
-              f"`python experiments/compare_strategies.py` (runs in {root})\n\n")
+    header = (
+        f"Fashion-MNIST, {DEVICES} devices, {PARTITION}, MLP, seed {SEED}, {rounds} rounds; "
+        f"`python experiments/compare_strategies.py` (runs in {root})\n\n"
+    )
     (OUT / f"compare_strategies{suffix}.md").write_text(header + shown.to_markdown(index=False) + "\n")
     print(shown.to_markdown(index=False))
     plot(curves, OUT / f"compare_strategies{suffix}.png")

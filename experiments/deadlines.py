@@ -56,26 +56,32 @@ def main() -> None:
         r = run.rounds
         curves[label] = r
         statuses = run.devices["status"].value_counts()
-        rows.append({
-            "policy": label,
-            "settings": ", ".join(f"{k}={v}" for k, v in policy.items()) or "wait for every device",
-            "h_to_0.75": round(hours_to(r, 0.75), 3), "h_to_0.80": round(hours_to(r, 0.80), 3),
-            f"acc_after_{args.hours:g}h": round(accuracy_at(r, args.hours), 4),
-            "final_accuracy": round(float(r["test_accuracy"].iloc[-1]), 4),
-            "sim_hours": round(float(r["sim_elapsed_s"].iloc[-1]) / 3600, 3),
-            "median_round_sim_s": round(float(r["sim_round_s"].median()), 2),
-            "kept_per_round": round(float(r["devices_accepted"].mean()), 1),
-            "stragglers": int(statuses.get("straggler", 0)), "dropped": int(statuses.get("dropped", 0)),
-            "wall_s_per_round": round(float(r["wall_s"].median()), 3),
-        })
+        rows.append(
+            {
+                "policy": label,
+                "settings": ", ".join(f"{k}={v}" for k, v in policy.items()) or "wait for every device",
+                "h_to_0.75": round(hours_to(r, 0.75), 3),
+                "h_to_0.80": round(hours_to(r, 0.80), 3),
+                f"acc_after_{args.hours:g}h": round(accuracy_at(r, args.hours), 4),
+                "final_accuracy": round(float(r["test_accuracy"].iloc[-1]), 4),
+                "sim_hours": round(float(r["sim_elapsed_s"].iloc[-1]) / 3600, 3),
+                "median_round_sim_s": round(float(r["sim_round_s"].median()), 2),
+                "kept_per_round": round(float(r["devices_accepted"].mean()), 1),
+                "stragglers": int(statuses.get("straggler", 0)),
+                "dropped": int(statuses.get("dropped", 0)),
+                "wall_s_per_round": round(float(r["wall_s"].median()), 3),
+            }
+        )
         print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
     OUT.mkdir(parents=True, exist_ok=True)
     table.to_csv(OUT / "deadlines.csv", index=False)
     latencies = json.loads(latency.read_text())
-    header = (f"Fashion-MNIST, 1000 devices (`skewed` profiles), 100 per round, 2 local epochs, MLP, seed 0, "
-              f"{args.rounds} rounds; latency table (ms, one thread, this machine): {latencies}; "
-              f"`python experiments/deadlines.py` (runs in {root})\n\n")
+    header = (
+        f"Fashion-MNIST, 1000 devices (`skewed` profiles), 100 per round, 2 local epochs, MLP, seed 0, "
+        f"{args.rounds} rounds; latency table (ms, one thread, this machine): {latencies}; "
+        f"`python experiments/deadlines.py` (runs in {root})\n\n"
+    )
     (OUT / "deadlines.md").write_text(header + table.to_markdown(index=False) + "\n")
     print(table.to_markdown(index=False))
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -83,8 +89,13 @@ def main() -> None:
         ax.plot(r["sim_elapsed_s"] / 3600, r["test_accuracy"], label=label)
     for y in (0.75, 0.8):
         ax.axhline(y, color="grey", lw=0.6, ls=":")
-    ax.set(xlabel="simulated hours", ylabel="test accuracy", ylim=(0.5, 0.9), xlim=(0, None),
-           title="1000 skewed phones, 100 per round: accuracy against simulated time")
+    ax.set(
+        xlabel="simulated hours",
+        ylabel="test accuracy",
+        ylim=(0.5, 0.9),
+        xlim=(0, None),
+        title="1000 skewed phones, 100 per round: accuracy against simulated time",
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

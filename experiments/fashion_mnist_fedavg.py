@@ -19,8 +19,16 @@ out = None  # None = results/fashion_mnist_fedavg/<timestamp>
 
 # ---- run --------------------------------------------------------------------------------------
 config = fedsim.Config(
-    devices=devices, rounds=rounds, fraction=fraction, local_epochs=local_epochs, batch_size=batch_size,
-    lr=lr, seed=seed, hosts=hosts, out=out, name="fashion_mnist_fedavg",
+    devices=devices,
+    rounds=rounds,
+    fraction=fraction,
+    local_epochs=local_epochs,
+    batch_size=batch_size,
+    lr=lr,
+    seed=seed,
+    hosts=hosts,
+    out=out,
+    name="fashion_mnist_fedavg",
 )
 run = fedsim.run(config)
 

@@ -21,12 +21,24 @@ lr = 0.05  # the default --lr, so the script equals the command in its docstring
 seed = 0
 
 # ---- run --------------------------------------------------------------------------------------
-run = fedsim.run(dataset="synthetic:1,1", model="logreg", devices=devices, rounds=rounds, local_epochs=local_epochs,
-                 batch_size=batch_size, lr=lr, seed=seed, name="logreg_synthetic")
+run = fedsim.run(
+    dataset="synthetic:1,1",
+    model="logreg",
+    devices=devices,
+    rounds=rounds,
+    local_epochs=local_epochs,
+    batch_size=batch_size,
+    lr=lr,
+    seed=seed,
+    name="logreg_synthetic",
+)
 
 # ---- look at it -------------------------------------------------------------------------------
-print(run.rounds[["round", "test_accuracy", "test_loss", "device_acc_p10", "device_acc_mean", "device_acc_p90",
-                  "wall_s"]].to_string(index=False))
+print(
+    run.rounds[
+        ["round", "test_accuracy", "test_loss", "device_acc_p10", "device_acc_mean", "device_acc_p90", "wall_s"]
+    ].to_string(index=False)
+)
 row = workload_row(run, f"fedsim run --dataset synthetic:1,1 --model logreg --devices {devices} --rounds {rounds}")
 print(f"\nwrote {write_workload(row, run.rounds, 'results/workloads', 'logreg_synthetic')}")
 print(f"results in {run.path}")

@@ -23,8 +23,13 @@ seed = 0
 out = Path(f"results/sweeps/noniid_fashion_mnist/{datetime.now():%Y%m%d-%H%M%S}")
 
 # ---- run --------------------------------------------------------------------------------------
-base = fedsim.Config(rounds=rounds, device_test_fraction=device_test_fraction, min_samples=min_samples,
-                     seed=seed, name="noniid_fashion_mnist")
+base = fedsim.Config(
+    rounds=rounds,
+    device_test_fraction=device_test_fraction,
+    min_samples=min_samples,
+    seed=seed,
+    name="noniid_fashion_mnist",
+)
 fedsim.sweep(base, devices=[devices], partitions=partitions, seeds=[seed], out=out)
 
 # ---- look at it -------------------------------------------------------------------------------

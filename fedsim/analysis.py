@@ -30,6 +30,7 @@ def _labels(rounds: pd.DataFrame) -> dict[str, str]:
     firsts = rounds.groupby("run", sort=False).first()
     varying = _varying(rounds)
     if varying:
+
         def short(value: object) -> str:  # a file setting by its name, not its whole path
             return Path(value).name if isinstance(value, str) and "/" in value else str(value)
 
@@ -70,8 +71,14 @@ def summary(path: str | os.PathLike[str]) -> pd.DataFrame:
     grouped = rounds.groupby("run", sort=False)
     # and every other setting whose value differs between the runs listed (lr, strategy, model, ...)
     firsts = grouped.first()
-    keys += [f.name for f in fields(Config) if f.name in firsts and f.name not in keys and f.name not in ("out", "name")
-             and firsts[f.name].map(str).nunique() > 1]
+    keys += [
+        f.name
+        for f in fields(Config)
+        if f.name in firsts
+        and f.name not in keys
+        and f.name not in ("out", "name")
+        and firsts[f.name].map(str).nunique() > 1
+    ]
     table = firsts[keys].copy()
     table["rounds"] = grouped["round"].max()
     scored = evaluated.groupby("run", sort=False)
@@ -141,22 +148,27 @@ def plot(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
         for run, frame in rounds.groupby("run", sort=False):
             if frame["sim_elapsed_s"].notna().any():
                 ax.plot(frame["sim_elapsed_s"] / 3600, frame["test_accuracy"], label=labels[run], **styles[run])
-        ax.set(xlabel="simulated hours", ylabel="test accuracy", ylim=(0, 1), xlim=(0, None),
-               title=f"Test accuracy against simulated time: {what}")
+        ax.set(
+            xlabel="simulated hours",
+            ylabel="test accuracy",
+            ylim=(0, 1),
+            xlim=(0, None),
+            title=f"Test accuracy against simulated time: {what}",
+        )
         written.append(_finish(fig, [ax], folder / "accuracy_sim_time.png"))
 
     if "device_acc_mean" in rounds and rounds["device_acc_mean"].notna().any():
         # one panel per partition (a band per run would blur into the next), runs coloured as above
         measured = rounds[rounds.groupby("run")["device_acc_mean"].transform(lambda c: c.notna().any())]
         partitions = list(dict.fromkeys(measured["partition"]))
-        fig, axes = plt.subplots(1, len(partitions), figsize=(5 * len(partitions) + 1, 4.5), sharey=True,
-                                 squeeze=False)
+        fig, axes = plt.subplots(1, len(partitions), figsize=(5 * len(partitions) + 1, 4.5), sharey=True, squeeze=False)
         for ax, partition in zip(axes[0], partitions):
             for run, frame in measured[measured["partition"] == partition].groupby("run", sort=False):
                 style = styles[run]
                 ax.plot(frame["round"], frame["device_acc_mean"], label=labels[run], **style)
-                ax.fill_between(frame["round"], frame["device_acc_p10"], frame["device_acc_p90"], alpha=0.15,
-                                color=style["color"])
+                ax.fill_between(
+                    frame["round"], frame["device_acc_p10"], frame["device_acc_p90"], alpha=0.15, color=style["color"]
+                )
             ax.set(xlabel="round", title=partition, ylim=(0, 1))
             _integer_rounds(ax)
         axes[0][0].set_ylabel("accuracy on the device's own data")
@@ -170,10 +182,19 @@ def plot(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
             by_devices = frame.groupby("devices")
             left.plot(by_devices["final_accuracy"].mean(), marker="o", label=partition)
             right.plot(by_devices["median_round_s"].median(), marker="o", label=partition)
-        left.set(xscale="log", xlabel="devices", ylabel="final test accuracy", ylim=(0, 1),
-                 title=f"Accuracy against fleet size: {what}")
-        right.set(xscale="log", xlabel="devices", ylabel="seconds per round (median)",
-                  title=f"Round time against fleet size: {what}")
+        left.set(
+            xscale="log",
+            xlabel="devices",
+            ylabel="final test accuracy",
+            ylim=(0, 1),
+            title=f"Accuracy against fleet size: {what}",
+        )
+        right.set(
+            xscale="log",
+            xlabel="devices",
+            ylabel="seconds per round (median)",
+            title=f"Round time against fleet size: {what}",
+        )
         right.set_ylim(bottom=0)  # from zero: noise between sizes must not look like a trend
         for ax in (left, right):
             _fleet_ticks(ax, sorted(table["devices"].unique()))

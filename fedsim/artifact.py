@@ -49,8 +49,10 @@ def signature_ops(artifact: bytes) -> dict[str, list[str]]:
 
 
 def _io(details: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{"name": name, "shape": [int(s) for s in d["shape_signature"]], "dtype": np.dtype(d["dtype"]).name}
-            for name, d in sorted(details.items())]
+    return [
+        {"name": name, "shape": [int(s) for s in d["shape_signature"]], "dtype": np.dtype(d["dtype"]).name}
+        for name, d in sorted(details.items())
+    ]
 
 
 def task_of(runner: Any) -> Task:
@@ -83,8 +85,10 @@ def check_signatures(runner: Any, task: Task) -> None:
     available = runner.interpreter.get_signature_list()
     missing = [s for s in SIGNATURES if s not in available]
     if missing:
-        raise ArtifactError(f"missing signature(s) {', '.join(missing)}; it has {', '.join(sorted(available)) or 'none'} "
-                            f"(the guide's contract: {', '.join(SIGNATURES)})")
+        raise ArtifactError(
+            f"missing signature(s) {', '.join(missing)}; it has {', '.join(sorted(available)) or 'none'} "
+            f"(the guide's contract: {', '.join(SIGNATURES)})"
+        )
     for sig, allowed in ((SAVE, ([CHECKPOINT_PATH],)), (RESTORE, ([CHECKPOINT_PATH], [CHECKPOINT_PATH, CONTROL_PATH]))):
         inputs = available[sig]["inputs"]
         if sorted(inputs) not in allowed:  # the scaffold variant's restore also takes a control file
@@ -96,19 +100,27 @@ def check_signatures(runner: Any, task: Task) -> None:
         x = details["x"]
         shape = tuple(int(s) for s in x["shape_signature"][1:])
         if shape != task.input_shape:
-            raise ArtifactError(f"{sig}'s x takes samples of shape {shape}, but the data's are {task.input_shape} "
-                                f"({task.describe()})")
+            raise ArtifactError(
+                f"{sig}'s x takes samples of shape {shape}, but the data's are {task.input_shape} ({task.describe()})"
+            )
         dtype = np.dtype(x["dtype"])
-        fits = {"image": dtype in (np.uint8, np.float32), "features": dtype == np.float32,
-                "tokens": np.issubdtype(dtype, np.integer)}[task.kind]
+        fits = {
+            "image": dtype in (np.uint8, np.float32),
+            "features": dtype == np.float32,
+            "tokens": np.issubdtype(dtype, np.integer),
+        }[task.kind]
         if not fits:
             raise ArtifactError(f"{sig}'s x takes {dtype.name}, which the data ({task.describe()}) cannot be given as")
     y = runner._train.get_input_details()["y"]
     y_shape = [int(s) for s in y["shape_signature"]]
     if len(y_shape) == 2 and y_shape[1] != task.num_classes:
-        raise ArtifactError(f"train's y takes one-hot rows of {y_shape[1]} classes, but the data has {task.num_classes}")
+        raise ArtifactError(
+            f"train's y takes one-hot rows of {y_shape[1]} classes, but the data has {task.num_classes}"
+        )
     if len(y_shape) not in (1, 2):
-        raise ArtifactError(f"train's y has shape {y_shape}; it must take class ids (batch,) or one-hot (batch, classes)")
+        raise ArtifactError(
+            f"train's y has shape {y_shape}; it must take class ids (batch,) or one-hot (batch, classes)"
+        )
     out = next(iter(runner.interpreter.get_signature_runner(INFER).get_output_details().values()))
     classes = int(out["shape_signature"][-1])
     if classes != task.num_classes:
@@ -125,7 +137,9 @@ def check_training(runner: Any, x: np.ndarray, y: np.ndarray, scratch: Path) -> 
     except CheckpointError as e:
         raise ArtifactError(f"save does not write a readable TF v1 checkpoint ({e})") from None
     except Exception as e:  # the signature itself raised
-        raise ArtifactError(f"save fails: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+        raise ArtifactError(
+            f"save fails: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+        ) from None
     if not initial:
         raise ArtifactError("save writes a checkpoint holding no weights")
     try:
@@ -145,8 +159,10 @@ def check_training(runner: Any, x: np.ndarray, y: np.ndarray, scratch: Path) -> 
     restored = read_checkpoint_file(back)
     for name, value in initial.items():
         if not np.array_equal(restored.get(name), value):
-            raise ArtifactError(f"restore does not bring back {name}: save after restore wrote other values "
-                                "(restore must assign each restored tensor to its variable)")
+            raise ArtifactError(
+                f"restore does not bring back {name}: save after restore wrote other values "
+                "(restore must assign each restored tensor to its variable)"
+            )
 
 
 def check_artifact(artifact: bytes, task: Task, x: np.ndarray, y: np.ndarray) -> None:
@@ -198,23 +214,41 @@ class ArtifactReport:
         for sig in SIGNATURES:
             io = self.signatures.get(sig, {})
             fmt = lambda items: ", ".join(f"{d['name']} {d['dtype']}{d['shape']}" for d in items)  # noqa: E731
-            rows.append({
-                "signature": sig,
-                "inputs": fmt(io.get("inputs", [])),
-                "outputs": fmt(io.get("outputs", [])) if sig != RESTORE else f"{len(io.get('outputs', []))} weight tensors",
-                "ops": len(self.ops.get(sig, [])),
-                "flex_ops": ", ".join(op.removeprefix("Flex") for op in self.flex_ops(sig)),
-                "latency_ms": self.latency_ms.get(sig, float("nan")),
-            })
+            rows.append(
+                {
+                    "signature": sig,
+                    "inputs": fmt(io.get("inputs", [])),
+                    "outputs": fmt(io.get("outputs", []))
+                    if sig != RESTORE
+                    else f"{len(io.get('outputs', []))} weight tensors",
+                    "ops": len(self.ops.get(sig, [])),
+                    "flex_ops": ", ".join(op.removeprefix("Flex") for op in self.flex_ops(sig)),
+                    "latency_ms": self.latency_ms.get(sig, float("nan")),
+                }
+            )
         return pd.DataFrame(rows)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in ("source", "file_bytes", "task", "signatures", "parameters",
-                                           "checkpoint_bytes", "checkpoint_format", "latency_ms", "batch_size",
-                                           "repeats")}
+        d = {
+            k: getattr(self, k)
+            for k in (
+                "source",
+                "file_bytes",
+                "task",
+                "signatures",
+                "parameters",
+                "checkpoint_bytes",
+                "checkpoint_format",
+                "latency_ms",
+                "batch_size",
+                "repeats",
+            )
+        }
         d["layout"] = [[name, list(shape)] for name, shape in self.layout]
-        d["ops"] = {sig: {"count": len(ops), "flex": self.flex_ops(sig), "distinct": sorted(set(ops))}
-                    for sig, ops in self.ops.items()}
+        d["ops"] = {
+            sig: {"count": len(ops), "flex": self.flex_ops(sig), "distinct": sorted(set(ops))}
+            for sig, ops in self.ops.items()
+        }
         if self.parity is not None:
             d["parity"] = self.parity.to_dict("records")
         return d
@@ -235,9 +269,13 @@ class ArtifactReport:
             f"Select TF ops (need the Flex delegate, which adds to the app's size): {', '.join(flex) or 'none'}",
         ]
         if self.parity is not None:
-            lines += ["", f"parity: the artifact vs the same model in TensorFlow, {len(self.parity)} train steps "
-                      "on the same batches from the same weights", "",
-                      self.parity.to_markdown(index=False, floatfmt=".3g")]
+            lines += [
+                "",
+                f"parity: the artifact vs the same model in TensorFlow, {len(self.parity)} train steps "
+                "on the same batches from the same weights",
+                "",
+                self.parity.to_markdown(index=False, floatfmt=".3g"),
+            ]
         return "\n".join(lines)
 
 
@@ -293,11 +331,28 @@ def inspect(
         runner.restore(ckpt)  # timing trained it; parity starts from the file's own weights
         table = run_parity(runner, recipe, task, batch, parity, scratch, batch_size) if parity > 0 else None
         interp = runner.interpreter
-        io = {sig: {"inputs": _io(interp.get_signature_runner(sig).get_input_details()),
-                    "outputs": _io(interp.get_signature_runner(sig).get_output_details())} for sig in SIGNATURES}
-        return ArtifactReport(source, len(artifact), task.to_dict(), io, signature_ops(artifact),
-                              int(sum(w.size for w in weights.values())), ckpt.stat().st_size, latency,
-                              len(y), repeats, table, "packed" if PACKED in weights else "tensors", runner.layout)
+        io = {
+            sig: {
+                "inputs": _io(interp.get_signature_runner(sig).get_input_details()),
+                "outputs": _io(interp.get_signature_runner(sig).get_output_details()),
+            }
+            for sig in SIGNATURES
+        }
+        return ArtifactReport(
+            source,
+            len(artifact),
+            task.to_dict(),
+            io,
+            signature_ops(artifact),
+            int(sum(w.size for w in weights.values())),
+            ckpt.stat().st_size,
+            latency,
+            len(y),
+            repeats,
+            table,
+            "packed" if PACKED in weights else "tensors",
+            runner.layout,
+        )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -317,16 +372,33 @@ def recipe_of(meta: dict[str, Any], task: Task | None) -> Any:
     config = meta["config"]
     if config.get("artifact"):
         raise ArtifactError("--parity needs the model in TensorFlow; this run used a .tflite made elsewhere")
-    optimizer = Optimizer(config.get("device_optimizer", "sgd"), config["lr"], config.get("device_momentum", 0.9),
-                          config.get("device_beta1", 0.9), config.get("device_beta2", 0.999),
-                          config.get("device_epsilon", 1e-7))
+    optimizer = Optimizer(
+        config.get("device_optimizer", "sgd"),
+        config["lr"],
+        config.get("device_momentum", 0.9),
+        config.get("device_beta1", 0.9),
+        config.get("device_beta2", 0.999),
+        config.get("device_epsilon", 1e-7),
+    )
     # runs from before checkpoint formats existed saved one tensor per weight
-    return ArtifactRecipe(resolve_builder(config.get("model", "mlp")), task, optimizer, config["seed"],
-                          config.get("checkpoint_format", "tensors"))
+    return ArtifactRecipe(
+        resolve_builder(config.get("model", "mlp")),
+        task,
+        optimizer,
+        config["seed"],
+        config.get("checkpoint_format", "tensors"),
+    )
 
 
-def run_parity(runner: Any, recipe: Any, task: Task, batch: tuple[np.ndarray, np.ndarray], steps: int,
-               scratch: Path, batch_size: int) -> pd.DataFrame:
+def run_parity(
+    runner: Any,
+    recipe: Any,
+    task: Task,
+    batch: tuple[np.ndarray, np.ndarray],
+    steps: int,
+    scratch: Path,
+    batch_size: int,
+) -> pd.DataFrame:
     """Train the artifact and the recipe's tf.Module `steps` steps on the same batches from the same
     weights; per step: both losses and the largest weight difference."""
     import tensorflow as tf
@@ -347,7 +419,10 @@ def run_parity(runner: Any, recipe: Any, task: Task, batch: tuple[np.ndarray, np
     rows = []
     for step in range(1, steps + 1):
         if len(batch[1]) >= batch_size * steps:
-            xb, yb = batch[0][(step - 1) * batch_size : step * batch_size], batch[1][(step - 1) * batch_size : step * batch_size]
+            xb, yb = (
+                batch[0][(step - 1) * batch_size : step * batch_size],
+                batch[1][(step - 1) * batch_size : step * batch_size],
+            )
         else:
             xb = sample_inputs(task, batch_size, seed=step)
             yb = rng.integers(0, task.num_classes, batch_size).astype(np.int32)
@@ -357,13 +432,22 @@ def run_parity(runner: Any, recipe: Any, task: Task, batch: tuple[np.ndarray, np
         lite = unpack(read_checkpoint_file(scratch / "parity-step.ckpt"), runner.layout)
         diffs = [np.max(np.abs(lite[n] - v.numpy())) for n, v in zip(module.weight_names, module.weight_vars)]
         scale = max(float(np.max(np.abs(v.numpy()))) for v in module.weight_vars)
-        rows.append({"step": step, "loss_tflite": lite_loss, "loss_tf": tf_loss, "loss_diff": abs(lite_loss - tf_loss),
-                     "max_weight_diff": float(max(diffs)), "max_weight_diff_rel": float(max(diffs)) / scale})
+        rows.append(
+            {
+                "step": step,
+                "loss_tflite": lite_loss,
+                "loss_tf": tf_loss,
+                "loss_diff": abs(lite_loss - tf_loss),
+                "max_weight_diff": float(max(diffs)),
+                "max_weight_diff_rel": float(max(diffs)) / scale,
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def load_model(path: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None = None,
-               model_builder: Any = None) -> Any:
+def load_model(
+    path: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None = None, model_builder: Any = None
+) -> Any:
     """The trained Keras model of a run folder: the builder and task its config.json names, with the
     weights of its global.ckpt (or of `checkpoint`), whichever checkpoint format the artifact wrote.
     `model_builder`: the builder, for a run that used a notebook builder or a .tflite made elsewhere."""

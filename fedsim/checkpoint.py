@@ -148,8 +148,11 @@ class FlatReader:
         try:
             if self._plan is not None:
                 size, buffers, fixed, blocks = self._plan
-                if (os.preadv(fd, buffers, 0) == size and all(buf == expected for buf, expected in fixed)
-                        and all(_crc_ok(parts, stored) for parts, stored in blocks)):
+                if (
+                    os.preadv(fd, buffers, 0) == size
+                    and all(buf == expected for buf, expected in fixed)
+                    and all(_crc_ok(parts, stored) for parts, stored in blocks)
+                ):
                     return self._views, self.flat, size
             data = b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
         finally:
@@ -203,8 +206,12 @@ class FlatReader:
         return size, buffers, fixed, blocks
 
 
-_Plan = tuple[int, list[memoryview | bytearray], list[tuple[bytearray, bytes]],
-              list[tuple[list[memoryview | bytearray], bytearray]]]
+_Plan = tuple[
+    int,
+    list[memoryview | bytearray],
+    list[tuple[bytearray, bytes]],
+    list[tuple[list[memoryview | bytearray], bytearray]],
+]
 
 
 def _crc_ok(parts: list[memoryview | bytearray], stored: bytearray) -> bool:

@@ -33,12 +33,12 @@ _HELP = {
     "data": "your own data: an .npz with x_train, y_train, x_test, y_test (optional device_train, device_test)",
     "artifact": "run a .tflite made elsewhere as it is (checked before any round)",
     "partition": "how the training set is split: iid, natural, dirichlet:A, shards:K, classes:K, quantity:S "
-                 "(default: natural for synthetic, else iid)",
+    "(default: natural for synthetic, else iid)",
     "min_samples": "fewest samples any device may hold",
     "per_round": "devices selected per round, as a count (instead of --fraction)",
     "device_test_fraction": "share of each device's data kept as its own test split (per-device accuracy)",
     "strategy": "fedavg, fedavgm, fedadam, fedyogi, fedadagrad, qfedavg, fedprox, scaffold, fedmedian, trimmedmean, "
-                "krum, multikrum or bulyan",
+    "krum, multikrum or bulyan",
     "server_lr": "server learning rate (fedavgm, scaffold 1.0; fedadam, fedyogi, fedadagrad 0.01)",
     "server_momentum": "fedavgm's server momentum (0.9)",
     "beta1": "first-moment decay of fedadam/fedyogi/fedadagrad (0.9)",
@@ -88,13 +88,47 @@ def _switch(text: str) -> bool:
 def _type_of(name: str) -> Any:
     if name in _SWITCHES:
         return _switch
-    if name in ("fraction", "lr", "round_timeout", "max_update_norm", "clip_update_norm", "device_test_fraction",
-                "device_momentum", "device_beta1", "device_beta2", "device_epsilon", "server_lr", "server_momentum",
-                "beta1", "beta2", "tau", "q", "lipschitz", "trim", "mu", "byzantine", "attack_scale", "deadline",
-                "over_select"):
+    if name in (
+        "fraction",
+        "lr",
+        "round_timeout",
+        "max_update_norm",
+        "clip_update_norm",
+        "device_test_fraction",
+        "device_momentum",
+        "device_beta1",
+        "device_beta2",
+        "device_epsilon",
+        "server_lr",
+        "server_momentum",
+        "beta1",
+        "beta2",
+        "tau",
+        "q",
+        "lipschitz",
+        "trim",
+        "mu",
+        "byzantine",
+        "attack_scale",
+        "deadline",
+        "over_select",
+    ):
         return float
-    if name in ("devices", "rounds", "local_epochs", "batch_size", "seed", "hosts", "toy_samples", "min_devices",
-                "min_samples", "per_round", "eval_every", "assumed_byzantine", "krum_m"):
+    if name in (
+        "devices",
+        "rounds",
+        "local_epochs",
+        "batch_size",
+        "seed",
+        "hosts",
+        "toy_samples",
+        "min_devices",
+        "min_samples",
+        "per_round",
+        "eval_every",
+        "assumed_byzantine",
+        "krum_m",
+    ):
         return int
     return str
 
@@ -150,44 +184,78 @@ def _long_options(parser: argparse.ArgumentParser) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="fedsim", description="Federated learning on simulated phones running the TFLite on-device training artifact.")
+    parser = _Parser(
+        prog="fedsim",
+        description="Federated learning on simulated phones running the TFLite on-device training artifact.",
+    )
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
     parser.add_argument("--version", action="version", version=f"fedsim {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run one experiment", description="Run one experiment; flags override --config.")
-    run.add_argument("--config", metavar="FILE.toml", help="settings file with the same keys as the flags (underscores)")
+    run.add_argument(
+        "--config", metavar="FILE.toml", help="settings file with the same keys as the flags (underscores)"
+    )
     for f in fields(Config):
         if f.name in _SWITCHES:  # a switch: present = on
-            run.add_argument("--" + f.name.replace("_", "-"), dest=f.name, action="store_const", const=True,
-                             default=None, help=_HELP.get(f.name, f.name))
+            run.add_argument(
+                "--" + f.name.replace("_", "-"),
+                dest=f.name,
+                action="store_const",
+                const=True,
+                default=None,
+                help=_HELP.get(f.name, f.name),
+            )
             continue
-        run.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_type_of(f.name), default=None,
-                         help=_HELP.get(f.name, f.name) + ("" if "default" in _HELP.get(f.name, "") else
-                                                           f" (default: {f.default})"))
-    run.add_argument("--engine", choices=("ray", "local"), default="ray",
-                     help="ray: hosts are Ray actors (default); local: hosts run one after another in this "
-                     "process, no Ray (debugging, tiny runs); results are the same")
-    run.add_argument("--resume", metavar="DIR", help="continue an interrupted run after its last completed round "
-                     "(its own settings; only --hosts and --address may change), or extend a finished one with "
-                     "--rounds N")
+        run.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=_type_of(f.name),
+            default=None,
+            help=_HELP.get(f.name, f.name) + ("" if "default" in _HELP.get(f.name, "") else f" (default: {f.default})"),
+        )
+    run.add_argument(
+        "--engine",
+        choices=("ray", "local"),
+        default="ray",
+        help="ray: hosts are Ray actors (default); local: hosts run one after another in this "
+        "process, no Ray (debugging, tiny runs); results are the same",
+    )
+    run.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue an interrupted run after its last completed round "
+        "(its own settings; only --hosts and --address may change), or extend a finished one with "
+        "--rounds N",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    sw = sub.add_parser("sweep", help="run a grid of experiments in one Ray session",
-                        description="Run every point of the grid: any run setting may be a comma-separated list "
-                        "(--lr 0.01,0.1 --local-epochs 1,5), or a [sweep] table of lists in --config.")
+    sw = sub.add_parser(
+        "sweep",
+        help="run a grid of experiments in one Ray session",
+        description="Run every point of the grid: any run setting may be a comma-separated list "
+        "(--lr 0.01,0.1 --local-epochs 1,5), or a [sweep] table of lists in --config.",
+    )
     sw.add_argument("--config", metavar="FILE.toml", help="base settings, and a [sweep] table of lists to vary")
     for f in fields(Config):
         if f.name in ("partition", "seed", "out", "name"):
             continue
-        sw.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
-                        help=_HELP.get(f.name, f.name) + " (a comma-separated list sweeps it)")
+        sw.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            default=None,
+            help=_HELP.get(f.name, f.name) + " (a comma-separated list sweeps it)",
+        )
     sw.add_argument("--name", help="experiment name (the default sweep folder is results/sweeps/<name>/<timestamp>)")
     sw.add_argument("--partition", dest="partitions", help="comma-separated partition specs (default iid)")
     sw.add_argument("--seeds", help="comma-separated seeds (default 0)")
     sw.add_argument("--out", help="sweep folder (default results/sweeps/<name>/<timestamp>)")
-    sw.add_argument("--engine", choices=("ray", "local"), default="ray",
-                    help="ray: every point on one Ray session (default); local: each point's hosts in this process")
+    sw.add_argument(
+        "--engine",
+        choices=("ray", "local"),
+        default="ray",
+        help="ray: every point on one Ray session (default); local: each point's hosts in this process",
+    )
     sw.add_argument("--resume", metavar="DIR", help="run the points of an earlier sweep that did not complete")
     sw.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -197,13 +265,21 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "plot":
             cmd.add_argument("--out", help="folder for the PNGs (default: the given folder)")
 
-    ins = sub.add_parser("inspect", help="report on a .tflite artifact: signatures, ops, size, latency, parity",
-                         description="Signatures with shapes and dtypes, the ops of each (and which need the Flex "
-                         "delegate), file and checkpoint size, parameters, and latency on this machine (one thread).")
+    ins = sub.add_parser(
+        "inspect",
+        help="report on a .tflite artifact: signatures, ops, size, latency, parity",
+        description="Signatures with shapes and dtypes, the ops of each (and which need the Flex "
+        "delegate), file and checkpoint size, parameters, and latency on this machine (one thread).",
+    )
     ins.add_argument("path", help="a .tflite file, or a run folder (its model.tflite)")
-    ins.add_argument("--parity", type=int, default=0, metavar="N",
-                     help="also train the same model N steps in TensorFlow from the same weights and report the "
-                     "drift (needs a run folder, whose config names the model; from Python, recipe=)")
+    ins.add_argument(
+        "--parity",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also train the same model N steps in TensorFlow from the same weights and report the "
+        "drift (needs a run folder, whose config names the model; from Python, recipe=)",
+    )
     ins.add_argument("--repeats", type=int, default=20, help="calls per latency median (default 20)")
     ins.add_argument("--json", metavar="FILE", help="also write the report as JSON")
 
@@ -226,15 +302,26 @@ def _run(args: argparse.Namespace) -> int:
     import fedsim
 
     if args.resume:
-        others = [f.name for f in fields(Config)
-                  if f.name not in ("hosts", "address", "rounds") and getattr(args, f.name) is not None]
+        others = [
+            f.name
+            for f in fields(Config)
+            if f.name not in ("hosts", "address", "rounds") and getattr(args, f.name) is not None
+        ]
         if others or args.config:
             flags = ", ".join("--" + n.replace("_", "-") for n in others) or "--config"
-            raise ConfigError(f"--resume uses the run's own settings; drop {flags} (only --hosts, --address, and "
-                              "--rounds to extend it, may change)")
+            raise ConfigError(
+                f"--resume uses the run's own settings; drop {flags} (only --hosts, --address, and "
+                "--rounds to extend it, may change)"
+            )
         engine = fedsim.LocalEngine(args.hosts or 1) if args.engine == "local" else None
-        result = fedsim.resume(args.resume, engine=engine, progress=not args.no_progress, hosts=args.hosts,
-                               address=args.address, rounds=args.rounds)
+        result = fedsim.resume(
+            args.resume,
+            engine=engine,
+            progress=not args.no_progress,
+            hosts=args.hosts,
+            address=args.address,
+            rounds=args.rounds,
+        )
         config = Config.from_dict(result.config)
     else:
         config = config_from_args(args)
@@ -243,13 +330,17 @@ def _run(args: argparse.Namespace) -> int:
         engine = fedsim.LocalEngine(config.hosts or 1) if args.engine == "local" else None
         result = fedsim.run(config, engine=engine, progress=not args.no_progress)
     last = result.rounds.iloc[-1]
-    print(f"fedsim: {len(result.rounds)} rounds on {config.devices} devices; "
-          f"final test accuracy {last.test_accuracy:.4f}, test loss {last.test_loss:.4f}")
+    print(
+        f"fedsim: {len(result.rounds)} rounds on {config.devices} devices; "
+        f"final test accuracy {last.test_accuracy:.4f}, test loss {last.test_loss:.4f}"
+    )
     print(f"fedsim: results in {result.path}")
     print(f"fedsim: python -c \"import fedsim; r = fedsim.load_run('{result.path}'); print(r.rounds)\"")
     if result.meta.get("mlflow_run_id") and config.mlflow:
-        print(f"fedsim: MLflow run {result.meta['mlflow_run_id']} in experiment {config.mlflow_experiment or config.name} "
-              f"(mlflow ui --backend-store-uri {config.mlflow})")
+        print(
+            f"fedsim: MLflow run {result.meta['mlflow_run_id']} in experiment {config.mlflow_experiment or config.name} "
+            f"(mlflow ui --backend-store-uri {config.mlflow})"
+        )
     return 0
 
 
@@ -267,7 +358,12 @@ def _sweep_values(name: str, text: str) -> list[Any]:
     if name == "dataset":  # synthetic:ALPHA,BETA: glue BETA back to its spec
         merged: list[str] = []
         for p in parts:
-            if merged and merged[-1].startswith("synthetic:") and "," not in merged[-1] and p.replace(".", "", 1).isdigit():
+            if (
+                merged
+                and merged[-1].startswith("synthetic:")
+                and "," not in merged[-1]
+                and p.replace(".", "", 1).isdigit()
+            ):
                 merged[-1] += "," + p
             else:
                 merged.append(p)
@@ -276,8 +372,9 @@ def _sweep_values(name: str, text: str) -> list[Any]:
     try:
         return [kind(p) for p in parts]
     except ValueError:
-        raise ConfigError(f"--{name.replace('_', '-')} takes comma-separated values of type {kind.__name__}, "
-                          f"got {text!r}") from None
+        raise ConfigError(
+            f"--{name.replace('_', '-')} takes comma-separated values of type {kind.__name__}, got {text!r}"
+        ) from None
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -407,12 +504,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fedsim.engine.base import EngineError
 
     user_errors: tuple[type[BaseException], ...] = (
-        ConfigError, DataError, DataNotFoundError, RunFolderError, ConnectionError, RoundFailedError, PartitionError,
-        FileNotFoundError, ModelError, TaskError, ArtifactError, EngineError,
+        ConfigError,
+        DataError,
+        DataNotFoundError,
+        RunFolderError,
+        ConnectionError,
+        RoundFailedError,
+        PartitionError,
+        FileNotFoundError,
+        ModelError,
+        TaskError,
+        ArtifactError,
+        EngineError,
     )
     try:
-        commands = {"run": _run, "sweep": _sweep, "plot": _analysis, "report": _analysis, "data": _data,
-                    "inspect": _inspect}
+        commands = {
+            "run": _run,
+            "sweep": _sweep,
+            "plot": _analysis,
+            "report": _analysis,
+            "data": _data,
+            "inspect": _inspect,
+        }
         return commands[args.command](args)
     except user_errors as e:
         if args.debug:
@@ -422,8 +535,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         folder = _interrupted_folder(args)
         if folder is not None:
-            print(f"fedsim: interrupted; {folder} keeps every completed round; continue with: "
-                  f"fedsim run --resume {folder}", file=sys.stderr)
+            print(
+                f"fedsim: interrupted; {folder} keeps every completed round; continue with: "
+                f"fedsim run --resume {folder}",
+                file=sys.stderr,
+            )
         else:
             print("fedsim: interrupted", file=sys.stderr)
         return 130

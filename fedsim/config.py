@@ -41,13 +41,21 @@ def _check_type(key: str, annotation: str, value: Any) -> None:
     wanted = next((t for t in ("bool", "int", "float", "str") if annotation.startswith(t)), None)
     if wanted is None:
         return
-    ok = {"bool": lambda v: isinstance(v, bool),
-          "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-          "str": lambda v: isinstance(v, str)}[wanted](value)
+    ok = {
+        "bool": lambda v: isinstance(v, bool),
+        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        "str": lambda v: isinstance(v, str),
+    }[wanted](value)
     if not ok:
-        got = {str: "the string", bool: "the boolean", int: "the integer", float: "the number", list: "the list",
-               dict: "the table"}.get(type(value), type(value).__name__)
+        got = {
+            str: "the string",
+            bool: "the boolean",
+            int: "the integer",
+            float: "the number",
+            list: "the list",
+            dict: "the table",
+        }.get(type(value), type(value).__name__)
         raise ConfigError(f"config key {key} must be {kinds[wanted]}, got {got} {value!r}")
 
 
@@ -202,8 +210,16 @@ class Config:
                 value = getattr(self, name)
                 raise ConfigError(f"{_flag(name)} {what}, got {value!r}")
 
-        for name in ("devices", "rounds", "local_epochs", "batch_size", "seed", "toy_samples", "min_devices",
-                     "eval_every"):
+        for name in (
+            "devices",
+            "rounds",
+            "local_epochs",
+            "batch_size",
+            "seed",
+            "toy_samples",
+            "min_devices",
+            "eval_every",
+        ):
             value = getattr(self, name)
             need(isinstance(value, int) and not isinstance(value, bool), name, "must be an integer")
         need(self.devices >= 1, "devices", "must be at least 1")
@@ -216,15 +232,21 @@ class Config:
         need(self.eval_every >= 1, "eval_every", "must be at least 1")
         need(isinstance(self.eval_initial, bool), "eval_initial", "must be true or false")
         if self.per_round is not None:  # before --min-devices, which is compared with it
-            need(isinstance(self.per_round, int) and 1 <= self.per_round <= self.devices, "per_round",
-                 f"must be between 1 and --devices ({self.devices})")
+            need(
+                isinstance(self.per_round, int) and 1 <= self.per_round <= self.devices,
+                "per_round",
+                f"must be between 1 and --devices ({self.devices})",
+            )
         if self.min_devices > self.devices_per_round:
             raise ConfigError(
                 f"--min-devices {self.min_devices} exceeds the {self.devices_per_round} devices selected per round"
             )
         if self.round_timeout is not None:
-            need(isinstance(self.round_timeout, (int, float)) and self.round_timeout > 0, "round_timeout",
-                 "must be a positive number of seconds")
+            need(
+                isinstance(self.round_timeout, (int, float)) and self.round_timeout > 0,
+                "round_timeout",
+                "must be a positive number of seconds",
+            )
         for name in ("max_update_norm", "clip_update_norm"):
             value = getattr(self, name)
             if value is not None:
@@ -252,25 +274,43 @@ class Config:
             need(self.dataset == "npz", "dataset", "must be left out with --data (the .npz is the data set)")
         need(self.dataset != "npz" or self.data is not None, "dataset", "npz needs --data FILE.npz")
         if self.artifact is not None:
-            need(isinstance(self.artifact, str) and self.artifact.endswith(".tflite"), "artifact",
-                 "must be a .tflite file")
+            need(
+                isinstance(self.artifact, str) and self.artifact.endswith(".tflite"),
+                "artifact",
+                "must be a .tflite file",
+            )
         from fedsim.model.builders import OPTIMIZERS
 
         need(self.device_optimizer in OPTIMIZERS, "device_optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
         from fedsim.model.signatures import CHECKPOINT_FORMATS
 
-        need(self.checkpoint_format in CHECKPOINT_FORMATS, "checkpoint_format",
-             f"must be one of {', '.join(CHECKPOINT_FORMATS)}")
-        need(isinstance(self.device_momentum, (int, float)) and 0 <= self.device_momentum < 1, "device_momentum",
-             "must be in [0, 1)")
+        need(
+            self.checkpoint_format in CHECKPOINT_FORMATS,
+            "checkpoint_format",
+            f"must be one of {', '.join(CHECKPOINT_FORMATS)}",
+        )
+        need(
+            isinstance(self.device_momentum, (int, float)) and 0 <= self.device_momentum < 1,
+            "device_momentum",
+            "must be in [0, 1)",
+        )
         for name in ("device_beta1", "device_beta2"):
-            need(isinstance(getattr(self, name), (int, float)) and 0 <= getattr(self, name) < 1, name,
-                 "must be in [0, 1)")
-        need(isinstance(self.device_epsilon, (int, float)) and self.device_epsilon > 0, "device_epsilon",
-             "must be a positive number")
+            need(
+                isinstance(getattr(self, name), (int, float)) and 0 <= getattr(self, name) < 1,
+                name,
+                "must be in [0, 1)",
+            )
+        need(
+            isinstance(self.device_epsilon, (int, float)) and self.device_epsilon > 0,
+            "device_epsilon",
+            "must be a positive number",
+        )
         need(isinstance(self.min_samples, int) and self.min_samples >= 1, "min_samples", "must be at least 1")
-        need(isinstance(self.device_test_fraction, (int, float)) and 0 <= self.device_test_fraction < 1,
-             "device_test_fraction", "must be in [0, 1)")
+        need(
+            isinstance(self.device_test_fraction, (int, float)) and 0 <= self.device_test_fraction < 1,
+            "device_test_fraction",
+            "must be in [0, 1)",
+        )
         if self.per_round is not None:
             if self.fraction != 1.0:
                 raise ConfigError("--per-round and --fraction both choose devices per round; give one of them")
@@ -284,8 +324,10 @@ class Config:
         except (TypeError, ValueError) as e:
             raise ConfigError(str(e)) from None
         if strategy.variant is not None and self.artifact is not None:
-            raise ConfigError(f"--strategy {self.strategy} changes the devices' train signature, which an --artifact "
-                              "made elsewhere does not have; drop --artifact")
+            raise ConfigError(
+                f"--strategy {self.strategy} changes the devices' train signature, which an --artifact "
+                "made elsewhere does not have; drop --artifact"
+            )
         need(isinstance(self.byzantine, (int, float)) and 0 <= self.byzantine < 1, "byzantine", "must be in [0, 1)")
         if self.attack is not None:
             need(self.attack in ATTACKS, "attack", f"must be one of {', '.join(ATTACKS)}")
@@ -293,12 +335,21 @@ class Config:
         elif self.byzantine > 0:
             raise ConfigError(f"--byzantine {self.byzantine} needs --attack ({', '.join(ATTACKS)})")
         if self.attack_scale is not None:
-            need(isinstance(self.attack_scale, (int, float)) and self.attack_scale > 0, "attack_scale",
-                 "must be a positive number")
-            need(self.attack is not None and self.attack != "labelflip", "attack_scale",
-                 "applies to --attack signflip, gaussian or alie")
-        need(isinstance(self.model, str) and (self.model in MODELS or _is_import_path(self.model)), "model",
-             f"must be one of {', '.join(sorted(MODELS))} or package.module:function")
+            need(
+                isinstance(self.attack_scale, (int, float)) and self.attack_scale > 0,
+                "attack_scale",
+                "must be a positive number",
+            )
+            need(
+                self.attack is not None and self.attack != "labelflip",
+                "attack_scale",
+                "applies to --attack signflip, gaussian or alie",
+            )
+        need(
+            isinstance(self.model, str) and (self.model in MODELS or _is_import_path(self.model)),
+            "model",
+            f"must be one of {', '.join(sorted(MODELS))} or package.module:function",
+        )
         need(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
         from fedsim.fleet import STRAGGLER_POLICIES, check_spec, read_latency
 
@@ -308,14 +359,24 @@ class Config:
         if self.fleet is not None:
             need(isinstance(self.fleet, str), "fleet", "must be a fleet name or file")
             check_spec(self.fleet)
-        need(isinstance(self.over_select, (int, float)) and self.over_select >= 1, "over_select",
-             "must be at least 1 (it picks that many times the devices a round keeps)")
+        need(
+            isinstance(self.over_select, (int, float)) and self.over_select >= 1,
+            "over_select",
+            "must be at least 1 (it picks that many times the devices a round keeps)",
+        )
         need(self.straggler in STRAGGLER_POLICIES, "straggler", f"must be one of {', '.join(STRAGGLER_POLICIES)}")
         if self.deadline is not None:
-            need(isinstance(self.deadline, (int, float)) and self.deadline > 0, "deadline",
-                 "must be a positive number of simulated seconds")
-        for name, on in (("deadline", self.deadline is not None), ("latency", self.latency is not None),
-                         ("over_select", self.over_select != 1), ("straggler", self.straggler != "drop")):
+            need(
+                isinstance(self.deadline, (int, float)) and self.deadline > 0,
+                "deadline",
+                "must be a positive number of simulated seconds",
+            )
+        for name, on in (
+            ("deadline", self.deadline is not None),
+            ("latency", self.latency is not None),
+            ("over_select", self.over_select != 1),
+            ("straggler", self.straggler != "drop"),
+        ):
             if on and self.fleet is None:
                 raise ConfigError(f"{_flag(name)} needs --fleet (the device profiles of the simulated clock)")
         if self.straggler == "partial" and self.deadline is None:
@@ -339,11 +400,12 @@ class Config:
         if isinstance(data.get("strategy"), dict):  # [strategy] name = "fedadam", server_lr = 0.01, ...
             table = dict(data["strategy"])
             if "name" not in table:
-                raise ConfigError("config table [strategy] needs name = \"...\" (e.g. name = \"fedadam\")")
+                raise ConfigError('config table [strategy] needs name = "..." (e.g. name = "fedadam")')
             odd = sorted(set(table) - {"name", *_strategy_params()})
             if odd:
-                raise ConfigError(f"[strategy] {', '.join(odd)}: not a strategy setting; known: "
-                                  f"name, {', '.join(_strategy_params())}")
+                raise ConfigError(
+                    f"[strategy] {', '.join(odd)}: not a strategy setting; known: name, {', '.join(_strategy_params())}"
+                )
             clash = sorted(set(table) & set(data) - {"name"})
             if clash:
                 raise ConfigError(f"{', '.join(clash)} given both in [strategy] and at the top level")
@@ -357,11 +419,11 @@ class Config:
         if unknown:
             import difflib
 
-            hints = [f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k, known, 1)) else k
-                     for k in unknown]
-            raise ConfigError(
-                f"unknown config key(s) {', '.join(hints)}; known keys: {', '.join(sorted(known))}"
-            )
+            hints = [
+                f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k, known, 1)) else k
+                for k in unknown
+            ]
+            raise ConfigError(f"unknown config key(s) {', '.join(hints)}; known keys: {', '.join(sorted(known))}")
         for f in fields(cls):
             if f.name in data:
                 _check_type(f.name, str(f.type), data[f.name])

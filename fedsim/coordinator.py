@@ -18,7 +18,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fedsim.checkpoint import (
-    UpdateScreen, WeightSpec, check_weights, flatten, read_checkpoint, scratch_dir, spec_of, unflatten, write_checkpoint,
+    UpdateScreen,
+    WeightSpec,
+    check_weights,
+    flatten,
+    read_checkpoint,
+    scratch_dir,
+    spec_of,
+    unflatten,
+    write_checkpoint,
 )
 from fedsim.config import Config
 from fedsim.engine.base import DeviceReport, Engine, Evaluation, HostPipeline, RoundResult
@@ -34,12 +42,18 @@ class RoundFailedError(RuntimeError):
 
 
 class Recorder(Protocol):
-    def record_round(self, round_row: dict[str, Any], device_rows: list[dict[str, Any]], global_checkpoint: bytes,
-                     state: State | None = None) -> None: ...
+    def record_round(
+        self,
+        round_row: dict[str, Any],
+        device_rows: list[dict[str, Any]],
+        global_checkpoint: bytes,
+        state: State | None = None,
+    ) -> None: ...
 
 
-def select_devices(num_devices: int, per_round: int, seed: int, round_num: int,
-                   among: np.ndarray | None = None) -> list[int]:
+def select_devices(
+    num_devices: int, per_round: int, seed: int, round_num: int, among: np.ndarray | None = None
+) -> list[int]:
     """The seeded choice of devices for a round; all of them when per_round covers them. `among`:
     the ids to choose from (the simulated clock's available devices), else every device."""
     pool = np.arange(num_devices) if among is None else np.asarray(among)
@@ -93,13 +107,20 @@ class Coordinator:
         self.flat = flatten(self.global_weights, self.spec)
         # the strategy's server state: from the last committed round on resume, else fresh
         fresh = strategy.init(self.flat)
-        if state is not None and {k: np.shape(v) for k, v in state.items()} != {k: np.shape(v) for k, v in fresh.items()}:
-            raise ValueError(f"the saved server state holds {sorted(state) or 'nothing'}, but {strategy.name} keeps "
-                             f"{sorted(fresh) or 'nothing'} of the model's size; it cannot continue this run")
+        if state is not None and {k: np.shape(v) for k, v in state.items()} != {
+            k: np.shape(v) for k, v in fresh.items()
+        }:
+            raise ValueError(
+                f"the saved server state holds {sorted(state) or 'nothing'}, but {strategy.name} keeps "
+                f"{sorted(fresh) or 'nothing'} of the model's size; it cannot continue this run"
+            )
         self.state: State = fresh if state is None else state
         self.attack = Attack(config.attack, config.attack_scale, config.seed) if config.attack else None
-        self.attackers = (byzantine_devices(config.devices, config.byzantine, config.seed) if self.attack is not None
-                          else np.zeros(0, np.int64))
+        self.attackers = (
+            byzantine_devices(config.devices, config.byzantine, config.seed)
+            if self.attack is not None
+            else np.zeros(0, np.int64)
+        )
         # hosts send every update when the strategy is an order statistic or the attack reads the honest ones
         needs_rows = strategy.accumulate == "stack" or (self.attack is not None and self.attack.needs_rows)
         self.accumulate = "stack" if needs_rows else "sum"
@@ -117,7 +138,9 @@ class Coordinator:
 
     def run(self, start_round: int = 1) -> RoundOutcome | None:
         """Run rounds start_round..config.rounds; the last round's outcome (the tables hold them all)."""
-        bar = tqdm(total=self.config.rounds, initial=start_round - 1, desc="fedsim", unit="round", disable=not self.progress)
+        bar = tqdm(
+            total=self.config.rounds, initial=start_round - 1, desc="fedsim", unit="round", disable=not self.progress
+        )
         try:
             if self.config.eval_initial and start_round == 1:
                 row = self.record_initial()
@@ -126,8 +149,9 @@ class Coordinator:
                 outcome = self.last = self.run_round(round_num)
                 row = outcome.round_row
                 if not np.isnan(row["test_accuracy"]):  # rounds without evaluation keep the last figures
-                    bar.set_postfix(acc=f"{row['test_accuracy']:.4f}", loss=f"{row['test_loss']:.3f}",
-                                    s=f"{row['wall_s']:.2f}")
+                    bar.set_postfix(
+                        acc=f"{row['test_accuracy']:.4f}", loss=f"{row['test_loss']:.3f}", s=f"{row['wall_s']:.2f}"
+                    )
                 bar.update(1)
         finally:
             bar.close()
@@ -142,10 +166,23 @@ class Coordinator:
         took = time.perf_counter() - start
         nan = float("nan")
         row = {
-            "round": 0, "test_accuracy": evaluation.accuracy, "test_loss": evaluation.loss, "train_loss": nan,
-            "device_acc_mean": nan, "device_acc_p10": nan, "device_acc_p90": nan, "devices_selected": 0,
-            "devices_reported": 0, "devices_accepted": 0, "samples": 0, "wall_s": took, "hosts_s": 0.0,
-            "aggregate_s": 0.0, "evaluate_s": took, "bytes_up": 0, "bytes_down": 0,
+            "round": 0,
+            "test_accuracy": evaluation.accuracy,
+            "test_loss": evaluation.loss,
+            "train_loss": nan,
+            "device_acc_mean": nan,
+            "device_acc_p10": nan,
+            "device_acc_p90": nan,
+            "devices_selected": 0,
+            "devices_reported": 0,
+            "devices_accepted": 0,
+            "samples": 0,
+            "wall_s": took,
+            "hosts_s": 0.0,
+            "aggregate_s": 0.0,
+            "evaluate_s": took,
+            "bytes_up": 0,
+            "bytes_down": 0,
             "sim_round_s": 0.0 if self.clock is not None else nan,
             "sim_elapsed_s": self.sim_elapsed if self.clock is not None else nan,
             "elapsed_s": time.perf_counter() - self.started,
@@ -172,8 +209,9 @@ class Coordinator:
             run_ids = selected
         else:
             selected, unavailable, want = self._select_available(round_num)
-            outcomes, sim_round = self.clock.plan(round_num, selected, self.samples, want,
-                                                  len(self.global_checkpoint), self.upload_bytes)
+            outcomes, sim_round = self.clock.plan(
+                round_num, selected, self.samples, want, len(self.global_checkpoint), self.upload_bytes
+            )
             # devices whose outcome is known before they run (dropped, too late) cost no host time
             run_ids = [d for d in selected if outcomes[d].status == "run"]
         plan = self.plan(round_num, run_ids)
@@ -203,16 +241,23 @@ class Coordinator:
             if o.status != "run":
                 reports.append(DeviceReport(d, -1, int(self.samples[d]), o.status))
         reports += [DeviceReport(d, -1, int(self.samples[d]), "unavailable") for d in unavailable]
-        device_rows = [self._row(round_num, r, plan.get(r.device_id), outcomes.get(r.device_id))
-                       for r in sorted(reports, key=lambda r: r.device_id)]
+        device_rows = [
+            self._row(round_num, r, plan.get(r.device_id), outcomes.get(r.device_id))
+            for r in sorted(reports, key=lambda r: r.device_id)
+        ]
         accepted = [r for r in device_rows if r["status"] == "ok"]
         if result.partials:
             aggregate = reduce_partials(result.partials)
             if self.attack is not None and self.attack.needs_rows:
                 aggregate = self.attack.alie(aggregate, self.attackers)
             if aggregate.rows is not None and any(p.steps is not None for p in plan.values()):
-                aggregate.steps = np.array([plan[d].steps if d in plan and plan[d].steps is not None else -1
-                                            for d in aggregate.device_ids.tolist()], np.int64)
+                aggregate.steps = np.array(
+                    [
+                        plan[d].steps if d in plan and plan[d].steps is not None else -1
+                        for d in aggregate.device_ids.tolist()
+                    ],
+                    np.int64,
+                )
             flat, state = self.strategy.apply(self.flat, aggregate, self.state)
             self._set_global(np.asarray(flat, dtype=np.float32), state)
         aggregated = time.perf_counter()
@@ -246,8 +291,8 @@ class Coordinator:
             "aggregate_s": aggregated - hosts_done,
             "evaluate_s": evaluated - aggregated,
             # SCAFFOLD's control variates travel too: c - c_i down, the device's change of c_i up
-            "bytes_up": sum(r["checkpoint_bytes"] for r in device_rows) + sum(
-                len(plan[r["device_id"]].control or b"") for r in accepted if r["device_id"] in plan),
+            "bytes_up": sum(r["checkpoint_bytes"] for r in device_rows)
+            + sum(len(plan[r["device_id"]].control or b"") for r in accepted if r["device_id"] in plan),
             "bytes_down": sent * len(selected) + sum(len(p.control or b"") for p in plan.values()),
             # the simulated clock (--fleet): this round's length and the total so far, in seconds
             "sim_round_s": sim_round,
@@ -286,7 +331,9 @@ class Coordinator:
         return float("nan")
 
     @staticmethod
-    def _row(round_num: int, r: DeviceReport, plan: DevicePlan | None, outcome: Outcome | None = None) -> dict[str, Any]:
+    def _row(
+        round_num: int, r: DeviceReport, plan: DevicePlan | None, outcome: Outcome | None = None
+    ) -> dict[str, Any]:
         nan = float("nan")
         return {
             "round": round_num,

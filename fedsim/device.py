@@ -21,7 +21,17 @@ import numpy as np
 from fedsim.data.dataset import one_hot, scale_images
 from fedsim.model.tflog import quiet_native_stderr
 from fedsim.model.signatures import (
-    CHECKPOINT_PATH, CONTROL_PATH, CORRECTION, INFER, LOSS, MU, OUTPUT, RESTORE, SAVE, SIGNATURES, TRAIN,
+    CHECKPOINT_PATH,
+    CONTROL_PATH,
+    CORRECTION,
+    INFER,
+    LOSS,
+    MU,
+    OUTPUT,
+    RESTORE,
+    SAVE,
+    SIGNATURES,
+    TRAIN,
 )
 
 
@@ -40,16 +50,20 @@ class Runner:
         available = self.interpreter.get_signature_list()
         missing = [s for s in SIGNATURES if s not in available]
         if missing:
-            raise ValueError(f"missing signature(s) {', '.join(missing)}; it has {', '.join(sorted(available)) or 'none'} "
-                             f"(the guide's contract: {', '.join(SIGNATURES)})")
+            raise ValueError(
+                f"missing signature(s) {', '.join(missing)}; it has {', '.join(sorted(available)) or 'none'} "
+                f"(the guide's contract: {', '.join(SIGNATURES)})"
+            )
         self._train = self.interpreter.get_signature_runner(TRAIN)
         self._infer = self.interpreter.get_signature_runner(INFER)
         self._save = self.interpreter.get_signature_runner(SAVE)
         self._restore = self.interpreter.get_signature_runner(RESTORE)
         inputs = self._train.get_input_details()
         if set(inputs) not in ({"x", "y"}, {"x", "y", MU}):
-            raise ValueError(f"the .tflite's train signature takes {sorted(inputs)}; the guide's contract is train(x, y)"
-                             f" (fedsim's fedprox variant: train(x, y, mu))")
+            raise ValueError(
+                f"the .tflite's train signature takes {sorted(inputs)}; the guide's contract is train(x, y)"
+                f" (fedsim's fedprox variant: train(x, y, mu))"
+            )
         # the fedprox variant's train(x, y, mu); mu = 0 is the plain loss
         self.takes_mu = MU in inputs
         # the scaffold variant's restore(checkpoint_path, control_path): c - c_i from a control file
@@ -84,18 +98,23 @@ class Runner:
             return one_hot(y, self.one_hot_classes)
         return y if y.dtype == self.y_dtype else y.astype(self.y_dtype)
 
-    def restore(self, path: str | os.PathLike[str], control: str | os.PathLike[str] | None = None) -> dict[str, np.ndarray]:
+    def restore(
+        self, path: str | os.PathLike[str], control: str | os.PathLike[str] | None = None
+    ) -> dict[str, np.ndarray]:
         """Restore the weights from `path`; a scaffold artifact also reads its correction from `control`
         (a control file, see write_control; none: a zero correction, i.e. plain training)."""
         if not self.takes_control:
             if control is not None:
-                raise ValueError("this .tflite's restore takes no control file; SCAFFOLD needs the scaffold "
-                                 "variant, which fedsim builds for --strategy scaffold")
+                raise ValueError(
+                    "this .tflite's restore takes no control file; SCAFFOLD needs the scaffold "
+                    "variant, which fedsim builds for --strategy scaffold"
+                )
             return self._restore(**{CHECKPOINT_PATH: np.array(os.fsencode(path))})
         if control is None:
             control = self.zero_control()
-        return self._restore(**{CHECKPOINT_PATH: np.array(os.fsencode(path)),
-                                CONTROL_PATH: np.array(os.fsencode(control))})
+        return self._restore(
+            **{CHECKPOINT_PATH: np.array(os.fsencode(path)), CONTROL_PATH: np.array(os.fsencode(control))}
+        )
 
     def zero_control(self) -> Path:
         """A control file of zeros for this artifact's weights (made once, removed with the Runner)."""
@@ -103,7 +122,9 @@ class Runner:
             import tempfile
 
             size = sum(int(np.prod(shape)) for _, shape in self.layout)
-            folder = Path(tempfile.mkdtemp(prefix="fedsim-control-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+            folder = Path(
+                tempfile.mkdtemp(prefix="fedsim-control-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+            )
             self._zero_control = folder / "zero.ckpt"
             write_control(np.zeros(size, np.float32), self._zero_control)
             weakref.finalize(self, shutil.rmtree, folder, True)
@@ -116,8 +137,10 @@ class Runner:
         if self.takes_mu:
             return float(self._train(x=x, y=y, mu=np.float32(mu))[LOSS])
         if mu:
-            raise ValueError("this .tflite's train has no proximal term (train(x, y)); FedProx needs the fedprox "
-                             "variant, which fedsim builds for --strategy fedprox")
+            raise ValueError(
+                "this .tflite's train has no proximal term (train(x, y)); FedProx needs the fedprox "
+                "variant, which fedsim builds for --strategy fedprox"
+            )
         return float(self._train(x=x, y=y)[LOSS])
 
     def infer(self, x: np.ndarray) -> np.ndarray:

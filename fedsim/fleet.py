@@ -59,8 +59,9 @@ class ProfileSet:
         slow = rng.random(devices) < self.slow_share
         speed[slow] /= self.slow_factor
         up[slow] /= self.slow_factor
-        return frame(np.arange(devices), speed, down, up, np.full(devices, self.availability),
-                     np.full(devices, self.dropout))
+        return frame(
+            np.arange(devices), speed, down, up, np.full(devices, self.availability), np.full(devices, self.dropout)
+        )
 
 
 # The built-in sets. Their spreads are fedsim's assumptions, stated as such, not measurements: use
@@ -81,10 +82,19 @@ FLEETS: dict[str, ProfileSet] = {
 }
 
 
-def frame(ids: np.ndarray, speed: np.ndarray, down: np.ndarray, up: np.ndarray, availability: np.ndarray,
-          dropout: np.ndarray) -> pd.DataFrame:
-    return pd.DataFrame({"device_id": np.asarray(ids, np.int64), "speed": speed, "down_kbps": down, "up_kbps": up,
-                         "availability": availability, "dropout": dropout})
+def frame(
+    ids: np.ndarray, speed: np.ndarray, down: np.ndarray, up: np.ndarray, availability: np.ndarray, dropout: np.ndarray
+) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "device_id": np.asarray(ids, np.int64),
+            "speed": speed,
+            "down_kbps": down,
+            "up_kbps": up,
+            "availability": availability,
+            "dropout": dropout,
+        }
+    )
 
 
 def check_spec(spec: str) -> None:
@@ -97,8 +107,9 @@ def check_spec(spec: str) -> None:
             if not Path(part).is_file():
                 raise FleetError(f"--fleet {spec}: no such file {part}")
         return
-    raise FleetError(f"--fleet must be one of {', '.join(FLEETS)}, a FILE.csv or fedscale:CAPACITY[,BEHAVIOUR], "
-                     f"got {spec!r}")
+    raise FleetError(
+        f"--fleet must be one of {', '.join(FLEETS)}, a FILE.csv or fedscale:CAPACITY[,BEHAVIOUR], got {spec!r}"
+    )
 
 
 def load_fleet(spec: str, devices: int, seed: int) -> pd.DataFrame:
@@ -119,24 +130,30 @@ def load_csv(path: str | os.PathLike[str], devices: int) -> pd.DataFrame:
         raise FleetError(f"--fleet {path}: cannot read it as CSV ({e})") from None
     missing = [c for c in ("device_id", *PROFILE_COLUMNS) if c not in table.columns]
     if missing:
-        raise FleetError(f"--fleet {path}: missing column(s) {', '.join(missing)} (needs device_id, "
-                         f"{', '.join(PROFILE_COLUMNS)})")
+        raise FleetError(
+            f"--fleet {path}: missing column(s) {', '.join(missing)} (needs device_id, {', '.join(PROFILE_COLUMNS)})"
+        )
     ids = pd.to_numeric(table["device_id"], errors="coerce")
     unknown = table["device_id"][ids.isna() | (ids < 0) | (ids >= devices) | (ids % 1 != 0)]
     if len(unknown):
-        raise FleetError(f"--fleet {path}: unknown device id(s) {', '.join(map(str, unknown.head(5)))} "
-                         f"(the fleet has devices 0-{devices - 1})")
+        raise FleetError(
+            f"--fleet {path}: unknown device id(s) {', '.join(map(str, unknown.head(5)))} "
+            f"(the fleet has devices 0-{devices - 1})"
+        )
     table = table.assign(device_id=ids.astype(np.int64))
     dup = table["device_id"][table["device_id"].duplicated()]
     if len(dup):
         raise FleetError(f"--fleet {path}: device id(s) {', '.join(map(str, dup.head(5)))} appear more than once")
     absent = np.setdiff1d(np.arange(devices), table["device_id"].to_numpy())
     if len(absent):
-        raise FleetError(f"--fleet {path}: no row for device(s) {', '.join(map(str, absent[:5]))}"
-                         f"{' ...' if len(absent) > 5 else ''} of {devices}")
+        raise FleetError(
+            f"--fleet {path}: no row for device(s) {', '.join(map(str, absent[:5]))}"
+            f"{' ...' if len(absent) > 5 else ''} of {devices}"
+        )
     table = table.sort_values("device_id").reset_index(drop=True)
-    out = frame(table["device_id"], *(pd.to_numeric(table[c], errors="coerce").to_numpy(np.float64)
-                                      for c in PROFILE_COLUMNS))
+    out = frame(
+        table["device_id"], *(pd.to_numeric(table[c], errors="coerce").to_numpy(np.float64) for c in PROFILE_COLUMNS)
+    )
     check_profiles(out, f"--fleet {path}")
     return out
 
@@ -171,7 +188,11 @@ def load_fedscale(capacity: str, behaviour: str | None = None, *, devices: int, 
             behave = pickle.load(f)
         share = {}
         for k, v in behave.items():
-            active, inactive, end = list(v.get("active", [])), list(v.get("inactive", [])), float(v.get("finish_time", 0))
+            active, inactive, end = (
+                list(v.get("active", [])),
+                list(v.get("inactive", [])),
+                float(v.get("finish_time", 0)),
+            )
             spans = [min(b, end) - a for a, b in zip(active, inactive + [end])]
             share[k] = min(1.0, max(sum(max(s, 0) for s in spans) / end, 1e-3)) if end > 0 else 1.0
         behave_keys = sorted(share)
@@ -186,8 +207,10 @@ def check_profiles(table: pd.DataFrame, source: str) -> None:
     for column in ("speed", "down_kbps", "up_kbps"):
         bad = table["device_id"][~(table[column] > 0) | ~np.isfinite(table[column])]
         if len(bad):
-            raise FleetError(f"{source}: {column} must be a positive number; device(s) "
-                             f"{', '.join(map(str, bad.head(5)))} have {table[column][bad.index[0]]!r}")
+            raise FleetError(
+                f"{source}: {column} must be a positive number; device(s) "
+                f"{', '.join(map(str, bad.head(5)))} have {table[column][bad.index[0]]!r}"
+            )
     bad = table["device_id"][~((table["availability"] > 0) & (table["availability"] <= 1))]
     if len(bad):
         raise FleetError(f"{source}: availability must be in (0, 1]; device(s) {', '.join(map(str, bad.head(5)))}")
@@ -246,7 +269,9 @@ class Clock:
     def steps(self, samples: np.ndarray) -> np.ndarray:
         return -(-np.asarray(samples, np.int64) // self.batch_size) * self.local_epochs
 
-    def times(self, ids: np.ndarray, steps: np.ndarray, down_bytes: float, up_bytes: float) -> tuple[np.ndarray, np.ndarray]:
+    def times(
+        self, ids: np.ndarray, steps: np.ndarray, down_bytes: float, up_bytes: float
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(compute_s, comm_s) of devices `ids` running `steps` train steps each."""
         a, lat = self.arrays, self.latency_ms
         compute = (lat["restore"] + steps * lat["train"] + lat["save"]) / 1000.0 / a["speed"][ids]
@@ -270,8 +295,9 @@ class Clock:
         compute, comm = self.times(ids, steps, down_bytes, up_bytes)
         return float((compute + comm).min())
 
-    def plan(self, round_num: int, ids: list[int], samples: np.ndarray, want: int, down_bytes: float,
-             up_bytes: float) -> tuple[dict[int, Outcome], float]:
+    def plan(
+        self, round_num: int, ids: list[int], samples: np.ndarray, want: int, down_bytes: float, up_bytes: float
+    ) -> tuple[dict[int, Outcome], float]:
         """Each selected device's outcome and the round's simulated length.
 
         Dropped devices report nothing. With --deadline, a device that cannot finish by it is a

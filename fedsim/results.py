@@ -43,23 +43,63 @@ STATE_FILE = "server_state.npz"  # a stateful strategy's state after the last ro
 RESUME_DIR = "resume"  # resume/round-K.ckpt: the checkpoint a resume starts from (removed when complete)
 
 ROUND_COLUMNS = [
-    "round", "test_accuracy", "test_loss", "train_loss", "device_acc_mean", "device_acc_p10", "device_acc_p90",
-    "devices_selected", "devices_reported",
-    "devices_accepted", "samples", "wall_s", "hosts_s", "aggregate_s", "evaluate_s", "elapsed_s",
-    "bytes_up", "bytes_down", "sim_round_s", "sim_elapsed_s",
+    "round",
+    "test_accuracy",
+    "test_loss",
+    "train_loss",
+    "device_acc_mean",
+    "device_acc_p10",
+    "device_acc_p90",
+    "devices_selected",
+    "devices_reported",
+    "devices_accepted",
+    "samples",
+    "wall_s",
+    "hosts_s",
+    "aggregate_s",
+    "evaluate_s",
+    "elapsed_s",
+    "bytes_up",
+    "bytes_down",
+    "sim_round_s",
+    "sim_elapsed_s",
 ]
 DEVICE_COLUMNS = [
-    "round", "device_id", "host", "samples", "train_loss", "train_s", "checkpoint_bytes", "status", "reason",
-    "test_accuracy", "role", "mu", "sim_compute_s", "sim_comm_s", "sim_finish_s",
+    "round",
+    "device_id",
+    "host",
+    "samples",
+    "train_loss",
+    "train_s",
+    "checkpoint_bytes",
+    "status",
+    "reason",
+    "test_accuracy",
+    "role",
+    "mu",
+    "sim_compute_s",
+    "sim_comm_s",
+    "sim_finish_s",
 ]
-_INT_COLUMNS = {"round", "device_id", "host", "samples", "checkpoint_bytes", "devices_selected", "devices_reported",
-                "devices_accepted", "bytes_up", "bytes_down"}
+_INT_COLUMNS = {
+    "round",
+    "device_id",
+    "host",
+    "samples",
+    "checkpoint_bytes",
+    "devices_selected",
+    "devices_reported",
+    "devices_accepted",
+    "bytes_up",
+    "bytes_down",
+}
 _STRING_COLUMNS = {"status", "reason", "role"}
 
 
 def _schema(columns: list[str]) -> pa.Schema:
     """One fixed schema per table, so every round's part has the same types (a round whose reasons
     are all empty must not make the column null-typed)."""
+
     def kind(c: str) -> pa.DataType:
         return pa.int64() if c in _INT_COLUMNS else pa.string() if c in _STRING_COLUMNS else pa.float64()
 
@@ -107,8 +147,15 @@ class RunFolderError(FileExistsError):
 
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for dist, key in (("fedsim", "fedsim"), ("tensorflow-cpu", "tensorflow"), ("tensorflow", "tensorflow"),
-                      ("ray", "ray"), ("numpy", "numpy"), ("pandas", "pandas"), ("keras", "keras")):
+    for dist, key in (
+        ("fedsim", "fedsim"),
+        ("tensorflow-cpu", "tensorflow"),
+        ("tensorflow", "tensorflow"),
+        ("ray", "ray"),
+        ("numpy", "numpy"),
+        ("pandas", "pandas"),
+        ("keras", "keras"),
+    ):
         if key in out:
             continue
         try:
@@ -150,7 +197,9 @@ def claim_run_folder(out: str | os.PathLike[str]) -> Path:
     """Create `out` for a new run; refuse one that exists and is not empty."""
     path = Path(out)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise RunFolderError(f"--out {path} already exists and is not empty; fedsim never overwrites a run, pick another folder")
+        raise RunFolderError(
+            f"--out {path} already exists and is not empty; fedsim never overwrites a run, pick another folder"
+        )
     created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
     if created:
@@ -170,8 +219,7 @@ class RunWriter:
     writer holds no rows of earlier rounds: its memory and each round's write cost stay flat.
     """
 
-    def __init__(self, path: Path, meta: dict[str, Any], resume_from: int | None = None,
-                 tracker: Any = None) -> None:
+    def __init__(self, path: Path, meta: dict[str, Any], resume_from: int | None = None, tracker: Any = None) -> None:
         self.path = path
         self.meta = dict(meta)
         self.tracker = tracker  # fedsim.tracking.Trackers (TensorBoard, MLflow): told each round's row
@@ -185,7 +233,10 @@ class RunWriter:
         """Keep the tables' rows up to `rounds_completed`; rows of a later round whose checkpoint was
         not committed are dropped (that round is run again, with the same result). A table written
         as one file by an earlier version is split into per-round parts first."""
-        for name, columns, schema in ((ROUNDS_FILE, ROUND_COLUMNS, ROUND_SCHEMA), (DEVICES_FILE, DEVICE_COLUMNS, DEVICE_SCHEMA)):
+        for name, columns, schema in (
+            (ROUNDS_FILE, ROUND_COLUMNS, ROUND_SCHEMA),
+            (DEVICES_FILE, DEVICE_COLUMNS, DEVICE_SCHEMA),
+        ):
             table = self.path / name
             if table.is_file():
                 frame = pd.read_parquet(table)
@@ -194,8 +245,10 @@ class RunWriter:
                 table.mkdir()
                 for round_num, rows in frame.groupby("round", sort=True):
                     if round_num <= rounds_completed:
-                        _atomic_arrow(table / part_name(int(round_num)),
-                                      pa.Table.from_pandas(rows.reindex(columns=columns), schema=schema, preserve_index=False))
+                        _atomic_arrow(
+                            table / part_name(int(round_num)),
+                            pa.Table.from_pandas(rows.reindex(columns=columns), schema=schema, preserve_index=False),
+                        )
                 legacy.unlink()
             elif table.is_dir():
                 for f in table.iterdir():
@@ -250,15 +303,25 @@ class RunWriter:
         frame.insert(0, "device_id", np.arange(len(counts)))
         _atomic_parquet(self.path / PARTITION_FILE, frame)
 
-    def record_round(self, round_row: dict[str, Any], device_rows: list[dict[str, Any]], global_checkpoint: bytes,
-                     state: dict[str, np.ndarray] | None = None) -> None:
+    def record_round(
+        self,
+        round_row: dict[str, Any],
+        device_rows: list[dict[str, Any]],
+        global_checkpoint: bytes,
+        state: dict[str, np.ndarray] | None = None,
+    ) -> None:
         if self.tracker is not None:
             self.tracker.record(round_row)
         self.flush()
         self._pending = self._pool.submit(self._write_round, round_row, device_rows, global_checkpoint, state)
 
-    def _write_round(self, round_row: dict[str, Any], device_rows: list[dict[str, Any]], checkpoint: bytes,
-                     state: dict[str, np.ndarray] | None = None) -> None:
+    def _write_round(
+        self,
+        round_row: dict[str, Any],
+        device_rows: list[dict[str, Any]],
+        checkpoint: bytes,
+        state: dict[str, np.ndarray] | None = None,
+    ) -> None:
         round_num = round_row["round"]
         # Commit order, so that a kill at any point leaves a resumable folder: the round's checkpoint
         # under its own name, the round's table parts, then config.json's rounds_completed (the
@@ -271,8 +334,10 @@ class RunWriter:
         if state:  # the strategy's server state (momentum, moments), so that a resume continues it
             _atomic_write(resume / f"round-{round_num}.{STATE_FILE}", _npz(state))
             keep.add(f"round-{round_num}.{STATE_FILE}")
-        for name, rows, columns, schema in ((DEVICES_FILE, device_rows, DEVICE_COLUMNS, DEVICE_SCHEMA),
-                                            (ROUNDS_FILE, [round_row], ROUND_COLUMNS, ROUND_SCHEMA)):
+        for name, rows, columns, schema in (
+            (DEVICES_FILE, device_rows, DEVICE_COLUMNS, DEVICE_SCHEMA),
+            (ROUNDS_FILE, [round_row], ROUND_COLUMNS, ROUND_SCHEMA),
+        ):
             folder = self.path / name
             folder.mkdir(exist_ok=True)
             # Straight to Arrow (no DataFrame): this thread shares the CPU with the hosts' next round.
@@ -353,8 +418,10 @@ class Run:
         return float(scored.iloc[-1]) if len(scored) else float("nan")
 
     def __repr__(self) -> str:
-        return (f"Run({str(self.path)!r}, status={self.meta.get('status')!r}, rounds={len(self.rounds)}, "
-                f"final_accuracy={self.final_accuracy:.4f})")
+        return (
+            f"Run({str(self.path)!r}, status={self.meta.get('status')!r}, rounds={len(self.rounds)}, "
+            f"final_accuracy={self.final_accuracy:.4f})"
+        )
 
 
 def load_run(path: str | os.PathLike[str]) -> Run:
@@ -364,8 +431,13 @@ def load_run(path: str | os.PathLike[str]) -> Run:
         raise FileNotFoundError(f"{p} is not a fedsim run folder (no {CONFIG_FILE})")
     meta = json.loads(config_file.read_text())
 
-    return Run(p, meta, read_table(p / ROUNDS_FILE, ROUND_COLUMNS), read_table(p / DEVICES_FILE, DEVICE_COLUMNS),
-               read_table(p / PARTITION_FILE, ["device_id", "samples"]))
+    return Run(
+        p,
+        meta,
+        read_table(p / ROUNDS_FILE, ROUND_COLUMNS),
+        read_table(p / DEVICES_FILE, DEVICE_COLUMNS),
+        read_table(p / PARTITION_FILE, ["device_id", "samples"]),
+    )
 
 
 def _expand(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:

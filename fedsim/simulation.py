@@ -22,8 +22,20 @@ from fedsim.engine.base import Engine, HostSettings, Setup
 from fedsim.fleet import Clock, FleetError, load_fleet, read_latency
 from fedsim.model.builders import MODELS, ArtifactRecipe, ModelBuilder, Optimizer, builder_name, resolve_builder
 from fedsim.results import (
-    CONFIG_FILE, MODEL_FILE, ROUND_COLUMNS, ROUNDS_FILE, Run, RunFolderError, RunWriter, claim_run_folder,
-    default_out, load_run, read_table, resume_checkpoint, resume_state, versions,
+    CONFIG_FILE,
+    MODEL_FILE,
+    ROUND_COLUMNS,
+    ROUNDS_FILE,
+    Run,
+    RunFolderError,
+    RunWriter,
+    claim_run_folder,
+    default_out,
+    load_run,
+    read_table,
+    resume_checkpoint,
+    resume_state,
+    versions,
 )
 from fedsim.strategies import STRATEGIES, Strategy, strategy_for
 from fedsim.tracking import Trackers
@@ -54,7 +66,9 @@ def run(
     config = (config or Config()).replace(**settings) if settings else (config or Config())
     config = config.replace(partition=config.partition_spec)  # config.json records the partition that ran
     if config.dataset == "arrays" and data is None:
-        raise ConfigError("--dataset arrays is a data set built in Python: pass it as fedsim.run(data=ArrayDataset(...))")
+        raise ConfigError(
+            "--dataset arrays is a data set built in Python: pass it as fedsim.run(data=ArrayDataset(...))"
+        )
     recipe_data = data_recipe(config, data)
     recipe_data.check()  # a missing data set fails here, before any folder or Ray process exists
     # and a fleet it cannot make or hold (Ray would otherwise kill the preparation for memory)
@@ -66,8 +80,9 @@ def run(
     strategy = strategy.bind(config) if strategy is not None else strategy_for(config)
     # a fleet file with a bad column or id fails here, before any folder or Ray process exists
     profiles = load_fleet(config.fleet, config.devices, config.seed) if config.fleet else None
-    artifact: ArtifactRecipe | bytes = ArtifactRecipe(builder, None, optimizer_of(config), config.seed,
-                                                      config.checkpoint_format, strategy.variant)
+    artifact: ArtifactRecipe | bytes = ArtifactRecipe(
+        builder, None, optimizer_of(config), config.seed, config.checkpoint_format, strategy.variant
+    )
     if config.artifact:
         artifact = _read_artifact(config.artifact)
     trackers = _trackers(config)
@@ -87,8 +102,18 @@ def run(
 
     def body() -> None:
         writer.track(trackers)
-        _run(config, recipe_data, strategy, artifact, engine, writer, progress, started,
-             check_artifact=bool(config.artifact), profiles=profiles)
+        _run(
+            config,
+            recipe_data,
+            strategy,
+            artifact,
+            engine,
+            writer,
+            progress,
+            started,
+            check_artifact=bool(config.artifact),
+            profiles=profiles,
+        )
 
     _guarded(writer, body, new_run=True)
     return load_run(out)
@@ -114,8 +139,7 @@ def _resume_strategy(folder: Path, meta: dict[str, Any], config: Config, given: 
     name = meta.get("strategy_name", config.strategy)
     if given is not None:
         if strategy_name(config, given) != name:
-            raise RunFolderError(f"--resume {folder}: the run used strategy {name}, not "
-                                 f"{strategy_name(config, given)}")
+            raise RunFolderError(f"--resume {folder}: the run used strategy {name}, not {strategy_name(config, given)}")
         return given.bind(config)
     if name in STRATEGIES:
         return strategy_for(config)
@@ -125,19 +149,28 @@ def _resume_strategy(folder: Path, meta: dict[str, Any], config: Config, given: 
     try:
         made = getattr(importlib.import_module(module), cls)()
     except Exception as e:  # any failure to rebuild it means: the caller must pass it
-        raise RunFolderError(f"--resume {folder}: the run used strategy {name}, which cannot be rebuilt here "
-                             f"({type(e).__name__}: {e}); pass it again: fedsim.resume(DIR, strategy=...)") from None
+        raise RunFolderError(
+            f"--resume {folder}: the run used strategy {name}, which cannot be rebuilt here "
+            f"({type(e).__name__}: {e}); pass it again: fedsim.resume(DIR, strategy=...)"
+        ) from None
     return made.bind(config)
 
 
 def data_recipe(config: Config, arrays: Dataset | None = None) -> DataRecipe:
-    return DataRecipe(config.dataset, config.data_dir, config.seed, config.toy_samples, config.devices, config.data,
-                      arrays)
+    return DataRecipe(
+        config.dataset, config.data_dir, config.seed, config.toy_samples, config.devices, config.data, arrays
+    )
 
 
 def optimizer_of(config: Config) -> Optimizer:
-    return Optimizer(config.device_optimizer, config.lr, config.device_momentum, config.device_beta1,
-                     config.device_beta2, config.device_epsilon)
+    return Optimizer(
+        config.device_optimizer,
+        config.lr,
+        config.device_momentum,
+        config.device_beta1,
+        config.device_beta2,
+        config.device_epsilon,
+    )
 
 
 def _read_artifact(path: str) -> bytes:
@@ -180,12 +213,16 @@ def resume(
     done = int(meta.get("rounds_completed", 0))
     if done >= config.rounds:
         if rounds is None:
-            raise RunFolderError(f"--resume {folder}: all {config.rounds} rounds are already complete; extend it "
-                                 f"with --rounds N (N > {done})")
+            raise RunFolderError(
+                f"--resume {folder}: all {config.rounds} rounds are already complete; extend it "
+                f"with --rounds N (N > {done})"
+            )
         raise RunFolderError(f"--resume {folder}: --rounds {rounds} is not more than the {done} rounds it has")
     if config.dataset == "arrays" and data is None:
-        raise RunFolderError(f"--resume {folder}: this run trained on arrays built in Python; pass them again as "
-                             "fedsim.resume(DIR, data=ArrayDataset(...))")
+        raise RunFolderError(
+            f"--resume {folder}: this run trained on arrays built in Python; pass them again as "
+            "fedsim.resume(DIR, data=ArrayDataset(...))"
+        )
     recipe_data = data_recipe(config, data)
     recipe_data.check()
     if not (folder / MODEL_FILE).is_file():
@@ -213,8 +250,22 @@ def resume(
 
     def body() -> None:
         writer.track(trackers)
-        _run(config, recipe_data, strategy, artifact, engine, writer, progress, started, initial, done + 1,
-             state=state, profiles=profiles, sim_latency=meta.get("sim_latency_ms"), sim_started=sim_started)
+        _run(
+            config,
+            recipe_data,
+            strategy,
+            artifact,
+            engine,
+            writer,
+            progress,
+            started,
+            initial,
+            done + 1,
+            state=state,
+            profiles=profiles,
+            sim_latency=meta.get("sim_latency_ms"),
+            sim_started=sim_started,
+        )
 
     _guarded(writer, body)
     return load_run(folder)
@@ -243,24 +294,50 @@ def _guarded(writer: RunWriter, body: Any, new_run: bool = False) -> None:
     writer.close()
 
 
-def _run(config, data, strategy, artifact, engine, writer, progress, started, initial=None, start_round=1,  # noqa: ANN001
-         check_artifact=False, state=None, profiles=None, sim_latency=None, sim_started=0.0) -> None:  # noqa: ANN001
+def _run(
+    config,
+    data,
+    strategy,
+    artifact,
+    engine,
+    writer,
+    progress,
+    started,
+    initial=None,
+    start_round=1,  # noqa: ANN001
+    check_artifact=False,
+    state=None,
+    profiles=None,
+    sim_latency=None,
+    sim_started=0.0,
+) -> None:  # noqa: ANN001
     if engine is None:
         from fedsim.engine.ray import RayEngine
 
         # keep_warm: the next run in this process (a notebook's next cell) reuses Ray and the hosts
         engine = RayEngine(config.hosts, config.address, config.round_timeout, keep_warm=True)
     settings = HostSettings(config.local_epochs, config.batch_size, config.seed)
-    setup = Setup(artifact, data, config.devices, settings, config.partition_spec, config.min_samples,
-                  config.device_test_fraction, check_artifact)
+    setup = Setup(
+        artifact,
+        data,
+        config.devices,
+        settings,
+        config.partition_spec,
+        config.min_samples,
+        config.device_test_fraction,
+        check_artifact,
+    )
     with engine:
         began = time.perf_counter()
         prepared = engine.start(setup)
         stages = {**getattr(engine, "startup_s", {}), "total": time.perf_counter() - began}
         if progress:  # what the wait before round 1 was spent on
             parts = ", ".join(f"{k} {v:.1f} s" for k, v in stages.items() if k not in ("total", "warm"))
-            print(f"fedsim: started in {stages['total']:.1f} s ({parts}{', warm hosts' if stages.get('warm') else ''})",
-                  file=sys.stderr, flush=True)
+            print(
+                f"fedsim: started in {stages['total']:.1f} s ({parts}{', warm hosts' if stages.get('warm') else ''})",
+                file=sys.stderr,
+                flush=True,
+            )
         writer.write_model(prepared.artifact)
         if prepared.report is not None:
             writer.write_artifact_report(prepared.report)
@@ -290,25 +367,63 @@ def _run(config, data, strategy, artifact, engine, writer, progress, started, in
             clock = sim_clock(config, profiles, sim_latency, prepared.report, samples, len(initial), upload)
             writer.write_fleet(profiles)
             writer.write_meta(sim_latency_ms=clock.latency_ms)
-        Coordinator(config, engine, strategy, engine.evaluate, initial, writer, progress, started,
-                    local_eval, state, int(task.get("num_classes", 0)), clock, samples, upload,
-                    sim_started).run(start_round)
+        Coordinator(
+            config,
+            engine,
+            strategy,
+            engine.evaluate,
+            initial,
+            writer,
+            progress,
+            started,
+            local_eval,
+            state,
+            int(task.get("num_classes", 0)),
+            clock,
+            samples,
+            upload,
+            sim_started,
+        ).run(start_round)
 
 
-def sim_clock(config: Config, profiles: Any, latency: dict[str, float] | None, report: dict[str, Any] | None,
-              samples: np.ndarray, down_bytes: int, up_bytes: int) -> Clock:
+def sim_clock(
+    config: Config,
+    profiles: Any,
+    latency: dict[str, float] | None,
+    report: dict[str, Any] | None,
+    samples: np.ndarray,
+    down_bytes: int,
+    up_bytes: int,
+) -> Clock:
     """The run's simulated clock: the profiles, the latency table (pinned by --latency, recorded by an
     earlier part of this run, or measured at its start), and the round policy; a deadline no device
     could meet is refused here, before the first round."""
     if latency is None:
-        latency = read_latency(config.latency) if config.latency else {
-            k: float(v) for k, v in (report or {}).get("latency_ms", {}).items() if k in ("restore", "train", "save")}
-    clock = Clock(profiles, latency, config.batch_size, config.local_epochs, config.seed, config.deadline,
-                  config.straggler, config.over_select)
+        latency = (
+            read_latency(config.latency)
+            if config.latency
+            else {
+                k: float(v)
+                for k, v in (report or {}).get("latency_ms", {}).items()
+                if k in ("restore", "train", "save")
+            }
+        )
+    clock = Clock(
+        profiles,
+        latency,
+        config.batch_size,
+        config.local_epochs,
+        config.seed,
+        config.deadline,
+        config.straggler,
+        config.over_select,
+    )
     if config.deadline is not None:
         fewest = clock.fewest_seconds(samples, down_bytes, up_bytes)
         if fewest > config.deadline:
             work = "one train step" if config.straggler == "partial" else "its round"
-            raise FleetError(f"--deadline {config.deadline:g} s is shorter than any device could meet: the fastest "
-                             f"needs {fewest:.3g} simulated s for {work}")
+            raise FleetError(
+                f"--deadline {config.deadline:g} s is shorter than any device could meet: the fastest "
+                f"needs {fewest:.3g} simulated s for {work}"
+            )
     return clock

@@ -52,7 +52,9 @@ def sweep(
     """
     axes = _axes(base, devices, partitions, seeds, grid)
     configs = _configs(base, axes)  # every point's settings are checked before anything runs
-    folder = claim_run_folder(out or Path("results") / "sweeps" / base.name / dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    folder = claim_run_folder(
+        out or Path("results") / "sweeps" / base.name / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    )
     return _run_points(folder, base, axes, configs, progress, {}, _engine(engine))
 
 
@@ -70,16 +72,23 @@ def resume_sweep(path: str | os.PathLike[str], progress: bool = True) -> pd.Data
     return _run_points(folder, base, axes, _configs(base, axes), progress, done, saved.get("engine", "ray"))
 
 
-def _axes(base: Config, devices: Sequence[int] | None, partitions: Sequence[str] | None,
-          seeds: Sequence[int] | None, grid: Mapping[str, Sequence[Any]] | None) -> dict[str, list[Any]]:
+def _axes(
+    base: Config,
+    devices: Sequence[int] | None,
+    partitions: Sequence[str] | None,
+    seeds: Sequence[int] | None,
+    grid: Mapping[str, Sequence[Any]] | None,
+) -> dict[str, list[Any]]:
     grid = dict(grid or {})
     known = {f for f in Config.__dataclass_fields__ if f not in ("out", "name")}
     unknown = sorted(set(grid) - known)
     if unknown:
         raise ConfigError(f"cannot sweep over {', '.join(unknown)}: not a run setting")
-    axes = {"devices": list(devices or grid.pop("devices", None) or [base.devices]),
-            "partition": list(partitions or grid.pop("partition", None) or [base.partition_spec]),
-            "seed": list(seeds or grid.pop("seed", None) or [base.seed])}
+    axes = {
+        "devices": list(devices or grid.pop("devices", None) or [base.devices]),
+        "partition": list(partitions or grid.pop("partition", None) or [base.partition_spec]),
+        "seed": list(seeds or grid.pop("seed", None) or [base.seed]),
+    }
     for key, values in grid.items():
         values = list(values) if isinstance(values, (list, tuple)) else [values]
         if not values:
@@ -100,8 +109,11 @@ def _configs(base: Config, axes: Mapping[str, list[Any]]) -> list[tuple[str, Con
     for values in itertools.product(*axes.values()):
         point = dict(zip(axes, values))
         d = point["devices"]
-        per_round = min(base.per_round, d) if base.per_round is not None and "per_round" not in point else point.get(
-            "per_round", None)
+        per_round = (
+            min(base.per_round, d)
+            if base.per_round is not None and "per_round" not in point
+            else point.get("per_round", None)
+        )
         changes = {**point, "per_round": per_round, "hosts": point.get("hosts", _hosts(base, d))}
         dropped: set[str] = set()
         if compares and point["strategy"] in STRATEGIES:
@@ -125,16 +137,24 @@ def _engine(name: str) -> str:
     return name
 
 
-def _run_points(folder: Path, base: Config, axes: Mapping[str, list[Any]], configs: list[tuple[str, Config]],
-                progress: bool, done: Mapping[str, dict[str, Any]], engine: str = "ray") -> pd.DataFrame:
+def _run_points(
+    folder: Path,
+    base: Config,
+    axes: Mapping[str, list[Any]],
+    configs: list[tuple[str, Config]],
+    progress: bool,
+    done: Mapping[str, dict[str, Any]],
+    engine: str = "ray",
+) -> pd.DataFrame:
     from fedsim.engine.local import LocalEngine
 
     points: list[dict[str, Any]] = []
     owns_ray = _connect(base.address) if engine == "ray" else False
 
     def saved() -> str:
-        return json.dumps({"base": base.to_dict(), "grid": axes, "engine": engine, "points": points}, indent=2,
-                          default=str)
+        return json.dumps(
+            {"base": base.to_dict(), "grid": axes, "engine": engine, "points": points}, indent=2, default=str
+        )
 
     try:
         for name, config in configs:
@@ -149,9 +169,13 @@ def _run_points(folder: Path, base: Config, axes: Mapping[str, list[Any]], confi
                     resume(run_folder, progress=progress, engine=local)  # a point cut short by an earlier stop
                 else:
                     # every point in the sweep's MLflow experiment (where --mlflow logs), named by its folder
-                    run(config.replace(out=str(run_folder), name=name,
-                                       mlflow_experiment=config.mlflow_experiment or base.name),
-                        progress=progress, engine=local)
+                    run(
+                        config.replace(
+                            out=str(run_folder), name=name, mlflow_experiment=config.mlflow_experiment or base.name
+                        ),
+                        progress=progress,
+                        engine=local,
+                    )
                 point.update(status="completed", error="")
             except Exception as e:  # a failing point is data: record it and go on
                 point.update(status="failed", error=f"{type(e).__name__}: {e}")

@@ -55,8 +55,11 @@ class Task:
 
     def describe(self) -> str:
         shape = "x".join(map(str, self.input_shape))
-        what = {"image": f"{shape} uint8 images", "features": f"{shape} float features",
-                "tokens": f"length-{shape} token sequences (vocabulary {self.vocab_size})"}[self.kind]
+        what = {
+            "image": f"{shape} uint8 images",
+            "features": f"{shape} float features",
+            "tokens": f"length-{shape} token sequences (vocabulary {self.vocab_size})",
+        }[self.kind]
         return f"{what}, {self.num_classes} classes"
 
     def to_dict(self) -> dict[str, Any]:

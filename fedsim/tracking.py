@@ -29,11 +29,28 @@ import crc32c
 
 from fedsim.tfv1 import mask_crc
 
-SCALARS = ("test_accuracy", "test_loss", "train_loss", "device_acc_mean", "devices_accepted", "samples",
-           "wall_s", "hosts_s", "evaluate_s", "bytes_up")
+SCALARS = (
+    "test_accuracy",
+    "test_loss",
+    "train_loss",
+    "device_acc_mean",
+    "devices_accepted",
+    "samples",
+    "wall_s",
+    "hosts_s",
+    "evaluate_s",
+    "bytes_up",
+)
 # MLflow also gets the clocks, real and simulated, so its charts can plot against either.
-MLFLOW_SCALARS = (*SCALARS, "devices_selected", "devices_reported", "bytes_down", "elapsed_s", "sim_round_s",
-                  "sim_elapsed_s")
+MLFLOW_SCALARS = (
+    *SCALARS,
+    "devices_selected",
+    "devices_reported",
+    "bytes_down",
+    "elapsed_s",
+    "sim_round_s",
+    "sim_elapsed_s",
+)
 # The run folder's files an MLflow run keeps (the tables stay in the folder: load_run reads them).
 MLFLOW_ARTIFACTS = ("config.json", "artifact.json", "model.tflite", "global.ckpt", "server_state.npz")
 
@@ -51,8 +68,12 @@ def _scalars(round_row: dict[str, Any], keys: tuple[str, ...]) -> dict[str, floa
 def _record(data: bytes) -> bytes:
     """One TFRecord: the payload's length and both checksums, as TensorBoard reads them."""
     header = struct.pack("<Q", len(data))
-    return (header + struct.pack("<I", mask_crc(crc32c.crc32c(header))) + data
-            + struct.pack("<I", mask_crc(crc32c.crc32c(data))))
+    return (
+        header
+        + struct.pack("<I", mask_crc(crc32c.crc32c(header)))
+        + data
+        + struct.pack("<I", mask_crc(crc32c.crc32c(data)))
+    )
 
 
 class TensorBoardLog:
@@ -77,11 +98,16 @@ class TensorBoardLog:
     def record(self, round_row: dict[str, Any]) -> None:
         from tensorboard.compat.proto import summary_pb2
 
-        values = [summary_pb2.Summary.Value(tag=key, simple_value=value)
-                  for key, value in _scalars(round_row, SCALARS).items()]
+        values = [
+            summary_pb2.Summary.Value(tag=key, simple_value=value)
+            for key, value in _scalars(round_row, SCALARS).items()
+        ]
         if values:
-            self._write(self._event_pb2.Event(wall_time=time.time(), step=int(round_row["round"]),
-                                              summary=summary_pb2.Summary(value=values)))
+            self._write(
+                self._event_pb2.Event(
+                    wall_time=time.time(), step=int(round_row["round"]), summary=summary_pb2.Summary(value=values)
+                )
+            )
 
     def close(self, meta: dict[str, Any] | None = None) -> None:
         self._f.close()
@@ -99,8 +125,10 @@ def mlflow_client(uri: str) -> Any:
     try:
         from mlflow import MlflowClient
     except ImportError:
-        raise ConfigError("--mlflow needs the mlflow package: pip install mlflow (or mlflow-skinny with "
-                          "sqlalchemy and alembic for a sqlite:/// store)") from None
+        raise ConfigError(
+            "--mlflow needs the mlflow package: pip install mlflow (or mlflow-skinny with "
+            "sqlalchemy and alembic for a sqlite:/// store)"
+        ) from None
     import logging
 
     for name in ("mlflow.store.db.utils", "alembic"):  # a new sqlite store's table set-up, told at INFO
@@ -128,8 +156,12 @@ class MLflowLog:
         else:
             found = client.get_experiment_by_name(experiment)
             experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
-            tags = {"fedsim.folder": str(folder.resolve()), "fedsim.version": meta.get("versions", {}).get("fedsim", ""),
-                    "fedsim.strategy": meta.get("strategy_name", ""), "fedsim.model": meta.get("model", "")}
+            tags = {
+                "fedsim.folder": str(folder.resolve()),
+                "fedsim.version": meta.get("versions", {}).get("fedsim", ""),
+                "fedsim.strategy": meta.get("strategy_name", ""),
+                "fedsim.model": meta.get("model", ""),
+            }
             run_id = client.create_run(experiment_id, run_name=folder.name, tags=tags).info.run_id
             from mlflow.entities import Param
 
@@ -152,8 +184,10 @@ class MLflowLog:
             call()
         except Exception as e:
             self._failed = True
-            print(f"fedsim: MLflow logging stopped ({what}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                  f"the run goes on and {self.folder} has every figure")
+            print(
+                f"fedsim: MLflow logging stopped ({what}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                f"the run goes on and {self.folder} has every figure"
+            )
 
     def record(self, round_row: dict[str, Any]) -> None:
         from mlflow.entities import Metric
@@ -162,8 +196,10 @@ class MLflowLog:
         step = int(round_row["round"])
         metrics = [Metric(k, v, stamp, step) for k, v in _scalars(round_row, MLFLOW_SCALARS).items()]
         if metrics:
-            self._guard("metrics", lambda: self._pending.append(
-                self.client.log_batch(self.run_id, metrics=metrics, synchronous=False)))
+            self._guard(
+                "metrics",
+                lambda: self._pending.append(self.client.log_batch(self.run_id, metrics=metrics, synchronous=False)),
+            )
 
     def close(self, meta: dict[str, Any] | None = None) -> None:
         def finish() -> None:

@@ -27,11 +27,15 @@ def build_guide_tflite(
 
     class GuideModel(tf.Module):
         def __init__(self) -> None:
-            self.model = keras.Sequential([
-                keras.Input(input_shape), keras.layers.Flatten(name="flatten"),
-                keras.layers.Dense(32, activation="relu", name="dense"),
-                keras.layers.Dense(classes, activation="softmax", name="out"),
-            ], name="guide")
+            self.model = keras.Sequential(
+                [
+                    keras.Input(input_shape),
+                    keras.layers.Flatten(name="flatten"),
+                    keras.layers.Dense(32, activation="relu", name="dense"),
+                    keras.layers.Dense(classes, activation="softmax", name="out"),
+                ],
+                name="guide",
+            )
             self.loss_fn = keras.losses.CategoricalCrossentropy()
             self.opt = keras.optimizers.SGD(learning_rate=lr)
             self.opt.build(self.model.trainable_variables)

@@ -9,7 +9,9 @@ from fedsim.cli import build_parser, config_from_args, main
 
 
 def fedsim_cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "fedsim.cli", *args], capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "fedsim.cli", *args], capture_output=True, text=True, timeout=120, env=env
+    )
 
 
 @pytest.mark.parametrize(
@@ -88,8 +90,9 @@ def test_a_partition_the_worker_cannot_make_is_one_line_and_leaves_no_folder(tmp
     """The error is raised in Ray's preparation worker; the user sees fedsim's one line, and the same
     command can be run again (no half-made folder)."""
     for _ in range(2):
-        out = fedsim_cli("run", "--partition", "classes:11", "--devices", "4", "--rounds", "1",
-                         "--out", str(tmp_path / "o"))
+        out = fedsim_cli(
+            "run", "--partition", "classes:11", "--devices", "4", "--rounds", "1", "--out", str(tmp_path / "o")
+        )
         lines = [line for line in out.stderr.splitlines() if line.startswith("fedsim")]
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
         assert len(lines) == 1 and "classes:11" in lines[0]
@@ -112,28 +115,76 @@ def test_user_data_a_user_builder_and_a_foreign_artifact_run_end_to_end(tmp_path
     x = rng.normal(size=(200, 8)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int64)
     np.savez(tmp_path / "mine.npz", x_train=x[:160], y_train=y[:160], x_test=x[160:], y_test=y[160:])
-    out = fedsim_cli("run", "--data", str(tmp_path / "mine.npz"), "--model", "user_models:build", "--devices", "4",
-                     "--rounds", "2", "--lr", "0.1", "--hosts", "2", "--no-progress", "--out", str(tmp_path / "npz"), env=env)
+    out = fedsim_cli(
+        "run",
+        "--data",
+        str(tmp_path / "mine.npz"),
+        "--model",
+        "user_models:build",
+        "--devices",
+        "4",
+        "--rounds",
+        "2",
+        "--lr",
+        "0.1",
+        "--hosts",
+        "2",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "npz"),
+        env=env,
+    )
     assert out.returncode == 0, out.stderr
     meta = json.loads((tmp_path / "npz" / "config.json").read_text())
     assert meta["config"]["dataset"] == "npz" and meta["config"]["model"] == "user_models:build"
     assert meta["task"]["input_shape"] == [8] and (tmp_path / "npz" / "artifact.json").is_file()
 
     (tmp_path / "guide.tflite").write_bytes(build_guide_tflite())
-    out = fedsim_cli("run", "--dataset", "toy_images", "--toy-samples", "20", "--artifact", str(tmp_path / "guide.tflite"),
-                     "--devices", "4", "--rounds", "2", "--hosts", "2", "--no-progress", "--out", str(tmp_path / "byo"))
+    out = fedsim_cli(
+        "run",
+        "--dataset",
+        "toy_images",
+        "--toy-samples",
+        "20",
+        "--artifact",
+        str(tmp_path / "guide.tflite"),
+        "--devices",
+        "4",
+        "--rounds",
+        "2",
+        "--hosts",
+        "2",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "byo"),
+    )
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "byo" / "model.tflite").read_bytes() == (tmp_path / "guide.tflite").read_bytes()
-    assert json.loads((tmp_path / "byo" / "config.json").read_text())["model"] == f"artifact {tmp_path / 'guide.tflite'}"
+    assert (
+        json.loads((tmp_path / "byo" / "config.json").read_text())["model"] == f"artifact {tmp_path / 'guide.tflite'}"
+    )
 
     (tmp_path / "broken.tflite").write_bytes(build_guide_tflite(signatures=("train", "infer", "save")))
-    out = fedsim_cli("run", "--dataset", "toy_images", "--artifact", str(tmp_path / "broken.tflite"), "--devices", "2",
-                     "--rounds", "1", "--no-progress", "--out", str(tmp_path / "no"))
+    out = fedsim_cli(
+        "run",
+        "--dataset",
+        "toy_images",
+        "--artifact",
+        str(tmp_path / "broken.tflite"),
+        "--devices",
+        "2",
+        "--rounds",
+        "1",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "no"),
+    )
     # one line from fedsim (Ray's own start-up warning may precede it), no worker traceback
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert [line for line in out.stderr.splitlines() if "fedsim" in line or "restore" in line] == [
         "fedsim: error: missing signature(s) restore; it has infer, save, train "
-        "(the guide's contract: train, infer, save, restore)"], out.stderr
+        "(the guide's contract: train, infer, save, restore)"
+    ], out.stderr
     assert not (tmp_path / "no").exists()
 
     out = fedsim_cli("inspect", str(tmp_path / "npz"), "--repeats", "3", "--parity", "2", env=env)
@@ -142,8 +193,25 @@ def test_user_data_a_user_builder_and_a_foreign_artifact_run_end_to_end(tmp_path
 
 
 def test_strategy_flags_reach_the_config():
-    args = build_parser().parse_args(["run", "--strategy", "fedadam", "--server-lr", "0.02", "--beta2", "0.9",
-                                      "--byzantine", "0.1", "--attack", "alie", "--fleet", "phones", "--deadline", "30"])
+    args = build_parser().parse_args(
+        [
+            "run",
+            "--strategy",
+            "fedadam",
+            "--server-lr",
+            "0.02",
+            "--beta2",
+            "0.9",
+            "--byzantine",
+            "0.1",
+            "--attack",
+            "alie",
+            "--fleet",
+            "phones",
+            "--deadline",
+            "30",
+        ]
+    )
     c = config_from_args(args)
     assert (c.strategy, c.server_lr, c.beta2, c.byzantine, c.attack) == ("fedadam", 0.02, 0.9, 0.1, "alie")
     assert (c.fleet, c.deadline) == ("phones", 30.0)
@@ -170,8 +238,22 @@ def test_a_mistyped_flag_gets_a_suggestion_and_help_shows_one_default(capsys):
 
 
 def test_engine_local_runs_without_ray(tmp_path):
-    out = fedsim_cli("run", "--engine", "local", "--dataset", "toy_images", "--toy-samples", "20", "--devices", "3",
-                     "--rounds", "1", "--no-progress", "--out", str(tmp_path / "o"))
+    out = fedsim_cli(
+        "run",
+        "--engine",
+        "local",
+        "--dataset",
+        "toy_images",
+        "--toy-samples",
+        "20",
+        "--devices",
+        "3",
+        "--rounds",
+        "1",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     import fedsim
 

@@ -34,7 +34,9 @@ class ScriptedEngine(Engine):
     def run_round(self, round_num, global_checkpoint, device_ids, pipeline):
         self.calls.append(list(device_ids))
         if len(self.calls) <= self.down:
-            return RoundResult([DeviceReport(d, d % self.num_hosts, 0, "failed", error="host unreachable") for d in device_ids])
+            return RoundResult(
+                [DeviceReport(d, d % self.num_hosts, 0, "failed", error="host unreachable") for d in device_ids]
+            )
         g = read_checkpoint(global_checkpoint)
         global_flat = global_vector(global_checkpoint, pipeline)
         reader, acc, reports = FlatReader(pipeline.screen.spec), accumulator(pipeline.accumulate), []
@@ -75,8 +77,15 @@ class FedAvgOfRows(FedAvg):
 
 def make(config, engine, recorder=None, strategy=None):
     scores = iter(np.linspace(0.1, 0.9, 20))
-    return Coordinator(config, engine, strategy or FedAvg(), lambda ckpt, ids: Evaluation(float(next(scores)), 1.0),
-                       write_checkpoint(zero_weights()), recorder, progress=False)
+    return Coordinator(
+        config,
+        engine,
+        strategy or FedAvg(),
+        lambda ckpt, ids: Evaluation(float(next(scores)), 1.0),
+        write_checkpoint(zero_weights()),
+        recorder,
+        progress=False,
+    )
 
 
 @pytest.mark.parametrize("strategy", [FedAvg(), FedAvgOfRows()], ids=["sum", "stack"])
@@ -127,7 +136,9 @@ def test_bad_checkpoints_are_rejected_recorded_and_never_averaged(strategy):
 
 def test_a_round_with_no_good_update_keeps_the_global_model():
     rec = Recorded()
-    coord = make(Config(devices=2, rounds=1, dataset="toy_images"), ScriptedEngine({0: lambda g: b"x", 1: lambda g: b""}), rec)
+    coord = make(
+        Config(devices=2, rounds=1, dataset="toy_images"), ScriptedEngine({0: lambda g: b"x", 1: lambda g: b""}), rec
+    )
     coord.run()
     np.testing.assert_array_equal(coord.global_weights["a/bias"], np.zeros(3))
     assert rec.rounds[0]["devices_accepted"] == 0 and np.isnan(rec.rounds[0]["train_loss"])

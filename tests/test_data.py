@@ -159,8 +159,12 @@ def test_synthetic_without_parameters_is_refused_with_the_fix():
 # ---- the user's own data ---------------------------------------------------------------------------
 def _npz(path, **overrides):
     rng = np.random.default_rng(0)
-    arrays = dict(x_train=rng.normal(size=(40, 6)).astype(np.float32), y_train=rng.integers(0, 3, 40),
-                  x_test=rng.normal(size=(10, 6)).astype(np.float32), y_test=rng.integers(0, 3, 10))
+    arrays = dict(
+        x_train=rng.normal(size=(40, 6)).astype(np.float32),
+        y_train=rng.integers(0, 3, 40),
+        x_test=rng.normal(size=(10, 6)).astype(np.float32),
+        y_test=rng.integers(0, 3, 10),
+    )
     arrays.update(overrides)
     np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
     return path
@@ -198,18 +202,26 @@ def test_an_npz_missing_or_with_unknown_arrays_is_one_line(tmp_path, overrides, 
     "arrays, message",
     [
         (dict(x_train=np.zeros((5, 3)), y_train=np.zeros(4, int)), "x_train has 5 samples but y_train has 4 labels"),
-        (dict(y_train=np.array([0, 1, 7, 1, 0]), num_classes=3), r"y_train labels must be class ids in \[0, 3\), got 0..7"),
+        (
+            dict(y_train=np.array([0, 1, 7, 1, 0]), num_classes=3),
+            r"y_train labels must be class ids in \[0, 3\), got 0..7",
+        ),
         (dict(y_train=np.array([0, 1, -1, 1, 0])), r"labels must be class ids in \[0, 2\), got -1..1"),
         (dict(y_train=np.array([0, 1, 0.5, 1, 0])), "y_train must be integer class ids, got float64"),
         (dict(x_train=np.array([["a"] * 3] * 5)), "inputs of dtype <U1 cannot be fed to a model"),
-        (dict(x_train=np.array([[0.0, np.nan, 1.0]] + [[0.0] * 3] * 4)), "x_train holds NaN or Inf features in 1 sample"),
+        (
+            dict(x_train=np.array([[0.0, np.nan, 1.0]] + [[0.0] * 3] * 4)),
+            "x_train holds NaN or Inf features in 1 sample",
+        ),
         (dict(x_test=np.zeros((2, 4))), r"train samples are \(3,\) but test samples \(4,\)"),
     ],
 )
 def test_bad_arrays_get_one_line_each(arrays, message):
     from fedsim.data import ArrayDataset, DataError
 
-    base = dict(x_train=np.zeros((5, 3)), y_train=np.array([0, 1, 0, 1, 0]), x_test=np.zeros((2, 3)), y_test=np.array([0, 1]))
+    base = dict(
+        x_train=np.zeros((5, 3)), y_train=np.array([0, 1, 0, 1, 0]), x_test=np.zeros((2, 3)), y_test=np.array([0, 1])
+    )
     base.update(arrays)
     with pytest.raises(DataError, match=message) as e:
         ArrayDataset(**base)

@@ -167,8 +167,9 @@ def test_attackers_uploads_are_rewritten_on_the_host(host):
     (p,) = host.run_round(1, initial, [0, 2], attacked).partials
     np.testing.assert_array_equal(p.rows[0], honest[0])  # device 0 is honest
     np.testing.assert_allclose(p.rows[1], g - 4 * (honest[2] - g), rtol=1e-5, atol=1e-6)
-    flipping = dataclasses.replace(base, attack=Attack("labelflip"), plan={2: DevicePlan(role="labelflip")},
-                                   num_classes=10)
+    flipping = dataclasses.replace(
+        base, attack=Attack("labelflip"), plan={2: DevicePlan(role="labelflip")}, num_classes=10
+    )
     (p,) = host.run_round(1, initial, [2], flipping).partials
     assert not np.array_equal(p.rows[0], honest[2])  # trained on other labels
 

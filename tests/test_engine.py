@@ -28,7 +28,9 @@ def test_deal_balances_a_skewed_fleet_far_better_than_round_robin():
 
 
 def test_expected_costs_follow_the_measured_latencies():
-    costs = expected_costs(np.array([1, 32, 33, 64]), HostSettings(2, 32, 0), {"restore": 1.0, "save": 2.0, "train": 0.5})
+    costs = expected_costs(
+        np.array([1, 32, 33, 64]), HostSettings(2, 32, 0), {"restore": 1.0, "save": 2.0, "train": 0.5}
+    )
     np.testing.assert_allclose(costs * 1e3, [3 + 2 * 0.5, 3 + 2 * 0.5, 3 + 4 * 0.5, 3 + 4 * 0.5])
 
 

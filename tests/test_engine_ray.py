@@ -16,9 +16,28 @@ pytestmark = pytest.mark.ray
 def test_cli_end_to_end_on_ray_two_hosts_accuracy_rises(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "fedsim.cli", "run", "--dataset", "toy_images", "--toy-samples", "40",
-         "--devices", "8", "--hosts", "2", "--rounds", "4", "--out", str(out), "--no-progress"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "fedsim.cli",
+            "run",
+            "--dataset",
+            "toy_images",
+            "--toy-samples",
+            "40",
+            "--devices",
+            "8",
+            "--hosts",
+            "2",
+            "--rounds",
+            "4",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     # a successful run says nothing but its own lines: no Ray start-up notices or error-level lines
@@ -41,16 +60,34 @@ def test_ray_gives_exactly_the_local_engines_results(tmp_path):
 
 
 def test_one_host_per_device_when_hosts_equal_devices(tmp_path):
-    run = fedsim.run(dataset="toy_images", toy_samples=10, devices=3, hosts=3, rounds=1, out=str(tmp_path / "r"), progress=False)
+    run = fedsim.run(
+        dataset="toy_images", toy_samples=10, devices=3, hosts=3, rounds=1, out=str(tmp_path / "r"), progress=False
+    )
     assert run.meta["hosts"] == 3
     assert run.devices.groupby("host")["device_id"].nunique().tolist() == [1, 1, 1]
 
 
 def test_an_address_that_does_not_answer_is_a_clear_error(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "fedsim.cli", "run", "--dataset", "toy_images", "--devices", "2", "--rounds", "1",
-         "--address", "127.0.0.1:1", "--out", str(tmp_path / "r")],
-        capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "fedsim.cli",
+            "run",
+            "--dataset",
+            "toy_images",
+            "--devices",
+            "2",
+            "--rounds",
+            "1",
+            "--address",
+            "127.0.0.1:1",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert proc.returncode == 2
     assert "--address 127.0.0.1:1: no Ray cluster answered" in proc.stderr and "Traceback" not in proc.stderr
@@ -60,9 +97,30 @@ def test_an_address_that_does_not_answer_is_a_clear_error(tmp_path):
 def test_fashion_mnist_ten_devices_five_rounds_reaches_082(tmp_path):
     out = tmp_path / "fmnist"
     proc = subprocess.run(
-        [sys.executable, "-m", "fedsim.cli", "run", "--devices", "10", "--rounds", "5", "--local-epochs", "1",
-         "--batch-size", "32", "--lr", "0.05", "--seed", "0", "--out", str(out), "--no-progress"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "fedsim.cli",
+            "run",
+            "--devices",
+            "10",
+            "--rounds",
+            "5",
+            "--local-epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--lr",
+            "0.05",
+            "--seed",
+            "0",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = fedsim.load_run(out)
@@ -99,14 +157,22 @@ def test_a_host_killed_mid_round_fails_its_devices_then_comes_back(tmp_path):
     from fedsim.engine.base import HostSettings, Setup
     from fedsim.model.builders import ArtifactRecipe
 
-    setup = Setup(ArtifactRecipe(), DataRecipe("toy_images", toy_samples=40), devices=8,
-                  settings=HostSettings(local_epochs=1000, batch_size=8, seed=0))
+    setup = Setup(
+        ArtifactRecipe(),
+        DataRecipe("toy_images", toy_samples=40),
+        devices=8,
+        settings=HostSettings(local_epochs=1000, batch_size=8, seed=0),
+    )
     with RayEngine(hosts=2) as engine:
         engine.start(setup)
         initial = engine.initial_checkpoint()
         victim = engine.host_pids[0]
         results = {}
-        worker = threading.Thread(target=lambda: results.setdefault(1, engine.run_round(1, initial, list(range(8)), HostPipeline.plain(initial))))
+        worker = threading.Thread(
+            target=lambda: results.setdefault(
+                1, engine.run_round(1, initial, list(range(8)), HostPipeline.plain(initial))
+            )
+        )
         worker.start()
         time.sleep(1.0)  # well inside the round: each host trains 4 devices x 1000 epochs (~3 s)
         os.kill(victim, signal.SIGKILL)
@@ -154,15 +220,33 @@ def _wait_for_round(proc: subprocess.Popen, out, rounds: int, timeout_s: float =
 def test_a_run_killed_after_round_3_resumes_to_the_uninterrupted_table(tmp_path):
     import json
 
-    args = ["--dataset", "toy_images", "--toy-samples", "40", "--devices", "8", "--hosts", "2",
-            "--rounds", "6", "--local-epochs", "25", "--seed", "4", "--no-progress"]
+    args = [
+        "--dataset",
+        "toy_images",
+        "--toy-samples",
+        "40",
+        "--devices",
+        "8",
+        "--hosts",
+        "2",
+        "--rounds",
+        "6",
+        "--local-epochs",
+        "25",
+        "--seed",
+        "4",
+        "--no-progress",
+    ]
     cli = [sys.executable, "-m", "fedsim.cli", "run"]
-    straight = subprocess.run([*cli, *args, "--out", str(tmp_path / "straight")], capture_output=True, text=True, timeout=300)
+    straight = subprocess.run(
+        [*cli, *args, "--out", str(tmp_path / "straight")], capture_output=True, text=True, timeout=300
+    )
     assert straight.returncode == 0, straight.stderr[-2000:]
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen([*cli, *args, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [*cli, *args, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         _wait_for_round(proc, out, 3)
     finally:
@@ -196,13 +280,19 @@ def test_a_hung_host_times_out_is_restarted_and_serves_the_next_round():
     from fedsim.engine.base import HostSettings, Setup
     from fedsim.model.builders import ArtifactRecipe
 
-    setup = Setup(ArtifactRecipe(), DataRecipe("toy_images", toy_samples=20), devices=4,
-                  settings=HostSettings(local_epochs=1, batch_size=8, seed=0))
+    setup = Setup(
+        ArtifactRecipe(),
+        DataRecipe("toy_images", toy_samples=20),
+        devices=4,
+        settings=HostSettings(local_epochs=1, batch_size=8, seed=0),
+    )
     with RayEngine(hosts=2, round_timeout_s=5) as engine:
         engine.start(setup)
         initial = engine.initial_checkpoint()
         os.kill(engine.host_pids[1], signal.SIGSTOP)
-        stalled = {r.device_id: r for r in engine.run_round(1, initial, [0, 1, 2, 3], HostPipeline.plain(initial)).reports}
+        stalled = {
+            r.device_id: r for r in engine.run_round(1, initial, [0, 1, 2, 3], HostPipeline.plain(initial)).reports
+        }
         assert [stalled[d].status for d in range(4)] == ["ok", "failed", "ok", "failed"]
         assert "no answer within --round-timeout 5 s" in stalled[1].error
         again = engine.run_round(2, initial, [0, 1, 2, 3], HostPipeline.plain(initial))
@@ -214,18 +304,37 @@ def test_a_two_node_ray_cluster_gives_the_single_node_results(tmp_path):
     fedsim joins it by address, places a host on each node, and gets the single-node table."""
     from ray.cluster_utils import Cluster
 
-    args = ["--dataset", "toy_images", "--toy-samples", "30", "--devices", "6", "--hosts", "2",
-            "--rounds", "3", "--seed", "7", "--no-progress"]
+    args = [
+        "--dataset",
+        "toy_images",
+        "--toy-samples",
+        "30",
+        "--devices",
+        "6",
+        "--hosts",
+        "2",
+        "--rounds",
+        "3",
+        "--seed",
+        "7",
+        "--no-progress",
+    ]
     cli = [sys.executable, "-m", "fedsim.cli", "run"]
-    single = subprocess.run([*cli, *args, "--out", str(tmp_path / "single")], capture_output=True, text=True, timeout=300)
+    single = subprocess.run(
+        [*cli, *args, "--out", str(tmp_path / "single")], capture_output=True, text=True, timeout=300
+    )
     assert single.returncode == 0, single.stderr[-2000:]
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        multi = subprocess.run([*cli, *args, "--address", cluster.address, "--out", str(tmp_path / "multi")],
-                               capture_output=True, text=True, timeout=300)
+        multi = subprocess.run(
+            [*cli, *args, "--address", cluster.address, "--out", str(tmp_path / "multi")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         cluster.shutdown()
     assert multi.returncode == 0, multi.stderr[-2000:]
@@ -240,10 +349,30 @@ def test_ctrl_c_records_interrupted_and_prints_the_command_that_continues(tmp_pa
     import signal
 
     out = tmp_path / "run"
-    args = ["--dataset", "toy_images", "--toy-samples", "40", "--devices", "8", "--hosts", "2", "--rounds", "6",
-            "--local-epochs", "25", "--seed", "4", "--no-progress"]
-    proc = subprocess.Popen([sys.executable, "-m", "fedsim.cli", "run", *args, "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    args = [
+        "--dataset",
+        "toy_images",
+        "--toy-samples",
+        "40",
+        "--devices",
+        "8",
+        "--hosts",
+        "2",
+        "--rounds",
+        "6",
+        "--local-epochs",
+        "25",
+        "--seed",
+        "4",
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedsim.cli", "run", *args, "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         _wait_for_round(proc, out, 1)
         proc.send_signal(signal.SIGINT)
@@ -253,8 +382,12 @@ def test_ctrl_c_records_interrupted_and_prints_the_command_that_continues(tmp_pa
     meta = json.loads((out / "config.json").read_text())
     assert proc.returncode == 130 and meta["status"] == "interrupted" and 1 <= meta["rounds_completed"] < 6, err[-2000:]
     assert f"continue with: fedsim run --resume {out}" in err
-    resumed = subprocess.run([sys.executable, "-m", "fedsim.cli", "run", "--resume", str(out), "--no-progress"],
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "fedsim.cli", "run", "--resume", str(out), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert fedsim.load_run(out).meta["status"] == "completed" and len(fedsim.load_run(out).rounds) == 6
 
@@ -268,14 +401,26 @@ def test_simulated_times_are_the_same_on_ray_and_in_process(tmp_path):
 
     latency = tmp_path / "latency.json"
     latency.write_text(json.dumps({"restore": 0.2, "train": 0.5, "save": 0.3}))
-    settings = dict(dataset="toy_images", toy_samples=30, devices=8, rounds=2, seed=1, progress=False,
-                    fleet="phones", fraction=0.5, over_select=1.5, deadline=30.0, latency=str(latency))
+    settings = dict(
+        dataset="toy_images",
+        toy_samples=30,
+        devices=8,
+        rounds=2,
+        seed=1,
+        progress=False,
+        fleet="phones",
+        fraction=0.5,
+        over_select=1.5,
+        deadline=30.0,
+        latency=str(latency),
+    )
     on_ray = fedsim.run(out=str(tmp_path / "ray"), hosts=2, **settings)
     local = fedsim.run(out=str(tmp_path / "local"), engine=fedsim.LocalEngine(1), **settings)
     columns = ["round", "device_id", "status", "sim_compute_s", "sim_comm_s", "sim_finish_s"]
     pd.testing.assert_frame_equal(on_ray.devices[columns], local.devices[columns])
-    pd.testing.assert_frame_equal(on_ray.rounds[["sim_round_s", "sim_elapsed_s"]],
-                                  local.rounds[["sim_round_s", "sim_elapsed_s"]])
+    pd.testing.assert_frame_equal(
+        on_ray.rounds[["sim_round_s", "sim_elapsed_s"]], local.rounds[["sim_round_s", "sim_elapsed_s"]]
+    )
 
 
 def test_a_second_run_in_the_same_process_starts_warm_and_gives_the_same_results(tmp_path):
@@ -320,14 +465,46 @@ def test_the_cluster_route_with_ray_start_and_an_explicit_address(tmp_path):
         port = s.getsockname()[1]
     temp = tempfile.mkdtemp(prefix="fedsim-head-", dir="/tmp")  # short: Ray's socket paths have a length limit
     ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
-    started = subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-                              f"--temp-dir={temp}"], capture_output=True, text=True, timeout=120)
+    started = subprocess.run(
+        [
+            ray_cli,
+            "start",
+            "--head",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            f"--temp-dir={temp}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     try:
         assert started.returncode == 0, started.stderr[-2000:]
-        proc = subprocess.run([sys.executable, "-m", "fedsim.cli", "run", "--address", f"127.0.0.1:{port}",
-                               "--dataset", "toy_images", "--toy-samples", "20", "--devices", "4", "--rounds", "1",
-                               "--out", str(tmp_path / "run"), "--no-progress"], capture_output=True, text=True,
-                              timeout=300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "fedsim.cli",
+                "run",
+                "--address",
+                f"127.0.0.1:{port}",
+                "--dataset",
+                "toy_images",
+                "--toy-samples",
+                "20",
+                "--devices",
+                "4",
+                "--rounds",
+                "1",
+                "--out",
+                str(tmp_path / "run"),
+                "--no-progress",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
         assert all(line.startswith("fedsim") for line in lines), lines

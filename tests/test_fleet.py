@@ -19,8 +19,9 @@ def clock(profiles, **policy):
 
 
 def one(speed=0.5, down=8000.0, up=2000.0, availability=1.0, dropout=0.0, n=1):
-    return frame(np.arange(n), np.full(n, speed), np.full(n, down), np.full(n, up), np.full(n, availability),
-                 np.full(n, dropout))
+    return frame(
+        np.arange(n), np.full(n, speed), np.full(n, down), np.full(n, up), np.full(n, availability), np.full(n, dropout)
+    )
 
 
 def test_one_devices_simulated_time_by_hand():
@@ -115,8 +116,18 @@ def test_bad_policy_settings_get_one_line_each(tmp_path):
         Config(fleet="phones", latency=str(bad))
 
 
-RUN = dict(dataset="toy_images", toy_samples=30, devices=8, rounds=3, seed=1, progress=False, fleet="phones",
-           fraction=0.5, over_select=1.5, deadline=30.0)
+RUN = dict(
+    dataset="toy_images",
+    toy_samples=30,
+    devices=8,
+    rounds=3,
+    seed=1,
+    progress=False,
+    fleet="phones",
+    fraction=0.5,
+    over_select=1.5,
+    deadline=30.0,
+)
 SIM_DEVICE = ["round", "device_id", "status", "samples", "sim_compute_s", "sim_comm_s", "sim_finish_s"]
 SIM_ROUND = ["round", "sim_round_s", "sim_elapsed_s", "devices_selected", "devices_accepted"]
 
@@ -152,8 +163,7 @@ def test_simulated_times_do_not_depend_on_hosts(tmp_path, pinned):
 
 def test_a_deadline_no_device_can_meet_is_refused_before_the_first_round(tmp_path, pinned):
     with pytest.raises(FleetError, match="--deadline 0.001 s is shorter than any device could meet"):
-        fedsim.run(out=str(tmp_path / "x"), engine=fedsim.LocalEngine(1), latency=pinned,
-                   **{**RUN, "deadline": 0.001})
+        fedsim.run(out=str(tmp_path / "x"), engine=fedsim.LocalEngine(1), latency=pinned, **{**RUN, "deadline": 0.001})
     assert not (tmp_path / "x").exists()
 
 
@@ -162,8 +172,11 @@ def test_fedscale_trace_files_load_in_their_format(tmp_path):
     client_behave_trace ({client: {'active', 'inactive', 'finish_time'}}), written here in that format."""
     import pickle
 
-    capacity = {7: {"computation": 100.0, "communication": 4000.0}, 9: {"computation": 50.0, "communication": 800.0},
-                11: {"computation": 200.0, "communication": 20000.0}}
+    capacity = {
+        7: {"computation": 100.0, "communication": 4000.0},
+        9: {"computation": 50.0, "communication": 800.0},
+        11: {"computation": 200.0, "communication": 20000.0},
+    }
     behave = {1: {"active": [0, 600], "inactive": [300, 900], "finish_time": 1200, "duration": 1200, "model": "x"}}
     (tmp_path / "cap").write_bytes(pickle.dumps(capacity))
     (tmp_path / "behave").write_bytes(pickle.dumps(behave))

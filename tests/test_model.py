@@ -97,7 +97,9 @@ def test_a_custom_keras_builder_converts(scratch):
     from fedsim.model.convert import convert_to_tflite
 
     def tiny():  # a builder written before builders received the task still works
-        return keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")])
+        return keras.Sequential(
+            [keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")]
+        )
 
     r = Runner(convert_to_tflite(ArtifactRecipe(tiny, optimizer=Optimizer(lr=0.1))))
     r.save(scratch / "c.ckpt")
@@ -160,7 +162,9 @@ def test_momentum_really_keeps_state_within_a_round(toy, scratch):
     for name in ("sgd", "momentum"):
         r = Runner(convert_to_tflite(ArtifactRecipe(optimizer=Optimizer(name, lr=0.05))))
         r.save(scratch / f"g-{name}.ckpt")
-        runs[name] = _trained(r, scratch / f"g-{name}.ckpt", [batch(toy, 32, 0), batch(toy, 32, 32)], scratch, f"{name}.ckpt")
+        runs[name] = _trained(
+            r, scratch / f"g-{name}.ckpt", [batch(toy, 32, 0), batch(toy, 32, 32)], scratch, f"{name}.ckpt"
+        )
     assert not np.array_equal(runs["sgd"]["mlp/hidden/kernel"], runs["momentum"]["mlp/hidden/kernel"])
 
 
@@ -216,8 +220,11 @@ def test_a_user_builder_by_import_path_and_a_logits_model(toy):
     probs = runner.infer(toy.x_test[:5])  # the model ends in logits; infer still gives probabilities
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     assert (probs >= 0).all()
-    for bad, message in (("no_such_module:build", "cannot import no_such_module"),
-                         ("user_models:missing", "user_models has no missing"), ("mlp2", "use one of")):
+    for bad, message in (
+        ("no_such_module:build", "cannot import no_such_module"),
+        ("user_models:missing", "user_models has no missing"),
+        ("mlp2", "use one of"),
+    ):
         with pytest.raises(ModelError, match=message):
             resolve_builder(bad)
 
@@ -258,8 +265,15 @@ def test_packed_needs_float32_weights():
     from fedsim.model.convert import convert_to_tflite
 
     def half():
-        return keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(),
-                                 keras.layers.Dense(10, activation="softmax", dtype="float64", name="out")])
+        return keras.Sequential(
+            [
+                keras.Input((28, 28)),
+                keras.layers.Flatten(),
+                keras.layers.Dense(10, activation="softmax", dtype="float64", name="out"),
+            ]
+        )
 
-    with pytest.raises(ModelError, match="--checkpoint-format packed needs float32 weights.*use --checkpoint-format tensors"):
+    with pytest.raises(
+        ModelError, match="--checkpoint-format packed needs float32 weights.*use --checkpoint-format tensors"
+    ):
         convert_to_tflite(ArtifactRecipe(half))

@@ -35,7 +35,10 @@ def test_iid_devices_see_the_global_label_mix(labels):
 
 
 def test_dirichlet_skew_grows_as_alpha_falls(labels):
-    shares = {a: max_class_share(label_counts(labels, partition(labels, 100, f"dirichlet:{a}", seed=0), 10)) for a in (10.0, 1.0, 0.1)}
+    shares = {
+        a: max_class_share(label_counts(labels, partition(labels, 100, f"dirichlet:{a}", seed=0), 10))
+        for a in (10.0, 1.0, 0.1)
+    }
     assert shares[10.0] < shares[1.0] < shares[0.1]
     assert shares[0.1] > 0.6  # mostly one label per device
     shards = partition(labels, 100, "dirichlet:0.1", seed=0, min_samples=10)
@@ -78,8 +81,15 @@ def test_impossible_minimum_names_the_devices(labels):
         partition(labels, 100, "shards:2", seed=0, min_samples=700)
 
 
-@pytest.mark.parametrize("spec, message", [("dirichlet", "needs a float"), ("shards:x", "needs a int"),
-                                           ("zipf:2", "unknown kind"), ("classes:0", "must be positive")])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("dirichlet", "needs a float"),
+        ("shards:x", "needs a int"),
+        ("zipf:2", "unknown kind"),
+        ("classes:0", "must be positive"),
+    ],
+)
 def test_malformed_specs(spec, message):
     with pytest.raises(PartitionError, match=message):
         parse_spec(spec)

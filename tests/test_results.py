@@ -13,8 +13,16 @@ def two_runs(tmp_path_factory):
     runs = []
     for devices in (4, 8):
         runs.append(
-            fedsim.run(dataset="toy_images", toy_samples=20, devices=devices, rounds=2, seed=1,
-                       out=str(root / f"d{devices}"), engine=fedsim.LocalEngine(2), progress=False)
+            fedsim.run(
+                dataset="toy_images",
+                toy_samples=20,
+                devices=devices,
+                rounds=2,
+                seed=1,
+                out=str(root / f"d{devices}"),
+                engine=fedsim.LocalEngine(2),
+                progress=False,
+            )
         )
     return root, runs
 
@@ -83,17 +91,35 @@ def test_partition_table_is_saved_and_loaded(two_runs):
 
 
 def test_a_non_iid_run_records_its_skew(tmp_path):
-    run = fedsim.run(dataset="toy_images", toy_samples=30, devices=5, rounds=1, partition="classes:2", per_round=3,
-                     out=str(tmp_path / "c2"), engine=fedsim.LocalEngine(2), progress=False)
+    run = fedsim.run(
+        dataset="toy_images",
+        toy_samples=30,
+        devices=5,
+        rounds=1,
+        partition="classes:2",
+        per_round=3,
+        out=str(tmp_path / "c2"),
+        engine=fedsim.LocalEngine(2),
+        progress=False,
+    )
     labels_per_device = (run.partition.filter(like="label_") > 0).sum(axis=1)
     assert (labels_per_device == 2).all()
     assert run.rounds["devices_selected"].tolist() == [3]
 
 
 def test_per_device_evaluation_on_their_own_test_splits(tmp_path):
-    run = fedsim.run(dataset="toy_images", toy_samples=40, devices=6, rounds=2, partition="classes:2",
-                     device_test_fraction=0.25, per_round=4, out=str(tmp_path / "p"), engine=fedsim.LocalEngine(2),
-                     progress=False)
+    run = fedsim.run(
+        dataset="toy_images",
+        toy_samples=40,
+        devices=6,
+        rounds=2,
+        partition="classes:2",
+        device_test_fraction=0.25,
+        per_round=4,
+        out=str(tmp_path / "p"),
+        engine=fedsim.LocalEngine(2),
+        progress=False,
+    )
     assert run.devices["test_accuracy"].between(0, 1).all() and len(run.devices) == 8
     r = run.rounds.iloc[-1]
     assert r.device_acc_p10 <= r.device_acc_mean <= r.device_acc_p90
@@ -111,8 +137,16 @@ def test_without_device_tests_the_spread_columns_are_empty(two_runs):
 def test_plot_draws_the_per_device_spread_when_measured(tmp_path):
     from fedsim.analysis import plot
 
-    fedsim.run(dataset="toy_images", toy_samples=30, devices=4, rounds=2, device_test_fraction=0.3,
-               out=str(tmp_path / "runs" / "a"), engine=fedsim.LocalEngine(2), progress=False)
+    fedsim.run(
+        dataset="toy_images",
+        toy_samples=30,
+        devices=4,
+        rounds=2,
+        device_test_fraction=0.3,
+        out=str(tmp_path / "runs" / "a"),
+        engine=fedsim.LocalEngine(2),
+        progress=False,
+    )
     written = plot(tmp_path / "runs", tmp_path / "png")
     assert [p.name for p in written] == ["accuracy.png", "device_spread.png"]
     assert all(p.stat().st_size > 10_000 for p in written)
@@ -120,8 +154,10 @@ def test_plot_draws_the_per_device_spread_when_measured(tmp_path):
 
 def _round_rows(r, devices=3):
     round_row = {"round": r, "test_accuracy": 0.1 * r, "test_loss": 1.0 / r, "elapsed_s": float(r)}
-    device_rows = [{"round": r, "device_id": d, "host": d % 2, "samples": 10 + d, "status": "ok", "reason": ""}
-                   for d in range(devices)]
+    device_rows = [
+        {"round": r, "device_id": d, "host": d % 2, "samples": 10 + d, "status": "ok", "reason": ""}
+        for d in range(devices)
+    ]
     return round_row, device_rows
 
 
@@ -168,7 +204,9 @@ def test_a_folder_written_as_single_tables_still_loads_and_resumes(tmp_path):
     folder = claim_run_folder(tmp_path / "old")
     rounds, devices = zip(*(_round_rows(r) for r in (1, 2, 3)))
     pd.DataFrame(list(rounds)).reindex(columns=ROUND_COLUMNS).to_parquet(folder / "rounds.parquet")
-    pd.DataFrame([d for ds in devices for d in ds]).reindex(columns=DEVICE_COLUMNS).to_parquet(folder / "devices.parquet")
+    pd.DataFrame([d for ds in devices for d in ds]).reindex(columns=DEVICE_COLUMNS).to_parquet(
+        folder / "devices.parquet"
+    )
     (folder / "config.json").write_text(json.dumps({"config": {}, "rounds_completed": 3}))
     assert fedsim.load_run(folder).rounds["round"].tolist() == [1, 2, 3]
 
@@ -187,8 +225,17 @@ def test_the_trained_keras_model_comes_back_from_the_run_folder(tmp_path, form):
 
     from fedsim.data import DataRecipe
 
-    run = fedsim.run(dataset="toy_images", toy_samples=50, devices=4, rounds=3, seed=2, checkpoint_format=form,
-                     out=str(tmp_path / "r"), engine=fedsim.LocalEngine(), progress=False)
+    run = fedsim.run(
+        dataset="toy_images",
+        toy_samples=50,
+        devices=4,
+        rounds=3,
+        seed=2,
+        checkpoint_format=form,
+        out=str(tmp_path / "r"),
+        engine=fedsim.LocalEngine(),
+        progress=False,
+    )
     model = run.keras_model()
     data = DataRecipe("toy_images", seed=2, toy_samples=50).load()  # the run's own data set
     probs = model.predict(data.x_test.astype(np.float32) / 255.0, verbose=0)
@@ -201,9 +248,17 @@ def test_the_trained_keras_model_comes_back_from_the_run_folder(tmp_path, form):
 def test_tensorboard_event_files_carry_each_rounds_scalars(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run = fedsim.run(dataset="toy_images", toy_samples=20, devices=3, rounds=3, eval_every=2,
-                     tensorboard=str(tmp_path / "tb"), out=str(tmp_path / "r"), engine=fedsim.LocalEngine(),
-                     progress=False)
+    run = fedsim.run(
+        dataset="toy_images",
+        toy_samples=20,
+        devices=3,
+        rounds=3,
+        eval_every=2,
+        tensorboard=str(tmp_path / "tb"),
+        out=str(tmp_path / "r"),
+        engine=fedsim.LocalEngine(),
+        progress=False,
+    )
     events = EventAccumulator(str(tmp_path / "tb" / "r"))
     events.Reload()
     accuracy = [(e.step, round(e.value, 6)) for e in events.Scalars("test_accuracy")]
@@ -221,11 +276,28 @@ def test_a_table_folder_with_parts_from_an_earlier_version_reads_every_column(tm
 
     folder = tmp_path / "devices.parquet"
     folder.mkdir()
-    old = {"round": [1], "device_id": [0], "host": [0], "samples": [5], "train_loss": [1.0], "train_s": [0.1],
-           "checkpoint_bytes": [10], "status": ["ok"], "reason": [""], "test_accuracy": [float("nan")]}
+    old = {
+        "round": [1],
+        "device_id": [0],
+        "host": [0],
+        "samples": [5],
+        "train_loss": [1.0],
+        "train_s": [0.1],
+        "checkpoint_bytes": [10],
+        "status": ["ok"],
+        "reason": [""],
+        "test_accuracy": [float("nan")],
+    }
     pd.DataFrame(old).to_parquet(folder / part_name(1))
-    new = {**{k: [v[0]] for k, v in old.items()}, "round": [2], "role": ["signflip"], "mu": [0.5],
-           "sim_compute_s": [1.0], "sim_comm_s": [2.0], "sim_finish_s": [3.0]}
+    new = {
+        **{k: [v[0]] for k, v in old.items()},
+        "round": [2],
+        "role": ["signflip"],
+        "mu": [0.5],
+        "sim_compute_s": [1.0],
+        "sim_comm_s": [2.0],
+        "sim_finish_s": [3.0],
+    }
     pd.DataFrame(new).to_parquet(folder / part_name(2))
     table = read_table(folder, DEVICE_COLUMNS)
     assert table["round"].tolist() == [1, 2] and list(table.columns) == DEVICE_COLUMNS
@@ -238,8 +310,18 @@ def test_mlflow_logs_settings_rounds_and_files_and_a_resume_goes_on_in_the_same_
 
     monkeypatch.chdir(tmp_path)  # a sqlite store keeps artifacts under ./mlruns
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    run = fedsim.run(dataset="toy_images", toy_samples=20, devices=3, rounds=2, eval_every=2, mlflow=uri,
-                     name="mlflow_test", out=str(tmp_path / "r"), engine=fedsim.LocalEngine(), progress=False)
+    run = fedsim.run(
+        dataset="toy_images",
+        toy_samples=20,
+        devices=3,
+        rounds=2,
+        eval_every=2,
+        mlflow=uri,
+        name="mlflow_test",
+        out=str(tmp_path / "r"),
+        engine=fedsim.LocalEngine(),
+        progress=False,
+    )
     client = MlflowClient(tracking_uri=uri)
     run_id = run.meta["mlflow_run_id"]
     logged = client.get_run(run_id)
@@ -261,8 +343,15 @@ def test_mlflow_logs_settings_rounds_and_files_and_a_resume_goes_on_in_the_same_
 
 
 def test_mlflow_problems_are_one_line_before_any_folder_exists(tmp_path, monkeypatch):
-    settings = dict(dataset="toy_images", toy_samples=20, devices=3, rounds=1, out=str(tmp_path / "r"),
-                    engine=fedsim.LocalEngine(), progress=False)
+    settings = dict(
+        dataset="toy_images",
+        toy_samples=20,
+        devices=3,
+        rounds=1,
+        out=str(tmp_path / "r"),
+        engine=fedsim.LocalEngine(),
+        progress=False,
+    )
     # MLflow 3 refuses its old file store unless told otherwise: named, and nothing written
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     with pytest.raises(fedsim.ConfigError, match=r"^--mlflow file:.*: MLflow refused it: .*file") as refused:

@@ -49,7 +49,14 @@ def test_resume_continues_a_cut_run_to_the_same_tables(tmp_path):
 def test_resume_refuses_a_complete_run(tmp_path):
     import pytest
 
-    done = fedsim.run(out=str(tmp_path / "done"), engine=fedsim.LocalEngine(), dataset="toy_images", devices=2, rounds=1, progress=False)
+    done = fedsim.run(
+        out=str(tmp_path / "done"),
+        engine=fedsim.LocalEngine(),
+        dataset="toy_images",
+        devices=2,
+        rounds=1,
+        progress=False,
+    )
     with pytest.raises(fedsim.RunFolderError, match="already complete; extend it with --rounds N"):
         fedsim.resume(done.path, engine=fedsim.LocalEngine())
     with pytest.raises(fedsim.RunFolderError, match="--rounds 1 is not more than the 1 rounds it has"):
@@ -59,8 +66,9 @@ def test_resume_refuses_a_complete_run(tmp_path):
 def test_a_finished_run_extended_with_rounds_equals_the_straight_run(tmp_path):
     """--resume DIR --rounds N on a completed run: the rounds table and the model equal an N-round run's,
     also for a strategy with server state."""
-    settings = dict(dataset="toy_images", toy_samples=20, devices=6, seed=5, fraction=0.5, progress=False,
-                    strategy="fedavgm")
+    settings = dict(
+        dataset="toy_images", toy_samples=20, devices=6, seed=5, fraction=0.5, progress=False, strategy="fedavgm"
+    )
     straight = fedsim.run(out=str(tmp_path / "straight"), engine=fedsim.LocalEngine(2), rounds=4, **settings)
     short = fedsim.run(out=str(tmp_path / "short"), engine=fedsim.LocalEngine(2), rounds=2, **settings)
     assert short.meta["status"] == "completed" and not (short.path / "resume").exists()
@@ -83,8 +91,16 @@ def nan_on_training():
 
 
 def test_devices_whose_training_turns_nan_are_rejected_and_the_model_stays_finite(tmp_path):
-    run = fedsim.run(dataset="toy_images", toy_samples=20, devices=4, rounds=2, model_builder=nan_on_training,
-                     out=str(tmp_path / "r"), engine=fedsim.LocalEngine(2), progress=False)
+    run = fedsim.run(
+        dataset="toy_images",
+        toy_samples=20,
+        devices=4,
+        rounds=2,
+        model_builder=nan_on_training,
+        out=str(tmp_path / "r"),
+        engine=fedsim.LocalEngine(2),
+        progress=False,
+    )
     assert set(run.devices["status"]) == {"rejected"}
     assert run.devices["reason"].str.contains("holds NaN or Inf").all()
     assert (run.rounds["devices_accepted"] == 0).all()
@@ -94,13 +110,29 @@ def test_devices_whose_training_turns_nan_are_rejected_and_the_model_stays_finit
 
 
 def test_synthetic_alpha_beta_with_logreg_is_naturally_partitioned_and_learns(tmp_path):
-    run = fedsim.run(dataset="synthetic:1,1", model="logreg", devices=6, rounds=4, lr=0.05, seed=0,
-                     out=str(tmp_path / "s"), engine=fedsim.LocalEngine(2), progress=False)
+    run = fedsim.run(
+        dataset="synthetic:1,1",
+        model="logreg",
+        devices=6,
+        rounds=4,
+        lr=0.05,
+        seed=0,
+        out=str(tmp_path / "s"),
+        engine=fedsim.LocalEngine(2),
+        progress=False,
+    )
     assert run.config["partition"] == "natural" and run.config["model"] == "logreg"
-    assert run.meta["task"] == {"input_shape": [60], "kind": "features", "num_classes": 10, "vocab_size": None,
-                                "input_dtype": "float32"}
+    assert run.meta["task"] == {
+        "input_shape": [60],
+        "kind": "features",
+        "num_classes": 10,
+        "vocab_size": None,
+        "input_dtype": "float32",
+    }
     # one generated user per device: its own test split, scored every round
-    assert (run.partition["test_samples"] > 0).all() and list(run.partition.filter(like="label_").columns)[-1] == "label_9"
+    assert (run.partition["test_samples"] > 0).all() and list(run.partition.filter(like="label_").columns)[
+        -1
+    ] == "label_9"
     assert run.rounds["device_acc_mean"].notna().all()
     assert run.rounds["test_accuracy"].iloc[-1] > 0.2  # chance is 0.1
     assert run.artifact["task"]["input_shape"] == [60] and run.artifact["parameters"] == 60 * 10 + 10
@@ -114,8 +146,17 @@ def test_arrays_from_python_run_with_a_user_builder_and_are_recorded_honestly(tm
     y = rng.integers(0, 3, 300)
     x = centres[y] + rng.normal(size=(300, 5))
     data = fedsim.ArrayDataset(x[:240], y[:240], x[240:], y[240:], device_train=np.arange(240) % 4)
-    run = fedsim.run(data=data, partition="natural", devices=4, rounds=3, model_builder=build, lr=0.1,
-                     out=str(tmp_path / "a"), engine=fedsim.LocalEngine(), progress=False)
+    run = fedsim.run(
+        data=data,
+        partition="natural",
+        devices=4,
+        rounds=3,
+        model_builder=build,
+        lr=0.1,
+        out=str(tmp_path / "a"),
+        engine=fedsim.LocalEngine(),
+        progress=False,
+    )
     assert run.config["dataset"] == "arrays" and run.config["model"] == "user_models:build"
     assert run.partition["samples"].tolist() == [60, 60, 60, 60]
     assert run.rounds["test_accuracy"].iloc[-1] > 0.6
@@ -130,8 +171,16 @@ def test_a_failed_start_leaves_no_folder_and_names_the_problem(tmp_path):
     broken = tmp_path / "broken.tflite"
     broken.write_bytes(build_guide_tflite(restore_assigns=False))
     with pytest.raises(ArtifactError, match="restore does not bring back"):
-        fedsim.run(dataset="toy_images", toy_samples=5, devices=2, rounds=1, artifact=str(broken),
-                   out=str(tmp_path / "r"), engine=fedsim.LocalEngine(), progress=False)
+        fedsim.run(
+            dataset="toy_images",
+            toy_samples=5,
+            devices=2,
+            rounds=1,
+            artifact=str(broken),
+            out=str(tmp_path / "r"),
+            engine=fedsim.LocalEngine(),
+            progress=False,
+        )
     assert not (tmp_path / "r").exists()
     few = fedsim.ArrayDataset(np.zeros((3, 2), np.float32), [0, 1, 0], np.zeros((2, 2), np.float32), [0, 1])
     with pytest.raises(fedsim.DataError, match="arrays has 3 training samples, too few to give 5 devices"):
@@ -142,8 +191,17 @@ def test_a_failed_start_leaves_no_folder_and_names_the_problem(tmp_path):
 def test_eval_every_scores_every_rth_round_and_the_last(tmp_path):
     from fedsim.analysis import summary
 
-    run = fedsim.run(out=str(tmp_path / "r"), engine=fedsim.LocalEngine(), dataset="toy_images", toy_samples=20,
-                     devices=4, rounds=5, eval_every=2, device_test_fraction=0.2, progress=False)
+    run = fedsim.run(
+        out=str(tmp_path / "r"),
+        engine=fedsim.LocalEngine(),
+        dataset="toy_images",
+        toy_samples=20,
+        devices=4,
+        rounds=5,
+        eval_every=2,
+        device_test_fraction=0.2,
+        progress=False,
+    )
     scored = run.rounds.set_index("round")["test_accuracy"].notna()
     assert scored.to_dict() == {1: False, 2: True, 3: False, 4: True, 5: True}
     assert run.rounds.set_index("round")["device_acc_mean"].notna().to_dict() == scored.to_dict()
@@ -157,8 +215,16 @@ def test_eval_every_scores_every_rth_round_and_the_last(tmp_path):
 def test_results_do_not_depend_on_the_host_count_or_the_deal(tmp_path):
     """Skewed shards (quantity:1.0) and a per-round selection: one host, or three hosts dealt the
     devices by expected cost, give the same tables and the same final checkpoint, byte for byte."""
-    settings = dict(dataset="toy_images", toy_samples=40, devices=12, per_round=7, rounds=3, seed=5,
-                    partition="quantity:1.0", progress=False)
+    settings = dict(
+        dataset="toy_images",
+        toy_samples=40,
+        devices=12,
+        per_round=7,
+        rounds=3,
+        seed=5,
+        partition="quantity:1.0",
+        progress=False,
+    )
     one = fedsim.run(out=str(tmp_path / "one"), engine=fedsim.LocalEngine(1), **settings)
     three = fedsim.run(out=str(tmp_path / "three"), engine=fedsim.LocalEngine(3), **settings)
     assert sorted(three.devices["host"].unique()) == [0, 1, 2]
@@ -169,7 +235,9 @@ def test_results_do_not_depend_on_the_host_count_or_the_deal(tmp_path):
 
 
 def test_a_run_records_the_strategy_and_folder_that_actually_ran(tmp_path):
-    settings = dict(dataset="toy_images", toy_samples=20, devices=3, rounds=1, progress=False, engine=fedsim.LocalEngine())
+    settings = dict(
+        dataset="toy_images", toy_samples=20, devices=3, rounds=1, progress=False, engine=fedsim.LocalEngine()
+    )
     custom = fedsim.run(out=str(tmp_path / "custom"), strategy=FedAvgOfRows(), **settings)
     plain = fedsim.run(out=str(tmp_path / "plain"), **settings)
     table = fedsim.load_runs(tmp_path)
@@ -183,7 +251,9 @@ def test_report_shows_status_and_every_setting_that_differs(tmp_path):
 
     from fedsim.analysis import report, summary
 
-    settings = dict(dataset="toy_images", toy_samples=20, devices=3, rounds=2, progress=False, engine=fedsim.LocalEngine())
+    settings = dict(
+        dataset="toy_images", toy_samples=20, devices=3, rounds=2, progress=False, engine=fedsim.LocalEngine()
+    )
     fedsim.run(out=str(tmp_path / "a"), lr=0.01, **settings)
     cut = fedsim.run(out=str(tmp_path / "b"), lr=0.1, **settings)
     meta = json.loads((cut.path / "config.json").read_text())

@@ -44,7 +44,9 @@ def test_a_stateful_strategy_killed_after_round_3_resumes_to_the_straight_run(tm
     assert resumed.rounds[COLUMNS].equals(straight.rounds[COLUMNS])
     assert (resumed.path / "global.ckpt").read_bytes() == (straight.path / "global.ckpt").read_bytes()
     state = np.load(resumed.path / "server_state.npz")
-    assert set(state.files) == {"fedadam": {"m", "v"}, "fedavgm": {"momentum"}, "scaffold": {"c", "c_devices"}}[strategy]
+    assert (
+        set(state.files) == {"fedadam": {"m", "v"}, "fedavgm": {"momentum"}, "scaffold": {"c", "c_devices"}}[strategy]
+    )
 
 
 def test_a_resume_without_the_server_state_is_refused(tmp_path):
@@ -86,8 +88,9 @@ def test_a_large_mu_keeps_local_weights_closer_to_the_global_ones(toy):
 
     artifact = ArtifactRecipe(task=Task((28, 28), "image", 10), optimizer=Optimizer(lr=0.1), variant="fedprox").build()
     settings = HostSettings(local_epochs=3, batch_size=8, seed=0)
-    host = DeviceHost(0, FleetData(toy.x_train[:60], toy.y_train[:60], np.array([(0, 60, 60)])), settings,
-                      artifact=artifact)
+    host = DeviceHost(
+        0, FleetData(toy.x_train[:60], toy.y_train[:60], np.array([(0, 60, 60)])), settings, artifact=artifact
+    )
     try:
         initial = host.initial_checkpoint()
         spec = spec_of(read_checkpoint(initial, host.scratch))
@@ -95,7 +98,9 @@ def test_a_large_mu_keeps_local_weights_closer_to_the_global_ones(toy):
 
         def distance(mu):
             plan = {0: DevicePlan(mu=mu)}
-            (p,) = host.run_round(1, initial, [0], HostPipeline(UpdateScreen(spec), FedAvg(), "stack", plan=plan)).partials
+            (p,) = host.run_round(
+                1, initial, [0], HostPipeline(UpdateScreen(spec), FedAvg(), "stack", plan=plan)
+            ).partials
             return float(np.linalg.norm(p.rows[0] - g))
 
         free, held = distance(0.0), distance(5.0)
@@ -105,8 +110,13 @@ def test_a_large_mu_keeps_local_weights_closer_to_the_global_ones(toy):
 
 
 def test_attackers_are_recorded_by_role(tmp_path):
-    run = fedsim.run(out=str(tmp_path / "a"), engine=fedsim.LocalEngine(2), byzantine=0.34, attack="signflip",
-                     **{**SETTINGS, "rounds": 2})
+    run = fedsim.run(
+        out=str(tmp_path / "a"),
+        engine=fedsim.LocalEngine(2),
+        byzantine=0.34,
+        attack="signflip",
+        **{**SETTINGS, "rounds": 2},
+    )
     roles = run.devices.groupby("role")["device_id"].nunique().to_dict()
     assert roles == {"honest": 4, "signflip": 2}
     assert run.config["attack"] == "signflip"

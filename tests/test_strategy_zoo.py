@@ -12,8 +12,22 @@ import pytest
 
 from fedsim.config import Config, ConfigError
 from fedsim.strategies import (
-    STRATEGIES, Aggregate, Bulyan, FedAdagrad, FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedYogi, Krum, MultiKrum,
-    QFedAvg, TrimmedMean, make_strategy, reduce_partials,
+    STRATEGIES,
+    Aggregate,
+    Bulyan,
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedYogi,
+    Krum,
+    MultiKrum,
+    QFedAvg,
+    TrimmedMean,
+    make_strategy,
+    reduce_partials,
 )
 from fedsim.strategies.aggregate import PartialSum, Stack
 from fedsim.strategies.attacks import Attack, alie_z, byzantine_devices
@@ -28,8 +42,7 @@ def stacked(rows, samples=None, losses=None):
     n = len(rows)
     samples = np.ones(n, np.int64) if samples is None else np.asarray(samples)
     losses = np.full(n, np.nan) if losses is None else np.asarray(losses, np.float64)
-    return Aggregate(n, float(samples.sum()), rows=rows, device_ids=np.arange(n), samples=samples,
-                     start_losses=losses)
+    return Aggregate(n, float(samples.sum()), rows=rows, device_ids=np.arange(n), samples=samples, start_losses=losses)
 
 
 def summed(rows=ROWS, samples=SAMPLES):
@@ -63,12 +76,15 @@ def test_fedavgm_keeps_momentum_across_rounds():
     np.testing.assert_allclose(state["momentum"], [0.18, -2.34], rtol=1e-5)
 
 
-@pytest.mark.parametrize("cls, v", [
-    # v starts at tau^2 = 1e-4; d = [-0.2, 2.6], d^2 = [0.04, 6.76]
-    (FedAdam, [0.99e-4 + 0.01 * 0.04, 0.99e-4 + 0.01 * 6.76]),   # beta2 v + (1 - beta2) d^2
-    (FedYogi, [1e-4 + 0.01 * 0.04, 1e-4 + 0.01 * 6.76]),          # v - (1 - beta2) d^2 sign(v - d^2), v < d^2
-    (FedAdagrad, [1e-4 + 0.04, 1e-4 + 6.76]),                     # v + d^2
-])
+@pytest.mark.parametrize(
+    "cls, v",
+    [
+        # v starts at tau^2 = 1e-4; d = [-0.2, 2.6], d^2 = [0.04, 6.76]
+        (FedAdam, [0.99e-4 + 0.01 * 0.04, 0.99e-4 + 0.01 * 6.76]),  # beta2 v + (1 - beta2) d^2
+        (FedYogi, [1e-4 + 0.01 * 0.04, 1e-4 + 0.01 * 6.76]),  # v - (1 - beta2) d^2 sign(v - d^2), v < d^2
+        (FedAdagrad, [1e-4 + 0.04, 1e-4 + 6.76]),  # v + d^2
+    ],
+)
 def test_adaptive_server_optimisers_follow_reddi_et_al(cls, v):
     s = cls(server_lr=0.1, beta1=0.9, beta2=0.99, tau=0.01)
     w1, state = run(s, summed())
@@ -123,8 +139,9 @@ def test_krum_picks_the_update_with_the_lowest_score():
 
 def test_multikrum_averages_the_m_lowest_scores():
     # b (2), then a and e (3 each)
-    np.testing.assert_allclose(run(MultiKrum(assumed_byzantine=1, krum_m=3), stacked(KRUM))[0], [2 / 3, 1 / 3],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        run(MultiKrum(assumed_byzantine=1, krum_m=3), stacked(KRUM))[0], [2 / 3, 1 / 3], rtol=1e-6
+    )
 
 
 def test_bulyan_selects_by_krum_then_averages_around_the_median():
@@ -208,8 +225,23 @@ def test_strategy_table_in_toml(tmp_path):
 
 
 def test_every_strategy_is_registered_by_its_name():
-    assert sorted(STRATEGIES) == sorted(["fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "qfedavg", "fedprox", "scaffold",
-                                         "fedmedian", "trimmedmean", "krum", "multikrum", "bulyan"])
+    assert sorted(STRATEGIES) == sorted(
+        [
+            "fedavg",
+            "fedavgm",
+            "fedadam",
+            "fedyogi",
+            "fedadagrad",
+            "qfedavg",
+            "fedprox",
+            "scaffold",
+            "fedmedian",
+            "trimmedmean",
+            "krum",
+            "multikrum",
+            "bulyan",
+        ]
+    )
     for name, cls in STRATEGIES.items():
         assert cls.name == name
 
@@ -222,8 +254,14 @@ def test_scaffold_updates_control_variates_by_option_ii():
     state = s.init(W0)
     assert state["c_devices"].shape == (4, 2)
     # devices 0 (20 samples: K = 2 steps) and 2 (10 samples: K = 1) take part
-    agg = Aggregate(2, 30.0, rows=np.array([[1, -1], [0.5, 0.5]], np.float32), device_ids=np.array([0, 2]),
-                    samples=np.array([20, 10]), start_losses=np.full(2, np.nan))
+    agg = Aggregate(
+        2,
+        30.0,
+        rows=np.array([[1, -1], [0.5, 0.5]], np.float32),
+        device_ids=np.array([0, 2]),
+        samples=np.array([20, 10]),
+        start_losses=np.full(2, np.nan),
+    )
     w1, state = run(s, agg, state=state)
     # c_0+ = (x - y_0) / (2 * 0.1) = [-5, 5]; c_2+ = (x - y_2) / (1 * 0.1) = [-5, -5]
     np.testing.assert_allclose(state["c_devices"], [[-5, 5], [0, 0], [-5, -5], [0, 0]], rtol=1e-6)
@@ -244,8 +282,15 @@ def test_scaffold_counts_the_steps_a_deadline_left_a_straggler():
     from fedsim.strategies.scaffold import LocalTraining
 
     s = Scaffold(server_lr=1.0, local=LocalTraining(lr=0.1, batch_size=10, local_epochs=1, devices=4))
-    agg = Aggregate(2, 30.0, rows=np.array([[1, -1], [0.5, 0.5]], np.float32), device_ids=np.array([0, 2]),
-                    samples=np.array([20, 10]), start_losses=np.full(2, np.nan), steps=np.array([1, -1]))
+    agg = Aggregate(
+        2,
+        30.0,
+        rows=np.array([[1, -1], [0.5, 0.5]], np.float32),
+        device_ids=np.array([0, 2]),
+        samples=np.array([20, 10]),
+        start_losses=np.full(2, np.nan),
+        steps=np.array([1, -1]),
+    )
     _, state = run(s, agg, state=s.init(W0))
     np.testing.assert_allclose(state["c_devices"], [[-10, 10], [0, 0], [-5, -5], [0, 0]], rtol=1e-6)
     np.testing.assert_allclose(state["c"], [-3.75, 1.25], rtol=1e-6)  # ([-10, 10] + [-5, -5]) / 4

@@ -36,7 +36,9 @@ def test_every_point_is_a_run_folder_and_failures_are_recorded(swept):
 
 def test_one_ray_session_serves_every_point(swept):
     folder, _ = swept
-    nodes = {tuple(fedsim.load_run(folder / p).meta["host_nodes"]) for p in ("devices-4_iid_seed-0", "devices-8_iid_seed-0")}
+    nodes = {
+        tuple(fedsim.load_run(folder / p).meta["host_nodes"]) for p in ("devices-4_iid_seed-0", "devices-8_iid_seed-0")
+    }
     assert len({n for pair in nodes for n in pair}) == 1  # a new Ray start would have a new node id
 
 
@@ -62,9 +64,30 @@ def test_sweep_any_setting_from_the_command_line_then_resume_only_what_did_not_c
     import sys
 
     folder = tmp_path / "lr"
-    out = subprocess.run([sys.executable, "-m", "fedsim.cli", "sweep", "--devices", "20", "--lr", "0.01,0.1",
-                          "--rounds", "2", "--dataset", "toy_images", "--toy-samples", "20", "--no-progress",
-                          "--out", str(folder)], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedsim.cli",
+            "sweep",
+            "--devices",
+            "20",
+            "--lr",
+            "0.01,0.1",
+            "--rounds",
+            "2",
+            "--dataset",
+            "toy_images",
+            "--toy-samples",
+            "20",
+            "--no-progress",
+            "--out",
+            str(folder),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"sweep in {folder}" in out.stdout
     df = fedsim.load_runs(folder)
@@ -82,8 +105,12 @@ def test_sweep_any_setting_from_the_command_line_then_resume_only_what_did_not_c
     shutil.rmtree(folder / second["point"])
     second["status"], second["error"] = "failed", "cut"
     (folder / "sweep.json").write_text(json.dumps(saved))
-    again = subprocess.run([sys.executable, "-m", "fedsim.cli", "sweep", "--resume", str(folder), "--no-progress"],
-                           capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [sys.executable, "-m", "fedsim.cli", "sweep", "--resume", str(folder), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     assert (folder / first["point"] / "config.json").stat().st_mtime_ns == kept
     points = json.loads((folder / "sweep.json").read_text())["points"]
@@ -96,9 +123,25 @@ def test_a_sweep_table_in_the_config_file(tmp_path):
     import sys
 
     f = tmp_path / "s.toml"
-    f.write_text('dataset = "toy_images"\ntoy_samples = 20\ndevices = 6\nrounds = 1\n\n[sweep]\nlocal_epochs = [1, 2]\n')
-    out = subprocess.run([sys.executable, "-m", "fedsim.cli", "sweep", "--config", str(f), "--no-progress",
-                          "--out", str(tmp_path / "s")], capture_output=True, text=True, timeout=300)
+    f.write_text(
+        'dataset = "toy_images"\ntoy_samples = 20\ndevices = 6\nrounds = 1\n\n[sweep]\nlocal_epochs = [1, 2]\n'
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedsim.cli",
+            "sweep",
+            "--config",
+            str(f),
+            "--no-progress",
+            "--out",
+            str(tmp_path / "s"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     df = fedsim.load_runs(tmp_path / "s")
     assert sorted(df["local_epochs"].unique()) == [1, 2] and set(df["devices"]) == {6}
@@ -113,9 +156,11 @@ def test_comparing_strategies_gives_each_only_its_own_settings():
     axes = _axes(base, None, None, None, {"strategy": ["fedavg", "fedadam"], "server_lr": [0.01, 0.1]})
     points = _configs(base, axes)
     assert [(c.strategy, c.server_lr) for _, c in points] == [("fedavg", None), ("fedadam", 0.01), ("fedadam", 0.1)]
-    assert [n for n, _ in points] == ["devices-4_iid_seed-0_strategy-fedavg",
-                                      "devices-4_iid_seed-0_strategy-fedadam_server_lr-0.01",
-                                      "devices-4_iid_seed-0_strategy-fedadam_server_lr-0.1"]
+    assert [n for n, _ in points] == [
+        "devices-4_iid_seed-0_strategy-fedavg",
+        "devices-4_iid_seed-0_strategy-fedadam_server_lr-0.01",
+        "devices-4_iid_seed-0_strategy-fedadam_server_lr-0.1",
+    ]
     # one server lr for all (a one-value axis, as `fedsim sweep --server-lr 0.01` gives it): fedavg drops it
     fixed = _configs(base, _axes(base, None, None, None, {"strategy": ["fedavg", "fedadam"], "server_lr": [0.01]}))
     assert [(c.strategy, c.server_lr) for _, c in fixed] == [("fedavg", None), ("fedadam", 0.01)]
@@ -128,16 +173,46 @@ def test_sweep_command_compares_strategies_with_a_shared_server_lr(tmp_path):
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "fedsim.cli", "sweep", "--devices", "4", "--rounds", "1",
-                          "--dataset", "toy_images", "--toy-samples", "10", "--strategy", "fedavg,fedadam",
-                          "--server-lr", "0.01", "--engine", "local", "--no-progress", "--out", str(tmp_path / "s"),
-                          "--name", "cmp", "--mlflow", f"sqlite:///{tmp_path / 'm.db'}"],
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedsim.cli",
+            "sweep",
+            "--devices",
+            "4",
+            "--rounds",
+            "1",
+            "--dataset",
+            "toy_images",
+            "--toy-samples",
+            "10",
+            "--strategy",
+            "fedavg,fedadam",
+            "--server-lr",
+            "0.01",
+            "--engine",
+            "local",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "s"),
+            "--name",
+            "cmp",
+            "--mlflow",
+            f"sqlite:///{tmp_path / 'm.db'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "sweep of 2 points, 0 failed" in out.stdout
     df = fedsim.load_runs(tmp_path / "s")
     assert dict(zip(df["strategy"], df["server_lr"].fillna(-1))) == {"fedavg": -1, "fedadam": 0.01}
-    engines = {fedsim.load_run(tmp_path / "s" / point).meta["engine"] for point in df["run"].map(lambda r: Path(r).name)}
+    engines = {
+        fedsim.load_run(tmp_path / "s" / point).meta["engine"] for point in df["run"].map(lambda r: Path(r).name)
+    }
     assert engines == {"LocalEngine"}  # --engine local: no Ray
     # --mlflow: both points are runs of the sweep's one experiment, named by their folders
     from mlflow import MlflowClient

@@ -8,7 +8,11 @@ from dataclasses import dataclass
 from fedsim.data.arrays import check_npz, has_device_ids, load_npz
 from fedsim.data.dataset import DataError, Dataset
 from fedsim.data.fashion_mnist import (
-    DataNotFoundError, check_fashion_mnist, fetch_fashion_mnist, find_fashion_mnist, load_fashion_mnist,
+    DataNotFoundError,
+    check_fashion_mnist,
+    fetch_fashion_mnist,
+    find_fashion_mnist,
+    load_fashion_mnist,
 )
 from fedsim.data.partition import PartitionError, iid_partition, label_counts, parse_spec, partition
 from fedsim.data.synthetic import expected_bytes_per_device, make_synthetic, parse_synthetic
@@ -26,19 +30,25 @@ def check_dataset_name(name: str) -> None:
     if name in NAMED or name in ("npz", "arrays"):
         return
     if name == "synthetic":
-        raise ValueError("--dataset synthetic needs its parameters: synthetic:ALPHA,BETA, e.g. synthetic:1,1 "
-                         "(FedProx's Synthetic(alpha, beta)); the 28x28 test set is now toy_images")
+        raise ValueError(
+            "--dataset synthetic needs its parameters: synthetic:ALPHA,BETA, e.g. synthetic:1,1 "
+            "(FedProx's Synthetic(alpha, beta)); the 28x28 test set is now toy_images"
+        )
     if parse_synthetic(name) is None:
-        raise ValueError(f"--dataset {name!r}: use fashion_mnist, synthetic:ALPHA,BETA or toy_images, "
-                         "or --data FILE.npz for your own arrays")
+        raise ValueError(
+            f"--dataset {name!r}: use fashion_mnist, synthetic:ALPHA,BETA or toy_images, "
+            "or --data FILE.npz for your own arrays"
+        )
 
 
 def check_devices_fit(name: str, samples: int, devices: int, min_samples: int = 1) -> None:
     """DataError unless `samples` training samples can give each of `devices` devices `min_samples`."""
     if devices * min_samples > samples:
-        raise DataError(f"--devices {devices}: {name} has {samples} training samples, too few to give "
-                        f"{devices} devices {min_samples} each (--min-samples); use at most "
-                        f"{samples // min_samples} devices")
+        raise DataError(
+            f"--devices {devices}: {name} has {samples} training samples, too few to give "
+            f"{devices} devices {min_samples} each (--min-samples); use at most "
+            f"{samples // min_samples} devices"
+        )
 
 
 @dataclass(frozen=True)
@@ -65,8 +75,9 @@ class DataRecipe:
         else:
             check_dataset_name(self.name)
 
-    def check_fleet(self, devices: int, min_samples: int = 1, natural: bool = False,
-                    available_bytes: int | None = None) -> None:
+    def check_fleet(
+        self, devices: int, min_samples: int = 1, natural: bool = False, available_bytes: int | None = None
+    ) -> None:
         """Fail now, with one line, on a fleet the data cannot make or the machine cannot hold: more
         devices than samples to give them (unless the data's own device ids make the fleet), or a
         generated data set larger than the memory there is."""
@@ -80,10 +91,12 @@ class DataRecipe:
             need = devices * expected_bytes_per_device()
             have = psutil.virtual_memory().available if available_bytes is None else available_bytes
             if need > have // 2:
-                raise DataError(f"--devices {devices}: {self.name} generates one user per device, about "
-                                f"{need / 2**30:.1f} GiB for {devices} devices; this machine has "
-                                f"{have / 2**30:.1f} GiB available; use at most "
-                                f"{max(1, have // 2 // expected_bytes_per_device())} devices")
+                raise DataError(
+                    f"--devices {devices}: {self.name} generates one user per device, about "
+                    f"{need / 2**30:.1f} GiB for {devices} devices; this machine has "
+                    f"{have / 2**30:.1f} GiB available; use at most "
+                    f"{max(1, have // 2 // expected_bytes_per_device())} devices"
+                )
 
     @property
     def natural(self) -> bool:

@@ -27,8 +27,10 @@ def check_npz(path: str | os.PathLike[str]) -> None:
         raise DataError(f"--data {p}: not a readable .npz ({type(e).__name__}: {e})") from None
     missing = [k for k in REQUIRED if k not in keys]
     if missing:
-        raise DataError(f"--data {p}: missing array(s) {', '.join(missing)}; an .npz needs "
-                        f"{', '.join(REQUIRED)} (optional: {', '.join(OPTIONAL)})")
+        raise DataError(
+            f"--data {p}: missing array(s) {', '.join(missing)}; an .npz needs "
+            f"{', '.join(REQUIRED)} (optional: {', '.join(OPTIONAL)})"
+        )
     unknown = sorted(keys - set(REQUIRED) - set(OPTIONAL))
     if unknown:
         raise DataError(f"--data {p}: unknown array(s) {', '.join(unknown)}; known: {', '.join(REQUIRED + OPTIONAL)}")

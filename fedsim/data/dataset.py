@@ -62,13 +62,16 @@ class Dataset:
         if len(arrays["y_test"]) == 0:
             raise DataError(f"{self.name}: no test samples")
         if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
-            raise DataError(f"{self.name}: train samples are {arrays['x_train'].shape[1:]} but test samples "
-                            f"{arrays['x_test'].shape[1:]}")
+            raise DataError(
+                f"{self.name}: train samples are {arrays['x_train'].shape[1:]} but test samples "
+                f"{arrays['x_test'].shape[1:]}"
+            )
         try:
             kind = kind_of(arrays["x_train"].dtype)
             if kind_of(arrays["x_test"].dtype) != kind:
-                raise DataError(f"{self.name}: x_train is {arrays['x_train'].dtype} but x_test is "
-                                f"{arrays['x_test'].dtype}")
+                raise DataError(
+                    f"{self.name}: x_train is {arrays['x_train'].dtype} but x_test is {arrays['x_test'].dtype}"
+                )
         except TaskError as e:
             raise DataError(f"{self.name}: {e}") from None
         for split in ("train", "test"):
@@ -80,8 +83,7 @@ class Dataset:
                     raise DataError(f"{self.name}: x_{split} holds NaN or Inf features in {bad} sample(s)")
             elif kind == "tokens":
                 if x.size and (x.min() < 0 or x.max() > np.iinfo(np.int32).max):
-                    raise DataError(f"{self.name}: x_{split} token ids must be in [0, 2**31), "
-                                    f"got {x.min()}..{x.max()}")
+                    raise DataError(f"{self.name}: x_{split} token ids must be in [0, 2**31), got {x.min()}..{x.max()}")
                 x = x.astype(np.int32, copy=False)
             put(f"x_{split}", x)
             put(f"y_{split}", self._labels(arrays[f"y_{split}"], f"y_{split}"))
@@ -93,8 +95,9 @@ class Dataset:
         for split in ("train", "test"):
             y = getattr(self, f"y_{split}")
             if y.size and (y.min() < 0 or y.max() >= classes):
-                raise DataError(f"{self.name}: y_{split} labels must be class ids in [0, {classes}), "
-                                f"got {y.min()}..{y.max()}")
+                raise DataError(
+                    f"{self.name}: y_{split} labels must be class ids in [0, {classes}), got {y.min()}..{y.max()}"
+                )
         put("num_classes", int(classes))
         for split in ("train", "test"):
             ids = getattr(self, f"device_{split}")
@@ -102,8 +105,10 @@ class Dataset:
                 continue
             ids = _array(ids, f"device_{split}")
             if ids.ndim != 1 or len(ids) != len(getattr(self, f"y_{split}")):
-                raise DataError(f"{self.name}: device_{split} must give one device id per {split} sample "
-                                f"({len(getattr(self, f'y_{split}'))}), got shape {ids.shape}")
+                raise DataError(
+                    f"{self.name}: device_{split} must give one device id per {split} sample "
+                    f"({len(getattr(self, f'y_{split}'))}), got shape {ids.shape}"
+                )
             if not np.issubdtype(ids.dtype, np.integer):
                 raise DataError(f"{self.name}: device_{split} ids must be integers, got {ids.dtype}")
             put(f"device_{split}", ids.astype(np.int64, copy=False))
@@ -119,8 +124,10 @@ class Dataset:
             return y.astype(np.int32, copy=False)
         if np.issubdtype(y.dtype, np.floating) and np.isfinite(y).all() and np.all(y == np.round(y)):
             return y.astype(np.int32)
-        raise DataError(f"{self.name}: {what} must be integer class ids, got {y.dtype}"
-                        + (" (labels hold NaN, Inf or fractions)" if np.issubdtype(y.dtype, np.floating) else ""))
+        raise DataError(
+            f"{self.name}: {what} must be integer class ids, got {y.dtype}"
+            + (" (labels hold NaN, Inf or fractions)" if np.issubdtype(y.dtype, np.floating) else "")
+        )
 
     @functools.cached_property
     def task(self) -> Task:

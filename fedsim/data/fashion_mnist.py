@@ -72,8 +72,10 @@ def check_idx(path: Path) -> tuple[int, ...]:
         raise DataError(f"{path}: not a readable gzip IDX file ({e}); re-install or re-download it") from None
     expected = (4 + 4 * len(shape) + int(np.prod(shape))) % 2**32
     if isize != expected:
-        raise DataError(f"{path}: truncated or damaged (holds {isize} bytes, its header implies {expected}); "
-                        "re-install or re-download it")
+        raise DataError(
+            f"{path}: truncated or damaged (holds {isize} bytes, its header implies {expected}); "
+            "re-install or re-download it"
+        )
     return shape
 
 

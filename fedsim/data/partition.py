@@ -23,12 +23,14 @@ class PartitionError(ValueError):
 
 
 def parse_spec(spec: str) -> tuple[str, float | None]:
-    """"dirichlet:0.3" -> ("dirichlet", 0.3); raises PartitionError naming the problem."""
+    """ "dirichlet:0.3" -> ("dirichlet", 0.3); raises PartitionError naming the problem."""
     kind, _, arg = spec.partition(":")
     kinds = {"iid": None, "natural": None, "dirichlet": float, "shards": int, "classes": int, "quantity": float}
     if kind not in kinds:
-        raise PartitionError(f"--partition {spec!r}: unknown kind {kind!r}; use iid, natural, dirichlet:A, shards:K, "
-                             "classes:K or quantity:S")
+        raise PartitionError(
+            f"--partition {spec!r}: unknown kind {kind!r}; use iid, natural, dirichlet:A, shards:K, "
+            "classes:K or quantity:S"
+        )
     cast = kinds[kind]
     if cast is None:
         if arg:
@@ -37,14 +39,22 @@ def parse_spec(spec: str) -> tuple[str, float | None]:
     try:
         value = cast(arg)
     except ValueError:
-        raise PartitionError(f"--partition {spec!r}: {kind} needs a {cast.__name__} after ':', e.g. {kind}:{2 if cast is int else 0.5}") from None
+        raise PartitionError(
+            f"--partition {spec!r}: {kind} needs a {cast.__name__} after ':', e.g. {kind}:{2 if cast is int else 0.5}"
+        ) from None
     if value <= 0:
         raise PartitionError(f"--partition {spec!r}: the {kind} argument must be positive")
     return kind, value
 
 
-def partition(labels: np.ndarray, num_devices: int, spec: str = "iid", seed: int = 0, min_samples: int = 1,
-              owners: np.ndarray | None = None) -> list[np.ndarray]:
+def partition(
+    labels: np.ndarray,
+    num_devices: int,
+    spec: str = "iid",
+    seed: int = 0,
+    min_samples: int = 1,
+    owners: np.ndarray | None = None,
+) -> list[np.ndarray]:
     """One sorted index array per device. `owners`: the device id of each sample, for natural."""
     kind, arg = parse_spec(spec)
     labels = np.asarray(labels)
@@ -95,12 +105,16 @@ def iid_partition(num_samples: int, num_devices: int, seed: int) -> list[np.ndar
 def natural_partition(owners: np.ndarray | None, num_devices: int, what: str = "device_train") -> list[np.ndarray]:
     """Device d holds the samples of the d-th smallest id in `owners` (ids may be any integers)."""
     if owners is None:
-        raise PartitionError("--partition natural needs data that carries device ids (synthetic:ALPHA,BETA, or an "
-                             ".npz / ArrayDataset with device_train); use iid, dirichlet:A, ... for this data set")
+        raise PartitionError(
+            "--partition natural needs data that carries device ids (synthetic:ALPHA,BETA, or an "
+            ".npz / ArrayDataset with device_train); use iid, dirichlet:A, ... for this data set"
+        )
     ids, inverse = np.unique(owners, return_inverse=True)
     if len(ids) != num_devices:
-        raise PartitionError(f"--partition natural: the data's {what} names {len(ids)} devices but --devices is "
-                             f"{num_devices}; set --devices {len(ids)}")
+        raise PartitionError(
+            f"--partition natural: the data's {what} names {len(ids)} devices but --devices is "
+            f"{num_devices}; set --devices {len(ids)}"
+        )
     return group_indices(inverse, len(ids))
 
 
@@ -110,7 +124,9 @@ def group_indices(group: np.ndarray, n: int) -> list[np.ndarray]:
     return np.split(order, np.cumsum(np.bincount(group, minlength=n))[:-1])
 
 
-def _dirichlet(labels: np.ndarray, n: int, alpha: float, rng: np.random.Generator, min_samples: int) -> list[np.ndarray]:
+def _dirichlet(
+    labels: np.ndarray, n: int, alpha: float, rng: np.random.Generator, min_samples: int
+) -> list[np.ndarray]:
     by_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
     for _ in range(MAX_DRAWS):
         parts: list[list[np.ndarray]] = [[] for _ in range(n)]
@@ -172,4 +188,8 @@ def _quantity(num_samples: int, n: int, sigma: float, rng: np.random.Generator, 
 
 def label_counts(labels: np.ndarray, shards: list[np.ndarray], num_classes: int) -> np.ndarray:
     """(devices, classes) matrix of how many samples of each label every device holds."""
-    return np.stack([np.bincount(labels[s], minlength=num_classes) for s in shards]) if shards else np.zeros((0, num_classes), int)
+    return (
+        np.stack([np.bincount(labels[s], minlength=num_classes) for s in shards])
+        if shards
+        else np.zeros((0, num_classes), int)
+    )

@@ -23,7 +23,7 @@ TEST_SHARE = 0.1  # the paper's 90/10 split per device
 
 
 def parse_synthetic(name: str) -> tuple[float, float] | None:
-    """"synthetic:1,1" -> (1.0, 1.0); None if `name` is not a synthetic spec; ValueError if malformed."""
+    """ "synthetic:1,1" -> (1.0, 1.0); None if `name` is not a synthetic spec; ValueError if malformed."""
     kind, sep, arg = name.partition(":")
     if kind != "synthetic":
         return None
@@ -31,8 +31,9 @@ def parse_synthetic(name: str) -> tuple[float, float] | None:
     try:
         alpha, beta = (float(p) for p in parts)
     except ValueError:
-        raise ValueError(f"--dataset {name!r}: write synthetic:ALPHA,BETA, e.g. synthetic:1,1 "
-                         "(FedProx's Synthetic(alpha, beta))") from None
+        raise ValueError(
+            f"--dataset {name!r}: write synthetic:ALPHA,BETA, e.g. synthetic:1,1 (FedProx's Synthetic(alpha, beta))"
+        ) from None
     if not (alpha >= 0 and beta >= 0):
         raise ValueError(f"--dataset {name!r}: alpha and beta must be >= 0")
     return alpha, beta
@@ -46,8 +47,9 @@ def expected_bytes_per_device() -> int:
     return int(2 * samples * (DIMENSION * 4 + 4 + 8))
 
 
-def make_synthetic(alpha: float, beta: float, num_devices: int, seed: int = 0,
-                   sizes: np.ndarray | None = None) -> Dataset:
+def make_synthetic(
+    alpha: float, beta: float, num_devices: int, seed: int = 0, sizes: np.ndarray | None = None
+) -> Dataset:
     """One generated user per device, carried as device ids (a natural partition).
 
     `sizes`: samples per device (before the test split) instead of the paper's power law.
@@ -79,5 +81,13 @@ def make_synthetic(alpha: float, beta: float, num_devices: int, seed: int = 0,
         test[start + size - n_test : start + size] = True
         start += size
     name = f"synthetic:{alpha:g},{beta:g}"
-    return Dataset(x[~test], y[~test], x[test], y[test], name=name, num_classes=CLASSES,
-                   device_train=owner[~test], device_test=owner[test])
+    return Dataset(
+        x[~test],
+        y[~test],
+        x[test],
+        y[test],
+        name=name,
+        num_classes=CLASSES,
+        device_train=owner[~test],
+        device_test=owner[test],
+    )

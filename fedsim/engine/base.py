@@ -224,8 +224,9 @@ def prepare(setup: Setup, num_hosts: int) -> Prepared:
     task = dataset.task
     if setup.data.path or setup.data.arrays is not None:  # sizes known only once loaded (an .npz)
         check_devices_fit(dataset.name, len(dataset.y_train), setup.devices)
-    shards = partition(dataset.y_train, setup.devices, setup.partition, setup.settings.seed, setup.min_samples,
-                       dataset.device_train)
+    shards = partition(
+        dataset.y_train, setup.devices, setup.partition, setup.settings.seed, setup.min_samples, dataset.device_train
+    )
     local_tests, tests_from_test_set = None, False
     if setup.device_test_fraction > 0:
         shards, local_tests = split_local_tests(shards, setup.device_test_fraction, setup.settings.seed)
@@ -263,7 +264,9 @@ def natural_tests(dataset: Dataset) -> list[np.ndarray]:
 
 
 def fleet_data(
-    dataset: Dataset, shards: Sequence[np.ndarray], local_tests: Sequence[np.ndarray] | None = None,
+    dataset: Dataset,
+    shards: Sequence[np.ndarray],
+    local_tests: Sequence[np.ndarray] | None = None,
     tests_from_test_set: bool = False,
 ) -> FleetData:
     """Every device's shard (and own test split) back to back, in device order. Local tests are
@@ -274,8 +277,11 @@ def fleet_data(
         y_all = np.concatenate([dataset.y_train, dataset.y_test])
         test_offset = len(dataset.y_train)
     train_sizes = np.fromiter((len(s) for s in shards), np.int64, len(shards))
-    test_sizes = (np.fromiter((len(t) for t in local_tests), np.int64, len(shards)) if local_tests is not None
-                  else np.zeros(len(shards), np.int64))
+    test_sizes = (
+        np.fromiter((len(t) for t in local_tests), np.int64, len(shards))
+        if local_tests is not None
+        else np.zeros(len(shards), np.int64)
+    )
     ends = np.cumsum(train_sizes + test_sizes)
     bounds = np.stack([ends - train_sizes - test_sizes, ends - test_sizes, ends], axis=1)
     if local_tests is None:
@@ -285,7 +291,9 @@ def fleet_data(
     return FleetData(x_all[order], y_all[order], bounds)
 
 
-def split_local_tests(shards: Sequence[np.ndarray], fraction: float, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def split_local_tests(
+    shards: Sequence[np.ndarray], fraction: float, seed: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Each device keeps floor(fraction * n) of its own samples (seeded, at least one left to train
     on) as a test split drawn from its own distribution."""
     train, test = [], []

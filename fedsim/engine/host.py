@@ -15,7 +15,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedsim.checkpoint import CheckpointError, FlatReader, WeightSpec, check_weights, flatten, read_checkpoint, scratch_dir
+from fedsim.checkpoint import (
+    CheckpointError,
+    FlatReader,
+    WeightSpec,
+    check_weights,
+    flatten,
+    read_checkpoint,
+    scratch_dir,
+)
 from fedsim.device import Device, Runner, evaluate_counts, write_control
 from fedsim.engine.base import DeviceReport, FleetData, HostPipeline, HostSettings, RoundResult, TestBlocks
 from fedsim.strategies.aggregate import accumulator
@@ -23,7 +31,11 @@ from fedsim.strategies.base import HONEST
 
 
 def accept_upload(
-    reader: FlatReader, path: os.PathLike[str], pipeline: HostPipeline, device_id: int, round_num: int,
+    reader: FlatReader,
+    path: os.PathLike[str],
+    pipeline: HostPipeline,
+    device_id: int,
+    round_num: int,
     global_flat: np.ndarray | None,
 ) -> tuple[np.ndarray, str, int]:
     """(the upload as one vector to accumulate, a note, the file's size) of the checkpoint a device
@@ -155,7 +167,12 @@ class DeviceHost:
                 control = self.scratch / "control.ckpt"
                 write_control(np.frombuffer(plan.control, np.float32), control)
             update = device.run_round(
-                self.runner, global_path, round_num, self.settings.local_epochs, self.settings.batch_size, out,
+                self.runner,
+                global_path,
+                round_num,
+                self.settings.local_epochs,
+                self.settings.batch_size,
+                out,
                 mu=plan.mu if plan is not None else 0.0,
                 flip_labels=pipeline.num_classes if pipeline.role(device_id) == "labelflip" else 0,
                 control=control,
@@ -165,11 +182,17 @@ class DeviceHost:
             self._runner = None  # the interpreter may be in a bad state: the next device gets a fresh one
             error = f"{type(e).__name__}: {e}"
             return DeviceReport(device_id, self.host_index, device.samples, "failed", error=error), None, float("nan")
-        ok = dict(device_id=device_id, host=self.host_index, samples=update.samples,
-                  train_loss=update.train_loss, train_s=update.train_s)
+        ok = dict(
+            device_id=device_id,
+            host=self.host_index,
+            samples=update.samples,
+            train_loss=update.train_loss,
+            train_s=update.train_s,
+        )
         try:
-            flat, note, size = accept_upload(self._reader(pipeline.screen.spec), out, pipeline, device_id, round_num,
-                                             global_flat)
+            flat, note, size = accept_upload(
+                self._reader(pipeline.screen.spec), out, pipeline, device_id, round_num, global_flat
+            )
         except CheckpointError as e:
             size = out.stat().st_size if out.exists() else 0
             return DeviceReport(status="rejected", error=str(e), checkpoint_bytes=size, **ok), None, float("nan")

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fedsim.engine.base import Engine, Evaluation, HostPipeline, Prepared, RoundResult, Setup, combine_evaluations, prepare
+from fedsim.engine.base import (
+    Engine,
+    Evaluation,
+    HostPipeline,
+    Prepared,
+    RoundResult,
+    Setup,
+    combine_evaluations,
+    prepare,
+)
 from fedsim.engine.host import DeviceHost
 
 
@@ -20,8 +29,10 @@ class LocalEngine(Engine):
         prepared = prepare(setup, self.num_hosts)
         self.test_samples = int(prepared.dataset_info["test_samples"])
         assert prepared.fleet is not None
-        self.hosts = [DeviceHost(h, prepared.fleet, setup.settings, tests, prepared.artifact)
-                      for h, tests in enumerate(prepared.tests)]
+        self.hosts = [
+            DeviceHost(h, prepared.fleet, setup.settings, tests, prepared.artifact)
+            for h, tests in enumerate(prepared.tests)
+        ]
         self.set_costs(prepared, setup.settings)
         return prepared
 

@@ -21,12 +21,25 @@ from typing import Any
 import psutil
 import ray
 from ray.exceptions import (
-    ActorUnavailableError, GetTimeoutError, OutOfMemoryError, RayActorError, RayTaskError, WorkerCrashedError,
+    ActorUnavailableError,
+    GetTimeoutError,
+    OutOfMemoryError,
+    RayActorError,
+    RayTaskError,
+    WorkerCrashedError,
 )
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from fedsim.engine.base import (
-    DeviceReport, Engine, EngineError, Evaluation, HostPipeline, Prepared, RoundResult, Setup, combine_evaluations,
+    DeviceReport,
+    Engine,
+    EngineError,
+    Evaluation,
+    HostPipeline,
+    Prepared,
+    RoundResult,
+    Setup,
+    combine_evaluations,
     prepare,
 )
 from fedsim.engine.host import DeviceHost
@@ -111,8 +124,12 @@ def connect(address: str | None = None) -> bool:
 
 def _prepare_remote(setup: Setup, num_hosts: int) -> tuple[Any, ...]:
     prepared = prepare(setup, num_hosts)
-    info = {**prepared.dataset_info, "label_counts": prepared.label_counts, "test_sizes": prepared.test_sizes,
-            "report": prepared.report}
+    info = {
+        **prepared.dataset_info,
+        "label_counts": prepared.label_counts,
+        "test_sizes": prepared.test_sizes,
+        "report": prepared.report,
+    }
     return (prepared.artifact, info, os.getpid(), prepared.fleet, *prepared.tests)
 
 
@@ -254,13 +271,27 @@ def _artifact_key(setup: Setup) -> tuple[Any, ...] | None:
     if data.path:
         st = os.stat(data.path)
         stamp = (data.path, st.st_size, st.st_mtime_ns)
-    return (name, recipe.optimizer, recipe.seed, recipe.checkpoint_format, recipe.variant, data.name,
-            data.data_dir, stamp, setup.settings.batch_size)
+    return (
+        name,
+        recipe.optimizer,
+        recipe.seed,
+        recipe.checkpoint_format,
+        recipe.variant,
+        data.name,
+        data.data_dir,
+        stamp,
+        setup.settings.batch_size,
+    )
 
 
 class RayEngine(Engine):
-    def __init__(self, hosts: int | None = None, address: str | None = None, round_timeout_s: float | None = None,
-                 keep_warm: bool = False) -> None:
+    def __init__(
+        self,
+        hosts: int | None = None,
+        address: str | None = None,
+        round_timeout_s: float | None = None,
+        keep_warm: bool = False,
+    ) -> None:
         # keep_warm: on close, leave Ray running and park the hosts for the next run in this process
         self.keep_warm = keep_warm
         self.startup_s: dict[str, float] = {}  # seconds per start-up stage of the last start()
@@ -318,8 +349,9 @@ class RayEngine(Engine):
         if warm:  # a warm host prepares: its process has TensorFlow loaded already
             refs = warm[0].prepare.options(num_returns=4 + h).remote(setup, h)
         else:
-            task = ray.remote(max_calls=1)(_prepare_remote).options(num_returns=4 + h, scheduling_strategy=here,
-                                                                    max_retries=0)
+            task = ray.remote(max_calls=1)(_prepare_remote).options(
+                num_returns=4 + h, scheduling_strategy=here, max_retries=0
+            )
             refs = task.remote(setup, h)
         try:
             artifact, info, worker_pid = ray.get(refs[:3])
@@ -334,9 +366,11 @@ class RayEngine(Engine):
             _retrieved(refs)
             available = psutil.virtual_memory().available / 2**30
             what = "ran out of memory" if isinstance(e, OutOfMemoryError) else "crashed"
-            raise EngineError(f"preparing the run {what} (loading and splitting the data for {setup.devices} devices, "
-                              f"converting the model); this node has {available:.1f} GiB available: use fewer "
-                              "--devices or a smaller data set") from None
+            raise EngineError(
+                f"preparing the run {what} (loading and splitting the data for {setup.devices} devices, "
+                f"converting the model); this node has {available:.1f} GiB available: use fewer "
+                "--devices or a smaller data set"
+            ) from None
         counts, test_sizes, report = info.pop("label_counts"), info.pop("test_sizes"), info.pop("report")
         if not warm:
             _wait_for_exit(worker_pid)
@@ -359,8 +393,12 @@ class RayEngine(Engine):
         # Which Ray node each host landed on (SPREAD places them across nodes).
         self.host_nodes = ray.get([a.node_id.remote() for a in self.actors])
         done = time.perf_counter()
-        self.startup_s = {"ray": connected - began, "prepare": prepared_at - connected, "hosts": done - prepared_at,
-                          "warm": bool(warm)}
+        self.startup_s = {
+            "ray": connected - began,
+            "prepare": prepared_at - connected,
+            "hosts": done - prepared_at,
+            "warm": bool(warm),
+        }
         prepared = Prepared(artifact, info, None, [], counts, test_sizes, report)
         self.set_costs(prepared, setup.settings)
         return prepared

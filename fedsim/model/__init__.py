@@ -4,14 +4,36 @@ TensorFlow is imported lazily, inside the functions that need it, so importing f
 """
 
 from fedsim.model.builders import (
-    MODELS, OPTIMIZERS, ArtifactRecipe, ModelError, Optimizer, build_cnn, build_logreg, build_mlp, builder_name,
+    MODELS,
+    OPTIMIZERS,
+    ArtifactRecipe,
+    ModelError,
+    Optimizer,
+    build_cnn,
+    build_logreg,
+    build_mlp,
+    builder_name,
     resolve_builder,
 )
 from fedsim.model.signatures import INFER, RESTORE, SAVE, SIGNATURES, TRAIN
 
 __all__ = [
-    "INFER", "MODELS", "OPTIMIZERS", "RESTORE", "SAVE", "SIGNATURES", "TRAIN", "ArtifactRecipe", "ModelError",
-    "Optimizer", "build_cnn", "build_logreg", "build_mlp", "builder_name", "convert_to_tflite", "resolve_builder",
+    "INFER",
+    "MODELS",
+    "OPTIMIZERS",
+    "RESTORE",
+    "SAVE",
+    "SIGNATURES",
+    "TRAIN",
+    "ArtifactRecipe",
+    "ModelError",
+    "Optimizer",
+    "build_cnn",
+    "build_logreg",
+    "build_mlp",
+    "builder_name",
+    "convert_to_tflite",
+    "resolve_builder",
 ]
 
 

@@ -27,8 +27,10 @@ def _front(task: Task, keras: Any) -> list[Any]:
     """Input layer, and for tokens an embedding: what every built-in model starts with."""
     layers = [keras.Input(shape=task.input_shape, dtype="int32" if task.kind == "tokens" else "float32")]
     if task.kind == "tokens":
-        layers += [keras.layers.Embedding(task.vocab_size, 32, name="embedding"),
-                   keras.layers.GlobalAveragePooling1D(name="pool")]
+        layers += [
+            keras.layers.Embedding(task.vocab_size, 32, name="embedding"),
+            keras.layers.GlobalAveragePooling1D(name="pool"),
+        ]
     else:
         layers.append(keras.layers.Flatten(name="flatten"))
     return layers
@@ -41,7 +43,8 @@ def build_mlp(task: Task) -> Any:
     # Explicit names: they become the checkpoint's tensor names ("mlp/hidden/kernel"), so they must
     # not depend on how many models the process built before.
     return keras.Sequential(
-        _front(task, keras) + [
+        _front(task, keras)
+        + [
             keras.layers.Dense(128, activation="relu", name="hidden"),
             keras.layers.Dense(task.num_classes, activation="softmax", name="classifier"),
         ],
@@ -66,11 +69,15 @@ def build_cnn(task: Task) -> Any:
     import keras
 
     if task.kind != "image":
-        raise ModelError(f"--model cnn needs image inputs (H x W or H x W x C uint8); this data set has {task.describe()}")
+        raise ModelError(
+            f"--model cnn needs image inputs (H x W or H x W x C uint8); this data set has {task.describe()}"
+        )
     h, w = task.input_shape[:2]
     if min(h, w) < 12:
-        raise ModelError(f"--model cnn needs images of at least 12x12 (two 5x5 convolutions and two pools); "
-                         f"this data set has {h}x{w}")
+        raise ModelError(
+            f"--model cnn needs images of at least 12x12 (two 5x5 convolutions and two pools); "
+            f"this data set has {h}x{w}"
+        )
     channels = task.input_shape[2] if len(task.input_shape) == 3 else 1
     return keras.Sequential(
         [
@@ -150,8 +157,9 @@ class Optimizer:
         if self.name == "momentum":
             return keras.optimizers.SGD(learning_rate=self.lr, momentum=self.momentum)
         if self.name == "adam":
-            return keras.optimizers.Adam(learning_rate=self.lr, beta_1=self.beta1, beta_2=self.beta2,
-                                         epsilon=self.epsilon)
+            return keras.optimizers.Adam(
+                learning_rate=self.lr, beta_1=self.beta1, beta_2=self.beta2, epsilon=self.epsilon
+            )
         raise ModelError(f"--device-optimizer must be sgd, momentum or adam, got {self.name!r}")
 
 

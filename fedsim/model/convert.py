@@ -34,8 +34,9 @@ def build_model(recipe: ArtifactRecipe) -> Any:
 
 def build_module(recipe: ArtifactRecipe) -> OnDeviceModule:
     """The seeded tf.Module; the seed fixes the initial weights, so a config reproduces its model."""
-    return OnDeviceModule(build_model(recipe), recipe.task, recipe.optimizer.build(), recipe.checkpoint_format,
-                          recipe.variant)
+    return OnDeviceModule(
+        build_model(recipe), recipe.task, recipe.optimizer.build(), recipe.checkpoint_format, recipe.variant
+    )
 
 
 def sample_inputs(task: Task, n: int, seed: int = 0) -> np.ndarray:
@@ -61,8 +62,10 @@ def check_model(model: Any, task: Task) -> None:
     except (AttributeError, ValueError):
         in_shape = None
     if in_shape is not None and in_shape != task.input_shape:
-        raise ModelError(f"the model takes inputs of shape {in_shape} but the data's samples are {task.input_shape} "
-                         f"({task.describe()})")
+        raise ModelError(
+            f"the model takes inputs of shape {in_shape} but the data's samples are {task.input_shape} "
+            f"({task.describe()})"
+        )
     x = _model_input(task, sample_inputs(task, 2))
     y = np.arange(2, dtype=np.int32) % task.num_classes
     try:
@@ -73,14 +76,18 @@ def check_model(model: Any, task: Task) -> None:
     except Exception as e:  # the model cannot even run on one sample of the data
         raise ModelError(f"the model fails on the data's inputs {task.input_shape}: {_first_line(e)}") from None
     if tuple(out.shape[1:]) != (task.num_classes,):
-        raise ModelError(f"the model outputs {tuple(out.shape[1:])} per sample; the data has {task.num_classes} "
-                         f"classes, so its last layer must output ({task.num_classes},)")
+        raise ModelError(
+            f"the model outputs {tuple(out.shape[1:])} per sample; the data has {task.num_classes} "
+            f"classes, so its last layer must output ({task.num_classes},)"
+        )
     gradients = tape.gradient(loss, model.trainable_variables)
     for variable, gradient in zip(model.trainable_variables, gradients):
         if gradient is None:
             layer = _layer_of(model, variable.path)
-            raise ModelError(f"layer {layer!r} cannot be trained on device: its weight {variable.path} gets no "
-                             "gradient from the loss (a layer after it is not differentiable)")
+            raise ModelError(
+                f"layer {layer!r} cannot be trained on device: its weight {variable.path} gets no "
+                "gradient from the loss (a layer after it is not differentiable)"
+            )
 
 
 def _layer_of(model: Any, path: str) -> str:
@@ -102,8 +109,9 @@ def _conversion_error(model: Any, e: BaseException) -> ModelError:
     for layer in getattr(model, "layers", []):
         if re.search(rf"\b{re.escape(layer.name)}\b", text):
             what = f" (op {', '.join(ops[:3])})" if ops else ""
-            return ModelError(f"layer {layer.name!r} cannot be converted for on-device training{what}: "
-                              f"{_first_line(e)[:300]}")
+            return ModelError(
+                f"layer {layer.name!r} cannot be converted for on-device training{what}: {_first_line(e)[:300]}"
+            )
     return ModelError(f"the model cannot be converted for on-device training: {_first_line(e)[:300]}")
 
 

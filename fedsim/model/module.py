@@ -8,7 +8,15 @@ import numpy as np
 import tensorflow as tf
 
 from fedsim.model.signatures import (
-    CHECKPOINT_FORMATS, CHECKPOINT_PATH, CONTROL_PATH, CORRECTION, LOSS, MU, OUTPUT, PACKED, VARIANTS,
+    CHECKPOINT_FORMATS,
+    CHECKPOINT_PATH,
+    CONTROL_PATH,
+    CORRECTION,
+    LOSS,
+    MU,
+    OUTPUT,
+    PACKED,
+    VARIANTS,
 )
 from fedsim.task import Task
 
@@ -51,15 +59,18 @@ class OnDeviceModule(tf.Module):
       The correction never enters the checkpoint.
     """
 
-    def __init__(self, model: Any, task: Task, optimizer: Any, checkpoint_format: str = "packed",
-                 variant: str | None = None) -> None:
+    def __init__(
+        self, model: Any, task: Task, optimizer: Any, checkpoint_format: str = "packed", variant: str | None = None
+    ) -> None:
         super().__init__()
         import keras
 
         from fedsim.model.builders import ModelError
 
         if checkpoint_format not in CHECKPOINT_FORMATS:
-            raise ModelError(f"--checkpoint-format must be one of {', '.join(CHECKPOINT_FORMATS)}, got {checkpoint_format!r}")
+            raise ModelError(
+                f"--checkpoint-format must be one of {', '.join(CHECKPOINT_FORMATS)}, got {checkpoint_format!r}"
+            )
         if variant is not None and variant not in VARIANTS:
             raise ModelError(f"unknown artifact variant {variant!r}; known: {', '.join(VARIANTS)}")
         self.checkpoint_format = checkpoint_format
@@ -86,18 +97,33 @@ class OnDeviceModule(tf.Module):
         if checkpoint_format == "packed":
             odd = [(w.path, w.dtype) for w in model.weights if w.dtype != "float32"]
             if odd:
-                raise ModelError(f"--checkpoint-format packed needs float32 weights, but {odd[0][0]} is "
-                                 f"{odd[0][1]}; use --checkpoint-format tensors")
+                raise ModelError(
+                    f"--checkpoint-format packed needs float32 weights, but {odd[0][0]} is "
+                    f"{odd[0][1]}; use --checkpoint-format tensors"
+                )
         # A packed checkpoint holds the weights in name order: the order in which the restore
         # signature lists its outputs, so the artifact itself tells how to cut it (Runner.layout).
         self.packed = sorted(zip(self.weight_names, self.weight_vars), key=lambda nv: nv[0])
         # FedProx's anchors: one per trainable weight, by weight name (set by restore, never saved)
         trainable = {v.path for v in model.trainable_variables}
-        self.anchors = ({w.path: tf.Variable(tf.zeros_like(w.value), trainable=False, name=f"anchor_{i}")
-                         for i, w in enumerate(model.weights) if w.path in trainable} if variant == "fedprox" else {})
+        self.anchors = (
+            {
+                w.path: tf.Variable(tf.zeros_like(w.value), trainable=False, name=f"anchor_{i}")
+                for i, w in enumerate(model.weights)
+                if w.path in trainable
+            }
+            if variant == "fedprox"
+            else {}
+        )
         # SCAFFOLD's correction c - c_i, one per weight in packed (name) order (set by restore, never saved)
-        self.corrections = ([tf.Variable(tf.zeros_like(var), trainable=False, name=f"correction_{i}")
-                             for i, (_, var) in enumerate(self.packed)] if variant == "scaffold" else [])
+        self.corrections = (
+            [
+                tf.Variable(tf.zeros_like(var), trainable=False, name=f"correction_{i}")
+                for i, (_, var) in enumerate(self.packed)
+            ]
+            if variant == "scaffold"
+            else []
+        )
         self.correction_of = {name: i for i, (name, _) in enumerate(self.packed)}
         x_spec = tf.TensorSpec([None, *task.input_shape], tf.as_dtype(task.input_dtype), name="x")
         y_spec = tf.TensorSpec([None], tf.int32, name="y")
@@ -127,8 +153,10 @@ class OnDeviceModule(tf.Module):
             loss = self.loss_fn(y, prediction)
         gradients = tape.gradient(loss, self.model.trainable_variables)
         if self.corrections:  # SCAFFOLD: g + (c - c_i)
-            gradients = [g + self.corrections[self.correction_of[v.path]]
-                         for g, v in zip(gradients, self.model.trainable_variables)]
+            gradients = [
+                g + self.corrections[self.correction_of[v.path]]
+                for g, v in zip(gradients, self.model.trainable_variables)
+            ]
         self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
         return {LOSS: loss}
 
@@ -158,8 +186,9 @@ class OnDeviceModule(tf.Module):
         return {CHECKPOINT_PATH: checkpoint_path}
 
     def _restore_scaffold(self, checkpoint_path: tf.Tensor, control_path: tf.Tensor) -> dict[str, tf.Tensor]:
-        flat = tf.raw_ops.Restore(file_pattern=control_path, tensor_name=CORRECTION, dt=tf.float32,
-                                  name="restore_control")
+        flat = tf.raw_ops.Restore(
+            file_pattern=control_path, tensor_name=CORRECTION, dt=tf.float32, name="restore_control"
+        )
         sizes = [int(np.prod(var.shape)) for _, var in self.packed]
         for (_, var), part, correction in zip(self.packed, tf.split(flat, sizes), self.corrections):
             correction.assign(tf.reshape(part, var.shape))
@@ -177,8 +206,9 @@ class OnDeviceModule(tf.Module):
                     self.anchors[name].assign(restored[name])
         else:
             for name, var in zip(self.weight_names, self.weight_vars):
-                restored[name] = tf.raw_ops.Restore(file_pattern=checkpoint_path, tensor_name=name, dt=var.dtype,
-                                                    name="restore")
+                restored[name] = tf.raw_ops.Restore(
+                    file_pattern=checkpoint_path, tensor_name=name, dt=var.dtype, name="restore"
+                )
                 var.assign(restored[name])
                 if name in self.anchors:
                     self.anchors[name].assign(restored[name])

@@ -17,16 +17,52 @@ from fedsim.strategies.scaffold import Scaffold
 from fedsim.strategies.trimmedmean import TrimmedMean
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    s.name: s for s in (FedAvg, FedAvgM, FedAdam, FedYogi, FedAdagrad, QFedAvg, FedProx, Scaffold, FedMedian, TrimmedMean,
-                        Krum, MultiKrum, Bulyan)
+    s.name: s
+    for s in (
+        FedAvg,
+        FedAvgM,
+        FedAdam,
+        FedYogi,
+        FedAdagrad,
+        QFedAvg,
+        FedProx,
+        Scaffold,
+        FedMedian,
+        TrimmedMean,
+        Krum,
+        MultiKrum,
+        Bulyan,
+    )
 }
 
 # every hyperparameter any strategy takes, each a run setting (Config field) of the same name
 STRATEGY_PARAMS: tuple[str, ...] = tuple(dict.fromkeys(n for s in STRATEGIES.values() for n in s.param_names()))
 
-__all__ = ["STRATEGIES", "STRATEGY_PARAMS", "Aggregate", "Bulyan", "DevicePlan", "FedAdagrad", "FedAdam", "FedAvg",
-           "FedAvgM", "FedMedian", "FedProx", "FedYogi", "Krum", "MultiKrum", "Partial", "QFedAvg", "Scaffold", "State",
-           "Strategy", "TrimmedMean", "make_strategy", "reduce_partials", "strategy_for"]
+__all__ = [
+    "STRATEGIES",
+    "STRATEGY_PARAMS",
+    "Aggregate",
+    "Bulyan",
+    "DevicePlan",
+    "FedAdagrad",
+    "FedAdam",
+    "FedAvg",
+    "FedAvgM",
+    "FedMedian",
+    "FedProx",
+    "FedYogi",
+    "Krum",
+    "MultiKrum",
+    "Partial",
+    "QFedAvg",
+    "Scaffold",
+    "State",
+    "Strategy",
+    "TrimmedMean",
+    "make_strategy",
+    "reduce_partials",
+    "strategy_for",
+]
 
 
 def make_strategy(name: str, **params: Any) -> Strategy:

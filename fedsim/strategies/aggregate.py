@@ -25,8 +25,14 @@ class PartialSum:
         self.scaled: np.ndarray | None = None
         self.total, self.count = 0.0, 0
 
-    def add(self, flat: np.ndarray, coefficient: float, device_id: int = -1, samples: int = 0,
-            start_loss: float = float("nan")) -> None:
+    def add(
+        self,
+        flat: np.ndarray,
+        coefficient: float,
+        device_id: int = -1,
+        samples: int = 0,
+        start_loss: float = float("nan"),
+    ) -> None:
         group = self.groups.get(coefficient)
         if group is not None:
             np.add(group, flat, out=group)
@@ -58,8 +64,14 @@ class Stack:
         self.losses: list[float] = []
         self.total = 0.0
 
-    def add(self, flat: np.ndarray, coefficient: float, device_id: int = -1, samples: int = 0,
-            start_loss: float = float("nan")) -> None:
+    def add(
+        self,
+        flat: np.ndarray,
+        coefficient: float,
+        device_id: int = -1,
+        samples: int = 0,
+        start_loss: float = float("nan"),
+    ) -> None:
         self.rows.append(np.array(flat, dtype=np.float32))  # a copy: readers reuse their vector
         self.ids.append(device_id)
         self.samples.append(samples)
@@ -71,8 +83,14 @@ class Stack:
         return len(self.rows)
 
     def partial(self) -> Partial:
-        return Partial(self.count, self.total, rows=np.stack(self.rows), device_ids=np.array(self.ids, np.int64),
-                       samples=np.array(self.samples, np.int64), start_losses=np.array(self.losses, np.float64))
+        return Partial(
+            self.count,
+            self.total,
+            rows=np.stack(self.rows),
+            device_ids=np.array(self.ids, np.int64),
+            samples=np.array(self.samples, np.int64),
+            start_losses=np.array(self.losses, np.float64),
+        )
 
 
 def accumulator(mode: str) -> PartialSum | Stack:

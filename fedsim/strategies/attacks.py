@@ -73,5 +73,11 @@ class Attack:
         z = alie_z(len(aggregate.rows), int(bad.sum())) if self.scale is None else self.scale
         rows = aggregate.rows.copy()
         rows[bad] = (honest.mean(axis=0) - z * honest.std(axis=0)).astype(np.float32)
-        return Aggregate(aggregate.count, aggregate.total_weight, rows=rows, device_ids=aggregate.device_ids,
-                         samples=aggregate.samples, start_losses=aggregate.start_losses)
+        return Aggregate(
+            aggregate.count,
+            aggregate.total_weight,
+            rows=rows,
+            device_ids=aggregate.device_ids,
+            samples=aggregate.samples,
+            start_losses=aggregate.start_losses,
+        )

@@ -94,9 +94,14 @@ def reduce_partials(partials: Sequence[Partial]) -> Aggregate:
     ids = np.concatenate([p.device_ids for p in live])
     order = np.argsort(ids, kind="stable")
     rows = np.concatenate([p.rows for p in live])[order] if len(live) > 1 else live[0].rows[order]
-    return Aggregate(count, total, rows=rows, device_ids=ids[order],
-                     samples=np.concatenate([p.samples for p in live])[order],
-                     start_losses=np.concatenate([p.start_losses for p in live])[order])
+    return Aggregate(
+        count,
+        total,
+        rows=rows,
+        device_ids=ids[order],
+        samples=np.concatenate([p.samples for p in live])[order],
+        start_losses=np.concatenate([p.start_losses for p in live])[order],
+    )
 
 
 @dataclass(frozen=True)

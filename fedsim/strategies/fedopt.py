@@ -37,7 +37,7 @@ class FedOpt(Strategy):
     Params = FedOptParams
 
     def init(self, weights: np.ndarray) -> State:
-        return {"m": np.zeros(weights.shape, np.float64), "v": np.full(weights.shape, self.params.tau ** 2)}
+        return {"m": np.zeros(weights.shape, np.float64), "v": np.full(weights.shape, self.params.tau**2)}
 
     def second_moment(self, v: np.ndarray, d2: np.ndarray) -> np.ndarray:
         raise NotImplementedError

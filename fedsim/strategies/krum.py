@@ -19,8 +19,12 @@ from fedsim.strategies.base import Aggregate, State, Strategy, check_param
 
 
 def _check_count(value: Any, name: str, least: int) -> None:
-    check_param(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= least), name,
-                f"must be an integer >= {least}", value)
+    check_param(
+        value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= least),
+        name,
+        f"must be an integer >= {least}",
+        value,
+    )
 
 
 @dataclass(frozen=True)

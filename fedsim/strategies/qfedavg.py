@@ -27,8 +27,9 @@ class QFedAvgParams:
 
     def __post_init__(self) -> None:
         check_param(isinstance(self.q, (int, float)) and self.q >= 0, "q", "must be >= 0", self.q)
-        check_param(self.lipschitz is None or positive(self.lipschitz), "lipschitz", "must be a positive number",
-                    self.lipschitz)
+        check_param(
+            self.lipschitz is None or positive(self.lipschitz), "lipschitz", "must be a positive number", self.lipschitz
+        )
 
 
 class QFedAvg(Strategy):
@@ -50,7 +51,7 @@ class QFedAvg(Strategy):
         w = weights.astype(np.float64)
         dw = big_l * (w - aggregate.rows.astype(np.float64))  # (n, P)
         f = np.maximum(aggregate.start_losses, 1e-10)
-        fq = f ** q
+        fq = f**q
         sq_norms = np.einsum("ij,ij->i", dw, dw)
         h = q * f ** (q - 1) * sq_norms + big_l * fq
         return (w - (fq @ dw) / h.sum()).astype(weights.dtype), state

@@ -16,8 +16,9 @@ class TrimmedMeanParams:
     trim: float = 0.2  # share cut from each end; < 0.5
 
     def __post_init__(self) -> None:
-        check_param(isinstance(self.trim, (int, float)) and 0 <= self.trim < 0.5, "trim", "must be in [0, 0.5)",
-                    self.trim)
+        check_param(
+            isinstance(self.trim, (int, float)) and 0 <= self.trim < 0.5, "trim", "must be in [0, 0.5)", self.trim
+        )
 
 
 class TrimmedMean(Strategy):
