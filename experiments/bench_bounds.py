@@ -35,13 +35,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench_overhead  # this folder's: the floor's replay
 import crc32c
 import numpy as np
 import pandas as pd
 import psutil
 import ray
 
-import bench_overhead  # this folder's: the floor's replay
 import fedsim
 from fedsim.checkpoint import read_checkpoint
 from fedsim.data import DataRecipe

@@ -43,11 +43,10 @@ from fedsim.model.builders import MODELS, ArtifactRecipe
 from fedsim.strategies import FedAvg
 from fedsim.tfv1 import write_tfv1
 
-
 CONFIGURATIONS = [("before", "tensors", True), ("tensors", "tensors", False), ("packed", "packed", False)]
 
 
-def median_ms(call, repeats: int) -> float:  # noqa: ANN001
+def median_ms(call, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 import shutil
 import tempfile
 import threading

@@ -17,10 +17,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
-import fedsim  # noqa: E402
+import fedsim
 
 # ---- settings ---------------------------------------------------------------------------------
 DEVICES, PARTITION, SEED = 100, "dirichlet:0.3", 0

@@ -23,11 +23,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
-import fedsim  # noqa: E402
-from fedsim.analysis import accuracy_at, hours_to  # noqa: E402
+import fedsim
+from fedsim.analysis import accuracy_at, hours_to
 
 BASE = dict(devices=1000, per_round=100, local_epochs=2, fleet="skewed", seed=0, name="deadlines", progress=False)
 OUT = Path("results/workloads")

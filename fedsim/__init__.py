@@ -14,21 +14,21 @@ import os
 # errors still show. Must be set before TensorFlow is first imported; an explicit setting wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from fedsim.config import Config, ConfigError  # noqa: E402
-from fedsim.data import ArrayDataset, DataError, DataNotFoundError, Dataset  # noqa: E402
-from fedsim.engine.base import Engine  # noqa: E402
-from fedsim.engine.local import LocalEngine  # noqa: E402
-from fedsim.model.builders import ArtifactRecipe, ModelError, Optimizer  # noqa: E402
-from fedsim.results import Run, RunFolderError, load_run, load_runs  # noqa: E402
-from fedsim.simulation import resume, run  # noqa: E402
-from fedsim.strategies import STRATEGIES, Aggregate, DevicePlan, FedAvg, Strategy, make_strategy  # noqa: E402
-from fedsim.sweep import resume_sweep, sweep  # noqa: E402
-from fedsim.task import Task, TaskError  # noqa: E402
+from fedsim.config import Config, ConfigError
+from fedsim.data import ArrayDataset, DataError, DataNotFoundError, Dataset
+from fedsim.engine.base import Engine
+from fedsim.engine.local import LocalEngine
+from fedsim.model.builders import ArtifactRecipe, ModelError, Optimizer
+from fedsim.results import Run, RunFolderError, load_run, load_runs
+from fedsim.simulation import resume, run
+from fedsim.strategies import STRATEGIES, Aggregate, DevicePlan, FedAvg, Strategy, make_strategy
+from fedsim.sweep import resume_sweep, sweep
+from fedsim.task import Task, TaskError
 
 __version__ = "0.2.0"
 
 
-def inspect(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+def inspect(*args, **kwargs):
     """Report on a .tflite (bytes, file or run folder): see fedsim.artifact.inspect. Loads TensorFlow."""
     from fedsim.artifact import inspect as impl
 
@@ -43,7 +43,7 @@ def release() -> None:
     shutdown_warm()
 
 
-def load_model(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+def load_model(*args, **kwargs):
     """The trained Keras model of a run folder: see fedsim.artifact.load_model. Loads TensorFlow."""
     from fedsim.artifact import load_model as impl
 
@@ -51,6 +51,8 @@ def load_model(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201
 
 
 __all__ = [
+    "STRATEGIES",
+    "Aggregate",
     "ArrayDataset",
     "ArtifactRecipe",
     "Config",
@@ -58,6 +60,7 @@ __all__ = [
     "DataError",
     "DataNotFoundError",
     "Dataset",
+    "DevicePlan",
     "Engine",
     "FedAvg",
     "LocalEngine",
@@ -68,15 +71,12 @@ __all__ = [
     "Strategy",
     "Task",
     "TaskError",
-    "Aggregate",
-    "DevicePlan",
-    "STRATEGIES",
-    "make_strategy",
     "__version__",
     "inspect",
     "load_model",
     "load_run",
     "load_runs",
+    "make_strategy",
     "release",
     "resume",
     "resume_sweep",

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
-
 from dataclasses import fields
+from pathlib import Path
 
 import pandas as pd
 
@@ -202,14 +201,14 @@ def plot(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
     return written
 
 
-def _integer_rounds(ax) -> None:  # noqa: ANN001 - a matplotlib axis
+def _integer_rounds(ax) -> None:
     """Rounds are whole numbers: no ticks at 1.5."""
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _fleet_ticks(ax, sizes: list[int]) -> None:  # noqa: ANN001 - a matplotlib axis
+def _fleet_ticks(ax, sizes: list[int]) -> None:
     """A log axis labelled at the fleet sizes that ran, written out (10, 100, 1000), nothing else."""
     from matplotlib.ticker import FixedLocator, NullLocator
 
@@ -218,7 +217,7 @@ def _fleet_ticks(ax, sizes: list[int]) -> None:  # noqa: ANN001 - a matplotlib a
     ax.set_xticklabels([f"{n:,}" for n in sizes])
 
 
-def _finish(fig, axes, path: Path) -> Path:  # noqa: ANN001 - matplotlib objects
+def _finish(fig, axes, path: Path) -> Path:
     """Grid and legend on every axis, save as PNG, free the figure."""
     import matplotlib.pyplot as plt
 

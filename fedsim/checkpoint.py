@@ -17,9 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 import crc32c
+import numpy as np
 
 from fedsim.tfv1 import UnsupportedCheckpoint, cached_layout, mask_crc, read_tfv1, write_tfv1
 

@@ -495,13 +495,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from fedsim.artifact import ArtifactError  # TensorFlow only loads when a report or check runs
+    from fedsim.coordinator import RoundFailedError
     from fedsim.data import DataError, DataNotFoundError, PartitionError
+    from fedsim.engine.base import EngineError
     from fedsim.model.builders import ModelError
     from fedsim.results import RunFolderError
     from fedsim.task import TaskError
-
-    from fedsim.coordinator import RoundFailedError
-    from fedsim.engine.base import EngineError
 
     user_errors: tuple[type[BaseException], ...] = (
         ConfigError,

@@ -228,7 +228,7 @@ class Config:
         need(self.batch_size >= 1, "batch_size", "must be at least 1")
         need(self.seed >= 0, "seed", "must be >= 0")
         need(self.toy_samples >= 1, "toy_samples", "must be at least 1")
-        need(1 <= self.min_devices, "min_devices", "must be at least 1")
+        need(self.min_devices >= 1, "min_devices", "must be at least 1")
         need(self.eval_every >= 1, "eval_every", "must be at least 1")
         need(isinstance(self.eval_initial, bool), "eval_initial", "must be true or false")
         if self.per_round is not None:  # before --min-devices, which is compared with it

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 
 from fedsim.data.dataset import one_hot, scale_images
-from fedsim.model.tflog import quiet_native_stderr
 from fedsim.model.signatures import (
     CHECKPOINT_PATH,
     CONTROL_PATH,
@@ -33,6 +32,7 @@ from fedsim.model.signatures import (
     SIGNATURES,
     TRAIN,
 )
+from fedsim.model.tflog import quiet_native_stderr
 
 
 class Runner:

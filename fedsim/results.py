@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401 - pa.compute, for filtering tables on resume
+import pyarrow.compute
 import pyarrow.dataset
 import pyarrow.parquet as pq
 

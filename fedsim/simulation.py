@@ -304,13 +304,13 @@ def _run(
     progress,
     started,
     initial=None,
-    start_round=1,  # noqa: ANN001
+    start_round=1,
     check_artifact=False,
     state=None,
     profiles=None,
     sim_latency=None,
     sim_started=0.0,
-) -> None:  # noqa: ANN001
+) -> None:
     if engine is None:
         from fedsim.engine.ray import RayEngine
 

@@ -112,7 +112,7 @@ def _configs(base: Config, axes: Mapping[str, list[Any]]) -> list[tuple[str, Con
         per_round = (
             min(base.per_round, d)
             if base.per_round is not None and "per_round" not in point
-            else point.get("per_round", None)
+            else point.get("per_round")
         )
         changes = {**point, "per_round": per_round, "hosts": point.get("hosts", _hosts(base, d))}
         dropped: set[str] = set()

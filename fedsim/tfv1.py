@@ -69,7 +69,7 @@ def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
             raise ValueError("varint too long")
 
 
-def _fields(buf: memoryview):  # noqa: ANN202 - yields (field number, wire type, value)
+def _fields(buf: memoryview):
     """The top-level fields of a protobuf message: ints for varints, memoryviews for bytes."""
     pos = 0
     while pos < len(buf):

@@ -6,11 +6,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
-from fedsim.checkpoint import scratch_dir  # noqa: E402
-from fedsim.data import make_toy_images  # noqa: E402
+from fedsim.checkpoint import scratch_dir
+from fedsim.data import make_toy_images
 
 
 @pytest.fixture(scope="session")

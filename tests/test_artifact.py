@@ -2,12 +2,11 @@
 
 import json
 
-import numpy as np
 import pytest
+from guide_artifact import build_guide_tflite
 
 from fedsim.artifact import ArtifactError, check_artifact, inspect
 from fedsim.task import Task
-from guide_artifact import build_guide_tflite
 
 TOY_TASK = Task((28, 28), "image", 10)
 

@@ -107,7 +107,6 @@ def test_user_data_a_user_builder_and_a_foreign_artifact_run_end_to_end(tmp_path
     import os
 
     import numpy as np
-
     from guide_artifact import build_guide_tflite
 
     env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}

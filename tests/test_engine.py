@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from fedsim.engine.base import FleetData, HostSettings, deal, expected_costs, fleet_data
 from fedsim.data.dataset import Dataset
+from fedsim.engine.base import FleetData, HostSettings, deal, expected_costs, fleet_data
 
 
 def test_deal_puts_the_most_expensive_device_first_on_the_least_loaded_host():

@@ -164,9 +164,9 @@ def test_arrays_from_python_run_with_a_user_builder_and_are_recorded_honestly(tm
 
 def test_a_failed_start_leaves_no_folder_and_names_the_problem(tmp_path):
     import pytest
+    from guide_artifact import build_guide_tflite
 
     from fedsim.artifact import ArtifactError
-    from guide_artifact import build_guide_tflite
 
     broken = tmp_path / "broken.tflite"
     broken.write_bytes(build_guide_tflite(restore_assigns=False))

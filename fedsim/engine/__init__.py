@@ -7,7 +7,7 @@ from fedsim.engine.local import LocalEngine
 __all__ = ["DeviceReport", "Engine", "HostSettings", "LocalEngine", "RayEngine", "deal"]
 
 
-def __getattr__(name: str):  # noqa: ANN202 - RayEngine is imported on first use: Ray is heavy
+def __getattr__(name: str):
     if name == "RayEngine":
         from fedsim.engine.ray import RayEngine
 

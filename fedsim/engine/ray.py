@@ -169,7 +169,7 @@ class _RayDeviceHost(DeviceHost):
     restarts a host that died, the engine loads it again before its next call. The data is not a
     constructor argument, so Ray has no restart-time reference to warn about on every start."""
 
-    def __init__(self, host_index: int, settings: Any) -> None:  # noqa: D107 - see the class
+    def __init__(self, host_index: int, settings: Any) -> None:
         self.host_index, self.settings, self.loaded = host_index, settings, False
 
     def load(self, fleet: Any, tests: Any, artifact: bytes, settings: Any = None) -> int:

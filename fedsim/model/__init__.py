@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 
-def convert_to_tflite(*args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+def convert_to_tflite(*args, **kwargs):
     from fedsim.model.convert import convert_to_tflite as impl
 
     return impl(*args, **kwargs)
