@@ -45,7 +45,7 @@ import ray
 import fedsim
 from fedsim.checkpoint import read_checkpoint
 from fedsim.data import DataRecipe
-from fedsim.engine.base import test_blocks
+from fedsim.engine.layout import test_blocks
 
 
 def model_run(model: str, folder: Path) -> tuple[bytes, bytes]:

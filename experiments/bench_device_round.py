@@ -34,14 +34,16 @@ import pandas as pd
 import psutil
 
 import fedsim
-from fedsim.checkpoint import UpdateScreen, read_checkpoint, spec_of
+from fedsim.checkpoint import read_checkpoint
 from fedsim.data import DataRecipe, iid_partition
 from fedsim.device import Runner
-from fedsim.engine.base import HostReduce, HostSettings, fleet_data
+from fedsim.engine.base import HostSettings
 from fedsim.engine.host import DeviceHost
+from fedsim.engine.layout import shard_data
+from fedsim.model import cache
 from fedsim.model.builders import MODELS, ArtifactRecipe
-from fedsim.strategies import FedAvg
-from fedsim.tfv1 import write_tfv1
+from fedsim.pipeline import plain_round
+from fedsim.tfv1_write import write_tfv1
 
 CONFIGURATIONS = [("before", "tensors", True), ("tensors", "tensors", False), ("packed", "packed", False)]
 
@@ -56,16 +58,16 @@ def median_ms(call, repeats: int) -> float:
 
 
 def host_ms_per_device(artifact: bytes, dataset: fedsim.Dataset, devices: int, rounds: int, one_block: bool) -> float:
-    fleet = fleet_data(dataset, iid_partition(len(dataset.y_train), devices, 0))
+    fleet = shard_data(dataset, iid_partition(len(dataset.y_train), devices, 0))
     host = DeviceHost(0, fleet, HostSettings(1, 32, 0), artifact=artifact)
     try:
         initial = write_tfv1(read_checkpoint(host.initial_checkpoint()), one_block=one_block)
-        reduce = HostReduce(UpdateScreen(spec_of(read_checkpoint(initial))), FedAvg())
+        work = plain_round(initial)  # FedAvg's: each upload checked and summed by its samples
         ids = list(range(devices))
         per_device = []
         for r in range(1, rounds + 2):
             start = time.perf_counter()
-            result = host.run_round(r, initial, ids, reduce)
+            result = host.run_round(r, initial, ids, work)
             wall = time.perf_counter() - start
             assert all(rep.status == "ok" for rep in result.reports)
             if r > 1:  # round 1 warms the reader's scatter-read plan
@@ -88,7 +90,7 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="fedsim-bench-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         for label, form, one_block in CONFIGURATIONS:
-            artifact = ArtifactRecipe(MODELS[model], dataset.task, checkpoint_format=form).build()
+            artifact = cache.build(ArtifactRecipe(MODELS[model], dataset.task, checkpoint_format=form))
             report = fedsim.inspect(artifact, dataset.task, repeats=args.repeats)
             lat = report.latency_ms
             runner = Runner(artifact)
@@ -96,7 +98,7 @@ def main() -> None:
             global_path.write_bytes(
                 write_tfv1(read_checkpoint(runner.initial_checkpoint(scratch)), one_block=one_block)
             )
-            restore = median_ms(lambda: runner.restore(global_path), args.repeats)
+            restore = median_ms(lambda r=runner, g=global_path: r.restore(g), args.repeats)
             host = host_ms_per_device(artifact, dataset, args.devices, args.rounds, one_block)
             row = {
                 "model": model,

@@ -3,7 +3,7 @@
     python experiments/deadlines.py [--rounds R] [--deadline S] [--hours H]
 
 Fashion-MNIST, 1000 devices with the `skewed` profile set (phones with a slow tail: 20% of devices
-ten times slower in compute and uplink; see fedsim/fleet.py for what its numbers rest on), 100
+ten times slower in compute and uplink; see fedsim/clock/profiles.py for what its numbers rest on), 100
 selected per round, 2 local epochs, the seed MLP, seed 0, the latency table measured at the start of
 the first run and pinned for the others (so the four runs share one clock). Four policies:
   sync         every selected device, the round ends at the slowest

@@ -14,6 +14,8 @@ import os
 # errors still show. Must be set before TensorFlow is first imported; an explicit setting wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from importlib import metadata as _metadata
+
 from fedsim.config import Config, ConfigError
 from fedsim.data import ArrayDataset, DataError, DataNotFoundError, Dataset
 from fedsim.engine.base import Engine
@@ -25,7 +27,10 @@ from fedsim.strategies import STRATEGIES, Aggregate, DevicePlan, FedAvg, Strateg
 from fedsim.sweep import resume_sweep, sweep
 from fedsim.task import Task, TaskError
 
-__version__ = "0.2.0"
+try:  # one version source: pyproject.toml, as installed
+    __version__ = _metadata.version("fedsim")
+except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 
 def inspect(*args, **kwargs):
@@ -38,9 +43,9 @@ def inspect(*args, **kwargs):
 def release() -> None:
     """Let go of what `fedsim.run` keeps for the next run in this process (a warm start): the parked
     hosts (~0.5 GB each) and the Ray session it started. The next run starts cold."""
-    from fedsim.engine.ray import shutdown_warm
+    from fedsim.engine.ray_session import SESSION
 
-    shutdown_warm()
+    SESSION.shutdown()
 
 
 def load_model(*args, **kwargs):

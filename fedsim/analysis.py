@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from fedsim.config import Config
+from fedsim.config import config_fields
 from fedsim.results import Run, load_runs
 
 
@@ -19,7 +19,7 @@ def _label(row: pd.Series) -> str:
 def _varying(rounds: pd.DataFrame) -> list[str]:
     """The settings whose values differ between the runs in `rounds` (fleet first, then the rest)."""
     firsts = rounds.groupby("run", sort=False).first()
-    keys = ["devices", "partition", "seed"] + [f.name for f in fields(Config) if f.name not in ("out", "name")]
+    keys = ["devices", "partition", "seed"] + [k for k in config_fields() if k not in ("out", "name")]
     return [k for k in dict.fromkeys(keys) if k in firsts and firsts[k].map(str).nunique() > 1]
 
 
@@ -33,15 +33,15 @@ def _labels(rounds: pd.DataFrame) -> dict[str, str]:
         def short(value: object) -> str:  # a file setting by its name, not its whole path
             return Path(value).name if isinstance(value, str) and "/" in value else str(value)
 
-        labels = {run: ", ".join(f"{k}={short(row[k])}" for k in varying) for run, row in firsts.iterrows()}
+        labels = {str(run): ", ".join(f"{k}={short(row[k])}" for k in varying) for run, row in firsts.iterrows()}
     else:
-        labels = {run: _label(row) for run, row in firsts.iterrows()}
+        labels = {str(run): _label(row) for run, row in firsts.iterrows()}
     if len(set(labels.values())) < len(labels):
         return {run: Path(run).name for run in labels}
     return labels
 
 
-def _styles(rounds: pd.DataFrame) -> dict[str, dict[str, object]]:
+def _styles(rounds: pd.DataFrame) -> dict[str, dict[str, Any]]:
     """Colour by the setting that varies most, line style by the next (a seed, say), so what varies
     is read off the lines as well as the legend."""
     import matplotlib.pyplot as plt
@@ -49,15 +49,15 @@ def _styles(rounds: pd.DataFrame) -> dict[str, dict[str, object]]:
     firsts = rounds.groupby("run", sort=False).first()
     # the setting with the most distinct values gets the colours
     varying = sorted(_varying(rounds), key=lambda k: -firsts[k].map(str).nunique())
-    colours = plt.cm.tab10.colors
+    colours = [plt.get_cmap("tab10")(i) for i in range(10)]
     dashes = ["-", "--", ":", "-."]
     first = sorted(firsts[varying[0]].map(str).unique()) if varying else []
     second = sorted(firsts[varying[1]].map(str).unique()) if len(varying) > 1 else []
-    styles = {}
+    styles: dict[str, dict[str, Any]] = {}
     for i, (run, row) in enumerate(firsts.iterrows()):
         c = first.index(str(row[varying[0]])) if varying else i
         d = second.index(str(row[varying[1]])) if second else 0
-        styles[run] = {"color": colours[c % len(colours)], "linestyle": dashes[d % len(dashes)]}
+        styles[str(run)] = {"color": colours[c % len(colours)], "linestyle": dashes[d % len(dashes)]}
     return styles
 
 
@@ -71,12 +71,9 @@ def summary(path: str | os.PathLike[str]) -> pd.DataFrame:
     # and every other setting whose value differs between the runs listed (lr, strategy, model, ...)
     firsts = grouped.first()
     keys += [
-        f.name
-        for f in fields(Config)
-        if f.name in firsts
-        and f.name not in keys
-        and f.name not in ("out", "name")
-        and firsts[f.name].map(str).nunique() > 1
+        k
+        for k in config_fields()
+        if k in firsts and k not in keys and k not in ("out", "name") and firsts[k].map(str).nunique() > 1
     ]
     table = firsts[keys].copy()
     table["rounds"] = grouped["round"].max()
@@ -137,7 +134,7 @@ def plot(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
     labels, styles = _labels(rounds), _styles(rounds)
     fig, ax = plt.subplots(figsize=(8, 5))
     for run, frame in rounds.groupby("run", sort=False):
-        ax.plot(frame["round"], frame["test_accuracy"], marker=".", label=labels[run], **styles[run])
+        ax.plot(frame["round"], frame["test_accuracy"], marker=".", label=labels[str(run)], **styles[str(run)])
     ax.set(xlabel="round", ylabel="test accuracy", title=f"Test accuracy per round: {what}", ylim=(0, 1))
     _integer_rounds(ax)
     written.append(_finish(fig, [ax], folder / "accuracy.png"))
@@ -146,7 +143,9 @@ def plot(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
         fig, ax = plt.subplots(figsize=(8, 5))
         for run, frame in rounds.groupby("run", sort=False):
             if frame["sim_elapsed_s"].notna().any():
-                ax.plot(frame["sim_elapsed_s"] / 3600, frame["test_accuracy"], label=labels[run], **styles[run])
+                ax.plot(
+                    frame["sim_elapsed_s"] / 3600, frame["test_accuracy"], label=labels[str(run)], **styles[str(run)]
+                )
         ax.set(
             xlabel="simulated hours",
             ylabel="test accuracy",
@@ -163,8 +162,8 @@ def plot(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
         fig, axes = plt.subplots(1, len(partitions), figsize=(5 * len(partitions) + 1, 4.5), sharey=True, squeeze=False)
         for ax, partition in zip(axes[0], partitions):
             for run, frame in measured[measured["partition"] == partition].groupby("run", sort=False):
-                style = styles[run]
-                ax.plot(frame["round"], frame["device_acc_mean"], label=labels[run], **style)
+                style = styles[str(run)]
+                ax.plot(frame["round"], frame["device_acc_mean"], label=labels[str(run)], **style)
                 ax.fill_between(
                     frame["round"], frame["device_acc_p10"], frame["device_acc_p90"], alpha=0.15, color=style["color"]
                 )

@@ -14,13 +14,13 @@ import os
 import tempfile
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import crc32c
 import numpy as np
 
-from fedsim.tfv1 import UnsupportedCheckpoint, cached_layout, mask_crc, read_tfv1, write_tfv1
+from fedsim.tfv1 import UnsupportedCheckpoint, cached_layout, mask_crc, read_tfv1
+from fedsim.tfv1_write import write_tfv1
 
 Weights = dict[str, np.ndarray]
 # (name, shape) of each weight, in the order a packed checkpoint holds them: the artifact's restore
@@ -170,19 +170,19 @@ class FlatReader:
         found = {name: (offset, count, shape) for name, offset, count, shape in layout.tensors}
         if found.keys() != self.spec.keys() or any(found[n][2] != tuple(s) for n, (s, _) in self.spec.items()):
             return None  # not this model: read_checkpoint + check_weights say how
-        flat_bytes = memoryview(self.flat).cast("B")
+        flat_bytes = self.flat.data.cast("B")
         regions: list[tuple[int, int, memoryview | bytearray, bytes | None]] = []
         pos = 0
         for name in self.spec:
             offset, count, _ = found[name]
             regions.append((offset, 4 * count, flat_bytes[pos : pos + 4 * count], None))
             pos += 4 * count
-        for offset, expected in layout.fixed:
-            if expected:
-                regions.append((offset, len(expected), bytearray(len(expected)), expected))
+        for offset, around in layout.fixed:
+            if around:
+                regions.append((offset, len(around), bytearray(len(around)), around))
         regions.sort(key=lambda r: r[0])
         buffers: list[memoryview | bytearray] = []
-        fixed: list[tuple[bytearray, bytes]] = []
+        fixed: list[tuple[memoryview | bytearray, bytes]] = []
         # Data blocks lie back to back from byte 0, each followed by its checksum: the buffers before
         # a checksum (since the previous one) are that block's bytes, verified on every read.
         blocks: list[tuple[list[memoryview | bytearray], bytearray]] = []
@@ -208,7 +208,7 @@ class FlatReader:
 _Plan = tuple[
     int,
     list[memoryview | bytearray],
-    list[tuple[bytearray, bytes]],
+    list[tuple[memoryview | bytearray, bytes]],
     list[tuple[list[memoryview | bytearray], bytearray]],
 ]
 
@@ -270,37 +270,6 @@ def check_weights(weights: Mapping[str, np.ndarray], spec: WeightSpec, flat: np.
     for name in spec:
         if not np.isfinite(weights[name]).all():
             raise CheckpointError(f"{name} holds NaN or Inf")
-
-
-@dataclass(frozen=True)
-class UpdateScreen:
-    """What a device update must pass before it is aggregated: the model's names, shapes and dtypes,
-    finite values, and optionally a bound on the update's L2 norm ||w - global|| over all tensors
-    (reject above max_norm; scale down to clip_norm)."""
-
-    spec: WeightSpec
-    max_norm: float | None = None
-    clip_norm: float | None = None
-
-    @property
-    def needs_global(self) -> bool:
-        return self.max_norm is not None or self.clip_norm is not None
-
-    def screen(self, flat: np.ndarray, global_flat: np.ndarray | None) -> tuple[np.ndarray, str]:
-        """(the update to aggregate, a note: "" or how it was clipped); CheckpointError to reject.
-        `flat`: the checked weights as one vector; `global_flat`: the global model's (float64), needed
-        when `needs_global`."""
-        if not self.needs_global:
-            return flat, ""
-        assert global_flat is not None
-        d = flat.astype(np.float64) - global_flat
-        norm = float(np.sqrt(np.dot(d, d)))
-        if self.max_norm is not None and norm > self.max_norm:
-            raise CheckpointError(f"update norm {norm:.4g} exceeds --max-update-norm {self.max_norm:g}")
-        if self.clip_norm is not None and norm > self.clip_norm:
-            clipped = (global_flat + d * (self.clip_norm / norm)).astype(flat.dtype)
-            return clipped, f"clipped: update norm {norm:.4g} scaled to --clip-update-norm {self.clip_norm:g}"
-        return flat, ""
 
 
 def flatten(weights: Mapping[str, np.ndarray], spec: WeightSpec) -> np.ndarray:

@@ -1,388 +1,75 @@
-"""The settings of one experiment: a frozen dataclass, validated on creation, to/from TOML and dict.
+"""The settings of one experiment, in sections, each declared and validated by the part it configures.
 
-Field names are the config keys; CLI flags are the same words with dashes.
+    run       the fleet and the rounds (this module)           data      fedsim.data.settings
+    device    the model and its on-device training             strategy  the aggregation rule and its Params
+    pipeline  each update stage's own section (fedsim.pipeline) clock     fedsim.clock.settings
+    engine    where hosts run (fedsim.engine.settings)         tracking  fedsim.tracking
+
+Every setting has one flat name, unique across sections: the CLI flag (with dashes), the key in a TOML
+file (at the top level, or in its section's table) and a keyword of `Config(...)` / `fedsim.run(...)`.
+config.json is written by section; a flat config.json of an earlier fedsim loads the same way.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from fedsim.clock.settings import ClockSettings
+from fedsim.data.settings import DataSettings
+from fedsim.engine.settings import EngineSettings
+from fedsim.model.settings import DeviceSettings
+from fedsim.pipeline import STAGES
+from fedsim.settings import Check, ConfigError, Field, Section, fields_of, need, setting, type_problem
+from fedsim.strategies import STRATEGIES, Strategy, make_strategy, strategy_fields
+from fedsim.tracking import TrackingSettings
 
-class ConfigError(ValueError):
-    """A setting is missing, unknown or out of range; the message names the flag."""
+S = TypeVar("S", bound=Section)
 
-
-def _is_import_path(text: str) -> bool:
-    module, sep, attr = text.partition(":")
-    return bool(sep) and all(p.isidentifier() for p in module.split(".") + attr.split("."))
-
-
-def _strategy_params() -> tuple[str, ...]:
-    from fedsim.strategies import STRATEGY_PARAMS
-
-    return STRATEGY_PARAMS
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _check_type(key: str, annotation: str, value: Any) -> None:
-    """A config file's value of the wrong type, named as the key it was given under (not as a flag),
-    with the type it has: "lr must be a number, got the string '0.1'"."""
-    if value is None and "None" in annotation:
-        return
-    kinds = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string"}
-    wanted = next((t for t in ("bool", "int", "float", "str") if annotation.startswith(t)), None)
-    if wanted is None:
-        return
-    ok = {
-        "bool": lambda v: isinstance(v, bool),
-        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-        "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        "str": lambda v: isinstance(v, str),
-    }[wanted](value)
-    if not ok:
-        got = {
-            str: "the string",
-            bool: "the boolean",
-            int: "the integer",
-            float: "the number",
-            list: "the list",
-            dict: "the table",
-        }.get(type(value), type(value).__name__)
-        raise ConfigError(f"config key {key} must be {kinds[wanted]}, got {got} {value!r}")
+__all__ = ["Config", "ConfigError", "RunSettings", "config_fields"]
 
 
 @dataclass(frozen=True)
-class Config:
-    # 100 phones each holding 600 Fashion-MNIST images: a fleet, yet a round costs ~1 s on 2 cores.
-    devices: int = 100
-    # 40 rounds take FedAvg on these shards past 0.82 test accuracy in well under a minute on 2 cores.
-    rounds: int = 40
-    # share of the devices selected each round (seeded); 1.0 = every device every round.
-    fraction: float = 1.0
-    # passes over its shard a device makes per round, as the guide's train loop does.
-    local_epochs: int = 1
-    # mini-batch fed to the train signature; 32 is the usual on-device batch.
-    batch_size: int = 32
-    # learning rate of the on-device optimiser baked into the .tflite train signature.
-    lr: float = 0.05
-    # on-device optimiser: sgd (the guide's), momentum or adam. Its state restarts at every device's
-    # round and never enters the checkpoint a device uploads.
-    device_optimizer: str = "sgd"
-    # momentum of --device-optimizer momentum (0.9: the usual heavy-ball value).
-    device_momentum: float = 0.9
-    # Adam's decay rates and epsilon for --device-optimizer adam (Keras' defaults).
-    device_beta1: float = 0.9
-    device_beta2: float = 0.999
-    device_epsilon: float = 1e-7
-    # how the artifact's `save` lays out its checkpoint: packed (every weight in one tensor: `restore`
-    # is one Restore op, several times cheaper) or tensors (one per weight, the guide's form).
-    checkpoint_format: str = "packed"
-    # one seed drives the partition, the model init, device selection and every device's shuffling.
-    seed: int = 0
-    # Ray actors hosting the devices; None = one per CPU Ray sees (never more than devices).
-    hosts: int | None = None
-    # an existing Ray cluster to join ("auto" or "host:port"); None = start a local Ray for the run.
-    address: str | None = None
-    # folder holding the Fashion-MNIST IDX files; None = $FEDSIM_DATA, then the standard places.
-    data_dir: str | None = None
-    # data set: fashion_mnist (real), synthetic:ALPHA,BETA (FedProx's Synthetic(alpha, beta), generated
-    # from the seed, one user per device) or toy_images (small 28x28, generated; for tests and demos).
-    dataset: str = "fashion_mnist"
-    # your own arrays: an .npz with x_train, y_train, x_test, y_test (optional device_train /
-    # device_test ids for --partition natural, num_classes); the dataset is then recorded as "npz".
-    data: str | None = None
-    # how the training set is split across devices: iid, natural, dirichlet:A, shards:K, classes:K,
-    # quantity:S. None = natural for synthetic:ALPHA,BETA (one generated user per device), else iid.
-    partition: str | None = None
-    # every device holds at least this many samples (Dirichlet draws are repeated until it holds).
-    min_samples: int = 1
-    # share of each device's samples kept as its own test split (0 = none); the selected devices then
-    # score every new global model on it, which is how non-IID fairness is read.
-    device_test_fraction: float = 0.0
-    # devices selected per round, as a count; None = use --fraction.
-    per_round: int | None = None
-    # aggregation strategy by name (see fedsim.strategies.STRATEGIES): fedavg, fedavgm, fedadam, fedyogi,
-    # fedadagrad, qfedavg, fedprox and scaffold (these two change the devices' train), fedmedian, trimmedmean, krum,
-    # multikrum, bulyan. In a TOML file also a table: [strategy] name = "fedadam", server_lr = 0.01.
-    strategy: str = "fedavg"
-    # The strategies' hyperparameters (None = the strategy's default; giving one the strategy does
-    # not take is an error). server_lr: the server's step (fedavgm, scaffold 1.0; fedadam/fedyogi/fedadagrad 0.01).
-    server_lr: float | None = None
-    # fedavgm's momentum on the pseudo-gradient (0.9).
-    server_momentum: float | None = None
-    # decay rates and adaptivity of fedadam / fedyogi / fedadagrad (0.9, 0.99, 1e-3; Reddi et al. 2021).
-    beta1: float | None = None
-    beta2: float | None = None
-    tau: float | None = None
-    # qfedavg's fairness exponent q (1.0; 0 = the unweighted mean) and L (default 1 / --lr).
-    q: float | None = None
-    lipschitz: float | None = None
-    # trimmedmean: share of values cut from each end per coordinate (0.2).
-    trim: float | None = None
-    # krum / multikrum / bulyan: Byzantine updates assumed per round (default: --byzantine x selected).
-    assumed_byzantine: int | None = None
-    # multikrum: updates averaged (default n - f).
-    krum_m: int | None = None
-    # fedprox: weight of the proximal term mu/2 * ||w - w_global||^2 in the devices' train (0.01).
-    mu: float | None = None
-    # share of devices (seeded, fixed for the run) that attack with --attack; 0 = none.
-    byzantine: float = 0.0
-    # what the --byzantine devices do: signflip, gaussian, labelflip or alie (see fedsim.strategies.attacks).
-    attack: str | None = None
-    # signflip's factor (4) or gaussian's standard deviation (1); for alie, a z replacing the paper's.
-    attack_scale: float | None = None
-    # model: mlp, cnn, logreg (see fedsim.model.MODELS) or your builder as package.module:function,
-    # which receives the Task and returns an uncompiled Keras model.
-    model: str = "mlp"
-    # evaluate the global model on the test set every this many rounds (and always after the last);
-    # rounds in between record NaN test accuracy and loss. 1 = every round.
-    eval_every: int = 1
-    # also evaluate the initial model and record it as round 0 (test accuracy and loss; no devices).
-    eval_initial: bool = False
-    # seconds a round may take before a host that has not answered is restarted and its devices
-    # recorded as failed; None = wait as long as it takes.
-    round_timeout: float | None = None
-    # fewest devices that must report in a round; below it the round is retried once, then the run
-    # stops (keeping every completed round on disk).
-    min_devices: int = 1
-    # reject a device update whose L2 distance from the global model exceeds this; None = no bound.
-    max_update_norm: float | None = None
-    # scale a device update down to this L2 norm before averaging; None = no clipping.
-    clip_update_norm: float | None = None
-    # also write each round's scalars as TensorBoard event files under this folder (one subfolder per
-    # run; `tensorboard --logdir DIR`); None = none.
-    tensorboard: str | None = None
-    # also log each run to MLflow at this tracking URI (sqlite:///mlflow.db, http://host:5000, ...) in the
-    # experiment named by `name`: settings, per-round scalars, the run's files; None = none. Needs mlflow.
-    mlflow: str | None = None
-    # the MLflow experiment the run is logged in; None = `name` (a sweep: the sweep's name, one experiment
-    # for all its points).
-    mlflow_experiment: str | None = None
-    # The simulated clock (see fedsim.fleet). Device profiles: a built-in set (phones, skewed, uniform),
-    # FILE.csv (device_id, speed, down_kbps, up_kbps, availability, dropout) or fedscale:CAPACITY[,BEHAVIOUR]
-    # (FedScale's trace files); None = no simulated clock (every device equal and always there).
-    fleet: str | None = None
-    # a latency table to pin the simulated compute to: JSON {"restore", "train", "save"} in ms (or a run's
-    # artifact.json); None = the artifact's latencies measured at the start of the run (one thread).
-    latency: str | None = None
-    # simulated seconds a round may last; devices that cannot finish by then are stragglers.
-    deadline: float | None = None
-    # what a straggler's work becomes: drop (discarded) or partial (the steps it finished by the deadline).
-    straggler: str = "drop"
-    # select this many times the devices a round keeps; the first to finish are kept (FedScale's
-    # over-commitment).
-    over_select: float = 1.0
-    # run folder; None = results/<name>/<timestamp>.
-    out: str | None = None
-    # experiment name, used for the default run folder.
-    name: str = "fashion_mnist_fedavg"
-    # samples per class of the toy_images data set (training).
-    toy_samples: int = 200
-    # a .tflite made outside fedsim, run as it is (its model and optimiser replace --model, --lr and
-    # --device-optimizer); checked before any round.
-    artifact: str | None = None
+class RunSettings(Section):
+    section = "run"
+    # 100 phones each holding 600 Fashion-MNIST images: a fleet, yet a round costs well under 1 s on 2 cores
+    devices: int = setting(100, "simulated phones in the fleet", least=1)
+    # 40 rounds take FedAvg on these shards past 0.82 test accuracy in well under a minute on 2 cores
+    rounds: int = setting(40, "federated rounds", least=1)
+    # seeded; 1.0 = every device every round
+    fraction: float = setting(1.0, "share of devices selected per round", above=0, most=1)
+    per_round: int | None = setting(None, "devices selected per round, as a count (instead of --fraction)")
+    # one seed drives the partition, the model init, device selection and every device's shuffling
+    seed: int = setting(0, "seed for partition, init, selection and shuffling", least=0)
+    # below it the round is retried once, then the run stops (keeping every completed round on disk)
+    min_devices: int = setting(1, "fewest devices that must report per round (else retry once, then stop)", least=1)
+    # rounds in between record NaN test accuracy and loss; 1 = every round
+    eval_every: int = setting(1, "evaluate the global model every R rounds and after the last", least=1)
+    eval_initial: bool = setting(False, "also evaluate the initial model, recorded as round 0", switch=True)
+    out: str | None = setting(None, "run folder (default results/<name>/<timestamp>); must not exist or be empty")
+    name: str = setting("fashion_mnist_fedavg", "experiment name (default run folder)")
 
-    def __post_init__(self) -> None:
-        # Resolved once, so config.json records what ran: an .npz is the data set.
-        if self.data is not None and self.dataset == "fashion_mnist":
-            object.__setattr__(self, "dataset", "npz")
-        self.validate()
-
-    @property
-    def partition_spec(self) -> str:
-        """--partition, or the one the data set implies: natural for synthetic:ALPHA,BETA (one generated
-        user per device), iid otherwise. A run records this resolved value."""
-        if self.partition is not None:
-            return self.partition
-        return "natural" if self.dataset.startswith("synthetic:") else "iid"
-
-    def validate(self) -> None:
-        def need(ok: bool, name: str, what: str) -> None:
-            if not ok:
-                value = getattr(self, name)
-                raise ConfigError(f"{_flag(name)} {what}, got {value!r}")
-
-        for name in (
-            "devices",
-            "rounds",
-            "local_epochs",
-            "batch_size",
-            "seed",
-            "toy_samples",
-            "min_devices",
-            "eval_every",
-        ):
-            value = getattr(self, name)
-            need(isinstance(value, int) and not isinstance(value, bool), name, "must be an integer")
-        need(self.devices >= 1, "devices", "must be at least 1")
-        need(self.rounds >= 1, "rounds", "must be at least 1")
-        need(self.local_epochs >= 1, "local_epochs", "must be at least 1")
-        need(self.batch_size >= 1, "batch_size", "must be at least 1")
-        need(self.seed >= 0, "seed", "must be >= 0")
-        need(self.toy_samples >= 1, "toy_samples", "must be at least 1")
-        need(self.min_devices >= 1, "min_devices", "must be at least 1")
-        need(self.eval_every >= 1, "eval_every", "must be at least 1")
-        need(isinstance(self.eval_initial, bool), "eval_initial", "must be true or false")
+    def check(self) -> None:
         if self.per_round is not None:  # before --min-devices, which is compared with it
             need(
-                isinstance(self.per_round, int) and 1 <= self.per_round <= self.devices,
+                1 <= self.per_round <= self.devices,
                 "per_round",
                 f"must be between 1 and --devices ({self.devices})",
+                self.per_round,
             )
+            if self.fraction != 1.0:
+                raise ConfigError("--per-round and --fraction both choose devices per round; give one of them")
         if self.min_devices > self.devices_per_round:
             raise ConfigError(
                 f"--min-devices {self.min_devices} exceeds the {self.devices_per_round} devices selected per round"
             )
-        if self.round_timeout is not None:
-            need(
-                isinstance(self.round_timeout, (int, float)) and self.round_timeout > 0,
-                "round_timeout",
-                "must be a positive number of seconds",
-            )
-        for name in ("max_update_norm", "clip_update_norm"):
-            value = getattr(self, name)
-            if value is not None:
-                need(isinstance(value, (int, float)) and value > 0, name, "must be a positive number")
-        need(isinstance(self.fraction, (int, float)), "fraction", "must be a number")
-        need(0.0 < self.fraction <= 1.0, "fraction", "must be in (0, 1]")
-        need(isinstance(self.lr, (int, float)) and self.lr > 0, "lr", "must be a positive number")
-        if self.hosts is not None:
-            need(isinstance(self.hosts, int) and self.hosts >= 1, "hosts", "must be at least 1")
-            if self.hosts > self.devices:
-                raise ConfigError(
-                    f"--hosts {self.hosts} exceeds --devices {self.devices}; each host needs at least one device"
-                )
-        from fedsim.data import check_dataset_name
-        from fedsim.data.partition import PartitionError, parse_spec
-
-        need(isinstance(self.dataset, str), "dataset", "must be a data set name")
-        try:
-            check_dataset_name(self.dataset)
-            parse_spec(self.partition_spec)
-        except (PartitionError, ValueError) as e:
-            raise ConfigError(str(e)) from None
-        if self.data is not None:
-            need(isinstance(self.data, str) and self.data.endswith(".npz"), "data", "must be an .npz file")
-            need(self.dataset == "npz", "dataset", "must be left out with --data (the .npz is the data set)")
-        need(self.dataset != "npz" or self.data is not None, "dataset", "npz needs --data FILE.npz")
-        if self.artifact is not None:
-            need(
-                isinstance(self.artifact, str) and self.artifact.endswith(".tflite"),
-                "artifact",
-                "must be a .tflite file",
-            )
-        from fedsim.model.builders import OPTIMIZERS
-
-        need(self.device_optimizer in OPTIMIZERS, "device_optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
-        from fedsim.model.signatures import CHECKPOINT_FORMATS
-
-        need(
-            self.checkpoint_format in CHECKPOINT_FORMATS,
-            "checkpoint_format",
-            f"must be one of {', '.join(CHECKPOINT_FORMATS)}",
-        )
-        need(
-            isinstance(self.device_momentum, (int, float)) and 0 <= self.device_momentum < 1,
-            "device_momentum",
-            "must be in [0, 1)",
-        )
-        for name in ("device_beta1", "device_beta2"):
-            need(
-                isinstance(getattr(self, name), (int, float)) and 0 <= getattr(self, name) < 1,
-                name,
-                "must be in [0, 1)",
-            )
-        need(
-            isinstance(self.device_epsilon, (int, float)) and self.device_epsilon > 0,
-            "device_epsilon",
-            "must be a positive number",
-        )
-        need(isinstance(self.min_samples, int) and self.min_samples >= 1, "min_samples", "must be at least 1")
-        need(
-            isinstance(self.device_test_fraction, (int, float)) and 0 <= self.device_test_fraction < 1,
-            "device_test_fraction",
-            "must be in [0, 1)",
-        )
-        if self.per_round is not None:
-            if self.fraction != 1.0:
-                raise ConfigError("--per-round and --fraction both choose devices per round; give one of them")
-        from fedsim.model import MODELS
-        from fedsim.strategies import STRATEGIES, make_strategy
-        from fedsim.strategies.attacks import ATTACKS
-
-        need(self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(sorted(STRATEGIES))}")
-        try:
-            strategy = make_strategy(self.strategy, **{n: getattr(self, n) for n in _strategy_params()})
-        except (TypeError, ValueError) as e:
-            raise ConfigError(str(e)) from None
-        if strategy.variant is not None and self.artifact is not None:
-            raise ConfigError(
-                f"--strategy {self.strategy} changes the devices' train signature, which an --artifact "
-                "made elsewhere does not have; drop --artifact"
-            )
-        need(isinstance(self.byzantine, (int, float)) and 0 <= self.byzantine < 1, "byzantine", "must be in [0, 1)")
-        if self.attack is not None:
-            need(self.attack in ATTACKS, "attack", f"must be one of {', '.join(ATTACKS)}")
-            need(self.byzantine > 0, "byzantine", f"must be above 0 with --attack {self.attack}")
-        elif self.byzantine > 0:
-            raise ConfigError(f"--byzantine {self.byzantine} needs --attack ({', '.join(ATTACKS)})")
-        if self.attack_scale is not None:
-            need(
-                isinstance(self.attack_scale, (int, float)) and self.attack_scale > 0,
-                "attack_scale",
-                "must be a positive number",
-            )
-            need(
-                self.attack is not None and self.attack != "labelflip",
-                "attack_scale",
-                "applies to --attack signflip, gaussian or alie",
-            )
-        need(
-            isinstance(self.model, str) and (self.model in MODELS or _is_import_path(self.model)),
-            "model",
-            f"must be one of {', '.join(sorted(MODELS))} or package.module:function",
-        )
-        need(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
-        from fedsim.fleet import STRAGGLER_POLICIES, check_spec, read_latency
-
-        for name, what in (("tensorboard", "a folder"), ("mlflow", "a tracking URI"), ("mlflow_experiment", "a name")):
-            value = getattr(self, name)
-            need(value is None or (isinstance(value, str) and value.strip() != ""), name, f"must be {what}")
-        if self.fleet is not None:
-            need(isinstance(self.fleet, str), "fleet", "must be a fleet name or file")
-            check_spec(self.fleet)
-        need(
-            isinstance(self.over_select, (int, float)) and self.over_select >= 1,
-            "over_select",
-            "must be at least 1 (it picks that many times the devices a round keeps)",
-        )
-        need(self.straggler in STRAGGLER_POLICIES, "straggler", f"must be one of {', '.join(STRAGGLER_POLICIES)}")
-        if self.deadline is not None:
-            need(
-                isinstance(self.deadline, (int, float)) and self.deadline > 0,
-                "deadline",
-                "must be a positive number of simulated seconds",
-            )
-        for name, on in (
-            ("deadline", self.deadline is not None),
-            ("latency", self.latency is not None),
-            ("over_select", self.over_select != 1),
-            ("straggler", self.straggler != "drop"),
-        ):
-            if on and self.fleet is None:
-                raise ConfigError(f"{_flag(name)} needs --fleet (the device profiles of the simulated clock)")
-        if self.straggler == "partial" and self.deadline is None:
-            raise ConfigError("--straggler partial needs --deadline (the time by which work is cut)")
-        if self.latency is not None:
-            read_latency(self.latency)
+        need(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'", self.name)
 
     @property
     def devices_per_round(self) -> int:
@@ -390,44 +77,168 @@ class Config:
             return self.per_round
         return max(1, round(self.fraction * self.devices))
 
+
+# The sections with fixed fields, in the order flags are listed; the strategy and the pipeline's stages
+# declare theirs elsewhere (fedsim.strategies, fedsim.pipeline).
+SECTIONS: tuple[type[Section], ...] = (
+    RunSettings,
+    DataSettings,
+    DeviceSettings,
+    ClockSettings,
+    EngineSettings,
+    TrackingSettings,
+)
+_BY_NAME = {s.section: s for s in SECTIONS}
+_STAGE_SECTIONS = {s.Settings.section: s.Settings for s in STAGES}
+_STRATEGY_NAME = Field(
+    "strategy",
+    "the aggregation strategy: " + ", ".join(STRATEGIES),
+    Check("str", choices=tuple(STRATEGIES)),
+    "fedavg",
+    "strategy",
+)
+
+
+def config_fields() -> dict[str, Field]:
+    """Every setting by its flat name, in the order the CLI lists them: the run, the data, the device,
+    the strategy and its hyperparameters, each pipeline stage's, the clock, the engine, tracking."""
+    out: dict[str, Field] = {}
+    for section in SECTIONS[:3]:
+        out.update((f.name, f) for f in fields_of(section))
+    out["strategy"] = _STRATEGY_NAME
+    out.update(strategy_fields())
+    for settings in _STAGE_SECTIONS.values():
+        out.update((f.name, f) for f in fields_of(settings))
+    for section in SECTIONS[3:]:
+        out.update((f.name, f) for f in fields_of(section))
+    return out
+
+
+def _home(name: str) -> str | None:
+    """The section a flat setting belongs to ("pipeline.attack" for a stage's), None if unknown."""
+    for section in SECTIONS:
+        if name in section.__dataclass_fields__:  # type: ignore[attr-defined]
+            return section.section
+    for key, settings in _STAGE_SECTIONS.items():
+        if name in settings.__dataclass_fields__:  # type: ignore[attr-defined]
+            return f"pipeline.{key}"
+    if name == "strategy" or name in strategy_fields():
+        return "strategy"
+    return None
+
+
+class Config:
+    """One experiment's settings: `Config(devices=100, lr=0.1)`. Every setting reads by its flat name
+    (`config.devices`, `config.strategy` is the strategy's name, `config.data` the .npz); its section by
+    type (`config.section(RunSettings)`, `config.stage_settings["attack"]`); `make_strategy()` gives the
+    strategy with its hyperparameters. Frozen: `replace` makes a new one."""
+
+    __slots__ = ("_given", "_sections", "_stages", "_strategy")
+
+    def __init__(self, **values: Any) -> None:
+        grouped: dict[str, dict[str, Any]] = {}
+        for key, value in values.items():
+            home = _home(key)
+            if home is None:
+                raise ConfigError(f"unknown setting {key!r}" + _hint(key))
+            grouped.setdefault(home, {})[key] = value
+        put = object.__setattr__
+        put(self, "_sections", {s.section: s(**grouped.get(s.section, {})) for s in SECTIONS})
+        put(self, "_stages", {k: s(**grouped.get(f"pipeline.{k}", {})) for k, s in _STAGE_SECTIONS.items()})
+        chosen = dict(grouped.get("strategy", {}))
+        name = chosen.pop("strategy", "fedavg")
+        given = {k: v for k, v in chosen.items() if v is not None}
+        put(self, "_given", given)
+        put(self, "_strategy", make_strategy(name, **given))
+        self._check()
+
+    def _check(self) -> None:
+        """Rules across sections."""
+        if self.hosts is not None and self.hosts > self.devices:
+            raise ConfigError(
+                f"--hosts {self.hosts} exceeds --devices {self.devices}; each host needs at least one device"
+            )
+        if self._strategy.variant is not None and self.artifact is not None:
+            raise ConfigError(
+                f"--strategy {self.strategy} changes the devices' train signature, which an "
+                "--artifact made elsewhere does not have; drop --artifact"
+            )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise dataclasses.FrozenInstanceError(f"Config is frozen; use config.replace({name}=...)")
+
+    def __getattr__(self, name: str) -> Any:
+        """A setting by its flat name (`config.lr`)."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        home = _home(name)
+        if home is None:
+            raise AttributeError(f"Config has no setting {name!r}" + _hint(name))
+        if home == "strategy":
+            return self._strategy.name if name == "strategy" else self._given.get(name)
+        if home.startswith("pipeline."):
+            return getattr(self._stages[home.split(".", 1)[1]], name)
+        return getattr(self._sections[home], name)
+
+    def section(self, cls: type[S]) -> S:
+        """One section's settings, typed: `config.section(RunSettings).devices`."""
+        return self._sections[cls.section]
+
+    @property
+    def stage_settings(self) -> dict[str, Section]:
+        """Each pipeline stage's settings, by stage section name."""
+        return dict(self._stages)
+
+    def make_strategy(self) -> Strategy:
+        """The chosen strategy with its hyperparameters (not yet bound to a run)."""
+        return make_strategy(self._strategy.name, **self._given)
+
+    @property
+    def devices_per_round(self) -> int:
+        return self.section(RunSettings).devices_per_round
+
+    @property
+    def partition_spec(self) -> str:
+        return self.section(DataSettings).partition_spec
+
     # ---- dict / TOML --------------------------------------------------------------------------
+    def flat(self) -> dict[str, Any]:
+        """Every setting by its flat name (a strategy's hyperparameters only where given)."""
+        out: dict[str, Any] = {}
+        for section in self._sections.values():
+            out.update(section.to_dict())
+        for settings in self._stages.values():
+            out.update(settings.to_dict())
+        out["strategy"] = self._strategy.name
+        out.update(self._given)
+        return out
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """config.json's layout: one table per section, the pipeline's stages nested."""
+        out: dict[str, Any] = {name: section.to_dict() for name, section in self._sections.items()}
+        out["strategy"] = {"name": self._strategy.name, **self._given}
+        out["pipeline"] = {k: s.to_dict() for k, s in self._stages.items() if s.to_dict()}
+        return out
+
+    def replace(self, **changes: Any) -> Config:
+        return Config(**{**self.flat(), **changes})
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Config) and self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Config({', '.join(f'{k}={v!r}' for k, v in self.flat().items())})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild, (self.flat(),)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Config:
-        known = {f.name for f in fields(cls)}
-        if isinstance(data.get("strategy"), dict):  # [strategy] name = "fedadam", server_lr = 0.01, ...
-            table = dict(data["strategy"])
-            if "name" not in table:
-                raise ConfigError('config table [strategy] needs name = "..." (e.g. name = "fedadam")')
-            odd = sorted(set(table) - {"name", *_strategy_params()})
-            if odd:
-                raise ConfigError(
-                    f"[strategy] {', '.join(odd)}: not a strategy setting; known: name, {', '.join(_strategy_params())}"
-                )
-            clash = sorted(set(table) & set(data) - {"name"})
-            if clash:
-                raise ConfigError(f"{', '.join(clash)} given both in [strategy] and at the top level")
-            data = {**{k: v for k, v in data.items() if k != "strategy"}, "strategy": table.pop("name"), **table}
-        if "synthetic_samples" in data and "toy_samples" not in data:
-            # config.json of an earlier fedsim, where "synthetic" named today's toy_images
-            data = {("toy_samples" if k == "synthetic_samples" else k): v for k, v in data.items()}
-            if data.get("dataset") == "synthetic":
-                data["dataset"] = "toy_images"
-        unknown = sorted(set(data) - known)
-        if unknown:
-            import difflib
-
-            hints = [
-                f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k, known, 1)) else k
-                for k in unknown
-            ]
-            raise ConfigError(f"unknown config key(s) {', '.join(hints)}; known keys: {', '.join(sorted(known))}")
-        for f in fields(cls):
-            if f.name in data:
-                _check_type(f.name, str(f.type), data[f.name])
-        return cls(**data)
+    def from_dict(cls, data: Mapping[str, Any]) -> Config:
+        """A config from config.json (by section) or a TOML file (flat keys, section tables, or both);
+        a flat config.json of an earlier fedsim too."""
+        return cls(**flatten_settings(data))
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike[str], **overrides: Any) -> Config:
@@ -438,8 +249,83 @@ class Config:
             data = tomllib.loads(p.read_text())
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"--config {p}: not valid TOML ({e})") from None
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_dict(data)
+        flat = flatten_settings(data)
+        flat.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**flat)
 
-    def replace(self, **changes: Any) -> Config:
-        return dataclasses.replace(self, **changes)
+
+def _rebuild(flat: dict[str, Any]) -> Config:
+    return Config(**flat)
+
+
+def _hint(key: str) -> str:
+    close = difflib.get_close_matches(key, list(config_fields()), 1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def flatten_settings(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat settings from a config file's or config.json's dict: top-level keys, section tables
+    ([run], [data], [strategy] with name, [pipeline.attack], ...), or both; every value type-checked
+    and named by the key it came under. Unknown keys fail with "did you mean"."""
+    known = config_fields()
+    flat: dict[str, Any] = {}
+    where: dict[str, str] = {}
+
+    def take(key: str, value: Any, label: str) -> None:
+        if key not in known:
+            unknown.append(label + _hint(key))
+            return
+        if key in flat:
+            raise ConfigError(f"{key} given both as {where[key]} and as {label}")
+        if value is None and known[key].owner == "strategy":  # unset: the strategy's default (flat config.json)
+            return
+        wrong = type_problem(label, known[key].check, value)
+        if wrong is not None:
+            raise ConfigError(wrong)
+        flat[key], where[key] = value, label
+
+    unknown: list[str] = []
+    data = _legacy(data)
+    for key, value in data.items():
+        if key == "strategy" and isinstance(value, Mapping):  # [strategy] name = "fedadam", server_lr = ...
+            table = dict(value)
+            if "name" not in table:
+                raise ConfigError('config table [strategy] needs name = "..." (e.g. name = "fedadam")')
+            odd = sorted(set(table) - {"name", *strategy_fields()})
+            if odd:
+                raise ConfigError(
+                    f"[strategy] {', '.join(odd)}: not a strategy setting; known: name, {', '.join(strategy_fields())}"
+                )
+            take("strategy", table.pop("name"), "[strategy] name")
+            for k, v in table.items():
+                take(k, v, f"[strategy] {k}")
+        elif key == "pipeline" and isinstance(value, Mapping):
+            for stage, table in value.items():
+                if stage not in _STAGE_SECTIONS or not isinstance(table, Mapping):
+                    unknown.append(f"[pipeline.{stage}]")
+                    continue
+                for k, v in table.items():
+                    if k in _STAGE_SECTIONS[stage].__dataclass_fields__:  # type: ignore[attr-defined]
+                        take(k, v, f"[pipeline.{stage}] {k}")
+                    else:
+                        unknown.append(f"[pipeline.{stage}] {k}")
+        elif key in _BY_NAME and isinstance(value, Mapping):
+            for k, v in value.items():
+                if k in _BY_NAME[key].__dataclass_fields__:  # type: ignore[attr-defined]
+                    take(k, v, f"[{key}] {k}")
+                else:
+                    unknown.append(f"[{key}] {k}" + _hint(k))
+        else:
+            take(key, value, key)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+    return flat
+
+
+def _legacy(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Keys of earlier fedsims' config files, renamed to today's."""
+    if "synthetic_samples" in data and "toy_samples" not in data:  # "synthetic" named today's toy_images
+        data = {("toy_samples" if k == "synthetic_samples" else k): v for k, v in data.items()}
+        if data.get("dataset") == "synthetic":
+            data["dataset"] = "toy_images"
+    return data

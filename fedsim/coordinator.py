@@ -1,24 +1,23 @@
-"""The round loop: select -> run on devices -> restore -> aggregate -> evaluate -> record.
+"""The round loop: select -> plan -> run on devices -> reduce -> server stages -> apply -> evaluate -> record.
 
-Knows the engine only through its interface and the strategy only through `aggregate`; the concrete
-engine, the evaluator and the recorder are passed in. No TensorFlow and no Ray here.
+Knows the engine only through its interface, the strategy only through `plan` / `apply`, and the
+update pipeline only through its hooks (fedsim.pipeline): no strategy, attack or stage by name. The
+concrete engine and the recorder are passed in. No TensorFlow and no Ray here.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import shutil
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from fedsim.checkpoint import (
-    UpdateScreen,
     WeightSpec,
     check_weights,
     flatten,
@@ -28,13 +27,14 @@ from fedsim.checkpoint import (
     unflatten,
     write_checkpoint,
 )
-from fedsim.config import Config
-from fedsim.engine.base import DeviceReport, Engine, Evaluation, HostPipeline, RoundResult
-from fedsim.fleet import Clock, Outcome
-from fedsim.strategies.attacks import Attack, byzantine_devices
-from fedsim.strategies.base import HONEST, DevicePlan, State, Strategy, Weights, reduce_partials
-
-Evaluate = Callable[[bytes, Sequence[int]], Evaluation]
+from fedsim.clock.clock import Clock, SimOutcome
+from fedsim.config import Config, RunSettings
+from fedsim.context import RunContext
+from fedsim.engine.base import DeviceReport, Engine, RoundResult
+from fedsim.pipeline import Pipeline
+from fedsim.pipeline.base import HostRound, ServerContext
+from fedsim.rounds import NAN, RoundTimes, device_row, initial_row, round_row
+from fedsim.strategies.base import DevicePlan, State, Strategy, Weights, reduce_partials
 
 
 class RoundFailedError(RuntimeError):
@@ -63,91 +63,80 @@ def select_devices(
     return sorted(int(d) for d in rng.choice(num_devices if among is None else pool, size=per_round, replace=False))
 
 
+@dataclass(frozen=True)
+class Resume:
+    """Where a continued run picks up: the server state of its last committed round, and the
+    simulated seconds it had reached (--fleet)."""
+
+    state: State | None = None
+    sim_elapsed_s: float = 0.0
+
+
 @dataclass
-class RoundOutcome:
+class RoundRecord:
+    """The latest round's rows (the tables on disk hold them all)."""
+
     round_row: dict[str, Any]
-    device_rows: list[dict[str, Any]] = field(default_factory=list)
+    device_rows: list[dict[str, Any]]
 
 
 class Coordinator:
     def __init__(
         self,
         config: Config,
+        run: RunContext,
         engine: Engine,
         strategy: Strategy,
-        evaluate: Evaluate,
+        pipeline: Pipeline,
         initial_checkpoint: bytes,
         recorder: Recorder | None = None,
+        clock: Clock | None = None,
+        resume: Resume = Resume(),
         progress: bool = True,
         started: float | None = None,
-        local_eval: bool | None = None,
-        state: State | None = None,
-        num_classes: int = 0,
-        clock: Clock | None = None,
-        samples: np.ndarray | None = None,
-        upload_bytes: int = 0,
-        sim_started: float = 0.0,
     ) -> None:
-        self.config = config
+        self.settings = config.section(RunSettings)
+        self.run_context = run
         self.engine = engine
         self.strategy = strategy
-        self.evaluate = evaluate
+        self.pipeline = pipeline
         self.recorder = recorder
+        self.clock = clock
         self.progress = progress
-        # whether the selected devices score each new model on their own test split
-        self.local_eval = config.device_test_fraction > 0 if local_eval is None else local_eval
-        self.started = time.perf_counter() if started is None else started  # for elapsed_s
+        # the perf_counter time the run began (elapsed_s counts from it; a resume moves it back)
+        self.started = time.perf_counter() if started is None else started
+        self.sim_elapsed = resume.sim_elapsed_s
         self.scratch = scratch_dir("fedsim-coordinator-")
         self.global_weights: Weights = read_checkpoint(initial_checkpoint, self.scratch)
         self.spec: WeightSpec = spec_of(self.global_weights)
         # Every global checkpoint in fedsim's own layout (one block per entry, which the devices'
         # Restore ops read more cheaply), the first one too: same weights, other bytes.
         self.global_checkpoint = write_checkpoint(self.global_weights, self.scratch)
-        self.screen = UpdateScreen(self.spec, config.max_update_norm, config.clip_update_norm)
         self.flat = flatten(self.global_weights, self.spec)
-        # the strategy's server state: from the last committed round on resume, else fresh
-        fresh = strategy.init(self.flat)
-        if state is not None and {k: np.shape(v) for k, v in state.items()} != {
-            k: np.shape(v) for k, v in fresh.items()
-        }:
-            raise ValueError(
-                f"the saved server state holds {sorted(state) or 'nothing'}, but {strategy.name} keeps "
-                f"{sorted(fresh) or 'nothing'} of the model's size; it cannot continue this run"
-            )
-        self.state: State = fresh if state is None else state
-        self.attack = Attack(config.attack, config.attack_scale, config.seed) if config.attack else None
-        self.attackers = (
-            byzantine_devices(config.devices, config.byzantine, config.seed)
-            if self.attack is not None
-            else np.zeros(0, np.int64)
-        )
-        # hosts send every update when the strategy is an order statistic or the attack reads the honest ones
-        needs_rows = strategy.accumulate == "stack" or (self.attack is not None and self.attack.needs_rows)
-        self.accumulate = "stack" if needs_rows else "sum"
-        self.num_classes = num_classes
-        # the simulated clock (--fleet): device profiles, the latency table and the round policy
-        self.clock = clock
-        self.samples = samples  # each device's training samples (what its steps follow)
-        self.upload_bytes = upload_bytes  # the size of a device's saved checkpoint
-        self.sim_elapsed = sim_started
-        self.last: RoundOutcome | None = None  # the latest round only: a long run keeps no history here
+        self.accumulate = pipeline.accumulate(strategy)
+        # the strategy's and the stages' server state: from the last committed round on resume, else fresh
+        self.state: State = strategy.init(self.flat)
+        if resume.state is not None:
+            saved = {k: v for k, v in resume.state.items() if not k.startswith("pipeline.")}
+            self.state = strategy.resume_state(saved, self.flat)
+            pipeline.restore(resume.state)
+        self.last: RoundRecord | None = None
 
     def evaluates(self, round_num: int) -> bool:
         """Whether the global model is evaluated after `round_num` (--eval-every; always after the last)."""
-        return round_num % self.config.eval_every == 0 or round_num == self.config.rounds
+        return round_num % self.settings.eval_every == 0 or round_num == self.settings.rounds
 
-    def run(self, start_round: int = 1) -> RoundOutcome | None:
-        """Run rounds start_round..config.rounds; the last round's outcome (the tables hold them all)."""
-        bar = tqdm(
-            total=self.config.rounds, initial=start_round - 1, desc="fedsim", unit="round", disable=not self.progress
-        )
+    def run(self, start_round: int = 1) -> RoundRecord | None:
+        """Run rounds start_round..rounds; the last round's rows."""
+        rounds = self.settings.rounds
+        bar = tqdm(total=rounds, initial=start_round - 1, desc="fedsim", unit="round", disable=not self.progress)
         try:
-            if self.config.eval_initial and start_round == 1:
+            if self.settings.eval_initial and start_round == 1:
                 row = self.record_initial()
                 bar.set_postfix(acc=f"{row['test_accuracy']:.4f}", loss=f"{row['test_loss']:.3f}")
-            for round_num in range(start_round, self.config.rounds + 1):
-                outcome = self.last = self.run_round(round_num)
-                row = outcome.round_row
+            for round_num in range(start_round, rounds + 1):
+                self.last = self.run_round(round_num)
+                row = self.last.round_row
                 if not np.isnan(row["test_accuracy"]):  # rounds without evaluation keep the last figures
                     bar.set_postfix(
                         acc=f"{row['test_accuracy']:.4f}", loss=f"{row['test_loss']:.3f}", s=f"{row['wall_s']:.2f}"
@@ -160,149 +149,105 @@ class Coordinator:
 
     def record_initial(self) -> dict[str, Any]:
         """--eval-initial: the initial model on the test set, recorded as round 0 (no device ran; the
-        simulated clock starts at 0)."""
+        simulated clock at 0)."""
         start = time.perf_counter()
-        evaluation = self.evaluate(self.global_checkpoint, [])
-        took = time.perf_counter() - start
-        nan = float("nan")
-        row = {
-            "round": 0,
-            "test_accuracy": evaluation.accuracy,
-            "test_loss": evaluation.loss,
-            "train_loss": nan,
-            "device_acc_mean": nan,
-            "device_acc_p10": nan,
-            "device_acc_p90": nan,
-            "devices_selected": 0,
-            "devices_reported": 0,
-            "devices_accepted": 0,
-            "samples": 0,
-            "wall_s": took,
-            "hosts_s": 0.0,
-            "aggregate_s": 0.0,
-            "evaluate_s": took,
-            "bytes_up": 0,
-            "bytes_down": 0,
-            "sim_round_s": 0.0 if self.clock is not None else nan,
-            "sim_elapsed_s": self.sim_elapsed if self.clock is not None else nan,
-            "elapsed_s": time.perf_counter() - self.started,
-        }
+        evaluation = self.engine.evaluate(self.global_checkpoint, [])
+        row = initial_row(evaluation, time.perf_counter() - start)
+        row.update(self._clocks(0.0 if self.clock is not None else NAN))
         if self.recorder is not None:
-            self.recorder.record_round(row, [], self.global_checkpoint, self.state)
+            self.recorder.record_round(row, [], self.global_checkpoint, self._saved_state())
         return row
 
-    def plan(self, round_num: int, selected: Sequence[int]) -> dict[int, DevicePlan]:
-        """The round's per-device instructions: the strategy's, with the attackers' roles on top."""
-        plan = dict(self.strategy.plan(round_num, selected, self.state))
-        if self.attack is not None:
-            for d in np.intersect1d(self.attackers, selected).tolist():
-                plan[d] = dataclasses.replace(plan.get(d, DevicePlan()), role=self.attack.kind)
-        return plan
+    def plan(self, round_num: int, device_ids: Sequence[int]) -> tuple[dict[int, DevicePlan], dict[int, float]]:
+        """The round's per-device instructions (the strategy's, then each stage's) and coefficients."""
+        plans = dict(self.strategy.plan(round_num, device_ids, self.state))
+        self.pipeline.plan(round_num, device_ids, plans)
+        samples = self.run_context.samples[np.asarray(device_ids, np.int64)]
+        coefficients = self.pipeline.coefficients(self.strategy.weights(samples))
+        return plans, dict(zip((int(d) for d in device_ids), coefficients.tolist()))
 
-    def run_round(self, round_num: int) -> RoundOutcome:
+    def run_round(self, round_num: int) -> RoundRecord:
         start = time.perf_counter()
-        outcomes: dict[int, Outcome] = {}
+        outcomes: dict[int, SimOutcome] = {}
         unavailable: list[int] = []
-        sim_round = float("nan")
+        sim_round = NAN
+        run = self.settings
         if self.clock is None:
-            selected = select_devices(self.config.devices, self.config.devices_per_round, self.config.seed, round_num)
+            selected = select_devices(run.devices, run.devices_per_round, run.seed, round_num)
             run_ids = selected
         else:
             selected, unavailable, want = self._select_available(round_num)
+            up = self.pipeline.upload_bytes(self.run_context.upload_bytes, self.flat.size)
             outcomes, sim_round = self.clock.plan(
-                round_num, selected, self.samples, want, len(self.global_checkpoint), self.upload_bytes
+                round_num, selected, self.run_context.samples, want, len(self.global_checkpoint), up
             )
             # devices whose outcome is known before they run (dropped, too late) cost no host time
             run_ids = [d for d in selected if outcomes[d].status == "run"]
-        plan = self.plan(round_num, run_ids)
+        plans, coefficients = self.plan(round_num, run_ids)
         for d, o in outcomes.items():
-            if o.status == "run" and o.steps is not None:  # partial work by the deadline
-                plan[d] = dataclasses.replace(plan.get(d, DevicePlan()), steps=o.steps)
-        pipeline = HostPipeline(self.screen, self.strategy, self.accumulate, self.attack, plan, self.num_classes)
+            if o.status == "run" and o.steps is not None:  # partial work by the deadline: a step budget
+                plans[d] = _with_steps(plans.get(d), o.steps)
+        work = HostRound(
+            round_num, dict(self.spec), self.pipeline.host_stages(), self.accumulate, coefficients, plans, run.seed
+        )
+        result = self._run_on_hosts(round_num, selected, run_ids, work)
+        hosts_done = time.perf_counter()
+        sent = len(self.global_checkpoint)  # the checkpoint the devices restored (before it is replaced)
+        reports = list(result.reports)
+        samples = self.run_context.samples
+        reports += [DeviceReport(d, -1, int(samples[d]), o.status) for d, o in outcomes.items() if o.status != "run"]
+        reports += [DeviceReport(d, -1, int(samples[d]), "unavailable") for d in unavailable]
+        device_rows = [
+            device_row(round_num, r, plans.get(r.device_id), outcomes.get(r.device_id))
+            for r in sorted(reports, key=lambda r: r.device_id)
+        ]
+        if result.partials:
+            aggregate = reduce_partials(result.partials)
+            aggregate = self.pipeline.server(aggregate, ServerContext(round_num, self.flat, len(selected), run.seed))
+            flat, state = self.strategy.apply(self.flat, aggregate, self.state)
+            self._set_global(np.asarray(flat, dtype=np.float32), state)
+        aggregated = time.perf_counter()
+        evaluation = None
+        if self.evaluates(round_num):  # devices with a test split of their own also score the new model
+            evaluation = self.engine.evaluate(self.global_checkpoint, selected if self.run_context.local_eval else [])
+        for row in device_rows:
+            row["test_accuracy"] = evaluation.device_accuracy.get(row["device_id"], NAN) if evaluation else NAN
+        row = round_row(
+            round_num,
+            device_rows,
+            evaluation,
+            len(selected),
+            RoundTimes(start, hosts_done, aggregated, time.perf_counter()),
+            sent,
+            plans,
+        )
+        row.update(self.pipeline.round_metrics())
+        row.update(self._clocks(sim_round))
+        if self.recorder is not None:
+            self.recorder.record_round(row, device_rows, self.global_checkpoint, self._saved_state())
+        return RoundRecord(row, device_rows)
+
+    def _run_on_hosts(self, round_num: int, selected: list[int], run_ids: list[int], work: HostRound) -> RoundResult:
+        """The engine's answer for the round; too few reports are retried once with the same selection."""
+        min_devices = self.settings.min_devices
         for attempt in (1, 2):
             if not run_ids:
-                result = RoundResult()
-                break
-            result = self.engine.run_round(round_num, self.global_checkpoint, run_ids, pipeline)
+                return RoundResult()
+            result = self.engine.run_round(round_num, self.global_checkpoint, run_ids, work)
             reported = sum(r.status != "failed" for r in result.reports)
-            if reported >= min(self.config.min_devices, len(run_ids)):
-                break
+            if reported >= min(min_devices, len(run_ids)):
+                return result
             if attempt == 2:
                 errors = sorted({r.error for r in result.reports if r.status == "failed"})
                 raise RoundFailedError(
                     f"round {round_num}: {reported} of {len(selected)} selected devices reported, fewer than "
-                    f"--min-devices {self.config.min_devices}, also on the retry ({'; '.join(errors)[:300]}); "
+                    f"--min-devices {min_devices}, also on the retry ({'; '.join(errors)[:300]}); "
                     f"rounds 1-{round_num - 1} are saved; fix the cause and continue with fedsim run --resume"
                 )
-        hosts_done = time.perf_counter()
-        sent = len(self.global_checkpoint)  # the checkpoint the devices restored (before it is replaced)
-        reports = list(result.reports)
-        for d, o in outcomes.items():
-            if o.status != "run":
-                reports.append(DeviceReport(d, -1, int(self.samples[d]), o.status))
-        reports += [DeviceReport(d, -1, int(self.samples[d]), "unavailable") for d in unavailable]
-        device_rows = [
-            self._row(round_num, r, plan.get(r.device_id), outcomes.get(r.device_id))
-            for r in sorted(reports, key=lambda r: r.device_id)
-        ]
-        accepted = [r for r in device_rows if r["status"] == "ok"]
-        if result.partials:
-            aggregate = reduce_partials(result.partials)
-            if self.attack is not None and self.attack.needs_rows:
-                aggregate = self.attack.alie(aggregate, self.attackers)
-            if aggregate.rows is not None and any(p.steps is not None for p in plan.values()):
-                aggregate.steps = np.array(
-                    [
-                        plan[d].steps if d in plan and plan[d].steps is not None else -1
-                        for d in aggregate.device_ids.tolist()
-                    ],
-                    np.int64,
-                )
-            flat, state = self.strategy.apply(self.flat, aggregate, self.state)
-            self._set_global(np.asarray(flat, dtype=np.float32), state)
-        aggregated = time.perf_counter()
-        # Devices with a test split of their own also score the new model on it.
-        if self.evaluates(round_num):
-            local = selected if self.local_eval else []
-            evaluation = self.evaluate(self.global_checkpoint, local)
-            accuracy, loss, per_device = evaluation.accuracy, evaluation.loss, evaluation.device_accuracy
-        else:
-            accuracy, loss, per_device = float("nan"), float("nan"), {}
-        for row in device_rows:
-            row["test_accuracy"] = per_device.get(row["device_id"], float("nan"))
-        spread = np.array(list(per_device.values())) if per_device else np.full(1, np.nan)
-        evaluated = time.perf_counter()
-        samples = sum(r["samples"] for r in accepted)
-        train_loss = sum(r["train_loss"] * r["samples"] for r in accepted) / samples if samples else float("nan")
-        round_row = {
-            "round": round_num,
-            "test_accuracy": accuracy,
-            "test_loss": loss,
-            "train_loss": train_loss,
-            "device_acc_mean": float(np.mean(spread)),
-            "device_acc_p10": float(np.percentile(spread, 10)),
-            "device_acc_p90": float(np.percentile(spread, 90)),
-            "devices_selected": len(selected),
-            "devices_reported": sum(r["status"] in ("ok", "rejected") for r in device_rows),
-            "devices_accepted": len(accepted),
-            "samples": samples,
-            "wall_s": evaluated - start,
-            "hosts_s": hosts_done - start,  # dispatch until every host answered
-            "aggregate_s": aggregated - hosts_done,
-            "evaluate_s": evaluated - aggregated,
-            # SCAFFOLD's control variates travel too: c - c_i down, the device's change of c_i up
-            "bytes_up": sum(r["checkpoint_bytes"] for r in device_rows)
-            + sum(len(plan[r["device_id"]].control or b"") for r in accepted if r["device_id"] in plan),
-            "bytes_down": sent * len(selected) + sum(len(p.control or b"") for p in plan.values()),
-            # the simulated clock (--fleet): this round's length and the total so far, in seconds
-            "sim_round_s": sim_round,
-            "sim_elapsed_s": self._tick(sim_round),
-            # seconds since the run began; differences between rounds include the recording of the tables
-            "elapsed_s": time.perf_counter() - self.started,
-        }
-        if self.recorder is not None:
-            self.recorder.record_round(round_row, device_rows, self.global_checkpoint, self.state)
-        return RoundOutcome(round_row, device_rows)
+        raise AssertionError("unreachable")
+
+    def _saved_state(self) -> State:
+        return {**self.state, **self.pipeline.state()}
 
     def _set_global(self, flat: np.ndarray, state: State) -> None:
         weights = unflatten(flat, self.spec)
@@ -316,38 +261,28 @@ class Coordinator:
         selected; with every device selected each round, the unavailable ones are recorded as such;
         --over-select picks more than the round keeps."""
         assert self.clock is not None
+        run = self.settings
         available = self.clock.available(round_num)
-        if self.config.devices_per_round >= self.config.devices:
-            ids = np.arange(self.config.devices)
+        if run.devices_per_round >= run.devices:
+            ids = np.arange(run.devices)
             return ids[available].tolist(), ids[~available].tolist(), int(available.sum())
-        want = self.config.devices_per_round
+        want = run.devices_per_round
         n = math.ceil(self.clock.over_select * want - 1e-9)
-        return select_devices(self.config.devices, n, self.config.seed, round_num, np.flatnonzero(available)), [], want
+        return select_devices(run.devices, n, run.seed, round_num, np.flatnonzero(available)), [], want
 
-    def _tick(self, sim_round: float) -> float:
+    def _clocks(self, sim_round: float) -> dict[str, float]:
+        """The simulated clock's columns (this round's length and the total so far, --fleet) and the
+        seconds since the run began (differences between rounds include recording the tables)."""
         if not np.isnan(sim_round):
             self.sim_elapsed += sim_round
-            return self.sim_elapsed
-        return float("nan")
-
-    @staticmethod
-    def _row(
-        round_num: int, r: DeviceReport, plan: DevicePlan | None, outcome: Outcome | None = None
-    ) -> dict[str, Any]:
-        nan = float("nan")
         return {
-            "round": round_num,
-            "device_id": r.device_id,
-            "host": r.host,
-            "samples": r.samples,
-            "train_loss": r.train_loss,
-            "train_s": r.train_s,
-            "checkpoint_bytes": r.checkpoint_bytes,
-            "status": r.status,
-            "reason": r.error,
-            "role": plan.role if plan is not None else HONEST,
-            "mu": plan.mu if plan is not None else nan,
-            "sim_compute_s": outcome.compute_s if outcome is not None else nan,
-            "sim_comm_s": outcome.comm_s if outcome is not None else nan,
-            "sim_finish_s": outcome.finish_s if outcome is not None else nan,
+            "sim_round_s": sim_round,
+            "sim_elapsed_s": self.sim_elapsed if not np.isnan(sim_round) else NAN,
+            "elapsed_s": time.perf_counter() - self.started,
         }
+
+
+def _with_steps(plan: DevicePlan | None, steps: int) -> DevicePlan:
+    from dataclasses import replace
+
+    return replace(plan or DevicePlan(), steps=steps)

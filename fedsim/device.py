@@ -158,7 +158,7 @@ class Runner:
 def write_control(correction: np.ndarray, path: Path) -> int:
     """Write SCAFFOLD's correction c - c_i (one float32 vector, weights in name order) as the control
     file a scaffold artifact's `restore` reads; its size in bytes."""
-    from fedsim.tfv1 import write_tfv1
+    from fedsim.tfv1_write import write_tfv1
 
     data = write_tfv1({CORRECTION: np.asarray(correction, dtype=np.float32)})
     path.write_bytes(data)
@@ -196,7 +196,7 @@ def shuffle_rng(seed: int, device_id: int, round_num: int) -> np.random.Generato
 
 
 @dataclass(frozen=True)
-class DeviceUpdate:
+class TrainResult:
     """What a device sends back after a round."""
 
     device_id: int
@@ -235,7 +235,7 @@ class Device:
         flip_labels: int = 0,
         control: Path | None = None,
         steps: int | None = None,
-    ) -> DeviceUpdate:
+    ) -> TrainResult:
         """restore the global model -> local_epochs of shuffled mini-batches through `train` -> `save` to out.
 
         mu: FedProx's proximal weight (the fedprox variant's train input). flip_labels: the number of
@@ -268,7 +268,7 @@ class Device:
                 seen += len(yb)
         runner.save(out)
         train_s = time.perf_counter() - start
-        return DeviceUpdate(self.device_id, self.samples, loss_sum / max(seen, 1), train_s, start_loss, out)
+        return TrainResult(self.device_id, self.samples, loss_sum / max(seen, 1), train_s, start_loss, out)
 
 
 def evaluate_counts(

@@ -6,21 +6,25 @@ Everything that can be wrong with the input (settings, data, run folder) is chec
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import json
 import os
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fedsim.config import Config, ConfigError, _is_import_path
-from fedsim.coordinator import Coordinator
+from fedsim.clock.profiles import load_fleet
+from fedsim.config import Config, ConfigError
+from fedsim.coordinator import Resume
 from fedsim.data import DataRecipe, Dataset
-from fedsim.engine.base import Engine, HostSettings, Setup
-from fedsim.fleet import Clock, FleetError, load_fleet, read_latency
+from fedsim.engine.base import Engine
+from fedsim.launch import RunPlan, StartPoint, execute
 from fedsim.model.builders import MODELS, ArtifactRecipe, ModelBuilder, Optimizer, builder_name, resolve_builder
+from fedsim.model.settings import is_import_path
+from fedsim.pipeline import Pipeline
 from fedsim.results import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -37,7 +41,7 @@ from fedsim.results import (
     resume_state,
     versions,
 )
-from fedsim.strategies import STRATEGIES, Strategy, strategy_for
+from fedsim.strategies import STRATEGIES, Strategy
 from fedsim.tracking import Trackers
 
 
@@ -75,13 +79,19 @@ def run(
     recipe_data.check_fleet(config.devices, config.min_samples, config.partition_spec == "natural")
     builder = model_builder or resolve_builder(config.model)
     model = f"artifact {config.artifact}" if config.artifact else builder_name(builder)
-    if not config.artifact and (model in MODELS or _is_import_path(model)):
+    if not config.artifact and (model in MODELS or is_import_path(model)):
         config = config.replace(model=model)  # what config.json records is what ran
-    strategy = strategy.bind(config) if strategy is not None else strategy_for(config)
+    chosen = strategy if strategy is not None else config.make_strategy()
+    pipeline = Pipeline.build(config.stage_settings, config.seed)
+    pipeline.check(chosen)
     # a fleet file with a bad column or id fails here, before any folder or Ray process exists
     profiles = load_fleet(config.fleet, config.devices, config.seed) if config.fleet else None
     artifact: ArtifactRecipe | bytes = ArtifactRecipe(
-        builder, None, optimizer_of(config), config.seed, config.checkpoint_format, strategy.variant
+        builder=builder,
+        optimizer=optimizer_of(config),
+        seed=config.seed,
+        checkpoint_format=config.checkpoint_format,
+        variant=chosen.variant,  # the data's task is filled in where the data is loaded
     )
     if config.artifact:
         artifact = _read_artifact(config.artifact)
@@ -91,31 +101,17 @@ def run(
     meta: dict[str, Any] = {
         "config": config.to_dict(),
         "versions": versions(),
-        "strategy": type(strategy).__name__,
-        "strategy_params": strategy.describe() if hasattr(strategy, "describe") else {},
+        "strategy": type(chosen).__name__,
+        "strategy_params": chosen.describe(),
         # what load_runs reports as the strategy: the --strategy name, or module:Class of one passed in
-        "strategy_name": strategy_name(config, strategy),
+        "strategy_name": strategy_name(config, chosen),
+        "pipeline": pipeline.names(),
         "model": model,
         "started": _now(),
     }
-    writer = RunWriter(out, meta)
-
-    def body() -> None:
-        writer.track(trackers)
-        _run(
-            config,
-            recipe_data,
-            strategy,
-            artifact,
-            engine,
-            writer,
-            progress,
-            started,
-            check_artifact=bool(config.artifact),
-            profiles=profiles,
-        )
-
-    _guarded(writer, body, new_run=True)
+    plan = RunPlan(config, recipe_data, chosen, pipeline, artifact, bool(config.artifact), profiles)
+    writer = RunWriter(out, meta, round_columns=pipeline.columns())
+    _guarded(writer, trackers, lambda: execute(plan, engine, writer, progress, started, StartPoint()), new_run=True)
     return load_run(out)
 
 
@@ -140,20 +136,18 @@ def _resume_strategy(folder: Path, meta: dict[str, Any], config: Config, given: 
     if given is not None:
         if strategy_name(config, given) != name:
             raise RunFolderError(f"--resume {folder}: the run used strategy {name}, not {strategy_name(config, given)}")
-        return given.bind(config)
+        return given
     if name in STRATEGIES:
-        return strategy_for(config)
-    import importlib
-
+        return config.make_strategy()
     module, _, cls = name.partition(":")
     try:
-        made = getattr(importlib.import_module(module), cls)()
+        made: Strategy = getattr(importlib.import_module(module), cls)()
     except Exception as e:  # any failure to rebuild it means: the caller must pass it
         raise RunFolderError(
             f"--resume {folder}: the run used strategy {name}, which cannot be rebuilt here "
             f"({type(e).__name__}: {e}); pass it again: fedsim.resume(DIR, strategy=...)"
         ) from None
-    return made.bind(config)
+    return made
 
 
 def data_recipe(config: Config, arrays: Dataset | None = None) -> DataRecipe:
@@ -184,6 +178,16 @@ def _now() -> str:
     return dt.datetime.now().isoformat(timespec="seconds")
 
 
+def saved_config(meta: dict[str, Any], **changes: Any) -> Config:
+    """A run folder's settings, with the strategy's hyperparameters as they ran (config.json keeps
+    only those given; the strategy's defaults of the fedsim that ran are in strategy_params)."""
+    config = Config.from_dict(meta["config"])
+    ran = {k: v for k, v in (meta.get("strategy_params") or {}).items() if k != "name" and v is not None}
+    if config.strategy in STRATEGIES and ran and meta.get("strategy_name", config.strategy) == config.strategy:
+        changes = {**{k: v for k, v in ran.items() if k in STRATEGIES[config.strategy].param_names()}, **changes}
+    return config.replace(**changes) if changes else config
+
+
 def resume(
     path: str | os.PathLike[str],
     *,
@@ -209,7 +213,7 @@ def resume(
         raise RunFolderError(f"--resume {folder}: not a fedsim run folder (no {CONFIG_FILE})")
     meta = json.loads(meta_file.read_text())
     changes = {k: v for k, v in (("hosts", hosts), ("address", address), ("rounds", rounds)) if v is not None}
-    config = Config.from_dict(meta["config"]).replace(**changes)
+    config = saved_config(meta, **changes)
     done = int(meta.get("rounds_completed", 0))
     if done >= config.rounds:
         if rounds is None:
@@ -229,55 +233,39 @@ def resume(
         raise RunFolderError(f"--resume {folder}: the run stopped before its artifact was made; start it again")
     artifact = (folder / MODEL_FILE).read_bytes()
     finished = meta.get("status") == "completed"  # its resume/ folder is gone: global.ckpt is round `done`
-    initial = resume_checkpoint(folder, done, finished) if done else None
-    state = resume_state(folder, done, finished) if done else None
-    strategy = _resume_strategy(folder, meta, config, strategy)
-    sim_started = 0.0
-    if done:  # elapsed_s (and the simulated clock) go on from the last committed round
-        rounds = read_table(folder / ROUNDS_FILE, ROUND_COLUMNS)  # not the devices table: it can be large
-        committed = rounds[rounds["round"] <= done]
+    start = StartPoint(done + 1, sim_latency=meta.get("sim_latency_ms"))
+    if done:  # from the last committed round: its model, server state and clocks
+        start.checkpoint = resume_checkpoint(folder, done, finished)
+        table = read_table(folder / ROUNDS_FILE, ROUND_COLUMNS)  # not the devices table: it can be large
+        committed = table[table["round"] <= done]
+        sim = 0.0
         if len(committed):
             started -= float(committed["elapsed_s"].iloc[-1])
             if "sim_elapsed_s" in committed and not np.isnan(committed["sim_elapsed_s"].iloc[-1]):
-                sim_started = float(committed["sim_elapsed_s"].iloc[-1])
+                sim = float(committed["sim_elapsed_s"].iloc[-1])
+        start.resume = Resume(resume_state(folder, done, finished), sim)
+    chosen = _resume_strategy(folder, meta, config, strategy)
+    pipeline = Pipeline.build(config.stage_settings, config.seed)
     profiles = load_fleet(config.fleet, config.devices, config.seed) if config.fleet else None
     meta["config"] = config.to_dict()
     for stale in ("error", "finished"):
         meta.pop(stale, None)
     meta.setdefault("resumed", []).append({"after_round": done, "at": _now()})
     trackers = _trackers(config)
-    writer = RunWriter(folder, meta, resume_from=done)
-
-    def body() -> None:
-        writer.track(trackers)
-        _run(
-            config,
-            recipe_data,
-            strategy,
-            artifact,
-            engine,
-            writer,
-            progress,
-            started,
-            initial,
-            done + 1,
-            state=state,
-            profiles=profiles,
-            sim_latency=meta.get("sim_latency_ms"),
-            sim_started=sim_started,
-        )
-
-    _guarded(writer, body)
+    writer = RunWriter(folder, meta, resume_from=done, round_columns=pipeline.columns())
+    plan = RunPlan(config, recipe_data, chosen, pipeline, artifact, False, profiles)
+    _guarded(writer, trackers, lambda: execute(plan, engine, writer, progress, started, start))
     return load_run(folder)
 
 
-def _guarded(writer: RunWriter, body: Any, new_run: bool = False) -> None:
+def _guarded(writer: RunWriter, trackers: Trackers, body: Callable[[], None], new_run: bool = False) -> None:
     """Run `body`, then record how the run ended in config.json (completed; interrupted by Ctrl-C;
     or failed and why).
 
     A new run that fails before its first round is committed leaves no folder behind, so the same
     command can simply be run again once the cause is fixed."""
     try:
+        writer.track(trackers)
         body()
     except BaseException as e:
         try:
@@ -292,138 +280,3 @@ def _guarded(writer: RunWriter, body: Any, new_run: bool = False) -> None:
         raise
     writer.write_meta(status="completed", finished=_now())
     writer.close()
-
-
-def _run(
-    config,
-    data,
-    strategy,
-    artifact,
-    engine,
-    writer,
-    progress,
-    started,
-    initial=None,
-    start_round=1,
-    check_artifact=False,
-    state=None,
-    profiles=None,
-    sim_latency=None,
-    sim_started=0.0,
-) -> None:
-    if engine is None:
-        from fedsim.engine.ray import RayEngine
-
-        # keep_warm: the next run in this process (a notebook's next cell) reuses Ray and the hosts
-        engine = RayEngine(config.hosts, config.address, config.round_timeout, keep_warm=True)
-    settings = HostSettings(config.local_epochs, config.batch_size, config.seed)
-    setup = Setup(
-        artifact,
-        data,
-        config.devices,
-        settings,
-        config.partition_spec,
-        config.min_samples,
-        config.device_test_fraction,
-        check_artifact,
-    )
-    with engine:
-        began = time.perf_counter()
-        prepared = engine.start(setup)
-        stages = {**getattr(engine, "startup_s", {}), "total": time.perf_counter() - began}
-        if progress:  # what the wait before round 1 was spent on
-            parts = ", ".join(f"{k} {v:.1f} s" for k, v in stages.items() if k not in ("total", "warm"))
-            print(
-                f"fedsim: started in {stages['total']:.1f} s ({parts}{', warm hosts' if stages.get('warm') else ''})",
-                file=sys.stderr,
-                flush=True,
-            )
-        writer.write_model(prepared.artifact)
-        if prepared.report is not None:
-            writer.write_artifact_report(prepared.report)
-        if prepared.label_counts is not None:
-            writer.write_partition(prepared.label_counts, prepared.test_sizes)
-        train_samples = int(prepared.dataset_info["train_samples"])
-        writer.write_meta(
-            hosts=engine.num_hosts,
-            host_nodes=getattr(engine, "host_nodes", None),
-            engine=type(engine).__name__,
-            dataset={k: v for k, v in prepared.dataset_info.items() if k != "task"},
-            task=prepared.dataset_info.get("task"),
-            # > 1 when devices outnumber training samples: each sample is then held by up to this many devices
-            sample_reuse=-(-config.devices // train_samples),
-            startup_s=stages,  # seconds before round 1: Ray, data and conversion, hosts (warm: reused)
-        )
-        if initial is None:
-            initial = engine.initial_checkpoint()
-        # Devices that keep a test split of their own (--device-test-fraction, or a natural partition
-        # whose data names each test sample's device) score every new global model on it.
-        local_eval = prepared.test_sizes is not None and bool(np.any(prepared.test_sizes))
-        task = prepared.dataset_info.get("task") or {}
-        samples = prepared.label_counts.sum(axis=1) if prepared.label_counts is not None else None
-        upload = int((prepared.report or {}).get("checkpoint_bytes", len(initial)))
-        clock = None
-        if profiles is not None:
-            clock = sim_clock(config, profiles, sim_latency, prepared.report, samples, len(initial), upload)
-            writer.write_fleet(profiles)
-            writer.write_meta(sim_latency_ms=clock.latency_ms)
-        Coordinator(
-            config,
-            engine,
-            strategy,
-            engine.evaluate,
-            initial,
-            writer,
-            progress,
-            started,
-            local_eval,
-            state,
-            int(task.get("num_classes", 0)),
-            clock,
-            samples,
-            upload,
-            sim_started,
-        ).run(start_round)
-
-
-def sim_clock(
-    config: Config,
-    profiles: Any,
-    latency: dict[str, float] | None,
-    report: dict[str, Any] | None,
-    samples: np.ndarray,
-    down_bytes: int,
-    up_bytes: int,
-) -> Clock:
-    """The run's simulated clock: the profiles, the latency table (pinned by --latency, recorded by an
-    earlier part of this run, or measured at its start), and the round policy; a deadline no device
-    could meet is refused here, before the first round."""
-    if latency is None:
-        latency = (
-            read_latency(config.latency)
-            if config.latency
-            else {
-                k: float(v)
-                for k, v in (report or {}).get("latency_ms", {}).items()
-                if k in ("restore", "train", "save")
-            }
-        )
-    clock = Clock(
-        profiles,
-        latency,
-        config.batch_size,
-        config.local_epochs,
-        config.seed,
-        config.deadline,
-        config.straggler,
-        config.over_select,
-    )
-    if config.deadline is not None:
-        fewest = clock.fewest_seconds(samples, down_bytes, up_bytes)
-        if fewest > config.deadline:
-            work = "one train step" if config.straggler == "partial" else "its round"
-            raise FleetError(
-                f"--deadline {config.deadline:g} s is shorter than any device could meet: the fastest "
-                f"needs {fewest:.3g} simulated s for {work}"
-            )
-    return clock

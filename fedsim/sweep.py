@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from fedsim.config import Config, ConfigError
+from fedsim.config import Config, ConfigError, config_fields
 from fedsim.results import CONFIG_FILE, RunFolderError, claim_run_folder, load_runs
 from fedsim.simulation import resume, run
 
@@ -80,7 +80,7 @@ def _axes(
     grid: Mapping[str, Sequence[Any]] | None,
 ) -> dict[str, list[Any]]:
     grid = dict(grid or {})
-    known = {f for f in Config.__dataclass_fields__ if f not in ("out", "name")}
+    known = {f for f in config_fields() if f not in ("out", "name")}
     unknown = sorted(set(grid) - known)
     if unknown:
         raise ConfigError(f"cannot sweep over {', '.join(unknown)}: not a run setting")
@@ -101,7 +101,7 @@ def _configs(base: Config, axes: Mapping[str, list[Any]]) -> list[tuple[str, Con
     """Every point's name and settings, in grid order. Where the sweep compares strategies, each
     strategy takes only its own settings (`--strategy fedavg,fedadam --server-lr 0.01,0.1`: the server
     learning rate varies for fedadam; fedavg, which has none, runs once)."""
-    from fedsim.strategies import STRATEGIES, STRATEGY_PARAMS
+    from fedsim.strategies import STRATEGIES, strategy_params
 
     others = [k for k in axes if k not in ("devices", "partition", "seed") and len(axes[k]) > 1]
     compares = len(axes.get("strategy", [])) > 1
@@ -118,7 +118,7 @@ def _configs(base: Config, axes: Mapping[str, list[Any]]) -> list[tuple[str, Con
         dropped: set[str] = set()
         if compares and point["strategy"] in STRATEGIES:
             takes = set(STRATEGIES[point["strategy"]].param_names())
-            dropped = {k for k in STRATEGY_PARAMS if k not in takes and (k in point or getattr(base, k) is not None)}
+            dropped = {k for k in strategy_params() if k not in takes and (k in point or getattr(base, k) is not None)}
             changes.update({k: None for k in dropped})  # None: not set (the strategy's own default)
         try:
             config = base.replace(**changes)
@@ -183,7 +183,7 @@ def _run_points(
             (folder / SWEEP_JSON).write_text(saved())
     finally:
         if owns_ray:
-            from fedsim.engine.ray import disconnect
+            from fedsim.engine.ray_session import disconnect
 
             disconnect()
     (folder / SWEEP_JSON).write_text(saved())

@@ -22,12 +22,34 @@ import os
 import socket
 import struct
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import crc32c
 
+from fedsim.settings import ConfigError, Section, need, setting
 from fedsim.tfv1 import mask_crc
+
+
+@dataclass(frozen=True)
+class TrackingSettings(Section):
+    section = "tracking"
+    tensorboard: str | None = setting(
+        None, "also write each round's scalars as TensorBoard event files under DIR (tensorboard --logdir DIR)"
+    )
+    mlflow: str | None = setting(
+        None, "also log the run to MLflow at this tracking URI (e.g. sqlite:///mlflow.db), experiment --name"
+    )
+    mlflow_experiment: str | None = setting(
+        None, "the MLflow experiment to log in (default: --name; a sweep: the sweep's --name)"
+    )
+
+    def check(self) -> None:
+        for name, what in (("tensorboard", "a folder"), ("mlflow", "a tracking URI"), ("mlflow_experiment", "a name")):
+            value = getattr(self, name)
+            need(value is None or value.strip() != "", name, f"must be {what}", value)
+
 
 SCALARS = (
     "test_accuracy",
@@ -76,6 +98,10 @@ def _record(data: bytes) -> bytes:
     )
 
 
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else ""
+
+
 class TensorBoardLog:
     """Appends each round's scalars to an event file; values that are NaN (rounds without
     evaluation) are left out."""
@@ -120,8 +146,6 @@ _MLFLOW_STATUS = {"completed": "FINISHED", "interrupted": "KILLED", "failed": "F
 def mlflow_client(uri: str) -> Any:
     """An MlflowClient for the tracking URI (e.g. sqlite:///mlflow.db, http://host:5000), checked by
     asking it for an experiment; ConfigError in one line if mlflow is missing or the store refuses."""
-    from fedsim.config import ConfigError
-
     try:
         from mlflow import MlflowClient
     except ImportError:
@@ -165,7 +189,9 @@ class MLflowLog:
             run_id = client.create_run(experiment_id, run_name=folder.name, tags=tags).info.run_id
             from mlflow.entities import Param
 
-            params = {k: v for k, v in meta.get("config", {}).items() if v is not None}
+            from fedsim.results.migrate import flat_config
+
+            params = {k: v for k, v in flat_config(meta.get("config", {})).items() if v is not None}
             client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in sorted(params.items())])
             meta["mlflow_run_id"] = run_id  # recorded in config.json, so a resume finds this run
         self.run_id = run_id
@@ -185,7 +211,7 @@ class MLflowLog:
         except Exception as e:
             self._failed = True
             print(
-                f"fedsim: MLflow logging stopped ({what}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                f"fedsim: MLflow logging stopped ({what}: {type(e).__name__}: {_first_line(e)}); "
                 f"the run goes on and {self.folder} has every figure"
             )
 

@@ -135,7 +135,7 @@ def test_user_data_a_user_builder_and_a_foreign_artifact_run_end_to_end(tmp_path
     )
     assert out.returncode == 0, out.stderr
     meta = json.loads((tmp_path / "npz" / "config.json").read_text())
-    assert meta["config"]["dataset"] == "npz" and meta["config"]["model"] == "user_models:build"
+    assert meta["config"]["data"]["dataset"] == "npz" and meta["config"]["device"]["model"] == "user_models:build"
     assert meta["task"]["input_shape"] == [8] and (tmp_path / "npz" / "artifact.json").is_file()
 
     (tmp_path / "guide.tflite").write_bytes(build_guide_tflite())

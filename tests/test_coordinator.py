@@ -1,58 +1,16 @@
-"""The round loop with a hand-made engine: real checkpoint bytes, no model, no Ray."""
+"""The round loop over the real hosts and upload pipeline, with a stand-in interpreter at the device
+boundary (tests/fakes.py): real checkpoint bytes, no model, no Ray. Device d holds d + 1 samples and
+uploads the global weights + d."""
 
 import numpy as np
 import pytest
+from fakes import FakeEngine, run_context, zero_weights
 
-from fedsim.checkpoint import CheckpointError, FlatReader, read_checkpoint, scratch_dir, write_checkpoint
+from fedsim.checkpoint import read_checkpoint, write_checkpoint
 from fedsim.config import Config
 from fedsim.coordinator import Coordinator, RoundFailedError, select_devices
-from fedsim.engine.base import DeviceReport, Engine, Evaluation, RoundResult
-from fedsim.engine.host import accept_upload, global_vector
+from fedsim.pipeline import Pipeline
 from fedsim.strategies import FedAvg
-from fedsim.strategies.aggregate import accumulator
-
-
-class ScriptedEngine(Engine):
-    """Each device uploads the global weights plus its own id (or a scripted bad checkpoint), which
-    goes through the hosts' own upload pipeline (accept_upload) into one partial."""
-
-    def __init__(self, spoil=None, down=0):
-        self.num_hosts = 2
-        self.spoil = spoil or {}
-        self.down = down  # the first `down` calls find every device unreachable
-        self.calls = []
-
-    def start(self, setup):
-        raise AssertionError("the coordinator never starts an engine")
-
-    def initial_checkpoint(self):
-        return write_checkpoint(zero_weights())
-
-    def evaluate(self, checkpoint, device_ids=()):
-        return Evaluation(0.5, 1.0)
-
-    def run_round(self, round_num, global_checkpoint, device_ids, pipeline):
-        self.calls.append(list(device_ids))
-        if len(self.calls) <= self.down:
-            return RoundResult(
-                [DeviceReport(d, d % self.num_hosts, 0, "failed", error="host unreachable") for d in device_ids]
-            )
-        g = read_checkpoint(global_checkpoint)
-        global_flat = global_vector(global_checkpoint, pipeline)
-        reader, acc, reports = FlatReader(pipeline.screen.spec), accumulator(pipeline.accumulate), []
-        path = scratch_dir() / "upload.ckpt"
-        for d in device_ids:
-            data = self.spoil[d](g) if d in self.spoil else write_checkpoint({k: v + d for k, v in g.items()})
-            path.write_bytes(data)
-            ok = dict(samples=d + 1, train_loss=1.0, train_s=0.01, checkpoint_bytes=len(data))
-            try:
-                flat, note, _ = accept_upload(reader, path, pipeline, d, round_num, global_flat)
-            except CheckpointError as e:
-                reports.append(DeviceReport(d, d % self.num_hosts, status="rejected", error=str(e), **ok))
-                continue
-            acc.add(flat, pipeline.strategy.weight(d + 1), d, d + 1, 1.0)
-            reports.append(DeviceReport(d, d % self.num_hosts, error=note, **ok))
-        return RoundResult(reports, [acc.partial()] if acc.count else [])
 
 
 class Recorded:
@@ -65,33 +23,27 @@ class Recorded:
         self.checkpoints.append(global_checkpoint)
 
 
-def zero_weights():
-    return {"a/kernel": np.zeros((2, 3), np.float32), "a/bias": np.zeros(3, np.float32)}
-
-
 class FedAvgOfRows(FedAvg):
     """FedAvg from every update's vector (the path order statistics take) instead of a running sum."""
 
     accumulate = "stack"
 
 
-def make(config, engine, recorder=None, strategy=None):
-    scores = iter(np.linspace(0.1, 0.9, 20))
+def make(config, engine=None, recorder=None, strategy=None):
+    engine = engine or FakeEngine(config.devices)
+    run = run_context(config.devices, config.devices_per_round)
+    strategy = (strategy or FedAvg()).bind(run)
+    pipeline = Pipeline.build(config.stage_settings, config.seed)
+    pipeline.bind(run)
     return Coordinator(
-        config,
-        engine,
-        strategy or FedAvg(),
-        lambda ckpt, ids: Evaluation(float(next(scores)), 1.0),
-        write_checkpoint(zero_weights()),
-        recorder,
-        progress=False,
+        config, run, engine, strategy, pipeline, write_checkpoint(zero_weights()), recorder, progress=False
     )
 
 
 @pytest.mark.parametrize("strategy", [FedAvg(), FedAvgOfRows()], ids=["sum", "stack"])
 def test_rounds_aggregate_sample_weighted_and_record_everything(strategy):
     rec = Recorded()
-    coord = make(Config(devices=3, rounds=2, dataset="toy_images"), ScriptedEngine(), rec, strategy)
+    coord = make(Config(devices=3, rounds=2, dataset="toy_images"), None, rec, strategy)
     coord.run()
     # round 1: device d sends 0 + d with weight d + 1 -> (0*1 + 1*2 + 2*3) / 6 = 8/6
     # round 2: from g1 each sends g1 + d -> g1 + 8/6
@@ -120,7 +72,7 @@ def test_bad_checkpoints_are_rejected_recorded_and_never_averaged(strategy):
 
     spoil = {1: nan, 2: wrong_shape, 3: truncated, 4: foreign}
     rec = Recorded()
-    coord = make(Config(devices=6, rounds=1, dataset="toy_images"), ScriptedEngine(spoil), rec, strategy)
+    coord = make(Config(devices=6, rounds=1, dataset="toy_images"), FakeEngine(6, spoil=spoil), rec, strategy)
     coord.run()
     status = {r["device_id"]: (r["status"], r["reason"]) for r in rec.devices}
     assert status[0][0] == "ok" and status[5][0] == "ok"
@@ -137,7 +89,9 @@ def test_bad_checkpoints_are_rejected_recorded_and_never_averaged(strategy):
 def test_a_round_with_no_good_update_keeps_the_global_model():
     rec = Recorded()
     coord = make(
-        Config(devices=2, rounds=1, dataset="toy_images"), ScriptedEngine({0: lambda g: b"x", 1: lambda g: b""}), rec
+        Config(devices=2, rounds=1, dataset="toy_images"),
+        FakeEngine(2, spoil={0: lambda g: b"x", 1: lambda g: b""}),
+        rec,
     )
     coord.run()
     np.testing.assert_array_equal(coord.global_weights["a/bias"], np.zeros(3))
@@ -145,7 +99,7 @@ def test_a_round_with_no_good_update_keeps_the_global_model():
 
 
 def test_fraction_selects_a_seeded_subset_each_round():
-    engine = ScriptedEngine()
+    engine = FakeEngine(20)
     make(Config(devices=20, rounds=3, fraction=0.25, dataset="toy_images"), engine).run()
     assert all(len(c) == 5 for c in engine.calls)
     assert len({tuple(c) for c in engine.calls}) > 1
@@ -159,7 +113,7 @@ def test_selecting_everyone(n):
 
 
 def test_too_few_reports_are_retried_once():
-    engine = ScriptedEngine(down=1)
+    engine = FakeEngine(4, down=1)
     rec = Recorded()
     make(Config(devices=4, rounds=1, dataset="toy_images", min_devices=3), engine, rec).run()
     assert len(engine.calls) == 2 and engine.calls[0] == engine.calls[1]  # the same selection, again
@@ -167,7 +121,7 @@ def test_too_few_reports_are_retried_once():
 
 
 def test_too_few_reports_twice_stop_the_run_with_the_rounds_before_kept():
-    engine = ScriptedEngine(down=10)
+    engine = FakeEngine(4, down=10)
     rec = Recorded()
     coord = make(Config(devices=4, rounds=3, dataset="toy_images", min_devices=2), engine, rec)
     engine.down = 0
@@ -182,7 +136,7 @@ def test_too_few_reports_twice_stop_the_run_with_the_rounds_before_kept():
 def test_update_norm_bounds_on_the_coordinator():
     # device d sends g + d on 9 weights: its update norm is 3d
     rec = Recorded()
-    coord = make(Config(devices=4, rounds=1, dataset="toy_images", max_update_norm=7.0), ScriptedEngine(), rec)
+    coord = make(Config(devices=4, rounds=1, dataset="toy_images", max_update_norm=7.0), None, rec)
     coord.run()
     status = {r["device_id"]: (r["status"], r["reason"]) for r in rec.devices}
     assert [status[d][0] for d in range(4)] == ["ok", "ok", "ok", "rejected"]  # norms 0, 3, 6, 9
@@ -191,7 +145,7 @@ def test_update_norm_bounds_on_the_coordinator():
     np.testing.assert_allclose(coord.global_weights["a/bias"], np.full(3, 8 / 6), rtol=1e-6)
 
     rec = Recorded()
-    coord = make(Config(devices=4, rounds=1, dataset="toy_images", clip_update_norm=3.0), ScriptedEngine(), rec)
+    coord = make(Config(devices=4, rounds=1, dataset="toy_images", clip_update_norm=3.0), None, rec)
     coord.run()
     # every update is scaled to norm <= 3, i.e. each weight moves by at most 1: (0 + 1*2 + 1*3 + 1*4) / 10
     np.testing.assert_allclose(coord.global_weights["a/bias"], np.full(3, 0.9), rtol=1e-6)

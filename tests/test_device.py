@@ -3,12 +3,16 @@ import dataclasses
 import numpy as np
 import pytest
 
-from fedsim.checkpoint import UpdateScreen, flatten, read_checkpoint, read_checkpoint_file, spec_of
+from fedsim.checkpoint import flatten, read_checkpoint, read_checkpoint_file, spec_of
 from fedsim.device import Device, Runner, evaluate_counts, shuffle_rng
-from fedsim.engine.base import FleetData, HostPipeline, HostSettings
+from fedsim.engine.base import HostSettings
 from fedsim.engine.host import DeviceHost
-from fedsim.strategies import DevicePlan, FedAvg, reduce_partials
-from fedsim.strategies.attacks import Attack
+from fedsim.engine.layout import ShardData
+from fedsim.pipeline import HostRound
+from fedsim.pipeline.attack import Attack
+from fedsim.pipeline.screen import Screen
+from fedsim.pipeline.verify import Verify
+from fedsim.strategies import DevicePlan, reduce_partials
 
 
 def make_device(ds, device_id=3, n=50):
@@ -81,16 +85,18 @@ def test_evaluation_scores_through_infer_in_chunks(artifact, toy, shm_scratch):
 def host(artifact, toy):
     """A host of a fleet with devices 0 (20 samples), 1 (none) and 2 (30 samples); closed after the test."""
     settings = HostSettings(local_epochs=1, batch_size=8, seed=0)
-    data = FleetData(toy.x_train[:50], toy.y_train[:50], np.array([(0, 20, 20), (20, 20, 20), (20, 50, 50)]))
+    data = ShardData(toy.x_train[:50], toy.y_train[:50], np.array([(0, 20, 20), (20, 20, 20), (20, 50, 50)]))
     host = DeviceHost(0, data, settings, artifact=artifact)
     yield host
     host.close()
 
 
-def pipeline(host, initial, accumulate="stack", strategy=None, **screen):
-    """The host pipeline of a run of `strategy` (FedAvg), keeping every upload's vector by default."""
+def pipeline(host, initial, accumulate="stack", **screen):
+    """A round's work for the host: check each upload (and screen it), keeping every upload's vector
+    by default; coefficients are the devices' samples (FedAvg's)."""
     spec = spec_of(read_checkpoint(initial, host.scratch))
-    return HostPipeline(UpdateScreen(spec, **screen), strategy or FedAvg(), accumulate)
+    stages = (Verify(), Screen(**screen)) if screen else (Verify(),)
+    return HostRound(1, spec, stages, accumulate)
 
 
 def uploads(host, initial, ids, round_num=1):
@@ -133,7 +139,7 @@ def test_host_rejects_a_checkpoint_that_does_not_match_the_model(host):
     spec = {k: v for k, v in spec_of(read_checkpoint(initial, host.scratch)).items()}
     first = sorted(spec)[0]
     spec[first] = ((3,), "float32")  # the host's model now disagrees with the spec
-    result = host.run_round(1, initial, [0], HostPipeline(UpdateScreen(spec), FedAvg()))
+    result = host.run_round(1, initial, [0], HostRound(1, spec, (Verify(),)))
     (report,) = result.reports
     assert report.status == "rejected" and f"{first} is float32" in report.error
     assert result.partials == []
@@ -141,7 +147,7 @@ def test_host_rejects_a_checkpoint_that_does_not_match_the_model(host):
 
 def test_host_rejects_or_clips_outsized_updates(host):
     initial = host.initial_checkpoint()
-    g = flatten(read_checkpoint(initial, host.scratch), pipeline(host, initial).screen.spec).astype(np.float64)
+    g = flatten(read_checkpoint(initial, host.scratch), pipeline(host, initial).spec).astype(np.float64)
     rows = uploads(host, initial, [0, 2])
     norms = [float(np.linalg.norm(rows[d] - g)) for d in (0, 2)]
     bound = (norms[0] + norms[1]) / 2 if norms[0] != norms[1] else norms[0] / 2
@@ -160,16 +166,16 @@ def test_host_rejects_or_clips_outsized_updates(host):
 
 def test_attackers_uploads_are_rewritten_on_the_host(host):
     initial = host.initial_checkpoint()
-    g = flatten(read_checkpoint(initial, host.scratch), pipeline(host, initial).screen.spec).astype(np.float64)
+    g = flatten(read_checkpoint(initial, host.scratch), pipeline(host, initial).spec).astype(np.float64)
     honest = uploads(host, initial, [0, 2])
     base = pipeline(host, initial)
-    attacked = dataclasses.replace(base, attack=Attack("signflip"), plan={2: DevicePlan(role="signflip")})
+    attacked = dataclasses.replace(
+        base, stages=(*base.stages, Attack("signflip").for_host()), plans={2: DevicePlan(role="signflip")}
+    )
     (p,) = host.run_round(1, initial, [0, 2], attacked).partials
     np.testing.assert_array_equal(p.rows[0], honest[0])  # device 0 is honest
     np.testing.assert_allclose(p.rows[1], g - 4 * (honest[2] - g), rtol=1e-5, atol=1e-6)
-    flipping = dataclasses.replace(
-        base, attack=Attack("labelflip"), plan={2: DevicePlan(role="labelflip")}, num_classes=10
-    )
+    flipping = dataclasses.replace(base, plans={2: DevicePlan(role="labelflip", flip_labels=10)})
     (p,) = host.run_round(1, initial, [2], flipping).partials
     assert not np.array_equal(p.rows[0], honest[2])  # trained on other labels
 
@@ -179,7 +185,7 @@ def host3(artifact, toy):
     """A host of a fleet with devices 0 (20 samples), 2 (30) and 4 (40); closed after the test."""
     settings = HostSettings(local_epochs=1, batch_size=8, seed=0)
     bounds = np.array([(0, 20, 20), (20, 20, 20), (20, 50, 50), (50, 50, 50), (50, 90, 90)])
-    data = FleetData(toy.x_train[:90], toy.y_train[:90], bounds)
+    data = ShardData(toy.x_train[:90], toy.y_train[:90], bounds)
     host = DeviceHost(0, data, settings, artifact=artifact)
     yield host
     host.close()

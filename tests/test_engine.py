@@ -3,13 +3,16 @@
 import numpy as np
 
 from fedsim.data.dataset import Dataset
-from fedsim.engine.base import FleetData, HostSettings, deal, expected_costs, fleet_data
+from fedsim.engine.base import HostSettings
+from fedsim.engine.layout import ShardData, shard_data
+from fedsim.engine.schedule import deal, expected_costs
 
 
 def test_deal_puts_the_most_expensive_device_first_on_the_least_loaded_host():
     costs = np.array([5.0, 4.0, 3.0, 3.0, 3.0, 2.0, 2.0])
     per_host = deal(range(7), costs, 2)
-    # LPT by hand: 5->h0, 4->h1, 3(d2)->h1 (7), 3(d3)->h0 (8), 3(d4)->h1 (10), 2(d5)->h0 (10), 2(d6)->h0 (tie: lower host)
+    # LPT by hand: 5->h0, 4->h1, 3(d2)->h1 (7), 3(d3)->h0 (8), 3(d4)->h1 (10), 2(d5)->h0 (10),
+    # 2(d6)->h0 (tie: lower host)
     assert per_host == {0: [0, 3, 5, 6], 1: [1, 2, 4]}
     loads = {h: costs[ids].sum() for h, ids in per_host.items()}
     assert loads == {0: 12.0, 1: 10.0}
@@ -37,7 +40,7 @@ def test_expected_costs_follow_the_measured_latencies():
 def test_fleet_data_lays_each_device_out_with_its_own_test_split():
     x = np.arange(10, dtype=np.float32)[:, None]
     ds = Dataset(x, np.arange(10) % 2, x[:2], np.array([0, 1]), num_classes=2)
-    fleet = fleet_data(ds, [np.array([4, 1]), np.array([0, 9, 7])], [np.array([2]), np.array([], np.int64)])
-    assert isinstance(fleet, FleetData) and fleet.devices == 2
+    fleet = shard_data(ds, [np.array([4, 1]), np.array([0, 9, 7])], [np.array([2]), np.array([], np.int64)])
+    assert isinstance(fleet, ShardData) and fleet.devices == 2
     assert fleet.bounds.tolist() == [[0, 2, 3], [3, 6, 6]]
     assert fleet.x[:, 0].tolist() == [4, 1, 2, 0, 9, 7] and fleet.samples.tolist() == [2, 3]

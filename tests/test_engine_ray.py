@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import fedsim
-from fedsim.engine.base import HostPipeline
 from fedsim.engine.ray import RayEngine
+from fedsim.pipeline import plain_round
 
 pytestmark = pytest.mark.ray
 
@@ -154,7 +154,8 @@ def test_a_host_killed_mid_round_fails_its_devices_then_comes_back(tmp_path):
     import time
 
     from fedsim.data import DataRecipe
-    from fedsim.engine.base import HostSettings, Setup
+    from fedsim.engine.base import HostSettings
+    from fedsim.engine.layout import Setup
     from fedsim.model.builders import ArtifactRecipe
 
     setup = Setup(
@@ -169,9 +170,7 @@ def test_a_host_killed_mid_round_fails_its_devices_then_comes_back(tmp_path):
         victim = engine.host_pids[0]
         results = {}
         worker = threading.Thread(
-            target=lambda: results.setdefault(
-                1, engine.run_round(1, initial, list(range(8)), HostPipeline.plain(initial))
-            )
+            target=lambda: results.setdefault(1, engine.run_round(1, initial, list(range(8)), plain_round(initial)))
         )
         worker.start()
         time.sleep(1.0)  # well inside the round: each host trains 4 devices x 1000 epochs (~3 s)
@@ -182,7 +181,7 @@ def test_a_host_killed_mid_round_fails_its_devices_then_comes_back(tmp_path):
         assert {d for d, r in reports.items() if r.status == "failed"} == {0, 2, 4, 6}  # host 0's devices
         assert all("host 0 failed" in reports[d].error for d in (0, 2, 4, 6))
         assert all(reports[d].status == "ok" for d in (1, 3, 5, 7))
-        again = engine.run_round(2, initial, list(range(8)), HostPipeline.plain(initial))
+        again = engine.run_round(2, initial, list(range(8)), plain_round(initial))
         assert [r.status for r in again.reports] == ["ok"] * 8
         assert 0.0 <= engine.evaluate(initial).accuracy <= 1.0
 
@@ -277,7 +276,8 @@ def test_a_hung_host_times_out_is_restarted_and_serves_the_next_round():
     import signal
 
     from fedsim.data import DataRecipe
-    from fedsim.engine.base import HostSettings, Setup
+    from fedsim.engine.base import HostSettings
+    from fedsim.engine.layout import Setup
     from fedsim.model.builders import ArtifactRecipe
 
     setup = Setup(
@@ -290,12 +290,10 @@ def test_a_hung_host_times_out_is_restarted_and_serves_the_next_round():
         engine.start(setup)
         initial = engine.initial_checkpoint()
         os.kill(engine.host_pids[1], signal.SIGSTOP)
-        stalled = {
-            r.device_id: r for r in engine.run_round(1, initial, [0, 1, 2, 3], HostPipeline.plain(initial)).reports
-        }
+        stalled = {r.device_id: r for r in engine.run_round(1, initial, [0, 1, 2, 3], plain_round(initial)).reports}
         assert [stalled[d].status for d in range(4)] == ["ok", "failed", "ok", "failed"]
         assert "no answer within --round-timeout 5 s" in stalled[1].error
-        again = engine.run_round(2, initial, [0, 1, 2, 3], HostPipeline.plain(initial))
+        again = engine.run_round(2, initial, [0, 1, 2, 3], plain_round(initial))
         assert [r.status for r in again.reports] == ["ok"] * 4, [r.error for r in again.reports]
 
 
@@ -440,11 +438,11 @@ def test_a_second_run_in_the_same_process_starts_warm_and_gives_the_same_results
     # fedsim.release(): the parked hosts and the Ray session are let go now, not at exit
     import ray
 
-    from fedsim.engine.ray import _WARM_HOSTS
+    from fedsim.engine.ray_session import SESSION
 
-    assert _WARM_HOSTS and ray.is_initialized()
+    assert SESSION.parked and ray.is_initialized()
     fedsim.release()
-    assert not _WARM_HOSTS and not ray.is_initialized()
+    assert not SESSION.parked and not ray.is_initialized()
     assert fedsim.run(out=str(tmp_path / "d"), **settings).meta["startup_s"]["warm"] is False
 
 

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 
 import fedsim
+from fedsim.clock import FLEETS, Clock, FleetError
+from fedsim.clock.profiles import frame, load_csv, load_fleet
 from fedsim.config import Config, ConfigError
-from fedsim.fleet import FLEETS, Clock, FleetError, frame, load_csv, load_fleet
 
 LATENCY = {"restore": 2.0, "train": 1.0, "save": 3.0}
 

@@ -28,11 +28,12 @@ def two_runs(tmp_path_factory):
 
 
 def test_run_folder_is_self_describing(two_runs):
-    root, (run, _) = two_runs
+    _, (run, _) = two_runs
     names = {p.name for p in run.path.iterdir()}
     assert {"config.json", "rounds.parquet", "devices.parquet", "model.tflite", "global.ckpt"} <= names
     meta = json.loads((run.path / "config.json").read_text())
-    assert meta["status"] == "completed" and meta["config"]["devices"] == 4 and meta["config"]["seed"] == 1
+    settings = meta["config"]["run"]
+    assert meta["status"] == "completed" and settings["devices"] == 4 and settings["seed"] == 1
     assert {"fedsim", "tensorflow", "ray", "numpy"} <= set(meta["versions"])
     assert meta["hosts"] == 2 and meta["rounds_completed"] == 2
 

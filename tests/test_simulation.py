@@ -32,7 +32,7 @@ def test_resume_continues_a_cut_run_to_the_same_tables(tmp_path):
 
     cut = fedsim.run(out=str(tmp_path / "cut"), engine=fedsim.LocalEngine(2), **{**settings, "rounds": 2})
     meta = json.loads((cut.path / "config.json").read_text())
-    meta["config"]["rounds"], meta["status"] = 4, "running"
+    meta["config"]["run"]["rounds"], meta["status"] = 4, "running"
     (cut.path / "config.json").write_text(json.dumps(meta))
     (cut.path / "resume").mkdir()
     (cut.path / "resume" / "round-2.ckpt").write_bytes((cut.path / "global.ckpt").read_bytes())

@@ -9,7 +9,7 @@ from fedsim.strategies.aggregate import PartialSum
 
 def test_make_strategy_by_name():
     assert isinstance(make_strategy("fedavg"), FedAvg)
-    with pytest.raises(ValueError, match="unknown strategy 'nope'"):
+    with pytest.raises(ValueError, match="--strategy must be one of .*got 'nope'"):
         make_strategy("nope")
 
 

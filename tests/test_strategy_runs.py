@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 
 import fedsim
-from fedsim.checkpoint import UpdateScreen, flatten, read_checkpoint, spec_of
-from fedsim.engine.base import FleetData, HostPipeline, HostSettings
+from fedsim.checkpoint import flatten, read_checkpoint, spec_of
+from fedsim.engine.base import HostSettings
 from fedsim.engine.host import DeviceHost
+from fedsim.engine.layout import ShardData
+from fedsim.pipeline import HostRound
+from fedsim.pipeline.verify import Verify
 from fedsim.results import RunFolderError
 from fedsim.strategies import DevicePlan, FedAvg
 
@@ -44,9 +47,7 @@ def test_a_stateful_strategy_killed_after_round_3_resumes_to_the_straight_run(tm
     assert resumed.rounds[COLUMNS].equals(straight.rounds[COLUMNS])
     assert (resumed.path / "global.ckpt").read_bytes() == (straight.path / "global.ckpt").read_bytes()
     state = np.load(resumed.path / "server_state.npz")
-    assert (
-        set(state.files) == {"fedadam": {"m", "v"}, "fedavgm": {"momentum"}, "scaffold": {"c", "c_devices"}}[strategy]
-    )
+    assert set(state.files) == {"fedadam": {"m", "v"}, "fedavgm": {"m"}, "scaffold": {"c", "c_ids", "c_rows"}}[strategy]
 
 
 def test_a_resume_without_the_server_state_is_refused(tmp_path):
@@ -83,13 +84,16 @@ def test_fedprox_with_mu_0_equals_fedavg_exactly(tmp_path):
 
 
 def test_a_large_mu_keeps_local_weights_closer_to_the_global_ones(toy):
+    from fedsim.model import cache
     from fedsim.model.builders import ArtifactRecipe, Optimizer
     from fedsim.task import Task
 
-    artifact = ArtifactRecipe(task=Task((28, 28), "image", 10), optimizer=Optimizer(lr=0.1), variant="fedprox").build()
+    artifact = cache.build(
+        ArtifactRecipe(task=Task((28, 28), "image", 10), optimizer=Optimizer(lr=0.1), variant="fedprox")
+    )
     settings = HostSettings(local_epochs=3, batch_size=8, seed=0)
     host = DeviceHost(
-        0, FleetData(toy.x_train[:60], toy.y_train[:60], np.array([(0, 60, 60)])), settings, artifact=artifact
+        0, ShardData(toy.x_train[:60], toy.y_train[:60], np.array([(0, 60, 60)])), settings, artifact=artifact
     )
     try:
         initial = host.initial_checkpoint()
@@ -98,9 +102,7 @@ def test_a_large_mu_keeps_local_weights_closer_to_the_global_ones(toy):
 
         def distance(mu):
             plan = {0: DevicePlan(mu=mu)}
-            (p,) = host.run_round(
-                1, initial, [0], HostPipeline(UpdateScreen(spec), FedAvg(), "stack", plan=plan)
-            ).partials
+            (p,) = host.run_round(1, initial, [0], HostRound(1, spec, (Verify(),), "stack", plans=plan)).partials
             return float(np.linalg.norm(p.rows[0] - g))
 
         free, held = distance(0.0), distance(5.0)
@@ -127,10 +129,11 @@ def test_scaffold_artifact_adds_the_correction_to_every_gradient(toy, artifact, 
     one; with correction k it lands at plain - lr * k (the step is w - lr * (g + k))."""
     from fedsim.checkpoint import read_checkpoint_file
     from fedsim.device import Device, Runner, write_control
+    from fedsim.model import cache
     from fedsim.model.builders import ArtifactRecipe
     from fedsim.task import Task
 
-    scaffold = Runner(ArtifactRecipe(task=Task((28, 28), "image", 10), variant="scaffold").build())
+    scaffold = Runner(cache.build(ArtifactRecipe(task=Task((28, 28), "image", 10), variant="scaffold")))
     plain = Runner(artifact)
     assert scaffold.takes_control and not plain.takes_control
     g = tmp_path / "g.ckpt"

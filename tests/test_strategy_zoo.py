@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from fedsim.config import Config, ConfigError
+from fedsim.pipeline.attack import Attack, alie_z, byzantine_devices
 from fedsim.strategies import (
     STRATEGIES,
     Aggregate,
@@ -30,7 +31,6 @@ from fedsim.strategies import (
     reduce_partials,
 )
 from fedsim.strategies.aggregate import PartialSum, Stack
-from fedsim.strategies.attacks import Attack, alie_z, byzantine_devices
 
 W0 = np.zeros(2, np.float32)
 ROWS = np.array([[1, 2], [3, 0], [-2, 4]], np.float32)
@@ -66,14 +66,24 @@ def test_fedavg_is_the_sample_weighted_mean_from_sums_and_from_rows():
 
 def test_fedavgm_keeps_momentum_across_rounds():
     s = FedAvgM(server_lr=1.0, server_momentum=0.9)
-    # round 1: d = w - mean = [0.2, -2.6]; v = d; w = w - v = [-0.2, 2.6]
+    # round 1: d = mean - w = [-0.2, 2.6]; m = d; w = w + m = [-0.2, 2.6]
     w1, state = run(s, summed())
     np.testing.assert_allclose(w1, [-0.2, 2.6], rtol=1e-6)
-    # round 2, the devices return w1 itself: d = 0; v = 0.9 * [0.2, -2.6]; w = w1 - v = [-0.38, 4.94]
+    # round 2, the devices return w1 itself: d = 0; m = 0.9 * [-0.2, 2.6]; w = w1 + m = [-0.38, 4.94]
     same = summed(np.tile(w1.astype(np.float32), (3, 1)))
     w2, state = run(s, same, w1.astype(np.float32), state)
     np.testing.assert_allclose(w2, [-0.38, 4.94], rtol=1e-5)
-    np.testing.assert_allclose(state["momentum"], [0.18, -2.34], rtol=1e-5)
+    np.testing.assert_allclose(state["m"], [-0.18, 2.34], rtol=1e-5)
+
+
+def test_fedavgm_continues_from_the_momentum_an_earlier_version_saved():
+    """fedsim before the server-optimiser strategy kept FedAvgM's v on w - mean: the other sign."""
+    s = FedAvgM(server_lr=1.0, server_momentum=0.9)
+    _, new = run(s, summed())
+    old = {"momentum": -new["m"]}
+    np.testing.assert_array_equal(s.resume_state(old, W0)["m"], new["m"])
+    with pytest.raises(ValueError, match="saved server state holds"):
+        s.resume_state({"m": np.zeros(3)}, W0)
 
 
 @pytest.mark.parametrize(
@@ -86,7 +96,7 @@ def test_fedavgm_keeps_momentum_across_rounds():
     ],
 )
 def test_adaptive_server_optimisers_follow_reddi_et_al(cls, v):
-    s = cls(server_lr=0.1, beta1=0.9, beta2=0.99, tau=0.01)
+    s = cls(server_lr=0.1, beta1=0.9, tau=0.01, **({} if cls is FedAdagrad else {"beta2": 0.99}))
     w1, state = run(s, summed())
     m = [0.1 * -0.2, 0.1 * 2.6]  # (1 - beta1) d
     np.testing.assert_allclose(state["m"], m, rtol=1e-6)
@@ -246,13 +256,27 @@ def test_every_strategy_is_registered_by_its_name():
         assert cls.name == name
 
 
-def test_scaffold_updates_control_variates_by_option_ii():
+def scaffold_run(devices=4, lr=0.1, batch_size=10):
+    """A SCAFFOLD bound to a run of `devices` devices training with `lr`, one step per 10 samples."""
+    from fedsim.context import RunContext
     from fedsim.strategies import Scaffold
-    from fedsim.strategies.scaffold import LocalTraining
+    from fedsim.task import Task
 
-    s = Scaffold(server_lr=1.0, local=LocalTraining(lr=0.1, batch_size=10, local_epochs=1, devices=4))
+    run_ = RunContext(Task((2,), "features", 2), devices, devices, np.full(devices, 10), batch_size=batch_size, lr=lr)
+    return Scaffold(server_lr=1.0).bind(run_)
+
+
+def c_rows(state, devices=4):
+    """SCAFFOLD's c_i of every device (kept by id: a device that never took part has none, i.e. 0)."""
+    dense = np.zeros((devices, state["c_rows"].shape[1]))
+    dense[state["c_ids"]] = state["c_rows"]
+    return dense
+
+
+def test_scaffold_updates_control_variates_by_option_ii():
+    s = scaffold_run()
     state = s.init(W0)
-    assert state["c_devices"].shape == (4, 2)
+    assert state["c_rows"].shape == (0, 2)  # no device has a control variate yet
     # devices 0 (20 samples: K = 2 steps) and 2 (10 samples: K = 1) take part
     agg = Aggregate(
         2,
@@ -261,10 +285,12 @@ def test_scaffold_updates_control_variates_by_option_ii():
         device_ids=np.array([0, 2]),
         samples=np.array([20, 10]),
         start_losses=np.full(2, np.nan),
+        steps=np.array([-1, -1]),
     )
     w1, state = run(s, agg, state=state)
     # c_0+ = (x - y_0) / (2 * 0.1) = [-5, 5]; c_2+ = (x - y_2) / (1 * 0.1) = [-5, -5]
-    np.testing.assert_allclose(state["c_devices"], [[-5, 5], [0, 0], [-5, -5], [0, 0]], rtol=1e-6)
+    assert state["c_ids"].tolist() == [0, 2]  # kept by id, only the devices that took part
+    np.testing.assert_allclose(c_rows(state), [[-5, 5], [0, 0], [-5, -5], [0, 0]], rtol=1e-6)
     # c = 0 + (sum of c_i+ - c_i) / N = [-10, 0] / 4
     np.testing.assert_allclose(state["c"], [-2.5, 0], rtol=1e-6)
     # x = mean(y_i) (unweighted) with server_lr 1
@@ -275,13 +301,18 @@ def test_scaffold_updates_control_variates_by_option_ii():
     np.testing.assert_allclose(np.frombuffer(plan[1].control, np.float32), [-2.5, 0])
 
 
+def test_scaffold_reads_the_dense_state_of_an_earlier_version():
+    s = scaffold_run()
+    dense = np.array([[-5, 5], [0, 0], [-5, -5], [0, 0]], np.float32)
+    state = s.resume_state({"c": np.array([-2.5, 0.0]), "c_devices": dense}, W0)
+    assert state["c_ids"].tolist() == [0, 2]
+    np.testing.assert_array_equal(c_rows(state), dense)
+
+
 def test_scaffold_counts_the_steps_a_deadline_left_a_straggler():
     """--straggler partial: device 0 (20 samples, 2 steps) ran only 1 by the deadline, so its
     c_0+ = (x - y_0) / (1 * 0.1), not / (2 * 0.1); device 2 ran all of its steps (-1)."""
-    from fedsim.strategies import Scaffold
-    from fedsim.strategies.scaffold import LocalTraining
-
-    s = Scaffold(server_lr=1.0, local=LocalTraining(lr=0.1, batch_size=10, local_epochs=1, devices=4))
+    s = scaffold_run()
     agg = Aggregate(
         2,
         30.0,
@@ -292,5 +323,5 @@ def test_scaffold_counts_the_steps_a_deadline_left_a_straggler():
         steps=np.array([1, -1]),
     )
     _, state = run(s, agg, state=s.init(W0))
-    np.testing.assert_allclose(state["c_devices"], [[-10, 10], [0, 0], [-5, -5], [0, 0]], rtol=1e-6)
+    np.testing.assert_allclose(c_rows(state), [[-10, 10], [0, 0], [-5, -5], [0, 0]], rtol=1e-6)
     np.testing.assert_allclose(state["c"], [-3.75, 1.25], rtol=1e-6)  # ([-10, 10] + [-5, -5]) / 4

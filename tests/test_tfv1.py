@@ -44,7 +44,7 @@ def test_writer_is_byte_for_byte_what_tensorflow_save_writes(any_runner, shm_scr
     runner = any_runner
     import tensorflow as tf
 
-    from fedsim.tfv1 import write_tfv1
+    from fedsim.tfv1_write import write_tfv1
 
     path = shm_scratch / "d.ckpt"
     runner.save(path)
@@ -64,7 +64,7 @@ def test_the_default_layout_gives_each_entry_its_own_block_and_every_reader_read
     import tensorflow as tf
 
     from fedsim.checkpoint import unpack
-    from fedsim.tfv1 import write_tfv1
+    from fedsim.tfv1_write import write_tfv1
 
     any_runner.save(shm_scratch / "d.ckpt")
     weights = {k: v + 0.5 for k, v in read_tfv1((shm_scratch / "d.ckpt").read_bytes()).items()}

@@ -117,8 +117,9 @@ class DataRecipe:
             return load_fashion_mnist(self.data_dir)
         if self.name == "toy_images":
             return make_toy_images(samples_per_class=self.toy_samples, seed=self.seed)
-        alpha, beta = parse_synthetic(self.name)  # type: ignore[misc] - check() accepted the name
-        return make_synthetic(alpha, beta, self.devices, self.seed)
+        spec = parse_synthetic(self.name)
+        assert spec is not None  # check() accepted the name
+        return make_synthetic(*spec, self.devices, self.seed)
 
 
 __all__ = [

@@ -133,6 +133,7 @@ class Dataset:
     def task(self) -> Task:
         kind = kind_of(self.x_train.dtype)
         vocab = int(max(self.x_train.max(initial=0), self.x_test.max(initial=0))) + 1 if kind == "tokens" else None
+        assert self.num_classes is not None  # set in __post_init__
         return Task(tuple(self.x_train.shape[1:]), kind, int(self.num_classes), vocab)
 
     @property

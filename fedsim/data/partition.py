@@ -61,18 +61,19 @@ def partition(
     if num_devices < 1:
         raise PartitionError(f"num_devices must be >= 1, got {num_devices}")
     rng = np.random.default_rng([seed, 0x9A27])
+    value = float(arg) if arg is not None else 0.0
     if kind == "iid":
         shards = iid_partition(len(labels), num_devices, seed)
     elif kind == "natural":
         shards = natural_partition(owners, num_devices)
     elif kind == "dirichlet":
-        shards = _dirichlet(labels, num_devices, float(arg), rng, min_samples)
+        shards = _dirichlet(labels, num_devices, value, rng, min_samples)
     elif kind == "shards":
-        shards = _shards(labels, num_devices, int(arg), rng)
+        shards = _shards(labels, num_devices, int(value), rng)
     elif kind == "classes":
-        shards = _classes(labels, num_devices, int(arg), rng)
+        shards = _classes(labels, num_devices, int(value), rng)
     else:
-        shards = _quantity(len(labels), num_devices, float(arg), rng, min_samples)
+        shards = _quantity(len(labels), num_devices, value, rng, min_samples)
     small = [d for d, s in enumerate(shards) if len(s) < min_samples]
     if small:
         shown = ", ".join(map(str, small[:10])) + (" ..." if len(small) > 10 else "")

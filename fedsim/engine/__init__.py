@@ -1,13 +1,17 @@
 """How device work is executed. `base` is the interface the coordinator sees; `local` runs hosts
-in-process (tests, debugging); `ray` runs them as Ray actors (the only module that imports Ray)."""
+in-process (tests, debugging); `ray` runs them as Ray actors (with `ray_session`, the only modules
+that import Ray). `layout` lays the run's data out for the hosts, `schedule` deals devices to them."""
 
-from fedsim.engine.base import DeviceReport, Engine, HostSettings, deal
+from typing import Any
+
+from fedsim.engine.base import DeviceReport, Engine, HostSettings
 from fedsim.engine.local import LocalEngine
+from fedsim.engine.schedule import deal
 
 __all__ = ["DeviceReport", "Engine", "HostSettings", "LocalEngine", "RayEngine", "deal"]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:  # RayEngine is imported on first use: Ray is heavy
     if name == "RayEngine":
         from fedsim.engine.ray import RayEngine
 

@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from fedsim.engine.base import (
-    Engine,
-    Evaluation,
-    HostPipeline,
-    Prepared,
-    RoundResult,
-    Setup,
-    combine_evaluations,
-    prepare,
-)
+from fedsim.device import Runner
+from fedsim.engine.base import Engine, Evaluation, RoundResult, combine_evaluations
 from fedsim.engine.host import DeviceHost
+from fedsim.engine.layout import Prepared, Setup, prepare
+from fedsim.pipeline.base import HostRound
 
 
 class LocalEngine(Engine):
-    def __init__(self, num_hosts: int = 1) -> None:
+    def __init__(self, num_hosts: int = 1, runner_factory: Callable[[bytes], Any] = Runner) -> None:
         if num_hosts < 1:
             raise ValueError(f"num_hosts must be >= 1, got {num_hosts}")
         self.num_hosts = num_hosts
         self.hosts: list[DeviceHost] = []
+        self.runner_factory = runner_factory  # the interpreter each host lends its devices
 
     def start(self, setup: Setup) -> Prepared:
         self.num_hosts = min(self.num_hosts, setup.devices)
@@ -30,7 +26,7 @@ class LocalEngine(Engine):
         self.test_samples = int(prepared.dataset_info["test_samples"])
         assert prepared.fleet is not None
         self.hosts = [
-            DeviceHost(h, prepared.fleet, setup.settings, tests, prepared.artifact)
+            DeviceHost(h, prepared.fleet, setup.settings, tests, prepared.artifact, self.runner_factory)
             for h, tests in enumerate(prepared.tests)
         ]
         self.set_costs(prepared, setup.settings)
@@ -45,11 +41,11 @@ class LocalEngine(Engine):
         return combine_evaluations(parts, self.test_samples)
 
     def run_round(
-        self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int], pipeline: HostPipeline
+        self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int], work: HostRound
     ) -> RoundResult:
         result = RoundResult()
         for h, mine in sorted(self.split(device_ids).items()):
-            result.extend(self.hosts[h].run_round(round_num, global_checkpoint, mine, pipeline.only(mine)))
+            result.extend(self.hosts[h].run_round(round_num, global_checkpoint, mine, work.only(mine)))
         return result
 
     def close(self) -> None:

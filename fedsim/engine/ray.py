@@ -1,4 +1,5 @@
-"""Device hosts as Ray actors. The only module in fedsim that imports Ray.
+"""Device hosts as Ray actors, and the engine that deals them their devices. Ray is imported here and
+in fedsim.engine.ray_session (the session and its parked hosts) only.
 
 Each actor hosts many devices (a process importing TensorFlow costs ~0.5 GB, so a fleet of thousands
 cannot be thousands of processes). The fleet's data goes into the object store once at start-up and
@@ -9,11 +10,8 @@ assumes a shared filesystem, so the same code runs on a multi-node cluster.
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
-import logging
 import os
-import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -30,99 +28,19 @@ from ray.exceptions import (
 )
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from fedsim.engine.base import (
-    DeviceReport,
-    Engine,
-    EngineError,
-    Evaluation,
-    HostPipeline,
-    Prepared,
-    RoundResult,
-    Setup,
-    combine_evaluations,
-    prepare,
-)
+from fedsim.engine.base import DeviceReport, Engine, EngineError, Evaluation, RoundResult, combine_evaluations
 from fedsim.engine.host import DeviceHost
-
-
-class RayConnectionError(ConnectionError):
-    """The Ray cluster named by --address could not be joined."""
-
-
-def _probe(address: str, timeout_s: float = 5.0) -> None:
-    """Fail fast on a host:port nobody listens on; ray.init would retry for minutes."""
-    hostport = address.split("://", 1)[-1]
-    host, sep, port = hostport.rpartition(":")
-    if not sep or not port.isdigit():
-        return  # "auto" and other forms: Ray resolves and reports them itself
-    with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
-        pass
-
-
-class _DefaultTokenNotice(logging.Filter):
-    """Drops Ray's notice that token authentication is on by default; its other records pass."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
-
-
-def _token_auth(address: str) -> None:
-    """Join a cluster started with `ray start`, which turns token authentication on in Ray 2.60: a
-    driver given an explicit host:port does not pick up the token by itself (`--address auto` does),
-    so Ray's own "enable token auth if a token exists" step is run first. Nothing changes when the
-    user set RAY_AUTH_MODE or has no token. (Setting RAY_AUTH_MODE=token for a local start instead
-    breaks it: the driver would lack the new cluster's token.)"""
-    if address == "auto":
-        return
-    try:
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available,
-        )
-    except ImportError:  # a Ray without token authentication
-        return
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-
-
-def connect(address: str | None = None) -> bool:
-    """Join `address`, or start a local Ray. Returns True if this call started Ray (and owns it)."""
-    if ray.is_initialized():
-        return False
-    # Workers inherit the driver's environment on a local cluster: keep TensorFlow's C++ logs quiet.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    kwargs: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=False)
-    if address:
-        try:
-            _probe(address)
-        except Exception as e:
-            raise RayConnectionError(
-                f"--address {address}: no Ray cluster answered ({type(e).__name__}: {e}); "
-                "start one with `ray start --head` or leave --address out to run locally"
-            ) from None
-        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_DefaultTokenNotice())
-        mode = os.environ.get("RAY_AUTH_MODE")
-        try:
-            _token_auth(address)
-            ray.init(address=address, **kwargs)
-        except Exception as e:
-            # it listens (the probe connected), so it refused us: on Ray 2.60 most likely its token
-            raise RayConnectionError(
-                f"--address {address}: a Ray cluster answered but the connection failed ({type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}); if it uses token authentication (`ray start` turns it "
-                "on), this machine needs the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token"
-            ) from None
-        finally:
-            if mode is None:  # left set, it would break a later local start in this process
-                os.environ.pop("RAY_AUTH_MODE", None)
-        return True
-    # A local cluster keeps Ray's default, token authentication, without Ray's notice on every run
-    # that it turned it on by default (setting RAY_AUTH_MODE=token instead does not work for a local
-    # cluster on Ray 2.60: the driver then lacks the token the new cluster requires).
-    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_DefaultTokenNotice())
-    ray.init(include_dashboard=False, **kwargs)
-    return True
+from fedsim.engine.layout import Prepared, Setup, prepare
+from fedsim.engine.ray_session import SESSION, connect, kill, retrieved, wait_for_exit
+from fedsim.model import cache
+from fedsim.model.builders import ArtifactRecipe
+from fedsim.pipeline.base import HostRound
+from fedsim.task import Task
 
 
 def _prepare_remote(setup: Setup, num_hosts: int) -> tuple[Any, ...]:
+    """`prepare` in a Ray worker, its results packed for the object store: the .tflite, what the data
+    set was, the worker's pid, then the fleet's data and each host's test blocks as their own objects."""
     prepared = prepare(setup, num_hosts)
     info = {
         **prepared.dataset_info,
@@ -131,36 +49,6 @@ def _prepare_remote(setup: Setup, num_hosts: int) -> tuple[Any, ...]:
         "report": prepared.report,
     }
     return (prepared.artifact, info, os.getpid(), prepared.fleet, *prepared.tests)
-
-
-def _retrieved(refs: Sequence[Any]) -> None:
-    """Fetch the failed results of a task once, so Ray does not print each as an "unhandled error"
-    when it is collected (the Ray session may outlive the run: warm starts)."""
-    for ref in refs:
-        try:
-            ray.get(ref, timeout=10)
-        except Exception:  # the failure itself, already reported
-            pass
-
-
-def _wait_for_exit(pid: int, timeout_s: float = 15.0) -> None:
-    """Wait until a finished one-shot worker of this node has exited (Ray ends it after max_calls)."""
-    deadline = time.monotonic() + timeout_s
-    while psutil.pid_exists(pid) and time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return
-        except psutil.NoSuchProcess:
-            return
-        time.sleep(0.05)
-
-
-def disconnect() -> None:
-    """Shut down the Ray this process started (see `connect`), and with it any parked hosts."""
-    _WARM_HOSTS.clear()
-    _SESSION.update(owned=False, address=None)
-    if ray.is_initialized():
-        ray.shutdown()
 
 
 class _RayDeviceHost(DeviceHost):
@@ -210,78 +98,12 @@ class _RayDeviceHost(DeviceHost):
         not keep the last run's fleet pinned in the object store); `load` makes it whole again."""
         if self.loaded:
             super().close()
-            self.fleet, self.test_blocks, self.artifact, self._runner, self._flat_reader = None, [], None, None, None
+            self.fleet, self.test_blocks, self.artifact = None, [], None  # type: ignore[assignment]
+            self._runner, self._flat_reader = None, None
             self.loaded = False
 
 
 HOST_RESTARTS = 5  # a host that keeps dying (e.g. out of memory at start) is given up after this
-
-# Warm starts: a RayEngine made with keep_warm (fedsim.run's) leaves Ray running and parks its hosts
-# here when it closes, so the next run in this process (a notebook's next cell, a sweep's next point)
-# reuses both instead of starting Ray and importing TensorFlow again. Torn down at exit.
-_WARM_HOSTS: dict[tuple[Any, ...], list[Any]] = {}  # (Ray job, hosts, CPUs per host) -> parked actors
-_SESSION: dict[str, Any] = {"owned": False, "address": None}  # the Ray this module started and keeps
-# Converted artifacts by recipe (built-in models only: a notebook's builder may change under one name).
-_ARTIFACTS: dict[tuple[Any, ...], bytes] = {}
-
-
-def shutdown_warm() -> None:
-    """Kill the parked hosts and stop the Ray session kept for warm starts (also run at exit)."""
-    for actors in _WARM_HOSTS.values():
-        _kill(actors)
-    _WARM_HOSTS.clear()
-    if _SESSION["owned"] and ray.is_initialized():
-        ray.shutdown()
-    _SESSION.update(owned=False, address=None)
-
-
-atexit.register(shutdown_warm)
-
-
-def _kill(actors: Sequence[Any]) -> None:
-    for actor in actors:
-        try:
-            ray.kill(actor)
-        except Exception:  # gone already (with an earlier Ray session, say)
-            pass
-
-
-def _take_warm(key: tuple[Any, ...]) -> list[Any] | None:
-    """The parked hosts under `key` (Ray job, hosts, CPUs per host), if any; every other parked host
-    is killed (it would hold CPUs the run's own hosts and tasks need)."""
-    mine = _WARM_HOSTS.pop(key, None)
-    for actors in _WARM_HOSTS.values():
-        _kill(actors)
-    _WARM_HOSTS.clear()
-    return mine
-
-
-def _artifact_key(setup: Setup) -> tuple[Any, ...] | None:
-    """What a converted artifact depends on, when it is safe to reuse: a built-in model, and the
-    data's identity (its task follows from it; an .npz by path, size and modification time)."""
-    from fedsim.model.builders import MODELS, ArtifactRecipe
-
-    recipe, data = setup.artifact, setup.data
-    if not isinstance(recipe, ArtifactRecipe) or data.arrays is not None:
-        return None
-    name = next((n for n, b in MODELS.items() if b is recipe.builder), None)
-    if name is None:
-        return None
-    stamp = None
-    if data.path:
-        st = os.stat(data.path)
-        stamp = (data.path, st.st_size, st.st_mtime_ns)
-    return (
-        name,
-        recipe.optimizer,
-        recipe.seed,
-        recipe.checkpoint_format,
-        recipe.variant,
-        data.name,
-        data.data_dir,
-        stamp,
-        setup.settings.batch_size,
-    )
 
 
 class RayEngine(Engine):
@@ -316,12 +138,12 @@ class RayEngine(Engine):
         return self._put_cache[1]
 
     def _connect(self) -> None:
-        if ray.is_initialized() and _SESSION["owned"] and _SESSION["address"] != self.address:
-            shutdown_warm()  # the kept session is another cluster than this run asks for
+        if ray.is_initialized() and SESSION.owned and SESSION.address != self.address:
+            SESSION.shutdown()  # the kept session is another cluster than this run asks for
         if not ray.is_initialized():
             self._owns_ray = connect(self.address)
             if self.keep_warm and self._owns_ray:  # the session outlives this engine
-                _SESSION.update(owned=True, address=self.address)
+                SESSION.keep(self.address)
                 self._owns_ray = False
 
     def start(self, setup: Setup) -> Prepared:
@@ -333,13 +155,13 @@ class RayEngine(Engine):
         per_host_cpus = min(1.0, cpus / h)  # more hosts than CPUs (one per device) must all be scheduled
         # where this run's hosts are parked after it (warm starts): its Ray session and host shape
         self._pool_key = (ray.get_runtime_context().get_job_id(), h, per_host_cpus)
-        warm = _take_warm(self._pool_key)  # parked hosts of another shape are let go either way
+        warm = SESSION.take(self._pool_key)  # parked hosts of another shape are let go either way
         if warm and not self.keep_warm:
-            _kill(warm)
+            kill(warm)
             warm = None
-        key = _artifact_key(setup) if self.keep_warm else None
-        if key is not None and key in _ARTIFACTS:  # converted by an earlier run of this process
-            setup = dataclasses.replace(setup, artifact=_ARTIFACTS[key])
+        recipe = setup.artifact if isinstance(setup.artifact, ArtifactRecipe) and self.keep_warm else None
+        if recipe is not None:  # conversions an earlier run of this process made: the preparation reuses them
+            setup = dataclasses.replace(setup, known_artifacts=cache.for_task(recipe))
         # A one-shot worker on this node (where the data set was found) loads and splits the data and
         # converts the model, putting each host's share straight into the object store. The
         # coordinator process never imports TensorFlow or maps the data (~0.6 GB saved), and the
@@ -358,12 +180,12 @@ class RayEngine(Engine):
         except RayTaskError as e:
             # Bad data, a partition that cannot be made, a model or artifact that cannot run: the
             # worker's own error, one line, not Ray's wrapping of it with the worker's traceback.
-            _retrieved(refs)
+            retrieved(refs)
             if warm:  # the warm host that prepared is fine: park it again for the next run
-                _WARM_HOSTS[self._pool_key] = warm
+                SESSION.park(self._pool_key, warm)
             raise (e.cause if isinstance(e.cause, Exception) else e) from None
         except (OutOfMemoryError, WorkerCrashedError) as e:
-            _retrieved(refs)
+            retrieved(refs)
             available = psutil.virtual_memory().available / 2**30
             what = "ran out of memory" if isinstance(e, OutOfMemoryError) else "crashed"
             raise EngineError(
@@ -373,9 +195,9 @@ class RayEngine(Engine):
             ) from None
         counts, test_sizes, report = info.pop("label_counts"), info.pop("test_sizes"), info.pop("report")
         if not warm:
-            _wait_for_exit(worker_pid)
-        if key is not None:
-            _ARTIFACTS[key] = artifact
+            wait_for_exit(worker_pid)
+        if recipe is not None:
+            cache.put(dataclasses.replace(recipe, task=Task.from_dict(info["task"])), artifact)
         prepared_at = time.perf_counter()
         fleet_ref, test_refs = refs[3], refs[4:]
         self.test_samples = int(info["test_samples"])
@@ -426,12 +248,12 @@ class RayEngine(Engine):
         return combine_evaluations(parts, self.test_samples)
 
     def run_round(
-        self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int], pipeline: HostPipeline
+        self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int], work: HostRound
     ) -> RoundResult:
         self._await_restarts()
         checkpoint_ref = self._put(global_checkpoint)  # one copy in the object store, read by every host
         calls = [
-            (h, mine, self.actors[h].run_round.remote(round_num, checkpoint_ref, mine, pipeline.only(mine)))
+            (h, mine, self.actors[h].run_round.remote(round_num, checkpoint_ref, mine, work.only(mine)))
             for h, mine in sorted(self.split(device_ids).items())
         ]
         refs = [ref for _, _, ref in calls]
@@ -484,10 +306,9 @@ class RayEngine(Engine):
             except Exception:  # a dead host has nothing left to clean
                 ray.kill(actor)
         if self.keep_warm and alive and len(alive) == len(self.actors) and ray.is_initialized():
-            _kill(_WARM_HOSTS.pop(self._pool_key, []))
-            _WARM_HOSTS[self._pool_key] = alive  # parked for the next run
+            SESSION.park(self._pool_key, alive)  # parked for the next run
         else:
-            _kill(alive)
+            kill(alive)
         self.actors = []
         self._host_data = []
         self._put_cache = None

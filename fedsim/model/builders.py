@@ -177,8 +177,3 @@ class ArtifactRecipe:
     seed: int = 0
     checkpoint_format: str = "packed"  # "packed" or "tensors" (the guide's): see fedsim.model.signatures
     variant: str | None = None  # None (the guide's train) or one of fedsim.model.signatures.VARIANTS
-
-    def build(self) -> bytes:
-        from fedsim.model.convert import convert_to_tflite
-
-        return convert_to_tflite(self)

@@ -1,19 +1,22 @@
-"""Aggregation strategies. numpy only: a strategy never sees TensorFlow, Ray or the transport."""
+"""Aggregation strategies. numpy only: a strategy never sees TensorFlow, Ray or the transport.
+
+A strategy's hyperparameters are declared once, in its `Params` (fedsim.settings): every name there is
+a run flag, a TOML key (top level or in `[strategy]`) and a sweepable setting."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fedsim.strategies.base import Aggregate, DevicePlan, Partial, State, Strategy, reduce_partials
+from fedsim.settings import ConfigError, Field, flag
+from fedsim.strategies.base import Aggregate, DevicePlan, State, Strategy, reduce_partials
 from fedsim.strategies.bulyan import Bulyan
 from fedsim.strategies.fedavg import FedAvg
-from fedsim.strategies.fedavgm import FedAvgM
 from fedsim.strategies.fedmedian import FedMedian
-from fedsim.strategies.fedopt import FedAdagrad, FedAdam, FedYogi
 from fedsim.strategies.fedprox import FedProx
 from fedsim.strategies.krum import Krum, MultiKrum
 from fedsim.strategies.qfedavg import QFedAvg
 from fedsim.strategies.scaffold import Scaffold
+from fedsim.strategies.serveropt import FedAdagrad, FedAdam, FedAvgM, FedYogi, ServerOpt
 from fedsim.strategies.trimmedmean import TrimmedMean
 
 STRATEGIES: dict[str, type[Strategy]] = {
@@ -35,12 +38,8 @@ STRATEGIES: dict[str, type[Strategy]] = {
     )
 }
 
-# every hyperparameter any strategy takes, each a run setting (Config field) of the same name
-STRATEGY_PARAMS: tuple[str, ...] = tuple(dict.fromkeys(n for s in STRATEGIES.values() for n in s.param_names()))
-
 __all__ = [
     "STRATEGIES",
-    "STRATEGY_PARAMS",
     "Aggregate",
     "Bulyan",
     "DevicePlan",
@@ -53,16 +52,48 @@ __all__ = [
     "FedYogi",
     "Krum",
     "MultiKrum",
-    "Partial",
     "QFedAvg",
     "Scaffold",
+    "ServerOpt",
     "State",
     "Strategy",
     "TrimmedMean",
     "make_strategy",
     "reduce_partials",
-    "strategy_for",
+    "strategy_fields",
+    "strategy_params",
 ]
+
+
+def strategy_fields() -> dict[str, Field]:
+    """Every hyperparameter any built-in strategy declares, once per name: its help says which
+    strategies take it and their defaults ("... (fedavgm 1.0; fedadam, fedyogi 0.01)")."""
+    takers: dict[str, list[tuple[str, Any]]] = {}
+    first: dict[str, Field] = {}
+    for name, cls in STRATEGIES.items():
+        for f in cls.fields():
+            first.setdefault(f.name, f)
+            takers.setdefault(f.name, []).append((name, f.default))
+    out = {}
+    for key, f in first.items():
+        by_default: dict[str, list[str]] = {}
+        for name, default in takers[key]:
+            shown = (
+                "default: the run's"
+                if default is None
+                else f"{default:g}"
+                if isinstance(default, float)
+                else str(default)
+            )
+            by_default.setdefault(shown, []).append(name)
+        said = "; ".join(f"{', '.join(names)} {d}" for d, names in by_default.items())
+        out[key] = Field(key, f"{f.help} ({said})", f.check, None, "strategy", f.switch, f.cli)
+    return out
+
+
+def strategy_params() -> tuple[str, ...]:
+    """The names of every built-in strategy's hyperparameters."""
+    return tuple(strategy_fields())
 
 
 def make_strategy(name: str, **params: Any) -> Strategy:
@@ -70,17 +101,12 @@ def make_strategy(name: str, **params: Any) -> Strategy:
     try:
         cls = STRATEGIES[name]
     except KeyError:
-        raise ValueError(f"unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}") from None
+        raise ConfigError(f"--strategy must be one of {', '.join(sorted(STRATEGIES))}, got {name!r}") from None
     given = {k: v for k, v in params.items() if v is not None}
     unknown = sorted(set(given) - set(cls.param_names()))
     if unknown:
-        takes = ", ".join("--" + n.replace("_", "-") for n in cls.param_names()) or "none"
-        flags = ", ".join("--" + n.replace("_", "-") for n in unknown)
-        raise ValueError(f"{flags} is not a setting of --strategy {name} (its settings: {takes})")
+        takes = ", ".join(flag(n) for n in cls.param_names()) or "none"
+        raise ConfigError(
+            f"{', '.join(flag(n) for n in unknown)} is not a setting of --strategy {name} (its settings: {takes})"
+        )
     return cls(cls.Params(**given))
-
-
-def strategy_for(config: Any) -> Strategy:
-    """The run's strategy: --strategy with its hyperparameters from the config, bound to the run."""
-    params = {n: getattr(config, n, None) for n in STRATEGY_PARAMS}
-    return make_strategy(config.strategy, **params).bind(config)

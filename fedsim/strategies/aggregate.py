@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedsim.strategies.base import Partial
+from fedsim.strategies.base import Aggregate
 
 
 class PartialSum:
@@ -32,6 +32,7 @@ class PartialSum:
         device_id: int = -1,
         samples: int = 0,
         start_loss: float = float("nan"),
+        steps: int = -1,
     ) -> None:
         group = self.groups.get(coefficient)
         if group is not None:
@@ -45,12 +46,12 @@ class PartialSum:
         self.total += coefficient
         self.count += 1
 
-    def partial(self) -> Partial:
+    def partial(self) -> Aggregate:
         acc = None if self.scaled is None else self.scaled.copy()
         for coefficient, group in sorted(self.groups.items()):
             product = np.multiply(group, coefficient, dtype=np.float64)
             acc = product if acc is None else np.add(acc, product, out=acc)
-        return Partial(self.count, self.total, weighted_sum=acc)
+        return Aggregate(self.count, self.total, weighted_sum=acc)
 
 
 class Stack:
@@ -62,6 +63,7 @@ class Stack:
         self.ids: list[int] = []
         self.samples: list[int] = []
         self.losses: list[float] = []
+        self.steps: list[int] = []
         self.total = 0.0
 
     def add(
@@ -71,25 +73,28 @@ class Stack:
         device_id: int = -1,
         samples: int = 0,
         start_loss: float = float("nan"),
+        steps: int = -1,
     ) -> None:
         self.rows.append(np.array(flat, dtype=np.float32))  # a copy: readers reuse their vector
         self.ids.append(device_id)
         self.samples.append(samples)
         self.losses.append(start_loss)
+        self.steps.append(steps)
         self.total += coefficient
 
     @property
     def count(self) -> int:
         return len(self.rows)
 
-    def partial(self) -> Partial:
-        return Partial(
+    def partial(self) -> Aggregate:
+        return Aggregate(
             self.count,
             self.total,
             rows=np.stack(self.rows),
             device_ids=np.array(self.ids, np.int64),
             samples=np.array(self.samples, np.int64),
             start_losses=np.array(self.losses, np.float64),
+            steps=np.array(self.steps, np.int64),
         )
 
 

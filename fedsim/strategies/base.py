@@ -1,24 +1,28 @@
-"""The Strategy interface and what flows through the aggregation pipeline.
+"""The Strategy interface and what flows through aggregation.
 
-The pipeline (after pfl-research's aggregator/postprocessor split): each host runs its devices,
-passes every update through the run's postprocessors (attack, screening, clipping) and accumulates
-the survivors, either as a running sum (`accumulate = "sum"`, for rules linear in the updates) or as
-the updates' flat vectors (`"stack"`, for order statistics). The coordinator reduces the hosts'
-partials into one `Aggregate` and the strategy's `apply` turns it, the global weights and the
-strategy's own state (FedJAX's server state: momentum, moments) into the next global weights and
-state. Weights are flat vectors in the model's layout (fedsim.checkpoint's spec order).
+Each host runs its devices, passes every upload through the run's pipeline stages (fedsim.pipeline:
+verification, attacks, screening, compression, ...) and accumulates the survivors: a running sum for
+rules linear in the updates (`accumulate = "sum"`) or the updates' flat vectors (`"stack"`, for order
+statistics). The coordinator reduces the hosts' shares into one `Aggregate`, the server-side stages
+see it, and the strategy's `apply` turns it, the global weights and the strategy's own state (FedJAX's
+server state: momentum, moments) into the next global weights and state. Weights are flat vectors in
+the model's layout (fedsim.checkpoint's spec order).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+
+from fedsim.settings import Field, Section, fields_of
+
+if TYPE_CHECKING:
+    from fedsim.context import RunContext
 
 Weights = dict[str, np.ndarray]
 State = dict[str, np.ndarray]  # a strategy's server state: named plain arrays (saved with every round)
@@ -29,44 +33,32 @@ HONEST = "honest"
 @dataclass(frozen=True)
 class DevicePlan:
     """What one selected device does this round beyond the run's settings (Flower's configure_fit):
-    its role (honest, or the attack it mounts), FedProx's proximal weight mu, SCAFFOLD's correction
-    c - c_i (float32 bytes, weights in the model's flat order) that its `train` adds, and a budget
-    of train steps."""
+    its role (honest, or the attack it mounts, for the record), the labels it trains on (`flip_labels`
+    C: C - 1 - y, a label-flipping attacker), FedProx's proximal weight mu, SCAFFOLD's correction
+    c - c_i (float32 bytes in the model's flat order) that its `train` adds, and a budget of train steps.
+    The host follows these fields as they are; it knows no strategy or attack by name."""
 
     role: str = HONEST
     mu: float = 0.0
     control: bytes | None = None
     steps: int | None = None  # a budget of train steps (a straggler's partial work); None: all
-
-
-@dataclass
-class Partial:
-    """One host's share of a round: a running sum_i c_i * w_i (float64) with sum_i c_i ("sum"), or the
-    accepted updates' vectors themselves ("stack"), each with its device id, samples and the loss of
-    its first train batch (the global model's loss on the device's data)."""
-
-    count: int = 0
-    total_weight: float = 0.0
-    weighted_sum: np.ndarray | None = None  # (P,) float64
-    rows: np.ndarray | None = None  # (n, P) float32
-    device_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    samples: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    start_losses: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    flip_labels: int = 0  # C: train on C - 1 - y; 0: on the true labels
 
 
 @dataclass
 class Aggregate:
-    """The round's accepted updates as the strategy sees them (the hosts' partials reduced)."""
+    """Accepted updates, accumulated: one host's share of a round, or the whole round's (the shares
+    reduced). A running sum_i c_i * w_i (float64) with sum_i c_i ("sum"), or the updates' vectors
+    themselves ("stack"), each row with its device id, samples, the loss of its first train batch (the
+    global model's loss on the device's data) and its budget of train steps (-1: all its batches)."""
 
-    count: int
-    total_weight: float
+    count: int = 0
+    total_weight: float = 0.0
     weighted_sum: np.ndarray | None = None  # sum mode: (P,) float64
-    rows: np.ndarray | None = None  # stack mode: (n, P) float32, in device-id order
+    rows: np.ndarray | None = None  # stack mode: (n, P) float32, in device-id order once reduced
     device_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     samples: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     start_losses: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
-    # stack mode: each row's budget of train steps where the round cut it (a straggler's partial work
-    # by the deadline), -1 where the device ran all its steps; empty: every device ran all of them
     steps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def mean(self) -> np.ndarray:
@@ -78,22 +70,24 @@ class Aggregate:
         return (c @ self.rows.astype(np.float64)) / c.sum()
 
 
-def reduce_partials(partials: Sequence[Partial]) -> Aggregate:
-    """The hosts' partials -> one Aggregate (sums added in host order; rows sorted by device id, so
-    the result does not depend on how devices were dealt to hosts)."""
+def reduce_partials(partials: Sequence[Aggregate]) -> Aggregate:
+    """The hosts' shares -> one Aggregate (sums added in host order; rows sorted by device id, so the
+    result does not depend on how devices were dealt to hosts)."""
     live = [p for p in partials if p.count > 0]
     if not live:
         raise ValueError("no partial holds an update")
     count = sum(p.count for p in live)
     total = sum(p.total_weight for p in live)
     if live[0].rows is None:
-        acc = live[0].weighted_sum.copy()
+        first = live[0].weighted_sum
+        assert first is not None
+        acc = first.copy()
         for p in live[1:]:
             acc += p.weighted_sum
         return Aggregate(count, total, weighted_sum=acc)
     ids = np.concatenate([p.device_ids for p in live])
     order = np.argsort(ids, kind="stable")
-    rows = np.concatenate([p.rows for p in live])[order] if len(live) > 1 else live[0].rows[order]
+    rows = np.concatenate([p.rows for p in live if p.rows is not None])[order]
     return Aggregate(
         count,
         total,
@@ -101,34 +95,21 @@ def reduce_partials(partials: Sequence[Partial]) -> Aggregate:
         device_ids=ids[order],
         samples=np.concatenate([p.samples for p in live])[order],
         start_losses=np.concatenate([p.start_losses for p in live])[order],
+        steps=np.concatenate([p.steps for p in live])[order],
     )
 
 
 @dataclass(frozen=True)
-class NoParams:
+class NoParams(Section):
     """A strategy without hyperparameters."""
-
-
-def check_param(ok: bool, name: str, what: str, value: Any) -> None:
-    """One-line error naming the flag: "--beta1 must be in [0, 1), got 1.5"."""
-    if not ok:
-        raise ValueError(f"--{name.replace('_', '-')} {what}, got {value!r}")
-
-
-def in_unit(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
-
-
-def positive(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and math.isfinite(value)
 
 
 class Strategy(ABC):
     """Server state in, server state out: `init` once, then `apply` every round.
 
-    Subclasses set `name`, `Params` (a frozen dataclass of hyperparameters, each settable as a
-    run flag of the same name), `accumulate` ("sum" or "stack") and, when the devices' `train`
-    must change (FedProx), `variant`.
+    Subclasses set `name`, `Params` (a frozen settings dataclass, fedsim.settings.Section, whose fields
+    made with `setting(...)` become run flags, TOML keys and sweepable settings of the same name),
+    `accumulate` ("sum" or "stack") and, when the devices' `train` must change (FedProx), `variant`.
     """
 
     name: ClassVar[str] = "strategy"
@@ -142,21 +123,37 @@ class Strategy(ABC):
         self.params = params if params is not None else self.Params(**values)
 
     @classmethod
+    def fields(cls) -> list[Field]:
+        """Its hyperparameters as declared settings (name, help, range, default)."""
+        return fields_of(cls.Params, owner=cls.name)
+
+    @classmethod
     def param_names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls.Params)]
 
-    def bind(self, config: Any) -> Strategy:
-        """This strategy with hyperparameters left to the run filled in from its config (Krum's f,
-        q-FedAvg's L); itself when there are none."""
+    def bind(self, run: RunContext) -> Strategy:
+        """This strategy with hyperparameters left to the run filled in from it (Krum's f, q-FedAvg's
+        L, SCAFFOLD's step counts); itself when there are none."""
         return self
 
-    def weight(self, samples: int) -> float:
-        """c_i of a device with `samples` samples in the weighted sums and means (FedAvg's n_i)."""
-        return float(samples)
+    def weights(self, samples: np.ndarray) -> np.ndarray:
+        """c_i of devices holding `samples` samples each, in the weighted sums and means (FedAvg's n_i)."""
+        return np.asarray(samples, np.float64)
 
     def init(self, weights: np.ndarray) -> State:
         """The strategy's state before round 1 (empty for a stateless rule)."""
         return {}
+
+    def resume_state(self, saved: State, weights: np.ndarray) -> State:
+        """A state saved by a committed round (an earlier version's layout upgraded), checked against
+        what this strategy keeps; ValueError if it cannot continue this run."""
+        fresh = self.init(weights)
+        if {k: np.shape(v) for k, v in saved.items()} != {k: np.shape(v) for k, v in fresh.items()}:
+            raise ValueError(
+                f"the saved server state holds {sorted(saved) or 'nothing'}, but {self.name} keeps "
+                f"{sorted(fresh) or 'nothing'} of the model's size; it cannot continue this run"
+            )
+        return saved
 
     def plan(self, round_num: int, device_ids: Sequence[int], state: State) -> dict[int, DevicePlan]:
         """Per-device instructions for this round's selected devices (those left out: the defaults)."""

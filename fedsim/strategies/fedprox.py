@@ -10,16 +10,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fedsim.strategies.base import DevicePlan, State, check_param
+from fedsim.settings import Section, setting
+from fedsim.strategies.base import DevicePlan, State
 from fedsim.strategies.fedavg import FedAvg
 
 
 @dataclass(frozen=True)
-class FedProxParams:
-    mu: float = 0.01
-
-    def __post_init__(self) -> None:
-        check_param(isinstance(self.mu, (int, float)) and self.mu >= 0, "mu", "must be >= 0", self.mu)
+class FedProxParams(Section):
+    # 0.01: among the values FedProx's authors tried (0.001-1), the one in their synthetic-data runs
+    mu: float = setting(0.01, "weight of the proximal term mu/2 ||w - w_global||^2 in the devices' train", least=0)
 
 
 class FedProx(FedAvg):

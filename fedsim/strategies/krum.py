@@ -10,48 +10,27 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np
 
+from fedsim.context import RunContext
+from fedsim.settings import Section, setting
 from fedsim.strategies import robust
-from fedsim.strategies.base import Aggregate, State, Strategy, check_param
+from fedsim.strategies.base import Aggregate, State, Strategy
 
 
-def _check_count(value: Any, name: str, least: int) -> None:
-    check_param(
-        value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= least),
-        name,
-        f"must be an integer >= {least}",
-        value,
+@dataclass(frozen=True)
+class KrumParams(Section):
+    assumed_byzantine: int | None = setting(
+        None,
+        "Byzantine updates assumed per round by krum, multikrum, bulyan (default: --byzantine x selected)",
+        least=0,
     )
 
 
 @dataclass(frozen=True)
-class KrumParams:
-    # Byzantine updates assumed per round; None = the run's --byzantine share of the selected devices
-    assumed_byzantine: int | None = None
-
-    def __post_init__(self) -> None:
-        _check_count(self.assumed_byzantine, "assumed_byzantine", 0)
-
-
-@dataclass(frozen=True)
 class MultiKrumParams(KrumParams):
-    # updates averaged; None = n - f
-    krum_m: int | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_count(self.krum_m, "krum_m", 1)
-
-
-def assumed(params: Any, config: Any) -> Any:
-    """Params with assumed_byzantine filled in from the run: ceil(--byzantine x selected devices)."""
-    if params.assumed_byzantine is not None:
-        return params
-    f = math.ceil(getattr(config, "byzantine", 0.0) * config.devices_per_round - 1e-9)
-    return replace(params, assumed_byzantine=int(f))
+    krum_m: int | None = setting(None, "updates multikrum averages (default n - f)", least=1)
 
 
 class Krum(Strategy):
@@ -59,8 +38,12 @@ class Krum(Strategy):
     Params = KrumParams
     accumulate = "stack"
 
-    def bind(self, config: Any) -> Strategy:
-        return type(self)(assumed(self.params, config))
+    def bind(self, run: RunContext) -> Strategy:
+        """assumed_byzantine filled in from the run: ceil(--byzantine x selected devices)."""
+        if self.params.assumed_byzantine is not None:
+            return self
+        f = math.ceil(run.byzantine * run.per_round - 1e-9)
+        return type(self)(replace(self.params, assumed_byzantine=int(f)))
 
     def chosen(self, n: int) -> tuple[int, int]:
         """(f, m) for a round of n updates."""

@@ -12,24 +12,19 @@ step (the paper evaluates it on the device's whole training set). q = 0 is the u
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np
 
-from fedsim.strategies.base import Aggregate, State, Strategy, check_param, positive
+from fedsim.context import RunContext
+from fedsim.settings import Section, setting
+from fedsim.strategies.base import Aggregate, State, Strategy
 
 
 @dataclass(frozen=True)
-class QFedAvgParams:
-    q: float = 1.0
+class QFedAvgParams(Section):
+    q: float = setting(1.0, "q-FedAvg's fairness exponent (0: the unweighted mean)", least=0)
     # L of the paper; None = 1 / --lr (the devices' learning rate), the paper's choice
-    lipschitz: float | None = None
-
-    def __post_init__(self) -> None:
-        check_param(isinstance(self.q, (int, float)) and self.q >= 0, "q", "must be >= 0", self.q)
-        check_param(
-            self.lipschitz is None or positive(self.lipschitz), "lipschitz", "must be a positive number", self.lipschitz
-        )
+    lipschitz: float | None = setting(None, "q-FedAvg's L (default 1 / --lr)", above=0)
 
 
 class QFedAvg(Strategy):
@@ -37,10 +32,10 @@ class QFedAvg(Strategy):
     Params = QFedAvgParams
     accumulate = "stack"
 
-    def bind(self, config: Any) -> QFedAvg:
+    def bind(self, run: RunContext) -> QFedAvg:
         if self.params.lipschitz is not None:
             return self
-        return QFedAvg(replace(self.params, lipschitz=1.0 / config.lr))
+        return QFedAvg(replace(self.params, lipschitz=1.0 / run.lr))
 
     def apply(self, weights: np.ndarray, aggregate: Aggregate, state: State) -> tuple[np.ndarray, State]:
         q = float(self.params.q)

@@ -9,7 +9,8 @@ left it with --straggler partial) and eta the devices' learning rate:
   c    = c + (1 / N) * sum_i (c_i+ - c_i)       (N: every device of the fleet)
 c_i+ is a function of what the device uploads (y_i) and what it was sent (c - c_i), so the server
 computes it from the upload; the bytes of the device's control-variate upload are still counted. c and
-every device's c_i are the server state: saved with every committed round, restored by --resume, and
+the c_i of every device that has taken part are the server state, kept by device id (a device that
+never ran has c_i = 0 and costs nothing): saved with every committed round, restored by --resume, and
 independent of which host ran a device (a host restart loses nothing).
 """
 
@@ -21,34 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.strategies.base import Aggregate, DevicePlan, State, Strategy, check_param, positive
+from fedsim.context import RunContext
+from fedsim.settings import Section, setting
+from fedsim.strategies.base import Aggregate, DevicePlan, State, Strategy
 
 
 @dataclass(frozen=True)
-class ScaffoldParams:
-    server_lr: float = 1.0
-
-    def __post_init__(self) -> None:
-        check_param(positive(self.server_lr), "server_lr", "must be a positive number", self.server_lr)
-
-
-@dataclass(frozen=True)
-class LocalTraining:
-    """What the devices do in a round, which SCAFFOLD's c_i+ needs: their learning rate and step counts."""
-
-    lr: float
-    batch_size: int
-    local_epochs: int
-    devices: int
-
-    def steps(self, samples: np.ndarray, budgets: np.ndarray | None = None) -> np.ndarray:
-        """Train steps each device ran: all its batches for every epoch, or its budget where the round
-        cut it short (budget >= 0; -1: no budget)."""
-        full = -(-np.asarray(samples, np.int64) // self.batch_size) * self.local_epochs
-        if budgets is None or not len(budgets):
-            return full
-        budgets = np.asarray(budgets, np.int64)
-        return np.where(budgets >= 0, np.minimum(full, budgets), full)
+class ScaffoldParams(Section):
+    server_lr: float = setting(1.0, "the server's step on the averaged update", above=0)
 
 
 class Scaffold(Strategy):
@@ -57,38 +38,74 @@ class Scaffold(Strategy):
     accumulate = "stack"
     variant = "scaffold"
 
-    def __init__(self, params: Any = None, local: LocalTraining | None = None, **values: Any) -> None:
+    def __init__(self, params: Any = None, run: RunContext | None = None, **values: Any) -> None:
         super().__init__(params, **values)
-        self.local = local
+        self.run = run
 
-    def bind(self, config: Any) -> Scaffold:
-        local = LocalTraining(config.lr, config.batch_size, config.local_epochs, config.devices)
-        return Scaffold(self.params, local)
+    def bind(self, run: RunContext) -> Scaffold:
+        return Scaffold(self.params, run)
 
-    def _local(self) -> LocalTraining:
-        if self.local is None:
-            raise ValueError("scaffold needs the devices' learning rate and steps: bind it to a run config")
-        return self.local
+    def _run(self) -> RunContext:
+        if self.run is None:
+            raise ValueError("scaffold needs the devices' learning rate and steps: bind it to a run")
+        return self.run
 
     def init(self, weights: np.ndarray) -> State:
-        n = self._local().devices
-        return {"c": np.zeros(weights.shape, np.float64), "c_devices": np.zeros((n, weights.size), np.float32)}
+        return {
+            "c": np.zeros(weights.shape, np.float64),
+            "c_ids": np.zeros(0, np.int64),
+            "c_rows": np.zeros((0, weights.size), np.float32),
+        }
+
+    def resume_state(self, saved: State, weights: np.ndarray) -> State:
+        if "c_devices" in saved:  # an earlier fedsim kept every device's row: keep those that are set
+            dense = saved["c_devices"]
+            ids = np.flatnonzero(np.any(dense != 0, axis=1)).astype(np.int64)
+            saved = {"c": saved["c"], "c_ids": ids, "c_rows": dense[ids]}
+        if (
+            set(saved) != {"c", "c_ids", "c_rows"}
+            or saved["c"].shape != weights.shape
+            or (saved["c_rows"].ndim != 2 or saved["c_rows"].shape[1] != weights.size)
+        ):
+            raise ValueError(
+                f"the saved server state holds {sorted(saved) or 'nothing'}, not scaffold's c and c_i "
+                "of the model's size; it cannot continue this run"
+            )
+        return saved
+
+    @staticmethod
+    def _rows(state: State, ids: np.ndarray) -> np.ndarray:
+        """c_i of devices `ids` (float64; zero for a device that has not taken part)."""
+        known, rows = state["c_ids"], state["c_rows"]
+        out = np.zeros((len(ids), rows.shape[1]), np.float64)
+        pos = np.searchsorted(known, ids)
+        hit = (pos < len(known)) & (known[np.minimum(pos, len(known) - 1)] == ids) if len(known) else pos < 0
+        out[hit] = rows[pos[hit]]
+        return out
 
     def plan(self, round_num: int, device_ids: Sequence[int], state: State) -> dict[int, DevicePlan]:
-        c, c_devices = state["c"], state["c_devices"]
-        return {d: DevicePlan(control=(c - c_devices[d]).astype(np.float32).tobytes()) for d in device_ids}
+        ids = np.asarray(device_ids, np.int64)
+        corrections = (state["c"] - self._rows(state, ids)).astype(np.float32)
+        return {int(d): DevicePlan(control=row.tobytes()) for d, row in zip(ids, corrections)}
 
     def apply(self, weights: np.ndarray, aggregate: Aggregate, state: State) -> tuple[np.ndarray, State]:
         assert aggregate.rows is not None
-        local = self._local()
+        run = self._run()
         x = weights.astype(np.float64)
         y = aggregate.rows.astype(np.float64)
-        c, c_devices = state["c"], state["c_devices"].copy()
+        c = state["c"]
         ids = aggregate.device_ids
-        steps = local.steps(aggregate.samples, aggregate.steps).astype(np.float64)
-        c_i = c_devices[ids].astype(np.float64)
-        c_plus = c_i - c + (x - y) / (steps * local.lr)[:, None]
-        c_devices[ids] = c_plus.astype(np.float32)
-        c_new = c + (c_plus - c_i).sum(axis=0) / local.devices
+        full = run.steps(aggregate.samples)
+        steps = (
+            np.where(aggregate.steps >= 0, np.minimum(full, aggregate.steps), full) if len(aggregate.steps) else full
+        )
+        c_i = self._rows(state, ids)
+        c_plus = c_i - c + (x - y) / (steps.astype(np.float64) * run.lr)[:, None]
+        c_new = c + (c_plus - c_i).sum(axis=0) / run.devices
         x_new = x + self.params.server_lr * (y - x).mean(axis=0)
-        return x_new.astype(weights.dtype), {"c": c_new, "c_devices": c_devices}
+        # the rows by id: the kept ones, with this round's devices set (or added)
+        all_ids = np.union1d(state["c_ids"], ids)
+        rows = np.zeros((len(all_ids), x.size), np.float32)
+        rows[np.searchsorted(all_ids, state["c_ids"])] = state["c_rows"]
+        rows[np.searchsorted(all_ids, ids)] = c_plus.astype(np.float32)
+        return x_new.astype(weights.dtype), {"c": c_new, "c_ids": all_ids, "c_rows": rows}

@@ -7,18 +7,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedsim.settings import Section, setting
 from fedsim.strategies import robust
-from fedsim.strategies.base import Aggregate, State, Strategy, check_param
+from fedsim.strategies.base import Aggregate, State, Strategy
 
 
 @dataclass(frozen=True)
-class TrimmedMeanParams:
-    trim: float = 0.2  # share cut from each end; < 0.5
-
-    def __post_init__(self) -> None:
-        check_param(
-            isinstance(self.trim, (int, float)) and 0 <= self.trim < 0.5, "trim", "must be in [0, 0.5)", self.trim
-        )
+class TrimmedMeanParams(Section):
+    trim: float = setting(0.2, "share of values cut from each end per coordinate", least=0, below=0.5)
 
 
 class TrimmedMean(Strategy):

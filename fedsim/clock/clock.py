@@ -1,0 +1,156 @@
+"""The simulated clock: how long each selected device's round takes on its phone, and which devices a
+round keeps.
+
+A device's simulated round = download + compute + upload:
+  compute_s = (restore_ms + steps * train_ms + save_ms) / 1000 / speed
+  comm_s    = 8 * down_bytes / (1000 * down_kbps) + 8 * up_bytes / (1000 * up_kbps)
+with the artifact's per-call latencies measured at the start of the run on this machine with one
+thread (artifact.json), or pinned from a file, so the same config and seed give the same simulated
+times on any machine that uses the same latency table. The wall time of the host that ran a device
+never enters it. numpy and pandas only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedsim.clock.profiles import PROFILE_COLUMNS, FleetError
+from fedsim.context import local_steps
+
+
+def read_latency(path: str | os.PathLike[str]) -> dict[str, float]:
+    """A pinned latency table: JSON {"restore": ms, "train": ms per batch, "save": ms} (e.g. measured on
+    a phone); a run folder's artifact.json works too (its latency_ms)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise FleetError(f"--latency {path}: cannot read it as JSON ({e})") from None
+    table = data.get("latency_ms", data) if isinstance(data, dict) else None
+    if not isinstance(table, dict):
+        raise FleetError(f"--latency {path}: expected an object with restore, train and save in ms")
+    out = {}
+    for key in ("restore", "train", "save"):
+        value = table.get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or not math.isfinite(value):
+            raise FleetError(f"--latency {path}: {key} must be a positive number of ms, got {value!r}")
+        out[key] = float(value)
+    return out
+
+
+@dataclass(frozen=True)
+class SimOutcome:
+    """One selected device's round on the simulated clock, decided before any host runs it."""
+
+    status: str  # "run" (a host runs it), "straggler" (finished too late: discarded), "dropped"
+    steps: int | None  # train steps it runs (None: all of them)
+    compute_s: float
+    comm_s: float
+    finish_s: float  # NaN for a dropped device (it reports nothing)
+
+
+@dataclass
+class Clock:
+    """The simulated clock of a run: profiles, the latency table, and the round policy."""
+
+    profiles: pd.DataFrame
+    latency_ms: dict[str, float]
+    batch_size: int
+    local_epochs: int
+    seed: int
+    deadline: float | None = None
+    straggler: str = "drop"
+    over_select: float = 1.0
+    arrays: dict[str, np.ndarray] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.arrays = {c: self.profiles[c].to_numpy(np.float64) for c in PROFILE_COLUMNS}
+
+    def steps(self, samples: np.ndarray) -> np.ndarray:
+        return local_steps(samples, self.batch_size, self.local_epochs)
+
+    def times(
+        self, ids: np.ndarray, steps: np.ndarray, down_bytes: float, up_bytes: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(compute_s, comm_s) of devices `ids` running `steps` train steps each."""
+        a, lat = self.arrays, self.latency_ms
+        compute = (lat["restore"] + steps * lat["train"] + lat["save"]) / 1000.0 / a["speed"][ids]
+        comm = 8.0 * down_bytes / (1000.0 * a["down_kbps"][ids]) + 8.0 * up_bytes / (1000.0 * a["up_kbps"][ids])
+        return compute, comm
+
+    def available(self, round_num: int) -> np.ndarray:
+        """Whether each device is available in `round_num` (seeded by seed and round)."""
+        rng = np.random.default_rng([self.seed, round_num, 0xA7A1])
+        return rng.random(len(self.profiles)) < self.arrays["availability"]
+
+    def drops(self, round_num: int, ids: np.ndarray) -> np.ndarray:
+        """Whether each of `ids` drops out mid-round (seeded by seed, round and device)."""
+        rng = np.random.default_rng([self.seed, round_num, 0xD409])
+        return rng.random(len(self.profiles))[ids] < self.arrays["dropout"][ids]
+
+    def fewest_seconds(self, samples: np.ndarray, down_bytes: float, up_bytes: float) -> float:
+        """The shortest round any device could finish: all its steps (drop) or one step (partial)."""
+        ids = np.arange(len(self.profiles))
+        steps = np.ones(len(ids), np.int64) if self.straggler == "partial" else self.steps(samples)
+        compute, comm = self.times(ids, steps, down_bytes, up_bytes)
+        return float((compute + comm).min())
+
+    def plan(
+        self, round_num: int, ids: list[int], samples: np.ndarray, want: int, down_bytes: float, up_bytes: float
+    ) -> tuple[dict[int, SimOutcome], float]:
+        """Each selected device's outcome and the round's simulated length.
+
+        Dropped devices report nothing. With --deadline, a device that cannot finish by it is a
+        straggler (drop), or runs the steps that fit (partial; none fit: straggler). Of the rest the
+        first `want` to finish are kept (over-selection picks more than `want`); later ones are
+        stragglers. The round lasts until the last kept device finishes, or the deadline if a device
+        was cut by it."""
+        order = np.asarray(ids, np.int64)
+        full = self.steps(samples[order])
+        compute, comm = self.times(order, full, down_bytes, up_bytes)
+        finish = compute + comm
+        dropped = self.drops(round_num, order)
+        out: dict[int, SimOutcome] = {}
+        steps: dict[int, int | None] = {}
+        cut = False
+        for i, d in enumerate(order.tolist()):
+            if dropped[i]:
+                out[d] = SimOutcome("dropped", None, float(compute[i]), float(comm[i]), float("nan"))
+                continue
+            budget: int | None = None
+            if self.deadline is not None and finish[i] > self.deadline:
+                cut = True
+                fit = 0
+                if self.straggler == "partial":
+                    fixed = (self.latency_ms["restore"] + self.latency_ms["save"]) / 1000.0 / self.arrays["speed"][d]
+                    per_step = self.latency_ms["train"] / 1000.0 / self.arrays["speed"][d]
+                    # (a step that ends exactly at the deadline counts, whatever the float rounding)
+                    fit = int(max(0.0, math.floor((self.deadline - comm[i] - fixed) / per_step + 1e-9)))
+                    fit = min(fit, int(full[i]))
+                if fit < 1:
+                    out[d] = SimOutcome("straggler", None, float(compute[i]), float(comm[i]), float(finish[i]))
+                    continue
+                budget = fit
+                c, m = self.times(np.array([d]), np.array([fit]), down_bytes, up_bytes)
+                compute[i], comm[i], finish[i] = c[0], m[0], c[0] + m[0]
+            steps[d] = budget
+        position = {d: i for i, d in enumerate(order.tolist())}
+        candidates = sorted(steps, key=lambda d: (finish[position[d]], d))
+        keep = set(candidates[:want])
+        for i, d in enumerate(order.tolist()):
+            if d in steps:
+                status = "run" if d in keep else "straggler"
+                out[d] = SimOutcome(status, steps[d], float(compute[i]), float(comm[i]), float(finish[i]))
+        kept = [out[d].finish_s for d in keep]
+        length = max(kept) if kept else 0.0
+        if cut and self.deadline is not None and len(keep) < want:
+            length = self.deadline  # the server waited for devices that never made it
+        elif not kept and self.deadline is not None:
+            length = self.deadline
+        return out, float(length)

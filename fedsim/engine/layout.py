@@ -1,0 +1,174 @@
+"""How a run's data is laid out for the hosts: every device's shard back to back (shared by all hosts,
+so any host runs any device), the test set in fixed blocks, and the preparation that makes them."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fedsim.data import DataRecipe, check_devices_fit, label_counts, partition
+from fedsim.data.dataset import DataError, Dataset
+from fedsim.data.partition import group_indices
+from fedsim.engine.base import HostSettings
+from fedsim.model.builders import ArtifactRecipe
+
+TestBlocks = list[tuple[np.ndarray, np.ndarray]]
+EVAL_BLOCK = 500  # test samples per `infer` call; fixed, so results do not depend on the host count
+
+
+def test_blocks(dataset: Dataset, num_hosts: int) -> list[TestBlocks]:
+    """The test set cut into fixed blocks, dealt round-robin to the hosts to spread evaluation."""
+    starts = range(0, len(dataset.y_test), EVAL_BLOCK)
+    blocks = [(dataset.x_test[i : i + EVAL_BLOCK], dataset.y_test[i : i + EVAL_BLOCK]) for i in starts]
+    return [blocks[h::num_hosts] for h in range(num_hosts)]
+
+
+@dataclass(frozen=True)
+class ShardData:
+    """Every device's training data back to back, shared by all hosts, so any host can run any device.
+
+    On Ray it is one object in the object store: hosts on a node map it without a copy, so the fleet's
+    data is held once per node whatever the number of hosts, and a registered device costs one row of
+    `bounds` (24 bytes), not an object.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    # (devices, 3) int64, row = device id: rows [start, stop) of x / y are the device's training shard
+    # and [stop, test_stop) its own test split (empty unless it has one)
+    bounds: np.ndarray
+
+    @property
+    def devices(self) -> int:
+        return len(self.bounds)
+
+    @property
+    def samples(self) -> np.ndarray:
+        return self.bounds[:, 1] - self.bounds[:, 0]
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything an engine needs to start a run: what to convert, what to load, how to split it."""
+
+    artifact: ArtifactRecipe | bytes  # bytes: a .tflite already made (a resumed run's own, or --artifact)
+    data: DataRecipe
+    devices: int
+    settings: HostSettings
+    partition: str = "iid"
+    min_samples: int = 1
+    device_test_fraction: float = 0.0
+    # check a .tflite made elsewhere against the data before any round (--artifact)
+    check_artifact: bool = False
+    # conversions of this recipe another process has made (fedsim.model.cache.for_task), by key
+    known_artifacts: dict[tuple[Any, ...], bytes] = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    """The outcome of preparing a run: the .tflite, what the data set was, the fleet's data and each
+    host's blocks of the test set."""
+
+    artifact: bytes
+    dataset_info: dict[str, Any]
+    fleet: ShardData | None
+    tests: list[TestBlocks]
+    label_counts: np.ndarray | None = None  # (devices, classes): what each device trains on
+    test_sizes: np.ndarray | None = None  # (devices,): the size of each device's own test split
+    report: dict[str, Any] | None = None  # the artifact report (artifact.json)
+
+
+def prepare(setup: Setup, num_hosts: int) -> Prepared:
+    """Load the data, partition it, cut it per host, make or check the artifact and measure it
+    (imports TensorFlow)."""
+    from fedsim.artifact import check_artifact, inspect
+
+    dataset = setup.data.load()
+    task = dataset.task
+    if setup.data.path or setup.data.arrays is not None:  # sizes known only once loaded (an .npz)
+        check_devices_fit(dataset.name, len(dataset.y_train), setup.devices)
+    shards = partition(
+        dataset.y_train, setup.devices, setup.partition, setup.settings.seed, setup.min_samples, dataset.device_train
+    )
+    local_tests, tests_from_test_set = None, False
+    if setup.device_test_fraction > 0:
+        shards, local_tests = split_local_tests(shards, setup.device_test_fraction, setup.settings.seed)
+    elif setup.partition == "natural" and dataset.device_test is not None:
+        local_tests, tests_from_test_set = natural_tests(dataset), True
+    info: dict[str, Any] = {
+        "name": dataset.name,
+        "train_samples": len(dataset.y_train),
+        "test_samples": len(dataset.y_test),
+        "task": task.to_dict(),
+    }
+    sample = (dataset.x_train[: setup.settings.batch_size], dataset.y_train[: setup.settings.batch_size])
+    if isinstance(setup.artifact, bytes):
+        artifact = setup.artifact
+        if setup.check_artifact:
+            check_artifact(artifact, task, *sample)
+    else:
+        from fedsim.model import cache
+
+        artifact = cache.build(dataclasses.replace(setup.artifact, task=task), setup.known_artifacts)
+    report = inspect(artifact, task, sample, batch_size=setup.settings.batch_size).to_dict()
+    counts = label_counts(dataset.y_train, shards, task.num_classes).astype(np.int32)
+    fleet = shard_data(dataset, shards, local_tests, tests_from_test_set)
+    test_sizes = (fleet.bounds[:, 2] - fleet.bounds[:, 1]).astype(np.int32)
+    return Prepared(artifact, info, fleet, test_blocks(dataset, num_hosts), counts, test_sizes, report)
+
+
+def natural_tests(dataset: Dataset) -> list[np.ndarray]:
+    """Each device's own test samples (indices into the test set), by the data's device ids."""
+    ids = np.unique(dataset.device_train)
+    pos = np.minimum(np.searchsorted(ids, dataset.device_test), len(ids) - 1)
+    unknown = ids[pos] != dataset.device_test
+    if unknown.any():
+        shown = ", ".join(map(str, np.unique(dataset.device_test[unknown])[:5]))
+        raise DataError(f"{dataset.name}: device_test names device(s) {shown} that hold no training samples")
+    return group_indices(pos, len(ids))
+
+
+def shard_data(
+    dataset: Dataset,
+    shards: Sequence[np.ndarray],
+    local_tests: Sequence[np.ndarray] | None = None,
+    tests_from_test_set: bool = False,
+) -> ShardData:
+    """Every device's shard (and own test split) back to back, in device order. Local tests are
+    indices into the training set, or into the test set when `tests_from_test_set`."""
+    x_all, y_all, test_offset = dataset.x_train, dataset.y_train, 0
+    if tests_from_test_set:
+        x_all = np.concatenate([dataset.x_train, dataset.x_test])
+        y_all = np.concatenate([dataset.y_train, dataset.y_test])
+        test_offset = len(dataset.y_train)
+    train_sizes = np.fromiter((len(s) for s in shards), np.int64, len(shards))
+    test_sizes = (
+        np.fromiter((len(t) for t in local_tests), np.int64, len(shards))
+        if local_tests is not None
+        else np.zeros(len(shards), np.int64)
+    )
+    ends = np.cumsum(train_sizes + test_sizes)
+    bounds = np.stack([ends - train_sizes - test_sizes, ends - test_sizes, ends], axis=1)
+    if local_tests is None:
+        order = np.concatenate(shards) if len(shards) else np.zeros(0, np.int64)
+    else:
+        order = np.concatenate([part for d in range(len(shards)) for part in (shards[d], local_tests[d] + test_offset)])
+    return ShardData(x_all[order], y_all[order], bounds)
+
+
+def split_local_tests(
+    shards: Sequence[np.ndarray], fraction: float, seed: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each device keeps floor(fraction * n) of its own samples (seeded, at least one left to train
+    on) as a test split drawn from its own distribution."""
+    train, test = [], []
+    for d, shard in enumerate(shards):
+        n_test = min(int(fraction * len(shard)), len(shard) - 1)
+        order = np.random.default_rng([seed, d, 0x7E57]).permutation(len(shard))
+        test.append(np.sort(shard[order[:n_test]]))
+        train.append(np.sort(shard[order[n_test:]]))
+    return train, test

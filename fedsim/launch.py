@@ -1,0 +1,190 @@
+"""One run on an engine: start it, record what the preparation made, build the run's context, clock and
+coordinator, and run the rounds. `fedsim.simulation` checks everything it can before calling this."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedsim.clock.clock import Clock, read_latency
+from fedsim.clock.profiles import FleetError
+from fedsim.config import Config
+from fedsim.context import RunContext
+from fedsim.coordinator import Coordinator, Resume
+from fedsim.data import DataRecipe
+from fedsim.engine.base import Engine, HostSettings
+from fedsim.engine.layout import Prepared, Setup
+from fedsim.model.builders import ArtifactRecipe
+from fedsim.pipeline import Pipeline
+from fedsim.results import RunWriter
+from fedsim.strategies.base import Strategy
+from fedsim.task import Task
+
+
+@dataclass
+class RunPlan:
+    """What a run is made of, all checked before any folder or Ray process exists."""
+
+    config: Config
+    data: DataRecipe
+    strategy: Strategy
+    pipeline: Pipeline
+    artifact: ArtifactRecipe | bytes  # bytes: a resumed run's own .tflite, or --artifact
+    check_artifact: bool = False  # an --artifact made elsewhere is checked against the data first
+    profiles: pd.DataFrame | None = None  # the simulated clock's device profiles (--fleet)
+
+
+@dataclass
+class StartPoint:
+    """Where the rounds begin: round 1 from the artifact's own weights, or after a committed round."""
+
+    round_num: int = 1
+    checkpoint: bytes | None = None  # the global model to start from (None: the artifact's initial weights)
+    resume: Resume = field(default_factory=Resume)
+    sim_latency: dict[str, float] | None = None  # the latency table an earlier part of the run used
+
+
+def execute(
+    plan: RunPlan, engine: Engine | None, writer: RunWriter, progress: bool, started: float, start: StartPoint
+) -> None:
+    config = plan.config
+    if engine is None:
+        from fedsim.engine.ray import RayEngine
+
+        # keep_warm: the next run in this process (a notebook's next cell) reuses Ray and the hosts
+        engine = RayEngine(config.hosts, config.address, config.round_timeout, keep_warm=True)
+    settings = HostSettings(config.local_epochs, config.batch_size, config.seed)
+    setup = Setup(
+        plan.artifact,
+        plan.data,
+        config.devices,
+        settings,
+        config.partition_spec,
+        config.min_samples,
+        config.device_test_fraction,
+        plan.check_artifact,
+    )
+    with engine:
+        began = time.perf_counter()
+        prepared = engine.start(setup)
+        stages = {**getattr(engine, "startup_s", {}), "total": time.perf_counter() - began}
+        if progress:  # what the wait before round 1 was spent on
+            parts = ", ".join(f"{k} {v:.1f} s" for k, v in stages.items() if k not in ("total", "warm"))
+            print(
+                f"fedsim: started in {stages['total']:.1f} s ({parts}{', warm hosts' if stages.get('warm') else ''})",
+                file=sys.stderr,
+                flush=True,
+            )
+        initial = start.checkpoint if start.checkpoint is not None else engine.initial_checkpoint()
+        run = run_context(config, prepared, len(initial), engine.num_hosts)
+        strategy = plan.strategy.bind(run)
+        plan.pipeline.bind(run)
+        _record_prepared(writer, engine, prepared, stages, config, strategy)
+        clock = None
+        if plan.profiles is not None:
+            clock = sim_clock(
+                config,
+                plan.profiles,
+                start.sim_latency,
+                prepared.report,
+                run,
+                len(initial),
+                plan.pipeline.upload_bytes(run.upload_bytes, run.params),
+            )
+            writer.write_fleet(plan.profiles)
+            writer.write_meta(sim_latency_ms=clock.latency_ms)
+        Coordinator(
+            config, run, engine, strategy, plan.pipeline, initial, writer, clock, start.resume, progress, started
+        ).run(start.round_num)
+
+
+def run_context(config: Config, prepared: Prepared, initial_bytes: int, hosts: int) -> RunContext:
+    """The typed facts of the prepared run that strategies and stages bind to."""
+    task = Task.from_dict(prepared.dataset_info["task"])
+    counts = prepared.label_counts
+    samples = counts.sum(axis=1) if counts is not None else np.zeros(config.devices, np.int64)
+    report = prepared.report or {}
+    params = int(report.get("parameters") or 0)
+    return RunContext(
+        task=task,
+        devices=config.devices,
+        per_round=config.devices_per_round,
+        samples=samples,
+        batch_size=config.batch_size,
+        local_epochs=config.local_epochs,
+        lr=config.lr,
+        byzantine=config.byzantine,
+        params=params,
+        upload_bytes=int(report.get("checkpoint_bytes", initial_bytes)),
+        seed=config.seed,
+        # devices that keep a test split of their own (--device-test-fraction, or a natural partition whose
+        # data names each test sample's device) score every new global model on it
+        local_eval=prepared.test_sizes is not None and bool(np.any(prepared.test_sizes)),
+    )
+
+
+def _record_prepared(
+    writer: RunWriter, engine: Engine, prepared: Prepared, stages: dict[str, Any], config: Config, strategy: Strategy
+) -> None:
+    writer.write_model(prepared.artifact)
+    if prepared.report is not None:
+        writer.write_artifact_report(prepared.report)
+    if prepared.label_counts is not None:
+        writer.write_partition(prepared.label_counts, prepared.test_sizes)
+    train_samples = int(prepared.dataset_info["train_samples"])
+    writer.write_meta(
+        hosts=engine.num_hosts,
+        host_nodes=getattr(engine, "host_nodes", None),
+        engine=type(engine).__name__,
+        dataset={k: v for k, v in prepared.dataset_info.items() if k != "task"},
+        task=prepared.dataset_info.get("task"),
+        # > 1 when devices outnumber training samples: each sample is then held by up to this many devices
+        sample_reuse=-(-config.devices // train_samples),
+        startup_s=stages,  # seconds before round 1: Ray, data and conversion, hosts (warm: reused)
+        strategy_params=strategy.describe(),  # with what the run filled in (Krum's f, q-FedAvg's L)
+    )
+
+
+def sim_clock(
+    config: Config,
+    profiles: Any,
+    latency: dict[str, float] | None,
+    report: dict[str, Any] | None,
+    run: RunContext,
+    down_bytes: int,
+    up_bytes: int,
+) -> Clock:
+    """The run's simulated clock: the profiles, the latency table (pinned by --latency, recorded by an
+    earlier part of this run, or measured at its start), and the round policy; a deadline no device
+    could meet is refused here, before the first round."""
+    if latency is None:
+        measured = (report or {}).get("latency_ms", {})
+        latency = (
+            read_latency(config.latency)
+            if config.latency
+            else {k: float(v) for k, v in measured.items() if k in ("restore", "train", "save")}
+        )
+    clock = Clock(
+        profiles,
+        latency,
+        config.batch_size,
+        config.local_epochs,
+        config.seed,
+        config.deadline,
+        config.straggler,
+        config.over_select,
+    )
+    if config.deadline is not None:
+        fewest = clock.fewest_seconds(run.samples, down_bytes, up_bytes)
+        if fewest > config.deadline:
+            work = "one train step" if config.straggler == "partial" else "its round"
+            raise FleetError(
+                f"--deadline {config.deadline:g} s is shorter than any device could meet: the fastest "
+                f"needs {fewest:.3g} simulated s for {work}"
+            )
+    return clock

@@ -1,0 +1,57 @@
+"""The settings of the model and its on-device training: what the artifact is and how `train` learns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedsim.model.builders import OPTIMIZERS
+from fedsim.model.signatures import CHECKPOINT_FORMATS
+from fedsim.settings import Section, need, setting
+
+
+def is_import_path(text: str) -> bool:
+    """Whether `text` reads as package.module:function."""
+    module, sep, attr = text.partition(":")
+    return bool(sep) and all(p.isidentifier() for p in module.split(".") + attr.split("."))
+
+
+@dataclass(frozen=True)
+class DeviceSettings(Section):
+    section = "device"
+    model: str = setting(
+        "mlp", "mlp, cnn, logreg, or your Keras builder as package.module:function (it receives the Task)"
+    )
+    # passes over its shard a device makes per round, as the guide's train loop does
+    local_epochs: int = setting(1, "passes over its shard each device makes per round", least=1)
+    # 32: the usual on-device batch
+    batch_size: int = setting(32, "mini-batch size of the train signature", least=1)
+    lr: float = setting(0.05, "learning rate of the on-device optimiser baked into the .tflite", above=0)
+    # its state restarts at every device's round and never enters the checkpoint a device uploads
+    device_optimizer: str = setting(
+        "sgd", "on-device optimiser (state restarts every device round)", choices=OPTIMIZERS
+    )
+    device_momentum: float = setting(0.9, "momentum of --device-optimizer momentum", least=0, below=1)
+    # Adam's decay rates and epsilon (Keras' defaults)
+    device_beta1: float = setting(0.9, "Adam's beta1 (--device-optimizer adam)", least=0, below=1)
+    device_beta2: float = setting(0.999, "Adam's beta2 (--device-optimizer adam)", least=0, below=1)
+    device_epsilon: float = setting(1e-7, "Adam's epsilon (--device-optimizer adam)", above=0)
+    # packed: every weight in one tensor, so `restore` is one Restore op, several times cheaper
+    checkpoint_format: str = setting(
+        "packed",
+        "packed (all weights in one tensor: a cheaper restore) or tensors (the guide's, one per weight)",
+        choices=CHECKPOINT_FORMATS,
+    )
+    # a .tflite made outside fedsim, run as it is; checked before any round
+    artifact: str | None = setting(None, "run a .tflite made elsewhere as it is (checked before any round)")
+
+    def check(self) -> None:
+        from fedsim.model.builders import MODELS
+
+        need(
+            self.model in MODELS or is_import_path(self.model),
+            "model",
+            f"must be one of {', '.join(sorted(MODELS))} or package.module:function",
+            self.model,
+        )
+        if self.artifact is not None:
+            need(self.artifact.endswith(".tflite"), "artifact", "must be a .tflite file", self.artifact)

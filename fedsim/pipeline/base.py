@@ -1,0 +1,173 @@
+"""The update pipeline: every step between a device's `save` and the strategy's `apply` is a stage.
+
+After pfl-research's postprocessors (`postprocess_one_user` on the worker, `postprocess_server` after
+the reduce) and TFF's aggregation factories. A stage is one small class with its own settings section;
+it says where its step happens in the system being simulated (on the device or on the server) and
+hooks into the round at up to four points, each optional:
+- `plan`: before the round, on the coordinator: instructions for the selected devices (an attacker's
+  role, the labels it trains on) and their coefficients c_i in the sums;
+- `upload`: on the host, for every device's upload in turn (the checkpoint it saved, read and
+  checked): rewrite it, change its bytes on the wire, or refuse it (`Rejected`);
+- `server`: on the coordinator, on the round's reduced Aggregate before the strategy sees it;
+- `upload_bytes`: what it does to the bytes a device sends (the simulated clock and `bytes_up`).
+It may keep state across rounds (saved with every committed round) and add columns to the round's
+row (`round_metrics`). The host and the coordinator call these hooks in order and know no stage by
+name: a new stage is a new file registered in fedsim.pipeline.STAGES.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from fedsim.settings import Section
+from fedsim.strategies.base import HONEST, Aggregate, DevicePlan, State, Weights
+
+if TYPE_CHECKING:
+    from fedsim.context import RunContext
+    from fedsim.strategies.base import Strategy
+
+
+class Rejected(ValueError):
+    """A stage refuses an upload; the message is recorded as the device's reason."""
+
+
+@dataclass
+class Upload:
+    """One device's upload as it passes the per-upload stages on the host. `flat` and `weights` may
+    be views into the host's reader: a stage that changes them makes new arrays."""
+
+    device_id: int
+    flat: np.ndarray | None  # the weights as one float32 vector (None until the checks made it)
+    weights: Weights  # the same by name, as read from the saved checkpoint
+    nbytes: int  # the bytes the device sends
+    coefficient: float  # c_i in the sums
+    plan: DevicePlan
+    note: str = ""  # what a stage did to it ("clipped: ..."), recorded as the device's reason
+
+
+@dataclass(frozen=True)
+class UploadContext:
+    """What the per-upload stages may read in one round on one host."""
+
+    round_num: int
+    spec: dict[str, tuple[tuple[int, ...], str]]  # name -> (shape, dtype) of a valid upload
+    global_flat: np.ndarray | None  # the global weights (float64) when a stage needs them
+    seed: int
+
+
+@dataclass(frozen=True)
+class ServerContext:
+    """What the server-side stages may read in one round, on the coordinator."""
+
+    round_num: int
+    global_flat: np.ndarray  # float32
+    selected: int  # devices selected this round
+    seed: int
+
+
+class Stage:
+    """One step of the update pipeline (see the module's docstring)."""
+
+    name: ClassVar[str] = "stage"
+    Settings: ClassVar[type[Section]]
+    where: ClassVar[str] = "device"  # device or server: where the step happens in the simulated system
+    needs_global: ClassVar[bool] = False  # upload() reads UploadContext.global_flat
+    accumulate: str | None = None  # "stack" when the stage needs every update on the server
+    columns: ClassVar[tuple[str, ...]] = ()  # the rounds-table columns round_metrics() fills (numbers)
+
+    @classmethod
+    def make(cls, settings: Any, seed: int = 0) -> Stage | None:
+        """The stage the run's settings (this stage's section) ask for, or None when it is off."""
+        return None
+
+    def check(self, strategy: Strategy) -> None:
+        """ConfigError if this stage cannot run with `strategy` (said before any work)."""
+
+    def bind(self, run: RunContext) -> None:
+        """Facts of the prepared run (the task, the fleet) the stage needs."""
+
+    def plan(self, round_num: int, device_ids: Sequence[int], plans: dict[int, DevicePlan]) -> None:
+        """Add this round's instructions for the selected devices to `plans` (in place)."""
+
+    def coefficients(self, coefficients: np.ndarray) -> np.ndarray:
+        """The selected devices' coefficients c_i, as this stage needs them weighted."""
+        return coefficients
+
+    def upload(self, up: Upload, ctx: UploadContext) -> Upload:
+        """One device's upload after this step; raise Rejected to refuse it."""
+        return up
+
+    def server(self, aggregate: Aggregate, ctx: ServerContext) -> Aggregate:
+        """The round's reduced updates after this step, before the strategy's apply."""
+        return aggregate
+
+    def upload_bytes(self, nbytes: int, params: int) -> int:
+        """The bytes a device sends after this step, given what it would send before (`params`: the
+        model's parameters). Must equal what `upload` sets as `Upload.nbytes`."""
+        return nbytes
+
+    def round_metrics(self) -> dict[str, float]:
+        """Columns this stage adds to the round's row (rounds.parquet)."""
+        return {}
+
+    def state(self) -> State:
+        """What the stage keeps across rounds (saved with every committed round)."""
+        return {}
+
+    def restore(self, state: State) -> None:
+        """Continue from a state `state()` returned (--resume)."""
+
+    @property
+    def on_host(self) -> bool:
+        """Whether hosts run its `upload` step (they are sent `for_host()`)."""
+        return type(self).upload is not Stage.upload
+
+    def for_host(self) -> Stage:
+        """What hosts need of this stage (it travels every round): itself, or a lighter copy."""
+        return self
+
+
+@dataclass(frozen=True)
+class HostRound:
+    """A host's part of one round: the devices' instructions and coefficients, and the per-upload
+    stages in order. Small: it travels to every host every round."""
+
+    round_num: int
+    spec: dict[str, tuple[tuple[int, ...], str]]
+    stages: tuple[Stage, ...] = ()
+    accumulate: str = "sum"
+    coefficients: dict[int, float] = field(default_factory=dict)  # c_i; a device left out: its samples
+    plans: dict[int, DevicePlan] = field(default_factory=dict)
+    seed: int = 0
+
+    @property
+    def needs_global(self) -> bool:
+        return any(s.needs_global for s in self.stages)
+
+    def coefficient(self, device_id: int, samples: int) -> float:
+        """c_i of a device in the sums: the round's, else its samples (FedAvg's n_i)."""
+        return self.coefficients.get(device_id, float(samples))
+
+    def plan(self, device_id: int) -> DevicePlan:
+        return self.plans.get(device_id, _DEFAULT)
+
+    def role(self, device_id: int) -> str:
+        return self.plan(device_id).role
+
+    def only(self, device_ids: Sequence[int]) -> HostRound:
+        """This round cut to what one host's devices need."""
+        from dataclasses import replace
+
+        return replace(
+            self,
+            coefficients={d: self.coefficients[d] for d in device_ids if d in self.coefficients},
+            plans={d: self.plans[d] for d in device_ids if d in self.plans},
+        )
+
+
+_DEFAULT = DevicePlan()
+__all__ = ["HONEST", "HostRound", "Rejected", "ServerContext", "Stage", "Upload", "UploadContext"]

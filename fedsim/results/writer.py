@@ -1,0 +1,277 @@
+"""Writing a run folder: config.json, the per-round table parts, model.tflite, global.ckpt, the server
+state. Every file is written atomically (to a temporary name, then renamed), so a killed run leaves
+complete tables up to its last finished round."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import platform
+import shutil
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fedsim.results.migrate import split_legacy_tables
+from fedsim.results.schema import (
+    ARTIFACT_FILE,
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    DEVICE_COLUMNS,
+    DEVICE_SCHEMA,
+    DEVICES_FILE,
+    FLEET_FILE,
+    MODEL_FILE,
+    PARTITION_FILE,
+    RESUME_DIR,
+    ROUND_COLUMNS,
+    ROUND_SCHEMA,
+    ROUNDS_FILE,
+    STATE_FILE,
+    RunFolderError,
+    part_name,
+    part_round,
+)
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist, key in (
+        ("fedsim", "fedsim"),
+        ("tensorflow-cpu", "tensorflow"),
+        ("tensorflow", "tensorflow"),
+        ("ray", "ray"),
+        ("numpy", "numpy"),
+        ("pandas", "pandas"),
+        ("keras", "keras"),
+    ):
+        if key in out:
+            continue
+        try:
+            out[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def default_out(name: str, root: str | os.PathLike[str] = "results") -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(root) / name / stamp
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _atomic_link(source: Path, path: Path) -> None:
+    """`path` becomes `source` too (a hard link, atomically); a copy where links are not possible."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_parquet(path: Path, frame: pd.DataFrame) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _atomic_arrow(path: Path, table: pa.Table) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _arrow_table(rows: list[dict[str, Any]], columns: Sequence[str], schema: pa.Schema | None = None) -> pa.Table:
+    """Rows -> an Arrow table with exactly `columns`, in that order (missing values are null)."""
+    return pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows], schema=schema)
+
+
+def claim_run_folder(out: str | os.PathLike[str]) -> Path:
+    """Create `out` for a new run; refuse one that exists and is not empty."""
+    path = Path(out)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise RunFolderError(
+            f"--out {path} already exists and is not empty; fedsim never overwrites a run, pick another folder"
+        )
+    created = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    if created:
+        _CREATED.add(path.resolve())
+    return path
+
+
+_CREATED: set[Path] = set()  # run folders this process made (a failed start may remove them again)
+
+
+def created_folders() -> list[Path]:
+    """The run folders this process has made, oldest name first."""
+    return sorted(_CREATED)
+
+
+class RunWriter:
+    """Writes one run folder. A round's rows go into their own parquet part of each table.
+
+    A round's files are written on a background thread while the next round runs on the hosts (the
+    coordinator would otherwise leave them idle for the write); at most one write is in flight, so a
+    crash loses at most the round that had just finished, and every completed write is whole. The
+    writer holds no rows of earlier rounds: its memory and each round's write cost stay flat.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        meta: dict[str, Any],
+        resume_from: int | None = None,
+        tracker: Any = None,
+        round_columns: list[str] | None = None,
+    ) -> None:
+        self.path = path
+        self.meta = dict(meta)
+        # the rounds table: its fixed columns, then any the run's pipeline stages add (numbers)
+        extra = [c for c in round_columns or [] if c not in ROUND_COLUMNS]
+        self.round_columns = (*ROUND_COLUMNS, *extra)
+        self.round_schema = pa.schema(list(ROUND_SCHEMA) + [(c, pa.float64()) for c in extra])
+        self.tracker = tracker  # fedsim.tracking.Trackers (TensorBoard, MLflow): told each round's row
+        if resume_from is not None:
+            self._trim_tables(resume_from)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsim-writer")
+        self._pending: Future[None] | None = None
+        self.write_meta(status="running")
+
+    def _trim_tables(self, rounds_completed: int) -> None:
+        """Keep the tables' rows up to `rounds_completed`; rows of a later round whose checkpoint was
+        not committed are dropped (that round is run again, with the same result)."""
+        split_legacy_tables(self.path, rounds_completed)
+        for name in (ROUNDS_FILE, DEVICES_FILE):
+            table = self.path / name
+            if table.is_dir():
+                for f in table.iterdir():
+                    r = part_round(f.name)
+                    if r is not None and r > rounds_completed:
+                        f.unlink()
+
+    def track(self, trackers: Any) -> None:
+        """Start the experiment trackers (fedsim.tracking.Trackers) for this folder; MLflow's run id
+        goes into config.json with the next write."""
+        if trackers:
+            self.tracker = trackers.start(self.path, self.meta)
+
+    def flush(self) -> None:
+        """Wait for the write in flight; re-raise its error, if any."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def write_meta(self, **changes: Any) -> None:
+        self.flush()
+        self.meta.update(changes)
+        _atomic_write(self.path / CONFIG_FILE, json.dumps(self.meta, indent=2, default=str).encode())
+
+    def write_model(self, artifact: bytes) -> None:
+        _atomic_write(self.path / MODEL_FILE, artifact)
+
+    def write_artifact_report(self, report: dict[str, Any]) -> None:
+        _atomic_write(self.path / ARTIFACT_FILE, json.dumps(report, indent=2, default=float).encode())
+
+    def discard(self) -> None:
+        """Remove what this writer wrote (a run that never completed a round), and the folder if this
+        process created it; an empty folder the user made stays."""
+        for name in (CONFIG_FILE, MODEL_FILE, ARTIFACT_FILE, PARTITION_FILE, CHECKPOINT_FILE):
+            (self.path / name).unlink(missing_ok=True)
+        for name in (RESUME_DIR, ROUNDS_FILE, DEVICES_FILE):
+            shutil.rmtree(self.path / name, ignore_errors=True)
+        if self.path.resolve() in _CREATED and not any(self.path.iterdir()):
+            self.path.rmdir()
+
+    def write_fleet(self, profiles: pd.DataFrame) -> None:
+        """fleet.parquet: every device's profile on the simulated clock (device_id, speed, bandwidths,
+        availability, dropout), beside partition.parquet."""
+        _atomic_parquet(self.path / FLEET_FILE, profiles)
+
+    def write_partition(self, counts: np.ndarray, test_sizes: np.ndarray | None = None) -> None:
+        """partition.parquet: device_id, samples (trained on), test_samples (its own test split), and
+        one count column per label of the training samples (label_0, ...)."""
+        frame = pd.DataFrame(counts, columns=[f"label_{c}" for c in range(counts.shape[1])])
+        frame.insert(0, "test_samples", test_sizes if test_sizes is not None else 0)
+        frame.insert(0, "samples", counts.sum(axis=1))
+        frame.insert(0, "device_id", np.arange(len(counts)))
+        _atomic_parquet(self.path / PARTITION_FILE, frame)
+
+    def record_round(
+        self,
+        round_row: dict[str, Any],
+        device_rows: list[dict[str, Any]],
+        global_checkpoint: bytes,
+        state: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        if self.tracker is not None:
+            self.tracker.record(round_row)
+        self.flush()
+        self._pending = self._pool.submit(self._write_round, round_row, device_rows, global_checkpoint, state)
+
+    def _write_round(
+        self,
+        round_row: dict[str, Any],
+        device_rows: list[dict[str, Any]],
+        checkpoint: bytes,
+        state: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        round_num = round_row["round"]
+        # Commit order, so that a kill at any point leaves a resumable folder: the round's checkpoint
+        # under its own name, the round's table parts, then config.json's rounds_completed (the
+        # commit point), then the user-facing global.ckpt, then the previous round's checkpoint is
+        # dropped. Parts of a round that never committed are removed on resume.
+        resume = self.path / RESUME_DIR
+        resume.mkdir(exist_ok=True)
+        _atomic_write(resume / f"round-{round_num}.ckpt", checkpoint)
+        keep = {f"round-{round_num}.ckpt"}
+        state_file = resume / f"round-{round_num}.{STATE_FILE}"
+        if state:  # the strategy's server state (momentum, moments), so that a resume continues it
+            _atomic_write(state_file, _npz(state))
+            keep.add(state_file.name)
+        for name, rows, columns, schema in (
+            (DEVICES_FILE, device_rows, DEVICE_COLUMNS, DEVICE_SCHEMA),
+            (ROUNDS_FILE, [round_row], self.round_columns, self.round_schema),
+        ):
+            folder = self.path / name
+            folder.mkdir(exist_ok=True)
+            # Straight to Arrow (no DataFrame): this thread shares the CPU with the hosts' next round.
+            _atomic_arrow(folder / part_name(round_num), _arrow_table(rows, columns, schema))
+        self.meta["rounds_completed"] = round_num
+        _atomic_write(self.path / CONFIG_FILE, json.dumps(self.meta, indent=2, default=str).encode())
+        _atomic_write(self.path / CHECKPOINT_FILE, checkpoint)
+        if state:  # the same file under its user-facing name: a second link, not a second write
+            _atomic_link(state_file, self.path / STATE_FILE)
+        for old in resume.iterdir():
+            if old.name not in keep:
+                old.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self.flush()
+        self._pool.shutdown()
+        if self.tracker is not None:
+            self.tracker.close(self.meta)
+        if self.meta.get("status") == "completed":  # nothing left to resume: global.ckpt is the model
+            shutil.rmtree(self.path / RESUME_DIR, ignore_errors=True)
+
+
+def _npz(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()

@@ -1,0 +1,108 @@
+"""The rows a round records: one per device (devices.parquet) and one for the round (rounds.parquet).
+Pure functions of what the round produced; the column lists are fedsim.results.schema's."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedsim.clock.clock import SimOutcome
+from fedsim.engine.base import DeviceReport, Evaluation
+from fedsim.strategies.base import HONEST, DevicePlan
+
+NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class RoundTimes:
+    """perf_counter stamps of a round's phases."""
+
+    start: float
+    hosts_done: float
+    aggregated: float
+    evaluated: float
+
+
+def device_row(round_num: int, r: DeviceReport, plan: DevicePlan | None, outcome: SimOutcome | None) -> dict[str, Any]:
+    return {
+        "round": round_num,
+        "device_id": r.device_id,
+        "host": r.host,
+        "samples": r.samples,
+        "train_loss": r.train_loss,
+        "train_s": r.train_s,
+        "checkpoint_bytes": r.checkpoint_bytes,
+        "status": r.status,
+        "reason": r.error,
+        "role": plan.role if plan is not None else HONEST,
+        "mu": plan.mu if plan is not None else NAN,
+        "sim_compute_s": outcome.compute_s if outcome is not None else NAN,
+        "sim_comm_s": outcome.comm_s if outcome is not None else NAN,
+        "sim_finish_s": outcome.finish_s if outcome is not None else NAN,
+    }
+
+
+def round_row(
+    round_num: int,
+    device_rows: Sequence[dict[str, Any]],
+    evaluation: Evaluation | None,
+    selected: int,
+    times: RoundTimes,
+    sent: int,
+    plans: Mapping[int, DevicePlan],
+) -> dict[str, Any]:
+    """The round's row, less the clock's and the run's running totals (the coordinator adds those).
+    `sent`: the bytes of the global checkpoint each selected device downloaded."""
+    accepted = [r for r in device_rows if r["status"] == "ok"]
+    per_device = evaluation.device_accuracy if evaluation is not None else {}
+    spread = np.array(list(per_device.values())) if per_device else np.full(1, np.nan)
+    samples = sum(r["samples"] for r in accepted)
+    train_loss = sum(r["train_loss"] * r["samples"] for r in accepted) / samples if samples else NAN
+    # a plan's control bytes (SCAFFOLD's c - c_i) travel down, and a variate of the same size up
+    control_down = sum(len(p.control or b"") for p in plans.values())
+    control_up = sum(len(plans[r["device_id"]].control or b"") for r in accepted if r["device_id"] in plans)
+    return {
+        "round": round_num,
+        "test_accuracy": evaluation.accuracy if evaluation is not None else NAN,
+        "test_loss": evaluation.loss if evaluation is not None else NAN,
+        "train_loss": train_loss,
+        "device_acc_mean": float(np.mean(spread)),
+        "device_acc_p10": float(np.percentile(spread, 10)),
+        "device_acc_p90": float(np.percentile(spread, 90)),
+        "devices_selected": selected,
+        "devices_reported": sum(r["status"] in ("ok", "rejected") for r in device_rows),
+        "devices_accepted": len(accepted),
+        "samples": samples,
+        "wall_s": times.evaluated - times.start,
+        "hosts_s": times.hosts_done - times.start,  # dispatch until every host answered
+        "aggregate_s": times.aggregated - times.hosts_done,
+        "evaluate_s": times.evaluated - times.aggregated,
+        "bytes_up": sum(r["checkpoint_bytes"] for r in device_rows) + control_up,
+        "bytes_down": sent * selected + control_down,
+    }
+
+
+def initial_row(evaluation: Evaluation, took: float) -> dict[str, Any]:
+    """--eval-initial: round 0, the initial model on the test set (no device ran)."""
+    return {
+        "round": 0,
+        "test_accuracy": evaluation.accuracy,
+        "test_loss": evaluation.loss,
+        "train_loss": NAN,
+        "device_acc_mean": NAN,
+        "device_acc_p10": NAN,
+        "device_acc_p90": NAN,
+        "devices_selected": 0,
+        "devices_reported": 0,
+        "devices_accepted": 0,
+        "samples": 0,
+        "wall_s": took,
+        "hosts_s": 0.0,
+        "aggregate_s": 0.0,
+        "evaluate_s": took,
+        "bytes_up": 0,
+        "bytes_down": 0,
+    }
