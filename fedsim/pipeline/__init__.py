@@ -11,6 +11,7 @@ import numpy as np
 
 from fedsim.pipeline.attack import Attack
 from fedsim.pipeline.base import HostRound, Rejected, ServerContext, Stage, Upload, UploadContext
+from fedsim.pipeline.compress import Compress
 from fedsim.pipeline.screen import Screen
 from fedsim.pipeline.verify import Verify
 from fedsim.settings import ConfigError
@@ -21,8 +22,8 @@ if TYPE_CHECKING:
     from fedsim.strategies.base import Strategy
 
 # In the order an upload meets them: the server's checks of what it received, an attacker's rewrite on
-# its device, the server's screening of each update.
-STAGES: tuple[type[Stage], ...] = (Verify, Attack, Screen)
+# its device, the device's encoding for the uplink, the server's screening of each update.
+STAGES: tuple[type[Stage], ...] = (Verify, Attack, Compress, Screen)
 PREFIX = "pipeline."  # the stages' keys in a saved server state
 
 __all__ = [
