@@ -3,7 +3,10 @@
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
+
+pytestmark = [pytest.mark.slow, pytest.mark.real_data]
 
 NOTEBOOK = Path(__file__).parent.parent / "experiments" / "quickstart.ipynb"
 
