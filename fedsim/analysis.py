@@ -90,8 +90,22 @@ def summary(path: str | os.PathLike[str]) -> pd.DataFrame:
         table["sim_hours"] = hours
         for target in TIME_TO_ACCURACY:
             table[f"sim_h_to_{target:.2f}"] = [hours_to(evaluated[evaluated["run"] == r], target) for r in table.index]
+    skew = {run: _skew(Path(str(run))) for run in table.index}  # the label skew each run had
+    for key in ("label_groups", "label_entropy", "emd_mean"):
+        table[key] = [skew[run].get(key, float("nan")) for run in table.index]
     table.index = [Path(r).name for r in table.index]
     return table.sort_values(["partition", "devices", "seed"])
+
+
+def _skew(folder: Path) -> dict[str, float]:
+    """The run's label skew from its partition.parquet ({} if it has none)."""
+    from fedsim.data.skew import fleet_skew, label_columns
+    from fedsim.results import PARTITION_FILE
+
+    if not (folder / PARTITION_FILE).is_file():
+        return {}
+    table = pd.read_parquet(folder / PARTITION_FILE)
+    return fleet_skew(table[label_columns(table)].to_numpy()) if label_columns(table) else {}
 
 
 TIME_TO_ACCURACY = (0.75, 0.80)  # fedsim report's simulated hours to reach these test accuracies

@@ -24,7 +24,7 @@ from fedsim.engine.base import Engine
 from fedsim.launch import RunPlan, StartPoint, execute
 from fedsim.model.builders import MODELS, ArtifactRecipe, ModelBuilder, Optimizer, builder_name, resolve_builder
 from fedsim.model.settings import is_import_path
-from fedsim.pipeline import Pipeline
+from fedsim.pipeline import Pipeline, StopRun
 from fedsim.results import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -41,6 +41,7 @@ from fedsim.results import (
     resume_state,
     versions,
 )
+from fedsim.results.migrate import flat_config
 from fedsim.strategies import STRATEGIES, Strategy
 from fedsim.tracking import Trackers
 
@@ -110,7 +111,7 @@ def run(
         "started": _now(),
     }
     plan = RunPlan(config, recipe_data, chosen, pipeline, artifact, bool(config.artifact), profiles)
-    writer = RunWriter(out, meta, round_columns=pipeline.columns())
+    writer = RunWriter(out, meta, round_columns=pipeline.columns(), device_columns=pipeline.device_columns())
     _guarded(writer, trackers, lambda: execute(plan, engine, writer, progress, started, StartPoint()), new_run=True)
     return load_run(out)
 
@@ -181,7 +182,7 @@ def _now() -> str:
 def saved_config(meta: dict[str, Any], **changes: Any) -> Config:
     """A run folder's settings, with the strategy's hyperparameters as they ran (config.json keeps
     only those given; the strategy's defaults of the fedsim that ran are in strategy_params)."""
-    config = Config.from_dict(meta["config"])
+    config = Config.from_dict(flat_config(meta["config"]))
     ran = {k: v for k, v in (meta.get("strategy_params") or {}).items() if k != "name" and v is not None}
     if config.strategy in STRATEGIES and ran and meta.get("strategy_name", config.strategy) == config.strategy:
         changes = {**{k: v for k, v in ran.items() if k in STRATEGIES[config.strategy].param_names()}, **changes}
@@ -198,9 +199,10 @@ def resume(
     address: str | None = None,
     data: Dataset | None = None,
     rounds: int | None = None,
+    dp_epsilon_budget: float | None = None,
 ) -> Run:
     """Continue an interrupted run in its own folder after its last committed round, or extend a
-    finished one to `rounds` rounds.
+    finished one to `rounds` rounds (or one stopped by its privacy budget, given a larger one).
 
     The run's saved settings and .tflite are used as they are; only where it runs (hosts, address)
     and how many rounds it has may change. The rounds table comes out identical to an uninterrupted
@@ -212,7 +214,8 @@ def resume(
     if not meta_file.is_file():
         raise RunFolderError(f"--resume {folder}: not a fedsim run folder (no {CONFIG_FILE})")
     meta = json.loads(meta_file.read_text())
-    changes = {k: v for k, v in (("hosts", hosts), ("address", address), ("rounds", rounds)) if v is not None}
+    given = (("hosts", hosts), ("address", address), ("rounds", rounds), ("dp_epsilon_budget", dp_epsilon_budget))
+    changes = {k: v for k, v in given if v is not None}
     config = saved_config(meta, **changes)
     done = int(meta.get("rounds_completed", 0))
     if done >= config.rounds:
@@ -248,11 +251,13 @@ def resume(
     pipeline = Pipeline.build(config.stage_settings, config.seed)
     profiles = load_fleet(config.fleet, config.devices, config.seed) if config.fleet else None
     meta["config"] = config.to_dict()
-    for stale in ("error", "finished"):
+    for stale in ("error", "finished", "stopped"):
         meta.pop(stale, None)
     meta.setdefault("resumed", []).append({"after_round": done, "at": _now()})
     trackers = _trackers(config)
-    writer = RunWriter(folder, meta, resume_from=done, round_columns=pipeline.columns())
+    writer = RunWriter(
+        folder, meta, resume_from=done, round_columns=pipeline.columns(), device_columns=pipeline.device_columns()
+    )
     plan = RunPlan(config, recipe_data, chosen, pipeline, artifact, False, profiles)
     _guarded(writer, trackers, lambda: execute(plan, engine, writer, progress, started, start))
     return load_run(folder)
@@ -267,6 +272,10 @@ def _guarded(writer: RunWriter, trackers: Trackers, body: Callable[[], None], ne
     try:
         writer.track(trackers)
         body()
+    except StopRun as e:  # a stage ended the run on purpose (its budget spent): resumable, not failed
+        writer.write_meta(status=e.status, stopped=str(e), finished=_now())
+        writer.close()
+        return
     except BaseException as e:
         try:
             if isinstance(e, KeyboardInterrupt):  # stopped on purpose: resumable, not failed

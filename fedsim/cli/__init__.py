@@ -50,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "plot": commands.analysis,
         "report": commands.analysis,
         "data": commands.data,
+        "partition": commands.partition,
         "inspect": commands.inspect,
     }
     try:

@@ -13,6 +13,8 @@ from fedsim.cli.parser import SWEEP_OWN
 from fedsim.config import Config, config_fields, flatten_settings
 from fedsim.settings import ConfigError, flag
 
+RESUMABLE = ("hosts", "address", "rounds", "dp_epsilon_budget")  # what --resume may change
+
 
 def config_from_args(args: argparse.Namespace) -> Config:
     overrides = {name: getattr(args, name) for name in config_fields() if getattr(args, name, None) is not None}
@@ -25,14 +27,12 @@ def run(args: argparse.Namespace) -> int:
     import fedsim
 
     if args.resume:
-        others = [
-            n for n in config_fields() if n not in ("hosts", "address", "rounds") and getattr(args, n, None) is not None
-        ]
+        others = [n for n in config_fields() if n not in RESUMABLE and getattr(args, n, None) is not None]
         if others or args.config:
             flags = ", ".join(flag(n) for n in others) or "--config"
             raise ConfigError(
-                f"--resume uses the run's own settings; drop {flags} (only --hosts, --address, and "
-                "--rounds to extend it, may change)"
+                f"--resume uses the run's own settings; drop {flags} (only --hosts, --address, --rounds to extend "
+                "it and --dp-epsilon-budget to go past a spent budget may change)"
             )
         engine = fedsim.LocalEngine(args.hosts or 1) if args.engine == "local" else None
         result = fedsim.resume(
@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
             hosts=args.hosts,
             address=args.address,
             rounds=args.rounds,
+            dp_epsilon_budget=args.dp_epsilon_budget,
         )
         config = Config.from_dict(result.meta["config"])
     else:
@@ -50,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--engine local runs in this process; drop --address (or use --engine ray)")
         engine = fedsim.LocalEngine(config.hosts or 1) if args.engine == "local" else None
         result = fedsim.run(config, engine=engine, progress=not args.no_progress)
+    if result.meta.get("stopped"):  # a stage ended the run before a round (its budget spent)
+        print(f"fedsim: stopped ({result.meta['status']}): {result.meta['stopped']}")
     last = result.rounds.iloc[-1]
     print(
         f"fedsim: {len(result.rounds)} rounds on {config.devices} devices; "
@@ -179,6 +182,20 @@ def inspect(args: argparse.Namespace) -> int:
     if args.json:
         report.write(args.json)
         print(f"fedsim: wrote {args.json}")
+    return 0
+
+
+def partition(args: argparse.Namespace) -> int:
+    from fedsim.data.skew import partition_report, plot_partition
+    from fedsim.results import load_run
+
+    run = load_run(args.path)
+    if run.partition.empty:
+        raise ConfigError(f"{args.path}: no partition.parquet (the run stopped before its data was split)")
+    print(partition_report(run.partition))
+    if args.plot:
+        title = f"{run.config.get('partition')}, {run.config.get('devices')} devices: {run.path.name}"
+        print(f"fedsim: wrote {plot_partition(run.partition, str(run.path / 'partition.png'), title)}")
     return 0
 
 

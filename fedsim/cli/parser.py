@@ -168,6 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--repeats", type=int, default=20, help="calls per latency median (default 20)")
     ins.add_argument("--json", metavar="FILE", help="also write the report as JSON")
 
+    part = sub.add_parser(
+        "partition",
+        help="the label skew a run had: per device and for the fleet",
+        description="Label entropy, labels held and EMD to the fleet's label mix per device, "
+        "and how many groups of devices share labels, from the run's partition.parquet.",
+    )
+    part.add_argument("path", help="a run folder")
+    part.add_argument("--plot", action="store_true", help="also write partition.png, the device-by-label matrix")
+
     data = sub.add_parser("data", help="data set utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     fetch = data_sub.add_parser("fetch", help="download Fashion-MNIST into the Keras cache (needs a network)")

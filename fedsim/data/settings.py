@@ -41,10 +41,13 @@ class DataSettings(Section):
 
     @property
     def partition_spec(self) -> str:
-        """--partition, or the one the data set implies: natural for synthetic:ALPHA,BETA (one generated
-        user per device), iid otherwise. A run records this resolved value."""
+        """--partition with its mode spelled out (classes:2 -> classes:2:first-deterministic), or the one
+        the data set implies: natural for synthetic:ALPHA,BETA (one generated user per device), iid
+        otherwise. A run records this resolved value."""
+        from fedsim.data.partition import resolve_spec
+
         if self.partition is not None:
-            return self.partition
+            return resolve_spec(self.partition)
         return "natural" if self.dataset.startswith("synthetic:") else "iid"
 
     def check(self) -> None:

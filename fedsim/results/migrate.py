@@ -51,6 +51,13 @@ def split_legacy_tables(folder: Path, rounds_completed: int) -> None:
 
 
 def flat_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """config.json's settings by their flat names, whether written by section (today) or flat (before
-    sections): what `load_runs` makes columns of. No validation: a folder of any version reads."""
-    return flat_view(config)
+    """config.json's settings by their flat names, whether written by section (fedsim 0.3 on) or flat
+    (before), each with the meaning it had when it ran: before 0.3, classes:K was the cyclic label
+    assignment (today's classes:K:cyclic). What `load_runs` makes columns of and a resume starts from;
+    no validation: a folder of any version reads."""
+    flat = flat_view(config)
+    by_section = any(isinstance(v, Mapping) for v in config.values())
+    spec = flat.get("partition")
+    if not by_section and isinstance(spec, str) and spec.startswith("classes:") and spec.count(":") == 1:
+        flat["partition"] = f"{spec}:cyclic"
+    return flat
