@@ -45,6 +45,14 @@ class RunSettings(Section):
     # seeded; 1.0 = every device every round
     fraction: float = setting(1.0, "share of devices selected per round", above=0, most=1)
     per_round: int | None = setting(None, "devices selected per round, as a count (instead of --fraction)")
+    # fixed: a uniformly random cohort of exactly that many (today's, and DP accounting's default);
+    # poisson: each device joins independently with probability cohort / devices, so cohorts vary
+    sampling: str = setting(
+        "fixed",
+        "how each round's devices are drawn: a fixed-size cohort, or poisson "
+        "(each device with probability cohort / devices)",
+        choices=("fixed", "poisson"),
+    )
     # one seed drives the partition, the model init, device selection and every device's shuffling
     seed: int = setting(0, "seed for partition, init, selection and shuffling", least=0)
     # below it the round is retried once, then the run stops (keeping every completed round on disk)

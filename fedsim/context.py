@@ -31,6 +31,8 @@ class RunContext:
     params: int = 0  # the model's parameters: the length of a flat weight vector
     upload_bytes: int = 0  # the size of a device's saved checkpoint
     seed: int = 0
+    rounds: int = 1  # the rounds the run plans (DP's --dp-epsilon is spent over them)
+    sampling: str = "fixed"  # how devices are selected each round: fixed-size cohorts, or poisson
     local_eval: bool = False  # whether devices keep a test split of their own (and score each new model)
 
     def steps(self, samples: np.ndarray | int | None = None) -> np.ndarray:

@@ -52,11 +52,21 @@ class Recorder(Protocol):
 
 
 def select_devices(
-    num_devices: int, per_round: int, seed: int, round_num: int, among: np.ndarray | None = None
+    num_devices: int,
+    per_round: int,
+    seed: int,
+    round_num: int,
+    among: np.ndarray | None = None,
+    poisson: bool = False,
 ) -> list[int]:
     """The seeded choice of devices for a round; all of them when per_round covers them. `among`:
-    the ids to choose from (the simulated clock's available devices), else every device."""
+    the ids to choose from (the simulated clock's available devices), else every device. `poisson`:
+    each device joins independently with probability per_round / devices (Poisson sampling), so the
+    round's size varies."""
     pool = np.arange(num_devices) if among is None else np.asarray(among)
+    if poisson:
+        rng = np.random.default_rng([seed, round_num, 0x9015])
+        return [int(d) for d in pool[rng.random(len(pool)) < per_round / num_devices]]
     if per_round >= len(pool):
         return [int(d) for d in pool]
     rng = np.random.default_rng([seed, round_num, 0x5E1EC7])
@@ -114,6 +124,7 @@ class Coordinator:
         self.global_checkpoint = write_checkpoint(self.global_weights, self.scratch)
         self.flat = flatten(self.global_weights, self.spec)
         self.accumulate = pipeline.accumulate(strategy)
+        self.poisson = run.sampling == "poisson"  # each device joins a round with probability per_round / devices
         # the strategy's and the stages' server state: from the last committed round on resume, else fresh
         self.state: State = strategy.init(self.flat)
         if resume.state is not None:
@@ -167,19 +178,22 @@ class Coordinator:
         return plans, dict(zip((int(d) for d in device_ids), coefficients.tolist()))
 
     def run_round(self, round_num: int) -> RoundRecord:
+        self.pipeline.before_round(round_num)  # a stage may end the run here (StopRun)
         start = time.perf_counter()
         outcomes: dict[int, SimOutcome] = {}
         unavailable: list[int] = []
         sim_round = NAN
         run = self.settings
         if self.clock is None:
-            selected = select_devices(run.devices, run.devices_per_round, run.seed, round_num)
+            selected = select_devices(run.devices, run.devices_per_round, run.seed, round_num, poisson=self.poisson)
             run_ids = selected
+            cost = self.pipeline.sim_cost(len(selected), self.flat.size)
         else:
             selected, unavailable, want = self._select_available(round_num)
+            cost = self.pipeline.sim_cost(len(selected), self.flat.size)
             up = self.pipeline.upload_bytes(self.run_context.upload_bytes, self.flat.size)
             outcomes, sim_round = self.clock.plan(
-                round_num, selected, self.run_context.samples, want, len(self.global_checkpoint), up
+                round_num, selected, self.run_context.samples, want, len(self.global_checkpoint), up, cost
             )
             # devices whose outcome is known before they run (dropped, too late) cost no host time
             run_ids = [d for d in selected if outcomes[d].status == "run"]
@@ -188,7 +202,14 @@ class Coordinator:
             if o.status == "run" and o.steps is not None:  # partial work by the deadline: a step budget
                 plans[d] = _with_steps(plans.get(d), o.steps)
         work = HostRound(
-            round_num, dict(self.spec), self.pipeline.host_stages(), self.accumulate, coefficients, plans, run.seed
+            round_num,
+            dict(self.spec),
+            self.pipeline.host_stages(),
+            self.accumulate,
+            coefficients,
+            plans,
+            run.seed,
+            self.pipeline.modulus(),
         )
         result = self._run_on_hosts(round_num, selected, run_ids, work)
         hosts_done = time.perf_counter()
@@ -202,10 +223,15 @@ class Coordinator:
             for r in sorted(reports, key=lambda r: r.device_id)
         ]
         if result.partials:
-            aggregate = reduce_partials(result.partials)
-            aggregate = self.pipeline.server(aggregate, ServerContext(round_num, self.flat, len(selected), run.seed))
-            flat, state = self.strategy.apply(self.flat, aggregate, self.state)
-            self._set_global(np.asarray(flat, dtype=np.float32), state)
+            ok = tuple(r["device_id"] for r in device_rows if r["status"] == "ok")
+            gone = tuple(sorted(set(selected) - set(ok)))
+            ctx = ServerContext(round_num, self.flat, len(selected), run.seed, ok, gone)
+            aggregate = self.pipeline.server(reduce_partials(result.partials), ctx)
+            if aggregate is not None:  # None: a stage lost the round's sum (too few to unmask it)
+                flat, state = self.strategy.apply(self.flat, aggregate, self.state)
+                self._set_global(np.asarray(flat, dtype=np.float32), state)
+        if self.clock is not None:  # the server's own work after the last upload (a secure sum's unmasking)
+            sim_round += self.pipeline.server_seconds()
         aggregated = time.perf_counter()
         evaluation = None
         if self.evaluates(round_num):  # devices with a test split of their own also score the new model
@@ -220,6 +246,7 @@ class Coordinator:
             RoundTimes(start, hosts_done, aggregated, time.perf_counter()),
             sent,
             plans,
+            cost,
         )
         row.update(self.pipeline.round_metrics())
         row.update(self._clocks(sim_round))
@@ -268,7 +295,8 @@ class Coordinator:
             return ids[available].tolist(), ids[~available].tolist(), int(available.sum())
         want = run.devices_per_round
         n = math.ceil(self.clock.over_select * want - 1e-9)
-        return select_devices(run.devices, n, run.seed, round_num, np.flatnonzero(available)), [], want
+        among = np.flatnonzero(available)
+        return select_devices(run.devices, n, run.seed, round_num, among, self.poisson), [], want
 
     def _clocks(self, sim_round: float) -> dict[str, float]:
         """The simulated clock's columns (this round's length and the total so far, --fleet) and the

@@ -85,6 +85,7 @@ def execute(
         strategy = plan.strategy.bind(run)
         plan.pipeline.bind(run)
         _record_prepared(writer, engine, prepared, stages, config, strategy)
+        writer.write_meta(stages=plan.pipeline.describe())  # what each stage resolved (DP's z, delta, ...)
         clock = None
         if plan.profiles is not None:
             clock = sim_clock(
@@ -122,6 +123,8 @@ def run_context(config: Config, prepared: Prepared, initial_bytes: int, hosts: i
         params=params,
         upload_bytes=int(report.get("checkpoint_bytes", initial_bytes)),
         seed=config.seed,
+        rounds=config.rounds,
+        sampling=config.sampling,
         # devices that keep a test split of their own (--device-test-fraction, or a natural partition whose
         # data names each test sample's device) score every new global model on it
         local_eval=prepared.test_sizes is not None and bool(np.any(prepared.test_sizes)),

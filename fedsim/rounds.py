@@ -11,6 +11,7 @@ import numpy as np
 
 from fedsim.clock.clock import SimOutcome
 from fedsim.engine.base import DeviceReport, Evaluation
+from fedsim.pipeline.base import SimCost
 from fedsim.strategies.base import HONEST, DevicePlan
 
 NAN = float("nan")
@@ -27,7 +28,7 @@ class RoundTimes:
 
 
 def device_row(round_num: int, r: DeviceReport, plan: DevicePlan | None, outcome: SimOutcome | None) -> dict[str, Any]:
-    return {
+    return r.metrics | {
         "round": round_num,
         "device_id": r.device_id,
         "host": r.host,
@@ -53,10 +54,14 @@ def round_row(
     times: RoundTimes,
     sent: int,
     plans: Mapping[int, DevicePlan],
+    cost: SimCost | None = None,
 ) -> dict[str, Any]:
     """The round's row, less the clock's and the run's running totals (the coordinator adds those).
-    `sent`: the bytes of the global checkpoint each selected device downloaded."""
+    `sent`: the bytes of the global checkpoint each selected device downloaded; `cost`: what the
+    pipeline's stages add per device (a secure aggregation's keys and shares)."""
+    cost = cost or SimCost()
     accepted = [r for r in device_rows if r["status"] == "ok"]
+    reporting = sum(r["status"] in ("ok", "rejected") for r in device_rows)
     per_device = evaluation.device_accuracy if evaluation is not None else {}
     spread = np.array(list(per_device.values())) if per_device else np.full(1, np.nan)
     samples = sum(r["samples"] for r in accepted)
@@ -73,15 +78,15 @@ def round_row(
         "device_acc_p10": float(np.percentile(spread, 10)),
         "device_acc_p90": float(np.percentile(spread, 90)),
         "devices_selected": selected,
-        "devices_reported": sum(r["status"] in ("ok", "rejected") for r in device_rows),
+        "devices_reported": reporting,
         "devices_accepted": len(accepted),
         "samples": samples,
         "wall_s": times.evaluated - times.start,
         "hosts_s": times.hosts_done - times.start,  # dispatch until every host answered
         "aggregate_s": times.aggregated - times.hosts_done,
         "evaluate_s": times.evaluated - times.aggregated,
-        "bytes_up": sum(r["checkpoint_bytes"] for r in device_rows) + control_up,
-        "bytes_down": sent * selected + control_down,
+        "bytes_up": sum(r["checkpoint_bytes"] for r in device_rows) + control_up + cost.up_bytes * reporting,
+        "bytes_down": (sent + cost.down_bytes) * selected + control_down,
     }
 
 

@@ -91,7 +91,26 @@ class FakeEngine(LocalEngine):
             FakeRunner.unreachable = False
 
 
-def run_context(devices: int, per_round: int | None = None, byzantine: float = 0.0) -> RunContext:
+def make_coordinator(config, engine=None, recorder=None, strategy=None):
+    """A coordinator of `config` (its strategy, or `strategy`) over the fake engine's real hosts."""
+    from fedsim.checkpoint import write_checkpoint
+    from fedsim.coordinator import Coordinator
+    from fedsim.pipeline import Pipeline
+
+    engine = engine or FakeEngine(config.devices)
+    run = run_context(config.devices, config.devices_per_round, rounds=config.rounds, sampling=config.sampling)
+    strategy = (strategy or config.make_strategy()).bind(run)
+    pipeline = Pipeline.build(config.stage_settings, config.seed)
+    pipeline.check(strategy)
+    pipeline.bind(run)
+    return Coordinator(
+        config, run, engine, strategy, pipeline, write_checkpoint(zero_weights()), recorder, progress=False
+    )
+
+
+def run_context(
+    devices: int, per_round: int | None = None, byzantine: float = 0.0, rounds: int = 1, sampling: str = "fixed"
+) -> RunContext:
     return RunContext(
         Task((1,), "features", 2),
         devices,
@@ -101,4 +120,6 @@ def run_context(devices: int, per_round: int | None = None, byzantine: float = 0
         byzantine=byzantine,
         params=9,
         upload_bytes=0,
+        rounds=rounds,
+        sampling=sampling,
     )

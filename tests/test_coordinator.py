@@ -4,12 +4,11 @@ uploads the global weights + d."""
 
 import numpy as np
 import pytest
-from fakes import FakeEngine, run_context, zero_weights
+from fakes import FakeEngine, make_coordinator
 
 from fedsim.checkpoint import read_checkpoint, write_checkpoint
 from fedsim.config import Config
-from fedsim.coordinator import Coordinator, RoundFailedError, select_devices
-from fedsim.pipeline import Pipeline
+from fedsim.coordinator import RoundFailedError, select_devices
 from fedsim.strategies import FedAvg
 
 
@@ -30,14 +29,7 @@ class FedAvgOfRows(FedAvg):
 
 
 def make(config, engine=None, recorder=None, strategy=None):
-    engine = engine or FakeEngine(config.devices)
-    run = run_context(config.devices, config.devices_per_round)
-    strategy = (strategy or FedAvg()).bind(run)
-    pipeline = Pipeline.build(config.stage_settings, config.seed)
-    pipeline.bind(run)
-    return Coordinator(
-        config, run, engine, strategy, pipeline, write_checkpoint(zero_weights()), recorder, progress=False
-    )
+    return make_coordinator(config, engine, recorder, strategy)
 
 
 @pytest.mark.parametrize("strategy", [FedAvg(), FedAvgOfRows()], ids=["sum", "stack"])

@@ -41,8 +41,10 @@ def test_a_new_strategy_hyperparameter_is_a_flag_a_toml_key_and_sweepable_by_its
         Config(strategy="decaytest", server_decay=1.5)
     with pytest.raises(ConfigError, match="--server-decay is not a setting of --strategy fedavg"):
         Config(server_decay=0.1)
-    points = _configs(Config(strategy="decaytest", devices=4), {"devices": [4], "partition": ["iid"], "seed": [0],
-                                                                  "server_decay": [0.1, 0.2]})  # fmt: skip
+    points = _configs(
+        Config(strategy="decaytest", devices=4),
+        {"devices": [4], "partition": ["iid"], "seed": [0], "server_decay": [0.1, 0.2]},
+    )
     assert [c.server_decay for _, c in points] == [0.1, 0.2]
     sweep = build_parser().parse_args(["sweep", "--strategy", "decaytest", "--server-decay", "0.1,0.2"])
     assert sweep.server_decay == "0.1,0.2"

@@ -23,6 +23,7 @@ import pandas as pd
 
 from fedsim.clock.profiles import PROFILE_COLUMNS, FleetError
 from fedsim.context import local_steps
+from fedsim.pipeline.base import SimCost
 
 
 def read_latency(path: str | os.PathLike[str]) -> dict[str, float]:
@@ -76,12 +77,20 @@ class Clock:
         return local_steps(samples, self.batch_size, self.local_epochs)
 
     def times(
-        self, ids: np.ndarray, steps: np.ndarray, down_bytes: float, up_bytes: float
+        self, ids: np.ndarray, steps: np.ndarray, down_bytes: float, up_bytes: float, extra: SimCost | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(compute_s, comm_s) of devices `ids` running `steps` train steps each."""
+        """(compute_s, comm_s) of devices `ids` running `steps` train steps each; `extra`: what the
+        pipeline's stages add (a secure aggregation's keys, shares, masks and round trips)."""
         a, lat = self.arrays, self.latency_ms
         compute = (lat["restore"] + steps * lat["train"] + lat["save"]) / 1000.0 / a["speed"][ids]
         comm = 8.0 * down_bytes / (1000.0 * a["down_kbps"][ids]) + 8.0 * up_bytes / (1000.0 * a["up_kbps"][ids])
+        if extra is not None and extra != SimCost():
+            compute = compute + extra.compute_s / a["speed"][ids]
+            comm = comm + (
+                8.0 * extra.down_bytes / (1000.0 * a["down_kbps"][ids])
+                + 8.0 * extra.up_bytes / (1000.0 * a["up_kbps"][ids])
+                + extra.latency_s
+            )
         return compute, comm
 
     def available(self, round_num: int) -> np.ndarray:
@@ -94,15 +103,24 @@ class Clock:
         rng = np.random.default_rng([self.seed, round_num, 0xD409])
         return rng.random(len(self.profiles))[ids] < self.arrays["dropout"][ids]
 
-    def fewest_seconds(self, samples: np.ndarray, down_bytes: float, up_bytes: float) -> float:
+    def fewest_seconds(
+        self, samples: np.ndarray, down_bytes: float, up_bytes: float, extra: SimCost | None = None
+    ) -> float:
         """The shortest round any device could finish: all its steps (drop) or one step (partial)."""
         ids = np.arange(len(self.profiles))
         steps = np.ones(len(ids), np.int64) if self.straggler == "partial" else self.steps(samples)
-        compute, comm = self.times(ids, steps, down_bytes, up_bytes)
+        compute, comm = self.times(ids, steps, down_bytes, up_bytes, extra)
         return float((compute + comm).min())
 
     def plan(
-        self, round_num: int, ids: list[int], samples: np.ndarray, want: int, down_bytes: float, up_bytes: float
+        self,
+        round_num: int,
+        ids: list[int],
+        samples: np.ndarray,
+        want: int,
+        down_bytes: float,
+        up_bytes: float,
+        extra: SimCost | None = None,
     ) -> tuple[dict[int, SimOutcome], float]:
         """Each selected device's outcome and the round's simulated length.
 
@@ -113,7 +131,7 @@ class Clock:
         was cut by it."""
         order = np.asarray(ids, np.int64)
         full = self.steps(samples[order])
-        compute, comm = self.times(order, full, down_bytes, up_bytes)
+        compute, comm = self.times(order, full, down_bytes, up_bytes, extra)
         finish = compute + comm
         dropped = self.drops(round_num, order)
         out: dict[int, SimOutcome] = {}
@@ -129,6 +147,8 @@ class Clock:
                 fit = 0
                 if self.straggler == "partial":
                     fixed = (self.latency_ms["restore"] + self.latency_ms["save"]) / 1000.0 / self.arrays["speed"][d]
+                    if extra is not None:
+                        fixed += extra.compute_s / self.arrays["speed"][d]
                     per_step = self.latency_ms["train"] / 1000.0 / self.arrays["speed"][d]
                     # (a step that ends exactly at the deadline counts, whatever the float rounding)
                     fit = int(max(0.0, math.floor((self.deadline - comm[i] - fixed) / per_step + 1e-9)))
@@ -137,7 +157,7 @@ class Clock:
                     out[d] = SimOutcome("straggler", None, float(compute[i]), float(comm[i]), float(finish[i]))
                     continue
                 budget = fit
-                c, m = self.times(np.array([d]), np.array([fit]), down_bytes, up_bytes)
+                c, m = self.times(np.array([d]), np.array([fit]), down_bytes, up_bytes, extra)
                 compute[i], comm[i], finish[i] = c[0], m[0], c[0] + m[0]
             steps[d] = budget
         position = {d: i for i, d in enumerate(order.tolist())}

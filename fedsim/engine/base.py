@@ -49,6 +49,7 @@ class DeviceReport:
     train_s: float = float("nan")
     checkpoint_bytes: int = 0
     error: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)  # what the pipeline's stages recorded (devices.parquet)
 
 
 @dataclass

@@ -122,16 +122,19 @@ class DeviceHost:
         device."""
         path = self.scratch / f"global-{round_num}.ckpt"
         path.write_bytes(global_checkpoint)
-        acc = accumulator(work.accumulate)
+        acc = accumulator(work.accumulate, work.modulus)
         reports = []
-        ctx = UploadContext(round_num, work.spec, global_vector(global_checkpoint, work), work.seed)
+        global_flat = global_vector(global_checkpoint, work)
+        global32 = global_flat.astype(np.float32) if global_flat is not None else None
+        ctx = UploadContext(round_num, work.spec, global_flat, work.seed, global32)
         try:
             for device_id in device_ids:
                 report, up, start_loss = self._run_device(device_id, path, work, ctx)
                 if up is not None:
-                    assert up.flat is not None
+                    vector = up.payload if up.payload is not None else up.flat
+                    assert vector is not None
                     steps = up.plan.steps if up.plan.steps is not None else -1
-                    acc.add(up.flat, up.coefficient, device_id, report.samples, start_loss, steps)
+                    acc.add(vector, up.coefficient, device_id, report.samples, start_loss, steps, up.counts)
                 reports.append(report)
         finally:
             path.unlink(missing_ok=True)
@@ -171,16 +174,24 @@ class DeviceHost:
             error = f"{type(e).__name__}: {e}"
             return DeviceReport(device_id, self.host_index, device.samples, "failed", error=error), None, float("nan")
 
-        def report(status: str, error: str, nbytes: int) -> DeviceReport:
+        def report(status: str, error: str, nbytes: int, metrics: dict[str, float] | None = None) -> DeviceReport:
             return DeviceReport(
-                device_id, self.host_index, trained.samples, status, trained.train_loss, trained.train_s, nbytes, error
+                device_id,
+                self.host_index,
+                trained.samples,
+                status,
+                trained.train_loss,
+                trained.train_s,
+                nbytes,
+                error,
+                metrics or {},
             )
 
         try:
             up = accept_upload(self._reader(work.spec), out, work, device_id, trained.samples, ctx)
         except (CheckpointError, Rejected) as e:
             return report("rejected", str(e), out.stat().st_size if out.exists() else 0), None, float("nan")
-        return report("ok", up.note, up.nbytes), up, trained.start_loss
+        return report("ok", up.note, up.nbytes, up.metrics), up, trained.start_loss
 
     def _reader(self, spec: WeightSpec) -> FlatReader:
         if self._flat_reader is None or (self._flat_reader.spec is not spec and self._flat_reader.spec != spec):

@@ -10,9 +10,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedsim.pipeline.attack import Attack
-from fedsim.pipeline.base import HostRound, Rejected, ServerContext, Stage, Upload, UploadContext
+from fedsim.pipeline.base import HostRound, Rejected, ServerContext, SimCost, Stage, StopRun, Upload, UploadContext
 from fedsim.pipeline.compress import Compress
+from fedsim.pipeline.dp import DP
+from fedsim.pipeline.ldp import LDP
 from fedsim.pipeline.screen import Screen
+from fedsim.pipeline.secagg import SecAgg
 from fedsim.pipeline.verify import Verify
 from fedsim.settings import ConfigError
 from fedsim.strategies.base import Aggregate, DevicePlan, State
@@ -22,8 +25,11 @@ if TYPE_CHECKING:
     from fedsim.strategies.base import Strategy
 
 # In the order an upload meets them: the server's checks of what it received, an attacker's rewrite on
-# its device, the device's encoding for the uplink, the server's screening of each update.
-STAGES: tuple[type[Stage], ...] = (Verify, Attack, Compress, Screen)
+# its device, the device's DP clipping, its local DP noise, its encoding for the uplink, the secure
+# sum's quantisation, the server's screening of each update. The server's steps on the round's
+# reduced updates run in the reverse order (the last encoding is undone first: the secure sum is
+# dequantised before the central DP noise is added to it).
+STAGES: tuple[type[Stage], ...] = (Verify, Attack, DP, LDP, Compress, SecAgg, Screen)
 PREFIX = "pipeline."  # the stages' keys in a saved server state
 
 __all__ = [
@@ -32,7 +38,9 @@ __all__ = [
     "Pipeline",
     "Rejected",
     "ServerContext",
+    "SimCost",
     "Stage",
+    "StopRun",
     "Upload",
     "UploadContext",
     "plain_round",
@@ -52,7 +60,6 @@ class Pipeline:
 
     def __init__(self, stages: Sequence[Stage]) -> None:
         self.stages = list(stages)
-        self._host: tuple[Stage, ...] | None = None
 
     @classmethod
     def build(cls, sections: Mapping[str, Any], seed: int = 0) -> Pipeline:
@@ -61,22 +68,48 @@ class Pipeline:
         return cls([stage for stage in made if stage is not None])
 
     def check(self, strategy: Strategy) -> None:
-        """ConfigError if a stage cannot run with `strategy`."""
+        """ConfigError if a stage cannot run with `strategy`, or with another stage."""
         for stage in self.stages:
             stage.check(strategy)
+        names = set(self.names())
+        if "secagg" in names and "compress" in names:
+            raise ConfigError(
+                "--compress with --secagg: a masked input takes --secagg-modulus-bits per value "
+                "whatever its encoding; drop one of them"
+            )
+        if "secagg" in names and "screen" in names:
+            raise ConfigError(
+                "--max-update-norm / --clip-update-norm with --secagg: the server sees only the sum, "
+                "not each update; clip on the device with --dp-clip instead"
+            )
 
     def bind(self, run: RunContext) -> None:
         for stage in self.stages:
             stage.bind(run)
-        self._host = tuple(s.for_host() for s in self.stages if s.on_host)
 
     def accumulate(self, strategy: Strategy) -> str:
-        """How hosts accumulate: every update's vector when the strategy or a stage needs them."""
-        if strategy.accumulate == "stack" or any(s.accumulate == "stack" for s in self.stages):
+        """How hosts accumulate: every update's vector when the strategy or a stage needs them, a
+        modular sum when a stage sums securely, else a running sum."""
+        wanted = {s.accumulate for s in self.stages if s.accumulate} | {strategy.accumulate}
+        if "modular" in wanted:
+            if wanted - {"modular", "sum"}:
+                raise ConfigError(
+                    "secure aggregation sums the updates; it cannot run with what needs each update on the "
+                    f"server (strategy {strategy.name}, or an ALIE attack)"
+                )
+            return "modular"
+        if "stack" in wanted:
             return "stack"
         if strategy.accumulate != "sum":
             raise ConfigError(f"strategy {strategy.name} accumulates {strategy.accumulate!r}; use sum or stack")
         return "sum"
+
+    def modulus(self) -> int:
+        return max((s.modulus for s in self.stages), default=0)
+
+    def before_round(self, round_num: int) -> None:
+        for stage in self.stages:
+            stage.before_round(round_num)
 
     def plan(self, round_num: int, device_ids: Sequence[int], plans: dict[int, DevicePlan]) -> None:
         for stage in self.stages:
@@ -88,15 +121,32 @@ class Pipeline:
         return coefficients
 
     def host_stages(self) -> tuple[Stage, ...]:
-        """The stages hosts run on every upload (light copies)."""
-        if self._host is None:
-            self._host = tuple(s.for_host() for s in self.stages if s.on_host)
-        return self._host
+        """The stages hosts run on every upload, as this round needs them (light copies)."""
+        return tuple(s.for_host() for s in self.stages if s.on_host)
 
-    def server(self, aggregate: Aggregate, ctx: ServerContext) -> Aggregate:
+    def server(self, aggregate: Aggregate, ctx: ServerContext) -> Aggregate | None:
+        """The round's updates through every server step; None when a stage lost them."""
+        out: Aggregate | None = aggregate
+        for stage in reversed(self.stages):
+            if out is None:
+                return None
+            out = stage.server(out, ctx)
+        return out
+
+    def sim_cost(self, cohort: int, params: int) -> SimCost:
+        total = SimCost()
         for stage in self.stages:
-            aggregate = stage.server(aggregate, ctx)
-        return aggregate
+            total = total + stage.sim_cost(cohort, params)
+        return total
+
+    def server_seconds(self) -> float:
+        return sum(s.server_seconds() for s in self.stages)
+
+    def describe(self) -> dict[str, Any]:
+        return {s.name: d for s in self.stages if (d := s.describe())}
+
+    def device_columns(self) -> list[str]:
+        return [c for s in self.stages for c in s.device_columns]
 
     def upload_bytes(self, nbytes: int, params: int) -> int:
         """What each device sends, after every stage's encoding."""

@@ -35,6 +35,34 @@ class Rejected(ValueError):
     """A stage refuses an upload; the message is recorded as the device's reason."""
 
 
+class StopRun(Exception):
+    """A stage ends the run before a round (e.g. its privacy budget is spent): the rounds before stay,
+    and the run folder's status says why (`status`); it can be resumed once the cause is lifted."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class SimCost:
+    """What a stage adds to each device's round on the simulated clock: bytes each way beyond the
+    model, compute at this machine's speed (divided by the device's), and fixed waiting (round trips)."""
+
+    up_bytes: int = 0
+    down_bytes: int = 0
+    compute_s: float = 0.0
+    latency_s: float = 0.0
+
+    def __add__(self, other: SimCost) -> SimCost:
+        return SimCost(
+            self.up_bytes + other.up_bytes,
+            self.down_bytes + other.down_bytes,
+            self.compute_s + other.compute_s,
+            self.latency_s + other.latency_s,
+        )
+
+
 @dataclass
 class Upload:
     """One device's upload as it passes the per-upload stages on the host. `flat` and `weights` may
@@ -47,6 +75,9 @@ class Upload:
     coefficient: float  # c_i in the sums
     plan: DevicePlan
     note: str = ""  # what a stage did to it ("clipped: ..."), recorded as the device's reason
+    payload: np.ndarray | None = None  # an integer encoding to sum securely (fedsim.pipeline.secagg)
+    counts: dict[str, float] = field(default_factory=dict)  # summed over the round's uploads
+    metrics: dict[str, float] = field(default_factory=dict)  # recorded in the device's row
 
 
 @dataclass(frozen=True)
@@ -57,6 +88,7 @@ class UploadContext:
     spec: dict[str, tuple[tuple[int, ...], str]]  # name -> (shape, dtype) of a valid upload
     global_flat: np.ndarray | None  # the global weights (float64) when a stage needs them
     seed: int
+    global32: np.ndarray | None = None  # the same in float32, as a device holds them
 
 
 @dataclass(frozen=True)
@@ -67,6 +99,8 @@ class ServerContext:
     global_flat: np.ndarray  # float32
     selected: int  # devices selected this round
     seed: int
+    survivors: tuple[int, ...] = ()  # the devices whose uploads the round summed
+    dropouts: tuple[int, ...] = ()  # selected devices that did not (dropped, late, failed, rejected)
 
 
 class Stage:
@@ -76,8 +110,10 @@ class Stage:
     Settings: ClassVar[type[Section]]
     where: ClassVar[str] = "device"  # device or server: where the step happens in the simulated system
     needs_global: ClassVar[bool] = False  # upload() reads UploadContext.global_flat
-    accumulate: str | None = None  # "stack" when the stage needs every update on the server
+    accumulate: str | None = None  # "stack": every update on the server; "modular": a secure sum
+    modulus: int = 0  # with accumulate "modular"
     columns: ClassVar[tuple[str, ...]] = ()  # the rounds-table columns round_metrics() fills (numbers)
+    device_columns: ClassVar[tuple[str, ...]] = ()  # the devices-table columns Upload.metrics fills
 
     @classmethod
     def make(cls, settings: Any, seed: int = 0) -> Stage | None:
@@ -86,6 +122,21 @@ class Stage:
 
     def check(self, strategy: Strategy) -> None:
         """ConfigError if this stage cannot run with `strategy` (said before any work)."""
+
+    def before_round(self, round_num: int) -> None:
+        """On the coordinator before a round is selected; raise StopRun to end the run here."""
+
+    def sim_cost(self, cohort: int, params: int) -> SimCost:
+        """What the stage adds to each device's round on the simulated clock and in bytes."""
+        return SimCost()
+
+    def server_seconds(self) -> float:
+        """Simulated seconds the server spent on this stage after the round's last upload."""
+        return 0.0
+
+    def describe(self) -> dict[str, Any]:
+        """What the stage resolved from its settings and the run (config.json's `stages`)."""
+        return {}
 
     def bind(self, run: RunContext) -> None:
         """Facts of the prepared run (the task, the fleet) the stage needs."""
@@ -101,8 +152,9 @@ class Stage:
         """One device's upload after this step; raise Rejected to refuse it."""
         return up
 
-    def server(self, aggregate: Aggregate, ctx: ServerContext) -> Aggregate:
-        """The round's reduced updates after this step, before the strategy's apply."""
+    def server(self, aggregate: Aggregate, ctx: ServerContext) -> Aggregate | None:
+        """The round's reduced updates after this step, before the strategy's apply; None when the
+        round's aggregate is lost (a secure aggregation with too few survivors to unmask)."""
         return aggregate
 
     def upload_bytes(self, nbytes: int, params: int) -> int:
@@ -143,6 +195,7 @@ class HostRound:
     coefficients: dict[int, float] = field(default_factory=dict)  # c_i; a device left out: its samples
     plans: dict[int, DevicePlan] = field(default_factory=dict)
     seed: int = 0
+    modulus: int = 0  # accumulate "modular": the secure sum's modulus
 
     @property
     def needs_global(self) -> bool:
@@ -170,4 +223,4 @@ class HostRound:
 
 
 _DEFAULT = DevicePlan()
-__all__ = ["HONEST", "HostRound", "Rejected", "ServerContext", "Stage", "Upload", "UploadContext"]
+__all__ = ["HONEST", "HostRound", "Rejected", "ServerContext", "SimCost", "Stage", "StopRun", "Upload", "UploadContext"]

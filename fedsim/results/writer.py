@@ -140,6 +140,7 @@ class RunWriter:
         resume_from: int | None = None,
         tracker: Any = None,
         round_columns: list[str] | None = None,
+        device_columns: list[str] | None = None,
     ) -> None:
         self.path = path
         self.meta = dict(meta)
@@ -147,6 +148,9 @@ class RunWriter:
         extra = [c for c in round_columns or [] if c not in ROUND_COLUMNS]
         self.round_columns = (*ROUND_COLUMNS, *extra)
         self.round_schema = pa.schema(list(ROUND_SCHEMA) + [(c, pa.float64()) for c in extra])
+        more = [c for c in device_columns or [] if c not in DEVICE_COLUMNS]  # numbers the stages record per device
+        self.device_columns = (*DEVICE_COLUMNS, *more)
+        self.device_schema = pa.schema(list(DEVICE_SCHEMA) + [(c, pa.float64()) for c in more])
         self.tracker = tracker  # fedsim.tracking.Trackers (TensorBoard, MLflow): told each round's row
         if resume_from is not None:
             self._trim_tables(resume_from)
@@ -246,7 +250,7 @@ class RunWriter:
             _atomic_write(state_file, _npz(state))
             keep.add(state_file.name)
         for name, rows, columns, schema in (
-            (DEVICES_FILE, device_rows, DEVICE_COLUMNS, DEVICE_SCHEMA),
+            (DEVICES_FILE, device_rows, self.device_columns, self.device_schema),
             (ROUNDS_FILE, [round_row], self.round_columns, self.round_schema),
         ):
             folder = self.path / name

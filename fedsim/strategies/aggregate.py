@@ -1,14 +1,26 @@
 """Host-side accumulators of the aggregation pipeline: a running sum for rules linear in the updates,
-the updates themselves for order statistics. numpy only."""
+the updates themselves for order statistics, and a modular sum of integer vectors for secure
+aggregation. Each also adds up the counts the pipeline's stages keep per upload. numpy only."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 
 from fedsim.strategies.base import Aggregate
 
 
-class PartialSum:
+class _Counts:
+    def __init__(self) -> None:
+        self.extras: dict[str, float] = {}
+
+    def count_in(self, counts: Mapping[str, float] | None) -> None:
+        for key, value in (counts or {}).items():
+            self.extras[key] = self.extras.get(key, 0.0) + value
+
+
+class PartialSum(_Counts):
     """A host's running sum_i c_i * w_i (float64, one flat vector), total c_i and count.
 
     Updates that share a coefficient (IID shard sizes differ by at most one sample, so FedAvg sees
@@ -20,6 +32,7 @@ class PartialSum:
     """
 
     def __init__(self, max_groups: int = 4) -> None:
+        super().__init__()
         self.max_groups = max_groups
         self.groups: dict[float, np.ndarray] = {}
         self.scaled: np.ndarray | None = None
@@ -33,6 +46,7 @@ class PartialSum:
         samples: int = 0,
         start_loss: float = float("nan"),
         steps: int = -1,
+        counts: Mapping[str, float] | None = None,
     ) -> None:
         group = self.groups.get(coefficient)
         if group is not None:
@@ -45,20 +59,22 @@ class PartialSum:
             np.add(self.scaled, np.multiply(flat, coefficient, dtype=np.float64), out=self.scaled)
         self.total += coefficient
         self.count += 1
+        self.count_in(counts)
 
     def partial(self) -> Aggregate:
         acc = None if self.scaled is None else self.scaled.copy()
         for coefficient, group in sorted(self.groups.items()):
             product = np.multiply(group, coefficient, dtype=np.float64)
             acc = product if acc is None else np.add(acc, product, out=acc)
-        return Aggregate(self.count, self.total, weighted_sum=acc)
+        return Aggregate(self.count, self.total, weighted_sum=acc, extras=dict(self.extras))
 
 
-class Stack:
+class Stack(_Counts):
     """A host's accepted updates kept whole (copies of the flat vectors, float32) for rules that need
     every update: medians, trimmed means, Krum, q-FedAvg, and attacks that read the honest updates."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.rows: list[np.ndarray] = []
         self.ids: list[int] = []
         self.samples: list[int] = []
@@ -74,6 +90,7 @@ class Stack:
         samples: int = 0,
         start_loss: float = float("nan"),
         steps: int = -1,
+        counts: Mapping[str, float] | None = None,
     ) -> None:
         self.rows.append(np.array(flat, dtype=np.float32))  # a copy: readers reuse their vector
         self.ids.append(device_id)
@@ -81,6 +98,7 @@ class Stack:
         self.losses.append(start_loss)
         self.steps.append(steps)
         self.total += coefficient
+        self.count_in(counts)
 
     @property
     def count(self) -> int:
@@ -95,12 +113,46 @@ class Stack:
             samples=np.array(self.samples, np.int64),
             start_losses=np.array(self.losses, np.float64),
             steps=np.array(self.steps, np.int64),
+            extras=dict(self.extras),
         )
 
 
-def accumulator(mode: str) -> PartialSum | Stack:
+class ModularSum(_Counts):
+    """A host's share of a secure sum: the uploads' integer vectors added modulo `modulus` (what the
+    server of a secure aggregation protocol learns: the sum, wrapped as the protocol's arithmetic
+    wraps it, and nothing of any single upload)."""
+
+    def __init__(self, modulus: int) -> None:
+        super().__init__()
+        self.modulus = modulus
+        self.acc: np.ndarray | None = None
+        self.total, self.count = 0.0, 0
+
+    def add(
+        self,
+        vector: np.ndarray,
+        coefficient: float,
+        device_id: int = -1,
+        samples: int = 0,
+        start_loss: float = float("nan"),
+        steps: int = -1,
+        counts: Mapping[str, float] | None = None,
+    ) -> None:
+        values = np.asarray(vector, np.uint64)
+        self.acc = values % self.modulus if self.acc is None else (self.acc + values) % self.modulus
+        self.total += coefficient
+        self.count += 1
+        self.count_in(counts)
+
+    def partial(self) -> Aggregate:
+        return Aggregate(self.count, self.total, modular_sum=self.acc, modulus=self.modulus, extras=dict(self.extras))
+
+
+def accumulator(mode: str, modulus: int = 0) -> PartialSum | Stack | ModularSum:
     if mode == "sum":
         return PartialSum()
     if mode == "stack":
         return Stack()
-    raise ValueError(f"unknown accumulation {mode!r} (sum or stack)")
+    if mode == "modular":
+        return ModularSum(modulus)
+    raise ValueError(f"unknown accumulation {mode!r} (sum, stack or modular)")

@@ -60,6 +60,12 @@ class Aggregate:
     samples: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     start_losses: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
     steps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # a secure sum (fedsim.pipeline.secagg): the uploads' integer vectors added modulo `modulus`, which a
+    # server stage turns back into weighted_sum before the strategy sees the round
+    modular_sum: np.ndarray | None = None
+    modulus: int = 0
+    # counts the pipeline's stages keep across the round's uploads (e.g. how many were not clipped)
+    extras: dict[str, float] = field(default_factory=dict)
 
     def mean(self) -> np.ndarray:
         """The weighted mean of the updates (float64): sum_i c_i w_i / sum_i c_i."""
@@ -78,13 +84,24 @@ def reduce_partials(partials: Sequence[Aggregate]) -> Aggregate:
         raise ValueError("no partial holds an update")
     count = sum(p.count for p in live)
     total = sum(p.total_weight for p in live)
+    extras: dict[str, float] = {}
+    for p in live:
+        for key, value in p.extras.items():
+            extras[key] = extras.get(key, 0.0) + value
+    if live[0].modular_sum is not None:  # a secure sum: added modulo its modulus, as the protocol would
+        modulus = live[0].modulus
+        acc = live[0].modular_sum.copy()
+        for p in live[1:]:
+            assert p.modular_sum is not None
+            acc = (acc + p.modular_sum) % modulus
+        return Aggregate(count, total, modular_sum=acc, modulus=modulus, extras=extras)
     if live[0].rows is None:
         first = live[0].weighted_sum
         assert first is not None
         acc = first.copy()
         for p in live[1:]:
             acc += p.weighted_sum
-        return Aggregate(count, total, weighted_sum=acc)
+        return Aggregate(count, total, weighted_sum=acc, extras=extras)
     ids = np.concatenate([p.device_ids for p in live])
     order = np.argsort(ids, kind="stable")
     rows = np.concatenate([p.rows for p in live if p.rows is not None])[order]
@@ -96,6 +113,7 @@ def reduce_partials(partials: Sequence[Aggregate]) -> Aggregate:
         samples=np.concatenate([p.samples for p in live])[order],
         start_losses=np.concatenate([p.start_losses for p in live])[order],
         steps=np.concatenate([p.steps for p in live])[order],
+        extras=extras,
     )
 
 
