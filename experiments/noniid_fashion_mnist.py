@@ -45,8 +45,17 @@ base = fedsim.Config(
 fedsim.sweep(base, devices=[devices], partitions=partitions, seeds=[seed], out=out)
 
 # ---- look at it -------------------------------------------------------------------------------
-columns = ["partition", "final_accuracy", "device_acc_p10", "device_acc_mean", "device_acc_p90", "label_groups",
-           "label_entropy", "emd_mean", "median_round_s"]  # fmt: skip
+columns = [
+    "partition",
+    "final_accuracy",
+    "device_acc_p10",
+    "device_acc_mean",
+    "device_acc_p90",
+    "label_groups",
+    "label_entropy",
+    "emd_mean",
+    "median_round_s",
+]
 specs = [fedsim.Config(partition=p).partition_spec for p in partitions]  # as the runs record them
 table = summary(out)[columns].set_index("partition").loc[specs]
 published.mkdir(parents=True, exist_ok=True)

@@ -184,6 +184,8 @@ class Coordinator:
         unavailable: list[int] = []
         sim_round = NAN
         run = self.settings
+        device_checkpoint = self._broadcast()  # what the devices restore (the server's, unless encoded)
+        sent = self.pipeline.download_bytes(len(device_checkpoint), self.flat.size)
         if self.clock is None:
             selected = select_devices(run.devices, run.devices_per_round, run.seed, round_num, poisson=self.poisson)
             run_ids = selected
@@ -192,9 +194,7 @@ class Coordinator:
             selected, unavailable, want = self._select_available(round_num)
             cost = self.pipeline.sim_cost(len(selected), self.flat.size)
             up = self.pipeline.upload_bytes(self.run_context.upload_bytes, self.flat.size)
-            outcomes, sim_round = self.clock.plan(
-                round_num, selected, self.run_context.samples, want, len(self.global_checkpoint), up, cost
-            )
+            outcomes, sim_round = self.clock.plan(round_num, selected, self.run_context.samples, want, sent, up, cost)
             # devices whose outcome is known before they run (dropped, too late) cost no host time
             run_ids = [d for d in selected if outcomes[d].status == "run"]
         plans, coefficients = self.plan(round_num, run_ids)
@@ -211,9 +211,9 @@ class Coordinator:
             run.seed,
             self.pipeline.modulus(),
         )
-        result = self._run_on_hosts(round_num, selected, run_ids, work)
+        result = self._run_on_hosts(round_num, selected, run_ids, work, device_checkpoint)
         hosts_done = time.perf_counter()
-        sent = len(self.global_checkpoint)  # the checkpoint the devices restored (before it is replaced)
+        self.pipeline.absorb({r.device_id: r.state for r in result.reports if r.state})
         reports = list(result.reports)
         samples = self.run_context.samples
         reports += [DeviceReport(d, -1, int(samples[d]), o.status) for d, o in outcomes.items() if o.status != "run"]
@@ -254,13 +254,22 @@ class Coordinator:
             self.recorder.record_round(row, device_rows, self.global_checkpoint, self._saved_state())
         return RoundRecord(row, device_rows)
 
-    def _run_on_hosts(self, round_num: int, selected: list[int], run_ids: list[int], work: HostRound) -> RoundResult:
+    def _broadcast(self) -> bytes:
+        """The checkpoint the round's devices restore: the global model, or what a stage makes of it."""
+        sent = self.pipeline.broadcast(self.flat)
+        if sent is self.flat:
+            return self.global_checkpoint
+        return write_checkpoint(unflatten(np.asarray(sent, np.float32), self.spec), self.scratch)
+
+    def _run_on_hosts(
+        self, round_num: int, selected: list[int], run_ids: list[int], work: HostRound, checkpoint: bytes
+    ) -> RoundResult:
         """The engine's answer for the round; too few reports are retried once with the same selection."""
         min_devices = self.settings.min_devices
         for attempt in (1, 2):
             if not run_ids:
                 return RoundResult()
-            result = self.engine.run_round(round_num, self.global_checkpoint, run_ids, work)
+            result = self.engine.run_round(round_num, checkpoint, run_ids, work)
             reported = sum(r.status != "failed" for r in result.reports)
             if reported >= min(min_devices, len(run_ids)):
                 return result

@@ -6,7 +6,7 @@ import pytest
 import fedsim
 from fedsim.checkpoint import flatten, read_checkpoint, spec_of
 from fedsim.config import Config, ConfigError
-from fedsim.pipeline.compress import from_bfloat16, to_bfloat16
+from fedsim.pipeline.codecs import from_bfloat16, to_bfloat16
 
 
 def test_bfloat16_rounds_to_nearest_even_and_keeps_the_exponent():
@@ -24,7 +24,7 @@ def test_bfloat16_rounds_to_nearest_even_and_keeps_the_exponent():
 
 def test_compress_is_a_checked_setting():
     assert Config(compress="bf16").compress == "bf16"
-    with pytest.raises(ConfigError, match="--compress must be one of none, bf16"):
+    with pytest.raises(ConfigError, match="--compress must be one of none, bf16, fp16, q8"):
         Config(compress="gzip")
 
 
@@ -68,3 +68,154 @@ def test_bf16_halves_the_upload_on_the_simulated_clock(one_device_runs):
 
     assert upload_s(half) == pytest.approx(8 * half.devices["checkpoint_bytes"].iloc[0] / (1000 * 5_000))
     assert upload_s(plain) == pytest.approx(8 * plain.devices["checkpoint_bytes"].iloc[0] / (1000 * 5_000))
+
+
+# ---- the codecs -------------------------------------------------------------------------------
+from fedsim.pipeline import codecs  # noqa: E402
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("rotate", [False, True])
+def test_stochastic_quantisation_is_unbiased(bits, rotate):
+    """The mean of 400 independent encodings of one update is the update: each coordinate's error
+    is a mean of 400 independent draws whose spread is at most a level, so |error| stays under
+    5 standard errors of (level / 2) / sqrt(400) (a fixed seed; 5 sigma over 300 coordinates)."""
+    rng = np.random.default_rng(7)
+    update = (rng.standard_normal(300) * np.linspace(0.01, 1, 300)).astype(np.float32)
+    signs = codecs.rotation(len(update), 5, 3)[1] if rotate else None
+    trials = 400
+    total = np.zeros(len(update))
+    for t in range(trials):
+        noise = codecs.dither(len(signs) if rotate else len(update), 5, t // 20, t % 20)  # 20 devices a round
+        payload = codecs.quantise(update, bits, noise, signs)
+        assert len(payload) == codecs.quantised_bytes(len(update), bits, rotate)
+        total += codecs.dequantise(payload, bits, len(update), signs)
+    noise = rng.random(len(signs) if rotate else len(update))
+    lo, hi = np.frombuffer(codecs.quantise(update, bits, noise, signs)[:8], np.float32)
+    level = (float(hi) - float(lo)) / ((1 << bits) - 1)
+    bound = 5 * (level / 2) / np.sqrt(trials)
+    error = total / trials - update
+    assert np.abs(error).max() < bound
+    # and a single encoding really is coarse (the test above is not vacuous)
+    one = codecs.dequantise(codecs.quantise(update, bits, noise, signs), bits, len(update), signs)
+    assert np.abs(one - update).max() > bound
+
+
+def test_packing_round_trips_every_width():
+    rng = np.random.default_rng(1)
+    for bits in (1, 2, 4, 8):
+        levels = rng.integers(0, 1 << bits, 1001).astype(np.uint8)
+        packed = codecs.pack(levels, bits)
+        assert len(packed) == -(-1001 * bits // 8)
+        np.testing.assert_array_equal(codecs.unpack(packed, bits, 1001), levels)
+
+
+def test_the_hadamard_rotation_is_its_own_inverse_and_keeps_the_norm():
+    x = np.random.default_rng(2).standard_normal(64)
+    y = codecs.hadamard(x)
+    assert np.linalg.norm(y) == pytest.approx(np.linalg.norm(x), rel=1e-6)
+    np.testing.assert_allclose(codecs.hadamard(y), x, atol=1e-5)
+    h = np.array([[1, 1], [1, -1]]) / np.sqrt(2)  # the 2x2 case by hand
+    np.testing.assert_allclose(codecs.hadamard(np.array([3.0, 1.0])), h @ [3.0, 1.0])
+
+
+def test_topk_with_error_feedback_loses_no_mass():
+    """Over rounds, what was sent plus what the device still holds is everything it had to send."""
+    rng = np.random.default_rng(3)
+    residual = np.zeros(500, np.float32)
+    sent_total = np.zeros(500, np.float64)
+    owed_total = np.zeros(500, np.float64)
+    for _ in range(20):
+        update = rng.standard_normal(500).astype(np.float32)
+        owed_total += update
+        payload, residual = codecs.topk_encode(update + residual, 10)
+        assert len(payload) == 4 + 8 * 10
+        decoded = codecs.topk_decode(payload, 500)
+        assert np.count_nonzero(decoded) == 10
+        sent_total += decoded
+    np.testing.assert_allclose(sent_total + residual, owed_total, atol=1e-4)
+
+
+def test_compress_settings_refuse_what_does_not_apply():
+    for bad in ("topk:0", "topk:1.5", "topk:x", "q3"):
+        with pytest.raises(ConfigError, match="--compress must be one of"):
+            Config(compress=bad)
+    with pytest.raises(ConfigError, match="--rotate applies to --compress q8, q4, q2 or q1"):
+        Config(compress="bf16", rotate=True)
+    with pytest.raises(ConfigError, match="--compress-down"):
+        Config(compress_down="q8")
+
+
+# ---- in runs ----------------------------------------------------------------------------------
+RUN = dict(dataset="toy_images", toy_samples=20, devices=8, per_round=4, rounds=4, seed=5, progress=False)
+
+
+@pytest.mark.parametrize("method", ["q4", "q1", "topk:0.01"])
+def test_the_bytes_recorded_are_the_encoded_payload(tmp_path, method):
+    run = fedsim.run(out=str(tmp_path / "r"), engine=fedsim.LocalEngine(), compress=method, fleet="uniform", **RUN)
+    params = int(run.artifact["parameters"])
+    ok = run.devices[run.devices["status"] == "ok"]
+    update = np.random.default_rng(0).standard_normal(params).astype(np.float32)
+    if method.startswith("q"):
+        bits = int(method[1:])
+        expected = len(codecs.quantise(update, bits, codecs.dither(params, 0, 1, 0)))
+    else:
+        expected = len(codecs.topk_encode(update, round(0.01 * params))[0])
+    assert set(ok["checkpoint_bytes"]) == {expected}
+    assert run.rounds["bytes_up"].tolist() == [expected * 4] * 4
+    assert run.rounds["test_accuracy"].notna().all()
+
+
+def test_rotated_q2_and_entropy_sizes_are_recorded(tmp_path):
+    run = fedsim.run(
+        out=str(tmp_path / "r"),
+        engine=fedsim.LocalEngine(),
+        compress="q2",
+        rotate=True,
+        compress_entropy=True,
+        **RUN,
+    )
+    params = int(run.artifact["parameters"])
+    ok = run.devices[run.devices["status"] == "ok"]
+    assert set(ok["checkpoint_bytes"]) == {codecs.quantised_bytes(params, 2, True)}
+    assert (ok["entropy_bytes"] <= ok["checkpoint_bytes"]).all() and (ok["entropy_bytes"] > 8).all()
+
+
+def test_downlink_compression_sends_two_bytes_a_parameter(tmp_path):
+    run = fedsim.run(out=str(tmp_path / "r"), engine=fedsim.LocalEngine(), compress_down="bf16", **RUN)
+    params = int(run.artifact["parameters"])
+    assert run.rounds["bytes_down"].tolist() == [2 * params * 4] * 4
+    assert run.meta["pipeline"] == ["verify", "compress"]
+
+
+class StopAfter(fedsim.LocalEngine):
+    def __init__(self, stop, hosts=2):
+        super().__init__(hosts)
+        self.stop = stop
+
+    def run_round(self, round_num, *args, **kwargs):
+        if round_num == self.stop:
+            raise KeyboardInterrupt
+        return super().run_round(round_num, *args, **kwargs)
+
+
+def test_error_feedback_runs_the_same_on_any_host_count_and_after_a_resume(tmp_path):
+    """Residuals are kept per device across rounds (devices are picked again), saved with the
+    server state, and restored on resume: the tables and the final model are the same."""
+    settings = {**RUN, "rounds": 6, "compress": "topk:0.05"}
+    columns = ["round", "test_accuracy", "test_loss", "train_loss", "samples", "bytes_up"]
+    one = fedsim.run(out=str(tmp_path / "one"), engine=fedsim.LocalEngine(1), **settings)
+    two = fedsim.run(out=str(tmp_path / "two"), engine=fedsim.LocalEngine(2), **settings)
+    assert two.rounds[columns].equals(one.rounds[columns])
+    assert (two.path / "global.ckpt").read_bytes() == (one.path / "global.ckpt").read_bytes()
+    with pytest.raises(KeyboardInterrupt):
+        fedsim.run(out=str(tmp_path / "cut"), engine=StopAfter(4), **settings)
+    resumed = fedsim.resume(tmp_path / "cut", engine=fedsim.LocalEngine(2))
+    assert resumed.rounds[columns].equals(one.rounds[columns])
+    assert (resumed.path / "global.ckpt").read_bytes() == (one.path / "global.ckpt").read_bytes()
+    # the residuals kept are those of the devices that ran, mostly non-zero (what was not sent; some
+    # weights never move)
+    with np.load(one.path / "server_state.npz") as state:
+        ids, rows = state["pipeline.compress.residual_ids"], state["pipeline.compress.residual_rows"]
+    assert set(ids.tolist()) == set(one.devices.loc[one.devices["status"] == "ok", "device_id"].tolist())
+    assert (np.count_nonzero(rows, axis=1) > 0.5 * rows.shape[1]).all()

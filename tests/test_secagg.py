@@ -41,8 +41,15 @@ def test_the_secure_sum_gives_fedavg_within_the_quantisation_error(bits):
 
 def test_a_small_modulus_wraps_the_sum_around():
     """10 devices of 2^12 - 1 levels each can reach 40,950 > 2^14: the sum wraps modulo 2^14."""
-    config = Config(devices=10, rounds=1, secagg="secagg", secagg_bits=12, secagg_modulus_bits=14, secagg_clip=16.0,
-                    dataset="toy_images")  # fmt: skip
+    config = Config(
+        devices=10,
+        rounds=1,
+        secagg="secagg",
+        secagg_bits=12,
+        secagg_modulus_bits=14,
+        secagg_clip=16.0,
+        dataset="toy_images",
+    )
     rec = Rows()
     make_coordinator(config, recorder=rec).run()
     got = weights_of(rec.checkpoints[0])
@@ -69,10 +76,18 @@ def test_the_protocols_bytes_and_seconds_by_hand(tmp_path):
     extra bytes and seconds follow the formulas in fedsim/pipeline/secagg.py."""
     latency = tmp_path / "latency.json"
     latency.write_text(json.dumps({"restore": 1.0, "train": 0.5, "save": 2.0}))
-    plain = fedsim.run(out=str(tmp_path / "plain"), engine=fedsim.LocalEngine(), fleet="uniform",
-                       latency=str(latency), **SETTINGS)  # fmt: skip
-    sa = fedsim.run(out=str(tmp_path / "sa"), engine=fedsim.LocalEngine(), fleet="uniform", latency=str(latency),
-                    secagg="secagg", secagg_rtt_ms=80.0, **SETTINGS)  # fmt: skip
+    plain = fedsim.run(
+        out=str(tmp_path / "plain"), engine=fedsim.LocalEngine(), fleet="uniform", latency=str(latency), **SETTINGS
+    )
+    sa = fedsim.run(
+        out=str(tmp_path / "sa"),
+        engine=fedsim.LocalEngine(),
+        fleet="uniform",
+        latency=str(latency),
+        secagg="secagg",
+        secagg_rtt_ms=80.0,
+        **SETTINGS,
+    )
     params = int(sa.artifact["parameters"])
     k = 3  # every other device of the cohort of 4
     up = (params + 1) * 4 + 2 * KEY + k * SHARE_PAIR + k * SHARE
@@ -96,8 +111,13 @@ def test_too_few_survivors_lose_the_round_and_the_model_is_kept(tmp_path):
     fleet = tmp_path / "fleet.csv"
     rows = [f"{d},1.0,20000,5000,1.0,{0.999 if d < 6 else 0.0}" for d in range(8)]  # 6 of 8 drop out
     fleet.write_text("device_id,speed,down_kbps,up_kbps,availability,dropout\n" + "\n".join(rows) + "\n")
-    run = fedsim.run(out=str(tmp_path / "r"), engine=fedsim.LocalEngine(), fleet=str(fleet), secagg="secagg",
-                     **{**SETTINGS, "devices": 8})  # fmt: skip
+    run = fedsim.run(
+        out=str(tmp_path / "r"),
+        engine=fedsim.LocalEngine(),
+        fleet=str(fleet),
+        secagg="secagg",
+        **{**SETTINGS, "devices": 8},
+    )
     assert (run.rounds["secagg_failed"] == 1).all() and (run.rounds["secagg_needed"] == 4).all()
     assert (run.rounds["secagg_survivors"] == 2).all()
     from fedsim.device import Runner

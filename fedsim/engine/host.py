@@ -174,7 +174,7 @@ class DeviceHost:
             error = f"{type(e).__name__}: {e}"
             return DeviceReport(device_id, self.host_index, device.samples, "failed", error=error), None, float("nan")
 
-        def report(status: str, error: str, nbytes: int, metrics: dict[str, float] | None = None) -> DeviceReport:
+        def report(status: str, error: str, nbytes: int, up: Upload | None = None) -> DeviceReport:
             return DeviceReport(
                 device_id,
                 self.host_index,
@@ -184,14 +184,15 @@ class DeviceHost:
                 trained.train_s,
                 nbytes,
                 error,
-                metrics or {},
+                up.metrics if up is not None else {},
+                up.state if up is not None else {},
             )
 
         try:
             up = accept_upload(self._reader(work.spec), out, work, device_id, trained.samples, ctx)
         except (CheckpointError, Rejected) as e:
             return report("rejected", str(e), out.stat().st_size if out.exists() else 0), None, float("nan")
-        return report("ok", up.note, up.nbytes, up.metrics), up, trained.start_loss
+        return report("ok", up.note, up.nbytes, up), up, trained.start_loss
 
     def _reader(self, spec: WeightSpec) -> FlatReader:
         if self._flat_reader is None or (self._flat_reader.spec is not spec and self._flat_reader.spec != spec):

@@ -142,11 +142,26 @@ class Pipeline:
     def server_seconds(self) -> float:
         return sum(s.server_seconds() for s in self.stages)
 
+    def absorb(self, states: dict[int, dict[str, bytes]]) -> None:
+        for stage in self.stages:
+            stage.absorb(states)
+
+    def broadcast(self, flat: np.ndarray) -> np.ndarray:
+        """The model the devices receive: the server's, unless a stage encodes the downlink."""
+        for stage in self.stages:
+            flat = stage.broadcast(flat)
+        return flat
+
+    def download_bytes(self, nbytes: int, params: int) -> int:
+        for stage in self.stages:
+            nbytes = stage.download_bytes(nbytes, params)
+        return nbytes
+
     def describe(self) -> dict[str, Any]:
         return {s.name: d for s in self.stages if (d := s.describe())}
 
     def device_columns(self) -> list[str]:
-        return [c for s in self.stages for c in s.device_columns]
+        return [c for s in self.stages for c in s.device_table_columns()]
 
     def upload_bytes(self, nbytes: int, params: int) -> int:
         """What each device sends, after every stage's encoding."""

@@ -78,6 +78,7 @@ class Upload:
     payload: np.ndarray | None = None  # an integer encoding to sum securely (fedsim.pipeline.secagg)
     counts: dict[str, float] = field(default_factory=dict)  # summed over the round's uploads
     metrics: dict[str, float] = field(default_factory=dict)  # recorded in the device's row
+    state: dict[str, bytes] = field(default_factory=dict)  # what the device keeps for its next round
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,10 @@ class Stage:
     columns: ClassVar[tuple[str, ...]] = ()  # the rounds-table columns round_metrics() fills (numbers)
     device_columns: ClassVar[tuple[str, ...]] = ()  # the devices-table columns Upload.metrics fills
 
+    def device_table_columns(self) -> tuple[str, ...]:
+        """The devices-table columns this stage fills in this run (its device_columns by default)."""
+        return self.device_columns
+
     @classmethod
     def make(cls, settings: Any, seed: int = 0) -> Stage | None:
         """The stage the run's settings (this stage's section) ask for, or None when it is off."""
@@ -133,6 +138,17 @@ class Stage:
     def server_seconds(self) -> float:
         """Simulated seconds the server spent on this stage after the round's last upload."""
         return 0.0
+
+    def absorb(self, states: dict[int, dict[str, bytes]]) -> None:
+        """The state the round's devices keep for their next round (Upload.state), by device id."""
+
+    def broadcast(self, flat: np.ndarray) -> np.ndarray:
+        """The model the devices receive (the same object when this stage does not change it)."""
+        return flat
+
+    def download_bytes(self, nbytes: int, params: int) -> int:
+        """The bytes of what each device downloads, given what it would download before."""
+        return nbytes
 
     def describe(self) -> dict[str, Any]:
         """What the stage resolved from its settings and the run (config.json's `stages`)."""

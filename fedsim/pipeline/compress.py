@@ -1,68 +1,174 @@
-"""Update compression on the device (--compress): what a device sends is an encoded update, decoded on
-the server, and its bytes are the encoded payload's length (on the simulated clock and in bytes_up).
+"""Update compression on the device (--compress): what a device sends is an encoded update (the
+codecs of fedsim.pipeline.codecs), decoded on the server, and its bytes are the encoded payload's
+length: in checkpoint_bytes, bytes_up and the upload's simulated seconds.
 
-- none: the saved checkpoint as it is;
-- bf16: the update w_i - w rounded to bfloat16 (round to nearest even; 8 exponent bits, so no update
-  overflows), two bytes a parameter: the round trip pfl-research simulates.
+  none          the saved checkpoint as it is
+  bf16, fp16    the update in two-byte floats
+  q8, q4, q2, q1  uniform stochastic quantisation to 2^B levels (Suresh et al. 2017; --rotate: after a
+                random Hadamard rotation), unbiased
+  topk:F        the share F of the largest values, with error feedback (the rest is added to the
+                device's next update; kept only for the devices that have one)
+
+--compress-down bf16|fp16 also rounds the model the server broadcasts: devices train from the rounded
+model, and the downlink carries two bytes a parameter. --compress-entropy records, per device, the size
+an ideal entropy coder would give a quantised update (entropy_bytes; the clock keeps the packed size).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedsim.pipeline import codecs
 from fedsim.pipeline.base import Stage, Upload, UploadContext
-from fedsim.settings import Section, setting
+from fedsim.settings import ConfigError, Section, setting
+from fedsim.strategies.base import DevicePlan, State
 
-METHODS = ("none", "bf16")
+METHODS = ("none", "bf16", "fp16", "q8", "q4", "q2", "q1", "topk:F")
+RESIDUAL = "compress.residual"  # a device's error-feedback residual in its plan and report
+
+
+def parse_method(text: str) -> tuple[str, float]:
+    """("q", bits) / ("topk", share) / (name, 0) of a --compress value; ConfigError otherwise."""
+    if text in ("none", "bf16", "fp16"):
+        return text, 0.0
+    if text in ("q8", "q4", "q2", "q1"):
+        return "q", float(text[1:])
+    if text.startswith("topk:"):
+        try:
+            share = float(text[5:])
+        except ValueError:
+            share = -1.0
+        if 0 < share <= 1:
+            return "topk", share
+    raise ConfigError(f"--compress must be one of {', '.join(METHODS)} (topk:F with 0 < F <= 1), got {text!r}")
 
 
 @dataclass(frozen=True)
 class CompressSettings(Section):
     section = "compress"
-    compress: str = setting("none", "how a device encodes its update for the uplink", choices=METHODS)
+    compress: str = setting(
+        "none", "how a device encodes its update for the uplink: none, bf16, fp16, q8, q4, q2, q1 or topk:F"
+    )
+    rotate: bool = setting(False, "rotate the update (random Hadamard) before quantising it (qB)", switch=True)
+    compress_down: str = setting(
+        "none", "round the model the server broadcasts: none, bf16 or fp16", choices=("none", "bf16", "fp16")
+    )
+    compress_entropy: bool = setting(
+        False, "also record each quantised upload's ideal entropy-coded size (entropy_bytes)", switch=True
+    )
+
+    def check(self) -> None:
+        kind, _ = parse_method(self.compress)
+        if self.rotate and kind != "q":
+            raise ConfigError(f"--rotate applies to --compress q8, q4, q2 or q1, got {self.compress}")
+        if self.compress_entropy and kind != "q":
+            raise ConfigError(f"--compress-entropy applies to --compress q8, q4, q2 or q1, got {self.compress}")
 
 
-def to_bfloat16(x: np.ndarray) -> np.ndarray:
-    """float32 -> the upper 16 bits of the nearest bfloat16 (ties to even), as uint16."""
-    bits = np.ascontiguousarray(x, np.float32).view(np.uint32)
-    rounded = bits + (np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1)))
-    return (rounded >> 16).astype(np.uint16)
-
-
-def from_bfloat16(half: np.ndarray) -> np.ndarray:
-    """uint16 bfloat16 bits -> float32 (exact)."""
-    return (half.astype(np.uint32) << 16).view(np.float32)
-
-
-@dataclass(frozen=True)
+@dataclass
 class Compress(Stage):
     name = "compress"
     Settings = CompressSettings
     where = "device"
     needs_global = True
-    method: str = "bf16"
+    device_columns = ("entropy_bytes",)  # with --compress-entropy
+    settings: CompressSettings = field(default_factory=CompressSettings)
+    seed: int = 0
+    residuals: dict[int, np.ndarray] = field(default_factory=dict, repr=False)  # error feedback, by device id
 
     @classmethod
     def make(cls, settings: CompressSettings, seed: int = 0) -> Compress | None:
-        return None if settings.compress == "none" else cls(settings.compress)
+        if settings.compress == "none" and settings.compress_down == "none":
+            return None
+        return cls(settings, seed)
 
-    def encode(self, update: np.ndarray) -> bytes:
-        """The payload a device sends for its update (float32 w_i - w)."""
-        return to_bfloat16(update).tobytes()
+    def device_table_columns(self) -> tuple[str, ...]:
+        return self.device_columns if self.settings.compress_entropy else ()
 
-    def decode(self, payload: bytes) -> np.ndarray:
-        """The update the server reads back (float32)."""
-        return from_bfloat16(np.frombuffer(payload, np.uint16))
+    @property
+    def kind(self) -> tuple[str, float]:
+        return parse_method(self.settings.compress)
+
+    def for_host(self) -> Compress:
+        return dataclasses.replace(self, residuals={})  # a device's residual travels in its plan
+
+    # ---- the uplink ---------------------------------------------------------------------------
+    def plan(self, round_num: int, device_ids: Sequence[int], plans: dict[int, DevicePlan]) -> None:
+        for d in device_ids:
+            if d in self.residuals:  # the device's own leftover from its last round (error feedback)
+                before = plans.get(d, DevicePlan())
+                plans[d] = dataclasses.replace(before, state={**before.state, RESIDUAL: self.residuals[d].tobytes()})
 
     def upload(self, up: Upload, ctx: UploadContext) -> Upload:
-        assert up.flat is not None and ctx.global_flat is not None
-        update = (up.flat.astype(np.float64) - ctx.global_flat).astype(np.float32)
-        payload = self.encode(update)
-        up.flat = (ctx.global_flat + self.decode(payload)).astype(np.float32)
+        kind, arg = self.kind
+        if kind == "none":
+            return up
+        assert up.flat is not None and ctx.global_flat is not None and ctx.global32 is not None
+        update = up.flat - ctx.global32
+        if kind in ("bf16", "fp16"):
+            payload = codecs.half_encode(kind, update)
+            decoded = codecs.half_decode(kind, payload)
+        elif kind == "q":
+            bits = int(arg)
+            signs = codecs.rotation(len(update), ctx.seed, ctx.round_num)[1] if self.settings.rotate else None
+            length = len(signs) if signs is not None else len(update)
+            noise = codecs.dither(length, ctx.seed, ctx.round_num, up.device_id)
+            payload = codecs.quantise(update, bits, noise, signs)
+            decoded = codecs.dequantise(payload, bits, len(update), signs)
+            if self.settings.compress_entropy:
+                up.metrics["entropy_bytes"] = float(
+                    codecs.entropy_bytes(payload, bits, len(signs) if signs is not None else len(update))
+                )
+        else:  # top-k with error feedback
+            carried = up.plan.state.get(RESIDUAL)
+            if carried is not None:
+                update = update + np.frombuffer(carried, np.float32)
+            payload, rest = codecs.topk_encode(update, max(1, round(arg * len(update))))
+            decoded = codecs.topk_decode(payload, len(update))
+            up.state[RESIDUAL] = rest.tobytes()
+        up.flat = (ctx.global_flat + decoded).astype(np.float32)
         up.nbytes = len(payload)
         return up
 
+    def absorb(self, states: dict[int, dict[str, bytes]]) -> None:
+        """Keep each device's new residual (what top-k left out), for its next round."""
+        for d, state in states.items():
+            if RESIDUAL in state:
+                self.residuals[d] = np.frombuffer(state[RESIDUAL], np.float32).copy()
+
     def upload_bytes(self, nbytes: int, params: int) -> int:
-        return 2 * params
+        kind, arg = self.kind
+        if kind in ("bf16", "fp16"):
+            return 2 * params
+        if kind == "q":
+            return codecs.quantised_bytes(params, int(arg), self.settings.rotate)
+        if kind == "topk":
+            return 4 + 8 * min(max(1, round(arg * params)), params)
+        return nbytes
+
+    # ---- the downlink -------------------------------------------------------------------------
+    def broadcast(self, flat: np.ndarray) -> np.ndarray:
+        """The model devices receive (rounded to two-byte floats with --compress-down)."""
+        method = self.settings.compress_down
+        if method == "none":
+            return flat
+        return codecs.half_decode(method, codecs.half_encode(method, flat))
+
+    def download_bytes(self, nbytes: int, params: int) -> int:
+        return nbytes if self.settings.compress_down == "none" else 2 * params
+
+    # ---- state --------------------------------------------------------------------------------
+    def state(self) -> State:
+        if not self.residuals:
+            return {}
+        ids = np.array(sorted(self.residuals), np.int64)
+        return {"residual_ids": ids, "residual_rows": np.stack([self.residuals[int(d)] for d in ids])}
+
+    def restore(self, state: State) -> None:
+        ids, rows = state.get("residual_ids"), state.get("residual_rows")
+        if ids is not None and rows is not None:
+            self.residuals = {int(d): np.array(r, np.float32) for d, r in zip(ids, rows)}

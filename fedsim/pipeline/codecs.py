@@ -1,0 +1,185 @@
+"""The encodings of fedsim.pipeline.compress, each a pair encode(update) -> payload bytes and
+decode(payload) -> update, so that what a device would send is real bytes and its length is the
+upload's size. numpy only.
+
+- bf16 / fp16: the update rounded to bfloat16 (round to nearest even; 8 exponent bits, no overflow)
+  or IEEE float16 (values beyond +-65504 clipped), two bytes a value.
+- qB (B in 1, 2, 4, 8): uniform stochastic quantisation (Suresh et al. 2017, "Distributed Mean
+  Estimation with Limited Communication"): 2^B levels between the update's min and max, each value
+  rounded up with the probability of its fraction, packed B bits a value after an 8-byte header (min,
+  max as float32). The dither (uniform on [0, 1), float32) is a window of a table drawn once per round,
+  at an offset drawn per device: each value's dither is uniform and independent of the device's other
+  values, and two devices share one only if their offsets coincide (probability 1 / table length), at
+  the cost of one table per round instead of one draw per value per device. With rotation
+  (--rotate), the update is first multiplied by a random +-1 diagonal and the normalised
+  Walsh-Hadamard matrix (both seeded per round, known to the server), padded to a power of two, which
+  spreads its values so min and max are closer together (Suresh et al., section 4).
+- topk:F: the share F of the values largest in magnitude, as (uint32 index, float32 value) pairs after a
+  4-byte count; with error feedback the rest is kept by the device and added to its next update.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+
+# ---- two-byte floats -------------------------------------------------------------------------
+def to_bfloat16(x: np.ndarray) -> np.ndarray:
+    """float32 -> the upper 16 bits of the nearest bfloat16 (ties to even), as uint16."""
+    bits = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    rounded = bits + (np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1)))
+    return (rounded >> 16).astype(np.uint16)
+
+
+def from_bfloat16(half: np.ndarray) -> np.ndarray:
+    """uint16 bfloat16 bits -> float32 (exact)."""
+    return (half.astype(np.uint32) << 16).view(np.float32)
+
+
+def half_encode(method: str, update: np.ndarray) -> bytes:
+    if method == "bf16":
+        return to_bfloat16(update).tobytes()
+    return np.clip(update, -65504, 65504).astype(np.float16).tobytes()
+
+
+def half_decode(method: str, payload: bytes) -> np.ndarray:
+    if method == "bf16":
+        return from_bfloat16(np.frombuffer(payload, np.uint16))
+    return np.frombuffer(payload, np.float16).astype(np.float32)
+
+
+# ---- uniform stochastic quantisation ----------------------------------------------------------
+def pack(levels: np.ndarray, bits: int) -> bytes:
+    """uint8 values < 2^bits, packed `bits` to a value (the last byte zero-padded)."""
+    if bits == 8:
+        return levels.tobytes()
+    if bits == 1:
+        return np.packbits(levels, bitorder="little").tobytes()
+    per = 8 // bits
+    padded = np.zeros(-(-len(levels) // per) * per, np.uint8)
+    padded[: len(levels)] = levels
+    grid = padded.reshape(-1, per)
+    out = np.zeros(len(grid), np.uint8)
+    for j in range(per):
+        out |= grid[:, j] << np.uint8(bits * j)
+    return out.tobytes()
+
+
+def unpack(data: bytes, bits: int, count: int) -> np.ndarray:
+    raw = np.frombuffer(data, np.uint8)
+    if bits == 8:
+        return raw[:count]
+    if bits == 1:
+        return np.unpackbits(raw, count=count, bitorder="little")
+    per = 8 // bits
+    mask = np.uint8((1 << bits) - 1)
+    grid = np.stack([(raw >> np.uint8(bits * j)) & mask for j in range(per)], axis=1)
+    return grid.reshape(-1)[:count]
+
+
+def hadamard(x: np.ndarray) -> np.ndarray:
+    """The normalised Walsh-Hadamard transform of a vector whose length is a power of two (its own
+    inverse), in O(n log n): one butterfly pass over the whole array per level (float32, as a phone
+    would compute it)."""
+    y = np.array(x, np.float32)
+    n = len(y)
+    out = np.empty_like(y)
+    h = 1
+    while h < n:
+        pairs, into = y.reshape(-1, 2, h), out.reshape(-1, 2, h)
+        np.add(pairs[:, 0], pairs[:, 1], out=into[:, 0])
+        np.subtract(pairs[:, 0], pairs[:, 1], out=into[:, 1])
+        y, out = out, y
+        h *= 2
+    y *= np.float32(1 / np.sqrt(n))
+    return y
+
+
+def rotation(length: int, seed: int, round_num: int) -> tuple[int, np.ndarray]:
+    """(padded length, random +-1 diagonal) of a round's rotation, shared by devices and server."""
+    padded = 1 << max(int(length - 1).bit_length(), 0)
+    signs = np.random.default_rng([seed, round_num, 0x40A]).choice(np.array([-1.0, 1.0], np.float32), padded)
+    return padded, signs
+
+
+@lru_cache(maxsize=2)
+def _table(seed: int, round_num: int, length: int) -> np.ndarray:
+    table = np.random.default_rng([seed, round_num, 0xD1]).random(length, np.float32)
+    return np.concatenate([table, table])  # any window of `length` is a view
+
+
+def dither(length: int, seed: int, round_num: int, device_id: int) -> np.ndarray:
+    """A device's dither for a round: `length` uniforms on [0, 1), a window of the round's table."""
+    size = 1 << max(int(length - 1).bit_length(), 16)
+    offset = int(np.random.default_rng([seed, device_id, round_num, 0xC0]).integers(size))
+    return _table(seed, round_num, size)[offset : offset + length]
+
+
+def quantise(update: np.ndarray, bits: int, noise: np.ndarray, signs: np.ndarray | None = None) -> bytes:
+    """The payload of `update` quantised to 2^bits levels with dither `noise` (uniforms on [0, 1), at
+    least as many as values: see dither()), rotated first when `signs` is given."""
+    u = np.asarray(update, np.float32)
+    if signs is not None:
+        padded = np.zeros(len(signs), np.float32)
+        padded[: len(u)] = u
+        u = hadamard(padded * signs)
+    lo, hi = np.float32(u.min()), np.float32(u.max())
+    top = (1 << bits) - 1
+    if hi > lo:
+        scaled = np.subtract(u, lo, dtype=np.float32)
+        scaled *= np.float32(top / (float(hi) - float(lo)))
+        scaled += noise[: len(u)]
+        np.minimum(scaled, np.float32(top), out=scaled)
+        levels = scaled.astype(np.uint8)  # floor: values are >= 0
+    else:
+        levels = np.zeros(len(u), np.uint8)
+    return np.array([lo, hi], np.float32).tobytes() + pack(levels, bits)
+
+
+def dequantise(payload: bytes, bits: int, count: int, signs: np.ndarray | None = None) -> np.ndarray:
+    lo, hi = np.frombuffer(payload[:8], np.float32)
+    length = len(signs) if signs is not None else count
+    top = (1 << bits) - 1
+    if hi > lo:
+        u = unpack(payload[8:], bits, length).astype(np.float32)
+        u *= np.float32((float(hi) - float(lo)) / top)
+        u += lo
+    else:
+        u = np.full(length, lo, np.float32)
+    if signs is not None:
+        u = (hadamard(u) * signs)[:count]
+    return u.astype(np.float32)
+
+
+def quantised_bytes(count: int, bits: int, rotated: bool) -> int:
+    length = (1 << max(int(count - 1).bit_length(), 0)) if rotated else count
+    return 8 + -(-length * bits // 8)
+
+
+def entropy_bytes(payload: bytes, bits: int, count: int) -> int:
+    """The size an ideal entropy coder would give the levels (their empirical entropy), plus the header."""
+    levels = unpack(payload[8:], bits, count)
+    freq = np.bincount(levels, minlength=1 << bits) / max(count, 1)
+    freq = freq[freq > 0]
+    return 8 + int(np.ceil(-(freq * np.log2(freq)).sum() * count / 8))
+
+
+# ---- top-k ------------------------------------------------------------------------------------
+def topk_encode(update: np.ndarray, k: int) -> tuple[bytes, np.ndarray]:
+    """(payload, the values not sent: update with the k largest magnitudes zeroed)."""
+    k = min(k, len(update))
+    index = np.sort(np.argpartition(np.abs(update), len(update) - k)[len(update) - k :]).astype(np.uint32)
+    values = update[index].astype(np.float32)
+    rest = np.array(update, np.float32)
+    rest[index] = 0.0
+    return np.uint32(k).tobytes() + index.tobytes() + values.tobytes(), rest
+
+
+def topk_decode(payload: bytes, count: int) -> np.ndarray:
+    k = int(np.frombuffer(payload[:4], np.uint32)[0])
+    index = np.frombuffer(payload[4 : 4 + 4 * k], np.uint32)
+    out = np.zeros(count, np.float32)
+    out[index] = np.frombuffer(payload[4 + 4 * k : 4 + 8 * k], np.float32)
+    return out
