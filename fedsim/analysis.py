@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from fedsim.config import config_fields
@@ -90,6 +91,12 @@ def summary(path: str | os.PathLike[str]) -> pd.DataFrame:
         table["sim_hours"] = hours
         for target in TIME_TO_ACCURACY:
             table[f"sim_h_to_{target:.2f}"] = [hours_to(evaluated[evaluated["run"] == r], target) for r in table.index]
+    if "sim_energy_j" in rounds and rounds["sim_energy_j"].notna().any():  # the phones' batteries (--fleet)
+        table["sim_kj"] = grouped["sim_energy_j"].sum() / 1000
+        for target in TIME_TO_ACCURACY:
+            table[f"sim_kj_to_{target:.2f}"] = [kj_to(rounds[rounds["run"] == r], target) for r in table.index]
+    if "dp_epsilon" in rounds and rounds["dp_epsilon"].notna().any():  # the privacy spent (--dp-*)
+        table["dp_epsilon"] = grouped["dp_epsilon"].last()
     skew = {run: _skew(Path(str(run))) for run in table.index}  # the label skew each run had
     for key in ("label_groups", "label_entropy", "emd_mean"):
         table[key] = [skew[run].get(key, float("nan")) for run in table.index]
@@ -115,6 +122,16 @@ def hours_to(rounds: pd.DataFrame, target: float) -> float:
     """Simulated hours until the first evaluated round at or above `target` test accuracy (NaN: never)."""
     hit = rounds[rounds["test_accuracy"] >= target]
     return float(hit["sim_elapsed_s"].iloc[0] / 3600) if len(hit) else float("nan")
+
+
+def kj_to(rounds: pd.DataFrame, target: float) -> float:
+    """Kilojoules the fleet's phones spent until the first evaluated round at or above `target` test
+    accuracy, that round included (NaN: never)."""
+    ordered = rounds.sort_values("round")
+    hit = np.flatnonzero((ordered["test_accuracy"] >= target).to_numpy())
+    if not len(hit):
+        return float("nan")
+    return float(ordered["sim_energy_j"].iloc[: hit[0] + 1].sum() / 1000)
 
 
 def accuracy_at(rounds: pd.DataFrame, hours: float) -> float:

@@ -43,6 +43,7 @@ def device_row(round_num: int, r: DeviceReport, plan: DevicePlan | None, outcome
         "sim_compute_s": outcome.compute_s if outcome is not None else NAN,
         "sim_comm_s": outcome.comm_s if outcome is not None else NAN,
         "sim_finish_s": outcome.finish_s if outcome is not None else NAN,
+        "sim_energy_j": outcome.energy_j if outcome is not None else NAN,
     }
 
 
@@ -87,7 +88,14 @@ def round_row(
         "evaluate_s": times.evaluated - times.aggregated,
         "bytes_up": sum(r["checkpoint_bytes"] for r in device_rows) + control_up + cost.up_bytes * reporting,
         "bytes_down": (sent + cost.down_bytes) * selected + control_down,
+        "sim_energy_j": _energy(device_rows),
     }
+
+
+def _energy(device_rows: Sequence[dict[str, Any]]) -> float:
+    """The joules the round's devices spent (those whose energy is known; NaN off the clock)."""
+    known = [r["sim_energy_j"] for r in device_rows if not np.isnan(r.get("sim_energy_j", NAN))]
+    return float(sum(known)) if known else NAN
 
 
 def initial_row(evaluation: Evaluation, took: float) -> dict[str, Any]:

@@ -72,6 +72,7 @@ MLFLOW_SCALARS = (
     "elapsed_s",
     "sim_round_s",
     "sim_elapsed_s",
+    "sim_energy_j",
 )
 # The run folder's files an MLflow run keeps (the tables stay in the folder: load_run reads them).
 MLFLOW_ARTIFACTS = ("config.json", "artifact.json", "model.tflite", "global.ckpt", "server_state.npz")

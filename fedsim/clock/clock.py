@@ -4,6 +4,7 @@ round keeps.
 A device's simulated round = download + compute + upload:
   compute_s = (restore_ms + steps * train_ms + save_ms) / 1000 / speed
   comm_s    = 8 * down_bytes / (1000 * down_kbps) + 8 * up_bytes / (1000 * up_kbps)
+and its energy is fedsim.clock.energy's model of those seconds (energy_j).
 with the artifact's per-call latencies measured at the start of the run on this machine with one
 thread (artifact.json), or pinned from a file, so the same config and seed give the same simulated
 times on any machine that uses the same latency table. The wall time of the host that ran a device
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fedsim.clock.energy import COMPUTE_W, energy_j
 from fedsim.clock.profiles import PROFILE_COLUMNS, FleetError
 from fedsim.context import local_steps
 from fedsim.pipeline.base import SimCost
@@ -54,6 +56,7 @@ class SimOutcome:
     compute_s: float
     comm_s: float
     finish_s: float  # NaN for a dropped device (it reports nothing)
+    energy_j: float = float("nan")  # the battery it spent (NaN for a dropped device: when it left is unknown)
 
 
 @dataclass
@@ -72,26 +75,39 @@ class Clock:
 
     def __post_init__(self) -> None:
         self.arrays = {c: self.profiles[c].to_numpy(np.float64) for c in PROFILE_COLUMNS}
+        watts = self.profiles.get("compute_w", COMPUTE_W)
+        self.arrays["compute_w"] = np.broadcast_to(np.asarray(watts, np.float64), len(self.profiles))
 
     def steps(self, samples: np.ndarray) -> np.ndarray:
         return local_steps(samples, self.batch_size, self.local_epochs)
 
+    def parts(
+        self, ids: np.ndarray, steps: np.ndarray, down_bytes: float, up_bytes: float, extra: SimCost | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """(compute_s, down_s, up_s, wait_s) of devices `ids` running `steps` train steps each; `extra`:
+        what the pipeline's stages add (a secure aggregation's keys, shares, masks and round trips)."""
+        a, lat = self.arrays, self.latency_ms
+        extra = extra or SimCost()
+        compute = (lat["restore"] + steps * lat["train"] + lat["save"] + 1000.0 * extra.compute_s) / 1000.0
+        compute = compute / a["speed"][ids]
+        down = 8.0 * (down_bytes + extra.down_bytes) / (1000.0 * a["down_kbps"][ids])
+        up = 8.0 * (up_bytes + extra.up_bytes) / (1000.0 * a["up_kbps"][ids])
+        return compute, down, up, extra.latency_s
+
     def times(
         self, ids: np.ndarray, steps: np.ndarray, down_bytes: float, up_bytes: float, extra: SimCost | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(compute_s, comm_s) of devices `ids` running `steps` train steps each; `extra`: what the
-        pipeline's stages add (a secure aggregation's keys, shares, masks and round trips)."""
-        a, lat = self.arrays, self.latency_ms
-        compute = (lat["restore"] + steps * lat["train"] + lat["save"]) / 1000.0 / a["speed"][ids]
-        comm = 8.0 * down_bytes / (1000.0 * a["down_kbps"][ids]) + 8.0 * up_bytes / (1000.0 * a["up_kbps"][ids])
-        if extra is not None and extra != SimCost():
-            compute = compute + extra.compute_s / a["speed"][ids]
-            comm = comm + (
-                8.0 * extra.down_bytes / (1000.0 * a["down_kbps"][ids])
-                + 8.0 * extra.up_bytes / (1000.0 * a["up_kbps"][ids])
-                + extra.latency_s
-            )
-        return compute, comm
+        """(compute_s, comm_s) of devices `ids` running `steps` train steps each (see parts)."""
+        compute, down, up, wait = self.parts(ids, steps, down_bytes, up_bytes, extra)
+        return compute, down + up + wait
+
+    def energy(
+        self, ids: np.ndarray, steps: np.ndarray, down_bytes: float, up_bytes: float, extra: SimCost | None = None
+    ) -> np.ndarray:
+        """Joules each of devices `ids` spends on a round of `steps` train steps (fedsim.clock.energy)."""
+        compute, down, up, wait = self.parts(ids, steps, down_bytes, up_bytes, extra)
+        a = self.arrays
+        return energy_j(compute, a["compute_w"][ids], down, up, a["down_kbps"][ids], a["up_kbps"][ids], wait)
 
     def available(self, round_num: int) -> np.ndarray:
         """Whether each device is available in `round_num` (seeded by seed and round)."""
@@ -124,14 +140,16 @@ class Clock:
     ) -> tuple[dict[int, SimOutcome], float]:
         """Each selected device's outcome and the round's simulated length.
 
-        Dropped devices report nothing. With --deadline, a device that cannot finish by it is a
-        straggler (drop), or runs the steps that fit (partial; none fit: straggler). Of the rest the
-        first `want` to finish are kept (over-selection picks more than `want`); later ones are
-        stragglers. The round lasts until the last kept device finishes, or the deadline if a device
-        was cut by it."""
+        Dropped devices report nothing (and their energy is NaN: when they left is unknown). With
+        --deadline, a device that cannot finish by it is a straggler (drop), or runs the steps that
+        fit (partial; none fit: straggler). Of the rest the first `want` to finish are kept
+        (over-selection picks more than `want`); later ones are stragglers (they spent the energy).
+        The round lasts until the last kept device finishes, or the deadline if a device was cut by
+        it."""
         order = np.asarray(ids, np.int64)
         full = self.steps(samples[order])
         compute, comm = self.times(order, full, down_bytes, up_bytes, extra)
+        joules = self.energy(order, full, down_bytes, up_bytes, extra)
         finish = compute + comm
         dropped = self.drops(round_num, order)
         out: dict[int, SimOutcome] = {}
@@ -154,11 +172,14 @@ class Clock:
                     fit = int(max(0.0, math.floor((self.deadline - comm[i] - fixed) / per_step + 1e-9)))
                     fit = min(fit, int(full[i]))
                 if fit < 1:
-                    out[d] = SimOutcome("straggler", None, float(compute[i]), float(comm[i]), float(finish[i]))
+                    out[d] = SimOutcome(
+                        "straggler", None, float(compute[i]), float(comm[i]), float(finish[i]), float(joules[i])
+                    )
                     continue
                 budget = fit
                 c, m = self.times(np.array([d]), np.array([fit]), down_bytes, up_bytes, extra)
                 compute[i], comm[i], finish[i] = c[0], m[0], c[0] + m[0]
+                joules[i] = self.energy(np.array([d]), np.array([fit]), down_bytes, up_bytes, extra)[0]
             steps[d] = budget
         position = {d: i for i, d in enumerate(order.tolist())}
         candidates = sorted(steps, key=lambda d: (finish[position[d]], d))
@@ -166,7 +187,9 @@ class Clock:
         for i, d in enumerate(order.tolist()):
             if d in steps:
                 status = "run" if d in keep else "straggler"
-                out[d] = SimOutcome(status, steps[d], float(compute[i]), float(comm[i]), float(finish[i]))
+                out[d] = SimOutcome(
+                    status, steps[d], float(compute[i]), float(comm[i]), float(finish[i]), float(joules[i])
+                )
         kept = [out[d].finish_s for d in keep]
         length = max(kept) if kept else 0.0
         if cut and self.deadline is not None and len(keep) < want:

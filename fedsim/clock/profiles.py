@@ -2,8 +2,9 @@
 
 A profile per device, fixed for the run from the seed (or read from a file): compute `speed` relative
 to this machine (1 = as fast as one thread here; 0.25 = four times slower), `down_kbps` / `up_kbps`
-bandwidth, `availability` (the chance it can be selected in a round) and `dropout` (the chance a
-selected device drops out mid-round and reports nothing). fedsim.clock.clock turns them into time.
+bandwidth, `availability` (the chance it can be selected in a round), `dropout` (the chance a
+selected device drops out mid-round and reports nothing) and `compute_w`, its power while training
+(fedsim.clock.energy: the energy model and its sources). fedsim.clock.clock turns them into time.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fedsim.clock.energy import COMPUTE_W
 from fedsim.settings import ConfigError
 
 PROFILE_COLUMNS = ("speed", "down_kbps", "up_kbps", "availability", "dropout")
+OPTIONAL_COLUMNS = ("compute_w",)  # a fleet file may set them; fedsim.clock.energy's defaults otherwise
 
 
 class FleetError(ConfigError):
@@ -71,7 +74,13 @@ FLEETS: dict[str, ProfileSet] = {
 
 
 def frame(
-    ids: np.ndarray, speed: np.ndarray, down: np.ndarray, up: np.ndarray, availability: np.ndarray, dropout: np.ndarray
+    ids: np.ndarray,
+    speed: np.ndarray,
+    down: np.ndarray,
+    up: np.ndarray,
+    availability: np.ndarray,
+    dropout: np.ndarray,
+    compute_w: np.ndarray | float = COMPUTE_W,
 ) -> pd.DataFrame:
     return pd.DataFrame(
         {
@@ -81,6 +90,7 @@ def frame(
             "up_kbps": up,
             "availability": availability,
             "dropout": dropout,
+            "compute_w": np.broadcast_to(np.asarray(compute_w, np.float64), len(ids)),
         }
     )
 
@@ -139,9 +149,12 @@ def load_csv(path: str | os.PathLike[str], devices: int) -> pd.DataFrame:
             f"{' ...' if len(absent) > 5 else ''} of {devices}"
         )
     table = table.sort_values("device_id").reset_index(drop=True)
+    speed, down, up, availability, dropout = (
+        pd.to_numeric(table[c], errors="coerce").to_numpy(np.float64) for c in PROFILE_COLUMNS
+    )
+    watts = pd.to_numeric(table["compute_w"], errors="coerce").to_numpy(np.float64) if "compute_w" in table else None
     out = frame(
-        table["device_id"].to_numpy(),
-        *(pd.to_numeric(table[c], errors="coerce").to_numpy(np.float64) for c in PROFILE_COLUMNS),
+        table["device_id"].to_numpy(), speed, down, up, availability, dropout, COMPUTE_W if watts is None else watts
     )
     check_profiles(out, f"--fleet {path}")
     return out
@@ -193,7 +206,7 @@ def load_fedscale(capacity: str, behaviour: str | None = None, *, devices: int, 
 
 
 def check_profiles(table: pd.DataFrame, source: str) -> None:
-    for column in ("speed", "down_kbps", "up_kbps"):
+    for column in ("speed", "down_kbps", "up_kbps", "compute_w"):
         bad = table["device_id"][~(table[column] > 0) | ~np.isfinite(table[column])]
         if len(bad):
             raise FleetError(

@@ -41,6 +41,7 @@ ROUND_COLUMNS = [
     "bytes_down",
     "sim_round_s",
     "sim_elapsed_s",
+    "sim_energy_j",
 ]
 DEVICE_COLUMNS = [
     "round",
@@ -58,6 +59,7 @@ DEVICE_COLUMNS = [
     "sim_compute_s",
     "sim_comm_s",
     "sim_finish_s",
+    "sim_energy_j",
 ]
 _INT_COLUMNS = {
     "round",
