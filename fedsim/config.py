@@ -4,6 +4,7 @@
     device    the model and its on-device training             strategy  the aggregation rule and its Params
     pipeline  each update stage's own section (fedsim.pipeline) clock     fedsim.clock.settings
     engine    where hosts run (fedsim.engine.settings)         tracking  fedsim.tracking
+    schedule  synchronous rounds or FedBuff (fedsim.schedule)
 
 Every setting has one flat name, unique across sections: the CLI flag (with dashes), the key in a TOML
 file (at the top level, or in its section's table) and a keyword of `Config(...)` / `fedsim.run(...)`.
@@ -26,6 +27,7 @@ from fedsim.data.settings import DataSettings
 from fedsim.engine.settings import EngineSettings
 from fedsim.model.settings import DeviceSettings
 from fedsim.pipeline import STAGES
+from fedsim.schedule import ScheduleSettings
 from fedsim.settings import Check, ConfigError, Field, Section, fields_of, need, setting, type_problem
 from fedsim.strategies import STRATEGIES, Strategy, make_strategy, strategy_fields
 from fedsim.tracking import TrackingSettings
@@ -93,6 +95,7 @@ SECTIONS: tuple[type[Section], ...] = (
     DataSettings,
     DeviceSettings,
     ClockSettings,
+    ScheduleSettings,
     EngineSettings,
     TrackingSettings,
 )
@@ -166,6 +169,7 @@ class Config:
             raise ConfigError(
                 f"--hosts {self.hosts} exceeds --devices {self.devices}; each host needs at least one device"
             )
+        self.section(ScheduleSettings).check_with(self.section(ClockSettings), self.section(RunSettings).sampling)
         if self._strategy.variant is not None and self.artifact is not None:
             raise ConfigError(
                 f"--strategy {self.strategy} changes the devices' train signature, which an "

@@ -91,6 +91,8 @@ class RoundRecord:
 
 
 class Coordinator:
+    state_prefixes: tuple[str, ...] = ("pipeline.",)  # saved-state keys that are not the strategy's
+
     def __init__(
         self,
         config: Config,
@@ -127,8 +129,9 @@ class Coordinator:
         self.poisson = run.sampling == "poisson"  # each device joins a round with probability per_round / devices
         # the strategy's and the stages' server state: from the last committed round on resume, else fresh
         self.state: State = strategy.init(self.flat)
+        self.resumed_state = resume.state
         if resume.state is not None:
-            saved = {k: v for k, v in resume.state.items() if not k.startswith("pipeline.")}
+            saved = {k: v for k, v in resume.state.items() if not k.startswith(self.state_prefixes)}
             self.state = strategy.resume_state(saved, self.flat)
             pipeline.restore(resume.state)
         self.last: RoundRecord | None = None

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fedsim.asyncloop import AsyncCoordinator
 from fedsim.clock.clock import Clock, read_latency
 from fedsim.clock.profiles import FleetError
 from fedsim.config import Config
@@ -99,9 +100,10 @@ def execute(
             )
             writer.write_fleet(plan.profiles)
             writer.write_meta(sim_latency_ms=clock.latency_ms)
-        Coordinator(
-            config, run, engine, strategy, plan.pipeline, initial, writer, clock, start.resume, progress, started
-        ).run(start.round_num)
+        loop = AsyncCoordinator if config.mode == "async" else Coordinator
+        loop(config, run, engine, strategy, plan.pipeline, initial, writer, clock, start.resume, progress, started).run(
+            start.round_num
+        )
 
 
 def run_context(config: Config, prepared: Prepared, initial_bytes: int, hosts: int) -> RunContext:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from fedsim import asyncloop
 from fedsim.clock.profiles import load_fleet
 from fedsim.config import Config, ConfigError
 from fedsim.coordinator import Resume
@@ -85,6 +86,8 @@ def run(
     chosen = strategy if strategy is not None else config.make_strategy()
     pipeline = Pipeline.build(config.stage_settings, config.seed)
     pipeline.check(chosen)
+    if config.mode == "async":
+        asyncloop.check(chosen, pipeline)
     # a fleet file with a bad column or id fails here, before any folder or Ray process exists
     profiles = load_fleet(config.fleet, config.devices, config.seed) if config.fleet else None
     artifact: ArtifactRecipe | bytes = ArtifactRecipe(
@@ -111,9 +114,20 @@ def run(
         "started": _now(),
     }
     plan = RunPlan(config, recipe_data, chosen, pipeline, artifact, bool(config.artifact), profiles)
-    writer = RunWriter(out, meta, round_columns=pipeline.columns(), device_columns=pipeline.device_columns())
+    rounds, devices = _columns(config, pipeline)
+    writer = RunWriter(out, meta, round_columns=rounds, device_columns=devices)
     _guarded(writer, trackers, lambda: execute(plan, engine, writer, progress, started, StartPoint()), new_run=True)
     return load_run(out)
+
+
+def _columns(config: Config, pipeline: Pipeline) -> tuple[list[str], list[str]]:
+    """The tables' columns beyond the standard ones (rounds, devices): the stages', and the
+    asynchronous schedule's."""
+    rounds, devices = pipeline.columns(), pipeline.device_columns()
+    if config.mode == "async":
+        rounds += list(asyncloop.ROUND_COLUMNS)
+        devices += list(asyncloop.DEVICE_COLUMNS)
+    return rounds, devices
 
 
 def _trackers(config: Config) -> Trackers:
@@ -255,9 +269,8 @@ def resume(
         meta.pop(stale, None)
     meta.setdefault("resumed", []).append({"after_round": done, "at": _now()})
     trackers = _trackers(config)
-    writer = RunWriter(
-        folder, meta, resume_from=done, round_columns=pipeline.columns(), device_columns=pipeline.device_columns()
-    )
+    round_columns, device_columns = _columns(config, pipeline)
+    writer = RunWriter(folder, meta, resume_from=done, round_columns=round_columns, device_columns=device_columns)
     plan = RunPlan(config, recipe_data, chosen, pipeline, artifact, False, profiles)
     _guarded(writer, trackers, lambda: execute(plan, engine, writer, progress, started, start))
     return load_run(folder)

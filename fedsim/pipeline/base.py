@@ -115,6 +115,8 @@ class Stage:
     modulus: int = 0  # with accumulate "modular"
     columns: ClassVar[tuple[str, ...]] = ()  # the rounds-table columns round_metrics() fills (numbers)
     device_columns: ClassVar[tuple[str, ...]] = ()  # the devices-table columns Upload.metrics fills
+    # why the stage needs synchronous rounds (refused with --mode async), or "" if it does not
+    needs_rounds: ClassVar[str] = ""
 
     def device_table_columns(self) -> tuple[str, ...]:
         """The devices-table columns this stage fills in this run (its device_columns by default)."""

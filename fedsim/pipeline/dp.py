@@ -88,6 +88,7 @@ class DPSettings(Section):
 @dataclass
 class DP(Stage):
     name = "dp"
+    needs_rounds = "its accountant assumes rounds of uniformly sampled cohorts"
     Settings = DPSettings
     where = "device"  # the clip; the noise is added on the server
     needs_global = True

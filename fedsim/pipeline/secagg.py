@@ -102,6 +102,7 @@ def measured_costs(params: int) -> tuple[float, float]:
 @dataclass
 class SecAgg(Stage):
     name = "secagg"
+    needs_rounds = "a secure sum masks a round's cohort together"
     Settings = SecAggSettings
     where = "device"
     needs_global = True

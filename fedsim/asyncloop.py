@@ -1,0 +1,350 @@
+"""Asynchronous buffered aggregation (--mode async; FedBuff: Nguyen et al., "Federated Learning with
+Buffered Asynchronous Aggregation", AISTATS 2022) on the simulated clock.
+
+Up to --concurrency devices train at once. A device starts from the model version current when it
+starts; its arrival is its simulated finish (fedsim.clock: download, compute, upload). Every
+--buffer accepted arrivals the server steps: each buffered update, `s` server steps stale, enters as
+x + w(s) * (x_i - x_start) (w from --staleness; s = 0 enters as x_i itself), and the strategy applies
+their weighted mean as it would a synchronous round's (FedAvg: sample-weighted). Updates staler than
+--max-staleness are discarded (status "stale"). A rounds-table row is one server step.
+
+Order and determinism: events are ordered by simulated time, ties by a seeded draw; every arrival at
+one instant is handled before the freed slots are filled; slot filling k draws among the idle,
+available devices with the seed and k (as a synchronous round k draws among the available ones), and
+a device never starts twice on one model version. Nothing on the schedule depends on the hosts: the
+devices that started on a version are trained together (one engine call, round key version + 1)
+when the first of them arrives, so the same config and seed give the same tables on any host count.
+At every server step the schedule (devices in flight, the model versions they started from) is
+saved with the server state; a resumed run retrains the devices in flight from those versions,
+which gives the same updates, and goes on.
+
+Only strategies that accumulate a sum (rules linear in the updates, server optimisers on their mean)
+and per-upload stages apply: what needs a round's cohort (a stage's needs_rounds, order statistics,
+an attack that reads the honest updates) is refused before the run (check).
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fedsim.checkpoint import unflatten, write_checkpoint
+from fedsim.clock.clock import SimOutcome
+from fedsim.config import Config
+from fedsim.coordinator import NAN, Coordinator, RoundFailedError, RoundRecord, select_devices
+from fedsim.engine.base import DeviceReport
+from fedsim.pipeline import Pipeline
+from fedsim.pipeline.base import HostRound
+from fedsim.rounds import RoundTimes, device_row, round_row
+from fedsim.schedule import ScheduleSettings, staleness_weight
+from fedsim.settings import ConfigError
+from fedsim.strategies.aggregate import PartialSum
+from fedsim.strategies.base import Aggregate, DevicePlan, State, Strategy, reduce_partials
+
+
+def check(strategy: Strategy, pipeline: Pipeline) -> None:
+    """ConfigError, in one line, for what --mode async cannot run."""
+    for stage in pipeline.stages:
+        if stage.needs_rounds:
+            raise ConfigError(f"--mode async cannot run the {stage.name} stage: {stage.needs_rounds}")
+    if pipeline.accumulate(strategy) != "sum":
+        raise ConfigError(
+            f"--mode async applies rules that sum the updates; strategy {strategy.name} (or an attack that "
+            "reads the honest updates) needs a round's updates side by side"
+        )
+
+
+PREFIX = "async."  # the schedule's keys in a saved server state
+ROUND_COLUMNS = ("staleness_mean", "devices_in_flight")
+DEVICE_COLUMNS = ("start_version", "staleness", "staleness_weight")
+STATUS = ("run", "dropped")  # a flight's outcome as saved
+
+
+@dataclass(order=True)
+class Flight:
+    """A device training on the simulated clock, from `version`, until `finish`."""
+
+    finish: float
+    tie: int
+    device: int
+    version: int = field(compare=False)
+    start: float = field(compare=False)
+    outcome: SimOutcome = field(compare=False)
+
+
+@dataclass
+class Trained:
+    """A device's report and accepted update (None: rejected or failed), kept until it arrives."""
+
+    report: DeviceReport
+    row: np.ndarray | None
+    plan: DevicePlan | None
+
+
+class AsyncCoordinator(Coordinator):
+    """The round loop's engine, strategy, pipeline and recorder, driven by FedBuff's event loop: each
+    run_round(step) advances the simulated clock until server step `step` is applied."""
+
+    state_prefixes = ("pipeline.", PREFIX)
+
+    def __init__(self, config: Config, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        assert self.clock is not None, "--mode async needs --fleet (checked in fedsim.config)"
+        schedule = config.section(ScheduleSettings)
+        per_round = self.settings.devices_per_round
+        self.concurrency, self.buffer_size = schedule.concurrency or per_round, schedule.buffer or per_round
+        self.staleness, self.max_staleness = schedule.staleness, schedule.max_staleness
+        self.t = self.last_step_t = 0.0  # simulated seconds: now, and at the last server step
+        self.version = 0  # server steps applied
+        self.fills = 0  # slot fillings that started a device (each draws with its own key)
+        self.heap: list[Flight] = []
+        self.versions: dict[int, np.ndarray] = {0: self.flat}  # models that devices in flight started from
+        self.started_now: set[int] = set()  # devices that started on the current version
+        self.trained: dict[int, Trained] = {}
+        self.buffer: list[tuple[Flight, Trained]] = []
+        self.rows: list[dict[str, Any]] = []  # the devices' rows of the step under way
+        self.begun = 0  # devices started since the last step
+        self._sent: tuple[int, int] = (-1, 0)  # (version, bytes each starting device downloads)
+        saved = {k[len(PREFIX) :]: v for k, v in (self.resumed_state or {}).items() if k.startswith(PREFIX)}
+        if saved:
+            self._restore(saved)
+
+    def run_round(self, round_num: int) -> RoundRecord:
+        self.pipeline.before_round(round_num)
+        start = time.perf_counter()
+        while True:
+            if not (self.heap and self.heap[0].finish <= self.t):  # nothing else arrives now: refill
+                self._fill()
+            flight = heapq.heappop(self.heap)
+            self.t = flight.finish
+            if self._arrive(flight) and len(self.buffer) >= self.buffer_size:
+                return self._step(round_num, start)
+
+    def _fill(self) -> None:
+        """Start devices in the free slots: idle, available, not yet started on this version."""
+        assert self.clock is not None
+        run = self.settings
+        tries = 0
+        while len(self.heap) < self.concurrency:
+            slots = self.concurrency - len(self.heap)
+            key = self.fills + 1
+            busy = np.zeros(run.devices, bool)
+            busy[[f.device for f in self.heap]] = True
+            busy[list(self.started_now)] = True
+            among = np.flatnonzero(self.clock.available(key) & ~busy)
+            chosen = select_devices(run.devices, slots, run.seed, key, among) if len(among) else []
+            self.fills = key
+            if not chosen:
+                tries += 1
+                if self.heap or tries < 100:
+                    if self.heap:
+                        return  # the flights in the air will free devices
+                    continue
+                raise RoundFailedError(
+                    f"--mode async: no device could start at {self.t:.1f} simulated s in 100 tries "
+                    f"(availability, or every device already trained on model version {self.version})"
+                )
+            sent = self._sent_bytes()
+            up = self.pipeline.upload_bytes(self.run_context.upload_bytes, self.flat.size)
+            cost = self.pipeline.sim_cost(len(chosen), self.flat.size)
+            outcomes, _ = self.clock.plan(key, chosen, self.run_context.samples, len(chosen), sent, up, cost)
+            ties = np.random.default_rng([run.seed, key, 0xA5]).integers(0, 2**62, len(chosen))
+            for d, tie in zip(chosen, ties.tolist()):
+                o = outcomes[d]
+                took = o.finish_s if o.status == "run" else o.compute_s + o.comm_s  # a dropout frees its slot then
+                heapq.heappush(self.heap, Flight(self.t + took, tie, d, self.version, self.t, o))
+                self.started_now.add(d)
+            self.begun += len(chosen)
+
+    def _sent_bytes(self) -> int:
+        """What a device starting now downloads (the current model, as the downlink encodes it)."""
+        if self._sent[0] != self.version:
+            self._sent = (self.version, self.pipeline.download_bytes(len(self._broadcast()), self.flat.size))
+        return self._sent[1]
+
+    def _arrive(self, flight: Flight) -> bool:
+        """Handle one arrival; True if it joined the buffer."""
+        staleness = self.version - flight.version
+        weight = staleness_weight(self.staleness, staleness)
+        extra = {"start_version": flight.version, "staleness": staleness, "staleness_weight": weight}
+        samples = int(self.run_context.samples[flight.device])
+        if flight.outcome.status == "dropped":
+            report = DeviceReport(flight.device, -1, samples, "dropped")
+            self.rows.append(device_row(self.version + 1, report, None, flight.outcome) | extra)
+            return False
+        if flight.device not in self.trained:  # (the first of its model version to arrive)
+            self._train(flight)
+        got = self.trained.pop(flight.device)
+        report = got.report
+        if report.state:  # the device keeps what it keeps (error feedback) once its round is done
+            self.pipeline.absorb({flight.device: report.state})
+        joined = False
+        if report.status == "ok" and self.max_staleness is not None and staleness > self.max_staleness:
+            report = DeviceReport(
+                flight.device,
+                report.host,
+                samples,
+                "stale",
+                report.train_loss,
+                report.train_s,
+                report.checkpoint_bytes,
+                f"{staleness} server steps stale, over --max-staleness {self.max_staleness}",
+                report.metrics,
+            )
+        elif report.status == "ok" and got.row is not None:
+            self.buffer.append((flight, got))
+            joined = True
+        self.rows.append(device_row(self.version + 1, report, got.plan, flight.outcome) | extra)
+        self._forget_versions()
+        return joined
+
+    def _train(self, arriving: Flight) -> None:
+        """Train the arriving device and every untrained one in flight that started on the same model
+        version, in one engine call."""
+        version = arriving.version
+        waiting = [f.device for f in self.heap if f.version == version and f.outcome.status == "run"]
+        ids = sorted({arriving.device, *(d for d in waiting if d not in self.trained)})
+        key = version + 1
+        plans, coefficients = self.plan(key, ids)
+        work = HostRound(
+            key,
+            dict(self.spec),
+            self.pipeline.host_stages(),
+            "stack",
+            coefficients,
+            plans,
+            self.settings.seed,
+            self.pipeline.modulus(),
+        )
+        result = self.engine.run_round(key, self._checkpoint_of(version), ids, work)
+        rows: dict[int, np.ndarray] = {}
+        if result.partials:
+            stacked = reduce_partials(result.partials)
+            assert stacked.rows is not None
+            rows = {int(d): r for d, r in zip(stacked.device_ids, stacked.rows)}
+        for r in result.reports:
+            self.trained[r.device_id] = Trained(r, rows.get(r.device_id), plans.get(r.device_id))
+
+    def _step(self, step: int, start: float) -> RoundRecord:
+        """Apply the buffer: one server step, recorded as the rounds table's row `step`."""
+        hosts_done = time.perf_counter()
+        buffered = sorted(self.buffer, key=lambda b: b[0].device)
+        self.buffer = []
+        ids = np.array([f.device for f, _ in buffered], np.int64)
+        samples = self.run_context.samples[ids]
+        coefficients = self.pipeline.coefficients(self.strategy.weights(samples))
+        acc = PartialSum()
+        staleness = []
+        for (flight, got), c in zip(buffered, coefficients.tolist()):
+            assert got.row is not None
+            s = self.version - flight.version
+            staleness.append(s)
+            update = got.row
+            if s > 0:  # the update, weighted by its staleness, moved onto the current model
+                delta = got.row.astype(np.float64) - self.versions[flight.version]
+                update = self.flat.astype(np.float64) + staleness_weight(self.staleness, s) * delta
+            acc.add(update, c, flight.device, int(self.run_context.samples[flight.device]))
+        partial = acc.partial()
+        aggregate = Aggregate(
+            partial.count,
+            partial.total_weight,
+            weighted_sum=partial.weighted_sum,
+            device_ids=ids,
+            samples=samples.astype(np.int64),
+            start_losses=np.array([g.report.train_loss for _, g in buffered], np.float64),
+            steps=np.full(len(ids), -1, np.int64),
+        )
+        flat, state = self.strategy.apply(self.flat, aggregate, self.state)
+        self._set_global(np.asarray(flat, dtype=np.float32), state)
+        self.version += 1
+        self.versions[self.version] = self.flat
+        self.started_now = set()
+        self._forget_versions()
+        aggregated = time.perf_counter()
+        evaluation = None
+        rows, self.rows = self.rows, []
+        if self.evaluates(step):
+            arrived = [r["device_id"] for r in rows] if self.run_context.local_eval else []
+            evaluation = self.engine.evaluate(self.global_checkpoint, arrived)
+        for r in rows:
+            r["round"] = step
+            r["test_accuracy"] = evaluation.device_accuracy.get(r["device_id"], NAN) if evaluation else NAN
+        rows.sort(key=lambda r: r["device_id"])
+        cost = self.pipeline.sim_cost(self.begun, self.flat.size)
+        times = RoundTimes(start, hosts_done, aggregated, time.perf_counter())
+        row = round_row(step, rows, evaluation, self.begun, times, self._sent[1], {}, cost)
+        row.update(self.pipeline.round_metrics())
+        row["staleness_mean"] = float(np.mean(staleness))
+        row["devices_in_flight"] = len(self.heap)
+        # the simulated clock at this step, and the seconds since the run began
+        elapsed = time.perf_counter() - self.started
+        row.update({"sim_round_s": self.t - self.last_step_t, "sim_elapsed_s": self.t, "elapsed_s": elapsed})
+        self.last_step_t = self.sim_elapsed = self.t
+        self.begun = 0
+        if self.recorder is not None:
+            self.recorder.record_round(row, rows, self.global_checkpoint, self._saved_state())
+        return RoundRecord(row, rows)
+
+    # ---- model versions -----------------------------------------------------------------------
+    def _checkpoint_of(self, version: int) -> bytes:
+        """The checkpoint devices that start on `version` restore (a stage may encode the downlink)."""
+        if version == self.version:
+            return self._broadcast()
+        sent = self.pipeline.broadcast(self.versions[version])
+        return write_checkpoint(unflatten(np.asarray(sent, np.float32), self.spec), self.scratch)
+
+    def _forget_versions(self) -> None:
+        """Drop the models no device in flight or in the buffer started from."""
+        keep = {self.version} | {f.version for f in self.heap} | {f.version for f, _ in self.buffer}
+        self.versions = {v: flat for v, flat in self.versions.items() if v in keep}
+
+    # ---- saved with the server state at every step --------------------------------------------
+    def _saved_state(self) -> State:
+        flights = sorted(self.heap)
+        versions = sorted(self.versions)
+        saved = {
+            "clock": np.array([self.t, self.last_step_t], np.float64),
+            "counters": np.array([self.version, self.fills], np.int64),
+            "started_now": np.array(sorted(self.started_now), np.int64),
+            "flight_ids": np.array([f.device for f in flights], np.int64),
+            "flight_ints": np.array(
+                [
+                    [
+                        f.tie,
+                        f.version,
+                        STATUS.index(f.outcome.status),
+                        -1 if f.outcome.steps is None else f.outcome.steps,
+                    ]
+                    for f in flights
+                ],
+                np.int64,
+            ).reshape(-1, 4),
+            "flight_times": np.array(
+                [
+                    [f.finish, f.start, f.outcome.compute_s, f.outcome.comm_s, f.outcome.finish_s, f.outcome.energy_j]
+                    for f in flights
+                ],
+                np.float64,
+            ).reshape(-1, 6),
+            "version_ids": np.array(versions, np.int64),
+            "version_rows": np.stack([self.versions[v] for v in versions]).astype(np.float32),
+        }
+        return {**super()._saved_state(), **{PREFIX + k: v for k, v in saved.items()}}
+
+    def _restore(self, saved: State) -> None:
+        self.t, self.last_step_t = (float(x) for x in saved["clock"])
+        self.version, self.fills = (int(x) for x in saved["counters"])
+        self.started_now = {int(d) for d in saved["started_now"]}
+        self.heap = []
+        for d, ints, times in zip(saved["flight_ids"], saved["flight_ints"], saved["flight_times"]):
+            tie, version, status, steps = (int(x) for x in ints)
+            finish, begun, compute_s, comm_s, finish_s, energy_j = (float(x) for x in times)
+            outcome = SimOutcome(STATUS[status], None if steps < 0 else steps, compute_s, comm_s, finish_s, energy_j)
+            self.heap.append(Flight(finish, tie, int(d), version, begun, outcome))
+        heapq.heapify(self.heap)
+        self.versions = {int(v): np.array(r, np.float32) for v, r in zip(saved["version_ids"], saved["version_rows"])}
+        self.versions[self.version] = self.flat

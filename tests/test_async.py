@@ -1,0 +1,220 @@
+"""--mode async (FedBuff) on the simulated clock: the staleness weights by hand, synchronous FedAvg
+reproduced when nothing is stale, and the same tables on any host count and after a kill + resume."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fakes import FakeEngine, run_context, zero_weights
+
+import fedsim
+from fedsim.asyncloop import AsyncCoordinator
+from fedsim.checkpoint import read_checkpoint, write_checkpoint
+from fedsim.clock import Clock
+from fedsim.clock.profiles import frame
+from fedsim.config import Config, ConfigError
+from fedsim.pipeline import Pipeline
+from fedsim.schedule import staleness_weight
+
+
+def test_the_staleness_weights_are_the_formulas():
+    assert [staleness_weight("poly:0.5", s) for s in (0, 1, 3, 8)] == pytest.approx([1.0, 2**-0.5, 0.5, 1 / 3])
+    assert staleness_weight("poly:1", 4) == 0.2
+    assert [staleness_weight("constant", s) for s in (0, 5, 50)] == [1.0, 1.0, 1.0]
+    # hinge:A,B (FedAsync): 1 up to B, then 1 / (A (s - B) + 1)
+    assert [staleness_weight("hinge:2,3", s) for s in (0, 3, 4, 6)] == [1.0, 1.0, 1 / 3, 1 / 7]
+    with pytest.raises(ConfigError, match="--staleness must be poly:A, constant or hinge:A,B"):
+        Config(mode="async", fleet="uniform", staleness="sqrt")
+
+
+class Rows:
+    def __init__(self):
+        self.rounds, self.devices, self.checkpoints = [], [], []
+
+    def record_round(self, round_row, device_rows, checkpoint, state=None):
+        self.rounds.append(round_row)
+        self.devices.extend(device_rows)
+        self.checkpoints.append(checkpoint)
+
+
+def test_a_stale_update_enters_weighted_by_hand():
+    """Three fake devices (device d adds d to every weight it trains) start together on model 0 and
+    take 1, 1.5 and 2.2 simulated seconds; one update a step (--buffer 1), poly:0.5.
+      t=1    device 0 arrives, fresh:           x1 = x0 + 0                       = 0
+             device 0 starts again, on x1
+      t=1.5  device 1 (from x0, 1 step stale):  x2 = x1 + 2^-0.5 * ((x0 + 1) - x0) = 0.7071
+             device 1 starts again, on x2
+      t=2    device 0 (from x1, 1 step stale):  x3 = x2 + 2^-0.5 * ((x1 + 0) - x1) = 0.7071
+      t=2.2  device 2 (from x0, 3 steps stale): x4 = x3 + 1/2 * ((x0 + 2) - x0)    = 1.7071"""
+    config = Config(mode="async", fleet="uniform", devices=3, rounds=4, concurrency=3, buffer=1, dataset="toy_images")
+    run = run_context(3, rounds=4)
+    profiles = frame(
+        np.arange(3), np.array([1.0, 1 / 1.5, 1 / 2.2]), np.full(3, 1e12), np.full(3, 1e12), np.ones(3), np.zeros(3)
+    )
+    clock = Clock(profiles, {"restore": 0.0, "train": 1000.0, "save": 0.0}, batch_size=4, local_epochs=1, seed=0)
+    strategy = config.make_strategy().bind(run)
+    pipeline = Pipeline.build(config.stage_settings, config.seed)
+    rec = Rows()
+    loop = AsyncCoordinator(
+        config, run, FakeEngine(3), strategy, pipeline, write_checkpoint(zero_weights()), rec, clock, progress=False
+    )
+    loop.run()
+    final = read_checkpoint(rec.checkpoints[-1])
+    expected = 2**-0.5 + 1.0
+    for tensor in final.values():
+        np.testing.assert_allclose(tensor, expected, rtol=1e-6)
+    seen = [(r["round"], r["device_id"], r["staleness"], r["start_version"]) for r in rec.devices]
+    assert seen == [(1, 0, 0, 0), (2, 1, 1, 0), (3, 0, 1, 1), (4, 2, 3, 0)]
+    assert [r["staleness_weight"] for r in rec.devices] == pytest.approx([1.0, 2**-0.5, 2**-0.5, 0.5])
+    assert [round(r["sim_elapsed_s"], 6) for r in rec.rounds] == [1.0, 1.5, 2.0, 2.2]
+    np.testing.assert_allclose([r["sim_round_s"] for r in rec.rounds], [1.0, 0.5, 0.5, 0.2], atol=1e-6)
+
+
+def test_max_staleness_discards_and_records_why():
+    config = Config(
+        mode="async",
+        fleet="uniform",
+        devices=3,
+        rounds=6,
+        concurrency=3,
+        buffer=1,
+        max_staleness=2,
+        dataset="toy_images",
+    )
+    run = run_context(3, rounds=6)
+    profiles = frame(
+        np.arange(3), np.array([1.0, 1 / 1.5, 1 / 3.2]), np.full(3, 1e12), np.full(3, 1e12), np.ones(3), np.zeros(3)
+    )
+    clock = Clock(profiles, {"restore": 0.0, "train": 1000.0, "save": 0.0}, batch_size=4, local_epochs=1, seed=0)
+    rec = Rows()
+    strategy = config.make_strategy().bind(run)
+    pipeline = Pipeline.build(config.stage_settings, config.seed)
+    loop = AsyncCoordinator(
+        config, run, FakeEngine(3), strategy, pipeline, write_checkpoint(zero_weights()), rec, clock, progress=False
+    )
+    loop.run()
+    stale = [r for r in rec.devices if r["status"] == "stale"]
+    assert stale and all(r["staleness"] > 2 for r in stale)
+    assert "over --max-staleness 2" in stale[0]["reason"]
+
+
+def test_async_refuses_what_needs_rounds():
+    with pytest.raises(ConfigError, match="--mode async needs --fleet"):
+        Config(mode="async")
+    with pytest.raises(ConfigError, match="--deadline does not apply to --mode async"):
+        Config(mode="async", fleet="phones", deadline=10)
+    with pytest.raises(ConfigError, match="--concurrency applies to --mode async"):
+        Config(concurrency=4)
+    settings = dict(dataset="toy_images", devices=4, rounds=1, progress=False, fleet="uniform", mode="async")
+    for extra, words in (
+        ({"strategy": "fedmedian"}, "strategy fedmedian"),
+        ({"dp_clip": 1.0, "dp_noise_multiplier": 1.0}, "cannot run the dp stage: its accountant assumes"),
+        ({"secagg": "secagg"}, "cannot run the secagg stage"),
+    ):
+        with pytest.raises(ConfigError, match=words):
+            fedsim.run(out="/nonexistent/never", engine=fedsim.LocalEngine(), **settings, **extra)
+
+
+# ---- real runs --------------------------------------------------------------------------------
+# the simulated compute pinned (as if measured on a phone), not measured at each run's start here
+LATENCY = Path(__file__).parent / "data" / "latency.json"
+SYNC_COLUMNS = [
+    "round",
+    "test_accuracy",
+    "test_loss",
+    "train_loss",
+    "devices_selected",
+    "devices_reported",
+    "devices_accepted",
+    "samples",
+    "bytes_up",
+    "bytes_down",
+    "sim_elapsed_s",
+    "sim_energy_j",
+]
+DEVICE_COLUMNS = [
+    "round",
+    "device_id",
+    "samples",
+    "train_loss",
+    "checkpoint_bytes",
+    "status",
+    "sim_compute_s",
+    "sim_comm_s",
+    "sim_finish_s",
+    "sim_energy_j",
+]
+BASE = dict(
+    dataset="toy_images",
+    toy_samples=48,
+    devices=8,
+    per_round=4,
+    rounds=4,
+    seed=6,
+    progress=False,
+    fleet="uniform",
+    batch_size=4,
+    latency=str(LATENCY),
+)
+
+
+def test_async_with_nothing_stale_is_synchronous_fedavg(tmp_path):
+    """An equal fleet (`uniform`: every phone alike, always there) and equal shards: the cohort of
+    4 starts together and arrives together, so --buffer 4 steps on exactly a round's updates."""
+    sync = fedsim.run(out=str(tmp_path / "sync"), engine=fedsim.LocalEngine(2), **BASE)
+    fedbuff = fedsim.run(
+        out=str(tmp_path / "async"),
+        engine=fedsim.LocalEngine(2),
+        mode="async",
+        concurrency=4,
+        buffer=4,
+        staleness="constant",
+        **BASE,
+    )
+    assert sync.devices["samples"].nunique() == 1  # equal shards
+    pd_equal(fedbuff.rounds[SYNC_COLUMNS], sync.rounds[SYNC_COLUMNS])
+    np.testing.assert_allclose(fedbuff.rounds["sim_round_s"], sync.rounds["sim_round_s"], rtol=1e-12)
+    ours = fedbuff.devices.sort_values(["round", "device_id"]).reset_index(drop=True)
+    theirs = sync.devices.sort_values(["round", "device_id"]).reset_index(drop=True)
+    pd_equal(ours[DEVICE_COLUMNS], theirs[DEVICE_COLUMNS])
+    assert (ours["staleness"] == 0).all()
+    assert (fedbuff.path / "global.ckpt").read_bytes() == (sync.path / "global.ckpt").read_bytes()
+
+
+def pd_equal(a, b):
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True), check_exact=True)
+
+
+class StopAfter(fedsim.LocalEngine):
+    """Interrupts the run at its `stop`-th engine call (a kill mid-run)."""
+
+    def __init__(self, stop, hosts=2):
+        super().__init__(hosts)
+        self.stop, self.calls = stop, 0
+
+    def run_round(self, round_num, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.stop:
+            raise KeyboardInterrupt
+        return super().run_round(round_num, *args, **kwargs)
+
+
+def test_async_gives_the_same_tables_on_any_host_count_and_after_a_resume(tmp_path):
+    settings = {**BASE, "fleet": "skewed", "rounds": 6, "mode": "async", "concurrency": 5, "buffer": 2}
+    columns = [*SYNC_COLUMNS, "sim_round_s", "staleness_mean", "devices_in_flight"]
+    one = fedsim.run(out=str(tmp_path / "one"), engine=fedsim.LocalEngine(1), **settings)
+    two = fedsim.run(out=str(tmp_path / "two"), engine=fedsim.LocalEngine(2), **settings)
+    pd_equal(two.rounds[columns], one.rounds[columns])
+    pd_equal(two.devices.drop(columns=["host", "train_s"]), one.devices.drop(columns=["host", "train_s"]))
+    assert (two.path / "global.ckpt").read_bytes() == (one.path / "global.ckpt").read_bytes()
+    assert one.rounds["staleness_mean"].max() > 0  # some updates were stale
+    with pytest.raises(KeyboardInterrupt):
+        fedsim.run(out=str(tmp_path / "cut"), engine=StopAfter(5), **settings)
+    cut = fedsim.load_run(tmp_path / "cut")
+    assert 0 < len(cut.rounds) < 6
+    resumed = fedsim.resume(tmp_path / "cut", engine=fedsim.LocalEngine(2))
+    pd_equal(resumed.rounds[columns], one.rounds[columns])
+    pd_equal(resumed.devices.drop(columns=["host", "train_s"]), one.devices.drop(columns=["host", "train_s"]))
+    assert (resumed.path / "global.ckpt").read_bytes() == (one.path / "global.ckpt").read_bytes()
