@@ -16,6 +16,7 @@ of a larger one), else the cohort selected each round.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -94,9 +95,18 @@ class Accountant:
         def event(z: float) -> Any:
             return dataclasses.replace(self, noise_multiplier=z).event(rounds)
 
-        z = calibration.calibrate_dp_mechanism(
-            self.fresh, event, target_epsilon, self.delta, calibration.LowerEndpointAndGuess(1e-3, 1.0), tol=1e-4
-        )
+        # the search tries noise far too small, where the library warns (through absl's logger) that an
+        # RDP order did not converge and is excluded; those trials are rejected anyway, so the warnings
+        # say nothing about the result
+        quiet = logging.getLogger("absl")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            z = calibration.calibrate_dp_mechanism(
+                self.fresh, event, target_epsilon, self.delta, calibration.LowerEndpointAndGuess(1e-3, 1.0), tol=1e-4
+            )
+        finally:
+            quiet.setLevel(level)
         # calibration stops within `tol` of the optimum on either side: round up until under the target
         while dataclasses.replace(self, noise_multiplier=z).epsilon(rounds) > target_epsilon:
             z *= 1.0005
