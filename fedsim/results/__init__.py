@@ -2,7 +2,8 @@
 artifact.json, global.ckpt, server_state.npz. `schema` names them and their columns, `writer` writes
 them, `reader` reads them back into pandas, `migrate` reads folders of earlier versions."""
 
-from fedsim.results.reader import Run, load_run, load_runs, read_table, resume_checkpoint, resume_state
+from fedsim.results.folder import claim_run_folder, created_folders, default_out
+from fedsim.results.reader import Run, load_run, load_runs, read_table
 from fedsim.results.schema import (
     ARTIFACT_FILE,
     CHECKPOINT_FILE,
@@ -20,7 +21,7 @@ from fedsim.results.schema import (
     part_name,
     part_round,
 )
-from fedsim.results.writer import RunWriter, claim_run_folder, created_folders, default_out, versions
+from fedsim.results.writer import RunWriter, versions
 
 __all__ = [
     "ARTIFACT_FILE",
@@ -46,7 +47,5 @@ __all__ = [
     "part_name",
     "part_round",
     "read_table",
-    "resume_checkpoint",
-    "resume_state",
     "versions",
 ]

@@ -7,12 +7,12 @@ from __future__ import annotations
 import glob as globlib
 import json
 import os
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset
@@ -21,17 +21,14 @@ import pyarrow.parquet as pq
 from fedsim.results.migrate import flat_config
 from fedsim.results.schema import (
     ARTIFACT_FILE,
-    CHECKPOINT_FILE,
     CONFIG_FILE,
     DEVICE_COLUMNS,
     DEVICE_SCHEMA,
     DEVICES_FILE,
     PARTITION_FILE,
-    RESUME_DIR,
     ROUND_COLUMNS,
     ROUND_SCHEMA,
     ROUNDS_FILE,
-    STATE_FILE,
     RunFolderError,
     part_round,
 )
@@ -44,7 +41,10 @@ def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
         parts = sorted(str(f) for f in path.iterdir() if part_round(f.name) is not None)
         if not parts:
             return pd.DataFrame(columns=columns)
-        table = pq.ParquetDataset(parts).read().to_pandas()  # with the first part's schema
+        try:
+            table = pq.ParquetDataset(parts).read().to_pandas()  # with the first part's schema
+        except (pa.ArrowException, OSError) as e:
+            raise RunFolderError(_damage_message(path, damaged_parts(path)) or f"{path}: unreadable ({e})") from None
         schema = {tuple(ROUND_COLUMNS): ROUND_SCHEMA, tuple(DEVICE_COLUMNS): DEVICE_SCHEMA}.get(tuple(columns))
         if schema is None or set(columns) <= set(table.columns):
             return table
@@ -56,25 +56,6 @@ def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
     if path.is_file():
         return pd.read_parquet(path)
     return pd.DataFrame(columns=columns)
-
-
-def resume_state(path: Path, rounds_completed: int, finished: bool = False) -> dict[str, np.ndarray]:
-    """The strategy's server state committed with round `rounds_completed` ({} if it keeps none);
-    of a finished run, the state it ended with."""
-    f = path / STATE_FILE if finished else path / RESUME_DIR / f"round-{rounds_completed}.{STATE_FILE}"
-    if not f.is_file():
-        return {}
-    with np.load(f) as data:
-        return {k: data[k] for k in data.files}
-
-
-def resume_checkpoint(path: Path, rounds_completed: int, finished: bool = False) -> bytes:
-    """The committed global checkpoint after `rounds_completed` rounds of the run in `path` (of a
-    finished run: its global.ckpt)."""
-    f = path / CHECKPOINT_FILE if finished else path / RESUME_DIR / f"round-{rounds_completed}.ckpt"
-    if not f.is_file():
-        raise RunFolderError(f"{path}: no checkpoint for round {rounds_completed} ({f} is missing); cannot resume")
-    return f.read_bytes()
 
 
 @dataclass
@@ -117,20 +98,55 @@ class Run:
         )
 
 
-def load_run(path: str | os.PathLike[str]) -> Run:
-    p = Path(path)
-    config_file = p / CONFIG_FILE
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{p} is not a fedsim run folder (no {CONFIG_FILE})")
-    meta = json.loads(config_file.read_text())
+def damaged_parts(table: Path) -> list[tuple[Path, str]]:
+    """The parts of a table folder that parquet cannot read (truncated, overwritten), with why."""
+    bad = []
+    for f in sorted(table.iterdir()) if table.is_dir() else []:
+        if part_round(f.name) is None:
+            continue
+        try:
+            pq.read_metadata(f)
+        except (pa.ArrowException, OSError) as e:
+            bad.append((f, str(e).splitlines()[0] if str(e) else type(e).__name__))
+    return bad
 
-    return Run(
-        p,
-        meta,
-        read_table(p / ROUNDS_FILE, ROUND_COLUMNS),
-        read_table(p / DEVICES_FILE, DEVICE_COLUMNS),
-        read_table(p / PARTITION_FILE, ["device_id", "samples"]),
+
+def _damage_message(table: Path, bad: list[tuple[Path, str]]) -> str:
+    if not bad:
+        return ""
+    names = ", ".join(f"{f.parent.name}/{f.name}" for f, _ in bad[:5])
+    return (
+        f"{table.parent}: damaged table part(s) {names} ({bad[0][1]}); `fedsim run --resume {table.parent}` "
+        "cuts the run back to its last intact round when it can"
     )
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """A run folder's config.json; RunFolderError (one line) if it is missing or unreadable."""
+    config_file = path / CONFIG_FILE
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path} is not a fedsim run folder (no {CONFIG_FILE})")
+    try:
+        meta = json.loads(config_file.read_text())
+    except (OSError, ValueError) as e:
+        raise RunFolderError(f"{config_file}: unreadable ({e})") from None
+    if not isinstance(meta, dict) or "config" not in meta:
+        raise RunFolderError(f"{config_file}: not a fedsim run's config.json")
+    return meta
+
+
+def load_run(path: str | os.PathLike[str]) -> Run:
+    """A run folder's settings and tables: the committed rounds (a round whose write a kill cut short
+    is left out; --resume runs it again)."""
+    p = Path(path)
+    meta = read_meta(p)
+    rounds = read_table(p / ROUNDS_FILE, ROUND_COLUMNS)
+    devices = read_table(p / DEVICES_FILE, DEVICE_COLUMNS)
+    done = meta.get("rounds_completed")
+    if done is not None and len(rounds) and int(rounds["round"].max()) > int(done):
+        rounds = rounds[rounds["round"] <= int(done)].reset_index(drop=True)
+        devices = devices[devices["round"] <= int(done)].reset_index(drop=True)
+    return Run(p, meta, rounds, devices, read_table(p / PARTITION_FILE, ["device_id", "samples"]))
 
 
 def _expand(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:
@@ -153,7 +169,11 @@ def load_runs(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) 
     """Rounds of many runs in one tidy table: each row carries its run's folder and config keys."""
     frames = []
     for path in _expand(paths):
-        run = load_run(path)
+        try:
+            run = load_run(path)
+        except RunFolderError as e:  # one damaged run must not hide every other one
+            warnings.warn(f"skipping {path}: {e}", stacklevel=2)
+            continue
         frame = run.rounds.copy()
         for key, value in run.config.items():
             frame[key] = value

@@ -60,6 +60,7 @@ DEVICE_COLUMNS = [
     "sim_comm_s",
     "sim_finish_s",
     "sim_energy_j",
+    "aggregated",
 ]
 _INT_COLUMNS = {
     "round",
@@ -103,4 +104,4 @@ def part_round(name: str) -> int | None:
 
 
 class RunFolderError(FileExistsError):
-    """The run folder exists and is not empty: fedsim never overwrites a run."""
+    """A run folder that cannot be used as asked (taken, damaged, not a run): the message says why."""

@@ -1,13 +1,12 @@
 """Writing a run folder: config.json, the per-round table parts, model.tflite, global.ckpt, the server
-state. Every file is written atomically (to a temporary name, then renamed), so a killed run leaves
-complete tables up to its last finished round."""
+state. Every file is written atomically and durably (fedsim.results.durable: a temporary name, fsync,
+rename, fsync of the folder), so a killed run or a power cut leaves complete tables up to its last
+committed round."""
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import json
-import os
 import platform
 import shutil
 from collections.abc import Sequence
@@ -19,8 +18,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from fedsim.results.durable import atomic_arrow, atomic_link, atomic_parquet, atomic_write
+from fedsim.results.folder import CLAIM_FILE, created_folders, remove_run_files
 from fedsim.results.migrate import split_legacy_tables
 from fedsim.results.schema import (
     ARTIFACT_FILE,
@@ -37,7 +37,6 @@ from fedsim.results.schema import (
     ROUND_SCHEMA,
     ROUNDS_FILE,
     STATE_FILE,
-    RunFolderError,
     part_name,
     part_round,
 )
@@ -63,65 +62,9 @@ def versions() -> dict[str, str]:
     return out
 
 
-def default_out(name: str, root: str | os.PathLike[str] = "results") -> Path:
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(root) / name / stamp
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _atomic_link(source: Path, path: Path) -> None:
-    """`path` becomes `source` too (a hard link, atomically); a copy where links are not possible."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_parquet(path: Path, frame: pd.DataFrame) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def _atomic_arrow(path: Path, table: pa.Table) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
 def _arrow_table(rows: list[dict[str, Any]], columns: Sequence[str], schema: pa.Schema | None = None) -> pa.Table:
     """Rows -> an Arrow table with exactly `columns`, in that order (missing values are null)."""
     return pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows], schema=schema)
-
-
-def claim_run_folder(out: str | os.PathLike[str]) -> Path:
-    """Create `out` for a new run; refuse one that exists and is not empty."""
-    path = Path(out)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise RunFolderError(
-            f"--out {path} already exists and is not empty; fedsim never overwrites a run, pick another folder"
-        )
-    created = not path.exists()
-    path.mkdir(parents=True, exist_ok=True)
-    if created:
-        _CREATED.add(path.resolve())
-    return path
-
-
-_CREATED: set[Path] = set()  # run folders this process made (a failed start may remove them again)
-
-
-def created_folders() -> list[Path]:
-    """The run folders this process has made, oldest name first."""
-    return sorted(_CREATED)
 
 
 class RunWriter:
@@ -185,28 +128,28 @@ class RunWriter:
     def write_meta(self, **changes: Any) -> None:
         self.flush()
         self.meta.update(changes)
-        _atomic_write(self.path / CONFIG_FILE, json.dumps(self.meta, indent=2, default=str).encode())
+        atomic_write(self.path / CONFIG_FILE, json.dumps(self.meta, indent=2, default=str).encode())
 
     def write_model(self, artifact: bytes) -> None:
-        _atomic_write(self.path / MODEL_FILE, artifact)
+        atomic_write(self.path / MODEL_FILE, artifact)
 
-    def write_artifact_report(self, report: dict[str, Any]) -> None:
-        _atomic_write(self.path / ARTIFACT_FILE, json.dumps(report, indent=2, default=float).encode())
+    def write_artifact_report(self, report: dict[str, Any], replace: bool = True) -> None:
+        if not replace and (self.path / ARTIFACT_FILE).is_file():
+            return
+        atomic_write(self.path / ARTIFACT_FILE, json.dumps(report, indent=2, default=float).encode())
 
     def discard(self) -> None:
         """Remove what this writer wrote (a run that never completed a round), and the folder if this
         process created it; an empty folder the user made stays."""
-        for name in (CONFIG_FILE, MODEL_FILE, ARTIFACT_FILE, PARTITION_FILE, CHECKPOINT_FILE):
-            (self.path / name).unlink(missing_ok=True)
-        for name in (RESUME_DIR, ROUNDS_FILE, DEVICES_FILE):
-            shutil.rmtree(self.path / name, ignore_errors=True)
-        if self.path.resolve() in _CREATED and not any(self.path.iterdir()):
+        remove_run_files(self.path)
+        (self.path / CLAIM_FILE).unlink(missing_ok=True)  # (its lock is held until the run returns)
+        if self.path.resolve() in created_folders() and not any(self.path.iterdir()):
             self.path.rmdir()
 
     def write_fleet(self, profiles: pd.DataFrame) -> None:
         """fleet.parquet: every device's profile on the simulated clock (device_id, speed, bandwidths,
         availability, dropout), beside partition.parquet."""
-        _atomic_parquet(self.path / FLEET_FILE, profiles)
+        atomic_parquet(self.path / FLEET_FILE, profiles)
 
     def write_partition(self, counts: np.ndarray, test_sizes: np.ndarray | None = None) -> None:
         """partition.parquet: device_id, samples (trained on), test_samples (its own test split), and
@@ -215,7 +158,7 @@ class RunWriter:
         frame.insert(0, "test_samples", test_sizes if test_sizes is not None else 0)
         frame.insert(0, "samples", counts.sum(axis=1))
         frame.insert(0, "device_id", np.arange(len(counts)))
-        _atomic_parquet(self.path / PARTITION_FILE, frame)
+        atomic_parquet(self.path / PARTITION_FILE, frame)
 
     def record_round(
         self,
@@ -238,16 +181,18 @@ class RunWriter:
     ) -> None:
         round_num = round_row["round"]
         # Commit order, so that a kill at any point leaves a resumable folder: the round's checkpoint
-        # under its own name, the round's table parts, then config.json's rounds_completed (the
-        # commit point), then the user-facing global.ckpt, then the previous round's checkpoint is
-        # dropped. Parts of a round that never committed are removed on resume.
+        # under its own name, the round's table parts, the user-facing global.ckpt (so the model on
+        # disk is never older than the tables), then config.json's rounds_completed (the commit
+        # point), then checkpoints older than the previous round's are dropped (the previous one stays:
+        # a resume can cut a run whose last round's parts were damaged back to it). Parts of a round
+        # that never committed are removed on resume.
         resume = self.path / RESUME_DIR
         resume.mkdir(exist_ok=True)
-        _atomic_write(resume / f"round-{round_num}.ckpt", checkpoint)
-        keep = {f"round-{round_num}.ckpt"}
+        atomic_write(resume / f"round-{round_num}.ckpt", checkpoint)
+        keep = {f"round-{round_num}.ckpt", f"round-{round_num - 1}.ckpt", f"round-{round_num - 1}.{STATE_FILE}"}
         state_file = resume / f"round-{round_num}.{STATE_FILE}"
         if state:  # the strategy's server state (momentum, moments), so that a resume continues it
-            _atomic_write(state_file, _npz(state))
+            atomic_write(state_file, _npz(state))
             keep.add(state_file.name)
         for name, rows, columns, schema in (
             (DEVICES_FILE, device_rows, self.device_columns, self.device_schema),
@@ -256,15 +201,32 @@ class RunWriter:
             folder = self.path / name
             folder.mkdir(exist_ok=True)
             # Straight to Arrow (no DataFrame): this thread shares the CPU with the hosts' next round.
-            _atomic_arrow(folder / part_name(round_num), _arrow_table(rows, columns, schema))
-        self.meta["rounds_completed"] = round_num
-        _atomic_write(self.path / CONFIG_FILE, json.dumps(self.meta, indent=2, default=str).encode())
-        _atomic_write(self.path / CHECKPOINT_FILE, checkpoint)
+            atomic_arrow(folder / part_name(round_num), _arrow_table(rows, columns, schema))
+        atomic_write(self.path / CHECKPOINT_FILE, checkpoint)
         if state:  # the same file under its user-facing name: a second link, not a second write
-            _atomic_link(state_file, self.path / STATE_FILE)
+            atomic_link(state_file, self.path / STATE_FILE)
+        self.meta["rounds_completed"] = round_num
+        atomic_write(self.path / CONFIG_FILE, json.dumps(self.meta, indent=2, default=str).encode())
         for old in resume.iterdir():
             if old.name not in keep:
                 old.unlink(missing_ok=True)
+
+    def settle(self) -> None:
+        """After a failure: the folder as of its last committed round (parts of a round that did not
+        commit removed, global.ckpt and the server state back to that round's), so what a reader
+        sees agrees with config.json. Best effort: a full disk may refuse it, and a resume settles
+        the same way."""
+        try:
+            self.flush()
+        except BaseException:
+            pass
+        done = int(self.meta.get("rounds_completed") or 0)
+        self._trim_tables(done)
+        resume = self.path / RESUME_DIR
+        if done and (resume / f"round-{done}.ckpt").is_file():
+            atomic_link(resume / f"round-{done}.ckpt", self.path / CHECKPOINT_FILE)
+            if (resume / f"round-{done}.{STATE_FILE}").is_file():
+                atomic_link(resume / f"round-{done}.{STATE_FILE}", self.path / STATE_FILE)
 
     def close(self) -> None:
         self.flush()
@@ -272,6 +234,7 @@ class RunWriter:
         if self.tracker is not None:
             self.tracker.close(self.meta)
         if self.meta.get("status") == "completed":  # nothing left to resume: global.ckpt is the model
+            self.write_meta(model_round=self.meta.get("rounds_completed", 0))  # ... of this round
             shutil.rmtree(self.path / RESUME_DIR, ignore_errors=True)
 
 
