@@ -22,13 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from fedsim import config_keys
 from fedsim.clock.settings import ClockSettings
 from fedsim.data.settings import DataSettings
 from fedsim.engine.settings import EngineSettings
 from fedsim.model.settings import DeviceSettings
 from fedsim.pipeline import STAGES
 from fedsim.schedule import ScheduleSettings
-from fedsim.settings import Check, ConfigError, Field, Section, fields_of, need, setting, type_problem
+from fedsim.settings import Check, ConfigError, Field, Section, fields_of, flag, need, setting
 from fedsim.strategies import STRATEGIES, Strategy, make_strategy, strategy_fields
 from fedsim.tracking import TrackingSettings
 
@@ -56,14 +57,23 @@ class RunSettings(Section):
         choices=("fixed", "poisson"),
     )
     # one seed drives the partition, the model init, device selection and every device's shuffling
-    seed: int = setting(0, "seed for partition, init, selection and shuffling", least=0)
+    seed: int = setting(
+        0,
+        "seed for partition, init, selection and shuffling",
+        least=0,
+        most=2**32 - 1,
+        why="(TensorFlow's and the data shuffles' seeds are 32-bit)",
+    )
     # below it the round is retried once, then the run stops (keeping every completed round on disk)
     min_devices: int = setting(1, "fewest devices that must report per round (else retry once, then stop)", least=1)
     # rounds in between record NaN test accuracy and loss; 1 = every round
     eval_every: int = setting(1, "evaluate the global model every R rounds and after the last", least=1)
     eval_initial: bool = setting(False, "also evaluate the initial model, recorded as round 0", switch=True)
     out: str | None = setting(None, "run folder (default results/<name>/<timestamp>); must not exist or be empty")
-    name: str = setting("fashion_mnist_fedavg", "experiment name (default run folder)")
+    name: str | None = setting(
+        None,
+        "experiment name, the run folder results/NAME/<time> (default: data_model_strategy)",
+    )
 
     def check(self) -> None:
         if self.per_round is not None:  # before --min-devices, which is compared with it
@@ -79,7 +89,8 @@ class RunSettings(Section):
             raise ConfigError(
                 f"--min-devices {self.min_devices} exceeds the {self.devices_per_round} devices selected per round"
             )
-        need(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'", self.name)
+        if self.name is not None:
+            need(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'", self.name)
 
     @property
     def devices_per_round(self) -> int:
@@ -103,8 +114,8 @@ _BY_NAME = {s.section: s for s in SECTIONS}
 _STAGE_SECTIONS = {s.Settings.section: s.Settings for s in STAGES}
 _STRATEGY_NAME = Field(
     "strategy",
-    "the aggregation strategy: " + ", ".join(STRATEGIES),
-    Check("str", choices=tuple(STRATEGIES)),
+    "the aggregation strategy: " + ", ".join(STRATEGIES) + ", or your own as package.module:Class",
+    Check("str"),  # a name of STRATEGIES or an import path: make_strategy checks it
     "fedavg",
     "strategy",
 )
@@ -170,6 +181,18 @@ class Config:
                 f"--hosts {self.hosts} exceeds --devices {self.devices}; each host needs at least one device"
             )
         self.section(ScheduleSettings).check_with(self.section(ClockSettings), self.section(RunSettings).sampling)
+        if self.artifact is not None:  # its train signature fixes these: a value given would be ignored
+            device = self.section(DeviceSettings)
+            fixed = [
+                f.name
+                for f in dataclasses.fields(device)
+                if f.name not in ("artifact", "local_epochs", "batch_size") and getattr(device, f.name) != f.default
+            ]
+            if fixed:
+                raise ConfigError(
+                    f"--artifact {self.artifact} trains as it was built: {', '.join(flag(n) for n in fixed)} would "
+                    "be ignored (the artifact fixes the model and its on-device optimiser); drop them"
+                )
         if self._strategy.variant is not None and self.artifact is not None:
             raise ConfigError(
                 f"--strategy {self.strategy} changes the devices' train signature, which an "
@@ -204,6 +227,18 @@ class Config:
     def make_strategy(self) -> Strategy:
         """The chosen strategy with its hyperparameters (not yet bound to a run)."""
         return make_strategy(self._strategy.name, **self._given)
+
+    @property
+    def run_name(self) -> str:
+        """--name, or what ran: data set, model and strategy (`fashion_mnist_mlp_fedavg`,
+        `synthetic-0.5-0.5_logreg_fedprox`, `mydata_build_cnn_fedadam`, `..._async`)."""
+        if self.name:
+            return str(self.name)
+        data = Path(self.data).stem if self.data else self.dataset
+        model = "artifact" if self.artifact else str(self.model).split(":")[-1]
+        parts = [data, model, self.strategy.split(":")[-1]] + (["async"] if self.mode == "async" else [])
+        name = "_".join(parts)
+        return "".join(c if c.isalnum() or c in "._-" else "-" for c in name).strip("-.") or "run"
 
     @property
     def devices_per_round(self) -> int:
@@ -261,6 +296,8 @@ class Config:
             data = tomllib.loads(p.read_text())
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"--config {p}: not valid TOML ({e})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"--config {p}: not valid TOML (not UTF-8 text)") from None
         flat = flatten_settings(data)
         flat.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**flat)
@@ -279,65 +316,4 @@ def flatten_settings(data: Mapping[str, Any]) -> dict[str, Any]:
     """Flat settings from a config file's or config.json's dict: top-level keys, section tables
     ([run], [data], [strategy] with name, [pipeline.attack], ...), or both; every value type-checked
     and named by the key it came under. Unknown keys fail with "did you mean"."""
-    known = config_fields()
-    flat: dict[str, Any] = {}
-    where: dict[str, str] = {}
-
-    def take(key: str, value: Any, label: str) -> None:
-        if key not in known:
-            unknown.append(label + _hint(key))
-            return
-        if key in flat:
-            raise ConfigError(f"{key} given both as {where[key]} and as {label}")
-        if value is None and known[key].owner == "strategy":  # unset: the strategy's default (flat config.json)
-            return
-        wrong = type_problem(label, known[key].check, value)
-        if wrong is not None:
-            raise ConfigError(wrong)
-        flat[key], where[key] = value, label
-
-    unknown: list[str] = []
-    data = _legacy(data)
-    for key, value in data.items():
-        if key == "strategy" and isinstance(value, Mapping):  # [strategy] name = "fedadam", server_lr = ...
-            table = dict(value)
-            if "name" not in table:
-                raise ConfigError('config table [strategy] needs name = "..." (e.g. name = "fedadam")')
-            odd = sorted(set(table) - {"name", *strategy_fields()})
-            if odd:
-                raise ConfigError(
-                    f"[strategy] {', '.join(odd)}: not a strategy setting; known: name, {', '.join(strategy_fields())}"
-                )
-            take("strategy", table.pop("name"), "[strategy] name")
-            for k, v in table.items():
-                take(k, v, f"[strategy] {k}")
-        elif key == "pipeline" and isinstance(value, Mapping):
-            for stage, table in value.items():
-                if stage not in _STAGE_SECTIONS or not isinstance(table, Mapping):
-                    unknown.append(f"[pipeline.{stage}]")
-                    continue
-                for k, v in table.items():
-                    if k in _STAGE_SECTIONS[stage].__dataclass_fields__:  # type: ignore[attr-defined]
-                        take(k, v, f"[pipeline.{stage}] {k}")
-                    else:
-                        unknown.append(f"[pipeline.{stage}] {k}")
-        elif key in _BY_NAME and isinstance(value, Mapping):
-            for k, v in value.items():
-                if k in _BY_NAME[key].__dataclass_fields__:  # type: ignore[attr-defined]
-                    take(k, v, f"[{key}] {k}")
-                else:
-                    unknown.append(f"[{key}] {k}" + _hint(k))
-        else:
-            take(key, value, key)
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
-    return flat
-
-
-def _legacy(data: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Keys of earlier fedsims' config files, renamed to today's."""
-    if "synthetic_samples" in data and "toy_samples" not in data:  # "synthetic" named today's toy_images
-        data = {("toy_samples" if k == "synthetic_samples" else k): v for k, v in data.items()}
-        if data.get("dataset") == "synthetic":
-            data["dataset"] = "toy_images"
-    return data
+    return config_keys.flatten(data, config_fields(), _BY_NAME, _STAGE_SECTIONS, strategy_fields(), _hint)

@@ -233,6 +233,10 @@ class Coordinator:
             if aggregate is not None:  # None: a stage lost the round's sum (too few to unmask it)
                 flat, state = self.strategy.apply(self.flat, aggregate, self.state)
                 self._set_global(np.asarray(flat, dtype=np.float32), state)
+                used = self.strategy.selected  # the updates a picking rule used (None: every accepted one)
+                for r in device_rows:
+                    if r["status"] == "ok":
+                        r["aggregated"] = float(used is None or r["device_id"] in used)
         if self.clock is not None:  # the server's own work after the last upload (a secure sum's unmasking)
             sim_round += self.pipeline.server_seconds()
         aggregated = time.perf_counter()
@@ -277,11 +281,16 @@ class Coordinator:
             if reported >= min(min_devices, len(run_ids)):
                 return result
             if attempt == 2:
+                # every distinct cause, whole (a cut message once hid the one that mattered)
                 errors = sorted({r.error for r in result.reports if r.status == "failed"})
+                saved = (
+                    f"rounds 1-{round_num - 1} are saved; fix the cause and continue with fedsim run --resume"
+                    if round_num > 1
+                    else "no round was completed; fix the cause and run the same command again"
+                )
                 raise RoundFailedError(
                     f"round {round_num}: {reported} of {len(selected)} selected devices reported, fewer than "
-                    f"--min-devices {min_devices}, also on the retry ({'; '.join(errors)[:300]}); "
-                    f"rounds 1-{round_num - 1} are saved; fix the cause and continue with fedsim run --resume"
+                    f"--min-devices {min_devices}, also on the retry (causes: {' | '.join(errors)}); {saved}"
                 )
         raise AssertionError("unreachable")
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from fedsim.asyncloop import AsyncCoordinator
-from fedsim.clock.clock import Clock, read_latency
+from fedsim.clock.clock import Clock, read_latency, reuse_latency
 from fedsim.clock.profiles import FleetError
 from fedsim.config import Config
 from fedsim.context import RunContext
@@ -72,12 +72,20 @@ def execute(
     )
     with engine:
         began = time.perf_counter()
+        if progress:  # the wait before round 1 is not silent
+            print(
+                f"fedsim: starting: the hosts, the {config.devices:,} devices' data, the model's artifact"
+                f"{'' if isinstance(plan.artifact, bytes) else ' (converted with TensorFlow)'} ...",
+                file=sys.stderr,
+                flush=True,
+            )
         prepared = engine.start(setup)
         stages = {**getattr(engine, "startup_s", {}), "total": time.perf_counter() - began}
         if progress:  # what the wait before round 1 was spent on
             parts = ", ".join(f"{k} {v:.1f} s" for k, v in stages.items() if k not in ("total", "warm"))
+            detail = ", ".join(p for p in (parts, "warm hosts" if stages.get("warm") else "") if p)
             print(
-                f"fedsim: started in {stages['total']:.1f} s ({parts}{', warm hosts' if stages.get('warm') else ''})",
+                f"fedsim: started in {stages['total']:.1f} s" + (f" ({detail})" if detail else ""),
                 file=sys.stderr,
                 flush=True,
             )
@@ -97,9 +105,10 @@ def execute(
                 run,
                 len(initial),
                 plan.pipeline.upload_bytes(run.upload_bytes, run.params),
+                prepared.artifact,
             )
             writer.write_fleet(plan.profiles)
-            writer.write_meta(sim_latency_ms=clock.latency_ms)
+            writer.write_meta(sim_latency_ms=clock.latency_ms, sim_latency_source=clock.latency_source)
         loop = AsyncCoordinator if config.mode == "async" else Coordinator
         loop(config, run, engine, strategy, plan.pipeline, initial, writer, clock, start.resume, progress, started).run(
             start.round_num
@@ -137,8 +146,8 @@ def _record_prepared(
     writer: RunWriter, engine: Engine, prepared: Prepared, stages: dict[str, Any], config: Config, strategy: Strategy
 ) -> None:
     writer.write_model(prepared.artifact)
-    if prepared.report is not None:
-        writer.write_artifact_report(prepared.report)
+    if prepared.report is not None:  # a resume keeps the report (and latencies) the run began with
+        writer.write_artifact_report(prepared.report, replace=False)
     if prepared.label_counts is not None:
         writer.write_partition(prepared.label_counts, prepared.test_sizes)
     train_samples = int(prepared.dataset_info["train_samples"])
@@ -163,17 +172,18 @@ def sim_clock(
     run: RunContext,
     down_bytes: int,
     up_bytes: int,
+    artifact: bytes = b"",
 ) -> Clock:
     """The run's simulated clock: the profiles, the latency table (pinned by --latency, recorded by an
     earlier part of this run, or measured at its start), and the round policy; a deadline no device
     could meet is refused here, before the first round."""
-    if latency is None:
+    source = "recorded by this run's first part"  # a resume: the table its clock started with
+    if latency is None and config.latency:
+        latency, source = read_latency(config.latency), f"pinned by --latency {config.latency}"
+    elif latency is None:
         measured = (report or {}).get("latency_ms", {})
-        latency = (
-            read_latency(config.latency)
-            if config.latency
-            else {k: float(v) for k, v in measured.items() if k in ("restore", "train", "save")}
-        )
+        table = {k: float(v) for k, v in measured.items() if k in ("restore", "train", "save")}
+        latency, source = reuse_latency(artifact, table)
     clock = Clock(
         profiles,
         latency,
@@ -184,6 +194,7 @@ def sim_clock(
         config.straggler,
         config.over_select,
     )
+    clock.latency_source = source
     if config.deadline is not None:
         fewest = clock.fewest_seconds(run.samples, down_bytes, up_bytes)
         if fewest > config.deadline:

@@ -10,6 +10,7 @@ settings and config.json. This module is the mechanism only; it imports nothing 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -82,7 +83,8 @@ class Check:
             if not isinstance(value, str):
                 return "must be a string"
             if self.choices is not None and value not in self.choices:
-                return self.range_text()
+                close = difflib.get_close_matches(value, self.choices, 1)
+                return self.range_text() + (f" (did you mean {close[0]}?)" if close else "")
             return None
         numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
         if self.kind == "int" and not (numeric and float(value).is_integer() and isinstance(value, int)):
@@ -101,7 +103,9 @@ class Check:
 
 
 def _num(x: float | None) -> str:
-    return f"{x:g}" if x is not None else ""
+    if x is None:
+        return ""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"  # 4294967295, not 4.29497e+09
 
 
 def setting(
@@ -267,3 +271,35 @@ def flat_view(config: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def import_object(spec: str, what: str, error: type[Exception] = ConfigError) -> Any:
+    """The object `package.module:attr` names, for --model and --strategy. The current folder is on
+    the path, as for `python -m` (and put on PYTHONPATH, so that Ray's workers, started later, find
+    the module too); a failure is one line of `error` saying where it looked."""
+    import importlib
+    import os
+    import sys
+
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise error(f"{what} {spec!r}: expected package.module:name")
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.insert(0, here)
+        paths = os.environ.get("PYTHONPATH", "")
+        os.environ["PYTHONPATH"] = here + (os.pathsep + paths if paths else "")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise error(
+            f"{what} {spec}: cannot import {module_name} ({e}); fedsim looks in the current folder ({here}) "
+            "and on PYTHONPATH"
+        ) from None
+    except Exception as e:  # the module itself failed to import
+        raise error(f"{what} {spec}: importing {module_name} raised {type(e).__name__}: {e}") from None
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise error(f"{what} {spec}: {module_name} has no {attr}")
+        target = getattr(target, part)
+    return target

@@ -6,9 +6,10 @@ Everything that can be wrong with the input (settings, data, run folder) is chec
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import importlib
-import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,11 +39,12 @@ from fedsim.results import (
     default_out,
     load_run,
     read_table,
-    resume_checkpoint,
-    resume_state,
     versions,
 )
+from fedsim.results.folder import release_claim, remove_run_files, take_claim
 from fedsim.results.migrate import flat_config
+from fedsim.results.reader import read_meta
+from fedsim.results.recovery import committed_model, committed_rounds, stage_finished_model
 from fedsim.strategies import STRATEGIES, Strategy
 from fedsim.tracking import Trackers
 
@@ -86,6 +88,8 @@ def run(
     chosen = strategy if strategy is not None else config.make_strategy()
     pipeline = Pipeline.build(config.stage_settings, config.seed)
     pipeline.check(chosen)
+    pipeline.check_fleet(config.devices)
+    chosen.check_cohort(config.devices, config.devices_per_round, config.byzantine)
     if config.mode == "async":
         asyncloop.check(chosen, pipeline)
     # a fleet file with a bad column or id fails here, before any folder or Ray process exists
@@ -100,24 +104,27 @@ def run(
     if config.artifact:
         artifact = _read_artifact(config.artifact)
     trackers = _trackers(config)
-    out = claim_run_folder(config.out or default_out(config.name))
-    config = config.replace(out=str(out))  # the folder it ran in, also when it was the default
-    meta: dict[str, Any] = {
-        "config": config.to_dict(),
-        "versions": versions(),
-        "strategy": type(chosen).__name__,
-        "strategy_params": chosen.describe(),
-        # what load_runs reports as the strategy: the --strategy name, or module:Class of one passed in
-        "strategy_name": strategy_name(config, chosen),
-        "pipeline": pipeline.names(),
-        "model": model,
-        "started": _now(),
-    }
-    plan = RunPlan(config, recipe_data, chosen, pipeline, artifact, bool(config.artifact), profiles)
-    rounds, devices = _columns(config, pipeline)
-    writer = RunWriter(out, meta, round_columns=rounds, device_columns=devices)
-    _guarded(writer, trackers, lambda: execute(plan, engine, writer, progress, started, StartPoint()), new_run=True)
-    return load_run(out)
+    out = claim_run_folder(config.out or default_out(config.name), free_name=not config.out)
+    try:  # the folder is this run's until it returns or fails
+        config = config.replace(out=str(out))  # the folder it ran in, also when it was the default
+        meta: dict[str, Any] = {
+            "config": config.to_dict(),
+            "versions": versions(),
+            "strategy": type(chosen).__name__,
+            "strategy_params": chosen.describe(),
+            # what load_runs reports as the strategy: the --strategy name, or module:Class of one passed in
+            "strategy_name": strategy_name(config, chosen),
+            "pipeline": pipeline.names(),
+            "model": model,
+            "started": _now(),
+        }
+        plan = RunPlan(config, recipe_data, chosen, pipeline, artifact, bool(config.artifact), profiles)
+        rounds, devices = _columns(config, pipeline)
+        writer = RunWriter(out, meta, round_columns=rounds, device_columns=devices)
+        _guarded(writer, trackers, lambda: execute(plan, engine, writer, progress, started, StartPoint()), new_run=True)
+        return load_run(out)
+    finally:
+        release_claim(out)
 
 
 def _columns(config: Config, pipeline: Pipeline) -> tuple[list[str], list[str]]:
@@ -224,56 +231,67 @@ def resume(
     """
     started = time.perf_counter()
     folder = Path(path)
-    meta_file = folder / CONFIG_FILE
-    if not meta_file.is_file():
-        raise RunFolderError(f"--resume {folder}: not a fedsim run folder (no {CONFIG_FILE})")
-    meta = json.loads(meta_file.read_text())
+    try:
+        meta = read_meta(folder)
+    except FileNotFoundError:
+        raise RunFolderError(f"--resume {folder}: not a fedsim run folder (no {CONFIG_FILE})") from None
     given = (("hosts", hosts), ("address", address), ("rounds", rounds), ("dp_epsilon_budget", dp_epsilon_budget))
     changes = {k: v for k, v in given if v is not None}
     config = saved_config(meta, **changes)
-    done = int(meta.get("rounds_completed", 0))
-    if done >= config.rounds:
-        if rounds is None:
+    take_claim(folder)  # one process at a time continues a run; released however this ends
+    try:
+        done = committed_rounds(folder, meta)  # its table parts checked (a damaged last round is cut back)
+        if done == 0:  # nothing to continue: the run starts over in its folder, with its saved settings
+            print(f"fedsim: {folder}: no round was completed; starting the run over in it", file=sys.stderr, flush=True)
+            remove_run_files(folder)
+            release_claim(folder)
+            return run(config, engine=engine, strategy=strategy, progress=progress, data=data, out=str(folder))
+        if done >= config.rounds:
+            if rounds is None:
+                raise RunFolderError(
+                    f"--resume {folder}: all {config.rounds} rounds are already complete; extend it "
+                    f"with --rounds N (N > {done})"
+                )
+            raise RunFolderError(f"--resume {folder}: --rounds {rounds} is not more than the {done} rounds it has")
+        if config.dataset == "arrays" and data is None:
             raise RunFolderError(
-                f"--resume {folder}: all {config.rounds} rounds are already complete; extend it "
-                f"with --rounds N (N > {done})"
+                f"--resume {folder}: this run trained on arrays built in Python; pass them again as "
+                "fedsim.resume(DIR, data=ArrayDataset(...))"
             )
-        raise RunFolderError(f"--resume {folder}: --rounds {rounds} is not more than the {done} rounds it has")
-    if config.dataset == "arrays" and data is None:
-        raise RunFolderError(
-            f"--resume {folder}: this run trained on arrays built in Python; pass them again as "
-            "fedsim.resume(DIR, data=ArrayDataset(...))"
-        )
-    recipe_data = data_recipe(config, data)
-    recipe_data.check()
-    if not (folder / MODEL_FILE).is_file():
-        raise RunFolderError(f"--resume {folder}: the run stopped before its artifact was made; start it again")
-    artifact = (folder / MODEL_FILE).read_bytes()
-    finished = meta.get("status") == "completed"  # its resume/ folder is gone: global.ckpt is round `done`
-    start = StartPoint(done + 1, sim_latency=meta.get("sim_latency_ms"))
-    if done:  # from the last committed round: its model, server state and clocks
-        start.checkpoint = resume_checkpoint(folder, done, finished)
-        table = read_table(folder / ROUNDS_FILE, ROUND_COLUMNS)  # not the devices table: it can be large
-        committed = table[table["round"] <= done]
-        sim = 0.0
-        if len(committed):
-            started -= float(committed["elapsed_s"].iloc[-1])
-            if "sim_elapsed_s" in committed and not np.isnan(committed["sim_elapsed_s"].iloc[-1]):
-                sim = float(committed["sim_elapsed_s"].iloc[-1])
-        start.resume = Resume(resume_state(folder, done, finished), sim)
-    chosen = _resume_strategy(folder, meta, config, strategy)
-    pipeline = Pipeline.build(config.stage_settings, config.seed)
-    profiles = load_fleet(config.fleet, config.devices, config.seed) if config.fleet else None
-    meta["config"] = config.to_dict()
-    for stale in ("error", "finished", "stopped"):
-        meta.pop(stale, None)
-    meta.setdefault("resumed", []).append({"after_round": done, "at": _now()})
-    trackers = _trackers(config)
-    round_columns, device_columns = _columns(config, pipeline)
-    writer = RunWriter(folder, meta, resume_from=done, round_columns=round_columns, device_columns=device_columns)
-    plan = RunPlan(config, recipe_data, chosen, pipeline, artifact, False, profiles)
-    _guarded(writer, trackers, lambda: execute(plan, engine, writer, progress, started, start))
-    return load_run(folder)
+        recipe_data = data_recipe(config, data)
+        recipe_data.check()
+        if not (folder / MODEL_FILE).is_file():
+            raise RunFolderError(f"--resume {folder}: the run stopped before its artifact was made; start it again")
+        artifact = (folder / MODEL_FILE).read_bytes()
+        if meta.get("status") == "completed":  # its model is global.ckpt only: staged as round `done`'s first
+            stage_finished_model(folder, done)
+        start = StartPoint(done + 1, sim_latency=meta.get("sim_latency_ms"))
+        checkpoint, state = committed_model(folder, done)  # checked before anything is written
+        if done:  # from the last committed round: its model, server state and clocks
+            start.checkpoint = checkpoint
+            table = read_table(folder / ROUNDS_FILE, ROUND_COLUMNS)  # not the devices table: it can be large
+            committed = table[table["round"] <= done]
+            sim = 0.0
+            if len(committed):
+                started -= float(committed["elapsed_s"].iloc[-1])
+                if "sim_elapsed_s" in committed and not np.isnan(committed["sim_elapsed_s"].iloc[-1]):
+                    sim = float(committed["sim_elapsed_s"].iloc[-1])
+            start.resume = Resume(state, sim)
+        chosen = _resume_strategy(folder, meta, config, strategy)
+        pipeline = Pipeline.build(config.stage_settings, config.seed)
+        profiles = load_fleet(config.fleet, config.devices, config.seed) if config.fleet else None
+        meta["config"] = config.to_dict()
+        for stale in ("error", "finished", "stopped"):
+            meta.pop(stale, None)
+        meta.setdefault("resumed", []).append({"after_round": done, "at": _now()})
+        trackers = _trackers(config)
+        round_columns, device_columns = _columns(config, pipeline)
+        writer = RunWriter(folder, meta, resume_from=done, round_columns=round_columns, device_columns=device_columns)
+        plan = RunPlan(config, recipe_data, chosen, pipeline, artifact, False, profiles)
+        _guarded(writer, trackers, lambda: execute(plan, engine, writer, progress, started, start))
+        return load_run(folder)
+    finally:
+        release_claim(folder)
 
 
 def _guarded(writer: RunWriter, trackers: Trackers, body: Callable[[], None], new_run: bool = False) -> None:
@@ -291,14 +309,31 @@ def _guarded(writer: RunWriter, trackers: Trackers, body: Callable[[], None], ne
         return
     except BaseException as e:
         try:
+            writer.settle()
+        except OSError:
+            pass
+        try:
             if isinstance(e, KeyboardInterrupt):  # stopped on purpose: resumable, not failed
                 writer.write_meta(status="interrupted", finished=_now())
             else:
                 writer.write_meta(status="failed", error=f"{type(e).__name__}: {e}", finished=_now())
+        except OSError:  # the disk that failed the run may refuse this too; the committed rounds stand
+            pass
         finally:
-            writer.close()
+            try:
+                writer.close()
+            except OSError:
+                pass
             if new_run and not writer.meta.get("rounds_completed"):
                 writer.discard()
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            done = int(writer.meta.get("rounds_completed") or 0)
+            kept = (
+                f"rounds 1-{done} are saved; free space and continue with fedsim run --resume {writer.path}"
+                if done
+                else "no round was completed; free space and run the same command again"
+            )
+            raise RunFolderError(f"no space left on the device holding {writer.path}; {kept}") from e
         raise
     writer.write_meta(status="completed", finished=_now())
     writer.close()

@@ -13,6 +13,7 @@ import datetime as dt
 import itertools
 import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import pandas as pd
 
 from fedsim.config import Config, ConfigError, config_fields
 from fedsim.results import CONFIG_FILE, RunFolderError, claim_run_folder, load_runs
+from fedsim.results.folder import release_claim, take_claim
 from fedsim.simulation import resume, run
 
 SWEEP_FILE = "sweep.parquet"
@@ -31,6 +33,9 @@ def point_name(devices: int, partition: str, seed: int, others: Mapping[str, Any
     """devices-100_iid_seed-0, then key-value for every other setting the sweep varies."""
     extra = "".join(f"_{k}-{v}" for k, v in (others or {}).items())
     return f"devices-{devices}_{partition}_seed-{seed}{extra}".replace(":", "-").replace(",", "-").replace("/", "-")
+
+
+ACTIVE: list[Path] = []  # sweep folders this process has run in, latest last
 
 
 def sweep(
@@ -53,9 +58,13 @@ def sweep(
     axes = _axes(base, devices, partitions, seeds, grid)
     configs = _configs(base, axes)  # every point's settings are checked before anything runs
     folder = claim_run_folder(
-        out or Path("results") / "sweeps" / base.name / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out or Path("results") / "sweeps" / base.name / dt.datetime.now().strftime("%Y%m%d-%H%M%S"),
+        free_name=out is None,
     )
-    return _run_points(folder, base, axes, configs, progress, {}, _engine(engine))
+    try:  # the sweep's folder is this process's until the sweep ends
+        return _run_points(folder, base, axes, configs, progress, {}, _engine(engine))
+    finally:
+        release_claim(folder)
 
 
 def resume_sweep(path: str | os.PathLike[str], progress: bool = True) -> pd.DataFrame:
@@ -69,7 +78,11 @@ def resume_sweep(path: str | os.PathLike[str], progress: bool = True) -> pd.Data
     base = Config.from_dict(saved["base"])
     axes = {k: list(v) for k, v in saved["grid"].items()}
     done = {p["point"]: p for p in saved["points"] if p["status"] == "completed"}
-    return _run_points(folder, base, axes, _configs(base, axes), progress, done, saved.get("engine", "ray"))
+    take_claim(folder)  # one process at a time continues a sweep
+    try:
+        return _run_points(folder, base, axes, _configs(base, axes), progress, done, saved.get("engine", "ray"))
+    finally:
+        release_claim(folder)
 
 
 def _axes(
@@ -149,6 +162,13 @@ def _run_points(
     from fedsim.engine.local import LocalEngine
 
     points: list[dict[str, Any]] = []
+    ACTIVE.append(folder)  # what an interrupted `fedsim sweep` names to resume
+    todo = [name for name, _ in configs if name not in done]
+    print(
+        f"fedsim: sweep in {folder}: {len(todo)} of {len(configs)} points to run",
+        file=sys.stderr,
+        flush=True,
+    )
     owns_ray = _connect(base.address) if engine == "ray" else False
 
     def saved() -> str:
@@ -163,6 +183,8 @@ def _run_points(
                 points.append(done[name])
                 continue
             run_folder = folder / name
+            shown = " ".join(f"{k}={getattr(config, k)}" for k in axes)
+            print(f"fedsim: point {todo.index(name) + 1}/{len(todo)}: {shown}", file=sys.stderr, flush=True)
             local = LocalEngine(config.hosts or 1) if engine == "local" else None
             try:
                 if (run_folder / CONFIG_FILE).is_file():
@@ -189,6 +211,7 @@ def _run_points(
     (folder / SWEEP_JSON).write_text(saved())
     table = _table(folder, points)
     table.to_parquet(folder / SWEEP_FILE, index=False)
+    table.attrs["folder"] = str(folder)
     return table
 
 

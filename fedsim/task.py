@@ -26,6 +26,9 @@ class TaskError(ValueError):
     """The data does not make a task fedsim can train on (the message names the problem)."""
 
 
+MAX_VOCAB = 1_000_000  # an embedding table of more rows would take gigabytes on every device
+
+
 @dataclass(frozen=True)
 class Task:
     """One sample's shape and dtype, the number of classes, and (for tokens) the vocabulary size."""
@@ -47,6 +50,11 @@ class Task:
             raise TaskError(f"token inputs must be (length,) sequences with a vocabulary, got {self.input_shape}")
         if self.num_classes < 2:
             raise TaskError(f"a classification task needs at least 2 classes, got {self.num_classes}")
+        if self.vocab_size is not None and self.vocab_size > MAX_VOCAB:
+            raise TaskError(
+                f"token ids up to {self.vocab_size - 1} make an embedding of {self.vocab_size} rows per device; "
+                f"fedsim takes vocabularies of at most {MAX_VOCAB} (re-index the tokens)"
+            )
 
     @property
     def input_dtype(self) -> str:

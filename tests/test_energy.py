@@ -62,7 +62,7 @@ def test_a_fleet_files_power_must_be_positive(tmp_path):
         "0,1.0,10000,2000,1.0,0.0,-1\n"
         "1,1.0,10000,2000,1.0,0.0,2\n"
     )
-    with pytest.raises(FleetError, match="compute_w must be a positive number; device"):
+    with pytest.raises(FleetError, match="compute_w must be a number from 1e-06 to 1000; device"):
         fedsim.run(out=str(tmp_path / "r"), engine=fedsim.LocalEngine(), fleet=str(fleet), **SETTINGS)
 
 

@@ -91,10 +91,13 @@ def test_bad_fleet_files_get_one_line_each(tmp_path):
     with pytest.raises(FleetError, match="no row for device\\(s\\) 2 of 3"):
         load_csv(f, 3)
     good.assign(speed=[1.0, 0.0, 1.0]).to_csv(f, index=False)
-    with pytest.raises(FleetError, match="speed must be a positive number; device\\(s\\) 1"):
+    with pytest.raises(FleetError, match=r"speed must be a number from 1e-06 to 1e\+06; device\(s\) 1 have 0.0"):
         load_csv(f, 3)
     good.assign(up_kbps=[1.0, -2.0, 1.0]).to_csv(f, index=False)
-    with pytest.raises(FleetError, match="up_kbps must be a positive number"):
+    with pytest.raises(FleetError, match="up_kbps must be a number from 0.001 to 1e"):
+        load_csv(f, 3)
+    good.assign(speed=[1.0, 1e-320, 1.0]).to_csv(f, index=False)  # would make simulated time infinite
+    with pytest.raises(FleetError, match="speed must be a number from 1e-06"):
         load_csv(f, 3)
     good.to_csv(f, index=False)
     assert load_csv(f, 3).equals(good)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,8 +19,14 @@ from fedsim.settings import ConfigError
 __all__ = ["build_parser", "config_from_args", "main", "version"]
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM (a scheduler, `kill`) stops a run as Ctrl-C does: resumable
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     parser = build_parser()
     args = parser.parse_args(argv)
     from fedsim.artifact import ArtifactError  # TensorFlow only loads when a report or check runs
@@ -60,9 +68,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"fedsim: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the machine said no (a full disk, a read-only folder): one line, not a traceback
+        if args.debug:
+            raise
+        print(f"fedsim: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         folder = _interrupted_folder(args)
-        if folder is not None:
+        if args.command == "sweep" and _sweep_folder() is not None:
+            print(
+                f"fedsim: interrupted; the sweep in {_sweep_folder()} keeps its completed points; continue "
+                f"with: fedsim sweep --resume {_sweep_folder()}",
+                file=sys.stderr,
+            )
+        elif folder is not None:
             print(
                 f"fedsim: interrupted; {folder} keeps every completed round; continue with: "
                 f"fedsim run --resume {folder}",
@@ -71,6 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print("fedsim: interrupted", file=sys.stderr)
         return 130
+
+
+def _sweep_folder() -> Path | None:
+    from fedsim.sweep import ACTIVE
+
+    return ACTIVE[-1] if ACTIVE else None
 
 
 def _interrupted_folder(args: argparse.Namespace) -> str | None:

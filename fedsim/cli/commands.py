@@ -4,7 +4,7 @@ prints what a person needs (where results are, what to run next)."""
 from __future__ import annotations
 
 import argparse
-import datetime as dt
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -53,19 +53,37 @@ def run(args: argparse.Namespace) -> int:
         result = fedsim.run(config, engine=engine, progress=not args.no_progress)
     if result.meta.get("stopped"):  # a stage ended the run before a round (its budget spent)
         print(f"fedsim: stopped ({result.meta['status']}): {result.meta['stopped']}")
-    last = result.rounds.iloc[-1]
-    print(
-        f"fedsim: {len(result.rounds)} rounds on {config.devices} devices; "
-        f"final test accuracy {last.test_accuracy:.4f}, test loss {last.test_loss:.4f}"
-    )
-    print(f"fedsim: results in {result.path}")
-    print(f"fedsim: python -c \"import fedsim; r = fedsim.load_run('{result.path}'); print(r.rounds)\"")
-    if result.meta.get("mlflow_run_id") and config.mlflow:
-        print(
-            f"fedsim: MLflow run {result.meta['mlflow_run_id']} in experiment "
-            f"{config.mlflow_experiment or config.name} (mlflow ui --backend-store-uri {config.mlflow})"
-        )
+    for line in summary(result, config):
+        print(f"fedsim: {line}")
     return 0
+
+
+def summary(result: Any, config: Config) -> list[str]:
+    """What a finished `fedsim run` says: rounds (round 0, the initial evaluation, is not a round),
+    accuracy, simulated hours and energy, a hint when nothing was accepted, and how to load it."""
+    rounds = result.rounds[result.rounds["round"] >= 1]
+    scored = rounds.dropna(subset=["test_accuracy"])
+    lines = [f"{len(rounds)} rounds on {config.devices} devices"]
+    if len(scored):
+        last = scored.iloc[-1]
+        lines[0] += f"; final test accuracy {last.test_accuracy:.4f}, test loss {last.test_loss:.4f}"
+    if "sim_elapsed_s" in rounds and rounds["sim_elapsed_s"].notna().any():
+        hours = float(rounds["sim_elapsed_s"].max()) / 3600
+        energy = float(rounds["sim_energy_j"].sum()) / 1000 if "sim_energy_j" in rounds else float("nan")
+        lines.append(f"simulated time {hours:.3g} h; the phones spent {energy:.4g} kJ")
+    if len(rounds) and int(rounds["devices_accepted"].sum()) == 0:
+        reasons = result.devices.loc[result.devices["status"] == "rejected", "reason"]
+        why = f" (e.g. {reasons.iloc[0]})" if len(reasons) else ""
+        lines.append(f"no update was accepted in any round{why}: the model never changed")
+    lines.append(f"results in {result.path}")
+    python = Path(sys.prefix) / "bin" / "python"  # the interpreter fedsim is installed in (.venv after make)
+    lines.append(f"{python} -c \"import fedsim; r = fedsim.load_run('{result.path}'); print(r.rounds)\"")
+    if result.meta.get("mlflow_run_id") and config.mlflow:
+        lines.append(
+            f"MLflow run {result.meta['mlflow_run_id']} in experiment "
+            f"{config.mlflow_experiment or config.run_name} (mlflow ui --backend-store-uri {config.mlflow})"
+        )
+    return lines
 
 
 def _ints(text: str, name: str) -> list[int]:
@@ -149,10 +167,11 @@ def sweep(args: argparse.Namespace) -> int:
                     if key in source and key not in grid:
                         grid[key] = [source.pop(key)]
         firsts = {k: v[0] for k, v in grid.items() if not (comparing and k in params)}
+        if "devices" in grid:  # the base is checked as the largest fleet: --per-round is capped per point
+            firsts["devices"] = max(grid["devices"])
         base = Config(**{**file_values, **overrides, **firsts})
-        out = args.out or str(Path("results") / "sweeps" / base.name / dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
-        table = run_sweep(base, out=out, progress=not args.no_progress, grid=grid, engine=args.engine)
-        folder = Path(out)
+        table = run_sweep(base, out=args.out, progress=not args.no_progress, grid=grid, engine=args.engine)
+        folder = Path(table.attrs["folder"])
     failed = table[table["status"] == "failed"] if "status" in table else table.iloc[:0]
     print(f"fedsim: sweep of {table['point'].nunique()} points, {failed['point'].nunique()} failed")
     for _, row in failed.iterrows():

@@ -5,17 +5,19 @@ A device's simulated round = download + compute + upload:
   compute_s = (restore_ms + steps * train_ms + save_ms) / 1000 / speed
   comm_s    = 8 * down_bytes / (1000 * down_kbps) + 8 * up_bytes / (1000 * up_kbps)
 and its energy is fedsim.clock.energy's model of those seconds (energy_j).
-with the artifact's per-call latencies measured at the start of the run on this machine with one
-thread (artifact.json), or pinned from a file, so the same config and seed give the same simulated
-times on any machine that uses the same latency table. The wall time of the host that ran a device
+with the artifact's per-call latencies measured on this machine with one thread (once per artifact
+and machine, then reused: reuse_latency), or pinned from a file, so the same config and seed give the
+same simulated times on any machine that uses the same latency table. The wall time of the host that ran a device
 never enters it. numpy and pandas only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +49,40 @@ def read_latency(path: str | os.PathLike[str]) -> dict[str, float]:
     return out
 
 
+def machine_key() -> str:
+    """This machine as the latency cache knows it: host name, architecture, CPU model and count."""
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"{platform.node()}|{platform.machine()}|{cpu}|{os.cpu_count()}"
+
+
+def reuse_latency(artifact: bytes, measured: dict[str, float]) -> tuple[dict[str, float], str]:
+    """The latency table of this artifact on this machine: the first run's measurement, kept in
+    $FEDSIM_CACHE/latency (default ~/.cache/fedsim) under the artifact's hash and the machine, so
+    that the same command gives the same simulated times, byte for byte, on every later run here.
+    (table, where it came from)."""
+    folder = Path(os.environ.get("FEDSIM_CACHE") or Path.home() / ".cache" / "fedsim") / "latency"
+    key = hashlib.sha256(hashlib.sha256(artifact).digest() + machine_key().encode()).hexdigest()[:40]
+    path = folder / f"{key}.json"
+    if path.is_file():
+        try:
+            return read_latency(path), f"measured earlier on this machine, cached in {path}"
+        except FleetError:
+            pass  # damaged: measured again below
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**measured, "machine": machine_key()}))
+        os.replace(tmp, path)
+    except OSError:
+        return measured, "measured at this run's start (the cache is not writable)"
+    return measured, f"measured at this run's start, cached in {path}"
+
+
 @dataclass(frozen=True)
 class SimOutcome:
     """One selected device's round on the simulated clock, decided before any host runs it."""
@@ -71,6 +107,7 @@ class Clock:
     deadline: float | None = None
     straggler: str = "drop"
     over_select: float = 1.0
+    latency_source: str = ""  # where the latency table came from (config.json: sim_latency_source)
     arrays: dict[str, np.ndarray] = field(init=False)
 
     def __post_init__(self) -> None:

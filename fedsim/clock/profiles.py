@@ -9,6 +9,7 @@ selected device drops out mid-round and reports nothing) and `compute_w`, its po
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,8 +106,10 @@ def check_spec(spec: str) -> None:
             if not Path(part).is_file():
                 raise FleetError(f"--fleet {spec}: no such file {part}")
         return
+    close = difflib.get_close_matches(spec, list(FLEETS), 1)
     raise FleetError(
         f"--fleet must be one of {', '.join(FLEETS)}, a FILE.csv or fedscale:CAPACITY[,BEHAVIOUR], got {spec!r}"
+        + (f" (did you mean {close[0]}?)" if close else "")
     )
 
 
@@ -205,13 +208,24 @@ def load_fedscale(capacity: str, behaviour: str | None = None, *, devices: int, 
     return out
 
 
+# A profile's numbers must keep simulated time finite and meaningful: a phone a million times slower
+# or faster than this machine, a link under 1 bit/s or over 1 Tbit/s, 1 uW or 1 kW is an input error.
+PROFILE_RANGES = {
+    "speed": (1e-6, 1e6),
+    "down_kbps": (1e-3, 1e9),
+    "up_kbps": (1e-3, 1e9),
+    "compute_w": (1e-6, 1e3),
+}
+
+
 def check_profiles(table: pd.DataFrame, source: str) -> None:
-    for column in ("speed", "down_kbps", "up_kbps", "compute_w"):
-        bad = table["device_id"][~(table[column] > 0) | ~np.isfinite(table[column])]
+    for column, (lo, hi) in PROFILE_RANGES.items():
+        values = table[column]
+        bad = table["device_id"][~((values >= lo) & (values <= hi))]
         if len(bad):
             raise FleetError(
-                f"{source}: {column} must be a positive number; device(s) "
-                f"{', '.join(map(str, bad.head(5)))} have {table[column][bad.index[0]]!r}"
+                f"{source}: {column} must be a number from {lo:g} to {hi:g}; device(s) "
+                f"{', '.join(map(str, bad.head(5)))} have {float(values[bad.index[0]])!r}"
             )
     bad = table["device_id"][~((table["availability"] > 0) & (table["availability"] <= 1))]
     if len(bad):

@@ -49,4 +49,8 @@ def load_npz(path: str | os.PathLike[str]) -> Dataset:
     except ValueError as e:  # object arrays need pickle, which a data file must not need
         raise DataError(f"--data {path}: {e}") from None
     classes = arrays.pop("num_classes", None)
+    if classes is not None and (classes.ndim != 0 or not np.issubdtype(classes.dtype, np.integer)):
+        raise DataError(
+            f"--data {path}: num_classes must be one integer, got a {classes.dtype} array of shape {classes.shape}"
+        )
     return Dataset(name=Path(path).name, num_classes=None if classes is None else int(classes), **arrays)

@@ -10,6 +10,8 @@ import numpy as np
 
 from fedsim.task import Task, TaskError, kind_of
 
+MAX_CLASSES = 100_000  # the model's output layer grows with it: more would take gigabytes per device
+
 
 class DataError(ValueError):
     """Data that is there but cannot be used (unreadable file, mismatched arrays, bad labels, NaN...)."""
@@ -90,8 +92,8 @@ class Dataset:
         classes = self.num_classes
         if classes is None:
             classes = int(max(self.y_train.max(), self.y_test.max())) + 1
-        elif not isinstance(classes, (int, np.integer)) or classes < 2:
-            raise DataError(f"{self.name}: num_classes must be an integer >= 2, got {classes!r}")
+        elif not isinstance(classes, (int, np.integer)) or not 2 <= classes <= MAX_CLASSES:
+            raise DataError(f"{self.name}: num_classes must be an integer from 2 to {MAX_CLASSES}, got {classes!r}")
         for split in ("train", "test"):
             y = getattr(self, f"y_{split}")
             if y.size and (y.min() < 0 or y.max() >= classes):
@@ -121,8 +123,16 @@ class Dataset:
 
     def _labels(self, y: np.ndarray, what: str) -> np.ndarray:
         if np.issubdtype(y.dtype, np.integer):
+            if y.size and int(y.max()) >= MAX_CLASSES:  # before a cast to int32 could wrap them
+                raise DataError(
+                    f"{self.name}: {what} labels must be class ids in [0, {MAX_CLASSES}), got {y.min()}..{y.max()}"
+                )
             return y.astype(np.int32, copy=False)
         if np.issubdtype(y.dtype, np.floating) and np.isfinite(y).all() and np.all(y == np.round(y)):
+            if y.size and y.max() >= MAX_CLASSES:
+                raise DataError(
+                    f"{self.name}: {what} labels must be class ids in [0, {MAX_CLASSES}), got {y.min()}..{y.max()}"
+                )
             return y.astype(np.int32)
         raise DataError(
             f"{self.name}: {what} must be integer class ids, got {y.dtype}"

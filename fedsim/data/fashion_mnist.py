@@ -6,6 +6,7 @@ import gzip
 import os
 import struct
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -84,17 +85,17 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with gzip.open(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as e:
-        raise ValueError(f"{path}: not a readable gzip IDX file ({e})") from None
+    except (OSError, EOFError, zlib.error) as e:  # a damaged deflate stream is a zlib.error
+        raise DataError(f"{path}: not a readable gzip IDX file ({e}); re-install or re-download it") from None
     if len(data) < 4:
-        raise ValueError(f"{path}: too short for an IDX header")
+        raise DataError(f"{path}: too short for an IDX header; re-install or re-download it")
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
+        raise DataError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: header says {shape} but holds {body.size} bytes")
+        raise DataError(f"{path}: header says {shape} but holds {body.size} bytes; re-install or re-download it")
     return body.reshape(shape)
 
 

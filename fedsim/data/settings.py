@@ -31,7 +31,13 @@ class DataSettings(Section):
     device_test_fraction: float = setting(
         0.0, "share of each device's data kept as its own test split (per-device accuracy)", least=0, below=1
     )
-    toy_samples: int = setting(200, "samples per class of the toy_images data set", least=1)
+    toy_samples: int = setting(
+        200,
+        "samples per class of the toy_images data set",
+        least=1,
+        most=100_000,
+        why="(a million images of 10 classes would need gigabytes; use --dataset fashion_mnist or your own)",
+    )
 
     def __post_init__(self) -> None:
         # Resolved once, so config.json records what ran: an .npz is the data set.

@@ -235,7 +235,13 @@ class RayEngine(Engine):
 
         def ask() -> list[Any]:
             calls = [a.evaluate.remote(ref, per_host.get(h, [])) for h, a in enumerate(self.actors)]
-            return ray.get(calls, timeout=self.round_timeout_s)
+            try:
+                return ray.get(calls, timeout=self.round_timeout_s)
+            except GetTimeoutError:  # the run stops here (its committed rounds stand)
+                raise EngineError(
+                    f"evaluating the model on the hosts took longer than --round-timeout {self.round_timeout_s:g} s "
+                    f"({self.test_samples} test samples; the timeout covers evaluation too): raise --round-timeout"
+                ) from None
 
         try:
             parts = ask()

@@ -24,14 +24,32 @@ class RayConnectionError(ConnectionError):
     """The Ray cluster named by --address could not be joined."""
 
 
+# What an HTTP/2 client says first: the connection preface and an empty SETTINGS frame. A Ray cluster's
+# GCS (and a Ray client server) speaks gRPC, which answers with a SETTINGS frame of its own (type 4).
+_HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
 def _probe(address: str, timeout_s: float = 5.0) -> None:
-    """Fail fast on a host:port nobody listens on; ray.init would retry for minutes."""
+    """Fail fast, in seconds, on a host:port nobody listens on or where something other than a Ray
+    cluster answers (the dashboard's port, 8265, is the likely one); ray.init would retry forever."""
     hostport = address.split("://", 1)[-1]
     host, sep, port = hostport.rpartition(":")
     if not sep or not port.isdigit():
         return  # "auto" and other forms: Ray resolves and reports them itself
-    with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
-        pass
+    with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s) as conn:
+        conn.settimeout(timeout_s)
+        try:
+            conn.sendall(_HTTP2_HELLO)
+            reply = conn.recv(64)
+        except OSError:  # (socket.timeout is one)
+            reply = b""
+    if len(reply) >= 9 and reply[3] == 0x04:
+        return
+    said = f"it answered {reply[:40]!r}" if reply else f"it said nothing within {timeout_s:g} s"
+    raise RayConnectionError(
+        f"--address {address}: something listens there but it is not a Ray cluster ({said}); a cluster's "
+        "address is its GCS port (6379 unless changed), not the dashboard's (8265)"
+    )
 
 
 class _DefaultTokenNotice(logging.Filter):
@@ -68,6 +86,8 @@ def connect(address: str | None = None) -> bool:
     if address:
         try:
             _probe(address)
+        except RayConnectionError:
+            raise
         except Exception as e:
             raise RayConnectionError(
                 f"--address {address}: no Ray cluster answered ({type(e).__name__}: {e}); "
@@ -93,7 +113,9 @@ def connect(address: str | None = None) -> bool:
     # that it turned it on by default (setting RAY_AUTH_MODE=token instead does not work for a local
     # cluster on Ray 2.60: the driver then lacks the token the new cluster requires).
     logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_DefaultTokenNotice())
-    ray.init(include_dashboard=False, **kwargs)
+    # address="local": a private instance, never a cluster that Ray's current-cluster file happens to
+    # name (a stale one from an earlier `ray start` would make ray.init() hang trying to join it)
+    ray.init(address="local", include_dashboard=False, **kwargs)
     return True
 
 

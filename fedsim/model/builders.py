@@ -8,12 +8,13 @@ and `infer` adapt to which.
 
 from __future__ import annotations
 
-import importlib
+import difflib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedsim.settings import import_object
 from fedsim.task import Task
 
 ModelBuilder = Callable[..., Any]
@@ -113,15 +114,12 @@ def resolve_builder(name: str) -> ModelBuilder:
         return MODELS[name]
     module_name, sep, attr = name.partition(":")
     if not sep or not module_name or not attr:
-        raise ModelError(f"--model {name!r}: use one of {', '.join(sorted(MODELS))} or package.module:function")
-    try:
-        target: Any = importlib.import_module(module_name)
-    except Exception as e:  # ImportError, or the module itself failing to import
-        raise ModelError(f"--model {name}: cannot import {module_name} ({type(e).__name__}: {e})") from None
-    for part in attr.split("."):
-        if not hasattr(target, part):
-            raise ModelError(f"--model {name}: {module_name} has no {attr}")
-        target = getattr(target, part)
+        close = difflib.get_close_matches(name, list(MODELS), 1)
+        raise ModelError(
+            f"--model {name!r}: use one of {', '.join(sorted(MODELS))} or package.module:function"
+            + (f" (did you mean {close[0]}?)" if close else "")
+        )
+    target = import_object(name, "--model", ModelError)
     if not callable(target):
         raise ModelError(f"--model {name}: {attr} is not callable")
     return target
@@ -133,7 +131,22 @@ def call_builder(builder: ModelBuilder, task: Task) -> Any:
         takes_task = bool(inspect.signature(builder).parameters)
     except (TypeError, ValueError):
         takes_task = True
-    return builder(task) if takes_task else builder()
+    try:
+        return builder(task) if takes_task else builder()
+    except Exception as e:  # the user's code failed: say where in it, also from a Ray worker
+        raise ModelError(f"the model builder {builder_name(builder)} raised {type(e).__name__}: {e}{_where(e)}") from e
+
+
+def _where(e: BaseException) -> str:
+    """ " (at FILE:LINE in FUNCTION)" of the innermost frame outside fedsim and the libraries."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if "site-packages" not in f.filename]
+    mine = [f for f in frames if "/fedsim/" not in f.filename.replace("\\", "/")]
+    if not mine:
+        return ""
+    f = mine[-1]
+    return f" (at {f.filename}:{f.lineno} in {f.name}: {(f.line or '').strip()})"
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,10 @@ class Pipeline:
                 "not each update; clip on the device with --dp-clip instead"
             )
 
+    def check_fleet(self, devices: int) -> None:
+        for stage in self.stages:
+            stage.check_fleet(devices)
+
     def bind(self, run: RunContext) -> None:
         for stage in self.stages:
             stage.bind(run)

@@ -97,6 +97,19 @@ class Attack(Stage):
     def for_host(self) -> Attack:
         return dataclasses.replace(self, attackers=np.zeros(0, np.int64))  # hosts read roles from the plans
 
+    def check_fleet(self, devices: int) -> None:
+        count = len(byzantine_devices(devices, self.fraction, self.seed))
+        if count == 0:
+            raise ConfigError(
+                f"--byzantine {self.fraction} of {devices} devices rounds to no attacker; "
+                f"use at least --byzantine {1 / devices:.4g} (one device)"
+            )
+        if self.kind == "alie" and count >= devices:
+            raise ConfigError(
+                f"--attack alie needs honest devices to imitate, and --byzantine {self.fraction} of {devices} "
+                f"devices makes every one an attacker; use at most --byzantine {(devices - 1) / devices:.4g}"
+            )
+
     def bind(self, run: RunContext) -> None:
         self.attackers = byzantine_devices(run.devices, self.fraction, self.seed)
         self.num_classes = run.task.num_classes

@@ -130,6 +130,9 @@ class Stage:
     def check(self, strategy: Strategy) -> None:
         """ConfigError if this stage cannot run with `strategy` (said before any work)."""
 
+    def check_fleet(self, devices: int) -> None:
+        """ConfigError, before any work, if the stage's settings mean nothing for `devices` devices."""
+
     def before_round(self, round_num: int) -> None:
         """On the coordinator before a round is selected; raise StopRun to end the run here."""
 

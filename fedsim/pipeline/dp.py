@@ -169,6 +169,11 @@ class DP(Stage):
     def before_round(self, round_num: int) -> None:
         budget = self.settings.dp_epsilon_budget
         if budget is not None and (spent := self.epsilon(round_num)) > budget:
+            if round_num == 1:
+                raise ConfigError(
+                    f"--dp-epsilon-budget {budget:g} is below one round's epsilon ({spent:.4g}): no round can run; "
+                    "raise the budget, the noise (--dp-noise-multiplier) or the population"
+                )
             raise StopRun(
                 "budget",
                 f"round {round_num} would take epsilon to {spent:.4g}, past --dp-epsilon-budget {budget:g}; "

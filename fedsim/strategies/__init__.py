@@ -5,9 +5,10 @@ a run flag, a TOML key (top level or in `[strategy]`) and a sweepable setting.""
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
-from fedsim.settings import ConfigError, Field, flag
+from fedsim.settings import ConfigError, Field, flag, import_object
 from fedsim.strategies.base import Aggregate, DevicePlan, State, Strategy, reduce_partials
 from fedsim.strategies.bulyan import Bulyan
 from fedsim.strategies.fedavg import FedAvg
@@ -97,11 +98,20 @@ def strategy_params() -> tuple[str, ...]:
 
 
 def make_strategy(name: str, **params: Any) -> Strategy:
-    """A strategy by name with the given hyperparameters (None values: the strategy's default)."""
-    try:
-        cls = STRATEGIES[name]
-    except KeyError:
-        raise ConfigError(f"--strategy must be one of {', '.join(sorted(STRATEGIES))}, got {name!r}") from None
+    """A strategy by name, or your own by package.module:Class (imported; it must subclass
+    fedsim.Strategy), with the given hyperparameters (None values: the strategy's default)."""
+    cls = STRATEGIES.get(name)
+    if cls is None and ":" in name:
+        found = import_object(name, "--strategy")
+        if not (isinstance(found, type) and issubclass(found, Strategy)):
+            raise ConfigError(f"--strategy {name}: not a subclass of fedsim.Strategy")
+        cls = found
+    if cls is None:
+        close = difflib.get_close_matches(name, list(STRATEGIES), 1)
+        raise ConfigError(
+            f"--strategy must be one of {', '.join(sorted(STRATEGIES))} or package.module:Class, got {name!r}"
+            + (f" (did you mean {close[0]}?)" if close else "")
+        )
     given = {k: v for k, v in params.items() if v is not None}
     unknown = sorted(set(given) - set(cls.param_names()))
     if unknown:

@@ -141,6 +141,9 @@ class Strategy(ABC):
         if params is not None and values:
             raise TypeError("give params or keyword values, not both")
         self.params = params if params is not None else self.Params(**values)
+        # a rule that picks updates (Krum, Multi-Krum, Bulyan) sets the device ids it used in its last
+        # apply; devices.parquet's `aggregated` says, per accepted update, whether it was one of them
+        self.selected: frozenset[int] | None = None
 
     @classmethod
     def fields(cls) -> list[Field]:
@@ -150,6 +153,10 @@ class Strategy(ABC):
     @classmethod
     def param_names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls.Params)]
+
+    def check_cohort(self, devices: int, per_round: int, byzantine: float) -> None:  # noqa: B027 - optional
+        """ConfigError, before any work, if the strategy's settings cannot hold for rounds of
+        `per_round` devices of `devices` (rather than being lowered silently at run time)."""
 
     def bind(self, run: RunContext) -> Strategy:
         """This strategy with hyperparameters left to the run filled in from it (Krum's f, q-FedAvg's

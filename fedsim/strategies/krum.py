@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from fedsim.context import RunContext
-from fedsim.settings import Section, setting
+from fedsim.settings import ConfigError, Section, setting
 from fedsim.strategies import robust
 from fedsim.strategies.base import Aggregate, State, Strategy
 
@@ -45,18 +45,45 @@ class Krum(Strategy):
         f = math.ceil(run.byzantine * run.per_round - 1e-9)
         return type(self)(replace(self.params, assumed_byzantine=int(f)))
 
+    most_f_text = "n - 3"  # the largest f a round of n updates can assume
+
+    def most_f(self, n: int) -> int:
+        return max(n - 3, 0)
+
+    def check_cohort(self, devices: int, per_round: int, byzantine: float) -> None:
+        f = self.params.assumed_byzantine
+        given = f is not None
+        if f is None:
+            f = math.ceil(byzantine * per_round - 1e-9)
+        if f > self.most_f(per_round):
+            how = f"--assumed-byzantine {f}" if given else f"--byzantine {byzantine} x {per_round} per round = {f}"
+            raise ConfigError(
+                f"--strategy {self.name} with {how} needs more than {per_round} updates a round "
+                f"(f <= {self.most_f_text} = {self.most_f(per_round)}); use --assumed-byzantine "
+                f"{self.most_f(per_round)} or select more devices"
+            )
+        m = getattr(self.params, "krum_m", None)
+        if m is not None and m > per_round - f:
+            raise ConfigError(
+                f"--krum-m {m} exceeds the {per_round} - {f} = {per_round - f} updates a round leaves after "
+                f"the {f} assumed Byzantine ones; use --krum-m {max(per_round - f, 1)} or less"
+            )
+
     def chosen(self, n: int) -> tuple[int, int]:
         """(f, m) for a round of n updates."""
-        f = min(self.params.assumed_byzantine or 0, max(n - 3, 0))
+        # a round with fewer updates than planned (dropouts, availability): f lowered for it alone
+        f = min(self.params.assumed_byzantine or 0, self.most_f(n))
         return f, 1
 
     def apply(self, weights: np.ndarray, aggregate: Aggregate, state: State) -> tuple[np.ndarray, State]:
         assert aggregate.rows is not None
         n = len(aggregate.rows)
         if n < 3:  # no neighbourhood to score: the plain mean
+            self.selected = None
             return aggregate.rows.mean(axis=0, dtype=np.float64).astype(weights.dtype), state
         f, m = self.chosen(n)
-        mean, _ = robust.multi_krum(aggregate.rows, weights.astype(np.float64), f, m)
+        mean, chosen = robust.multi_krum(aggregate.rows, weights.astype(np.float64), f, m)
+        self.selected = frozenset(int(d) for d in aggregate.device_ids[chosen])
         return mean.astype(weights.dtype), state
 
 
