@@ -1,4 +1,10 @@
-"""Pictures and tables of runs and sweeps: `fedsim plot` and `fedsim report`."""
+"""Pictures and tables of runs and sweeps: `fedsim plot` and `fedsim report` (the tables live in
+fedsim.tables and are re-exported here).
+
+Every figure says what ran in its title, labels each run by the settings that differ between the runs
+shown (a setting that does not apply to a run, None, is left out of its label), draws every run in a
+style of its own (colour, dashes and markers: runs whose curves coincide stay distinguishable), and
+puts simulated time in the unit that fits (seconds, minutes or hours)."""
 
 from __future__ import annotations
 
@@ -10,11 +16,41 @@ import numpy as np
 import pandas as pd
 
 from fedsim.config import config_fields
-from fedsim.results import Run, load_runs
+from fedsim.results import load_runs
+from fedsim.tables import (
+    TIME_TO_ACCURACY,
+    accuracy_at,
+    hours_to,
+    kj_to,
+    report,
+    summary,
+    workload_row,
+    write_workload,
+)
+
+__all__ = [
+    "TIME_TO_ACCURACY",
+    "accuracy_at",
+    "figures",
+    "hours_to",
+    "kj_to",
+    "plot",
+    "report",
+    "summary",
+    "workload_row",
+    "write_workload",
+]
+
+MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*")
+DASHES = ("-", "--", ":", "-.")
 
 
 def _label(row: pd.Series) -> str:
     return f"{row['devices']} devices, {row['partition']}, seed {row['seed']}"
+
+
+def _given(value: object) -> bool:
+    return value is not None and not (isinstance(value, float) and np.isnan(value)) and str(value) != "None"
 
 
 def _varying(rounds: pd.DataFrame) -> list[str]:
@@ -25,8 +61,9 @@ def _varying(rounds: pd.DataFrame) -> list[str]:
 
 
 def _labels(rounds: pd.DataFrame) -> dict[str, str]:
-    """A legend label per run: the settings that differ between the runs shown (its fleet when none
-    does; its folder's name where that still leaves two alike)."""
+    """A legend label per run: the settings that differ between the runs shown and apply to it (no
+    `server_lr=None` beside fedavg); its fleet when none differs; its folder's name where that still
+    leaves two alike."""
     firsts = rounds.groupby("run", sort=False).first()
     varying = _varying(rounds)
     if varying:
@@ -34,7 +71,10 @@ def _labels(rounds: pd.DataFrame) -> dict[str, str]:
         def short(value: object) -> str:  # a file setting by its name, not its whole path
             return Path(value).name if isinstance(value, str) and "/" in value else str(value)
 
-        labels = {str(run): ", ".join(f"{k}={short(row[k])}" for k in varying) for run, row in firsts.iterrows()}
+        labels = {
+            str(run): ", ".join(f"{k}={short(row[k])}" for k in varying if _given(row[k])) or Path(str(run)).name
+            for run, row in firsts.iterrows()
+        }
     else:
         labels = {str(run): _label(row) for run, row in firsts.iterrows()}
     if len(set(labels.values())) < len(labels):
@@ -43,154 +83,91 @@ def _labels(rounds: pd.DataFrame) -> dict[str, str]:
 
 
 def _styles(rounds: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """Colour by the setting that varies most, line style by the next (a seed, say), so what varies
-    is read off the lines as well as the legend."""
+    """One style per run, none shared: a colour each (tab10, then tab20), dashes by the setting that
+    varies most, and markers so that runs whose curves coincide (a deadline that cuts the same
+    devices under drop and partial) still show as two."""
     import matplotlib.pyplot as plt
 
     firsts = rounds.groupby("run", sort=False).first()
-    # the setting with the most distinct values gets the colours
     varying = sorted(_varying(rounds), key=lambda k: -firsts[k].map(str).nunique())
-    colours = [plt.get_cmap("tab10")(i) for i in range(10)]
-    dashes = ["-", "--", ":", "-."]
-    first = sorted(firsts[varying[0]].map(str).unique()) if varying else []
-    second = sorted(firsts[varying[1]].map(str).unique()) if len(varying) > 1 else []
+    by = sorted(firsts[varying[0]].map(str).unique()) if varying else []
+    palette = plt.get_cmap("tab10" if len(firsts) <= 10 else "tab20")
     styles: dict[str, dict[str, Any]] = {}
     for i, (run, row) in enumerate(firsts.iterrows()):
-        c = first.index(str(row[varying[0]])) if varying else i
-        d = second.index(str(row[varying[1]])) if second else 0
-        styles[str(run)] = {"color": colours[c % len(colours)], "linestyle": dashes[d % len(dashes)]}
+        dash = DASHES[by.index(str(row[varying[0]])) % len(DASHES)] if varying else DASHES[0]
+        styles[str(run)] = {
+            "color": palette(i % palette.N),
+            "linestyle": dash,
+            "marker": MARKERS[i % len(MARKERS)],
+            "markevery": 0.1,  # markers spread along the line, offset per run below
+            "markersize": 4,
+        }
     return styles
 
 
-def summary(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """One row per run: how it ended (status), its fleet, every setting that differs between the runs,
-    final / best accuracy and median seconds per round. Interrupted and failed runs are listed too."""
-    rounds = load_runs(path)
-    evaluated = rounds.dropna(subset=["test_accuracy"])  # --eval-every: rounds in between have none
-    keys = ["status", "devices", "partition", "seed"]
-    grouped = rounds.groupby("run", sort=False)
-    # and every other setting whose value differs between the runs listed (lr, strategy, model, ...)
-    firsts = grouped.first()
-    keys += [
-        k
-        for k in config_fields()
-        if k in firsts and k not in keys and k not in ("out", "name") and firsts[k].map(str).nunique() > 1
-    ]
-    table = firsts[keys].copy()
-    table["rounds"] = grouped["round"].max()
-    scored = evaluated.groupby("run", sort=False)
-    table["final_accuracy"] = scored["test_accuracy"].last()
-    table["best_accuracy"] = scored["test_accuracy"].max()
-    table["median_round_s"] = grouped["wall_s"].median()
-    if "device_acc_mean" in rounds and rounds["device_acc_mean"].notna().any():
-        table["device_acc_p10"] = scored["device_acc_p10"].last()
-        table["device_acc_mean"] = scored["device_acc_mean"].last()
-        table["device_acc_p90"] = scored["device_acc_p90"].last()
-    if "sim_elapsed_s" in rounds and rounds["sim_elapsed_s"].notna().any():  # the simulated clock (--fleet)
-        hours = grouped["sim_elapsed_s"].max() / 3600
-        table["sim_hours"] = hours
-        for target in TIME_TO_ACCURACY:
-            table[f"sim_h_to_{target:.2f}"] = [hours_to(evaluated[evaluated["run"] == r], target) for r in table.index]
-    if "sim_energy_j" in rounds and rounds["sim_energy_j"].notna().any():  # the phones' batteries (--fleet)
-        table["sim_kj"] = grouped["sim_energy_j"].sum() / 1000
-        for target in TIME_TO_ACCURACY:
-            table[f"sim_kj_to_{target:.2f}"] = [kj_to(rounds[rounds["run"] == r], target) for r in table.index]
-    if "dp_epsilon" in rounds and rounds["dp_epsilon"].notna().any():  # the privacy spent (--dp-*)
-        table["dp_epsilon"] = grouped["dp_epsilon"].last()
-    skew = {run: _skew(Path(str(run))) for run in table.index}  # the label skew each run had
-    for key in ("label_groups", "label_entropy", "emd_mean"):
-        table[key] = [skew[run].get(key, float("nan")) for run in table.index]
-    table.index = [Path(r).name for r in table.index]
-    return table.sort_values(["partition", "devices", "seed"])
+def time_unit(seconds: float) -> tuple[float, str]:
+    """(divisor, unit) for an axis of simulated time up to `seconds`: seconds, minutes or hours."""
+    if seconds < 120:
+        return 1.0, "seconds"
+    if seconds < 2 * 3600:
+        return 60.0, "minutes"
+    return 3600.0, "hours"
 
 
-def _skew(folder: Path) -> dict[str, float]:
-    """The run's label skew from its partition.parquet ({} if it has none)."""
-    from fedsim.data.skew import fleet_skew, label_columns
-    from fedsim.results import PARTITION_FILE
-
-    if not (folder / PARTITION_FILE).is_file():
-        return {}
-    table = pd.read_parquet(folder / PARTITION_FILE)
-    return fleet_skew(table[label_columns(table)].to_numpy()) if label_columns(table) else {}
+def _title(what: str, table: pd.DataFrame) -> str:
+    """What ran, for a figure's title: the settings shared by every run (per round, partition ...)."""
+    shared = []
+    for key, unit in (("per_round", "per round"), ("local_epochs", "local epochs"), ("strategy", "")):
+        if key in table and table[key].map(str).nunique() == 1 and _given(table[key].iloc[0]):
+            shared.append(f"{table[key].iloc[0]} {unit}".strip())
+    return what + (f" ({', '.join(shared)})" if shared else "")
 
 
-TIME_TO_ACCURACY = (0.75, 0.80)  # fedsim report's simulated hours to reach these test accuracies
-
-
-def hours_to(rounds: pd.DataFrame, target: float) -> float:
-    """Simulated hours until the first evaluated round at or above `target` test accuracy (NaN: never)."""
-    hit = rounds[rounds["test_accuracy"] >= target]
-    return float(hit["sim_elapsed_s"].iloc[0] / 3600) if len(hit) else float("nan")
-
-
-def kj_to(rounds: pd.DataFrame, target: float) -> float:
-    """Kilojoules the fleet's phones spent until the first evaluated round at or above `target` test
-    accuracy, that round included (NaN: never)."""
-    ordered = rounds.sort_values("round")
-    hit = np.flatnonzero((ordered["test_accuracy"] >= target).to_numpy())
-    if not len(hit):
-        return float("nan")
-    return float(ordered["sim_energy_j"].iloc[: hit[0] + 1].sum() / 1000)
-
-
-def accuracy_at(rounds: pd.DataFrame, hours: float) -> float:
-    """Test accuracy of the last evaluated round that ended within `hours` simulated hours (NaN: none)."""
-    done = rounds[rounds["sim_elapsed_s"] <= hours * 3600].dropna(subset=["test_accuracy"])
-    return float(done["test_accuracy"].iloc[-1]) if len(done) else float("nan")
-
-
-def report(path: str | os.PathLike[str]) -> str:
-    """A compact markdown table of every run under `path`."""
-    table = summary(path)
-    return table.to_markdown(floatfmt=".4f")
-
-
-def plot(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> list[Path]:
-    """accuracy.png (test accuracy per round, a line per run); scaling.png (final accuracy and seconds
-    per round against devices, log x) when runs differ in device count; device_spread.png (the
-    selected devices' accuracy on their own data, p10-p90 band and mean) when runs measured it.
-    Returns the files written."""
+def figures(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The figures of the runs under `path`, by file name: accuracy.png; accuracy_sim_time.png (runs
+    on the simulated clock); device_spread.png (runs with --device-test-fraction: the devices'
+    accuracy on their own data, p10-p90 band and mean); scaling.png (runs of several fleet sizes:
+    final accuracy and seconds per round against devices, mean and min-max over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rounds = load_runs(path).dropna(subset=["test_accuracy"])  # rounds without evaluation (--eval-every)
-    folder = Path(out or (path if Path(path).is_dir() else Path(path).parent))
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-
-    what = Path(path).name  # every figure says what was run
+    firsts = rounds.groupby("run", sort=False).first()
+    what = _title(Path(path).name, firsts)
     labels, styles = _labels(rounds), _styles(rounds)
+    out: dict[str, Any] = {}
+
     fig, ax = plt.subplots(figsize=(8, 5))
-    for run, frame in rounds.groupby("run", sort=False):
-        ax.plot(frame["round"], frame["test_accuracy"], marker=".", label=labels[str(run)], **styles[str(run)])
+    for i, (run, frame) in enumerate(rounds.groupby("run", sort=False)):
+        style = {**styles[str(run)], "markevery": (i % 10 / 100, 0.1)}
+        ax.plot(frame["round"], frame["test_accuracy"], label=labels[str(run)], **style)
     ax.set(xlabel="round", ylabel="test accuracy", title=f"Test accuracy per round: {what}", ylim=(0, 1))
     _integer_rounds(ax)
-    written.append(_finish(fig, [ax], folder / "accuracy.png"))
+    out["accuracy.png"] = (fig, [ax])
 
     if "sim_elapsed_s" in rounds and rounds["sim_elapsed_s"].notna().any():  # runs on the simulated clock
+        scale, unit = time_unit(float(rounds["sim_elapsed_s"].max()))
         fig, ax = plt.subplots(figsize=(8, 5))
-        for run, frame in rounds.groupby("run", sort=False):
+        for i, (run, frame) in enumerate(rounds.groupby("run", sort=False)):
             if frame["sim_elapsed_s"].notna().any():
-                ax.plot(
-                    frame["sim_elapsed_s"] / 3600, frame["test_accuracy"], label=labels[str(run)], **styles[str(run)]
-                )
+                style = {**styles[str(run)], "markevery": (i % 10 / 100, 0.1)}
+                ax.plot(frame["sim_elapsed_s"] / scale, frame["test_accuracy"], label=labels[str(run)], **style)
         ax.set(
-            xlabel="simulated hours",
+            xlabel=f"simulated {unit}",
             ylabel="test accuracy",
             ylim=(0, 1),
             xlim=(0, None),
             title=f"Test accuracy against simulated time: {what}",
         )
-        written.append(_finish(fig, [ax], folder / "accuracy_sim_time.png"))
+        out["accuracy_sim_time.png"] = (fig, [ax])
 
     if "device_acc_mean" in rounds and rounds["device_acc_mean"].notna().any():
-        # one panel per partition (a band per run would blur into the next), runs coloured as above
+        # one panel per partition (a band per run would blur into the next), runs styled as above
         measured = rounds[rounds.groupby("run")["device_acc_mean"].transform(lambda c: c.notna().any())]
         partitions = list(dict.fromkeys(measured["partition"]))
-        fig, axes = plt.subplots(1, len(partitions), figsize=(5 * len(partitions) + 1, 4.5), sharey=True, squeeze=False)
+        fig, axes = plt.subplots(1, len(partitions), figsize=(5 * len(partitions) + 1, 4.8), sharey=True, squeeze=False)
         for ax, partition in zip(axes[0], partitions):
             for run, frame in measured[measured["partition"] == partition].groupby("run", sort=False):
                 style = styles[str(run)]
@@ -201,34 +178,39 @@ def plot(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
             ax.set(xlabel="round", title=partition, ylim=(0, 1))
             _integer_rounds(ax)
         axes[0][0].set_ylabel("accuracy on the device's own data")
-        fig.suptitle(f"Per-device accuracy of the global model (mean, p10-p90): {what}")
-        written.append(_finish(fig, list(axes[0]), folder / "device_spread.png"))
+        fig.suptitle(f"Per-device accuracy of the global model (mean, p10-p90):\n{what}")
+        out["device_spread.png"] = (fig, list(axes[0]))
 
     table = summary(path)
-    if table["devices"].nunique() > 1:
-        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    table = table[table["final_accuracy"].notna()] if "final_accuracy" in table else table
+    if "devices" in table and table["devices"].nunique() > 1:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.8))
+        seeds = table["seed"].nunique() if "seed" in table else 1
         for partition, frame in table.groupby("partition"):
-            by_devices = frame.groupby("devices")
-            left.plot(by_devices["final_accuracy"].mean(), marker="o", label=partition)
-            right.plot(by_devices["median_round_s"].median(), marker="o", label=partition)
-        left.set(
-            xscale="log",
-            xlabel="devices",
-            ylabel="final test accuracy",
-            ylim=(0, 1),
-            title=f"Accuracy against fleet size: {what}",
-        )
-        right.set(
-            xscale="log",
-            xlabel="devices",
-            ylabel="seconds per round (median)",
-            title=f"Round time against fleet size: {what}",
-        )
+            by = frame.groupby("devices")
+            for ax, column, pick in ((left, "final_accuracy", "mean"), (right, "median_round_s", "median")):
+                centre = getattr(by[column], pick)()
+                (line,) = ax.plot(centre.index, centre.to_numpy(), marker="o", label=str(partition))
+                if seeds > 1:  # the spread over seeds, min to max
+                    ax.fill_between(centre.index, by[column].min(), by[column].max(), alpha=0.2, color=line.get_color())
+        over = f", mean and min-max over {seeds} seeds" if seeds > 1 else ""
+        left.set(xscale="log", xlabel="devices", ylabel="final test accuracy", ylim=(0, 1))
+        left.set_title(f"Accuracy against fleet size{over}")
+        right.set(xscale="log", xlabel="devices", ylabel="seconds per round (median)")
+        right.set_title(f"Round time against fleet size{over.replace('mean', 'median')}")
         right.set_ylim(bottom=0)  # from zero: noise between sizes must not look like a trend
+        fig.suptitle(what)
         for ax in (left, right):
             _fleet_ticks(ax, sorted(table["devices"].unique()))
-        written.append(_finish(fig, [left, right], folder / "scaling.png"))
-    return written
+        out["scaling.png"] = (fig, [left, right])
+    return out
+
+
+def plot(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Write figures(path) as PNGs into `out` (default: the given folder); the files written."""
+    folder = Path(out or (path if Path(path).is_dir() else Path(path).parent))
+    folder.mkdir(parents=True, exist_ok=True)
+    return [_finish(fig, axes, folder / name) for name, (fig, axes) in figures(path).items()]
 
 
 def _integer_rounds(ax) -> None:
@@ -248,43 +230,13 @@ def _fleet_ticks(ax, sizes: list[int]) -> None:
 
 
 def _finish(fig, axes, path: Path) -> Path:
-    """Grid and legend on every axis, save as PNG, free the figure."""
+    """Grid and legend on every axis, save as PNG (a figure title kept inside it), free the figure."""
     import matplotlib.pyplot as plt
 
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95) if fig.get_suptitle() else None)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-def workload_row(run: Run, command: str) -> dict[str, object]:
-    """What a workload reaches and how fast: one row for the README's workload table."""
-    artifact = run.artifact or {}
-    latency = artifact.get("latency_ms", {})
-    return {
-        "workload": f"{run.meta.get('model', run.config['model'])} on {run.config['dataset']}",
-        "command": command,
-        "devices": run.config["devices"],
-        "rounds": int(run.rounds["round"].max()),
-        "final_accuracy": round(run.final_accuracy, 4),
-        "best_accuracy": round(float(run.rounds["test_accuracy"].max()), 4),
-        "median_round_s": round(float(run.rounds["wall_s"].median()), 3),
-        "run_s": round(float(run.rounds["elapsed_s"].iloc[-1]), 1),
-        "parameters": artifact.get("parameters"),
-        "train_batch_ms": round(latency.get("train", float("nan")), 3),
-        "restore_ms": round(latency.get("restore", float("nan")), 3),
-        "save_ms": round(latency.get("save", float("nan")), 3),
-    }
-
-
-def write_workload(row: dict[str, object], rounds: pd.DataFrame, out: str | os.PathLike[str], name: str) -> Path:
-    """results/workloads/<name>.csv (the rounds table) and <name>.md (the summary row)."""
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    rounds.to_csv(folder / f"{name}.csv", index=False)
-    md = folder / f"{name}.md"
-    md.write_text(pd.DataFrame([row]).to_markdown(index=False) + "\n")
-    return md

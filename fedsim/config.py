@@ -155,7 +155,7 @@ class Config:
     type (`config.section(RunSettings)`, `config.stage_settings["attack"]`); `make_strategy()` gives the
     strategy with its hyperparameters. Frozen: `replace` makes a new one."""
 
-    __slots__ = ("_given", "_sections", "_stages", "_strategy")
+    __slots__ = ("_given", "_sections", "_stages", "_strategy", "_strategy_name")
 
     def __init__(self, **values: Any) -> None:
         grouped: dict[str, dict[str, Any]] = {}
@@ -172,6 +172,7 @@ class Config:
         given = {k: v for k, v in chosen.items() if v is not None}
         put(self, "_given", given)
         put(self, "_strategy", make_strategy(name, **given))
+        put(self, "_strategy_name", str(name))  # a built-in's name, or your package.module:Class
         self._check()
 
     def _check(self) -> None:
@@ -210,7 +211,7 @@ class Config:
         if home is None:
             raise AttributeError(f"Config has no setting {name!r}" + _hint(name))
         if home == "strategy":
-            return self._strategy.name if name == "strategy" else self._given.get(name)
+            return self._strategy_name if name == "strategy" else self._given.get(name)
         if home.startswith("pipeline."):
             return getattr(self._stages[home.split(".", 1)[1]], name)
         return getattr(self._sections[home], name)
@@ -226,7 +227,7 @@ class Config:
 
     def make_strategy(self) -> Strategy:
         """The chosen strategy with its hyperparameters (not yet bound to a run)."""
-        return make_strategy(self._strategy.name, **self._given)
+        return make_strategy(self._strategy_name, **self._given)
 
     @property
     def run_name(self) -> str:
@@ -256,14 +257,14 @@ class Config:
             out.update(section.to_dict())
         for settings in self._stages.values():
             out.update(settings.to_dict())
-        out["strategy"] = self._strategy.name
+        out["strategy"] = self._strategy_name
         out.update(self._given)
         return out
 
     def to_dict(self) -> dict[str, Any]:
         """config.json's layout: one table per section, the pipeline's stages nested."""
         out: dict[str, Any] = {name: section.to_dict() for name, section in self._sections.items()}
-        out["strategy"] = {"name": self._strategy.name, **self._given}
+        out["strategy"] = {"name": self._strategy_name, **self._given}
         out["pipeline"] = {k: s.to_dict() for k, s in self._stages.items() if s.to_dict()}
         return out
 

@@ -104,7 +104,8 @@ def run(
     if config.artifact:
         artifact = _read_artifact(config.artifact)
     trackers = _trackers(config)
-    out = claim_run_folder(config.out or default_out(config.name), free_name=not config.out)
+    config = config.replace(name=config.run_name)  # config.json records the name the run went under
+    out = claim_run_folder(config.out or default_out(config.run_name), free_name=not config.out)
     try:  # the folder is this run's until it returns or fails
         config = config.replace(out=str(out))  # the folder it ran in, also when it was the default
         meta: dict[str, Any] = {
@@ -140,7 +141,7 @@ def _columns(config: Config, pipeline: Pipeline) -> tuple[list[str], list[str]]:
 def _trackers(config: Config) -> Trackers:
     """The experiment trackers the config asks for (--tensorboard, --mlflow); an MLflow URI that
     cannot be used fails here, before any folder or Ray process exists."""
-    return Trackers(config.tensorboard, config.mlflow, config.mlflow_experiment or config.name)
+    return Trackers(config.tensorboard, config.mlflow, config.mlflow_experiment or config.run_name)
 
 
 def strategy_name(config: Config, strategy: Strategy) -> str:

@@ -58,7 +58,7 @@ def sweep(
     axes = _axes(base, devices, partitions, seeds, grid)
     configs = _configs(base, axes)  # every point's settings are checked before anything runs
     folder = claim_run_folder(
-        out or Path("results") / "sweeps" / base.name / dt.datetime.now().strftime("%Y%m%d-%H%M%S"),
+        out or Path("results") / "sweeps" / base.run_name / dt.datetime.now().strftime("%Y%m%d-%H%M%S"),
         free_name=out is None,
     )
     try:  # the sweep's folder is this process's until the sweep ends
@@ -193,7 +193,7 @@ def _run_points(
                     # every point in the sweep's MLflow experiment (where --mlflow logs), named by its folder
                     run(
                         config.replace(
-                            out=str(run_folder), name=name, mlflow_experiment=config.mlflow_experiment or base.name
+                            out=str(run_folder), name=name, mlflow_experiment=config.mlflow_experiment or base.run_name
                         ),
                         progress=progress,
                         engine=local,

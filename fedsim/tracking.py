@@ -257,8 +257,9 @@ class Trackers:
 
     def start(self, folder: Path, meta: dict[str, Any]) -> Trackers:
         """Open each tracker for the run in `folder`; MLflow records its run id in `meta`."""
-        if self.tensorboard:
-            self.open.append(TensorBoardLog(self.tensorboard, folder.name))
+        if self.tensorboard:  # DIR/<name>/<time>: runs grouped by what ran, as under results/
+            name = (meta.get("config", {}).get("run", {}) or {}).get("name") or folder.parent.name
+            self.open.append(TensorBoardLog(self.tensorboard, f"{name}/{folder.name}"))
         if self.mlflow is not None:
             self.open.append(MLflowLog(self.mlflow, self.experiment, folder, meta))
         return self

@@ -196,7 +196,20 @@ def inspect(args: argparse.Namespace) -> int:
 
     if args.parity < 0 or args.repeats < 1:
         raise ConfigError("--parity must be >= 0 and --repeats >= 1")
-    report = report_on(args.path, parity=args.parity, repeats=args.repeats)
+    from fedsim.model.builders import MODELS, ArtifactRecipe
+
+    if args.path in MODELS and not Path(args.path).exists():  # a built-in model, without a run first
+        from fedsim.model.convert import convert_to_tflite
+
+        recipe = ArtifactRecipe(builder=MODELS[args.path])
+        print(
+            f"fedsim: converting the built-in {args.path} for {recipe.task.describe()} (Fashion-MNIST's task) ...",
+            file=sys.stderr,
+            flush=True,
+        )
+        report = report_on(convert_to_tflite(recipe), parity=args.parity, repeats=args.repeats, recipe=recipe)
+    else:
+        report = report_on(args.path, parity=args.parity, repeats=args.repeats)
     print(report)
     if args.json:
         report.write(args.json)

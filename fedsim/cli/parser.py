@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Signatures with shapes and dtypes, the ops of each (and which need the Flex "
         "delegate), file and checkpoint size, parameters, and latency on this machine (one thread).",
     )
-    ins.add_argument("path", help="a .tflite file, or a run folder (its model.tflite)")
+    ins.add_argument("path", help="a .tflite file, a run folder (its model.tflite), or a built-in: mlp, cnn, logreg")
     ins.add_argument(
         "--parity",
         type=int,

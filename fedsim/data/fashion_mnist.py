@@ -116,15 +116,39 @@ def load_fashion_mnist(data_dir: str | os.PathLike[str] | None = None) -> Datase
 
 
 def fetch_fashion_mnist(dest: str | os.PathLike[str] | None = None, mirror: str = MIRROR) -> Path:
-    """Download the four files into the Keras cache (or dest). Only ever called on request."""
+    """Download the four files into the Keras cache (or dest). Only ever called on request; a copy
+    fedsim can already use (the Debian package's) is said, and nothing downloaded. Offline: one line,
+    and no empty folder left behind."""
+    if dest is None:
+        try:
+            have = find_fashion_mnist()
+        except DataNotFoundError:
+            have = None
+        if have is not None:
+            print(f"fedsim: Fashion-MNIST is already in {have}; nothing to download")
+            return have
     target = Path(dest).expanduser() if dest else KERAS_CACHE.expanduser()
+    made = [p for p in (target, *target.parents) if not p.exists()]
     target.mkdir(parents=True, exist_ok=True)
-    for name in FILES.values():
-        path = target / name
-        if path.is_file():
-            continue
-        tmp = path.with_suffix(".part")
-        urllib.request.urlretrieve(mirror + name, tmp)
-        tmp.rename(path)
+    try:
+        for name in FILES.values():
+            path = target / name
+            if path.is_file():
+                continue
+            tmp = path.with_suffix(".part")
+            try:
+                urllib.request.urlretrieve(mirror + name, tmp)
+            except (OSError, ValueError) as e:  # urllib's URLError is an OSError
+                tmp.unlink(missing_ok=True)
+                reason = getattr(e, "reason", e)
+                raise DataNotFoundError(
+                    f"cannot download {mirror + name} ({reason}); without a network, install the Debian package "
+                    "dataset-fashion-mnist (apt-get install -y dataset-fashion-mnist) or pass --data-dir"
+                ) from None
+            tmp.rename(path)
+    finally:
+        for p in made:  # folders this call made and left empty
+            if p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
     find_fashion_mnist(target)
     return target

@@ -80,7 +80,9 @@ class Run:
         return json.loads(f.read_text()) if f.is_file() else None
 
     def keras_model(self, **kwargs: Any) -> Any:
-        """The trained Keras model (fedsim.load_model of this folder; loads TensorFlow)."""
+        """The trained Keras model (fedsim.load_model of this folder; loads TensorFlow). It takes float
+        inputs scaled as the artifact scales them (images: uint8 / 255, fedsim.data.scale_images);
+        the .tflite takes the raw uint8 pixels."""
         from fedsim.artifact import load_model
 
         return load_model(self.path, **kwargs)
