@@ -243,8 +243,9 @@ def type_problem(key: str, check: Check, value: Any) -> str | None:
         "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
         "str": lambda v: isinstance(v, str),
     }[check.kind](value)
-    if ok:
-        return None
+    if ok:  # of the right type: its range, named as the key too ("config key [strategy] server_lr must be ...")
+        wrong = check.problem(value)
+        return None if wrong is None else f"config key {key} {wrong}, got {value!r}"
     got = {
         str: "the string",
         bool: "the boolean",

@@ -1,5 +1,7 @@
 """Each partitioner's defining property, on the real Fashion-MNIST labels."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -213,3 +215,24 @@ def test_the_per_class_dirichlet_fails_in_seconds_with_advice_that_works():
         partition(labels, 3000, "dirichlet:0.1", seed=0)
     assert time.monotonic() - began < 10
     assert min(map(len, partition(labels, 3000, "dirichlet:0.1:device", seed=0))) >= 1
+
+
+@pytest.mark.parametrize(
+    ("devices", "spec"), [(100_000, "dirichlet:0.1"), (10_000, "dirichlet:0.1"), (10_000, "dirichlet:1.0")]
+)
+def test_fleets_of_fashion_mnist_size_partition_in_a_minute_or_fail_in_seconds_with_advice(devices, spec):
+    """The README's promise for 10,000 and 100,000 devices on Fashion-MNIST's 60,000 training labels:
+    every device non-empty within a minute, or a failure within seconds whose advice works."""
+    import time
+
+    labels = synthetic_labels(per_class=6000)  # Fashion-MNIST's size
+    began = time.monotonic()
+    try:
+        shards = partition(labels, devices, spec, seed=0)
+    except PartitionError as e:
+        assert time.monotonic() - began < 10, "a failure must come in seconds"
+        advice = re.search(r"Use --partition (\S+)", str(e)).group(1).rstrip(".;,")
+        began = time.monotonic()
+        shards = partition(labels, devices, advice, seed=0)
+    assert time.monotonic() - began < 60
+    assert len(shards) == devices and min(map(len, shards)) >= 1

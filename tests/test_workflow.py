@@ -280,3 +280,8 @@ def test_the_stale_cluster_file_does_not_capture_a_local_run(tmp_path):
             cluster_file.unlink(missing_ok=True)
         else:
             cluster_file.write_text(saved)
+
+
+def test_a_strategy_setting_in_a_config_file_is_named_as_its_key():
+    with pytest.raises(ConfigError, match=r"config key \[strategy\] server_lr must be a positive number, got -1"):
+        Config.from_dict({"strategy": {"name": "fedadam", "server_lr": -1}})
