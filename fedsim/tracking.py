@@ -1,7 +1,8 @@
 """Per-round scalars for experiment trackers: TensorBoard event files (written without TensorFlow)
 and MLflow runs (where mlflow is installed).
 
-`--tensorboard DIR` writes one event file per run under DIR/<run folder name>/ with the round
+`--tensorboard DIR` writes one event file per run under DIR/<run folder name>/ (DIR/<name>/<time>/
+for a default results/<name>/<time> folder) with the round
 table's numbers (test accuracy and loss, train loss, devices, seconds, bytes) at step = round, so
 `tensorboard --logdir DIR` compares runs side by side. The file is TFRecord framing (length, masked
 crc32c, payload, masked crc32c) around TensorBoard's Event protos, written here: TensorBoard's own
@@ -257,9 +258,12 @@ class Trackers:
 
     def start(self, folder: Path, meta: dict[str, Any]) -> Trackers:
         """Open each tracker for the run in `folder`; MLflow records its run id in `meta`."""
-        if self.tensorboard:  # DIR/<name>/<time>: runs grouped by what ran, as under results/
-            name = (meta.get("config", {}).get("run", {}) or {}).get("name") or folder.parent.name
-            self.open.append(TensorBoardLog(self.tensorboard, f"{name}/{folder.name}"))
+        if self.tensorboard:
+            # a default folder results/<name>/<time> gives DIR/<name>/<time> (runs grouped by what ran,
+            # as under results/); a folder the user named (--out) gives DIR/<its name>
+            name = (meta.get("config", {}).get("run", {}) or {}).get("name")
+            grouped = name and folder.parent.name == name
+            self.open.append(TensorBoardLog(self.tensorboard, f"{name}/{folder.name}" if grouped else folder.name))
         if self.mlflow is not None:
             self.open.append(MLflowLog(self.mlflow, self.experiment, folder, meta))
         return self

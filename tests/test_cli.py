@@ -95,7 +95,9 @@ def test_a_partition_the_worker_cannot_make_is_one_line_and_leaves_no_folder(tmp
         )
         lines = [line for line in out.stderr.splitlines() if line.startswith("fedsim")]
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
-        assert len(lines) == 1 and "classes:11" in lines[0]
+        # what it was doing ("starting: ..."), then the one error line
+        errors = [line for line in lines if not line.startswith("fedsim: starting:")]
+        assert len(errors) == 1 and errors[0].startswith("fedsim: error:") and "classes:11" in errors[0], lines
         assert not (tmp_path / "o").exists()
 
 

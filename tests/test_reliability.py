@@ -371,9 +371,8 @@ def test_num_classes_as_a_vector_in_an_npz_is_one_line(tmp_path):
 
 
 # ---- 6. a port where something other than Ray answers -------------------------------------------
-def test_an_address_where_something_else_listens_fails_in_seconds():
-    from fedsim.engine.ray_session import RayConnectionError, connect
-
+def test_an_address_where_something_else_listens_fails_in_seconds(tmp_path):
+    """From the command line, in a fresh process (in this one an earlier test's Ray may still be up)."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(4)
@@ -392,11 +391,19 @@ def test_an_address_where_something_else_listens_fails_in_seconds():
     threading.Thread(target=answer, daemon=True).start()
     started = time.time()
     try:
-        with pytest.raises(RayConnectionError, match=f"127.0.0.1:{port}: something listens there but it is not a Ray"):
-            connect(f"127.0.0.1:{port}")
+        out = subprocess.run(
+            [sys.executable, "-m", "fedsim.cli", "run", "--address", f"127.0.0.1:{port}", "--dataset", "toy_images"]
+            + ["--rounds", "1", "--out", str(tmp_path / "r"), "--no-progress"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         server.close()
-    assert time.time() - started < 30
+    assert time.time() - started < 60
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert f"127.0.0.1:{port}: something listens there but it is not a Ray cluster" in out.stderr
+    assert not (tmp_path / "r").exists()
 
 
 # ---- 8. messages that say what happened ---------------------------------------------------------

@@ -51,7 +51,10 @@ def test_load_runs_of_a_sweep_is_ready_for_groupby(swept):
 def test_report_and_plots(swept, tmp_path):
     folder, _ = swept
     table = summary(folder)
-    assert list(table["devices"]) == [4, 8] and table["final_accuracy"].between(0, 1).all()
+    ran, failed = table[table["status"] == "completed"], table[table["status"] == "failed"]
+    assert list(ran["devices"]) == [4, 8] and ran["final_accuracy"].between(0, 1).all()
+    # the points that failed before round 1 are listed too, each with its error
+    assert sorted(failed["devices"]) == [4, 8] and failed["error"].str.contains("only 10 labels").all()
     md = report(folder)
     assert md.startswith("|") and "devices-8_iid_seed-0" in md and "final_accuracy" in md
     written = plot(folder, tmp_path)

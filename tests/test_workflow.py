@@ -110,17 +110,15 @@ def test_runs_are_named_by_what_ran(tmp_path, monkeypatch):
     assert Config(name="mine").run_name == "mine"
 
 
-def test_tensorboard_runs_are_grouped_by_name(tmp_path):
-    run = fedsim.run(
-        dataset="toy_images",
-        devices=2,
-        rounds=1,
-        out=str(tmp_path / "results" / "x" / "stamp"),
-        engine=fedsim.LocalEngine(),
-        tensorboard=str(tmp_path / "tb"),
-        progress=False,
-    )
-    assert list((tmp_path / "tb" / run.config["name"] / "stamp").glob("events.out.tfevents.*"))
+def test_tensorboard_runs_are_grouped_by_name(tmp_path, monkeypatch):
+    """A default folder results/<name>/<time> logs under DIR/<name>/<time>; an --out folder under DIR/<its name>."""
+    monkeypatch.chdir(tmp_path)
+    settings = dict(dataset="toy_images", devices=2, rounds=1, tensorboard=str(tmp_path / "tb"), progress=False)
+    run = fedsim.run(engine=fedsim.LocalEngine(), **settings)
+    assert run.path.parent.name == "toy_images_mlp_fedavg"
+    assert list((tmp_path / "tb" / "toy_images_mlp_fedavg" / run.path.name).glob("events.out.tfevents.*"))
+    fedsim.run(engine=fedsim.LocalEngine(), out=str(tmp_path / "mine"), **settings)
+    assert list((tmp_path / "tb" / "mine").glob("events.out.tfevents.*"))
 
 
 def test_the_summary_is_honest(tmp_path, capsys):
