@@ -19,4 +19,4 @@ def test_quickstart_notebook_runs_top_to_bottom(tmp_path):
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert list((tmp_path / "results" / "quickstart").glob("*/fedavg/global.ckpt"))
-    assert list((tmp_path / "results" / "quickstart").glob("*/accuracy.png"))
+    assert list((tmp_path / "results" / "quickstart").glob("*/compare/accuracy.png"))  # FedAvg against FedAdam
