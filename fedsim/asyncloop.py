@@ -43,7 +43,7 @@ from fedsim.rounds import RoundTimes, device_row, round_row
 from fedsim.schedule import ScheduleSettings, staleness_weight
 from fedsim.settings import ConfigError
 from fedsim.strategies.aggregate import PartialSum
-from fedsim.strategies.base import Aggregate, DevicePlan, State, Strategy, reduce_partials
+from fedsim.strategies.base import Aggregate, DevicePlan, KeyedRows, State, Strategy, reduce_partials
 
 
 def check(strategy: Strategy, pipeline: Pipeline) -> None:
@@ -331,7 +331,7 @@ class AsyncCoordinator(Coordinator):
                 np.float64,
             ).reshape(-1, 6),
             "version_ids": np.array(versions, np.int64),
-            "version_rows": np.stack([self.versions[v] for v in versions]).astype(np.float32),
+            "version_rows": KeyedRows.of(versions, [self.versions[v] for v in versions]),  # each stored once
         }
         return {**super()._saved_state(), **{PREFIX + k: v for k, v in saved.items()}}
 

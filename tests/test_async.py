@@ -218,3 +218,37 @@ def test_async_gives_the_same_tables_on_any_host_count_and_after_a_resume(tmp_pa
     pd_equal(resumed.rounds[columns], one.rounds[columns])
     pd_equal(resumed.devices.drop(columns=["host", "train_s"]), one.devices.drop(columns=["host", "train_s"]))
     assert (resumed.path / "global.ckpt").read_bytes() == (one.path / "global.ckpt").read_bytes()
+
+
+def test_model_versions_in_flight_are_stored_once_each_and_a_finished_run_extends(tmp_path):
+    """A server step writes the one new model version, not every version in flight; the state a
+    resume reads names the versions by id; a finished run's server_state.npz holds them all, so
+    extending it equals the straight run."""
+    from fedsim.results.state import MARK, ROWS_DIR, read_state
+
+    settings = {**BASE, "fleet": "skewed", "mode": "async", "concurrency": 5, "buffer": 2, "eval_every": 1}
+    del settings["rounds"]
+    with pytest.raises(KeyboardInterrupt):
+        fedsim.run(out=str(tmp_path / "cut"), engine=StopAfter(6), rounds=8, **settings)
+    resume = tmp_path / "cut" / "resume"
+    done = fedsim.load_run(tmp_path / "cut").meta["rounds_completed"]
+    state_file = resume / f"round-{done}.server_state.npz"
+    with np.load(state_file) as saved:
+        assert "async.version_rows" + MARK in saved.files and "async.version_rows" not in saved.files
+        ids = saved["async.version_rows" + MARK].tolist()
+    assert len(ids) > 1  # several versions in flight, each in its own file, named by its id
+    assert {f.name for f in (resume / ROWS_DIR).iterdir()} >= {f"async.version_rows-{v}.npy" for v in ids}
+    rows = read_state(state_file)["async.version_rows"]
+    assert rows.shape[0] == len(ids) and rows.dtype == np.float32
+
+    straight = fedsim.run(out=str(tmp_path / "straight"), engine=fedsim.LocalEngine(2), rounds=8, **settings)
+    short = fedsim.run(out=str(tmp_path / "short"), engine=fedsim.LocalEngine(2), rounds=5, **settings)
+    assert not (short.path / "resume").exists()
+    with np.load(short.path / "server_state.npz") as saved:
+        assert "async.version_rows" in saved.files and not any(k.endswith(MARK) for k in saved.files)
+    extended = fedsim.resume(short.path, rounds=8, engine=fedsim.LocalEngine(2))
+    pd_equal(
+        extended.rounds[SYNC_COLUMNS[:1] + ["sim_elapsed_s", "staleness_mean"]],
+        straight.rounds[["round", "sim_elapsed_s", "staleness_mean"]],
+    )
+    assert (extended.path / "global.ckpt").read_bytes() == (straight.path / "global.ckpt").read_bytes()

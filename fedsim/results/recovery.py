@@ -26,6 +26,7 @@ from fedsim.results.schema import (
     part_name,
     part_round,
 )
+from fedsim.results.state import read_state
 
 
 def _checkpoint_file(folder: Path, round_num: int) -> Path:
@@ -103,8 +104,7 @@ def committed_model(folder: Path, done: int) -> tuple[bytes, dict[str, np.ndarra
     state: dict[str, np.ndarray] = {}
     if state_file.is_file():
         try:
-            with np.load(state_file) as saved:
-                state = {k: saved[k] for k in saved.files}
+            state = read_state(state_file)
         except (OSError, ValueError) as e:
             raise RunFolderError(f"--resume {folder}: the server state of round {done} is damaged: {e}") from None
     return data, state

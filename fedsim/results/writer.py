@@ -5,7 +5,6 @@ committed round."""
 
 from __future__ import annotations
 
-import io
 import json
 import platform
 import shutil
@@ -40,6 +39,7 @@ from fedsim.results.schema import (
     part_name,
     part_round,
 )
+from fedsim.results.state import ROWS_DIR, make_whole, prune_rows, write_state
 
 
 def versions() -> dict[str, str]:
@@ -192,7 +192,7 @@ class RunWriter:
         keep = {f"round-{round_num}.ckpt", f"round-{round_num - 1}.ckpt", f"round-{round_num - 1}.{STATE_FILE}"}
         state_file = resume / f"round-{round_num}.{STATE_FILE}"
         if state:  # the strategy's server state (momentum, moments), so that a resume continues it
-            atomic_write(state_file, _npz(state))
+            write_state(state_file, state)  # (rows that never change, such as model versions, once each)
             keep.add(state_file.name)
         for name, rows, columns, schema in (
             (DEVICES_FILE, device_rows, self.device_columns, self.device_schema),
@@ -208,8 +208,9 @@ class RunWriter:
         self.meta["rounds_completed"] = round_num
         atomic_write(self.path / CONFIG_FILE, json.dumps(self.meta, indent=2, default=str).encode())
         for old in resume.iterdir():
-            if old.name not in keep:
+            if old.name not in keep and old.name != ROWS_DIR:
                 old.unlink(missing_ok=True)
+        prune_rows(resume, [resume / name for name in keep if name.endswith(STATE_FILE)])
 
     def settle(self) -> None:
         """After a failure: the folder as of its last committed round (parts of a round that did not
@@ -235,10 +236,7 @@ class RunWriter:
             self.tracker.close(self.meta)
         if self.meta.get("status") == "completed":  # nothing left to resume: global.ckpt is the model
             self.write_meta(model_round=self.meta.get("rounds_completed", 0))  # ... of this round
+            done = self.meta.get("rounds_completed", 0)
+            if (self.path / RESUME_DIR / f"round-{done}.{STATE_FILE}").is_file():  # rows inside, for an extension
+                make_whole(self.path / RESUME_DIR / f"round-{done}.{STATE_FILE}", self.path / STATE_FILE)
             shutil.rmtree(self.path / RESUME_DIR, ignore_errors=True)
-
-
-def _npz(arrays: dict[str, np.ndarray]) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()

@@ -27,6 +27,21 @@ if TYPE_CHECKING:
 Weights = dict[str, np.ndarray]
 State = dict[str, np.ndarray]  # a strategy's server state: named plain arrays (saved with every round)
 
+
+class KeyedRows(np.ndarray):
+    """A state value whose rows are each named by an id that always names the same content (FedBuff's
+    model versions in flight): the run folder stores each row once, under its id, instead of every
+    row with every round. Reads back as the plain (rows, width) array."""
+
+    row_ids: np.ndarray
+
+    @staticmethod
+    def of(ids: list[int], rows: list[np.ndarray]) -> KeyedRows:
+        out = np.stack(rows).astype(np.float32, copy=False).view(KeyedRows)
+        out.row_ids = np.asarray(ids, np.int64)
+        return out
+
+
 HONEST = "honest"
 
 
