@@ -47,7 +47,7 @@ def write_state(path: Path, state: dict[str, np.ndarray]) -> None:
         for row_id, row in zip(ids.tolist(), value):
             f = _row_file(path.parent, key, row_id)
             if not f.is_file():
-                atomic_write(f, _npy(np.asarray(row)))
+                atomic_write(f, _npy(np.asarray(row, np.float32)))
         arrays[key + MARK] = np.asarray(ids, np.int64)
     atomic_write(path, npz(arrays))
 

@@ -31,13 +31,16 @@ State = dict[str, np.ndarray]  # a strategy's server state: named plain arrays (
 class KeyedRows(np.ndarray):
     """A state value whose rows are each named by an id that always names the same content (FedBuff's
     model versions in flight): the run folder stores each row once, under its id, instead of every
-    row with every round. Reads back as the plain (rows, width) array."""
+    row with every round. Held as references to the rows (no copy); reads back as the plain (rows,
+    width) array."""
 
     row_ids: np.ndarray
 
     @staticmethod
     def of(ids: list[int], rows: list[np.ndarray]) -> KeyedRows:
-        out = np.stack(rows).astype(np.float32, copy=False).view(KeyedRows)
+        out = np.empty(len(rows), object).view(KeyedRows)
+        for i, row in enumerate(rows):
+            out[i] = row
         out.row_ids = np.asarray(ids, np.int64)
         return out
 
