@@ -99,6 +99,27 @@ def test_a_builder_that_raises_is_shown_at_its_line(tmp_path, monkeypatch):
         fedsim.run(model="badmodels:build", dataset="toy_images", devices=2, rounds=1, engine=fedsim.LocalEngine())
 
 
+@pytest.mark.ray
+def test_a_builder_that_raises_in_a_ray_worker_is_shown_at_its_line_from_the_cli(tmp_path):
+    """On the default (Ray) engine the builder runs in a preparation worker: the one line still names
+    the user's file and line, and no traceback of fedsim's internals is printed."""
+    import subprocess
+    import sys
+
+    (tmp_path / "badmodels.py").write_text("def build(task):\n    raise ValueError('no such layer size')\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "fedsim.cli", "run", "--model", "badmodels:build", "--dataset", "toy_images"]
+        + ["--devices", "2", "--rounds", "1", "--no-progress", "--out", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "no such layer size" in out.stderr and "badmodels.py:2 in build" in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "r").exists()
+
+
 def test_runs_are_named_by_what_ran(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run = fedsim.run(dataset="toy_images", strategy="fedadam", devices=2, rounds=1, engine=fedsim.LocalEngine())
