@@ -106,8 +106,8 @@ def main() -> None:
         f"fedsim stage and schedule costs, {dt.datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} CPUs, "
         f"`python experiments/bench_stages.py --rounds {args.rounds} --pairs {args.pairs}`: medians over "
         f"{args.pairs} alternating passes of the median round of rounds 2..{args.rounds} (async: "
-        f"{args.rounds} x 90 / --buffer server steps, about the sync rows' updates); ratio against the baseline row of the same pass "
-        "(stages: round wall; async: wall per applied update).\n\n"
+        f"{args.rounds} x 90 / --buffer server steps, about the sync rows' updates); ratio against the "
+        "baseline row of the same pass (stages: round wall; async: wall per applied update).\n\n"
     )
     (out / "stages.md").write_text(header + table.to_markdown(index=False) + "\n")
     print(header + table.to_markdown(index=False))
