@@ -103,6 +103,7 @@ def test_the_round_loop_and_the_host_know_no_strategy_attack_or_stage_by_name():
                 "Aggregate",
                 "DevicePlan",
                 "State",
+                "KeyedRows",
                 "Strategy",
                 "Weights",
                 "reduce_partials",
