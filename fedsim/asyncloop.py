@@ -25,6 +25,7 @@ an attack that reads the honest updates) is refused before the run (check).
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import time
 from dataclasses import dataclass, field
@@ -184,17 +185,8 @@ class AsyncCoordinator(Coordinator):
             self.pipeline.absorb({flight.device: report.state})
         joined = False
         if report.status == "ok" and self.max_staleness is not None and staleness > self.max_staleness:
-            report = DeviceReport(
-                flight.device,
-                report.host,
-                samples,
-                "stale",
-                report.train_loss,
-                report.train_s,
-                report.checkpoint_bytes,
-                f"{staleness} server steps stale, over --max-staleness {self.max_staleness}",
-                report.metrics,
-            )
+            why = f"{staleness} server steps stale, over --max-staleness {self.max_staleness}"
+            report = dataclasses.replace(report, samples=samples, status="stale", error=why, state={})
         elif report.status == "ok" and got.row is not None:
             self.buffer.append((flight, got))
             joined = True
