@@ -110,6 +110,37 @@ def test_packing_round_trips_every_width():
         np.testing.assert_array_equal(codecs.unpack(packed, bits, 1001), levels)
 
 
+def test_packing_matches_the_definition_bit_by_bit():
+    """Value i of a B-bit packing sits in byte i // (8 / B) at bit B * (i % (8 / B)), whatever the
+    word tricks inside pack() and unpack()."""
+    rng = np.random.default_rng(11)
+    for bits in (2, 4):
+        levels = rng.integers(0, 1 << bits, 37).astype(np.uint8)
+        per = 8 // bits
+        expected = np.zeros(-(-37 // per), np.uint8)
+        for i, v in enumerate(levels):
+            expected[i // per] |= int(v) << (bits * (i % per))
+        assert codecs.pack(levels, bits) == expected.tobytes()
+
+
+def test_the_largest_magnitudes_are_found_exactly_even_when_the_sample_misjudges():
+    """largest() against a full sort (ties to the lowest index): random values, many ties, a few
+    huge values the strided sample misses, and a k the candidates cannot cover."""
+    rng = np.random.default_rng(12)
+    n = 40_000
+    cases = {
+        "random": np.abs(rng.standard_normal(n)),
+        "ties": rng.integers(0, 4, n).astype(np.float64),
+        "zeros": np.where(rng.random(n) < 0.001, 1.0, 0.0),
+        "unsampled": np.where(np.arange(n) % 4 == 1, 100.0 + rng.random(n), rng.random(n)),
+    }
+    for name, magnitude in cases.items():
+        m32 = magnitude.astype(np.float32)
+        for k in (1, 7, 400, 10_001, n):
+            want = np.sort(np.lexsort((np.arange(n), -m32))[:k])
+            np.testing.assert_array_equal(codecs.largest(m32, k), want, err_msg=f"{name} {k}")
+
+
 def test_the_hadamard_rotation_is_its_own_inverse_and_keeps_the_norm():
     x = np.random.default_rng(2).standard_normal(64)
     y = codecs.hadamard(x)
