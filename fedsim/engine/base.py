@@ -50,7 +50,7 @@ class DeviceReport:
     checkpoint_bytes: int = 0
     error: str = ""
     metrics: dict[str, float] = field(default_factory=dict)  # what the pipeline's stages recorded (devices.parquet)
-    state: dict[str, bytes] = field(default_factory=dict)  # what the device keeps for its next round
+    state: dict[str, np.ndarray] = field(default_factory=dict)  # what the device keeps for its next round
 
 
 @dataclass

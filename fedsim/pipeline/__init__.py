@@ -146,7 +146,7 @@ class Pipeline:
     def server_seconds(self) -> float:
         return sum(s.server_seconds() for s in self.stages)
 
-    def absorb(self, states: dict[int, dict[str, bytes]]) -> None:
+    def absorb(self, states: dict[int, dict[str, np.ndarray]]) -> None:
         for stage in self.stages:
             stage.absorb(states)
 

@@ -78,7 +78,7 @@ class Upload:
     payload: np.ndarray | None = None  # an integer encoding to sum securely (fedsim.pipeline.secagg)
     counts: dict[str, float] = field(default_factory=dict)  # summed over the round's uploads
     metrics: dict[str, float] = field(default_factory=dict)  # recorded in the device's row
-    state: dict[str, bytes] = field(default_factory=dict)  # what the device keeps for its next round
+    state: dict[str, np.ndarray] = field(default_factory=dict)  # what the device keeps for its next round
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ class Stage:
         """Simulated seconds the server spent on this stage after the round's last upload."""
         return 0.0
 
-    def absorb(self, states: dict[int, dict[str, bytes]]) -> None:
+    def absorb(self, states: dict[int, dict[str, np.ndarray]]) -> None:
         """The state the round's devices keep for their next round (Upload.state), by device id."""
 
     def broadcast(self, flat: np.ndarray) -> np.ndarray:

@@ -101,7 +101,7 @@ class Compress(Stage):
         for d in device_ids:
             if d in self.residuals:  # the device's own leftover from its last round (error feedback)
                 before = plans.get(d, DevicePlan())
-                plans[d] = dataclasses.replace(before, state={**before.state, RESIDUAL: self.residuals[d].tobytes()})
+                plans[d] = dataclasses.replace(before, state={**before.state, RESIDUAL: self.residuals[d]})
 
     def upload(self, up: Upload, ctx: UploadContext) -> Upload:
         kind, arg = self.kind
@@ -117,7 +117,7 @@ class Compress(Stage):
             signs = codecs.rotation(len(update), ctx.seed, ctx.round_num)[1] if self.settings.rotate else None
             length = len(signs) if signs is not None else len(update)
             noise = codecs.dither(length, ctx.seed, ctx.round_num, up.device_id)
-            payload = codecs.quantise(update, bits, noise, signs)
+            payload = codecs.quantise(update, bits, noise, signs, scratch=True)  # `update` is ours
             decoded = codecs.dequantise(payload, bits, len(update), signs)
             if self.settings.compress_entropy:
                 up.metrics["entropy_bytes"] = float(
@@ -126,19 +126,21 @@ class Compress(Stage):
         else:  # top-k with error feedback
             carried = up.plan.state.get(RESIDUAL)
             if carried is not None:
-                update = update + np.frombuffer(carried, np.float32)
+                update = update + carried
             payload, rest = codecs.topk_encode(update, max(1, round(arg * len(update))))
             decoded = codecs.topk_decode(payload, len(update))
-            up.state[RESIDUAL] = rest.tobytes()
-        up.flat = (ctx.global_flat + decoded).astype(np.float32)
+            up.state[RESIDUAL] = rest
+        # float32 + float32 rounds exactly as the float64 sum rounded to float32 (53 >= 2 * 24 + 2 bits)
+        decoded += ctx.global32
+        up.flat = decoded
         up.nbytes = len(payload)
         return up
 
-    def absorb(self, states: dict[int, dict[str, bytes]]) -> None:
+    def absorb(self, states: dict[int, dict[str, np.ndarray]]) -> None:
         """Keep each device's new residual (what top-k left out), for its next round."""
         for d, state in states.items():
             if RESIDUAL in state:
-                self.residuals[d] = np.frombuffer(state[RESIDUAL], np.float32).copy()
+                self.residuals[d] = np.array(state[RESIDUAL], np.float32)  # a copy: the view may be Ray's buffer
 
     def upload_bytes(self, nbytes: int, params: int) -> int:
         kind, arg = self.kind

@@ -61,8 +61,9 @@ class DevicePlan:
     control: bytes | None = None
     steps: int | None = None  # a budget of train steps (a straggler's partial work); None: all
     flip_labels: int = 0  # C: train on C - 1 - y; 0: on the true labels
-    # what pipeline stages keep on the device between its rounds (an error-feedback residual), by key
-    state: dict[str, bytes] = field(default_factory=dict)
+    # what pipeline stages keep on the device between its rounds (an error-feedback residual), by key;
+    # arrays, which Ray moves without pickling a copy
+    state: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
