@@ -123,6 +123,51 @@ def test_packing_matches_the_definition_bit_by_bit():
         assert codecs.pack(levels, bits) == expected.tobytes()
 
 
+def _reference_quantise(u: np.ndarray, bits: int, noise: np.ndarray) -> bytes:
+    """Suresh et al.'s quantiser as plain numpy expressions (what fedsim.pipeline.kernels compiles)."""
+    lo, hi = np.float32(u.min()), np.float32(u.max())
+    top = (1 << bits) - 1
+    levels = np.zeros(len(u), np.uint8)
+    if hi > lo:
+        scaled = np.subtract(u, lo, dtype=np.float32)
+        scaled *= np.float32(top / (float(hi) - float(lo)))
+        scaled += noise[: len(u)]
+        levels = np.minimum(scaled, np.float32(top)).astype(np.uint8)
+    return np.array([lo, hi], np.float32).tobytes() + codecs.pack(levels, bits)
+
+
+def _reference_dequantise(payload: bytes, bits: int, count: int) -> np.ndarray:
+    lo, hi = np.frombuffer(payload[:8], np.float32)
+    if not hi > lo:
+        return np.full(count, lo, np.float32)
+    u = codecs.unpack(payload[8:], bits, count).astype(np.float32)
+    u *= np.float32((float(hi) - float(lo)) / ((1 << bits) - 1))
+    u += lo
+    return u
+
+
+def test_the_compiled_codecs_give_the_reference_expressions_bytes_and_values_bit_for_bit():
+    rng = np.random.default_rng(13)
+    for trial in range(12):
+        n = int(rng.integers(1, 30_000))
+        update = (rng.standard_normal(n) * 10.0 ** rng.integers(-6, 3)).astype(np.float32)
+        update[rng.integers(0, n, n // 4)] = 0.0 if trial % 3 else -0.0
+        base = (rng.standard_normal(n) * 0.1).astype(np.float32)
+        bits16 = update.view(np.uint32)
+        half = ((bits16 + (np.uint32(0x7FFF) + ((bits16 >> 16) & np.uint32(1)))) >> 16).astype(np.uint16)
+        np.testing.assert_array_equal(to_bfloat16(update), half)
+        exact = (half.astype(np.uint32) << 16).view(np.float32)
+        assert from_bfloat16(half).tobytes() == exact.tobytes()
+        assert codecs.half_decode("bf16", half.tobytes(), onto=base).tobytes() == (base + exact).tobytes()
+        for bits in (8, 4, 2, 1):
+            noise = codecs.dither(n, 5, trial, bits)
+            payload = codecs.quantise(update, bits, noise)
+            assert payload == _reference_quantise(update, bits, noise)
+            decoded = _reference_dequantise(payload, bits, n)
+            assert codecs.dequantise(payload, bits, n).tobytes() == decoded.tobytes()
+            assert codecs.dequantise(payload, bits, n, onto=base).tobytes() == (base + decoded).tobytes()
+
+
 def test_the_largest_magnitudes_are_found_exactly_even_when_the_sample_misjudges():
     """largest() against a full sort (ties to the lowest index): random values, many ties, a few
     huge values the strided sample misses, and a k the candidates cannot cover."""

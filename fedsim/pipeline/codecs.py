@@ -24,25 +24,22 @@ from functools import lru_cache
 
 import numpy as np
 
+from fedsim.pipeline import kernels
+
 
 # ---- two-byte floats -------------------------------------------------------------------------
 def to_bfloat16(x: np.ndarray) -> np.ndarray:
-    """float32 -> the upper 16 bits of the nearest bfloat16 (ties to even), as uint16 (one temporary,
-    the rest in place)."""
-    bits = np.ascontiguousarray(x, np.float32).view(np.uint32)
-    rounded = bits >> np.uint32(16)
-    rounded &= np.uint32(1)
-    rounded += np.uint32(0x7FFF)
-    rounded += bits
-    rounded >>= np.uint32(16)
-    return rounded.astype(np.uint16)
+    """float32 -> the upper 16 bits of the nearest bfloat16 (ties to even), as uint16."""
+    out = np.empty(np.size(x), np.uint16)
+    kernels.bf16_encode(np.ascontiguousarray(x, np.float32).reshape(-1).view(np.uint32), out)
+    return out
 
 
-def from_bfloat16(half: np.ndarray) -> np.ndarray:
-    """uint16 bfloat16 bits -> float32 (exact), a new writable array."""
-    out = half.astype(np.uint32)
-    out <<= np.uint32(16)
-    return out.view(np.float32)
+def from_bfloat16(half: np.ndarray, onto: np.ndarray | None = None) -> np.ndarray:
+    """uint16 bfloat16 bits -> float32 (exact), plus `onto` (float32) if given; a new array."""
+    out = np.empty(len(half), np.float32)
+    kernels.bf16_decode_onto(half, np.zeros(0, np.float32) if onto is None else onto, out)
+    return out
 
 
 def half_encode(method: str, update: np.ndarray) -> bytes:
@@ -51,10 +48,14 @@ def half_encode(method: str, update: np.ndarray) -> bytes:
     return np.clip(update, -65504, 65504).astype(np.float16).tobytes()
 
 
-def half_decode(method: str, payload: bytes) -> np.ndarray:
+def half_decode(method: str, payload: bytes, onto: np.ndarray | None = None) -> np.ndarray:
+    """The decoded update (plus `onto`, float32, if given), a new array."""
     if method == "bf16":
-        return from_bfloat16(np.frombuffer(payload, np.uint16))
-    return np.frombuffer(payload, np.float16).astype(np.float32)  # a new writable array
+        return from_bfloat16(np.frombuffer(payload, np.uint16), onto)
+    out = np.frombuffer(payload, np.float16).astype(np.float32)
+    if onto is not None:
+        out += onto
+    return out
 
 
 # ---- uniform stochastic quantisation ----------------------------------------------------------
@@ -135,44 +136,43 @@ def dither(length: int, seed: int, round_num: int, device_id: int) -> np.ndarray
     return _table(seed, round_num, size)[offset : offset + length]
 
 
-def quantise(
-    update: np.ndarray, bits: int, noise: np.ndarray, signs: np.ndarray | None = None, scratch: bool = False
-) -> bytes:
+def quantise(update: np.ndarray, bits: int, noise: np.ndarray, signs: np.ndarray | None = None) -> bytes:
     """The payload of `update` quantised to 2^bits levels with dither `noise` (uniforms on [0, 1), at
-    least as many as values: see dither()), rotated first when `signs` is given. `scratch`: `update`
-    (float32) is the caller's temporary and may be overwritten."""
+    least as many as values: see dither()), rotated first when `signs` is given."""
     u = np.asarray(update, np.float32)
     if signs is not None:
         padded = np.zeros(len(signs), np.float32)
         padded[: len(u)] = u
         u = hadamard(padded * signs)
-        scratch = True
     lo, hi = np.float32(u.min()), np.float32(u.max())
     top = (1 << bits) - 1
+    levels = np.zeros(len(u), np.uint8)
     if hi > lo:
-        scaled = np.subtract(u, lo, dtype=np.float32, out=u if scratch and u.flags.writeable else None)
-        scaled *= np.float32(top / (float(hi) - float(lo)))
-        scaled += noise[: len(u)]
-        floor = scaled.astype(np.uint16)  # values are >= 0 and below top + 2
-        np.clip(floor, 0, top, out=floor)  # = floor(min(scaled, top)); integer clip is the fast pass
-        levels = floor.astype(np.uint8)
-    else:
-        levels = np.zeros(len(u), np.uint8)
+        kernels.levels(u, lo, np.float32(top / (float(hi) - float(lo))), noise[: len(u)], top, levels)
     return np.array([lo, hi], np.float32).tobytes() + pack(levels, bits)
 
 
-def dequantise(payload: bytes, bits: int, count: int, signs: np.ndarray | None = None) -> np.ndarray:
-    """The decoded update, a new writable float32 array."""
+def dequantise(
+    payload: bytes, bits: int, count: int, signs: np.ndarray | None = None, onto: np.ndarray | None = None
+) -> np.ndarray:
+    """The decoded update (plus `onto`, float32, if given), a new float32 array."""
     lo, hi = np.frombuffer(payload[:8], np.float32)
     length = len(signs) if signs is not None else count
     top = (1 << bits) - 1
+    base = onto if onto is not None and signs is None else np.zeros(0, np.float32)
     if hi > lo:
-        u = np.multiply(unpack(payload[8:], bits, length), np.float32((float(hi) - float(lo)) / top), dtype=np.float32)
-        u += lo
+        u = np.empty(length, np.float32)
+        kernels.dequantise_onto(
+            unpack(payload[8:], bits, length), np.float32((float(hi) - float(lo)) / top), lo, base, u
+        )
     else:
         u = np.full(length, lo, np.float32)
+        if len(base):
+            u += base
     if signs is not None:
         u = (hadamard(u) * signs)[:count]
+        if onto is not None:
+            u += onto
     return u
 
 

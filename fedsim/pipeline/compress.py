@@ -111,14 +111,14 @@ class Compress(Stage):
         update = up.flat - ctx.global32
         if kind in ("bf16", "fp16"):
             payload = codecs.half_encode(kind, update)
-            decoded = codecs.half_decode(kind, payload)
+            decoded = codecs.half_decode(kind, payload, onto=ctx.global32)
         elif kind == "q":
             bits = int(arg)
             signs = codecs.rotation(len(update), ctx.seed, ctx.round_num)[1] if self.settings.rotate else None
             length = len(signs) if signs is not None else len(update)
             noise = codecs.dither(length, ctx.seed, ctx.round_num, up.device_id)
-            payload = codecs.quantise(update, bits, noise, signs, scratch=True)  # `update` is ours
-            decoded = codecs.dequantise(payload, bits, len(update), signs)
+            payload = codecs.quantise(update, bits, noise, signs)
+            decoded = codecs.dequantise(payload, bits, len(update), signs, onto=ctx.global32)
             if self.settings.compress_entropy:
                 up.metrics["entropy_bytes"] = float(
                     codecs.entropy_bytes(payload, bits, len(signs) if signs is not None else len(update))
@@ -129,9 +129,10 @@ class Compress(Stage):
                 update = update + carried
             payload, rest = codecs.topk_encode(update, max(1, round(arg * len(update))))
             decoded = codecs.topk_decode(payload, len(update))
+            decoded += ctx.global32
             up.state[RESIDUAL] = rest
-        # float32 + float32 rounds exactly as the float64 sum rounded to float32 (53 >= 2 * 24 + 2 bits)
-        decoded += ctx.global32
+        # the decoded update onto the float32 global: float32 + float32 rounds exactly as the float64 sum
+        # rounded to float32 would (53 >= 2 * 24 + 2 bits)
         up.flat = decoded
         up.nbytes = len(payload)
         return up
