@@ -183,7 +183,7 @@ def sim_clock(
     elif latency is None:
         measured = (report or {}).get("latency_ms", {})
         table = {k: float(v) for k, v in measured.items() if k in ("restore", "train", "save")}
-        latency, source = reuse_latency(artifact, table)
+        latency, source = reuse_latency(artifact, table, str((report or {}).get("identity", "")))
     clock = Clock(
         profiles,
         latency,

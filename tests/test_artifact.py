@@ -74,3 +74,51 @@ def test_parity_the_artifact_learns_what_the_tensorflow_model_learns(artifact, t
     assert list(p["step"]) == [1, 2, 3, 4]
     assert (p["loss_diff"] < 1e-4).all() and (p["max_weight_diff"] < 1e-5).all()
     assert p["loss_tflite"].iloc[-1] < p["loss_tflite"].iloc[0]  # it really trained
+
+
+def _with_attribute_order(artifact: bytes, reverse: bool) -> bytes:
+    """The artifact with every Select TF op's NodeDef attributes written in (reverse) key order."""
+    import flatbuffers
+    from flatbuffers import flexbuffers
+    from tensorflow.core.framework import node_def_pb2
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(artifact, 0)
+    reordered = 0
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            code = model.operatorCodes[op.opcodeIndex].customCode
+            if not (code and code.startswith(b"Flex")):
+                continue
+            name, node = flexbuffers.GetRoot(bytes(op.customOptions)).AsVector
+            parsed = node_def_pb2.NodeDef.FromString(
+                bytes(flexbuffers.String(node._Indirect(), node._byte_width).Bytes)
+            )
+            if len(parsed.attr) < 2:
+                continue
+            head = node_def_pb2.NodeDef()
+            head.CopyFrom(parsed)
+            head.ClearField("attr")
+            raw = head.SerializeToString()  # then one attribute at a time, in the order asked for
+            for key in sorted(parsed.attr, reverse=reverse):
+                one = node_def_pb2.NodeDef()
+                one.attr[key].CopyFrom(parsed.attr[key])
+                raw += one.SerializeToString()
+            assert node_def_pb2.NodeDef.FromString(raw) == parsed
+            op.customOptions = list(flexbuffers.Dumps([name.AsString, raw]))
+            reordered += 1
+    assert reordered, "the seed artifact has Select TF ops with several attributes"
+    builder = flatbuffers.Builder(0)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def test_identity_is_the_same_for_every_attribute_order_of_a_select_op(artifact):
+    """The converter writes a Select TF op's NodeDef attributes in protobuf map order, which differs
+    between processes; the identity that keys the latency cache must not."""
+    from fedsim.artifact.checks import identity
+
+    forward, backward = _with_attribute_order(artifact, False), _with_attribute_order(artifact, True)
+    assert forward != backward
+    assert identity(forward) == identity(backward) == identity(artifact)
+    assert len(identity(artifact)) == 64

@@ -454,6 +454,9 @@ def test_two_runs_of_one_command_give_the_same_simulated_times(tmp_path, monkeyp
     assert "measured at this run's start, cached in" in one.meta["sim_latency_source"]
     assert "measured earlier on this machine" in two.meta["sim_latency_source"]
     assert one.meta["sim_latency_ms"] == two.meta["sim_latency_ms"]
+    # keyed by the artifact's identity (the same for every conversion of the model), not its bytes
+    identity = json.loads((tmp_path / "one" / "artifact.json").read_text())["identity"]
+    assert len(identity) == 64 and len(list((tmp_path / "cache" / "latency").iterdir())) == 1
 
 
 # ---- 11. defaults that learn --------------------------------------------------------------------

@@ -37,6 +37,32 @@ def signature_ops(artifact: bytes) -> dict[str, list[str]]:
     return out
 
 
+def identity(artifact: bytes) -> str:
+    """A hash of what the artifact computes, the same for every conversion of one model: the file with
+    each Select TF op's NodeDef re-serialised deterministically. The converter writes a NodeDef's
+    attributes in protobuf map order, which differs from process to process, so the file's own bytes
+    (and their hash) can differ between two conversions of the same model."""
+    import hashlib
+
+    import flatbuffers
+    from flatbuffers import flexbuffers
+    from tensorflow.core.framework import node_def_pb2
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(artifact, 0)
+    for graph in model.subgraphs or []:
+        for op in graph.operators or []:
+            code = model.operatorCodes[op.opcodeIndex].customCode
+            if code and code.startswith(b"Flex") and op.customOptions is not None:
+                name, node = flexbuffers.GetRoot(bytes(op.customOptions)).AsVector  # [op name, NodeDef]
+                raw = bytes(flexbuffers.String(node._Indirect(), node._byte_width).Bytes)
+                canonical = node_def_pb2.NodeDef.FromString(raw).SerializeToString(deterministic=True)
+                op.customOptions = list(name.AsString.encode() + b"\0" + canonical)
+    builder = flatbuffers.Builder(0)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return hashlib.sha256(bytes(builder.Output())).hexdigest()
+
+
 def io_details(details: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         {"name": name, "shape": [int(s) for s in d["shape_signature"]], "dtype": np.dtype(d["dtype"]).name}

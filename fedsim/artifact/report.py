@@ -16,7 +16,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedsim.artifact.checks import ArtifactError, check_signatures, io_details, load_runner, signature_ops, task_of
+from fedsim.artifact.checks import (
+    ArtifactError,
+    check_signatures,
+    identity,
+    io_details,
+    load_runner,
+    signature_ops,
+    task_of,
+)
 from fedsim.artifact.parity import _run_meta, recipe_of, run_parity
 from fedsim.checkpoint import read_checkpoint_file, scratch_dir
 from fedsim.model.signatures import INFER, PACKED, RESTORE, SAVE, SIGNATURES, TRAIN
@@ -50,6 +58,7 @@ class ArtifactReport:
     parity: pd.DataFrame | None = field(default=None)
     checkpoint_format: str = "tensors"  # packed: one tensor, cut along `layout`; tensors: one per weight
     layout: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
+    identity: str = ""  # checks.identity: the same for every conversion of one model
 
     def flex_ops(self, signature: str) -> list[str]:
         return sorted({op for op in self.ops.get(signature, []) if op.startswith("Flex")})
@@ -88,6 +97,7 @@ class ArtifactReport:
                 "latency_ms",
                 "batch_size",
                 "repeats",
+                "identity",
             )
         }
         d["layout"] = [[name, list(shape)] for name, shape in self.layout]
@@ -198,6 +208,7 @@ def inspect(
             table,
             "packed" if PACKED in weights else "tensors",
             runner.layout,
+            identity(artifact),
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -60,13 +60,15 @@ def machine_key() -> str:
     return f"{platform.node()}|{platform.machine()}|{cpu}|{os.cpu_count()}"
 
 
-def reuse_latency(artifact: bytes, measured: dict[str, float]) -> tuple[dict[str, float], str]:
+def reuse_latency(artifact: bytes, measured: dict[str, float], identity: str = "") -> tuple[dict[str, float], str]:
     """The latency table of this artifact on this machine: the first run's measurement, kept in
-    $FEDSIM_CACHE/latency (default ~/.cache/fedsim) under the artifact's hash and the machine, so
-    that the same command gives the same simulated times, byte for byte, on every later run here.
+    $FEDSIM_CACHE/latency (default ~/.cache/fedsim) under the artifact's identity (artifact.json's
+    `identity`, the same for every conversion of one model; else the file's hash) and the machine,
+    so that the same command gives the same simulated times, byte for byte, on every later run here.
     (table, where it came from)."""
     folder = Path(os.environ.get("FEDSIM_CACHE") or Path.home() / ".cache" / "fedsim") / "latency"
-    key = hashlib.sha256(hashlib.sha256(artifact).digest() + machine_key().encode()).hexdigest()[:40]
+    model = identity.encode() or hashlib.sha256(artifact).digest()
+    key = hashlib.sha256(model + machine_key().encode()).hexdigest()[:40]
     path = folder / f"{key}.json"
     if path.is_file():
         try:
