@@ -231,14 +231,16 @@ class AsyncCoordinator(Coordinator):
         coefficients = self.pipeline.coefficients(self.strategy.weights(samples))
         acc = PartialSum()
         staleness = []
+        flat64 = self.flat.astype(np.float64)
         for (flight, got), c in zip(buffered, coefficients.tolist()):
             assert got.row is not None
             s = self.version - flight.version
             staleness.append(s)
             update = got.row
-            if s > 0:  # the update, weighted by its staleness, moved onto the current model
-                delta = got.row.astype(np.float64) - self.versions[flight.version]
-                update = self.flat.astype(np.float64) + staleness_weight(self.staleness, s) * delta
+            if s > 0:  # the update, weighted by its staleness, moved onto the current model (in float64)
+                update = np.subtract(got.row, self.versions[flight.version], dtype=np.float64)
+                update *= staleness_weight(self.staleness, s)
+                update += flat64
             acc.add(update, c, flight.device, int(self.run_context.samples[flight.device]))
         partial = acc.partial()
         aggregate = Aggregate(
