@@ -11,12 +11,12 @@ their weighted mean as it would a synchronous round's (FedAvg: sample-weighted).
 Order and determinism: events are ordered by simulated time, ties by a seeded draw; every arrival at
 one instant is handled before the freed slots are filled; slot filling k draws among the idle,
 available devices with the seed and k (as a synchronous round k draws among the available ones), and
-a device never starts twice on one model version. Nothing on the schedule depends on the hosts: the
-devices that started on a version are trained together (one engine call, round key version + 1)
-when the first of them arrives, so the same config and seed give the same tables on any host count.
-At every server step the schedule (devices in flight, the model versions they started from) is
-saved with the server state; a resumed run retrains the devices in flight from those versions,
-which gives the same updates, and goes on.
+a device never starts twice on one model version. Nothing on the schedule depends on the hosts:
+devices that started on a version train together (engine.submit, round key version + 1), handed out
+at the server step that closes the version (or when one arrives first) and collected at the first
+arrival, so the hosts train while the loop goes on; same config and seed, same tables on any host
+count. Every server step saves the schedule (devices in flight, their models) with the server
+state; a resumed run retrains the devices in flight from those models (the same updates).
 
 Only strategies that accumulate a sum (rules linear in the updates, server optimisers on their mean)
 and per-upload stages apply: what needs a round's cohort (a stage's needs_rounds, order statistics,
@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,27 +38,12 @@ from fedsim.checkpoint import unflatten, write_checkpoint
 from fedsim.clock.clock import SimOutcome
 from fedsim.config import Config
 from fedsim.coordinator import NAN, Coordinator, RoundFailedError, RoundRecord, select_devices
-from fedsim.engine.base import DeviceReport
-from fedsim.pipeline import Pipeline
+from fedsim.engine.base import DeviceReport, RoundResult
 from fedsim.pipeline.base import HostRound
 from fedsim.rounds import RoundTimes, device_row, round_row
 from fedsim.schedule import ScheduleSettings, staleness_weight
-from fedsim.settings import ConfigError
 from fedsim.strategies.aggregate import PartialSum
-from fedsim.strategies.base import Aggregate, DevicePlan, KeyedRows, State, Strategy, reduce_partials
-
-
-def check(strategy: Strategy, pipeline: Pipeline) -> None:
-    """ConfigError, in one line, for what --mode async cannot run."""
-    for stage in pipeline.stages:
-        if stage.needs_rounds:
-            raise ConfigError(f"--mode async cannot run the {stage.name} stage: {stage.needs_rounds}")
-    if pipeline.accumulate(strategy) != "sum":
-        raise ConfigError(
-            f"--mode async applies rules that sum the updates; strategy {strategy.name} (or an attack that "
-            "reads the honest updates) needs a round's updates side by side"
-        )
-
+from fedsim.strategies.base import Aggregate, DevicePlan, KeyedRows, State, reduce_partials
 
 PREFIX = "async."  # the schedule's keys in a saved server state
 ROUND_COLUMNS = ("staleness_mean", "devices_in_flight")
@@ -77,6 +63,15 @@ class Flight:
     outcome: SimOutcome = field(compare=False)
 
 
+def _ints(f: Flight) -> list[int]:
+    return [f.tie, f.version, STATUS.index(f.outcome.status), -1 if f.outcome.steps is None else f.outcome.steps]
+
+
+def _times(f: Flight) -> list[float]:
+    o = f.outcome
+    return [f.finish, f.start, o.compute_s, o.comm_s, o.finish_s, o.energy_j]
+
+
 @dataclass
 class Trained:
     """A device's report and accepted update (None: rejected or failed), kept until it arrives."""
@@ -84,6 +79,14 @@ class Trained:
     report: DeviceReport
     row: np.ndarray | None
     plan: DevicePlan | None
+
+
+@dataclass
+class Batch:
+    """An engine call under way: `wait` returns its result."""
+
+    wait: Callable[[], RoundResult]
+    plans: dict[int, DevicePlan]
 
 
 class AsyncCoordinator(Coordinator):
@@ -104,8 +107,10 @@ class AsyncCoordinator(Coordinator):
         self.fills = 0  # slot fillings that started a device (each draws with its own key)
         self.heap: list[Flight] = []
         self.versions: dict[int, np.ndarray] = {0: self.flat}  # models that devices in flight started from
+        self.sent: dict[int, bytes] = {}  # the checkpoints devices restore, by model version
         self.started_now: set[int] = set()  # devices that started on the current version
         self.trained: dict[int, Trained] = {}
+        self.pending: dict[int, Batch] = {}  # devices handed to the hosts, not yet collected
         self.buffer: list[tuple[Flight, Trained]] = []
         self.rows: list[dict[str, Any]] = []  # the devices' rows of the step under way
         self.begun = 0  # devices started since the last step
@@ -149,8 +154,7 @@ class AsyncCoordinator(Coordinator):
                     f"--mode async: no device could start at {self.t:.1f} simulated s in 100 tries "
                     f"(availability, or every device already trained on model version {self.version})"
                 )
-            sent = self._sent_bytes()
-            up = self.pipeline.upload_bytes(self.run_context.upload_bytes, self.flat.size)
+            sent, up = self._sent_bytes(), self.pipeline.upload_bytes(self.run_context.upload_bytes, self.flat.size)
             cost = self.pipeline.sim_cost(len(chosen), self.flat.size)
             outcomes, _ = self.clock.plan(key, chosen, self.run_context.samples, len(chosen), sent, up, cost)
             ties = np.random.default_rng([run.seed, key, 0xA5]).integers(0, 2**62, len(chosen))
@@ -177,8 +181,10 @@ class AsyncCoordinator(Coordinator):
             report = DeviceReport(flight.device, -1, samples, "dropped")
             self.rows.append(device_row(self.version + 1, report, None, flight.outcome) | extra)
             return False
-        if flight.device not in self.trained:  # (the first of its model version to arrive)
-            self._train(flight)
+        if flight.device not in self.trained:  # (the first of its engine call to arrive)
+            if flight.device not in self.pending:
+                self._submit(flight.version, flight.device)
+            self._collect(flight.device)
         got = self.trained.pop(flight.device)
         report = got.report
         if report.state:  # the device keeps what it keeps (error feedback) once its round is done
@@ -194,32 +200,36 @@ class AsyncCoordinator(Coordinator):
         self._forget_versions()
         return joined
 
-    def _train(self, arriving: Flight) -> None:
-        """Train the arriving device and every untrained one in flight that started on the same model
-        version, in one engine call."""
-        version = arriving.version
-        waiting = [f.device for f in self.heap if f.version == version and f.outcome.status == "run"]
-        ids = sorted({arriving.device, *(d for d in waiting if d not in self.trained)})
+    def _submit(self, version: int, arriving: int | None = None, until: float = np.inf) -> None:
+        """Hand the hosts, in one engine call, every device in flight (and `arriving`) that started on
+        `version`, arrives by `until` and is neither trained nor handed out yet, without waiting: the
+        hosts train while the loop goes on, and the result is collected when the first arrives."""
+        waiting = {
+            f.device for f in self.heap if f.version == version and f.outcome.status == "run" and f.finish <= until
+        }
+        waiting |= set() if arriving is None else {arriving}
+        ids = sorted(d for d in waiting if d not in self.trained and d not in self.pending)
+        if not ids:
+            return
         key = version + 1
         plans, coefficients = self.plan(key, ids)
-        work = HostRound(
-            key,
-            dict(self.spec),
-            self.pipeline.host_stages(),
-            "stack",
-            coefficients,
-            plans,
-            self.settings.seed,
-            self.pipeline.modulus(),
-        )
-        result = self.engine.run_round(key, self._checkpoint_of(version), ids, work)
+        stages, seed, modulus = self.pipeline.host_stages(), self.settings.seed, self.pipeline.modulus()
+        work = HostRound(key, dict(self.spec), stages, "stack", coefficients, plans, seed, modulus)
+        batch = Batch(self.engine.submit(key, self._checkpoint_of(version), ids, work), plans)
+        self.pending.update(dict.fromkeys(ids, batch))
+
+    def _collect(self, device: int) -> None:
+        """Wait for the engine call that trains `device` and keep the reports of all its devices."""
+        batch = self.pending[device]
+        result = batch.wait()
         rows: dict[int, np.ndarray] = {}
         if result.partials:
             stacked = reduce_partials(result.partials)
             assert stacked.rows is not None
             rows = {int(d): r for d, r in zip(stacked.device_ids, stacked.rows)}
         for r in result.reports:
-            self.trained[r.device_id] = Trained(r, rows.get(r.device_id), plans.get(r.device_id))
+            self.pending.pop(r.device_id, None)
+            self.trained[r.device_id] = Trained(r, rows.get(r.device_id), batch.plans.get(r.device_id))
 
     def _step(self, step: int, start: float) -> RoundRecord:
         """Apply the buffer: one server step, recorded as the rounds table's row `step`."""
@@ -253,10 +263,16 @@ class AsyncCoordinator(Coordinator):
             steps=np.full(len(ids), -1, np.int64),
         )
         flat, state = self.strategy.apply(self.flat, aggregate, self.state)
+        self._checkpoint_of(self.version)  # kept for its devices still in flight (no new file)
         self._set_global(np.asarray(flat, dtype=np.float32), state)
         self.version += 1
         self.versions[self.version] = self.flat
         self.started_now = set()
+        # no device starts on that version any more: the hosts train the rest now, those that can
+        # arrive before the run's last step (those after it are trained if they do arrive: none is lost)
+        left = (self.settings.rounds - step) * self.buffer_size
+        finishes = sorted(f.finish for f in self.heap if f.outcome.status == "run") + [np.inf]
+        self._submit(self.version - 1, until=finishes[min(left, len(finishes)) - 1] if left else -np.inf)
         self._forget_versions()
         aggregated = time.perf_counter()
         evaluation = None
@@ -285,16 +301,20 @@ class AsyncCoordinator(Coordinator):
 
     # ---- model versions -----------------------------------------------------------------------
     def _checkpoint_of(self, version: int) -> bytes:
-        """The checkpoint devices that start on `version` restore (a stage may encode the downlink)."""
-        if version == self.version:
-            return self._broadcast()
-        sent = self.pipeline.broadcast(self.versions[version])
-        return write_checkpoint(unflatten(np.asarray(sent, np.float32), self.spec), self.scratch)
+        """The checkpoint devices that start on `version` restore (a stage may encode the downlink),
+        made once per version while devices in flight need it."""
+        if version not in self.sent and version == self.version:
+            self.sent[version] = self._broadcast()
+        elif version not in self.sent:
+            flat = np.asarray(self.pipeline.broadcast(self.versions[version]), np.float32)
+            self.sent[version] = write_checkpoint(unflatten(flat, self.spec), self.scratch)
+        return self.sent[version]
 
     def _forget_versions(self) -> None:
         """Drop the models no device in flight or in the buffer started from."""
         keep = {self.version} | {f.version for f in self.heap} | {f.version for f, _ in self.buffer}
         self.versions = {v: flat for v, flat in self.versions.items() if v in keep}
+        self.sent = {v: checkpoint for v, checkpoint in self.sent.items() if v in keep}
 
     # ---- saved with the server state at every step --------------------------------------------
     def _saved_state(self) -> State:
@@ -305,25 +325,8 @@ class AsyncCoordinator(Coordinator):
             "counters": np.array([self.version, self.fills], np.int64),
             "started_now": np.array(sorted(self.started_now), np.int64),
             "flight_ids": np.array([f.device for f in flights], np.int64),
-            "flight_ints": np.array(
-                [
-                    [
-                        f.tie,
-                        f.version,
-                        STATUS.index(f.outcome.status),
-                        -1 if f.outcome.steps is None else f.outcome.steps,
-                    ]
-                    for f in flights
-                ],
-                np.int64,
-            ).reshape(-1, 4),
-            "flight_times": np.array(
-                [
-                    [f.finish, f.start, f.outcome.compute_s, f.outcome.comm_s, f.outcome.finish_s, f.outcome.energy_j]
-                    for f in flights
-                ],
-                np.float64,
-            ).reshape(-1, 6),
+            "flight_ints": np.array([_ints(f) for f in flights], np.int64).reshape(-1, 4),
+            "flight_times": np.array([_times(f) for f in flights], np.float64).reshape(-1, 6),
             "version_ids": np.array(versions, np.int64),
             "version_rows": KeyedRows.of(versions, [self.versions[v] for v in versions]),  # each stored once
         }

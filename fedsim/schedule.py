@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fedsim.clock.settings import ClockSettings
 from fedsim.settings import ConfigError, Section, setting
+
+if TYPE_CHECKING:
+    from fedsim.pipeline import Pipeline
+    from fedsim.strategies.base import Strategy
 
 MODES = ("sync", "async")
 
@@ -83,3 +88,15 @@ class ScheduleSettings(Section):
             for name in ("concurrency", "buffer", "max_staleness"):
                 if getattr(self, name) is not None:
                     raise ConfigError(f"--{name.replace('_', '-')} applies to --mode async")
+
+
+def check(strategy: Strategy, pipeline: Pipeline) -> None:
+    """ConfigError, in one line, for what --mode async cannot run."""
+    for stage in pipeline.stages:
+        if stage.needs_rounds:
+            raise ConfigError(f"--mode async cannot run the {stage.name} stage: {stage.needs_rounds}")
+    if pipeline.accumulate(strategy) != "sum":
+        raise ConfigError(
+            f"--mode async applies rules that sum the updates; strategy {strategy.name} (or an attack that "
+            "reads the honest updates) needs a round's updates side by side"
+        )

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsim import asyncloop
+from fedsim import asyncloop, schedule
 from fedsim.clock.profiles import load_fleet
 from fedsim.config import Config, ConfigError
 from fedsim.coordinator import Resume
@@ -91,7 +91,7 @@ def run(
     pipeline.check_fleet(config.devices)
     chosen.check_cohort(config.devices, config.devices_per_round, config.byzantine)
     if config.mode == "async":
-        asyncloop.check(chosen, pipeline)
+        schedule.check(chosen, pipeline)
     # a fleet file with a bad column or id fails here, before any folder or Ray process exists
     profiles = load_fleet(config.fleet, config.devices, config.seed) if config.fleet else None
     artifact: ArtifactRecipe | bytes = ArtifactRecipe(

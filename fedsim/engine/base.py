@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -114,6 +114,14 @@ class Engine(ABC):
     ) -> RoundResult:
         """Run one round on the given devices: one report per device, failures included, and one
         partial per host that accepted an update (`work`: the devices' plans and the upload stages)."""
+
+    def submit(
+        self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int], work: HostRound
+    ) -> Callable[[], RoundResult]:
+        """Hand a round's devices to the hosts and return a call that waits for their result, so the
+        caller can go on meanwhile (FedBuff's loop). Engines that cannot queue work run it here."""
+        result = self.run_round(round_num, global_checkpoint, device_ids, work)
+        return lambda: result
 
     def set_costs(self, prepared: Prepared, settings: HostSettings) -> None:
         """Expected device costs from the partition and the artifact report's measured latencies."""

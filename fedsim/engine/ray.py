@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psutil
@@ -256,12 +256,23 @@ class RayEngine(Engine):
     def run_round(
         self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int], work: HostRound
     ) -> RoundResult:
+        return self.submit(round_num, global_checkpoint, device_ids, work)()
+
+    def submit(
+        self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int], work: HostRound
+    ) -> Callable[[], RoundResult]:
+        """Queue the devices on the hosts (each runs its calls in order) and return at once."""
         self._await_restarts()
         checkpoint_ref = self._put(global_checkpoint)  # one copy in the object store, read by every host
         calls = [
             (h, mine, self.actors[h].run_round.remote(round_num, checkpoint_ref, mine, work.only(mine)))
             for h, mine in sorted(self.split(device_ids).items())
         ]
+        return lambda: self._collect(calls)
+
+    def _collect(self, calls: list[tuple[int, list[int], Any]]) -> RoundResult:
+        """Wait for submitted calls (--round-timeout from now); a host that does not answer in time
+        is restarted and its devices marked failed, as one that died."""
         refs = [ref for _, _, ref in calls]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.round_timeout_s)
         done = set(ready)
