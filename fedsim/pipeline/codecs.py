@@ -1,6 +1,6 @@
 """The encodings of fedsim.pipeline.compress, each a pair encode(update) -> payload bytes and
 decode(payload) -> update, so that what a device would send is real bytes and its length is the
-upload's size. numpy only.
+upload's size. numpy, with the per-value loops compiled (fedsim.pipeline.kernels, numba).
 
 - bf16 / fp16: the update rounded to bfloat16 (round to nearest even; 8 exponent bits, no overflow)
   or IEEE float16 (values beyond +-65504 clipped), two bytes a value.
@@ -21,24 +21,31 @@ upload's size. numpy only.
 from __future__ import annotations
 
 from functools import lru_cache
+from types import ModuleType
 
 import numpy as np
 
-from fedsim.pipeline import kernels
+
+def _kernels() -> ModuleType:
+    """fedsim.pipeline.kernels, imported on first use: numba costs ~0.4 s to import, which a run
+    without compression never pays."""
+    from fedsim.pipeline import kernels
+
+    return kernels
 
 
 # ---- two-byte floats -------------------------------------------------------------------------
 def to_bfloat16(x: np.ndarray) -> np.ndarray:
     """float32 -> the upper 16 bits of the nearest bfloat16 (ties to even), as uint16."""
     out = np.empty(np.size(x), np.uint16)
-    kernels.bf16_encode(np.ascontiguousarray(x, np.float32).reshape(-1).view(np.uint32), out)
+    _kernels().bf16_encode(np.ascontiguousarray(x, np.float32).reshape(-1).view(np.uint32), out)
     return out
 
 
 def from_bfloat16(half: np.ndarray, onto: np.ndarray | None = None) -> np.ndarray:
     """uint16 bfloat16 bits -> float32 (exact), plus `onto` (float32) if given; a new array."""
     out = np.empty(len(half), np.float32)
-    kernels.bf16_decode_onto(half, np.zeros(0, np.float32) if onto is None else onto, out)
+    _kernels().bf16_decode_onto(half, np.zeros(0, np.float32) if onto is None else onto, out)
     return out
 
 
@@ -148,7 +155,7 @@ def quantise(update: np.ndarray, bits: int, noise: np.ndarray, signs: np.ndarray
     top = (1 << bits) - 1
     levels = np.zeros(len(u), np.uint8)
     if hi > lo:
-        kernels.levels(u, lo, np.float32(top / (float(hi) - float(lo))), noise[: len(u)], top, levels)
+        _kernels().levels(u, lo, np.float32(top / (float(hi) - float(lo))), noise[: len(u)], top, levels)
     return np.array([lo, hi], np.float32).tobytes() + pack(levels, bits)
 
 
@@ -162,7 +169,7 @@ def dequantise(
     base = onto if onto is not None and signs is None else np.zeros(0, np.float32)
     if hi > lo:
         u = np.empty(length, np.float32)
-        kernels.dequantise_onto(
+        _kernels().dequantise_onto(
             unpack(payload[8:], bits, length), np.float32((float(hi) - float(lo)) / top), lo, base, u
         )
     else:
