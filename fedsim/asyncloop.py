@@ -168,7 +168,8 @@ class AsyncCoordinator(Coordinator):
     def _sent_bytes(self) -> int:
         """What a device starting now downloads (the current model, as the downlink encodes it)."""
         if self._sent[0] != self.version:
-            self._sent = (self.version, self.pipeline.download_bytes(len(self._broadcast()), self.flat.size))
+            made = self._checkpoint_of(self.version)  # made once: devices starting now restore it
+            self._sent = (self.version, self.pipeline.download_bytes(len(made), self.flat.size))
         return self._sent[1]
 
     def _arrive(self, flight: Flight) -> bool:
@@ -263,7 +264,7 @@ class AsyncCoordinator(Coordinator):
             steps=np.full(len(ids), -1, np.int64),
         )
         flat, state = self.strategy.apply(self.flat, aggregate, self.state)
-        self._checkpoint_of(self.version)  # kept for its devices still in flight (no new file)
+        self._checkpoint_of(self.version)  # kept for its devices still in flight
         self._set_global(np.asarray(flat, dtype=np.float32), state)
         self.version += 1
         self.versions[self.version] = self.flat
