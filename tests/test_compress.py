@@ -163,9 +163,28 @@ def test_the_compiled_codecs_give_the_reference_expressions_bytes_and_values_bit
             noise = codecs.dither(n, 5, trial, bits)
             payload = codecs.quantise(update, bits, noise)
             assert payload == _reference_quantise(update, bits, noise)
+            # the difference taken inside the loops: the bytes of quantising the stored difference
+            shifted = update + base
+            assert codecs.quantise(shifted, bits, noise, base=base) == _reference_quantise(shifted - base, bits, noise)
             decoded = _reference_dequantise(payload, bits, n)
             assert codecs.dequantise(payload, bits, n).tobytes() == decoded.tobytes()
             assert codecs.dequantise(payload, bits, n, onto=base).tobytes() == (base + decoded).tobytes()
+
+
+def test_the_compiled_dither_offset_is_numpys_seeded_draw():
+    """kernels.seeded_draw (SeedSequence, PCG64 and the bounded draw, compiled) against
+    default_rng(entropy).integers(2^k): seeds of one and several 32-bit words, zeros, every k used."""
+    from fedsim.pipeline import kernels
+
+    rng = np.random.default_rng(21)
+    for trial in range(3000):
+        k = int(rng.integers(16, 33))
+        ints = [int(rng.integers(0, 2 ** int(rng.integers(1, 64)))), int(rng.integers(0, 10**6)), trial, 0xC0]
+        if trial % 50 == 0:
+            ints = [0, 0, 0, 0xC0]
+        got = int(kernels.seeded_draw(codecs._words(*ints), 32 - k))
+        assert got == int(np.random.default_rng(ints).integers(1 << k)), (ints, k)
+    assert len(codecs.dither(70_000, 2**40 + 3, 1, 9)) == 70_000
 
 
 def test_the_largest_magnitudes_are_found_exactly_even_when_the_sample_misjudges():
@@ -286,6 +305,18 @@ def test_error_feedback_runs_the_same_on_any_host_count_and_after_a_resume(tmp_p
     assert (two.path / "global.ckpt").read_bytes() == (one.path / "global.ckpt").read_bytes()
     with pytest.raises(KeyboardInterrupt):
         fedsim.run(out=str(tmp_path / "cut"), engine=StopAfter(4), **settings)
+    # a commit stores only the residuals its round made (4 of the 8 devices run a round), in one file;
+    # the state names the others where earlier commits stored them
+    from fedsim.results.state import BATCH, MARK
+
+    resume = tmp_path / "cut" / "resume"
+    with np.load(resume / "round-3.server_state.npz") as saved:
+        batches = saved["pipeline.compress.residual_rows" + BATCH]
+        assert len(saved["pipeline.compress.residual_rows" + MARK]) == len(batches) > 4
+    ran = fedsim.load_run(tmp_path / "cut").devices.query("round == 3 and status == 'ok'")
+    assert (
+        (batches == 3).sum() == len(ran) == np.load(resume / "rows" / "pipeline.compress.residual_rows@3.npy").shape[0]
+    )
     resumed = fedsim.resume(tmp_path / "cut", engine=fedsim.LocalEngine(2))
     assert resumed.rounds[columns].equals(one.rounds[columns])
     assert (resumed.path / "global.ckpt").read_bytes() == (one.path / "global.ckpt").read_bytes()

@@ -138,25 +138,51 @@ def _table(seed: int, round_num: int, length: int) -> np.ndarray:
 
 def dither(length: int, seed: int, round_num: int, device_id: int) -> np.ndarray:
     """A device's dither for a round: `length` uniforms on [0, 1), a window of the round's table."""
-    size = 1 << max(int(length - 1).bit_length(), 16)
-    offset = int(np.random.default_rng([seed, device_id, round_num, 0xC0]).integers(size))
-    return _table(seed, round_num, size)[offset : offset + length]
+    bits = max(int(length - 1).bit_length(), 16)
+    if bits <= 32 and min(seed, device_id, round_num) >= 0:  # default_rng(...).integers(2^bits), compiled
+        offset = int(_kernels().seeded_draw(_words(seed, device_id, round_num, 0xC0), 32 - bits))
+    else:
+        offset = int(np.random.default_rng([seed, device_id, round_num, 0xC0]).integers(1 << bits))
+    return _table(seed, round_num, 1 << bits)[offset : offset + length]
 
 
-def quantise(update: np.ndarray, bits: int, noise: np.ndarray, signs: np.ndarray | None = None) -> bytes:
-    """The payload of `update` quantised to 2^bits levels with dither `noise` (uniforms on [0, 1), at
-    least as many as values: see dither()), rotated first when `signs` is given."""
+def _words(*ints: int) -> np.ndarray:
+    """The uint32 words numpy's SeedSequence makes of non-negative ints (each little-endian; 0 is one word)."""
+    words = []
+    for x in ints:
+        words.append(x & 0xFFFFFFFF)
+        x >>= 32
+        while x:
+            words.append(x & 0xFFFFFFFF)
+            x >>= 32
+    return np.array(words, np.uint64)
+
+
+def quantise(
+    update: np.ndarray, bits: int, noise: np.ndarray, signs: np.ndarray | None = None, base: np.ndarray | None = None
+) -> bytes:
+    """The payload of `update` (of `update - base`, float32, if given) quantised to 2^bits levels with
+    dither `noise` (uniforms on [0, 1), at least as many as values: see dither()), rotated first when
+    `signs` is given. Without rotation the difference is never stored: the loops compute it as they go."""
     u = np.asarray(update, np.float32)
+    no_base = np.zeros(0, np.float32)
+    if base is not None and signs is not None:
+        u = u - base
+    elif base is not None:
+        no_base = np.asarray(base, np.float32)
     if signs is not None:
         padded = np.zeros(len(signs), np.float32)
         padded[: len(u)] = u
         u = hadamard(padded * signs)
-    lo, hi = np.float32(u.min()), np.float32(u.max())
+    kernels = _kernels()
+    lo, hi = (np.float32(v) for v in kernels.difference_range(u, no_base))
     top = (1 << bits) - 1
-    levels = np.zeros(len(u), np.uint8)
+    out = np.zeros(8 + len(u), np.uint8)  # the header, then the levels (8 bits: the payload as it is)
+    out[:8] = np.array([lo, hi], np.float32).view(np.uint8)
     if hi > lo:
-        _kernels().levels(u, lo, np.float32(top / (float(hi) - float(lo))), noise[: len(u)], top, levels)
-    return np.array([lo, hi], np.float32).tobytes() + pack(levels, bits)
+        scale = np.float32(top / (float(hi) - float(lo)))
+        kernels.levels_of_difference(u, no_base, lo, scale, noise[: len(u)], top, out[8:])
+    return out.tobytes() if bits == 8 else out[:8].tobytes() + pack(out[8:], bits)
 
 
 def dequantise(

@@ -25,7 +25,7 @@ import numpy as np
 from fedsim.pipeline import codecs
 from fedsim.pipeline.base import Stage, Upload, UploadContext
 from fedsim.settings import ConfigError, Section, setting
-from fedsim.strategies.base import DevicePlan, State
+from fedsim.strategies.base import DevicePlan, KeyedRows, State
 
 METHODS = ("none", "bf16", "fp16", "q8", "q4", "q2", "q1", "topk:F")
 RESIDUAL = "compress.residual"  # a device's error-feedback residual in its plan and report
@@ -79,6 +79,9 @@ class Compress(Stage):
     settings: CompressSettings = field(default_factory=CompressSettings)
     seed: int = 0
     residuals: dict[int, np.ndarray] = field(default_factory=dict, repr=False)  # error feedback, by device id
+    # each residual's key, new with every residual a device keeps, so the run folder stores it once
+    residual_keys: dict[int, int] = field(default_factory=dict, repr=False)
+    next_key: int = 0
 
     @classmethod
     def make(cls, settings: CompressSettings, seed: int = 0) -> Compress | None:
@@ -94,7 +97,7 @@ class Compress(Stage):
         return parse_method(self.settings.compress)
 
     def for_host(self) -> Compress:
-        return dataclasses.replace(self, residuals={})  # a device's residual travels in its plan
+        return dataclasses.replace(self, residuals={}, residual_keys={})  # a device's residual travels in its plan
 
     # ---- the uplink ---------------------------------------------------------------------------
     def plan(self, round_num: int, device_ids: Sequence[int], plans: dict[int, DevicePlan]) -> None:
@@ -108,25 +111,23 @@ class Compress(Stage):
         if kind == "none":
             return up
         assert up.flat is not None and ctx.global_flat is not None and ctx.global32 is not None
-        update = up.flat - ctx.global32
-        if kind in ("bf16", "fp16"):
-            payload = codecs.half_encode(kind, update)
-            decoded = codecs.half_decode(kind, payload, onto=ctx.global32)
-        elif kind == "q":
+        if kind == "q":  # quantised as the loops subtract the global (no update array without rotation)
             bits = int(arg)
-            signs = codecs.rotation(len(update), ctx.seed, ctx.round_num)[1] if self.settings.rotate else None
-            length = len(signs) if signs is not None else len(update)
+            signs = codecs.rotation(len(up.flat), ctx.seed, ctx.round_num)[1] if self.settings.rotate else None
+            length = len(signs) if signs is not None else len(up.flat)
             noise = codecs.dither(length, ctx.seed, ctx.round_num, up.device_id)
-            payload = codecs.quantise(update, bits, noise, signs)
-            decoded = codecs.dequantise(payload, bits, len(update), signs, onto=ctx.global32)
+            payload = codecs.quantise(up.flat, bits, noise, signs, base=ctx.global32)
+            decoded = codecs.dequantise(payload, bits, len(up.flat), signs, onto=ctx.global32)
             if self.settings.compress_entropy:
-                up.metrics["entropy_bytes"] = float(
-                    codecs.entropy_bytes(payload, bits, len(signs) if signs is not None else len(update))
-                )
+                up.metrics["entropy_bytes"] = float(codecs.entropy_bytes(payload, bits, length))
+        elif kind in ("bf16", "fp16"):
+            payload = codecs.half_encode(kind, up.flat - ctx.global32)
+            decoded = codecs.half_decode(kind, payload, onto=ctx.global32)
         else:  # top-k with error feedback
+            update = up.flat - ctx.global32
             carried = up.plan.state.get(RESIDUAL)
             if carried is not None:
-                update = update + carried
+                update += carried
             payload, rest = codecs.topk_encode(update, max(1, round(arg * len(update))))
             decoded = codecs.topk_decode(payload, len(update))
             decoded += ctx.global32
@@ -139,9 +140,11 @@ class Compress(Stage):
 
     def absorb(self, states: dict[int, dict[str, np.ndarray]]) -> None:
         """Keep each device's new residual (what top-k left out), for its next round."""
-        for d, state in states.items():
-            if RESIDUAL in state:
-                self.residuals[d] = np.array(state[RESIDUAL], np.float32)  # a copy: the view may be Ray's buffer
+        for d in sorted(states):  # keys in device order, so a resumed run gives each residual the same key
+            if RESIDUAL in states[d]:
+                self.residuals[d] = np.array(states[d][RESIDUAL], np.float32)  # a copy: the view may be Ray's buffer
+                self.residual_keys[d] = self.next_key
+                self.next_key += 1
 
     def upload_bytes(self, nbytes: int, params: int) -> int:
         kind, arg = self.kind
@@ -168,10 +171,20 @@ class Compress(Stage):
     def state(self) -> State:
         if not self.residuals:
             return {}
-        ids = np.array(sorted(self.residuals), np.int64)
-        return {"residual_ids": ids, "residual_rows": np.stack([self.residuals[int(d)] for d in ids])}
+        ids = sorted(self.residuals)
+        keys = [self.residual_keys[d] for d in ids]
+        return {
+            "residual_ids": np.array(ids, np.int64),
+            "residual_keys": np.array(keys, np.int64),
+            "residual_next": np.array([self.next_key], np.int64),
+            # references, not a stacked copy; a commit writes only the residuals that are new
+            "residual_rows": KeyedRows.of(keys, [self.residuals[d] for d in ids]),
+        }
 
     def restore(self, state: State) -> None:
         ids, rows = state.get("residual_ids"), state.get("residual_rows")
         if ids is not None and rows is not None:
             self.residuals = {int(d): np.array(r, np.float32) for d, r in zip(ids, rows)}
+            keys = state.get("residual_keys", np.arange(len(ids)))  # (saved before residuals had keys)
+            self.residual_keys = {int(d): int(k) for d, k in zip(ids, keys)}
+            self.next_key = int(state["residual_next"][0]) if "residual_next" in state else len(ids)
