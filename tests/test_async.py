@@ -224,7 +224,7 @@ def test_model_versions_in_flight_are_stored_once_each_and_a_finished_run_extend
     """A server step writes the one new model version, not every version in flight; the state a
     resume reads names the versions by id; a finished run's server_state.npz holds them all, so
     extending it equals the straight run."""
-    from fedsim.results.state import MARK, ROWS_DIR, read_state
+    from fedsim.results.state import BATCH, MARK, ROWS_DIR, read_state
 
     settings = {**BASE, "fleet": "skewed", "mode": "async", "concurrency": 5, "buffer": 2, "eval_every": 1}
     del settings["rounds"]
@@ -236,8 +236,12 @@ def test_model_versions_in_flight_are_stored_once_each_and_a_finished_run_extend
     with np.load(state_file) as saved:
         assert "async.version_rows" + MARK in saved.files and "async.version_rows" not in saved.files
         ids = saved["async.version_rows" + MARK].tolist()
-    assert len(ids) > 1  # several versions in flight, each in its own file, named by its id
-    assert {f.name for f in (resume / ROWS_DIR).iterdir()} >= {f"async.version_rows-{v}.npy" for v in ids}
+        batches = saved["async.version_rows" + BATCH]
+    assert len(ids) > 1  # several versions in flight, stored by the steps that made them
+    assert {f.name for f in (resume / ROWS_DIR).iterdir()} >= {f"async.version_rows@{b}.npy" for b in batches}
+    assert (
+        len(set(batches.tolist())) > 1 and np.load(resume / ROWS_DIR / f"async.version_rows@{done}.npy").shape[0] == 1
+    )
     rows = read_state(state_file)["async.version_rows"]
     assert rows.shape[0] == len(ids) and rows.dtype == np.float32
 

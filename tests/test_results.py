@@ -1,6 +1,7 @@
 import json
 import sys
 
+import numpy as np
 import pytest
 
 import fedsim
@@ -364,3 +365,31 @@ def test_mlflow_problems_are_one_line_before_any_folder_exists(tmp_path, monkeyp
     with pytest.raises(fedsim.ConfigError, match="--mlflow needs the mlflow package"):
         fedsim.run(mlflow=f"sqlite:///{tmp_path / 'm.db'}", **settings)
     assert not (tmp_path / "r").exists()
+
+
+def test_state_rows_are_stored_once_in_the_commit_that_made_them_and_older_folders_read(tmp_path):
+    """KeyedRows: a commit's new rows go into one file; rows a writer already stored are named, not
+    rewritten; a fresh writer (a resume) stores what it holds again; one-file-per-row folders of
+    earlier versions read back."""
+    from fedsim.results.state import ROWS_DIR, named_rows, read_state, write_state
+    from fedsim.strategies.base import KeyedRows
+
+    rng = np.random.default_rng(0)
+    rows = {k: rng.normal(size=5).astype(np.float32) for k in range(6)}
+    stored: dict = {}
+    write_state(tmp_path / "round-1.npz", {"r": KeyedRows.of([0, 1, 2], [rows[k] for k in (0, 1, 2)])}, 1, stored)
+    write_state(tmp_path / "round-2.npz", {"r": KeyedRows.of([1, 3, 4], [rows[k] for k in (1, 3, 4)])}, 2, stored)
+    assert np.load(tmp_path / ROWS_DIR / "r@2.npy").shape == (2, 5)  # 3 and 4; 1 is in round 1's file
+    assert named_rows(tmp_path / "round-2.npz") == {"r@1.npy", "r@2.npy"}
+    np.testing.assert_array_equal(read_state(tmp_path / "round-2.npz")["r"], np.stack([rows[k] for k in (1, 3, 4)]))
+    write_state(tmp_path / "round-3.npz", {"r": KeyedRows.of([1, 5], [rows[1], rows[5]]), "c": np.ones(2)}, 3, {})
+    assert np.load(tmp_path / ROWS_DIR / "r@3.npy").shape == (2, 5)
+    got = read_state(tmp_path / "round-3.npz")
+    np.testing.assert_array_equal(got["r"], np.stack([rows[1], rows[5]]))
+    np.testing.assert_array_equal(got["c"], np.ones(2))
+    # written before batches: one 1-D file per row, named by its id
+    for k in (2, 4):
+        np.save(tmp_path / ROWS_DIR / f"old-{k}.npy", rows[k])
+    np.savez(tmp_path / "legacy.npz", **{"old@rows": np.array([4, 2])})
+    np.testing.assert_array_equal(read_state(tmp_path / "legacy.npz")["old"], np.stack([rows[4], rows[2]]))
+    assert named_rows(tmp_path / "legacy.npz") == {"old-4.npy", "old-2.npy"}

@@ -9,6 +9,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import pandas as pd
 import pyarrow as pa
@@ -58,6 +59,16 @@ def _publish(path: Path, write: Callable[[Path], object]) -> None:
 
 def atomic_write(path: Path, data: bytes) -> None:
     _publish(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_stream(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """`write` fills the file through an open binary handle (no bytes object of the whole content)."""
+
+    def stream(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            write(f)
+
+    _publish(path, stream)
 
 
 def atomic_parquet(path: Path, frame: pd.DataFrame) -> None:

@@ -39,7 +39,7 @@ from fedsim.results.schema import (
     part_name,
     part_round,
 )
-from fedsim.results.state import ROWS_DIR, make_whole, prune_rows, write_state
+from fedsim.results.state import ROWS_DIR, Stored, make_whole, prune_rows, write_state
 
 
 def versions() -> dict[str, str]:
@@ -99,6 +99,7 @@ class RunWriter:
             self._trim_tables(resume_from)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsim-writer")
         self._pending: Future[None] | None = None
+        self._stored_rows: Stored = {}  # the state rows on disk that the next commit may name again
         self.write_meta(status="running")
 
     def _trim_tables(self, rounds_completed: int) -> None:
@@ -192,7 +193,8 @@ class RunWriter:
         keep = {f"round-{round_num}.ckpt", f"round-{round_num - 1}.ckpt", f"round-{round_num - 1}.{STATE_FILE}"}
         state_file = resume / f"round-{round_num}.{STATE_FILE}"
         if state:  # the strategy's server state (momentum, moments), so that a resume continues it
-            write_state(state_file, state)  # (rows that never change, such as model versions, once each)
+            # (rows that never change, such as model versions and residuals, once each)
+            write_state(state_file, state, batch=round_num, stored=self._stored_rows)
             keep.add(state_file.name)
         for name, rows, columns, schema in (
             (DEVICES_FILE, device_rows, self.device_columns, self.device_schema),
