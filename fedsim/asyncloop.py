@@ -43,7 +43,7 @@ from fedsim.pipeline.base import HostRound
 from fedsim.rounds import RoundTimes, device_row, round_row
 from fedsim.schedule import ScheduleSettings, staleness_weight
 from fedsim.strategies.aggregate import PartialSum
-from fedsim.strategies.base import Aggregate, DevicePlan, KeyedRows, State, reduce_partials
+from fedsim.strategies.base import Aggregate, DevicePlan, KeyedRows, State
 
 PREFIX = "async."  # the schedule's keys in a saved server state
 ROUND_COLUMNS = ("staleness_mean", "devices_in_flight")
@@ -223,11 +223,10 @@ class AsyncCoordinator(Coordinator):
         """Wait for the engine call that trains `device` and keep the reports of all its devices."""
         batch = self.pending[device]
         result = batch.wait()
-        rows: dict[int, np.ndarray] = {}
-        if result.partials:
-            stacked = reduce_partials(result.partials)
-            assert stacked.rows is not None
-            rows = {int(d): r for d, r in zip(stacked.device_ids, stacked.rows)}
+        # each device's row as the hosts sent it (a view: the rows are only read), not restacked
+        rows = {
+            int(d): row for p in result.partials if p.rows is not None for d, row in zip(p.device_ids.tolist(), p.rows)
+        }
         for r in result.reports:
             self.pending.pop(r.device_id, None)
             self.trained[r.device_id] = Trained(r, rows.get(r.device_id), batch.plans.get(r.device_id))
