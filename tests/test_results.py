@@ -393,3 +393,17 @@ def test_state_rows_are_stored_once_in_the_commit_that_made_them_and_older_folde
     np.savez(tmp_path / "legacy.npz", **{"old@rows": np.array([4, 2])})
     np.testing.assert_array_equal(read_state(tmp_path / "legacy.npz")["old"], np.stack([rows[4], rows[2]]))
     assert named_rows(tmp_path / "legacy.npz") == {"old-4.npy", "old-2.npy"}
+
+
+def test_linking_a_name_to_the_file_it_already_names_leaves_no_temporary_file(tmp_path):
+    """global.ckpt is a second name of the round's checkpoint; linking it again (a failed run settles
+    the folder that way) must not leave the temporary link behind (rename between two links of one
+    file does nothing)."""
+    from fedsim.results.durable import atomic_link
+
+    source = tmp_path / "round-3.ckpt"
+    source.write_bytes(b"model")
+    atomic_link(source, tmp_path / "global.ckpt")
+    atomic_link(source, tmp_path / "global.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["global.ckpt", "round-3.ckpt"]
+    assert (tmp_path / "global.ckpt").read_bytes() == b"model"

@@ -45,11 +45,12 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _publish(path: Path, write: Callable[[Path], object]) -> None:
+def _publish(path: Path, write: Callable[[Path], object], sync: bool = True) -> None:
     tmp = tmp_name(path)
     try:
         write(tmp)
-        fsync_file(tmp)
+        if sync:
+            fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a full disk or a kill mid-write leaves no temporary file
@@ -81,15 +82,18 @@ def atomic_arrow(path: Path, table: pa.Table) -> None:
 
 def atomic_link(source: Path, path: Path) -> None:
     """`path` becomes `source` too (a hard link, atomically); a copy where links are not possible."""
+    if path.exists() and os.path.samefile(source, path):
+        return  # (renaming a link over another link of the same file would do nothing and leave the link)
 
     def link(tmp: Path) -> None:
         tmp.unlink(missing_ok=True)
         try:
-            os.link(source, tmp)
+            os.link(source, tmp)  # the data is the source's, on disk already: only the name is new
         except OSError:
             shutil.copyfile(source, tmp)
+            fsync_file(tmp)
 
-    _publish(path, link)
+    _publish(path, link, sync=False)
 
 
 def leftovers(folder: Path) -> list[Path]:

@@ -204,7 +204,7 @@ class RunWriter:
             folder.mkdir(exist_ok=True)
             # Straight to Arrow (no DataFrame): this thread shares the CPU with the hosts' next round.
             atomic_arrow(folder / part_name(round_num), _arrow_table(rows, columns, schema))
-        atomic_write(self.path / CHECKPOINT_FILE, checkpoint)
+        atomic_link(resume / f"round-{round_num}.ckpt", self.path / CHECKPOINT_FILE)  # a second name, not a write
         if state:  # the same file under its user-facing name: a second link, not a second write
             atomic_link(state_file, self.path / STATE_FILE)
         self.meta["rounds_completed"] = round_num
