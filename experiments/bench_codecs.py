@@ -21,35 +21,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedsim.pipeline import codecs
+from fedsim.pipeline import codecs, reference
 
 N = 101_770
 
 
 def numpy_bf16(flat: np.ndarray, base: np.ndarray) -> np.ndarray:
-    bits = (flat - base).view(np.uint32)
-    half = ((bits + (np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1)))) >> 16).astype(np.uint16)
-    payload = half.tobytes()
-    decoded = (np.frombuffer(payload, np.uint16).astype(np.uint32) << 16).view(np.float32)
+    payload = reference.bf16_bits(flat - base).tobytes()
+    decoded = reference.bf16_values(np.frombuffer(payload, np.uint16))
     return (base.astype(np.float64) + decoded).astype(np.float32)
 
 
 def numpy_q(bits: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     def run(flat: np.ndarray, base: np.ndarray) -> np.ndarray:
-        u = flat - base
-        size = 1 << max((N - 1).bit_length(), 16)  # the dither's offset drawn by numpy's generator
-        offset = int(np.random.default_rng([0, 17, 3, 0xC0]).integers(size))
-        noise = codecs._table(0, 3, size)[offset : offset + N]
-        lo, hi = np.float32(u.min()), np.float32(u.max())
-        top = (1 << bits) - 1
-        scaled = np.subtract(u, lo, dtype=np.float32)
-        scaled *= np.float32(top / (float(hi) - float(lo)))
-        scaled += noise
-        payload = codecs.pack(np.minimum(scaled, np.float32(top)).astype(np.uint8), bits)
-        decoded = codecs.unpack(payload, bits, N).astype(np.float32)
-        decoded *= np.float32((float(hi) - float(lo)) / top)
-        decoded += lo
-        return (base.astype(np.float64) + decoded).astype(np.float32)
+        payload = reference.quantise(flat - base, bits, reference.dither(N, 0, 3, 17))
+        return (base.astype(np.float64) + reference.dequantise(payload, bits, N)).astype(np.float32)
 
     return run
 
@@ -76,11 +62,11 @@ def main() -> None:
     flat = base + (rng.standard_normal(N) * 1e-3).astype(np.float32)
     pairs = {"bf16": (numpy_bf16, compiled_bf16)} | {f"q{b}": (numpy_q(b), compiled_q(b)) for b in (8, 4, 2, 1)}
     rows = []
-    for name, (reference, compiled) in pairs.items():
-        assert np.array_equal(reference(flat, base), compiled(flat, base)), name  # also compiles the kernels
+    for name, (expressions, compiled) in pairs.items():
+        assert np.array_equal(expressions(flat, base), compiled(flat, base)), name  # also compiles the kernels
         times: dict[str, list[float]] = {"numpy": [], "compiled": []}
         for _ in range(args.repeats):
-            for label, call in (("numpy", reference), ("compiled", compiled)):
+            for label, call in (("numpy", expressions), ("compiled", compiled)):
                 start = time.perf_counter()
                 call(flat, base)
                 times[label].append(time.perf_counter() - start)

@@ -6,6 +6,7 @@ import pytest
 import fedsim
 from fedsim.checkpoint import flatten, read_checkpoint, spec_of
 from fedsim.config import Config, ConfigError
+from fedsim.pipeline import reference
 from fedsim.pipeline.codecs import from_bfloat16, to_bfloat16
 
 
@@ -123,29 +124,6 @@ def test_packing_matches_the_definition_bit_by_bit():
         assert codecs.pack(levels, bits) == expected.tobytes()
 
 
-def _reference_quantise(u: np.ndarray, bits: int, noise: np.ndarray) -> bytes:
-    """Suresh et al.'s quantiser as plain numpy expressions (what fedsim.pipeline.kernels compiles)."""
-    lo, hi = np.float32(u.min()), np.float32(u.max())
-    top = (1 << bits) - 1
-    levels = np.zeros(len(u), np.uint8)
-    if hi > lo:
-        scaled = np.subtract(u, lo, dtype=np.float32)
-        scaled *= np.float32(top / (float(hi) - float(lo)))
-        scaled += noise[: len(u)]
-        levels = np.minimum(scaled, np.float32(top)).astype(np.uint8)
-    return np.array([lo, hi], np.float32).tobytes() + codecs.pack(levels, bits)
-
-
-def _reference_dequantise(payload: bytes, bits: int, count: int) -> np.ndarray:
-    lo, hi = np.frombuffer(payload[:8], np.float32)
-    if not hi > lo:
-        return np.full(count, lo, np.float32)
-    u = codecs.unpack(payload[8:], bits, count).astype(np.float32)
-    u *= np.float32((float(hi) - float(lo)) / ((1 << bits) - 1))
-    u += lo
-    return u
-
-
 def test_the_compiled_codecs_give_the_reference_expressions_bytes_and_values_bit_for_bit():
     rng = np.random.default_rng(13)
     for trial in range(12):
@@ -153,20 +131,19 @@ def test_the_compiled_codecs_give_the_reference_expressions_bytes_and_values_bit
         update = (rng.standard_normal(n) * 10.0 ** rng.integers(-6, 3)).astype(np.float32)
         update[rng.integers(0, n, n // 4)] = 0.0 if trial % 3 else -0.0
         base = (rng.standard_normal(n) * 0.1).astype(np.float32)
-        bits16 = update.view(np.uint32)
-        half = ((bits16 + (np.uint32(0x7FFF) + ((bits16 >> 16) & np.uint32(1)))) >> 16).astype(np.uint16)
+        half = reference.bf16_bits(update)
         np.testing.assert_array_equal(to_bfloat16(update), half)
-        exact = (half.astype(np.uint32) << 16).view(np.float32)
+        exact = reference.bf16_values(half)
         assert from_bfloat16(half).tobytes() == exact.tobytes()
         assert codecs.half_decode("bf16", half.tobytes(), onto=base).tobytes() == (base + exact).tobytes()
         for bits in (8, 4, 2, 1):
             noise = codecs.dither(n, 5, trial, bits)
             payload = codecs.quantise(update, bits, noise)
-            assert payload == _reference_quantise(update, bits, noise)
+            assert payload == reference.quantise(update, bits, noise)
             # the difference taken inside the loops: the bytes of quantising the stored difference
             shifted = update + base
-            assert codecs.quantise(shifted, bits, noise, base=base) == _reference_quantise(shifted - base, bits, noise)
-            decoded = _reference_dequantise(payload, bits, n)
+            assert codecs.quantise(shifted, bits, noise, base=base) == reference.quantise(shifted - base, bits, noise)
+            decoded = reference.dequantise(payload, bits, n)
             assert codecs.dequantise(payload, bits, n).tobytes() == decoded.tobytes()
             assert codecs.dequantise(payload, bits, n, onto=base).tobytes() == (base + decoded).tobytes()
 
@@ -184,7 +161,8 @@ def test_the_compiled_dither_offset_is_numpys_seeded_draw():
             ints = [0, 0, 0, 0xC0]
         got = int(kernels.seeded_draw(codecs._words(*ints), 32 - k))
         assert got == int(np.random.default_rng(ints).integers(1 << k)), (ints, k)
-    assert len(codecs.dither(70_000, 2**40 + 3, 1, 9)) == 70_000
+    for length, seed in ((70_000, 2**40 + 3), (101_770, 0), (5, 7)):
+        np.testing.assert_array_equal(codecs.dither(length, seed, 1, 9), reference.dither(length, seed, 1, 9))
 
 
 def test_the_largest_magnitudes_are_found_exactly_even_when_the_sample_misjudges():

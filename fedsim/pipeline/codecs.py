@@ -136,9 +136,13 @@ def _table(seed: int, round_num: int, length: int) -> np.ndarray:
     return np.concatenate([table, table])  # any window of `length` is a view
 
 
+def dither_table_size(length: int) -> int:
+    return 1 << max(int(length - 1).bit_length(), 16)
+
+
 def dither(length: int, seed: int, round_num: int, device_id: int) -> np.ndarray:
     """A device's dither for a round: `length` uniforms on [0, 1), a window of the round's table."""
-    bits = max(int(length - 1).bit_length(), 16)
+    bits = dither_table_size(length).bit_length() - 1
     if bits <= 32 and min(seed, device_id, round_num) >= 0:  # default_rng(...).integers(2^bits), compiled
         offset = int(_kernels().seeded_draw(_words(seed, device_id, round_num, 0xC0), 32 - bits))
     else:

@@ -1,6 +1,6 @@
 """Compiled loops for the codecs (numba): one or two passes over an update where numpy expressions
 take a dozen, with the same float32 arithmetic operation for operation, so bytes and values are
-identical to those expressions (tests/test_compress.py keeps them as the reference and compares).
+identical to those expressions (fedsim/pipeline/reference.py writes them out; tests/test_compress.py compares).
 Compiled on first use and cached on disk (numba's cache, beside this file or in NUMBA_CACHE_DIR)."""
 
 from __future__ import annotations
