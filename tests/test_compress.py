@@ -148,6 +148,21 @@ def test_the_compiled_codecs_give_the_reference_expressions_bytes_and_values_bit
             assert codecs.dequantise(payload, bits, n, onto=base).tobytes() == (base + decoded).tobytes()
 
 
+def test_the_compiled_codecs_refuse_mismatched_sizes_instead_of_reading_past_an_array():
+    """The loops do not check bounds (numba), so the codecs check sizes first."""
+    x = np.ones(10, np.float32)
+    for call in (
+        lambda: codecs.quantise(x, 8, np.zeros(10, np.float32), base=np.ones(9, np.float32)),
+        lambda: codecs.quantise(x, 8, np.zeros(9, np.float32)),
+        lambda: codecs.quantise(np.zeros(0, np.float32), 8, np.zeros(10, np.float32)),
+        lambda: codecs.dequantise(codecs.quantise(np.arange(10.0), 8, np.zeros(10)), 8, 10, onto=np.ones(11)),
+        lambda: codecs.dequantise(codecs.quantise(np.arange(10.0), 8, np.zeros(10)), 8, 12),
+        lambda: codecs.from_bfloat16(np.zeros(5, np.uint16), onto=np.ones(6, np.float32)),
+    ):
+        with pytest.raises(ValueError):
+            call()
+
+
 def test_the_compiled_dither_offset_is_numpys_seeded_draw():
     """kernels.seeded_draw (SeedSequence, PCG64 and the bounded draw, compiled) against
     default_rng(entropy).integers(2^k): seeds of one and several 32-bit words, zeros, every k used."""

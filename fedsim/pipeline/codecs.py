@@ -44,6 +44,8 @@ def to_bfloat16(x: np.ndarray) -> np.ndarray:
 
 def from_bfloat16(half: np.ndarray, onto: np.ndarray | None = None) -> np.ndarray:
     """uint16 bfloat16 bits -> float32 (exact), plus `onto` (float32) if given; a new array."""
+    if onto is not None and len(onto) != len(half):  # (the loop does not check bounds)
+        raise ValueError(f"{len(half)} bfloat16 values onto {len(onto)}")
     out = np.empty(len(half), np.float32)
     _kernels().bf16_decode_onto(half, np.zeros(0, np.float32) if onto is None else onto, out)
     return out
@@ -169,23 +171,28 @@ def quantise(
     dither `noise` (uniforms on [0, 1), at least as many as values: see dither()), rotated first when
     `signs` is given. Without rotation the difference is never stored: the loops compute it as they go."""
     u = np.asarray(update, np.float32)
-    no_base = np.zeros(0, np.float32)
+    # (the compiled loops do not check bounds: sizes are checked here)
+    if not len(u) or (base is not None and len(base) != len(u)):
+        raise ValueError(f"cannot quantise {len(u)} values onto a base of {None if base is None else len(base)}")
+    subtract = np.zeros(0, np.float32)  # what the loops subtract (nothing: an empty array)
     if base is not None and signs is not None:
         u = u - base
     elif base is not None:
-        no_base = np.asarray(base, np.float32)
+        subtract = np.asarray(base, np.float32)
     if signs is not None:
         padded = np.zeros(len(signs), np.float32)
         padded[: len(u)] = u
         u = hadamard(padded * signs)
     kernels = _kernels()
-    lo, hi = (np.float32(v) for v in kernels.difference_range(u, no_base))
+    if len(noise) < len(u):
+        raise ValueError(f"{len(noise)} dither values for {len(u)} values")
+    lo, hi = (np.float32(v) for v in kernels.difference_range(u, subtract))
     top = (1 << bits) - 1
     out = np.zeros(8 + len(u), np.uint8)  # the header, then the levels (8 bits: the payload as it is)
     out[:8] = np.array([lo, hi], np.float32).view(np.uint8)
     if hi > lo:
         scale = np.float32(top / (float(hi) - float(lo)))
-        kernels.levels_of_difference(u, no_base, lo, scale, noise[: len(u)], top, out[8:])
+        kernels.levels_of_difference(u, subtract, lo, scale, noise[: len(u)], top, out[8:])
     return out.tobytes() if bits == 8 else out[:8].tobytes() + pack(out[8:], bits)
 
 
@@ -198,10 +205,11 @@ def dequantise(
     top = (1 << bits) - 1
     base = onto if onto is not None and signs is None else np.zeros(0, np.float32)
     if hi > lo:
+        levels = unpack(payload[8:], bits, length)
+        if len(levels) < length or len(base) not in (0, length):  # (the loop does not check bounds)
+            raise ValueError(f"a payload of {len(levels)} values onto {len(base)} for {length} values")
         u = np.empty(length, np.float32)
-        _kernels().dequantise_onto(
-            unpack(payload[8:], bits, length), np.float32((float(hi) - float(lo)) / top), lo, base, u
-        )
+        _kernels().dequantise_onto(levels, np.float32((float(hi) - float(lo)) / top), lo, base, u)
     else:
         u = np.full(length, lo, np.float32)
         if len(base):
