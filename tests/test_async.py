@@ -224,7 +224,7 @@ def test_model_versions_in_flight_are_stored_once_each_and_a_finished_run_extend
     """A server step writes the one new model version, not every version in flight; the state a
     resume reads names the versions by id; a finished run's server_state.npz holds them all, so
     extending it equals the straight run."""
-    from fedsim.results.state import BATCH, MARK, ROWS_DIR, read_state
+    from fedsim.results.state import BATCH, MARK, ROWS_DIR, named_rows, read_state
 
     settings = {**BASE, "fleet": "skewed", "mode": "async", "concurrency": 5, "buffer": 2, "eval_every": 1}
     del settings["rounds"]
@@ -239,6 +239,9 @@ def test_model_versions_in_flight_are_stored_once_each_and_a_finished_run_extend
         batches = saved["async.version_rows" + BATCH]
     assert len(ids) > 1  # several versions in flight, stored by the steps that made them
     assert {f.name for f in (resume / ROWS_DIR).iterdir()} >= {f"async.version_rows@{b}.npy" for b in batches}
+    # and nothing else: the files no kept state names were pruned (the writer knows what its states name)
+    kept = set().union(*(named_rows(f) for f in resume.glob("round-*.server_state.npz")))
+    assert {f.name for f in (resume / ROWS_DIR).iterdir()} == kept
     assert (
         len(set(batches.tolist())) > 1 and np.load(resume / ROWS_DIR / f"async.version_rows@{done}.npy").shape[0] == 1
     )

@@ -378,9 +378,10 @@ def test_state_rows_are_stored_once_in_the_commit_that_made_them_and_older_folde
     rows = {k: rng.normal(size=5).astype(np.float32) for k in range(6)}
     stored: dict = {}
     write_state(tmp_path / "round-1.npz", {"r": KeyedRows.of([0, 1, 2], [rows[k] for k in (0, 1, 2)])}, 1, stored)
-    write_state(tmp_path / "round-2.npz", {"r": KeyedRows.of([1, 3, 4], [rows[k] for k in (1, 3, 4)])}, 2, stored)
+    second = {"r": KeyedRows.of([1, 3, 4], [rows[k] for k in (1, 3, 4)])}
+    names = write_state(tmp_path / "round-2.npz", second, 2, stored)
     assert np.load(tmp_path / ROWS_DIR / "r@2.npy").shape == (2, 5)  # 3 and 4; 1 is in round 1's file
-    assert named_rows(tmp_path / "round-2.npz") == {"r@1.npy", "r@2.npy"}
+    assert named_rows(tmp_path / "round-2.npz") == names == {"r@1.npy", "r@2.npy"}  # (what the writer keeps)
     np.testing.assert_array_equal(read_state(tmp_path / "round-2.npz")["r"], np.stack([rows[k] for k in (1, 3, 4)]))
     write_state(tmp_path / "round-3.npz", {"r": KeyedRows.of([1, 5], [rows[1], rows[5]]), "c": np.ones(2)}, 3, {})
     assert np.load(tmp_path / ROWS_DIR / "r@3.npy").shape == (2, 5)

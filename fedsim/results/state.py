@@ -29,8 +29,12 @@ INDEX = "@index"  # per row: its place in that file
 Stored = dict[str, dict[int, tuple[int, int]]]  # key -> row id -> (batch, index): what a writer has on disk
 
 
+def _batch_name(key: str, batch: int) -> str:
+    return f"{key}@{batch}.npy"
+
+
 def _batch_file(folder: Path, key: str, batch: int) -> Path:
-    return folder / ROWS_DIR / f"{key}@{batch}.npy"
+    return folder / ROWS_DIR / _batch_name(key, batch)
 
 
 def _legacy_row_file(folder: Path, key: str, row_id: int) -> Path:
@@ -53,9 +57,10 @@ def _write_rows(f: BinaryIO, rows: list[np.ndarray]) -> None:  # (rows, width) f
         f.write(row.data.cast("B"))
 
 
-def write_state(path: Path, state: dict[str, np.ndarray], batch: int = 0, stored: Stored | None = None) -> None:
+def write_state(path: Path, state: dict[str, np.ndarray], batch: int = 0, stored: Stored | None = None) -> set[str]:
     """Write `state` to `path` (an .npz in a resume/ folder). The rows of each KeyedRows value that
-    `stored` (updated here) does not hold yet go into one file of commit `batch`."""
+    `stored` (updated here) does not hold yet go into one file of commit `batch`. Returns the names
+    of the row files the state names (what named_rows would read back from it)."""
     stored = {} if stored is None else stored
     arrays: dict[str, np.ndarray] = {}
     placed: Stored = {}
@@ -82,6 +87,7 @@ def write_state(path: Path, state: dict[str, np.ndarray], batch: int = 0, stored
         arrays[key + INDEX] = np.array([where[i][1] for i in ids.tolist()], np.int64)
     atomic_write(path, npz(arrays))
     stored.update(placed)  # only the rows this state names: files of older ones may be pruned
+    return {_batch_name(key, b) for key, where in placed.items() for b in {b for b, _ in where.values()}}
 
 
 def _row_files(folder: Path, saved: dict[str, np.ndarray], key: str) -> list[Path]:
@@ -123,12 +129,14 @@ def named_rows(path: Path) -> set[str]:
     return {f.name for k in arrays if k.endswith(MARK) for f in _row_files(path.parent, arrays, k[: -len(MARK)])}
 
 
-def prune_rows(folder: Path, states: list[Path]) -> None:
-    """Remove the row files none of `states` names."""
+def prune_rows(folder: Path, states: list[Path], known: dict[str, set[str]] | None = None) -> None:
+    """Remove the row files none of `states` names; `known`: the names some of them name, by state
+    file name, as write_state returned them (the others are read from the files)."""
     rows = folder / ROWS_DIR
     if not rows.is_dir():
         return
-    keep = set().union(*(named_rows(s) for s in states))
+    known = known or {}
+    keep = set().union(*(known[s.name] if s.name in known else named_rows(s) for s in states))
     for f in rows.iterdir():
         if f.name not in keep:
             f.unlink(missing_ok=True)

@@ -100,6 +100,7 @@ class RunWriter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsim-writer")
         self._pending: Future[None] | None = None
         self._stored_rows: Stored = {}  # the state rows on disk that the next commit may name again
+        self._named_rows: dict[str, set[str]] = {}  # the row files each state file this writer wrote names
         self.write_meta(status="running")
 
     def _trim_tables(self, rounds_completed: int) -> None:
@@ -194,7 +195,7 @@ class RunWriter:
         state_file = resume / f"round-{round_num}.{STATE_FILE}"
         if state:  # the strategy's server state (momentum, moments), so that a resume continues it
             # (rows that never change, such as model versions and residuals, once each)
-            write_state(state_file, state, batch=round_num, stored=self._stored_rows)
+            self._named_rows[state_file.name] = write_state(state_file, state, round_num, self._stored_rows)
             keep.add(state_file.name)
         for name, rows, columns, schema in (
             (DEVICES_FILE, device_rows, self.device_columns, self.device_schema),
@@ -212,7 +213,8 @@ class RunWriter:
         for old in resume.iterdir():
             if old.name not in keep and old.name != ROWS_DIR:
                 old.unlink(missing_ok=True)
-        prune_rows(resume, [resume / name for name in keep if name.endswith(STATE_FILE)])
+        self._named_rows = {name: rows for name, rows in self._named_rows.items() if name in keep}
+        prune_rows(resume, [resume / name for name in keep if name.endswith(STATE_FILE)], self._named_rows)
 
     def settle(self) -> None:
         """After a failure: the folder as of its last committed round (parts of a round that did not
