@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from fedsim import seeded
 from fedsim.checkpoint import unflatten, write_checkpoint
 from fedsim.clock.clock import SimOutcome
 from fedsim.config import Config
@@ -98,6 +99,7 @@ class AsyncCoordinator(Coordinator):
     def __init__(self, config: Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         assert self.clock is not None, "--mode async needs --fleet (checked in fedsim.config)"
+        self.clock.compiled_draws = True  # (numpy's numbers, without numpy's ~50 us a generator: one per arrival)
         schedule = config.section(ScheduleSettings)
         per_round = self.settings.devices_per_round
         self.concurrency, self.buffer_size = schedule.concurrency or per_round, schedule.buffer or per_round
@@ -142,7 +144,7 @@ class AsyncCoordinator(Coordinator):
             busy[[f.device for f in self.heap]] = True
             busy[list(self.started_now)] = True
             among = np.flatnonzero(self.clock.available(key) & ~busy)
-            chosen = select_devices(run.devices, slots, run.seed, key, among) if len(among) else []
+            chosen = select_devices(run.devices, slots, run.seed, key, among, compiled=True) if len(among) else []
             self.fills = key
             if not chosen:
                 tries += 1
@@ -157,7 +159,7 @@ class AsyncCoordinator(Coordinator):
             sent, up = self._sent_bytes(), self.pipeline.upload_bytes(self.run_context.upload_bytes, self.flat.size)
             cost = self.pipeline.sim_cost(len(chosen), self.flat.size)
             outcomes, _ = self.clock.plan(key, chosen, self.run_context.samples, len(chosen), sent, up, cost)
-            ties = np.random.default_rng([run.seed, key, 0xA5]).integers(0, 2**62, len(chosen))
+            ties = seeded.top_bits((run.seed, key, 0xA5), len(chosen), 62, compiled=True)
             for d, tie in zip(chosen, ties.tolist()):
                 o = outcomes[d]
                 took = o.finish_s if o.status == "run" else o.compute_s + o.comm_s  # a dropout frees its slot then

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
+from fedsim import seeded
 from fedsim.checkpoint import (
     WeightSpec,
     check_weights,
@@ -58,19 +59,20 @@ def select_devices(
     round_num: int,
     among: np.ndarray | None = None,
     poisson: bool = False,
+    compiled: bool = False,
 ) -> list[int]:
     """The seeded choice of devices for a round; all of them when per_round covers them. `among`:
     the ids to choose from (the simulated clock's available devices), else every device. `poisson`:
     each device joins independently with probability per_round / devices (Poisson sampling), so the
-    round's size varies."""
+    round's size varies. `compiled`: numpy's draw compiled (fedsim.seeded), the same choice."""
     pool = np.arange(num_devices) if among is None else np.asarray(among)
     if poisson:
         rng = np.random.default_rng([seed, round_num, 0x9015])
         return [int(d) for d in pool[rng.random(len(pool)) < per_round / num_devices]]
     if per_round >= len(pool):
         return [int(d) for d in pool]
-    rng = np.random.default_rng([seed, round_num, 0x5E1EC7])
-    return sorted(int(d) for d in rng.choice(num_devices if among is None else pool, size=per_round, replace=False))
+    picked = seeded.choice((seed, round_num, 0x5E1EC7), len(pool), per_round, compiled)
+    return sorted(pool[picked].tolist())
 
 
 @dataclass(frozen=True)

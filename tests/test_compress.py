@@ -164,9 +164,9 @@ def test_the_compiled_codecs_refuse_mismatched_sizes_instead_of_reading_past_an_
 
 
 def test_the_compiled_dither_offset_is_numpys_seeded_draw():
-    """kernels.seeded_draw (SeedSequence, PCG64 and the bounded draw, compiled) against
+    """seeded_kernels.seeded_draw (SeedSequence, PCG64 and the bounded draw, compiled) against
     default_rng(entropy).integers(2^k): seeds of one and several 32-bit words, zeros, every k used."""
-    from fedsim.pipeline import kernels
+    from fedsim import seeded, seeded_kernels
 
     rng = np.random.default_rng(21)
     for trial in range(3000):
@@ -174,7 +174,7 @@ def test_the_compiled_dither_offset_is_numpys_seeded_draw():
         ints = [int(rng.integers(0, 2 ** int(rng.integers(1, 64)))), int(rng.integers(0, 10**6)), trial, 0xC0]
         if trial % 50 == 0:
             ints = [0, 0, 0, 0xC0]
-        got = int(kernels.seeded_draw(codecs._words(*ints), 32 - k))
+        got = int(seeded_kernels.seeded_draw(seeded.words(*ints), 32 - k))
         assert got == int(np.random.default_rng(ints).integers(1 << k)), (ints, k)
     for length, seed in ((70_000, 2**40 + 3), (101_770, 0), (5, 7)):
         np.testing.assert_array_equal(codecs.dither(length, seed, 1, 9), reference.dither(length, seed, 1, 9))

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fedsim import seeded
 from fedsim.clock.energy import COMPUTE_W, energy_j
 from fedsim.clock.profiles import PROFILE_COLUMNS, FleetError
 from fedsim.context import local_steps
@@ -110,6 +111,9 @@ class Clock:
     straggler: str = "drop"
     over_select: float = 1.0
     latency_source: str = ""  # where the latency table came from (config.json: sim_latency_source)
+    compiled_draws: bool = (
+        False  # numpy's draws compiled (fedsim.seeded): the same numbers, for loops that draw per arrival
+    )
     arrays: dict[str, np.ndarray] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -150,13 +154,13 @@ class Clock:
 
     def available(self, round_num: int) -> np.ndarray:
         """Whether each device is available in `round_num` (seeded by seed and round)."""
-        rng = np.random.default_rng([self.seed, round_num, 0xA7A1])
-        return rng.random(len(self.profiles)) < self.arrays["availability"]
+        draws = seeded.uniforms((self.seed, round_num, 0xA7A1), len(self.profiles), self.compiled_draws)
+        return draws < self.arrays["availability"]
 
     def drops(self, round_num: int, ids: np.ndarray) -> np.ndarray:
         """Whether each of `ids` drops out mid-round (seeded by seed, round and device)."""
-        rng = np.random.default_rng([self.seed, round_num, 0xD409])
-        return rng.random(len(self.profiles))[ids] < self.arrays["dropout"][ids]
+        draws = seeded.uniforms((self.seed, round_num, 0xD409), len(self.profiles), self.compiled_draws)
+        return draws[ids] < self.arrays["dropout"][ids]
 
     def fewest_seconds(
         self, samples: np.ndarray, down_bytes: float, up_bytes: float, extra: SimCost | None = None

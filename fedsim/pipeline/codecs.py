@@ -25,6 +25,8 @@ from types import ModuleType
 
 import numpy as np
 
+from fedsim import seeded
+
 
 def _kernels() -> ModuleType:
     """fedsim.pipeline.kernels, imported on first use: numba costs ~0.4 s to import, which a run
@@ -145,23 +147,8 @@ def dither_table_size(length: int) -> int:
 def dither(length: int, seed: int, round_num: int, device_id: int) -> np.ndarray:
     """A device's dither for a round: `length` uniforms on [0, 1), a window of the round's table."""
     bits = dither_table_size(length).bit_length() - 1
-    if bits <= 32 and min(seed, device_id, round_num) >= 0:  # default_rng(...).integers(2^bits), compiled
-        offset = int(_kernels().seeded_draw(_words(seed, device_id, round_num, 0xC0), 32 - bits))
-    else:
-        offset = int(np.random.default_rng([seed, device_id, round_num, 0xC0]).integers(1 << bits))
+    offset = seeded.seeded_draw((seed, device_id, round_num, 0xC0), bits)  # default_rng(...).integers(2^bits)
     return _table(seed, round_num, 1 << bits)[offset : offset + length]
-
-
-def _words(*ints: int) -> np.ndarray:
-    """The uint32 words numpy's SeedSequence makes of non-negative ints (each little-endian; 0 is one word)."""
-    words = []
-    for x in ints:
-        words.append(x & 0xFFFFFFFF)
-        x >>= 32
-        while x:
-            words.append(x & 0xFFFFFFFF)
-            x >>= 32
-    return np.array(words, np.uint64)
 
 
 def quantise(

@@ -1,0 +1,67 @@
+"""The seeded draws of device selection and the simulated clock: numpy's `default_rng(entropy)`
+calls, or the same numbers compiled (fedsim.seeded_kernels) where a loop makes them once per
+arrival (--mode async: a selection, an availability and a dropout draw and a tie-break each time a
+slot frees). `compiled=False` is numpy itself, the reference; both give identical numbers
+(tests/test_seeded.py), so a run's tables do not depend on which one drew them."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import numpy as np
+
+FLOYD_MAX_POP = 10_000  # numpy's choice draws without replacement by Floyd's algorithm up to here
+_WORD = 0xFFFFFFFF
+
+
+def _kernels() -> ModuleType:
+    """fedsim.seeded_kernels, imported on first use (numba costs ~0.4 s to import)."""
+    from fedsim import seeded_kernels
+
+    return seeded_kernels
+
+
+def words(*ints: int) -> np.ndarray:
+    """The uint32 words numpy's SeedSequence makes of non-negative ints (each little-endian; 0 is one word)."""
+    out = []
+    for x in ints:
+        out.append(x & _WORD)
+        x >>= 32
+        while x:
+            out.append(x & _WORD)
+            x >>= 32
+    return np.array(out, np.uint64)
+
+
+def _can_compile(entropy: tuple[int, ...]) -> bool:
+    return all(int(x) >= 0 for x in entropy)  # (numpy refuses negative entropy; let it say so)
+
+
+def uniforms(entropy: tuple[int, ...], n: int, compiled: bool = False) -> np.ndarray:
+    """default_rng(entropy).random(n)."""
+    if compiled and _can_compile(entropy):
+        return _kernels().uniforms(words(*entropy), n)
+    return np.random.default_rng(list(entropy)).random(n)
+
+
+def choice(entropy: tuple[int, ...], pop: int, size: int, compiled: bool = False) -> np.ndarray:
+    """The positions default_rng(entropy).choice(pop, size, replace=False) picks, as a set (the
+    compiled draw leaves out numpy's final shuffle: callers sort)."""
+    floyd = pop <= FLOYD_MAX_POP or size <= pop // 50
+    if compiled and floyd and 0 < size < pop < _WORD and _can_compile(entropy):
+        return _kernels().floyd(words(*entropy), pop, size)
+    return np.random.default_rng(list(entropy)).choice(pop, size=size, replace=False)
+
+
+def top_bits(entropy: tuple[int, ...], n: int, bits: int = 62, compiled: bool = False) -> np.ndarray:
+    """default_rng(entropy).integers(0, 2^bits, n), int64 (33 <= bits <= 63)."""
+    if compiled and 32 < bits < 64 and _can_compile(entropy):
+        return _kernels().top_bits(words(*entropy), n, 64 - bits)
+    return np.random.default_rng(list(entropy)).integers(0, 2**bits, n)
+
+
+def seeded_draw(entropy: tuple[int, ...], bits: int) -> int:
+    """default_rng(entropy).integers(2^bits), 0 <= bits <= 32, compiled."""
+    if _can_compile(entropy) and 0 <= bits <= 32:
+        return int(_kernels().seeded_draw(words(*entropy), 32 - bits))
+    return int(np.random.default_rng(list(entropy)).integers(1 << bits))
