@@ -320,7 +320,7 @@ class AsyncCoordinator(Coordinator):
 
     # ---- saved with the server state at every step --------------------------------------------
     def _saved_state(self) -> State:
-        flights = sorted(self.heap)
+        flights = sorted(self.heap, key=lambda f: (f.finish, f.tie, f.device))  # (the heap's order, as tuples)
         versions = sorted(self.versions)
         saved = {
             "clock": np.array([self.t, self.last_step_t], np.float64),

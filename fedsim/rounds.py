@@ -64,7 +64,7 @@ def round_row(
     accepted = [r for r in device_rows if r["status"] == "ok"]
     reporting = sum(r["status"] in ("ok", "rejected") for r in device_rows)
     per_device = evaluation.device_accuracy if evaluation is not None else {}
-    spread = np.array(list(per_device.values())) if per_device else np.full(1, np.nan)
+    spread = np.array(list(per_device.values())) if per_device else None  # (none: NaN, without numpy's warnings)
     samples = sum(r["samples"] for r in accepted)
     train_loss = sum(r["train_loss"] * r["samples"] for r in accepted) / samples if samples else NAN
     # a plan's control bytes (SCAFFOLD's c - c_i) travel down, and a variate of the same size up
@@ -75,9 +75,9 @@ def round_row(
         "test_accuracy": evaluation.accuracy if evaluation is not None else NAN,
         "test_loss": evaluation.loss if evaluation is not None else NAN,
         "train_loss": train_loss,
-        "device_acc_mean": float(np.mean(spread)),
-        "device_acc_p10": float(np.percentile(spread, 10)),
-        "device_acc_p90": float(np.percentile(spread, 90)),
+        "device_acc_mean": float(np.mean(spread)) if spread is not None else NAN,
+        "device_acc_p10": float(np.percentile(spread, 10)) if spread is not None else NAN,
+        "device_acc_p90": float(np.percentile(spread, 90)) if spread is not None else NAN,
         "devices_selected": selected,
         "devices_reported": reporting,
         "devices_accepted": len(accepted),

@@ -148,7 +148,11 @@ class Clock:
         self, ids: np.ndarray, steps: np.ndarray, down_bytes: float, up_bytes: float, extra: SimCost | None = None
     ) -> np.ndarray:
         """Joules each of devices `ids` spends on a round of `steps` train steps (fedsim.clock.energy)."""
-        compute, down, up, wait = self.parts(ids, steps, down_bytes, up_bytes, extra)
+        return self._joules(ids, *self.parts(ids, steps, down_bytes, up_bytes, extra))
+
+    def _joules(
+        self, ids: np.ndarray, compute: np.ndarray, down: np.ndarray, up: np.ndarray, wait: float
+    ) -> np.ndarray:
         a = self.arrays
         return energy_j(compute, a["compute_w"][ids], down, up, a["down_kbps"][ids], a["up_kbps"][ids], wait)
 
@@ -191,8 +195,8 @@ class Clock:
         it."""
         order = np.asarray(ids, np.int64)
         full = self.steps(samples[order])
-        compute, comm = self.times(order, full, down_bytes, up_bytes, extra)
-        joules = self.energy(order, full, down_bytes, up_bytes, extra)
+        compute, down, up, wait = self.parts(order, full, down_bytes, up_bytes, extra)  # (times and energy, once)
+        comm, joules = down + up + wait, self._joules(order, compute, down, up, wait)
         finish = compute + comm
         dropped = self.drops(round_num, order)
         out: dict[int, SimOutcome] = {}
