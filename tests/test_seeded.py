@@ -60,3 +60,13 @@ def test_compiled_tie_breaks_are_numpys_integers():
 def test_negative_entropy_is_refused_as_numpy_refuses_it():
     with pytest.raises(ValueError):
         seeded.uniforms((-1, 2), 3, compiled=True)
+
+
+def test_warm_up_loads_the_compiled_draws_on_a_thread():
+    """An asynchronous run starts this while its hosts start; the loop's first draw then finds them loaded."""
+    import sys
+
+    thread = seeded.warm_up()
+    thread.join(timeout=300)
+    assert not thread.is_alive() and "fedsim.seeded_kernels" in sys.modules
+    assert thread.name == "fedsim-seeded-warm-up"
