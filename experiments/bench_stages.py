@@ -4,10 +4,11 @@
 
 Every row is a real `fedsim.run` on Ray (2 hosts, Fashion-MNIST, the seed MLP, SGD, batch 32, one
 local epoch, evaluation only after the last round, so a round is its devices' work and the stages';
-equal IID shards). The rows run in P alternating passes (plain, bf16, q8, ..., plain, bf16, ...), so
-the machine's drift falls on every row alike; each figure is the median over passes of the median
-round wall of rounds 2..R, and each ratio is the median over passes of the row against its baseline
-measured in the same pass.
+equal IID shards). The rows run in P alternating passes (plain, bf16, q8, ..., plain, bf16, ...),
+each pass starting a further 1/P of the way down the list (pass 1 of 3 with 10 rows: q4, topk, ...,
+plain, bf16, q8), so the machine's drift falls on every row alike, within a pass as well; each
+figure is the median over passes of the median round wall of rounds 2..R, and each ratio is the
+median over passes of the row against its baseline measured in the same pass.
 
 - plain, bf16, q8, q4, topk:0.01, q8-rotated, dp: 1,000 devices, all of them every round;
   baseline plain. Targets: compression <= 1.10 (the communication issue), DP <= 1.05 (the privacy
@@ -72,9 +73,10 @@ def main() -> None:
     records = []
     with tempfile.TemporaryDirectory(prefix="fedsim-bench-stages-") as tmp:
         for p in range(args.pairs):
-            for name in names:
+            start = p * len(names) // args.pairs  # rotated: no row is always first or last in its pass
+            for position, name in enumerate(names[start:] + names[:start]):
                 got = measure(name, args.rounds, Path(tmp) / f"pass{p}")
-                records.append({"pass": p, "row": name, **got})
+                records.append({"pass": p, "position": position, "row": name, **got})
                 print(records[-1], flush=True)
     raw = pd.DataFrame(records)
     rows = []
@@ -105,7 +107,8 @@ def main() -> None:
     header = (
         f"fedsim stage and schedule costs, {dt.datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} CPUs, "
         f"`python experiments/bench_stages.py --rounds {args.rounds} --pairs {args.pairs}`: medians over "
-        f"{args.pairs} alternating passes of the median round of rounds 2..{args.rounds} (async: "
+        f"{args.pairs} alternating passes (each starting further down the rows) of the median round of "
+        f"rounds 2..{args.rounds} (async: "
         f"{args.rounds} x 90 / --buffer server steps, about the sync rows' updates); ratio against the "
         "baseline row of the same pass (stages: round wall; async: wall per applied update).\n\n"
     )
