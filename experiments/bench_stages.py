@@ -17,7 +17,7 @@ median over passes of the row against its baseline measured in the same pass.
   time (sync: 100 a round; async: --concurrency 100 --buffer 10, FedBuff's K, or 50); the figure is
   wall milliseconds per applied update (sum of round walls over updates applied, rounds 2..R; async:
   as many updates as the sync rows apply); baseline sync-skewed; target <= 1.5.
-Writes results/bench/stages.csv and stages.md.
+Writes stages.csv, stages.md and stages_passes.csv (every pass's rows) to --out (results/bench).
 """
 
 from __future__ import annotations
