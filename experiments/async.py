@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 import fedsim
-from fedsim.analysis import hours_to, kj_to
+from fedsim.report.analysis import hours_to, kj_to
 
 BASE = dict(devices=1000, local_epochs=2, fleet="skewed", seed=0, name="async", progress=False)
 OUT = Path("results/workloads")

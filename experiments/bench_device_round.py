@@ -35,15 +35,15 @@ import psutil
 
 import fedsim
 from fedsim.checkpoint import read_checkpoint
+from fedsim.checkpoint.tfv1_write import write_tfv1
 from fedsim.data import DataRecipe, iid_partition
 from fedsim.device import Runner
-from fedsim.engine.base import HostSettings
 from fedsim.engine.host import DeviceHost
 from fedsim.engine.layout import shard_data
+from fedsim.engine.settings import HostSettings
 from fedsim.model import cache
 from fedsim.model.builders import MODELS, ArtifactRecipe
 from fedsim.pipeline import plain_round
-from fedsim.tfv1_write import write_tfv1
 
 CONFIGURATIONS = [("before", "tensors", True), ("tensors", "tensors", False), ("packed", "packed", False)]
 

@@ -48,10 +48,10 @@ import psutil
 
 import fedsim
 from fedsim.checkpoint import read_checkpoint, write_checkpoint
-from fedsim.coordinator import select_devices
 from fedsim.data import DataRecipe, partition
 from fedsim.device import Device, Runner
-from fedsim.simulation import data_recipe
+from fedsim.experiment.simulation import data_recipe
+from fedsim.loop.coordinator import select_devices
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ results/workloads/cnn_fashion_mnist.csv / .md.
 """
 
 import fedsim
-from fedsim.analysis import workload_row, write_workload
+from fedsim.report.analysis import workload_row, write_workload
 
 # ---- settings ---------------------------------------------------------------------------------
 devices = 10  # 6,000 images per phone: the usual "10 clients, IID" setting

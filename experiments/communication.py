@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 import fedsim
-from fedsim.analysis import hours_to, kj_to
+from fedsim.report.analysis import hours_to, kj_to
 
 BASE = dict(devices=1000, per_round=100, local_epochs=2, fleet="phones", seed=0, name="communication", progress=False)
 METHODS = {

@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 import fedsim
-from fedsim.analysis import accuracy_at, hours_to
+from fedsim.report.analysis import accuracy_at, hours_to
 
 BASE = dict(devices=1000, per_round=100, local_epochs=2, fleet="skewed", seed=0, name="deadlines", progress=False)
 OUT = Path("results/workloads")

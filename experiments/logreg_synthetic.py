@@ -10,7 +10,7 @@ own 10% test split, so per-device accuracy is recorded too. Writes results/workl
 """
 
 import fedsim
-from fedsim.analysis import workload_row, write_workload
+from fedsim.report.analysis import workload_row, write_workload
 
 # ---- settings ---------------------------------------------------------------------------------
 devices = 30  # the paper's 30 users

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 import fedsim
-from fedsim.analysis import plot, summary
+from fedsim.report.analysis import plot, summary
 
 # ---- settings ---------------------------------------------------------------------------------
 partitions = [

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 import fedsim
-from fedsim.analysis import hours_to
 from fedsim.clock import FLEETS
+from fedsim.report.analysis import hours_to
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt

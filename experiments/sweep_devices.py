@@ -7,7 +7,7 @@ folder under the sweep folder, and sweep.parquet joins each point's settings wit
 from datetime import datetime
 
 import fedsim
-from fedsim.analysis import plot, report
+from fedsim.report.analysis import plot, report
 
 # ---- settings ---------------------------------------------------------------------------------
 devices = [10, 100, 1000, 10000]  # fleet sizes; each gets the 60k training images split among it

@@ -16,16 +16,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from importlib import metadata as _metadata
 
-from fedsim.config import Config, ConfigError
+from fedsim.core.task import Task, TaskError
 from fedsim.data import ArrayDataset, DataError, DataNotFoundError, Dataset
 from fedsim.engine.base import Engine
 from fedsim.engine.local import LocalEngine
+from fedsim.experiment.config import Config, ConfigError
+from fedsim.experiment.simulation import resume, run
+from fedsim.experiment.sweep import resume_sweep, sweep
 from fedsim.model.builders import ArtifactRecipe, ModelError, Optimizer
 from fedsim.results import Run, RunFolderError, load_run, load_runs
-from fedsim.simulation import resume, run
 from fedsim.strategies import STRATEGIES, Aggregate, DevicePlan, FedAvg, Strategy, make_strategy
-from fedsim.sweep import resume_sweep, sweep
-from fedsim.task import Task, TaskError
 
 try:  # one version source: pyproject.toml, as installed
     __version__ = _metadata.version("fedsim")

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from fedsim.checkpoint import read_checkpoint, write_checkpoint
-from fedsim.context import RunContext
-from fedsim.engine.base import HostSettings
+from fedsim.core.context import RunContext
+from fedsim.core.task import Task
 from fedsim.engine.host import DeviceHost
 from fedsim.engine.layout import ShardData
 from fedsim.engine.local import LocalEngine
-from fedsim.task import Task
+from fedsim.engine.settings import HostSettings
 
 
 def zero_weights() -> dict[str, np.ndarray]:
@@ -94,7 +94,7 @@ class FakeEngine(LocalEngine):
 def make_coordinator(config, engine=None, recorder=None, strategy=None):
     """A coordinator of `config` (its strategy, or `strategy`) over the fake engine's real hosts."""
     from fedsim.checkpoint import write_checkpoint
-    from fedsim.coordinator import Coordinator
+    from fedsim.loop.coordinator import Coordinator
     from fedsim.pipeline import Pipeline
 
     engine = engine or FakeEngine(config.devices)

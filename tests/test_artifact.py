@@ -6,7 +6,7 @@ import pytest
 from guide_artifact import build_guide_tflite
 
 from fedsim.artifact import ArtifactError, check_artifact, inspect
-from fedsim.task import Task
+from fedsim.core.task import Task
 
 TOY_TASK = Task((28, 28), "image", 10)
 

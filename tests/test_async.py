@@ -8,13 +8,13 @@ import pytest
 from fakes import FakeEngine, run_context, zero_weights
 
 import fedsim
-from fedsim.asyncloop import AsyncCoordinator
 from fedsim.checkpoint import read_checkpoint, write_checkpoint
 from fedsim.clock import Clock
 from fedsim.clock.profiles import frame
-from fedsim.config import Config, ConfigError
+from fedsim.experiment.config import Config, ConfigError
+from fedsim.loop.asyncloop import AsyncCoordinator
+from fedsim.loop.schedule import staleness_weight
 from fedsim.pipeline import Pipeline
-from fedsim.schedule import staleness_weight
 
 
 def test_the_staleness_weights_are_the_formulas():

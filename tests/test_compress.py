@@ -5,7 +5,7 @@ import pytest
 
 import fedsim
 from fedsim.checkpoint import flatten, read_checkpoint, spec_of
-from fedsim.config import Config, ConfigError
+from fedsim.experiment.config import Config, ConfigError
 from fedsim.pipeline import reference
 from fedsim.pipeline.codecs import from_bfloat16, to_bfloat16
 
@@ -166,7 +166,7 @@ def test_the_compiled_codecs_refuse_mismatched_sizes_instead_of_reading_past_an_
 def test_the_compiled_dither_offset_is_numpys_seeded_draw():
     """seeded_kernels.seeded_draw (SeedSequence, PCG64 and the bounded draw, compiled) against
     default_rng(entropy).integers(2^k): seeds of one and several 32-bit words, zeros, every k used."""
-    from fedsim import seeded, seeded_kernels
+    from fedsim.core import seeded, seeded_kernels
 
     rng = np.random.default_rng(21)
     for trial in range(3000):

@@ -1,6 +1,6 @@
 import pytest
 
-from fedsim.config import Config, ConfigError
+from fedsim.experiment.config import Config, ConfigError
 
 
 @pytest.mark.parametrize(

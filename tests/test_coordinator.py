@@ -7,8 +7,8 @@ import pytest
 from fakes import FakeEngine, make_coordinator
 
 from fedsim.checkpoint import read_checkpoint, write_checkpoint
-from fedsim.config import Config
-from fedsim.coordinator import RoundFailedError, select_devices
+from fedsim.experiment.config import Config
+from fedsim.loop.coordinator import RoundFailedError, select_devices
 from fedsim.strategies import FedAvg
 
 

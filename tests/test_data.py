@@ -145,7 +145,7 @@ def test_synthetic_feature_statistics_follow_sigma_and_beta():
 
 
 def test_synthetic_without_parameters_is_refused_with_the_fix():
-    from fedsim.config import Config, ConfigError
+    from fedsim.experiment.config import Config, ConfigError
 
     with pytest.raises(ConfigError, match="synthetic:ALPHA,BETA"):
         Config(dataset="synthetic")

@@ -5,9 +5,9 @@ import pytest
 
 from fedsim.checkpoint import flatten, read_checkpoint, read_checkpoint_file, spec_of
 from fedsim.device import Device, Runner, evaluate_counts, shuffle_rng
-from fedsim.engine.base import HostSettings
 from fedsim.engine.host import DeviceHost
 from fedsim.engine.layout import ShardData
+from fedsim.engine.settings import HostSettings
 from fedsim.pipeline import HostRound
 from fedsim.pipeline.attack import Attack
 from fedsim.pipeline.screen import Screen

@@ -12,8 +12,8 @@ from fakes import FakeEngine, make_coordinator
 
 import fedsim
 from fedsim.checkpoint import flatten, read_checkpoint, spec_of
-from fedsim.config import Config, ConfigError
-from fedsim.coordinator import select_devices
+from fedsim.experiment.config import Config, ConfigError
+from fedsim.loop.coordinator import select_devices
 from fedsim.pipeline.accounting import Accountant
 
 

@@ -67,7 +67,7 @@ def test_a_fleet_files_power_must_be_positive(tmp_path):
 
 
 def test_report_adds_the_energy_to_reach_each_target(tmp_path):
-    from fedsim.analysis import kj_to, summary
+    from fedsim.report.analysis import kj_to, summary
 
     fedsim.run(out=str(tmp_path / "runs" / "a"), engine=fedsim.LocalEngine(), fleet="uniform", **SETTINGS)
     table = summary(tmp_path / "runs")

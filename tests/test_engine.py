@@ -3,9 +3,9 @@
 import numpy as np
 
 from fedsim.data.dataset import Dataset
-from fedsim.engine.base import HostSettings
 from fedsim.engine.layout import ShardData, shard_data
 from fedsim.engine.schedule import deal, expected_costs
+from fedsim.engine.settings import HostSettings
 
 
 def test_deal_puts_the_most_expensive_device_first_on_the_least_loaded_host():

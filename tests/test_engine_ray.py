@@ -154,8 +154,8 @@ def test_a_host_killed_mid_round_fails_its_devices_then_comes_back(tmp_path):
     import time
 
     from fedsim.data import DataRecipe
-    from fedsim.engine.base import HostSettings
     from fedsim.engine.layout import Setup
+    from fedsim.engine.settings import HostSettings
     from fedsim.model.builders import ArtifactRecipe
 
     setup = Setup(
@@ -276,8 +276,8 @@ def test_a_hung_host_times_out_is_restarted_and_serves_the_next_round():
     import signal
 
     from fedsim.data import DataRecipe
-    from fedsim.engine.base import HostSettings
     from fedsim.engine.layout import Setup
+    from fedsim.engine.settings import HostSettings
     from fedsim.model.builders import ArtifactRecipe
 
     setup = Setup(

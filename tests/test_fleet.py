@@ -10,7 +10,7 @@ import pytest
 import fedsim
 from fedsim.clock import FLEETS, Clock, FleetError
 from fedsim.clock.profiles import frame, load_csv, load_fleet
-from fedsim.config import Config, ConfigError
+from fedsim.experiment.config import Config, ConfigError
 
 LATENCY = {"restore": 2.0, "train": 1.0, "save": 3.0}
 
@@ -157,7 +157,7 @@ def test_simulated_times_do_not_depend_on_hosts(tmp_path, pinned):
     assert picked["sim_compute_s"].notna().all()
     assert (picked.loc[picked["status"] != "ok", "train_s"].isna()).all()
     # report and plot read the simulated clock
-    from fedsim.analysis import plot, summary
+    from fedsim.report.analysis import plot, summary
 
     table = summary(tmp_path)
     assert {"sim_hours", "sim_h_to_0.75", "sim_h_to_0.80"} <= set(table.columns)

@@ -201,8 +201,8 @@ def test_a_model_that_does_not_fit_the_task_gets_one_line():
 
     assert "takes inputs of shape (32, 32) but the data's samples are (28, 28)" in _builder_error(wrong_input)
     assert "outputs (5,) per sample; the data has 10 classes" in _builder_error(wrong_classes)
+    from fedsim.core.task import Task
     from fedsim.model.builders import build_cnn
-    from fedsim.task import Task
 
     assert "--model cnn needs image inputs" in _builder_error(build_cnn, Task((60,), "features", 10))
 

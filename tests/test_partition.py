@@ -5,9 +5,9 @@ import re
 import numpy as np
 import pytest
 
-from fedsim.config import Config, ConfigError
 from fedsim.data import PartitionError, label_counts, parse_spec, partition
 from fedsim.data.fashion_mnist import DEBIAN_DIR, FILES, read_idx
+from fedsim.experiment.config import Config, ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 
 import fedsim
-from fedsim.config import Config, ConfigError
+from fedsim.experiment.config import Config, ConfigError
 from fedsim.results import RunFolderError, claim_run_folder
 from fedsim.results.folder import CLAIM_FILE, release_claim
 
@@ -411,8 +411,8 @@ def test_an_address_where_something_else_listens_fails_in_seconds(tmp_path):
 def test_the_min_devices_error_keeps_every_cause_whole(tmp_path):
     from fakes import FakeEngine, make_coordinator
 
-    from fedsim.coordinator import RoundFailedError
     from fedsim.engine.base import DeviceReport, RoundResult
+    from fedsim.loop.coordinator import RoundFailedError
 
     cause = "x" * 400 + " the real cause"  # before, the message was cut at 300 characters
     engine = FakeEngine(4)

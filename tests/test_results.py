@@ -137,7 +137,7 @@ def test_without_device_tests_the_spread_columns_are_empty(two_runs):
 
 
 def test_plot_draws_the_per_device_spread_when_measured(tmp_path):
-    from fedsim.analysis import plot
+    from fedsim.report.analysis import plot
 
     fedsim.run(
         dataset="toy_images",

@@ -11,7 +11,7 @@ from fakes import make_coordinator
 from test_dp import Rows, weights_of
 
 import fedsim
-from fedsim.config import Config, ConfigError
+from fedsim.experiment.config import Config, ConfigError
 from fedsim.pipeline.secagg import ID, KEY, SHARE, SHARE_PAIR
 
 

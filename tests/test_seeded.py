@@ -1,11 +1,11 @@
-"""The compiled seeded draws (fedsim.seeded_kernels) are numpy's: the asynchronous loop draws its
+"""The compiled seeded draws (fedsim.core.seeded_kernels) are numpy's: the asynchronous loop draws its
 selections, availability, dropouts and tie-breaks with them, and a run's tables must not depend on
 which of the two made a number."""
 
 import numpy as np
 import pytest
 
-from fedsim import seeded
+from fedsim.core import seeded
 
 
 def entropies(n: int, seed: int = 5):
@@ -68,5 +68,5 @@ def test_warm_up_loads_the_compiled_draws_on_a_thread():
 
     thread = seeded.warm_up()
     thread.join(timeout=300)
-    assert not thread.is_alive() and "fedsim.seeded_kernels" in sys.modules
+    assert not thread.is_alive() and "fedsim.core.seeded_kernels" in sys.modules
     assert thread.name == "fedsim-seeded-warm-up"

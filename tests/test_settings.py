@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import pytest
 
 from fedsim.cli import build_parser, config_from_args
-from fedsim.config import Config, config_fields
-from fedsim.settings import ConfigError, Section, setting
+from fedsim.core.settings import ConfigError, Section, setting
+from fedsim.experiment.config import Config, config_fields
 from fedsim.strategies import STRATEGIES, FedAvg
 
 
@@ -27,7 +27,7 @@ def decay(monkeypatch):
 
 
 def test_a_new_strategy_hyperparameter_is_a_flag_a_toml_key_and_sweepable_by_its_declaration(decay, tmp_path):
-    from fedsim.sweep import _configs
+    from fedsim.experiment.sweep import _configs
 
     assert "server_decay" in config_fields()
     run = build_parser().parse_args(["run", "--strategy", "decaytest", "--server-decay", "0.25"])

@@ -189,7 +189,7 @@ def test_a_failed_start_leaves_no_folder_and_names_the_problem(tmp_path):
 
 
 def test_eval_every_scores_every_rth_round_and_the_last(tmp_path):
-    from fedsim.analysis import summary
+    from fedsim.report.analysis import summary
 
     run = fedsim.run(
         out=str(tmp_path / "r"),
@@ -249,7 +249,7 @@ def test_a_run_records_the_strategy_and_folder_that_actually_ran(tmp_path):
 def test_report_shows_status_and_every_setting_that_differs(tmp_path):
     import json
 
-    from fedsim.analysis import report, summary
+    from fedsim.report.analysis import report, summary
 
     settings = dict(
         dataset="toy_images", toy_samples=20, devices=3, rounds=2, progress=False, engine=fedsim.LocalEngine()
@@ -272,7 +272,7 @@ def test_plot_axes_show_whole_rounds_and_the_fleet_sizes_that_ran():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fedsim.analysis import _fleet_ticks, _integer_rounds
+    from fedsim.report.analysis import _fleet_ticks, _integer_rounds
 
     fig, (a, b) = plt.subplots(1, 2)
     a.plot([1, 2, 3], [0.1, 0.2, 0.3])

@@ -74,7 +74,7 @@ def test_the_report_and_the_command(tmp_path, capsys):
     assert main(["partition", str(run.path), "--plot"]) == 0
     out = capsys.readouterr().out
     assert "label_entropy" in out and (run.path / "partition.png").is_file()
-    from fedsim.analysis import summary
+    from fedsim.report.analysis import summary
 
     table = summary(run.path)
     assert table["label_groups"].iloc[0] == 5 and table["partition"].iloc[0] == "classes:2:cyclic"

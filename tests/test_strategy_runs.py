@@ -8,9 +8,9 @@ import pytest
 
 import fedsim
 from fedsim.checkpoint import flatten, read_checkpoint, spec_of
-from fedsim.engine.base import HostSettings
 from fedsim.engine.host import DeviceHost
 from fedsim.engine.layout import ShardData
+from fedsim.engine.settings import HostSettings
 from fedsim.pipeline import HostRound
 from fedsim.pipeline.verify import Verify
 from fedsim.results import RunFolderError
@@ -84,9 +84,9 @@ def test_fedprox_with_mu_0_equals_fedavg_exactly(tmp_path):
 
 
 def test_a_large_mu_keeps_local_weights_closer_to_the_global_ones(toy):
+    from fedsim.core.task import Task
     from fedsim.model import cache
     from fedsim.model.builders import ArtifactRecipe, Optimizer
-    from fedsim.task import Task
 
     artifact = cache.build(
         ArtifactRecipe(task=Task((28, 28), "image", 10), optimizer=Optimizer(lr=0.1), variant="fedprox")
@@ -128,10 +128,10 @@ def test_scaffold_artifact_adds_the_correction_to_every_gradient(toy, artifact, 
     """One step on one batch: the scaffold artifact with a zero correction trains exactly as the plain
     one; with correction k it lands at plain - lr * k (the step is w - lr * (g + k))."""
     from fedsim.checkpoint import read_checkpoint_file
+    from fedsim.core.task import Task
     from fedsim.device import Device, Runner, write_control
     from fedsim.model import cache
     from fedsim.model.builders import ArtifactRecipe
-    from fedsim.task import Task
 
     scaffold = Runner(cache.build(ArtifactRecipe(task=Task((28, 28), "image", 10), variant="scaffold")))
     plain = Runner(artifact)

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from fedsim.config import Config, ConfigError
+from fedsim.experiment.config import Config, ConfigError
 from fedsim.pipeline.attack import Attack, alie_z, byzantine_devices
 from fedsim.strategies import (
     STRATEGIES,
@@ -258,9 +258,9 @@ def test_every_strategy_is_registered_by_its_name():
 
 def scaffold_run(devices=4, lr=0.1, batch_size=10):
     """A SCAFFOLD bound to a run of `devices` devices training with `lr`, one step per 10 samples."""
-    from fedsim.context import RunContext
+    from fedsim.core.context import RunContext
+    from fedsim.core.task import Task
     from fedsim.strategies import Scaffold
-    from fedsim.task import Task
 
     run_ = RunContext(Task((2,), "features", 2), devices, devices, np.full(devices, 10), batch_size=batch_size, lr=lr)
     return Scaffold(server_lr=1.0).bind(run_)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 import fedsim
-from fedsim.analysis import plot, report, summary
+from fedsim.report.analysis import plot, report, summary
 
 pytestmark = pytest.mark.ray
 
@@ -153,7 +153,7 @@ def test_a_sweep_table_in_the_config_file(tmp_path):
 def test_comparing_strategies_gives_each_only_its_own_settings():
     """--strategy fedavg,fedadam --server-lr 0.01,0.1: fedadam runs at both server learning rates,
     fedavg (which has none) runs once instead of failing; a single strategy keeps the strict check."""
-    from fedsim.sweep import _axes, _configs
+    from fedsim.experiment.sweep import _axes, _configs
 
     base = fedsim.Config(dataset="toy_images", devices=4)
     axes = _axes(base, None, None, None, {"strategy": ["fedavg", "fedadam"], "server_lr": [0.01, 0.1]})

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
+from fedsim.core.task import Task, TaskError
 from fedsim.data import ArrayDataset
 from fedsim.device import Runner
 from fedsim.model.builders import ArtifactRecipe, build_cnn, build_logreg, build_mlp
 from fedsim.model.convert import convert_to_tflite
-from fedsim.task import Task, TaskError
 
 
 def arrays(x, classes=3, n_test=4):

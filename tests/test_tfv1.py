@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from fedsim.checkpoint import _read_with_tensorflow, read_checkpoint, write_checkpoint
-from fedsim.tfv1 import ChecksumError, UnsupportedCheckpoint, read_tfv1
+from fedsim.checkpoint.tfv1 import ChecksumError, UnsupportedCheckpoint, read_tfv1
 
 
 def test_fast_reader_equals_tensorflows_on_a_device_checkpoint(any_runner, shm_scratch):
@@ -44,7 +44,7 @@ def test_writer_is_byte_for_byte_what_tensorflow_save_writes(any_runner, shm_scr
     runner = any_runner
     import tensorflow as tf
 
-    from fedsim.tfv1_write import write_tfv1
+    from fedsim.checkpoint.tfv1_write import write_tfv1
 
     path = shm_scratch / "d.ckpt"
     runner.save(path)
@@ -64,7 +64,7 @@ def test_the_default_layout_gives_each_entry_its_own_block_and_every_reader_read
     import tensorflow as tf
 
     from fedsim.checkpoint import unpack
-    from fedsim.tfv1_write import write_tfv1
+    from fedsim.checkpoint.tfv1_write import write_tfv1
 
     any_runner.save(shm_scratch / "d.ckpt")
     weights = {k: v + 0.5 for k, v in read_tfv1((shm_scratch / "d.ckpt").read_bytes()).items()}
@@ -87,7 +87,7 @@ def test_the_layout_fast_path_reads_new_values_and_refuses_changed_structure(ten
     from fedsim.device import Runner
 
     runner = Runner(tensors_artifact)
-    from fedsim.tfv1 import _LAYOUTS
+    from fedsim.checkpoint.tfv1 import _LAYOUTS
 
     path = shm_scratch / "d.ckpt"
     runner.save(path)
@@ -109,7 +109,7 @@ def test_the_layout_fast_path_reads_new_values_and_refuses_changed_structure(ten
 
 @pytest.mark.parametrize("where", ["weight", "meta"])
 def test_a_flipped_bit_fails_the_block_checksum_on_the_full_parse_and_the_fast_path(any_runner, shm_scratch, where):
-    from fedsim.tfv1 import _LAYOUTS
+    from fedsim.checkpoint.tfv1 import _LAYOUTS
 
     path = shm_scratch / "d.ckpt"
     any_runner.save(path)

@@ -11,7 +11,7 @@ import pytest
 
 import fedsim
 from fedsim.cli import main
-from fedsim.config import Config, ConfigError
+from fedsim.experiment.config import Config, ConfigError
 
 TOY = ["--dataset", "toy_images", "--toy-samples", "12", "--engine", "local", "--no-progress"]
 
@@ -31,7 +31,7 @@ def test_a_sweep_whose_per_round_exceeds_its_smallest_fleet_runs_and_says_where(
 def test_an_interrupted_sweep_names_its_folder_and_how_to_go_on(tmp_path, capsys, monkeypatch):
     import importlib
 
-    module = importlib.import_module("fedsim.sweep")  # (fedsim.sweep is also the function)
+    module = importlib.import_module("fedsim.experiment.sweep")  # (fedsim.experiment.sweep is also the function)
     calls = []
     real = module.run
 
@@ -202,7 +202,7 @@ def test_krum_records_which_updates_it_used(tmp_path):
 
 
 def test_report_lists_sweep_points_that_failed_before_round_one(tmp_path):
-    from fedsim.analysis import summary
+    from fedsim.report.analysis import summary
 
     out = tmp_path / "sweep"
     base = Config(dataset="toy_images", toy_samples=12, rounds=1)
@@ -244,7 +244,7 @@ def policy_runs(tmp_path_factory):
 
 
 def test_legends_leave_out_settings_that_do_not_apply_and_styles_never_repeat(policy_runs):
-    from fedsim.analysis import figures
+    from fedsim.report.analysis import figures
 
     figs = figures(policy_runs)
     _fig, axes = figs["accuracy.png"]
@@ -257,7 +257,7 @@ def test_legends_leave_out_settings_that_do_not_apply_and_styles_never_repeat(po
 
 
 def test_simulated_time_is_drawn_in_the_unit_that_fits(policy_runs):
-    from fedsim.analysis import figures, time_unit
+    from fedsim.report.analysis import figures, time_unit
 
     assert time_unit(30) == (1.0, "seconds") and time_unit(600) == (60.0, "minutes") and time_unit(9000)[1] == "hours"
     _fig, axes = figures(policy_runs)["accuracy_sim_time.png"]
@@ -265,7 +265,7 @@ def test_simulated_time_is_drawn_in_the_unit_that_fits(policy_runs):
 
 
 def test_scaling_shows_the_seed_spread_and_titles_fit(tmp_path):
-    from fedsim.analysis import figures, plot
+    from fedsim.report.analysis import figures, plot
 
     out = tmp_path / "sweep"
     base = Config(dataset="toy_images", toy_samples=12, rounds=1, per_round=2, device_test_fraction=0.2)

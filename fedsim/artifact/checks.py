@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from fedsim.checkpoint import CheckpointError, read_checkpoint_file, scratch_dir
+from fedsim.core.task import Task, kind_of
 from fedsim.model.signatures import CHECKPOINT_PATH, CONTROL_PATH, INFER, RESTORE, SAVE, SIGNATURES, TRAIN
-from fedsim.task import Task, kind_of
 
 
 class ArtifactError(ValueError):

@@ -13,8 +13,8 @@ import pandas as pd
 
 from fedsim.artifact.checks import ArtifactError
 from fedsim.checkpoint import CheckpointError, read_checkpoint_file, unpack
-from fedsim.settings import flat_view
-from fedsim.task import Task
+from fedsim.core.settings import flat_view
+from fedsim.core.task import Task
 
 
 def _run_meta(path: Path) -> dict[str, Any]:

@@ -27,8 +27,8 @@ from fedsim.artifact.checks import (
 )
 from fedsim.artifact.parity import _run_meta, recipe_of, run_parity
 from fedsim.checkpoint import read_checkpoint_file, scratch_dir
+from fedsim.core.task import Task, TaskError
 from fedsim.model.signatures import INFER, PACKED, RESTORE, SAVE, SIGNATURES, TRAIN
-from fedsim.task import Task, TaskError
 
 
 def _median_ms(call: Callable[[], Any], repeats: int) -> float:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fedsim.cli.commands import config_from_args
 from fedsim.cli.parser import build_parser, version
-from fedsim.settings import ConfigError
+from fedsim.core.settings import ConfigError
 
 __all__ = ["build_parser", "config_from_args", "main", "version"]
 
@@ -31,12 +31,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from fedsim.artifact import ArtifactError  # TensorFlow only loads when a report or check runs
     from fedsim.cli import commands
-    from fedsim.coordinator import RoundFailedError
+    from fedsim.core.task import TaskError
     from fedsim.data import DataError, DataNotFoundError, PartitionError
     from fedsim.engine.base import EngineError
+    from fedsim.loop.coordinator import RoundFailedError
     from fedsim.model.builders import ModelError
     from fedsim.results import RunFolderError
-    from fedsim.task import TaskError
 
     user_errors: tuple[type[BaseException], ...] = (
         ConfigError,
@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _sweep_folder() -> Path | None:
-    from fedsim.sweep import ACTIVE
+    from fedsim.experiment.sweep import ACTIVE
 
     return ACTIVE[-1] if ACTIVE else None
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.cli.parser import SWEEP_OWN
-from fedsim.config import Config, config_fields, flatten_settings
-from fedsim.settings import ConfigError, flag
+from fedsim.core.settings import ConfigError, flag
+from fedsim.experiment.config import Config, config_fields, flatten_settings
 
 RESUMABLE = ("hosts", "address", "rounds", "dp_epsilon_budget")  # what --resume may change
 
@@ -120,9 +120,9 @@ def sweep_values(name: str, text: str) -> list[Any]:
 
 
 def sweep(args: argparse.Namespace) -> int:
+    from fedsim.experiment.sweep import resume_sweep
+    from fedsim.experiment.sweep import sweep as run_sweep
     from fedsim.strategies import strategy_params
-    from fedsim.sweep import resume_sweep
-    from fedsim.sweep import sweep as run_sweep
 
     if args.resume:
         table = resume_sweep(args.resume, progress=not args.no_progress)
@@ -158,7 +158,7 @@ def sweep(args: argparse.Namespace) -> int:
         for key in [k for k, v in grid.items() if len(v) == 1 and k not in ("devices", "partition", "seed")]:
             file_values[key] = grid.pop(key)[0]
         # Comparing strategies: their settings stay in the grid, where each point keeps only those its
-        # strategy takes (fedsim.sweep); in the base they would be checked against the first strategy.
+        # strategy takes (fedsim.experiment.sweep); in the base they would be checked against the first strategy.
         comparing = len(grid.get("strategy", [])) > 1
         params = strategy_params()
         if comparing:
@@ -181,7 +181,7 @@ def sweep(args: argparse.Namespace) -> int:
 
 
 def analysis(args: argparse.Namespace) -> int:
-    from fedsim.analysis import plot, report
+    from fedsim.report.analysis import plot, report
 
     if args.command == "plot":
         for path in plot(args.path, args.out):

@@ -1,5 +1,5 @@
 """The `fedsim` command line's parser. The flags of `fedsim run` and `fedsim sweep` are generated from
-the settings' declarations (fedsim.config.config_fields): their names, types, help and defaults are
+the settings' declarations (fedsim.experiment.config.config_fields): their names, types, help and defaults are
 written once, where each part declares its settings."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import difflib
 import sys
 from typing import Any, NoReturn
 
-from fedsim.config import config_fields
-from fedsim.settings import Field, flag
+from fedsim.core.settings import Field, flag
+from fedsim.experiment.config import config_fields
 
 SWEEP_OWN = ("partition", "seed", "out", "name")  # settings `fedsim sweep` takes by flags of its own
 

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedsim import seeded
 from fedsim.clock.energy import COMPUTE_W, energy_j
 from fedsim.clock.profiles import PROFILE_COLUMNS, FleetError
-from fedsim.context import local_steps
+from fedsim.core import seeded
+from fedsim.core.context import local_steps
 from fedsim.pipeline.base import SimCost
 
 
@@ -112,7 +112,7 @@ class Clock:
     over_select: float = 1.0
     latency_source: str = ""  # where the latency table came from (config.json: sim_latency_source)
     compiled_draws: bool = (
-        False  # numpy's draws compiled (fedsim.seeded): the same numbers, for loops that draw per arrival
+        False  # numpy's draws compiled (fedsim.core.seeded): the same numbers, for loops that draw per arrival
     )
     arrays: dict[str, np.ndarray] = field(init=False)
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from fedsim.clock.energy import COMPUTE_W
-from fedsim.settings import ConfigError
+from fedsim.core.settings import ConfigError
 
 PROFILE_COLUMNS = ("speed", "down_kbps", "up_kbps", "availability", "dropout")
 OPTIONAL_COLUMNS = ("compute_w",)  # a fleet file may set them; fedsim.clock.energy's defaults otherwise

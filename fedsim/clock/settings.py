@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedsim.settings import ConfigError, Section, flag, setting
+from fedsim.core.settings import ConfigError, Section, flag, setting
 
 STRAGGLER_POLICIES = ("drop", "partial")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.task import Task, TaskError, kind_of
+from fedsim.core.task import Task, TaskError, kind_of
 
 MAX_CLASSES = 100_000  # the model's output layer grows with it: more would take gigabytes per device
 

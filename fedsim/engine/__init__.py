@@ -4,9 +4,10 @@ that import Ray). `layout` lays the run's data out for the hosts, `schedule` dea
 
 from typing import Any
 
-from fedsim.engine.base import DeviceReport, Engine, HostSettings
+from fedsim.engine.base import DeviceReport, Engine
 from fedsim.engine.local import LocalEngine
 from fedsim.engine.schedule import deal
+from fedsim.engine.settings import HostSettings
 
 __all__ = ["DeviceReport", "Engine", "HostSettings", "LocalEngine", "RayEngine", "deal"]
 

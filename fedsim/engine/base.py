@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedsim.engine.schedule import deal, expected_costs
+from fedsim.engine.settings import HostSettings
 from fedsim.strategies.base import Aggregate
 
 if TYPE_CHECKING:
@@ -22,15 +23,6 @@ if TYPE_CHECKING:
 
 class EngineError(RuntimeError):
     """The engine could not start the run (e.g. its preparation ran out of memory); one line says why."""
-
-
-@dataclass(frozen=True)
-class HostSettings:
-    """What every host needs to run its devices; fixed for a run."""
-
-    local_epochs: int
-    batch_size: int
-    seed: int
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,9 @@ import numpy as np
 
 from fedsim.checkpoint import CheckpointError, FlatReader, WeightSpec, flatten, read_checkpoint, scratch_dir
 from fedsim.device import Device, Runner, evaluate_counts, write_control
-from fedsim.engine.base import DeviceReport, HostSettings, RoundResult
+from fedsim.engine.base import DeviceReport, RoundResult
 from fedsim.engine.layout import ShardData, TestBlocks
+from fedsim.engine.settings import HostSettings
 from fedsim.pipeline.base import HostRound, Rejected, Upload, UploadContext
 from fedsim.strategies.aggregate import accumulator
 

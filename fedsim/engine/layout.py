@@ -13,7 +13,7 @@ import numpy as np
 from fedsim.data import DataRecipe, check_devices_fit, label_counts, partition
 from fedsim.data.dataset import DataError, Dataset
 from fedsim.data.partition import group_indices
-from fedsim.engine.base import HostSettings
+from fedsim.engine.settings import HostSettings
 from fedsim.model.builders import ArtifactRecipe
 
 TestBlocks = list[tuple[np.ndarray, np.ndarray]]

@@ -28,6 +28,7 @@ from ray.exceptions import (
 )
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from fedsim.core.task import Task
 from fedsim.engine.base import DeviceReport, Engine, EngineError, Evaluation, RoundResult, combine_evaluations
 from fedsim.engine.host import DeviceHost
 from fedsim.engine.layout import Prepared, Setup, prepare
@@ -35,7 +36,6 @@ from fedsim.engine.ray_session import SESSION, connect, kill, retrieved, wait_fo
 from fedsim.model import cache
 from fedsim.model.builders import ArtifactRecipe
 from fedsim.pipeline.base import HostRound
-from fedsim.task import Task
 
 
 def _prepare_remote(setup: Setup, num_hosts: int) -> tuple[Any, ...]:

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedsim.context import local_steps
+from fedsim.core.context import local_steps
 
 if TYPE_CHECKING:
-    from fedsim.engine.base import HostSettings
+    from fedsim.engine.settings import HostSettings
 
 
 def expected_costs(samples: np.ndarray, settings: HostSettings, latency_ms: Mapping[str, float] | None) -> np.ndarray:

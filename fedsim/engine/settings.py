@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedsim.settings import Section, setting
+from fedsim.core.settings import Section, setting
 
 
 @dataclass(frozen=True)
@@ -18,3 +18,12 @@ class EngineSettings(Section):
     round_timeout: float | None = setting(
         None, "seconds before a silent host is restarted and its devices marked failed", above=0
     )
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """What every host needs to run its devices; fixed for a run."""
+
+    local_epochs: int
+    batch_size: int
+    seed: int

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedsim.settings import import_object
-from fedsim.task import Task
+from fedsim.core.settings import import_object
+from fedsim.core.task import Task
 
 ModelBuilder = Callable[..., Any]
 

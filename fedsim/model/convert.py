@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from fedsim.core.task import Task
 from fedsim.model.builders import ArtifactRecipe, ModelError, call_builder
 from fedsim.model.module import OnDeviceModule, outputs_probabilities
 from fedsim.model.signatures import INFER, RESTORE, SAVE, TRAIN
 from fedsim.model.tflog import quiet_native_stderr
-from fedsim.task import Task
 
 
 def build_model(recipe: ArtifactRecipe) -> Any:

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from fedsim.core.task import Task
 from fedsim.model.signatures import (
     CHECKPOINT_FORMATS,
     CHECKPOINT_PATH,
@@ -18,7 +19,6 @@ from fedsim.model.signatures import (
     PACKED,
     VARIANTS,
 )
-from fedsim.task import Task
 
 
 def outputs_probabilities(model: Any) -> bool:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedsim.core.settings import Section, need, setting
 from fedsim.model.builders import OPTIMIZERS
 from fedsim.model.signatures import CHECKPOINT_FORMATS
-from fedsim.settings import Section, need, setting
 
 
 def is_import_path(text: str) -> bool:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedsim.core.settings import ConfigError
 from fedsim.pipeline.attack import Attack
 from fedsim.pipeline.base import HostRound, Rejected, ServerContext, SimCost, Stage, StopRun, Upload, UploadContext
 from fedsim.pipeline.compress import Compress
@@ -17,11 +18,10 @@ from fedsim.pipeline.ldp import LDP
 from fedsim.pipeline.screen import Screen
 from fedsim.pipeline.secagg import SecAgg
 from fedsim.pipeline.verify import Verify
-from fedsim.settings import ConfigError
 from fedsim.strategies.base import Aggregate, DevicePlan, State
 
 if TYPE_CHECKING:
-    from fedsim.context import RunContext
+    from fedsim.core.context import RunContext
     from fedsim.strategies.base import Strategy
 
 # In the order an upload meets them: the server's checks of what it received, an attacker's rewrite on

@@ -2,7 +2,7 @@
 is described as a DP event, a sampled Gaussian mechanism, and the library composes the rounds and
 converts to (epsilon, delta). fedsim computes nothing by hand; it records what the library says.
 
-The events, by how devices are sampled (fedsim.config's --sampling):
+The events, by how devices are sampled (fedsim.experiment.config's --sampling):
 - fixed: a uniformly random cohort of m of the N devices each round, "replace one device" neighbouring
   (N is public). Replacing one device's clipped update moves the sum by up to 2C, so the Gaussian's
   multiplier relative to that sensitivity is z / 2: SampledWithoutReplacementDpEvent(N, m,

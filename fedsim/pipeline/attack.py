@@ -20,9 +20,9 @@ from statistics import NormalDist
 
 import numpy as np
 
-from fedsim.context import RunContext
+from fedsim.core.context import RunContext
+from fedsim.core.settings import ConfigError, Section, flag, setting
 from fedsim.pipeline.base import ServerContext, Stage, Upload, UploadContext
-from fedsim.settings import ConfigError, Section, flag, setting
 from fedsim.strategies.base import HONEST, Aggregate, DevicePlan
 
 ATTACKS = ("signflip", "gaussian", "labelflip", "alie")

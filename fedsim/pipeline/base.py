@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from fedsim.settings import Section
+from fedsim.core.settings import Section
 from fedsim.strategies.base import HONEST, Aggregate, DevicePlan, State, Weights
 
 if TYPE_CHECKING:
-    from fedsim.context import RunContext
+    from fedsim.core.context import RunContext
     from fedsim.strategies.base import Strategy
 
 

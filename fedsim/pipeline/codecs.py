@@ -25,7 +25,7 @@ from types import ModuleType
 
 import numpy as np
 
-from fedsim import seeded
+from fedsim.core import seeded
 
 
 def _kernels() -> ModuleType:

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedsim.core.settings import ConfigError, Section, setting
 from fedsim.pipeline import codecs
 from fedsim.pipeline.base import Stage, Upload, UploadContext
-from fedsim.settings import ConfigError, Section, setting
 from fedsim.strategies.base import DevicePlan, KeyedRows, State
 
 METHODS = ("none", "bf16", "fp16", "q8", "q4", "q2", "q1", "topk:F")

@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedsim.context import RunContext
+from fedsim.core.context import RunContext
+from fedsim.core.settings import ConfigError, Section, setting
 from fedsim.pipeline.accounting import ACCOUNTANTS, Accountant
 from fedsim.pipeline.base import Rejected, ServerContext, Stage, StopRun, Upload, UploadContext
-from fedsim.settings import ConfigError, Section, setting
 from fedsim.strategies.base import Aggregate, DevicePlan, State, Strategy
 
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedsim.core.settings import Section, setting
 from fedsim.pipeline.base import Stage, Upload, UploadContext
-from fedsim.settings import Section, setting
 
 MECHANISMS = ("gaussian", "laplace")
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedsim.core.settings import Section, setting
 from fedsim.pipeline.base import Rejected, Stage, Upload, UploadContext
-from fedsim.settings import Section, setting
 
 
 @dataclass(frozen=True)

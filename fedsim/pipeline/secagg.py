@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedsim.context import RunContext
+from fedsim.core.context import RunContext
+from fedsim.core.settings import ConfigError, Section, setting
 from fedsim.pipeline.base import ServerContext, SimCost, Stage, Upload, UploadContext
-from fedsim.settings import ConfigError, Section, setting
 from fedsim.strategies.base import Aggregate, Strategy
 
 PROTOCOLS = ("none", "secagg", "secaggplus")

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedsim.checkpoint import CheckpointError, check_weights, flatten
+from fedsim.core.settings import Section
 from fedsim.pipeline.base import Rejected, Stage, Upload, UploadContext
-from fedsim.settings import Section
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fedsim.core.settings import flat_view
 from fedsim.results.schema import (
     DEVICE_COLUMNS,
     DEVICE_SCHEMA,
@@ -22,7 +23,6 @@ from fedsim.results.schema import (
     ROUNDS_FILE,
     part_name,
 )
-from fedsim.settings import flat_view
 
 
 def split_legacy_tables(folder: Path, rounds_completed: int) -> None:

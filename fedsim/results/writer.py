@@ -94,7 +94,7 @@ class RunWriter:
         more = [c for c in device_columns or [] if c not in DEVICE_COLUMNS]  # numbers the stages record per device
         self.device_columns = (*DEVICE_COLUMNS, *more)
         self.device_schema = pa.schema(list(DEVICE_SCHEMA) + [(c, pa.float64()) for c in more])
-        self.tracker = tracker  # fedsim.tracking.Trackers (TensorBoard, MLflow): told each round's row
+        self.tracker = tracker  # fedsim.report.tracking.Trackers (TensorBoard, MLflow): told each round's row
         if resume_from is not None:
             self._trim_tables(resume_from)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsim-writer")
@@ -116,7 +116,7 @@ class RunWriter:
                         f.unlink()
 
     def track(self, trackers: Any) -> None:
-        """Start the experiment trackers (fedsim.tracking.Trackers) for this folder; MLflow's run id
+        """Start the experiment trackers (fedsim.report.tracking.Trackers) for this folder; MLflow's run id
         goes into config.json with the next write."""
         if trackers:
             self.tracker = trackers.start(self.path, self.meta)

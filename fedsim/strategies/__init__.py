@@ -1,6 +1,6 @@
 """Aggregation strategies. numpy only: a strategy never sees TensorFlow, Ray or the transport.
 
-A strategy's hyperparameters are declared once, in its `Params` (fedsim.settings): every name there is
+A strategy's hyperparameters are declared once, in its `Params` (fedsim.core.settings): every name there is
 a run flag, a TOML key (top level or in `[strategy]`) and a sweepable setting."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from fedsim.settings import ConfigError, Field, flag, import_object
+from fedsim.core.settings import ConfigError, Field, flag, import_object
 from fedsim.strategies.base import Aggregate, DevicePlan, State, Strategy, reduce_partials
 from fedsim.strategies.bulyan import Bulyan
 from fedsim.strategies.fedavg import FedAvg

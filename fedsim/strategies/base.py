@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from fedsim.settings import Field, Section, fields_of
+from fedsim.core.settings import Field, Section, fields_of
 
 if TYPE_CHECKING:
-    from fedsim.context import RunContext
+    from fedsim.core.context import RunContext
 
 Weights = dict[str, np.ndarray]
 State = dict[str, np.ndarray]  # a strategy's server state: named plain arrays (saved with every round)
@@ -146,7 +146,7 @@ class NoParams(Section):
 class Strategy(ABC):
     """Server state in, server state out: `init` once, then `apply` every round.
 
-    Subclasses set `name`, `Params` (a frozen settings dataclass, fedsim.settings.Section, whose fields
+    Subclasses set `name`, `Params` (a frozen settings dataclass, fedsim.core.settings.Section, whose fields
     made with `setting(...)` become run flags, TOML keys and sweepable settings of the same name),
     `accumulate` ("sum" or "stack") and, when the devices' `train` must change (FedProx), `variant`.
     """

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fedsim.settings import Section, setting
+from fedsim.core.settings import Section, setting
 from fedsim.strategies.base import DevicePlan, State
 from fedsim.strategies.fedavg import FedAvg
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from fedsim.context import RunContext
-from fedsim.settings import ConfigError, Section, setting
+from fedsim.core.context import RunContext
+from fedsim.core.settings import ConfigError, Section, setting
 from fedsim.strategies import robust
 from fedsim.strategies.base import Aggregate, State, Strategy
 

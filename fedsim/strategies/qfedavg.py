@@ -15,8 +15,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from fedsim.context import RunContext
-from fedsim.settings import Section, setting
+from fedsim.core.context import RunContext
+from fedsim.core.settings import Section, setting
 from fedsim.strategies.base import Aggregate, State, Strategy
 
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.context import RunContext
-from fedsim.settings import Section, setting
+from fedsim.core.context import RunContext
+from fedsim.core.settings import Section, setting
 from fedsim.strategies.base import Aggregate, DevicePlan, State, Strategy
 
 

@@ -18,7 +18,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from fedsim.settings import Section, setting
+from fedsim.core.settings import Section, setting
 from fedsim.strategies.base import Aggregate, State, Strategy
 
 _STEP = "the server's step on the averaged update"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedsim.settings import Section, setting
+from fedsim.core.settings import Section, setting
 from fedsim.strategies import robust
 from fedsim.strategies.base import Aggregate, State, Strategy
 

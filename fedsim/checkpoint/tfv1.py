@@ -10,7 +10,7 @@ one whose bytes do not match a block's crc32c checksum raises ChecksumError (a V
 block is verified, on the full parse and on the fast path alike (TensorFlow's reader does not verify
 them by default, so a flipped bit in a weight would otherwise be averaged in).
 
-fedsim.tfv1_write writes the same format for float32 tensors.
+fedsim.checkpoint.tfv1_write writes the same format for float32 tensors.
 """
 
 from __future__ import annotations

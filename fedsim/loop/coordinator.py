@@ -17,7 +17,6 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from fedsim import seeded
 from fedsim.checkpoint import (
     WeightSpec,
     check_weights,
@@ -29,12 +28,13 @@ from fedsim.checkpoint import (
     write_checkpoint,
 )
 from fedsim.clock.clock import Clock, SimOutcome
-from fedsim.config import Config, RunSettings
-from fedsim.context import RunContext
+from fedsim.core import seeded
+from fedsim.core.context import RunContext
 from fedsim.engine.base import DeviceReport, Engine, RoundResult
+from fedsim.experiment.config import Config, RunSettings
+from fedsim.loop.rows import NAN, RoundTimes, device_row, initial_row, round_row
 from fedsim.pipeline import Pipeline
 from fedsim.pipeline.base import HostRound, ServerContext
-from fedsim.rounds import NAN, RoundTimes, device_row, initial_row, round_row
 from fedsim.strategies.base import DevicePlan, State, Strategy, Weights, reduce_partials
 
 
@@ -64,7 +64,7 @@ def select_devices(
     """The seeded choice of devices for a round; all of them when per_round covers them. `among`:
     the ids to choose from (the simulated clock's available devices), else every device. `poisson`:
     each device joins independently with probability per_round / devices (Poisson sampling), so the
-    round's size varies. `compiled`: numpy's draw compiled (fedsim.seeded), the same choice."""
+    round's size varies. `compiled`: numpy's draw compiled (fedsim.core.seeded), the same choice."""
     pool = np.arange(num_devices) if among is None else np.asarray(among)
     if poisson:
         rng = np.random.default_rng([seed, round_num, 0x9015])

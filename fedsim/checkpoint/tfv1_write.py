@@ -1,4 +1,4 @@
-"""The writer of fedsim.tfv1's format: TF v1 checkpoints of float32 tensors, checksums included, as
+"""The writer of fedsim.checkpoint.tfv1's format: TF v1 checkpoints of float32 tensors, checksums included, as
 tf.raw_ops.Save writes them, so the coordinator writes the global checkpoint without TensorFlow (the
 artifact's `restore` signature and tf.train.load_checkpoint both read it; tests check both)."""
 
@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from fedsim.tfv1 import _DT_FLOAT, _MAGIC, masked_crc
+from fedsim.checkpoint.tfv1 import _DT_FLOAT, _MAGIC, masked_crc
 
 
 def _put_varint(value: int) -> bytes:

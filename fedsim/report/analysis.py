@@ -1,5 +1,5 @@
 """Pictures and tables of runs and sweeps: `fedsim plot` and `fedsim report` (the tables live in
-fedsim.tables and are re-exported here).
+fedsim.report.tables and are re-exported here).
 
 Every figure says what ran in its title, labels each run by the settings that differ between the runs
 shown (a setting that does not apply to a run, None, is left out of its label), draws every run in a
@@ -15,9 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedsim.config import config_fields
-from fedsim.results import load_runs
-from fedsim.tables import (
+from fedsim.experiment.config import config_fields
+from fedsim.report.tables import (
     TIME_TO_ACCURACY,
     accuracy_at,
     hours_to,
@@ -27,6 +26,7 @@ from fedsim.tables import (
     workload_row,
     write_workload,
 )
+from fedsim.results import load_runs
 
 __all__ = [
     "TIME_TO_ACCURACY",

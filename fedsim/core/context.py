@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedsim.task import Task
+from fedsim.core.task import Task
 
 
 def local_steps(samples: np.ndarray | int, batch_size: int, local_epochs: int) -> np.ndarray:

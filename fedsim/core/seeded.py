@@ -1,5 +1,5 @@
 """The seeded draws of device selection and the simulated clock: numpy's `default_rng(entropy)`
-calls, or the same numbers compiled (fedsim.seeded_kernels) where a loop makes them once per
+calls, or the same numbers compiled (fedsim.core.seeded_kernels) where a loop makes them once per
 arrival (--mode async: a selection, an availability and a dropout draw and a tie-break each time a
 slot frees). `compiled=False` is numpy itself, the reference; both give identical numbers
 (tests/test_seeded.py), so a run's tables do not depend on which one drew them."""
@@ -16,8 +16,8 @@ _WORD = 0xFFFFFFFF
 
 
 def _kernels() -> ModuleType:
-    """fedsim.seeded_kernels, imported on first use (numba costs ~0.4 s to import)."""
-    from fedsim import seeded_kernels
+    """fedsim.core.seeded_kernels, imported on first use (numba costs ~0.4 s to import)."""
+    from fedsim.core import seeded_kernels
 
     return seeded_kernels
 

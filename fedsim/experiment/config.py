@@ -3,8 +3,8 @@
     run       the fleet and the rounds (this module)           data      fedsim.data.settings
     device    the model and its on-device training             strategy  the aggregation rule and its Params
     pipeline  each update stage's own section (fedsim.pipeline) clock     fedsim.clock.settings
-    engine    where hosts run (fedsim.engine.settings)         tracking  fedsim.tracking
-    schedule  synchronous rounds or FedBuff (fedsim.schedule)
+    engine    where hosts run (fedsim.engine.settings)         tracking  fedsim.report.tracking
+    schedule  synchronous rounds or FedBuff (fedsim.loop.schedule)
 
 Every setting has one flat name, unique across sections: the CLI flag (with dashes), the key in a TOML
 file (at the top level, or in its section's table) and a keyword of `Config(...)` / `fedsim.run(...)`.
@@ -22,16 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fedsim import config_keys
 from fedsim.clock.settings import ClockSettings
+from fedsim.core.settings import Check, ConfigError, Field, Section, fields_of, flag, need, setting
 from fedsim.data.settings import DataSettings
 from fedsim.engine.settings import EngineSettings
+from fedsim.experiment import config_keys
+from fedsim.loop.schedule import ScheduleSettings
 from fedsim.model.settings import DeviceSettings
 from fedsim.pipeline import STAGES
-from fedsim.schedule import ScheduleSettings
-from fedsim.settings import Check, ConfigError, Field, Section, fields_of, flag, need, setting
+from fedsim.report.tracking import TrackingSettings
 from fedsim.strategies import STRATEGIES, Strategy, make_strategy, strategy_fields
-from fedsim.tracking import TrackingSettings
 
 S = TypeVar("S", bound=Section)
 

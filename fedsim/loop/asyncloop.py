@@ -34,15 +34,15 @@ from typing import Any
 
 import numpy as np
 
-from fedsim import seeded
 from fedsim.checkpoint import unflatten, write_checkpoint
 from fedsim.clock.clock import SimOutcome
-from fedsim.config import Config
-from fedsim.coordinator import NAN, Coordinator, RoundFailedError, RoundRecord, select_devices
+from fedsim.core import seeded
 from fedsim.engine.base import DeviceReport, RoundResult
+from fedsim.experiment.config import Config
+from fedsim.loop.coordinator import NAN, Coordinator, RoundFailedError, RoundRecord, select_devices
+from fedsim.loop.rows import RoundTimes, device_row, round_row
+from fedsim.loop.schedule import ScheduleSettings, staleness_weight
 from fedsim.pipeline.base import HostRound
-from fedsim.rounds import RoundTimes, device_row, round_row
-from fedsim.schedule import ScheduleSettings, staleness_weight
 from fedsim.strategies.aggregate import PartialSum
 from fedsim.strategies.base import Aggregate, DevicePlan, KeyedRows, State
 
@@ -98,7 +98,7 @@ class AsyncCoordinator(Coordinator):
 
     def __init__(self, config: Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
-        assert self.clock is not None, "--mode async needs --fleet (checked in fedsim.config)"
+        assert self.clock is not None, "--mode async needs --fleet (checked in fedsim.experiment.config)"
         self.clock.compiled_draws = True  # (numpy's numbers, without numpy's ~50 us a generator: one per arrival)
         schedule = config.section(ScheduleSettings)
         per_round = self.settings.devices_per_round

@@ -2,9 +2,9 @@
 
 A device's `save` signature writes a TF v1 checkpoint (tf.raw_ops.Save); the coordinator writes the
 global model in the same format so every device's `restore` signature can read it. Both directions
-run in numpy (fedsim.tfv1) for the float32 tensors fedsim's models hold, TensorFlow otherwise. Checkpoints travel
-as bytes (through Ray), so nothing assumes a shared filesystem; files live only in a local scratch
-folder, on tmpfs (/dev/shm) where there is one.
+run in numpy (fedsim.checkpoint.tfv1) for the float32 tensors fedsim's models hold, TensorFlow
+otherwise. Checkpoints travel as bytes (through Ray), so nothing assumes a shared filesystem; files
+live only in a local scratch folder, on tmpfs (/dev/shm) where there is one.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 import crc32c
 import numpy as np
 
-from fedsim.tfv1 import UnsupportedCheckpoint, cached_layout, mask_crc, read_tfv1
-from fedsim.tfv1_write import write_tfv1
+from fedsim.checkpoint.tfv1 import UnsupportedCheckpoint, cached_layout, mask_crc, read_tfv1
+from fedsim.checkpoint.tfv1_write import write_tfv1
 
 Weights = dict[str, np.ndarray]
 # (name, shape) of each weight, in the order a packed checkpoint holds them: the artifact's restore
@@ -116,7 +116,7 @@ class FlatReader:
     """Reads one model's device checkpoints from files into one reused float32 vector.
 
     A host reads a checkpoint for every device every round. Every checkpoint of one model has the
-    same bytes around its floats (see fedsim.tfv1), so once one has been parsed, the next ones
+    same bytes around its floats (see fedsim.checkpoint.tfv1), so once one has been parsed, the next ones
     are read with a single scatter read (os.preadv): the floats land straight in `flat`, in the
     spec's order, and the bytes between them in small buffers that must equal the parsed file's.
     Anything else (the first file, another layout, a corrupt file) goes through read_checkpoint.

@@ -1,5 +1,5 @@
 """One run on an engine: start it, record what the preparation made, build the run's context, clock and
-coordinator, and run the rounds. `fedsim.simulation` checks everything it can before calling this."""
+coordinator, and run the rounds. `fedsim.experiment.simulation` checks everything it can before calling this."""
 
 from __future__ import annotations
 
@@ -11,21 +11,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedsim import seeded
-from fedsim.asyncloop import AsyncCoordinator
 from fedsim.clock.clock import Clock, read_latency, reuse_latency
 from fedsim.clock.profiles import FleetError
-from fedsim.config import Config
-from fedsim.context import RunContext
-from fedsim.coordinator import Coordinator, Resume
+from fedsim.core import seeded
+from fedsim.core.context import RunContext
+from fedsim.core.task import Task
 from fedsim.data import DataRecipe
-from fedsim.engine.base import Engine, HostSettings
+from fedsim.engine.base import Engine
 from fedsim.engine.layout import Prepared, Setup
+from fedsim.engine.settings import HostSettings
+from fedsim.experiment.config import Config
+from fedsim.loop.asyncloop import AsyncCoordinator
+from fedsim.loop.coordinator import Coordinator, Resume
 from fedsim.model.builders import ArtifactRecipe
 from fedsim.pipeline import Pipeline
 from fedsim.results import RunWriter
 from fedsim.strategies.base import Strategy
-from fedsim.task import Task
 
 
 @dataclass

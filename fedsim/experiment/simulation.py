@@ -17,16 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from fedsim import asyncloop, schedule
 from fedsim.clock.profiles import load_fleet
-from fedsim.config import Config, ConfigError
-from fedsim.coordinator import Resume
 from fedsim.data import DataRecipe, Dataset
 from fedsim.engine.base import Engine
-from fedsim.launch import RunPlan, StartPoint, execute
+from fedsim.experiment.config import Config, ConfigError
+from fedsim.experiment.launch import RunPlan, StartPoint, execute
+from fedsim.loop import asyncloop, schedule
+from fedsim.loop.coordinator import Resume
 from fedsim.model.builders import MODELS, ArtifactRecipe, ModelBuilder, Optimizer, builder_name, resolve_builder
 from fedsim.model.settings import is_import_path
 from fedsim.pipeline import Pipeline, StopRun
+from fedsim.report.tracking import Trackers
 from fedsim.results import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -46,7 +47,6 @@ from fedsim.results.migrate import flat_config
 from fedsim.results.reader import read_meta
 from fedsim.results.recovery import committed_model, committed_rounds, stage_finished_model
 from fedsim.strategies import STRATEGIES, Strategy
-from fedsim.tracking import Trackers
 
 
 def run(

@@ -1,7 +1,7 @@
 """numpy's seeded draws, compiled (numba): `default_rng(entropy)` followed by one of the calls below
 gives the same numbers as numpy's SeedSequence -> PCG64 -> Generator, without building those three
 Python objects (~50-100 us a draw), which is what the asynchronous loop's per-arrival draws cost.
-Imported on first use by fedsim.seeded (numba costs ~0.4 s to import); tests/test_seeded.py
+Imported on first use by fedsim.core.seeded (numba costs ~0.4 s to import); tests/test_seeded.py
 compares every function with numpy over many entropies.
 
 SeedSequence: a pool of 4 uint32 words, hash mixing; PCG64 seeded from its state (XSL-RR output,

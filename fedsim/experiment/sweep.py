@@ -20,10 +20,10 @@ from typing import Any
 
 import pandas as pd
 
-from fedsim.config import Config, ConfigError, config_fields
+from fedsim.experiment.config import Config, ConfigError, config_fields
+from fedsim.experiment.simulation import resume, run
 from fedsim.results import CONFIG_FILE, RunFolderError, claim_run_folder, load_runs
 from fedsim.results.folder import release_claim, take_claim
-from fedsim.simulation import resume, run
 
 SWEEP_FILE = "sweep.parquet"
 SWEEP_JSON = "sweep.json"

@@ -29,8 +29,8 @@ from typing import Any
 
 import crc32c
 
-from fedsim.settings import ConfigError, Section, need, setting
-from fedsim.tfv1 import mask_crc
+from fedsim.checkpoint.tfv1 import mask_crc
+from fedsim.core.settings import ConfigError, Section, need, setting
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fedsim.clock.settings import ClockSettings
-from fedsim.settings import ConfigError, Section, setting
+from fedsim.core.settings import ConfigError, Section, setting
 
 if TYPE_CHECKING:
     from fedsim.pipeline import Pipeline

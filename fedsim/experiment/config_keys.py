@@ -1,4 +1,4 @@
-"""Reading settings from a config file's or config.json's dict into flat settings (fedsim.config's
+"""Reading settings from a config file's or config.json's dict into flat settings (fedsim.experiment.config's
 flatten_settings): section tables, the strategy's table, each pipeline stage's table, keys of earlier
 fedsims renamed; every value type-checked, every unknown key named with "did you mean"."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from fedsim.settings import ConfigError, Field, type_problem
+from fedsim.core.settings import ConfigError, Field, type_problem
 
 
 def flatten(
@@ -18,7 +18,7 @@ def flatten(
     strategy_keys: Mapping[str, Any],
     hint: Callable[[str], str],
 ) -> dict[str, Any]:
-    """Flat settings from a config file's or config.json's dict (fedsim.config.flatten_settings, which
+    """Flat settings from a config file's or config.json's dict (fedsim.experiment.config.flatten_settings, which
     passes its tables: every setting by flat name, the sections and the stages' sections by name, the
     strategies' settings, and the "did you mean" hint)."""
     flat: dict[str, Any] = {}

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedsim.config import config_fields
+from fedsim.experiment.config import config_fields
 from fedsim.results import Run, load_runs
 
 
