@@ -39,11 +39,11 @@ class FakeRunner:
     def labels(self, y: np.ndarray) -> np.ndarray:
         return y
 
-    def restore(self, path: Path, control: Path | None = None) -> dict[str, np.ndarray]:
+    def restore(self, path: Path, extras: dict | None = None) -> dict[str, np.ndarray]:
         self.weights = read_checkpoint(Path(path).read_bytes())
         return self.weights
 
-    def train(self, x: np.ndarray, y: np.ndarray, mu: float = 0.0) -> float:
+    def train(self, x: np.ndarray, y: np.ndarray, extras: dict | None = None) -> float:
         if FakeRunner.unreachable:
             raise ConnectionError("host unreachable")
         self.device = round(float(np.mean(x)))
@@ -95,6 +95,7 @@ def make_coordinator(config, engine=None, recorder=None, strategy=None):
     """A coordinator of `config` (its strategy, or `strategy`) over the fake engine's real hosts."""
     from fedsim.checkpoint import write_checkpoint
     from fedsim.loop.coordinator import Coordinator
+    from fedsim.loop.settings import RunSettings
     from fedsim.pipeline import Pipeline
 
     engine = engine or FakeEngine(config.devices)
@@ -103,8 +104,9 @@ def make_coordinator(config, engine=None, recorder=None, strategy=None):
     pipeline = Pipeline.build(config.stage_settings, config.seed)
     pipeline.check(strategy)
     pipeline.bind(run)
+    settings = config.section(RunSettings)
     return Coordinator(
-        config, run, engine, strategy, pipeline, write_checkpoint(zero_weights()), recorder, progress=False
+        settings, run, engine, strategy, pipeline, write_checkpoint(zero_weights()), recorder, progress=False
     )
 
 

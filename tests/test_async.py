@@ -13,7 +13,8 @@ from fedsim.clock import Clock
 from fedsim.clock.profiles import frame
 from fedsim.experiment.config import Config, ConfigError
 from fedsim.loop.asyncloop import AsyncCoordinator
-from fedsim.loop.schedule import staleness_weight
+from fedsim.loop.schedule import ScheduleSettings, staleness_weight
+from fedsim.loop.settings import RunSettings
 from fedsim.pipeline import Pipeline
 
 
@@ -31,7 +32,7 @@ class Rows:
     def __init__(self):
         self.rounds, self.devices, self.checkpoints = [], [], []
 
-    def record_round(self, round_row, device_rows, checkpoint, state=None):
+    def record_round(self, round_row, device_rows, checkpoint, state=None, files=None):
         self.rounds.append(round_row)
         self.devices.extend(device_rows)
         self.checkpoints.append(checkpoint)
@@ -56,7 +57,16 @@ def test_a_stale_update_enters_weighted_by_hand():
     pipeline = Pipeline.build(config.stage_settings, config.seed)
     rec = Rows()
     loop = AsyncCoordinator(
-        config, run, FakeEngine(3), strategy, pipeline, write_checkpoint(zero_weights()), rec, clock, progress=False
+        config.section(RunSettings),
+        run,
+        FakeEngine(3),
+        strategy,
+        pipeline,
+        write_checkpoint(zero_weights()),
+        rec,
+        clock,
+        progress=False,
+        schedule=config.section(ScheduleSettings),
     )
     loop.run()
     final = read_checkpoint(rec.checkpoints[-1])
@@ -90,7 +100,16 @@ def test_max_staleness_discards_and_records_why():
     strategy = config.make_strategy().bind(run)
     pipeline = Pipeline.build(config.stage_settings, config.seed)
     loop = AsyncCoordinator(
-        config, run, FakeEngine(3), strategy, pipeline, write_checkpoint(zero_weights()), rec, clock, progress=False
+        config.section(RunSettings),
+        run,
+        FakeEngine(3),
+        strategy,
+        pipeline,
+        write_checkpoint(zero_weights()),
+        rec,
+        clock,
+        progress=False,
+        schedule=config.section(ScheduleSettings),
     )
     loop.run()
     stale = [r for r in rec.devices if r["status"] == "stale"]

@@ -16,7 +16,7 @@ class Recorded:
     def __init__(self):
         self.rounds, self.devices, self.checkpoints = [], [], []
 
-    def record_round(self, round_row, device_rows, global_checkpoint, state=None):
+    def record_round(self, round_row, device_rows, global_checkpoint, state=None, files=None):
         self.rounds.append(round_row)
         self.devices.extend(device_rows)
         self.checkpoints.append(global_checkpoint)

@@ -9,7 +9,7 @@ from fedsim.engine.host import DeviceHost
 from fedsim.engine.layout import ShardData
 from fedsim.engine.settings import HostSettings
 from fedsim.pipeline import HostRound
-from fedsim.pipeline.attack import Attack
+from fedsim.pipeline.attack import Attack, FlipLabels
 from fedsim.pipeline.screen import Screen
 from fedsim.pipeline.verify import Verify
 from fedsim.strategies import DevicePlan, reduce_partials
@@ -175,7 +175,7 @@ def test_attackers_uploads_are_rewritten_on_the_host(host):
     (p,) = host.run_round(1, initial, [0, 2], attacked).partials
     np.testing.assert_array_equal(p.rows[0], honest[0])  # device 0 is honest
     np.testing.assert_allclose(p.rows[1], g - 4 * (honest[2] - g), rtol=1e-5, atol=1e-6)
-    flipping = dataclasses.replace(base, plans={2: DevicePlan(role="labelflip", flip_labels=10)})
+    flipping = dataclasses.replace(base, plans={2: DevicePlan(role="labelflip").given(FlipLabels(10))})
     (p,) = host.run_round(1, initial, [2], flipping).partials
     assert not np.array_equal(p.rows[0], honest[2])  # trained on other labels
 
@@ -217,8 +217,8 @@ def test_a_round_with_a_bit_flipped_upload_averages_the_others(host3):
     clean = uploads(host3, initial, [0, 2, 4])
 
     class Flipping(Device):
-        def run_round(self, runner, global_checkpoint, round_num, local_epochs, batch_size, out, **kw):
-            update = super().run_round(runner, global_checkpoint, round_num, local_epochs, batch_size, out, **kw)
+        def run_round(self, runner, global_checkpoint, round_num, local_epochs, batch_size, out, *args):
+            update = super().run_round(runner, global_checkpoint, round_num, local_epochs, batch_size, out, *args)
             data = bytearray(out.read_bytes())
             data[len(data) // 2] ^= 0x10
             out.write_bytes(bytes(data))

@@ -21,7 +21,7 @@ class Rows:
     def __init__(self):
         self.rounds, self.checkpoints = [], []
 
-    def record_round(self, round_row, device_rows, checkpoint, state=None):
+    def record_round(self, round_row, device_rows, checkpoint, state=None, files=None):
         self.rounds.append(round_row)
         self.checkpoints.append(checkpoint)
 

@@ -295,7 +295,6 @@ def test_a_table_folder_with_parts_from_an_earlier_version_reads_every_column(tm
         **{k: [v[0]] for k, v in old.items()},
         "round": [2],
         "role": ["signflip"],
-        "mu": [0.5],
         "sim_compute_s": [1.0],
         "sim_comm_s": [2.0],
         "sim_finish_s": [3.0],

@@ -15,6 +15,7 @@ from fedsim.pipeline import HostRound
 from fedsim.pipeline.verify import Verify
 from fedsim.results import RunFolderError
 from fedsim.strategies import DevicePlan, FedAvg
+from fedsim.strategies.fedprox import Proximal
 
 SETTINGS = dict(dataset="toy_images", toy_samples=20, devices=6, rounds=5, seed=4, progress=False)
 COLUMNS = ["round", "test_accuracy", "test_loss", "train_loss", "devices_accepted", "samples", "bytes_up"]
@@ -78,7 +79,8 @@ def test_fedprox_with_mu_0_equals_fedavg_exactly(tmp_path):
     prox = fedsim.run(out=str(tmp_path / "prox"), engine=fedsim.LocalEngine(2), strategy="fedprox", mu=0.0, **base)
     assert prox.rounds[COLUMNS].equals(fedavg.rounds[COLUMNS])
     assert (prox.path / "global.ckpt").read_bytes() == (fedavg.path / "global.ckpt").read_bytes()
-    assert (prox.devices["mu"] == 0.0).all() and fedavg.devices["mu"].isna().all()
+    # mu is FedProx's column: recorded where its instruction was given, absent elsewhere
+    assert (prox.devices["mu"] == 0.0).all() and "mu" not in fedavg.devices
     # the artifact carries the proximal term as an input of train (what fedsim inspect shows)
     assert "mu" in [i["name"] for i in prox.artifact["signatures"]["train"]["inputs"]]
 
@@ -101,7 +103,7 @@ def test_a_large_mu_keeps_local_weights_closer_to_the_global_ones(toy):
         g = flatten(read_checkpoint(initial, host.scratch), spec).astype(np.float64)
 
         def distance(mu):
-            plan = {0: DevicePlan(mu=mu)}
+            plan = {0: DevicePlan().given(Proximal(mu))}
             (p,) = host.run_round(1, initial, [0], HostRound(1, spec, (Verify(),), "stack", plans=plan)).partials
             return float(np.linalg.norm(p.rows[0] - g))
 
@@ -129,9 +131,10 @@ def test_scaffold_artifact_adds_the_correction_to_every_gradient(toy, artifact, 
     one; with correction k it lands at plain - lr * k (the step is w - lr * (g + k))."""
     from fedsim.checkpoint import read_checkpoint_file
     from fedsim.core.task import Task
-    from fedsim.device import Device, Runner, write_control
+    from fedsim.device import Device, Runner
     from fedsim.model import cache
     from fedsim.model.builders import ArtifactRecipe
+    from fedsim.strategies.scaffold import Control
 
     scaffold = Runner(cache.build(ArtifactRecipe(task=Task((28, 28), "image", 10), variant="scaffold")))
     plain = Runner(artifact)
@@ -142,7 +145,7 @@ def test_scaffold_artifact_adds_the_correction_to_every_gradient(toy, artifact, 
 
     def trained(runner, control=None):
         out = tmp_path / "out.ckpt"
-        device.run_round(runner, g, 1, 1, 8, out, control=control)
+        device.run_round(runner, g, 1, 1, 8, out, () if control is None else (Control(control),))
         (flat,) = read_checkpoint_file(out).values()
         return flat.astype(np.float64)
 
@@ -150,5 +153,6 @@ def test_scaffold_artifact_adds_the_correction_to_every_gradient(toy, artifact, 
     size = base.size
     np.testing.assert_array_equal(trained(scaffold), base)  # the Runner's own zero control file
     k = np.linspace(-1, 1, size).astype(np.float32)
-    write_control(k, tmp_path / "control.ckpt")
-    np.testing.assert_allclose(trained(scaffold, tmp_path / "control.ckpt"), base - 0.05 * k, atol=1e-6)
+    np.testing.assert_allclose(trained(scaffold, k), base - 0.05 * k, atol=1e-6)
+    with pytest.raises(ValueError, match="restore takes no control file"):
+        trained(plain, k)  # an artifact that cannot honour the instruction says so

@@ -206,7 +206,8 @@ def test_partials_from_hosts_reduce_to_the_same_rows_in_device_order():
 
 def test_fedprox_plans_mu_for_every_device():
     plan = FedProx(mu=0.5).plan(3, [1, 4], {})
-    assert {d: p.mu for d, p in plan.items()} == {1: 0.5, 4: 0.5}
+    assert {d: p.instructions["proximal"].mu for d, p in plan.items()} == {1: 0.5, 4: 0.5}
+    assert plan[1].instructions["proximal"].train_inputs()["mu"] == np.float32(0.5)
     assert FedProx.variant == "fedprox"
 
 
@@ -297,8 +298,9 @@ def test_scaffold_updates_control_variates_by_option_ii():
     np.testing.assert_allclose(w1, [0.75, -0.25], rtol=1e-6)
     # next round: device 0 gets c - c_0 = [2.5, -5]; device 1, which has not taken part, gets c
     plan = s.plan(2, [0, 1], state)
-    np.testing.assert_allclose(np.frombuffer(plan[0].control, np.float32), [2.5, -5])
-    np.testing.assert_allclose(np.frombuffer(plan[1].control, np.float32), [-2.5, 0])
+    np.testing.assert_allclose(plan[0].instructions["control"].correction, [2.5, -5])
+    np.testing.assert_allclose(plan[1].instructions["control"].correction, [-2.5, 0])
+    assert plan[0].instructions["control"].restore_inputs()["control"].dtype == np.float32
 
 
 def test_scaffold_reads_the_dense_state_of_an_earlier_version():

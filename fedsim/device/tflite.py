@@ -6,6 +6,7 @@ import os
 import shutil
 import warnings
 import weakref
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from fedsim.model.signatures import (
     SAVE,
     SIGNATURES,
     TRAIN,
+    honours,
 )
 from fedsim.model.tflog import quiet_native_stderr
 
@@ -58,9 +60,14 @@ class Runner:
             )
         # the fedprox variant's train(x, y, mu); mu = 0 is the plain loss
         self.takes_mu = MU in inputs
+        self._train_extras = set(inputs) - {"x", "y"}
         # the scaffold variant's restore(checkpoint_path, control_path): c - c_i from a control file
-        self.takes_control = CONTROL_PATH in self._restore.get_input_details()
+        restore_inputs = self._restore.get_input_details()
+        self.takes_control = CONTROL_PATH in restore_inputs
+        # what instructions this artifact can carry out (fedsim.core.instructions)
+        self.honours = honours(inputs, restore_inputs)
         self._zero_control: Path | None = None
+        self._folder: Path | None = None
         # fedsim's artifacts take the data's compact dtype (uint8 pixels, scaled in the graph) and class
         # ids; one made by an earlier fedsim (a resumed run's) or by hand from the guide may take
         # float32 pixels in [0, 1] and one-hot labels: `inputs` and `labels` convert for it.
@@ -91,48 +98,60 @@ class Runner:
         return y if y.dtype == self.y_dtype else y.astype(self.y_dtype)
 
     def restore(
-        self, path: str | os.PathLike[str], control: str | os.PathLike[str] | None = None
+        self, path: str | os.PathLike[str], extras: Mapping[str, np.ndarray] | None = None
     ) -> dict[str, np.ndarray]:
-        """Restore the weights from `path`; a scaffold artifact also reads its correction from `control`
-        (a control file, see write_control; none: a zero correction, i.e. plain training)."""
-        if not self.takes_control:
+        """Restore the weights from `path`. `extras`: what instructions hand restore besides the
+        checkpoint; here "control", SCAFFOLD's correction, which a scaffold artifact reads from a
+        control file (none given: zeros, i.e. plain training)."""
+        inputs = {CHECKPOINT_PATH: np.array(os.fsencode(path))}
+        control = (extras or {}).get("control")
+        unknown = sorted(set(extras or {}) - {"control"})
+        if unknown or (control is not None and not self.takes_control):
+            raise ValueError(
+                f"this .tflite's restore takes no {', '.join(unknown) or 'control file'} (it honours "
+                f"{', '.join(sorted(self.honours)) or 'nothing beyond the guide'})"
+            )
+        if self.takes_control:
+            target = self.zero_control() if control is None else self._scratch() / "control.ckpt"
             if control is not None:
-                raise ValueError(
-                    "this .tflite's restore takes no control file; SCAFFOLD needs the scaffold "
-                    "variant, which fedsim builds for --strategy scaffold"
-                )
-            return self._restore(**{CHECKPOINT_PATH: np.array(os.fsencode(path))})
-        if control is None:
-            control = self.zero_control()
-        return self._restore(
-            **{CHECKPOINT_PATH: np.array(os.fsencode(path)), CONTROL_PATH: np.array(os.fsencode(control))}
-        )
+                write_control(control, target)
+            inputs[CONTROL_PATH] = np.array(os.fsencode(target))
+        return self._restore(**inputs)
 
-    def zero_control(self) -> Path:
-        """A control file of zeros for this artifact's weights (made once, removed with the Runner)."""
-        if self._zero_control is None:
+    def _scratch(self) -> Path:
+        """A folder of this Runner's own (control files), on tmpfs where there is one, removed with it."""
+        if self._folder is None:
             import tempfile
 
-            size = sum(int(np.prod(shape)) for _, shape in self.layout)
-            folder = Path(
-                tempfile.mkdtemp(prefix="fedsim-control-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+            self._folder = Path(
+                tempfile.mkdtemp(prefix="fedsim-runner-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
             )
-            self._zero_control = folder / "zero.ckpt"
+            weakref.finalize(self, shutil.rmtree, self._folder, True)
+        return self._folder
+
+    def zero_control(self) -> Path:
+        """A control file of zeros for this artifact's weights (made once)."""
+        if self._zero_control is None:
+            size = sum(int(np.prod(shape)) for _, shape in self.layout)
+            self._zero_control = self._scratch() / "zero.ckpt"
             write_control(np.zeros(size, np.float32), self._zero_control)
-            weakref.finalize(self, shutil.rmtree, folder, True)
         return self._zero_control
 
     def save(self, path: str | os.PathLike[str]) -> None:
         self._save(**{CHECKPOINT_PATH: np.array(os.fsencode(path))})
 
-    def train(self, x: np.ndarray, y: np.ndarray, mu: float = 0.0) -> float:
+    def train(self, x: np.ndarray, y: np.ndarray, extras: Mapping[str, np.ndarray] | None = None) -> float:
+        """One train step on a batch; `extras`: what instructions hand train besides the batch (here
+        "mu", the fedprox variant's proximal weight; a fedprox artifact trains without one at mu = 0)."""
+        if extras:
+            if not set(extras) <= self._train_extras:
+                raise ValueError(
+                    f"this .tflite's train takes no {', '.join(sorted(set(extras) - self._train_extras))} "
+                    f"(it honours {', '.join(sorted(self.honours)) or 'nothing beyond the guide'})"
+                )
+            return float(self._train(x=x, y=y, **extras)[LOSS])
         if self.takes_mu:
-            return float(self._train(x=x, y=y, mu=np.float32(mu))[LOSS])
-        if mu:
-            raise ValueError(
-                "this .tflite's train has no proximal term (train(x, y)); FedProx needs the fedprox "
-                "variant, which fedsim builds for --strategy fedprox"
-            )
+            return float(self._train(x=x, y=y, mu=np.float32(0))[LOSS])
         return float(self._train(x=x, y=y)[LOSS])
 
     def infer(self, x: np.ndarray) -> np.ndarray:

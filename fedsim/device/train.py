@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fedsim.core.instructions import Instruction, merged
+
 if TYPE_CHECKING:
     from fedsim.device.tflite import Runner
 
@@ -83,17 +85,14 @@ class Device:
         local_epochs: int,
         batch_size: int,
         out: Path,
-        mu: float = 0.0,
-        flip_labels: int = 0,
-        control: Path | None = None,
+        instructions: Sequence[Instruction] = (),
         steps: int | None = None,
     ) -> TrainResult:
         """restore the global model -> local_epochs of shuffled mini-batches through `train` -> `save` to out.
 
-        mu: FedProx's proximal weight (the fedprox variant's train input). flip_labels: the number of
-        classes C of a label-flipping attacker, which trains on C - 1 - y instead of y (0: honest).
-        control: SCAFFOLD's control file (the scaffold variant's restore reads c - c_i from it).
-        steps: stop after this many train steps (a straggler's work by the deadline); None: all."""
+        instructions: what the strategy and stages told this device (fedsim.core.instructions): the
+        labels it trains on, and what its restore and train steps take besides the checkpoint and the
+        batch. steps: stop after this many train steps (a straggler's work by the deadline); None: all."""
         # Shuffling depends on (seed, device, round) only, never on which host runs the device.
         rng = shuffle_rng(self.seed, self.device_id, round_num)
         # Shuffled before the clock starts, so train_s counts the device's signature calls and
@@ -101,10 +100,14 @@ class Device:
         epochs = []
         for _ in range(local_epochs):
             order = rng.permutation(self.samples)
-            y = self.y[order] if not flip_labels else (flip_labels - 1 - self.y[order]).astype(self.y.dtype)
+            y = self.y[order]
+            for ins in instructions:
+                y = ins.labels(y)
             epochs.append((runner.inputs(self.x[order]), runner.labels(y)))
+        restore_extras = merged(instructions, "restore_inputs")
+        train_extras = merged(instructions, "train_inputs")
         start = time.perf_counter()
-        runner.restore(global_checkpoint, control)
+        runner.restore(global_checkpoint, restore_extras)
         loss_sum, seen, start_loss = 0.0, 0, float("nan")
         budget = steps if steps is not None else -1
         for xs, ys in epochs:
@@ -113,7 +116,7 @@ class Device:
                     break
                 budget -= 1
                 xb, yb = xs[i : i + batch_size], ys[i : i + batch_size]
-                loss = runner.train(xb, yb, mu)
+                loss = runner.train(xb, yb, train_extras)
                 if not seen:
                     start_loss = loss
                 loss_sum += loss * len(yb)

@@ -7,6 +7,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -42,19 +43,32 @@ class DeviceReport:
     checkpoint_bytes: int = 0
     error: str = ""
     metrics: dict[str, float] = field(default_factory=dict)  # what the pipeline's stages recorded (devices.parquet)
-    state: dict[str, np.ndarray] = field(default_factory=dict)  # what the device keeps for its next round
+
+
+@dataclass(frozen=True)
+class StateWritten:
+    """A segment of device state a host wrote in one call (fedsim.core.segments): its file name, the
+    devices whose state it holds, and (from a host that cannot write the run's state folder) its
+    bytes, which the engine stores there."""
+
+    segment: str
+    device_ids: tuple[int, ...]
+    data: np.ndarray | None = None
 
 
 @dataclass
 class RoundResult:
-    """Every selected device's report, plus the hosts' partials of the accepted updates."""
+    """Every selected device's report, the hosts' partials of the accepted updates, and the device
+    state the hosts wrote."""
 
     reports: list[DeviceReport] = field(default_factory=list)
     partials: list[Aggregate] = field(default_factory=list)
+    states: list[StateWritten] = field(default_factory=list)
 
     def extend(self, other: RoundResult) -> None:
         self.reports.extend(other.reports)
         self.partials.extend(other.partials)
+        self.states.extend(other.states)
 
 
 @dataclass(frozen=True)
@@ -114,6 +128,10 @@ class Engine(ABC):
         caller can go on meanwhile (FedBuff's loop). Engines that cannot queue work run it here."""
         result = self.run_round(round_num, global_checkpoint, device_ids, work)
         return lambda: result
+
+    def use_state_folder(self, folder: Path) -> None:  # noqa: B027 - engines without hosts need nothing
+        """Where the hosts read and write what devices keep across rounds (fedsim.core.segments): the run
+        folder's `device_state/`, or a scratch folder for a run that records nothing."""
 
     def set_costs(self, prepared: Prepared, settings: HostSettings) -> None:
         """Expected device costs from the partition and the artifact report's measured latencies."""

@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 
 from fedsim.checkpoint import CheckpointError, FlatReader, WeightSpec, flatten, read_checkpoint, scratch_dir
-from fedsim.device import Device, Runner, evaluate_counts, write_control
-from fedsim.engine.base import DeviceReport, RoundResult
+from fedsim.core.devicestate import DeviceState
+from fedsim.core.segments import SegmentWriter, Shelf
+from fedsim.device import Device, Runner, evaluate_counts
+from fedsim.engine.base import DeviceReport, RoundResult, StateWritten
 from fedsim.engine.layout import ShardData, TestBlocks
 from fedsim.engine.settings import HostSettings
 from fedsim.pipeline.base import HostRound, Rejected, Upload, UploadContext
@@ -35,12 +37,19 @@ def global_vector(global_checkpoint: bytes, work: HostRound) -> np.ndarray | Non
 
 
 def accept_upload(
-    reader: FlatReader, path: os.PathLike[str], work: HostRound, device_id: int, samples: int, ctx: UploadContext
+    reader: FlatReader,
+    path: os.PathLike[str],
+    work: HostRound,
+    device_id: int,
+    samples: int,
+    ctx: UploadContext,
+    state: DeviceState | None = None,
 ) -> Upload:
     """The checkpoint a device holding `samples` samples saved at `path`, read (every block's checksum)
     and passed through the round's upload stages in order. CheckpointError or Rejected if refused."""
     weights, flat, size = reader.read(path)
-    up = Upload(device_id, flat, weights, size, work.coefficient(device_id, samples), work.plan(device_id))
+    coefficient = work.coefficient(device_id, samples)
+    up = Upload(device_id, flat, weights, size, coefficient, work.plan(device_id), state=state or DeviceState())
     for stage in work.stages:
         up = stage.upload(up, ctx)
     return up
@@ -68,6 +77,9 @@ class DeviceHost:
         self._runner: Any = None
         self._runner_factory = runner_factory  # the artifact's interpreter (tests: a stand-in at this boundary)
         self._flat_reader: FlatReader | None = None
+        # the run's device state (use_state_folder); until told, a folder of this host's own
+        self.relay = False
+        self.shelf = Shelf(self.scratch / "state", host_index)
 
     @property
     def runner(self) -> Runner:
@@ -92,6 +104,16 @@ class DeviceHost:
 
     def initial_checkpoint(self) -> bytes:
         return self.runner.initial_checkpoint(self.scratch)
+
+    def use_state_folder(self, folder: Path) -> bool:
+        """Read and write device state in the run's `folder` where this host can reach it; where it
+        cannot (a node of a cluster without the run folder), keep what it writes in its scratch
+        folder and hand it to the engine, which stores it and hands this host the state of its
+        devices with their work (`relay`). Returns whether it relays."""
+        self.shelf.close()
+        self.relay = not writable(folder)
+        self.shelf = Shelf(self.scratch / "state" if self.relay else folder, self.host_index)
+        return self.relay
 
     def evaluate(self, checkpoint: bytes, device_ids: Sequence[int] = ()) -> tuple[int, np.ndarray, dict[int, float]]:
         """(correct, per-sample losses) of `checkpoint` on this host's blocks of the test set, and its
@@ -128,9 +150,10 @@ class DeviceHost:
         global_flat = global_vector(global_checkpoint, work)
         global32 = global_flat.astype(np.float32) if global_flat is not None else None
         ctx = UploadContext(round_num, work.spec, global_flat, work.seed, global32)
+        kept = self.shelf.writer(round_num)  # what this call's devices keep, in one new segment
         try:
             for device_id in device_ids:
-                report, up, start_loss = self._run_device(device_id, path, work, ctx)
+                report, up, start_loss = self._run_device(device_id, path, work, ctx, kept)
                 if up is not None:
                     vector = up.payload if up.payload is not None else up.flat
                     assert vector is not None
@@ -140,13 +163,34 @@ class DeviceHost:
         finally:
             path.unlink(missing_ok=True)
             self._device_out.unlink(missing_ok=True)
-            (self.scratch / "control.ckpt").unlink(missing_ok=True)
-        return RoundResult(reports, [acc.partial()] if acc.count else [])
+            written = kept.close()
+        states = [self._written(kept, written)] if written else []
+        return RoundResult(reports, [acc.partial()] if acc.count else [], states)
+
+    def _written(self, kept: SegmentWriter, device_ids: list[int]) -> StateWritten:
+        """The segment this call wrote; from a relay host with its bytes (its own copy removed)."""
+        if not self.relay:
+            return StateWritten(kept.path.name, tuple(device_ids))
+        data = np.fromfile(kept.path, np.uint8)
+        kept.path.unlink()
+        return StateWritten(kept.path.name, tuple(device_ids), data)
+
+    def _state(self, device_id: int, work: HostRound) -> DeviceState:
+        """The device's state handle: what it kept (read when first asked for), what it keeps now."""
+        if device_id in work.carried:  # (a relay host is handed it)
+            carried = work.carried[device_id]
+            return DeviceState(lambda: carried)
+        segment = work.state_at.get(device_id)
+        if segment is None:
+            return DeviceState()
+        return DeviceState(lambda: self.shelf.read(segment, device_id))
 
     def _run_device(
-        self, device_id: int, global_path: Path, work: HostRound, ctx: UploadContext
+        self, device_id: int, global_path: Path, work: HostRound, ctx: UploadContext, kept: SegmentWriter
     ) -> tuple[DeviceReport, Upload | None, float]:
-        """(report, the accepted upload or None, the first batch's loss)."""
+        """(report, the accepted upload or None, the first batch's loss). What the device keeps for
+        its next round goes into `kept` once it has finished its round (the server accepting its
+        upload or not: a phone does not know)."""
         device = self.device(device_id)
         if device is None:
             error = f"device {device_id} is not in the fleet of {self.fleet.devices} devices"
@@ -154,10 +198,6 @@ class DeviceHost:
         out = self._device_out
         plan = work.plan(device_id)
         try:
-            control = None
-            if plan.control is not None:  # the device's control file (SCAFFOLD's c - c_i)
-                control = self.scratch / "control.ckpt"
-                write_control(np.frombuffer(plan.control, np.float32), control)
             trained = device.run_round(
                 self.runner,
                 global_path,
@@ -165,10 +205,8 @@ class DeviceHost:
                 self.settings.local_epochs,
                 self.settings.batch_size,
                 out,
-                mu=plan.mu,
-                flip_labels=plan.flip_labels,
-                control=control,
-                steps=plan.steps,
+                tuple(plan.instructions.values()),
+                plan.steps,
             )
         except Exception as e:  # a device's failure is data for the coordinator, not a crash of the host
             self._runner = None  # the interpreter may be in a bad state: the next device gets a fresh one
@@ -186,14 +224,22 @@ class DeviceHost:
                 nbytes,
                 error,
                 up.metrics if up is not None else {},
-                up.state if up is not None else {},
             )
 
+        state = self._state(device_id, work)
         try:
-            up = accept_upload(self._reader(work.spec), out, work, device_id, trained.samples, ctx)
+            up = accept_upload(self._reader(work.spec), out, work, device_id, trained.samples, ctx, state)
         except (CheckpointError, Rejected) as e:
-            return report("rejected", str(e), out.stat().st_size if out.exists() else 0), None, float("nan")
-        return report("ok", up.note, up.nbytes, up), up, trained.start_loss
+            answer: tuple[DeviceReport, Upload | None, float] = (
+                report("rejected", str(e), out.stat().st_size if out.exists() else 0),
+                None,
+                float("nan"),
+            )
+        else:
+            answer = report("ok", up.note, up.nbytes, up), up, trained.start_loss
+        if state.changed:
+            kept.add(device_id, state.merged())
+        return answer
 
     def _reader(self, spec: WeightSpec) -> FlatReader:
         if self._flat_reader is None or (self._flat_reader.spec is not spec and self._flat_reader.spec != spec):
@@ -201,4 +247,18 @@ class DeviceHost:
         return self._flat_reader
 
     def close(self) -> None:
+        self.shelf.close()
         shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def writable(folder: Path) -> bool:
+    """Whether this process can create files in `folder` (made if missing): a host on another node of
+    a Ray cluster may not reach the run folder."""
+    probe = folder / f".probe-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError:
+        return False
+    return os.environ.get("FEDSIM_STATE_RELAY", "") not in ("1", "true")

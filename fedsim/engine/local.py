@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from fedsim.device import Runner
@@ -31,6 +32,10 @@ class LocalEngine(Engine):
         ]
         self.set_costs(prepared, setup.settings)
         return prepared
+
+    def use_state_folder(self, folder: Path) -> None:
+        for host in self.hosts:
+            host.use_state_folder(folder)
 
     def initial_checkpoint(self) -> bytes:
         return self.hosts[0].initial_checkpoint()

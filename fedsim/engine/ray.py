@@ -11,9 +11,9 @@ assumes a shared filesystem, so the same code runs on a multi-node cluster.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -29,79 +29,14 @@ from ray.exceptions import (
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from fedsim.core.task import Task
+from fedsim.engine import relay
 from fedsim.engine.base import DeviceReport, Engine, EngineError, Evaluation, RoundResult, combine_evaluations
-from fedsim.engine.host import DeviceHost
-from fedsim.engine.layout import Prepared, Setup, prepare
+from fedsim.engine.layout import Prepared, Setup
+from fedsim.engine.ray_host import RayDeviceHost, prepare_remote
 from fedsim.engine.ray_session import SESSION, connect, kill, retrieved, wait_for_exit
 from fedsim.model import cache
 from fedsim.model.builders import ArtifactRecipe
 from fedsim.pipeline.base import HostRound
-
-
-def _prepare_remote(setup: Setup, num_hosts: int) -> tuple[Any, ...]:
-    """`prepare` in a Ray worker, its results packed for the object store: the .tflite, what the data
-    set was, the worker's pid, then the fleet's data and each host's test blocks as their own objects."""
-    prepared = prepare(setup, num_hosts)
-    info = {
-        **prepared.dataset_info,
-        "label_counts": prepared.label_counts,
-        "test_sizes": prepared.test_sizes,
-        "report": prepared.report,
-    }
-    return (prepared.artifact, info, os.getpid(), prepared.fleet, *prepared.tests)
-
-
-class _RayDeviceHost(DeviceHost):
-    """A DeviceHost as a Ray actor: it starts empty and `load` gives it its data (the fleet's
-    arrays, its test blocks, the .tflite; object refs the engine keeps alive for the run). When Ray
-    restarts a host that died, the engine loads it again before its next call. The data is not a
-    constructor argument, so Ray has no restart-time reference to warn about on every start."""
-
-    def __init__(self, host_index: int, settings: Any) -> None:
-        self.host_index, self.settings, self.loaded = host_index, settings, False
-
-    def load(self, fleet: Any, tests: Any, artifact: bytes, settings: Any = None) -> int:
-        if self.loaded:
-            DeviceHost.close(self)
-        if settings is not None:  # a warm host taking another run
-            self.settings = settings
-        DeviceHost.__init__(self, self.host_index, fleet, self.settings, tests, artifact)
-        self.loaded = True
-        return self.ready()
-
-    def _check_loaded(self) -> None:
-        if not self.loaded:
-            raise RuntimeError(f"host {self.host_index} was restarted and has not been given its data yet")
-
-    def run_round(self, *args: Any, **kwargs: Any) -> Any:
-        self._check_loaded()
-        return super().run_round(*args, **kwargs)
-
-    def evaluate(self, *args: Any, **kwargs: Any) -> Any:
-        self._check_loaded()
-        return super().evaluate(*args, **kwargs)
-
-    def initial_checkpoint(self) -> bytes:
-        self._check_loaded()
-        return super().initial_checkpoint()
-
-    def node_id(self) -> str:
-        return ray.get_runtime_context().get_node_id()
-
-    def prepare(self, setup: Setup, num_hosts: int) -> tuple[Any, ...]:
-        """The run's preparation (see `_prepare_remote`) on a warm host, whose process has TensorFlow
-        loaded already: a warm start skips a worker's start-up."""
-        return _prepare_remote(setup, num_hosts)
-
-    def close(self) -> None:
-        """Clean the scratch folder and let go of the run's data and interpreter (a parked host must
-        not keep the last run's fleet pinned in the object store); `load` makes it whole again."""
-        if self.loaded:
-            super().close()
-            self.fleet, self.test_blocks, self.artifact = None, [], None  # type: ignore[assignment]
-            self._runner, self._flat_reader = None, None
-            self.loaded = False
-
 
 HOST_RESTARTS = 5  # a host that keeps dying (e.g. out of memory at start) is given up after this
 
@@ -129,6 +64,8 @@ class RayEngine(Engine):
         self._owns_ray = False
         self._put_cache: tuple[bytes, Any] | None = None
         self._pool_key: tuple[Any, ...] = ()
+        self._state_dir: Path | None = None
+        self.relay: set[int] = set()  # hosts that cannot reach the state folder: their state goes through here
 
     def _put(self, checkpoint: bytes) -> Any:
         """One object-store copy per global checkpoint: a round's model is evaluated, then sent out
@@ -171,7 +108,7 @@ class RayEngine(Engine):
         if warm:  # a warm host prepares: its process has TensorFlow loaded already
             refs = warm[0].prepare.options(num_returns=4 + h).remote(setup, h)
         else:
-            task = ray.remote(max_calls=1)(_prepare_remote).options(
+            task = ray.remote(max_calls=1)(prepare_remote).options(
                 num_returns=4 + h, scheduling_strategy=here, max_retries=0
             )
             refs = task.remote(setup, h)
@@ -205,7 +142,7 @@ class RayEngine(Engine):
         # refs: the fleet's data and the .tflite stay in the object store (kept alive here for the
         # run), so it comes back whole for the next round. The round it died in is not retried: its
         # devices are recorded as failed.
-        actor_cls = ray.remote(_RayDeviceHost).options(
+        actor_cls = ray.remote(RayDeviceHost).options(
             num_cpus=per_host_cpus, scheduling_strategy="SPREAD", max_restarts=HOST_RESTARTS, max_task_retries=0
         )
         artifact_ref = ray.put(artifact)
@@ -227,6 +164,12 @@ class RayEngine(Engine):
 
     def initial_checkpoint(self) -> bytes:
         return ray.get(self.actors[0].initial_checkpoint.remote())
+
+    def use_state_folder(self, folder: Path) -> None:
+        self._state_dir = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        flags = ray.get([a.use_state_folder.remote(folder) for a in self.actors])
+        self.relay = {h for h, relays in enumerate(flags) if relays}
 
     def evaluate(self, checkpoint: bytes, device_ids: Sequence[int] = ()) -> Evaluation:
         self._await_restarts()
@@ -264,10 +207,12 @@ class RayEngine(Engine):
         """Queue the devices on the hosts (each runs its calls in order) and return at once."""
         self._await_restarts()
         checkpoint_ref = self._put(global_checkpoint)  # one copy in the object store, read by every host
-        calls = [
-            (h, mine, self.actors[h].run_round.remote(round_num, checkpoint_ref, mine, work.only(mine)))
-            for h, mine in sorted(self.split(device_ids).items())
-        ]
+        calls = []
+        for h, mine in sorted(self.split(device_ids).items()):
+            part = work.only(mine)
+            if h in self.relay and self._state_dir is not None:
+                part = relay.carry(part, self._state_dir)
+            calls.append((h, mine, self.actors[h].run_round.remote(round_num, checkpoint_ref, mine, part)))
         return lambda: self._collect(calls)
 
     def _collect(self, calls: list[tuple[int, list[int], Any]]) -> RoundResult:
@@ -286,7 +231,10 @@ class RayEngine(Engine):
                 result.reports.extend(DeviceReport(d, h, 0, "failed", error=error) for d in mine)
                 continue
             try:
-                result.extend(ray.get(ref))
+                answer = ray.get(ref)
+                if h in self.relay and self._state_dir is not None:
+                    relay.store(answer.states, self._state_dir)
+                result.extend(answer)
             except (RayActorError, RayTaskError) as e:
                 # died (Ray restarts it), or was restarted unnoticed and has no data: load it again
                 self._restarting.add(h)
@@ -304,6 +252,9 @@ class RayEngine(Engine):
                 try:
                     left = max(1.0, deadline - time.monotonic())
                     self.host_pids[h] = ray.get(self.actors[h].load.remote(*self._host_data[h]), timeout=left)
+                    if self._state_dir is not None:
+                        relays = ray.get(self.actors[h].use_state_folder.remote(self._state_dir), timeout=left)
+                        self.relay = (self.relay - {h}) | ({h} if relays else set())
                     break
                 except ActorUnavailableError:
                     # "The actor is restarting": not ready to take calls yet; ask again shortly.

@@ -18,16 +18,16 @@ import difflib
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from fedsim.clock.settings import ClockSettings
-from fedsim.core.settings import Check, ConfigError, Field, Section, fields_of, flag, need, setting
+from fedsim.core.settings import Check, ConfigError, Field, Section, fields_of, flag
 from fedsim.data.settings import DataSettings
 from fedsim.engine.settings import EngineSettings
 from fedsim.experiment import config_keys
 from fedsim.loop.schedule import ScheduleSettings
+from fedsim.loop.settings import RunSettings
 from fedsim.model.settings import DeviceSettings
 from fedsim.pipeline import STAGES
 from fedsim.report.tracking import TrackingSettings
@@ -36,67 +36,6 @@ from fedsim.strategies import STRATEGIES, Strategy, make_strategy, strategy_fiel
 S = TypeVar("S", bound=Section)
 
 __all__ = ["Config", "ConfigError", "RunSettings", "config_fields"]
-
-
-@dataclass(frozen=True)
-class RunSettings(Section):
-    section = "run"
-    # 100 phones each holding 600 Fashion-MNIST images: a fleet, yet a round costs well under 1 s on 2 cores
-    devices: int = setting(100, "simulated phones in the fleet", least=1)
-    # 40 rounds take FedAvg on these shards past 0.82 test accuracy in well under a minute on 2 cores
-    rounds: int = setting(40, "federated rounds", least=1)
-    # seeded; 1.0 = every device every round
-    fraction: float = setting(1.0, "share of devices selected per round", above=0, most=1)
-    per_round: int | None = setting(None, "devices selected per round, as a count (instead of --fraction)")
-    # fixed: a uniformly random cohort of exactly that many (today's, and DP accounting's default);
-    # poisson: each device joins independently with probability cohort / devices, so cohorts vary
-    sampling: str = setting(
-        "fixed",
-        "how each round's devices are drawn: a fixed-size cohort, or poisson "
-        "(each device with probability cohort / devices)",
-        choices=("fixed", "poisson"),
-    )
-    # one seed drives the partition, the model init, device selection and every device's shuffling
-    seed: int = setting(
-        0,
-        "seed for partition, init, selection and shuffling",
-        least=0,
-        most=2**32 - 1,
-        why="(TensorFlow's and the data shuffles' seeds are 32-bit)",
-    )
-    # below it the round is retried once, then the run stops (keeping every completed round on disk)
-    min_devices: int = setting(1, "fewest devices that must report per round (else retry once, then stop)", least=1)
-    # rounds in between record NaN test accuracy and loss; 1 = every round
-    eval_every: int = setting(1, "evaluate the global model every R rounds and after the last", least=1)
-    eval_initial: bool = setting(False, "also evaluate the initial model, recorded as round 0", switch=True)
-    out: str | None = setting(None, "run folder (default results/<name>/<timestamp>); must not exist or be empty")
-    name: str | None = setting(
-        None,
-        "experiment name, the run folder results/NAME/<time> (default: data_model_strategy)",
-    )
-
-    def check(self) -> None:
-        if self.per_round is not None:  # before --min-devices, which is compared with it
-            need(
-                1 <= self.per_round <= self.devices,
-                "per_round",
-                f"must be between 1 and --devices ({self.devices})",
-                self.per_round,
-            )
-            if self.fraction != 1.0:
-                raise ConfigError("--per-round and --fraction both choose devices per round; give one of them")
-        if self.min_devices > self.devices_per_round:
-            raise ConfigError(
-                f"--min-devices {self.min_devices} exceeds the {self.devices_per_round} devices selected per round"
-            )
-        if self.name is not None:
-            need(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'", self.name)
-
-    @property
-    def devices_per_round(self) -> int:
-        if self.per_round is not None:
-            return self.per_round
-        return max(1, round(self.fraction * self.devices))
 
 
 # The sections with fixed fields, in the order flags are listed; the strategy and the pipeline's stages
@@ -194,11 +133,6 @@ class Config:
                     f"--artifact {self.artifact} trains as it was built: {', '.join(flag(n) for n in fixed)} would "
                     "be ignored (the artifact fixes the model and its on-device optimiser); drop them"
                 )
-        if self._strategy.variant is not None and self.artifact is not None:
-            raise ConfigError(
-                f"--strategy {self.strategy} changes the devices' train signature, which an "
-                "--artifact made elsewhere does not have; drop --artifact"
-            )
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise dataclasses.FrozenInstanceError(f"Config is frozen; use config.replace({name}=...)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from fedsim.clock.clock import Clock, read_latency, reuse_latency
 from fedsim.clock.profiles import FleetError
 from fedsim.core import seeded
 from fedsim.core.context import RunContext
+from fedsim.core.instructions import Instruction, refuse_unhonoured
 from fedsim.core.task import Task
 from fedsim.data import DataRecipe
 from fedsim.engine.base import Engine
@@ -23,9 +25,12 @@ from fedsim.engine.settings import HostSettings
 from fedsim.experiment.config import Config
 from fedsim.loop.asyncloop import AsyncCoordinator
 from fedsim.loop.coordinator import Coordinator, Resume
+from fedsim.loop.schedule import ScheduleSettings
+from fedsim.loop.settings import RunSettings
 from fedsim.model.builders import ArtifactRecipe
+from fedsim.model.signatures import honours_of_report
 from fedsim.pipeline import Pipeline
-from fedsim.results import RunWriter
+from fedsim.results import STATE_DIR, RunWriter
 from fedsim.strategies.base import Strategy
 
 
@@ -93,6 +98,7 @@ def execute(
                 file=sys.stderr,
                 flush=True,
             )
+        refuse_unhonoured(_issuers(config, plan), honours_of_report(prepared.report or {}), _runtime(plan))
         initial = start.checkpoint if start.checkpoint is not None else engine.initial_checkpoint()
         run = run_context(config, prepared, len(initial), engine.num_hosts)
         strategy = plan.strategy.bind(run)
@@ -113,10 +119,36 @@ def execute(
             )
             writer.write_fleet(plan.profiles)
             writer.write_meta(sim_latency_ms=clock.latency_ms, sim_latency_source=clock.latency_source)
-        loop = AsyncCoordinator if config.mode == "async" else Coordinator
-        loop(config, run, engine, strategy, plan.pipeline, initial, writer, clock, start.resume, progress, started).run(
-            start.round_num
+        loop = (
+            partial(AsyncCoordinator, schedule=config.section(ScheduleSettings))
+            if config.mode == "async"
+            else Coordinator
         )
+        coordinator = loop(
+            config.section(RunSettings),
+            run,
+            engine,
+            strategy,
+            plan.pipeline,
+            initial,
+            writer,
+            clock,
+            start.resume,
+            progress,
+            started,
+            writer.path / STATE_DIR,
+        )
+        coordinator.run(start.round_num)
+
+
+def _issuers(config: Config, plan: RunPlan) -> list[tuple[str, tuple[type[Instruction], ...]]]:
+    """Who may give devices instructions in this run (named by their flags), and which."""
+    out = [(f"--strategy {config.strategy}", plan.strategy.instructions)]
+    return out + [(f"the {s.name} stage", s.instructions) for s in plan.pipeline.stages]
+
+
+def _runtime(plan: RunPlan) -> str:
+    return "the --artifact given" if plan.check_artifact else "this run's artifact"
 
 
 def run_context(config: Config, prepared: Prepared, initial_bytes: int, hosts: int) -> RunContext:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from fedsim.clock.profiles import load_fleet
+from fedsim.core.instructions import columns_of
 from fedsim.data import DataRecipe, Dataset
 from fedsim.engine.base import Engine
 from fedsim.experiment.config import Config, ConfigError
@@ -120,7 +121,7 @@ def run(
             "started": _now(),
         }
         plan = RunPlan(config, recipe_data, chosen, pipeline, artifact, bool(config.artifact), profiles)
-        rounds, devices = _columns(config, pipeline)
+        rounds, devices = _columns(config, pipeline, chosen)
         writer = RunWriter(out, meta, round_columns=rounds, device_columns=devices)
         _guarded(writer, trackers, lambda: execute(plan, engine, writer, progress, started, StartPoint()), new_run=True)
         return load_run(out)
@@ -128,10 +129,11 @@ def run(
         release_claim(out)
 
 
-def _columns(config: Config, pipeline: Pipeline) -> tuple[list[str], list[str]]:
-    """The tables' columns beyond the standard ones (rounds, devices): the stages', and the
-    asynchronous schedule's."""
-    rounds, devices = pipeline.columns(), pipeline.device_columns()
+def _columns(config: Config, pipeline: Pipeline, strategy: Strategy) -> tuple[list[str], list[str]]:
+    """The tables' columns beyond the standard ones (rounds, devices): the stages', what the
+    instructions the strategy and stages give record, and the asynchronous schedule's."""
+    given = [*strategy.instructions, *(k for s in pipeline.stages for k in s.instructions)]
+    rounds, devices = pipeline.columns(), pipeline.device_columns() + columns_of(given)
     if config.mode == "async":
         rounds += list(asyncloop.ROUND_COLUMNS)
         devices += list(asyncloop.DEVICE_COLUMNS)
@@ -286,7 +288,7 @@ def resume(
             meta.pop(stale, None)
         meta.setdefault("resumed", []).append({"after_round": done, "at": _now()})
         trackers = _trackers(config)
-        round_columns, device_columns = _columns(config, pipeline)
+        round_columns, device_columns = _columns(config, pipeline, chosen)
         writer = RunWriter(folder, meta, resume_from=done, round_columns=round_columns, device_columns=device_columns)
         plan = RunPlan(config, recipe_data, chosen, pipeline, artifact, False, profiles)
         _guarded(writer, trackers, lambda: execute(plan, engine, writer, progress, started, start))

@@ -38,11 +38,11 @@ from fedsim.checkpoint import unflatten, write_checkpoint
 from fedsim.clock.clock import SimOutcome
 from fedsim.core import seeded
 from fedsim.engine.base import DeviceReport, RoundResult
-from fedsim.experiment.config import Config
-from fedsim.loop.coordinator import NAN, Coordinator, RoundFailedError, RoundRecord, select_devices
-from fedsim.loop.rows import RoundTimes, device_row, round_row
+from fedsim.loop.coordinator import select_devices
+from fedsim.loop.core import RoundCore, RoundFailedError, RoundRecord, Stamps
+from fedsim.loop.rows import device_row
 from fedsim.loop.schedule import ScheduleSettings, staleness_weight
-from fedsim.pipeline.base import HostRound
+from fedsim.pipeline.base import ServerContext
 from fedsim.strategies.aggregate import PartialSum
 from fedsim.strategies.base import Aggregate, DevicePlan, KeyedRows, State
 
@@ -90,17 +90,17 @@ class Batch:
     plans: dict[int, DevicePlan]
 
 
-class AsyncCoordinator(Coordinator):
-    """The round loop's engine, strategy, pipeline and recorder, driven by FedBuff's event loop: each
-    run_round(step) advances the simulated clock until server step `step` is applied."""
+class AsyncCoordinator(RoundCore):
+    """The round core driven by FedBuff's event loop: each run_round(step) advances the simulated clock
+    until server step `step` is applied."""
 
-    state_prefixes = ("pipeline.", PREFIX)
+    state_prefixes = (*RoundCore.state_prefixes, PREFIX)
 
-    def __init__(self, config: Config, *args: Any, **kwargs: Any) -> None:
-        super().__init__(config, *args, **kwargs)
+    def __init__(self, *args: Any, schedule: ScheduleSettings | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         assert self.clock is not None, "--mode async needs --fleet (checked in fedsim.experiment.config)"
         self.clock.compiled_draws = True  # (numpy's numbers, without numpy's ~50 us a generator: one per arrival)
-        schedule = config.section(ScheduleSettings)
+        schedule = schedule or ScheduleSettings()
         per_round = self.settings.devices_per_round
         self.concurrency, self.buffer_size = schedule.concurrency or per_round, schedule.buffer or per_round
         self.staleness, self.max_staleness = schedule.staleness, schedule.max_staleness
@@ -190,12 +190,11 @@ class AsyncCoordinator(Coordinator):
             self._collect(flight.device)
         got = self.trained.pop(flight.device)
         report = got.report
-        if report.state:  # the device keeps what it keeps (error feedback) once its round is done
-            self.pipeline.absorb({flight.device: report.state})
+        self.states.absorb([flight.device])  # what it keeps (error feedback) is its own once it arrives
         joined = False
         if report.status == "ok" and self.max_staleness is not None and staleness > self.max_staleness:
             why = f"{staleness} server steps stale, over --max-staleness {self.max_staleness}"
-            report = dataclasses.replace(report, samples=samples, status="stale", error=why, state={})
+            report = dataclasses.replace(report, samples=samples, status="stale", error=why)
         elif report.status == "ok" and got.row is not None:
             self.buffer.append((flight, got))
             joined = True
@@ -216,8 +215,7 @@ class AsyncCoordinator(Coordinator):
             return
         key = version + 1
         plans, coefficients = self.plan(key, ids)
-        stages, seed, modulus = self.pipeline.host_stages(), self.settings.seed, self.pipeline.modulus()
-        work = HostRound(key, dict(self.spec), stages, "stack", coefficients, plans, seed, modulus)
+        work = self.work(key, ids, plans, coefficients, "stack")
         batch = Batch(self.engine.submit(key, self._checkpoint_of(version), ids, work), plans)
         self.pending.update(dict.fromkeys(ids, batch))
 
@@ -225,6 +223,7 @@ class AsyncCoordinator(Coordinator):
         """Wait for the engine call that trains `device` and keep the reports of all its devices."""
         batch = self.pending[device]
         result = batch.wait()
+        self.states.written(result.states)
         # each device's row as the hosts sent it (a view: the rows are only read), not restacked
         rows = {
             int(d): row for p in result.partials if p.rows is not None for d, row in zip(p.device_ids.tolist(), p.rows)
@@ -264,9 +263,9 @@ class AsyncCoordinator(Coordinator):
             start_losses=np.array([g.report.train_loss for _, g in buffered], np.float64),
             steps=np.full(len(ids), -1, np.int64),
         )
-        flat, state = self.strategy.apply(self.flat, aggregate, self.state)
         self._checkpoint_of(self.version)  # kept for its devices still in flight
-        self._set_global(np.asarray(flat, dtype=np.float32), state)
+        ctx = ServerContext(step, self.flat, len(ids), self.settings.seed, tuple(ids.tolist()))
+        self.apply(aggregate, ctx)  # (a step whose aggregate a stage lost leaves the model as it was)
         self.version += 1
         self.versions[self.version] = self.flat
         self.started_now = set()
@@ -276,30 +275,23 @@ class AsyncCoordinator(Coordinator):
         finishes = sorted(f.finish for f in self.heap if f.outcome.status == "run") + [np.inf]
         self._submit(self.version - 1, until=finishes[min(left, len(finishes)) - 1] if left else -np.inf)
         self._forget_versions()
-        aggregated = time.perf_counter()
-        evaluation = None
+        stamps = Stamps(start, hosts_done, time.perf_counter())
         rows, self.rows = self.rows, []
-        if self.evaluates(step):
-            arrived = [r["device_id"] for r in rows] if self.run_context.local_eval else []
-            evaluation = self.engine.evaluate(self.global_checkpoint, arrived)
         for r in rows:
             r["round"] = step
-            r["test_accuracy"] = evaluation.device_accuracy.get(r["device_id"], NAN) if evaluation else NAN
         rows.sort(key=lambda r: r["device_id"])
         cost = self.pipeline.sim_cost(self.begun, self.flat.size)
-        times = RoundTimes(start, hosts_done, aggregated, time.perf_counter())
-        row = round_row(step, rows, evaluation, self.begun, times, self._sent[1], {}, cost)
-        row.update(self.pipeline.round_metrics())
-        row["staleness_mean"] = float(np.mean(staleness))
-        row["devices_in_flight"] = len(self.heap)
-        # the simulated clock at this step, and the seconds since the run began
-        elapsed = time.perf_counter() - self.started
-        row.update({"sim_round_s": self.t - self.last_step_t, "sim_elapsed_s": self.t, "elapsed_s": elapsed})
+        columns = {
+            "staleness_mean": float(np.mean(staleness)),
+            "devices_in_flight": len(self.heap),
+            "sim_round_s": self.t - self.last_step_t,  # the simulated clock at this step
+            "sim_elapsed_s": self.t,
+        }
         self.last_step_t = self.sim_elapsed = self.t
+        arrived = [r["device_id"] for r in rows]
+        record = self.finish(step, rows, arrived, self.begun, stamps, self._sent[1], {}, cost, columns)
         self.begun = 0
-        if self.recorder is not None:
-            self.recorder.record_round(row, rows, self.global_checkpoint, self._saved_state())
-        return RoundRecord(row, rows)
+        return record
 
     # ---- model versions -----------------------------------------------------------------------
     def _checkpoint_of(self, version: int) -> bytes:

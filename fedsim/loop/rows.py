@@ -28,23 +28,27 @@ class RoundTimes:
 
 
 def device_row(round_num: int, r: DeviceReport, plan: DevicePlan | None, outcome: SimOutcome | None) -> dict[str, Any]:
-    return r.metrics | {
-        "round": round_num,
-        "device_id": r.device_id,
-        "host": r.host,
-        "samples": r.samples,
-        "train_loss": r.train_loss,
-        "train_s": r.train_s,
-        "checkpoint_bytes": r.checkpoint_bytes,
-        "status": r.status,
-        "reason": r.error,
-        "role": plan.role if plan is not None else HONEST,
-        "mu": plan.mu if plan is not None else NAN,
-        "sim_compute_s": outcome.compute_s if outcome is not None else NAN,
-        "sim_comm_s": outcome.comm_s if outcome is not None else NAN,
-        "sim_finish_s": outcome.finish_s if outcome is not None else NAN,
-        "sim_energy_j": outcome.energy_j if outcome is not None else NAN,
-    }
+    recorded = {k: v for ins in plan.instructions.values() for k, v in ins.record().items()} if plan else {}
+    return (
+        r.metrics
+        | recorded
+        | {
+            "round": round_num,
+            "device_id": r.device_id,
+            "host": r.host,
+            "samples": r.samples,
+            "train_loss": r.train_loss,
+            "train_s": r.train_s,
+            "checkpoint_bytes": r.checkpoint_bytes,
+            "status": r.status,
+            "reason": r.error,
+            "role": plan.role if plan is not None else HONEST,
+            "sim_compute_s": outcome.compute_s if outcome is not None else NAN,
+            "sim_comm_s": outcome.comm_s if outcome is not None else NAN,
+            "sim_finish_s": outcome.finish_s if outcome is not None else NAN,
+            "sim_energy_j": outcome.energy_j if outcome is not None else NAN,
+        }
+    )
 
 
 def round_row(
@@ -67,9 +71,14 @@ def round_row(
     spread = np.array(list(per_device.values())) if per_device else None  # (none: NaN, without numpy's warnings)
     samples = sum(r["samples"] for r in accepted)
     train_loss = sum(r["train_loss"] * r["samples"] for r in accepted) / samples if samples else NAN
-    # a plan's control bytes (SCAFFOLD's c - c_i) travel down, and a variate of the same size up
-    control_down = sum(len(p.control or b"") for p in plans.values())
-    control_up = sum(len(plans[r["device_id"]].control or b"") for r in accepted if r["device_id"] in plans)
+    # what instructions add to the wire (SCAFFOLD's c - c_i down, a control variate up with an accepted update)
+    extra_down = sum(ins.bytes_down() for p in plans.values() for ins in p.instructions.values())
+    extra_up = sum(
+        ins.bytes_up()
+        for r in accepted
+        if r["device_id"] in plans
+        for ins in plans[r["device_id"]].instructions.values()
+    )
     return {
         "round": round_num,
         "test_accuracy": evaluation.accuracy if evaluation is not None else NAN,
@@ -86,8 +95,8 @@ def round_row(
         "hosts_s": times.hosts_done - times.start,  # dispatch until every host answered
         "aggregate_s": times.aggregated - times.hosts_done,
         "evaluate_s": times.evaluated - times.aggregated,
-        "bytes_up": sum(r["checkpoint_bytes"] for r in device_rows) + control_up + cost.up_bytes * reporting,
-        "bytes_down": (sent + cost.down_bytes) * selected + control_down,
+        "bytes_up": sum(r["checkpoint_bytes"] for r in device_rows) + extra_up + cost.up_bytes * reporting,
+        "bytes_down": (sent + cost.down_bytes) * selected + extra_down,
         "sim_energy_j": _energy(device_rows),
     }
 

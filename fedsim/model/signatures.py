@@ -1,5 +1,12 @@
 """The signature contract of the on-device artifact, as the TFLite on-device training guide defines it."""
 
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from fedsim.core.instructions import CONTROL, PROXIMAL
+
 TRAIN = "train"  # train(x, y) -> {"loss"}
 INFER = "infer"  # infer(x) -> {"output"}
 SAVE = "save"  # save(checkpoint_path) -> {"checkpoint_path"}; writes a TF v1 checkpoint
@@ -27,3 +34,24 @@ CHECKPOINT_PATH = "checkpoint_path"
 # still name every weight with its shape, which is the layout (fedsim.checkpoint.unpack).
 CHECKPOINT_FORMATS = ("packed", "tensors")
 PACKED = "fedsim/packed"
+
+
+def honours(train_inputs: Iterable[str], restore_inputs: Iterable[str]) -> frozenset[str]:
+    """The capabilities (fedsim.core.instructions) an artifact whose train and restore signatures take
+    these inputs honours: a proximal term (train's `mu`), a correction (restore's `control_path`)."""
+    out = set()
+    if MU in set(train_inputs):
+        out.add(PROXIMAL)
+    if CONTROL_PATH in set(restore_inputs):
+        out.add(CONTROL)
+    return frozenset(out)
+
+
+def honours_of_report(report: Mapping[str, Any]) -> frozenset[str]:
+    """The same, from an artifact report (artifact.json's `signatures`)."""
+    signatures = report.get("signatures") or {}
+
+    def names(signature: str) -> list[str]:
+        return [d["name"] for d in signatures.get(signature, {}).get("inputs", [])]
+
+    return honours(names(TRAIN), names(RESTORE))

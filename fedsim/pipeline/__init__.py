@@ -146,9 +146,13 @@ class Pipeline:
     def server_seconds(self) -> float:
         return sum(s.server_seconds() for s in self.stages)
 
-    def absorb(self, states: dict[int, dict[str, np.ndarray]]) -> None:
+    def seed_states(self) -> dict[int, dict[str, np.ndarray]]:
+        """What devices keep that a stage held itself until now (a run folder of an earlier fedsim)."""
+        out: dict[int, dict[str, np.ndarray]] = {}
         for stage in self.stages:
-            stage.absorb(states)
+            for d, values in stage.seed_states().items():
+                out.setdefault(d, {}).update(values)
+        return out
 
     def broadcast(self, flat: np.ndarray) -> np.ndarray:
         """The model the devices receive: the server's, unless a stage encodes the downlink."""

@@ -21,11 +21,26 @@ from statistics import NormalDist
 import numpy as np
 
 from fedsim.core.context import RunContext
+from fedsim.core.instructions import Instruction
 from fedsim.core.settings import ConfigError, Section, flag, setting
 from fedsim.pipeline.base import ServerContext, Stage, Upload, UploadContext
 from fedsim.strategies.base import HONEST, Aggregate, DevicePlan
 
 ATTACKS = ("signflip", "gaussian", "labelflip", "alie")
+
+
+@dataclass(frozen=True)
+class FlipLabels(Instruction):
+    """Train on C - 1 - y instead of y (a label-flipping attacker; C classes)."""
+
+    key = "flip_labels"
+    what = "flipped labels"
+    classes: int = 0
+
+    def labels(self, y: np.ndarray) -> np.ndarray:
+        return (self.classes - 1 - y).astype(y.dtype)
+
+
 DEFAULT_SCALE = {"signflip": 4.0, "gaussian": 1.0}
 
 
@@ -74,6 +89,7 @@ class Attack(Stage):
     fraction: float = 0.0
     attackers: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
     num_classes: int = 0
+    instructions = (FlipLabels,)
 
     def __post_init__(self) -> None:
         if self.kind not in ATTACKS:
@@ -115,9 +131,9 @@ class Attack(Stage):
         self.num_classes = run.task.num_classes
 
     def plan(self, round_num: int, device_ids: Sequence[int], plans: dict[int, DevicePlan]) -> None:
-        flip = self.num_classes if self.kind == "labelflip" else 0
         for d in np.intersect1d(self.attackers, device_ids).tolist():
-            plans[d] = dataclasses.replace(plans.get(d, DevicePlan()), role=self.kind, flip_labels=flip)
+            plan = dataclasses.replace(plans.get(d, DevicePlan()), role=self.kind)
+            plans[d] = plan.given(FlipLabels(self.num_classes)) if self.kind == "labelflip" else plan
 
     def upload(self, up: Upload, ctx: UploadContext) -> Upload:
         """What a signflip or gaussian attacker sends instead of its trained weights."""

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from fedsim.core.devicestate import DeviceState
+from fedsim.core.instructions import Instruction
 from fedsim.core.settings import Section
 from fedsim.strategies.base import HONEST, Aggregate, DevicePlan, State, Weights
 
@@ -78,7 +80,8 @@ class Upload:
     payload: np.ndarray | None = None  # an integer encoding to sum securely (fedsim.pipeline.secagg)
     counts: dict[str, float] = field(default_factory=dict)  # summed over the round's uploads
     metrics: dict[str, float] = field(default_factory=dict)  # recorded in the device's row
-    state: dict[str, np.ndarray] = field(default_factory=dict)  # what the device keeps for its next round
+    # what the device kept from its last round and keeps for its next (fedsim.core.segments), by key
+    state: DeviceState = field(default_factory=DeviceState)
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,8 @@ class Stage:
     device_columns: ClassVar[tuple[str, ...]] = ()  # the devices-table columns Upload.metrics fills
     # why the stage needs synchronous rounds (refused with --mode async), or "" if it does not
     needs_rounds: ClassVar[str] = ""
+    # the instructions its `plan` may give devices (the runtime must honour what they need)
+    instructions: ClassVar[tuple[type[Instruction], ...]] = ()
 
     def device_table_columns(self) -> tuple[str, ...]:
         """The devices-table columns this stage fills in this run (its device_columns by default)."""
@@ -143,9 +148,6 @@ class Stage:
     def server_seconds(self) -> float:
         """Simulated seconds the server spent on this stage after the round's last upload."""
         return 0.0
-
-    def absorb(self, states: dict[int, dict[str, np.ndarray]]) -> None:
-        """The state the round's devices keep for their next round (Upload.state), by device id."""
 
     def broadcast(self, flat: np.ndarray) -> np.ndarray:
         """The model the devices receive (the same object when this stage does not change it)."""
@@ -194,6 +196,11 @@ class Stage:
     def restore(self, state: State) -> None:
         """Continue from a state `state()` returned (--resume)."""
 
+    def seed_states(self) -> dict[int, dict[str, np.ndarray]]:
+        """Device state this stage held itself (restored from an earlier fedsim's run folder), to be
+        handed to the devices' state once; by device id."""
+        return {}
+
     @property
     def on_host(self) -> bool:
         """Whether hosts run its `upload` step (they are sent `for_host()`)."""
@@ -217,6 +224,10 @@ class HostRound:
     plans: dict[int, DevicePlan] = field(default_factory=dict)
     seed: int = 0
     modulus: int = 0  # accumulate "modular": the secure sum's modulus
+    # where each device's state is (the segment holding what it kept; none: it kept nothing), and
+    # for a host that cannot reach the run's state folder the state itself (fedsim.engine.ray)
+    state_at: dict[int, str] = field(default_factory=dict)
+    carried: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
 
     @property
     def needs_global(self) -> bool:
@@ -240,6 +251,8 @@ class HostRound:
             self,
             coefficients={d: self.coefficients[d] for d in device_ids if d in self.coefficients},
             plans={d: self.plans[d] for d in device_ids if d in self.plans},
+            state_at={d: self.state_at[d] for d in device_ids if d in self.state_at},
+            carried={d: self.carried[d] for d in device_ids if d in self.carried},
         )
 
 

@@ -16,8 +16,6 @@ an ideal entropy coder would give a quantised update (entropy_bytes; the clock k
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,10 +23,10 @@ import numpy as np
 from fedsim.core.settings import ConfigError, Section, setting
 from fedsim.pipeline import codecs
 from fedsim.pipeline.base import Stage, Upload, UploadContext
-from fedsim.strategies.base import DevicePlan, KeyedRows, State
+from fedsim.strategies.base import State
 
 METHODS = ("none", "bf16", "fp16", "q8", "q4", "q2", "q1", "topk:F")
-RESIDUAL = "compress.residual"  # a device's error-feedback residual in its plan and report
+RESIDUAL = "compress.residual"  # a device's error-feedback residual, in its state
 
 
 def parse_method(text: str) -> tuple[str, float]:
@@ -78,10 +76,6 @@ class Compress(Stage):
     device_columns = ("entropy_bytes",)  # with --compress-entropy
     settings: CompressSettings = field(default_factory=CompressSettings)
     seed: int = 0
-    residuals: dict[int, np.ndarray] = field(default_factory=dict, repr=False)  # error feedback, by device id
-    # each residual's key, new with every residual a device keeps, so the run folder stores it once
-    residual_keys: dict[int, int] = field(default_factory=dict, repr=False)
-    next_key: int = 0
 
     @classmethod
     def make(cls, settings: CompressSettings, seed: int = 0) -> Compress | None:
@@ -96,15 +90,7 @@ class Compress(Stage):
     def kind(self) -> tuple[str, float]:
         return parse_method(self.settings.compress)
 
-    def for_host(self) -> Compress:
-        return dataclasses.replace(self, residuals={}, residual_keys={})  # a device's residual travels in its plan
-
     # ---- the uplink ---------------------------------------------------------------------------
-    def plan(self, round_num: int, device_ids: Sequence[int], plans: dict[int, DevicePlan]) -> None:
-        for d in device_ids:
-            if d in self.residuals:  # the device's own leftover from its last round (error feedback)
-                before = plans.get(d, DevicePlan())
-                plans[d] = dataclasses.replace(before, state={**before.state, RESIDUAL: self.residuals[d]})
 
     def upload(self, up: Upload, ctx: UploadContext) -> Upload:
         kind, arg = self.kind
@@ -125,26 +111,18 @@ class Compress(Stage):
             decoded = codecs.half_decode(kind, payload, onto=ctx.global32)
         else:  # top-k with error feedback
             update = up.flat - ctx.global32
-            carried = up.plan.state.get(RESIDUAL)
+            carried = up.state.get(RESIDUAL)  # what the device left out last time (error feedback)
             if carried is not None:
                 update += carried
             payload, rest = codecs.topk_encode(update, max(1, round(arg * len(update))))
             decoded = codecs.topk_decode(payload, len(update))
             decoded += ctx.global32
-            up.state[RESIDUAL] = rest
+            up.state.put(RESIDUAL, rest)
         # the decoded update onto the float32 global: float32 + float32 rounds exactly as the float64 sum
         # rounded to float32 would (53 >= 2 * 24 + 2 bits)
         up.flat = decoded
         up.nbytes = len(payload)
         return up
-
-    def absorb(self, states: dict[int, dict[str, np.ndarray]]) -> None:
-        """Keep each device's new residual (what top-k left out), for its next round."""
-        for d in sorted(states):  # keys in device order, so a resumed run gives each residual the same key
-            if RESIDUAL in states[d]:
-                self.residuals[d] = np.array(states[d][RESIDUAL], np.float32)  # a copy: the view may be Ray's buffer
-                self.residual_keys[d] = self.next_key
-                self.next_key += 1
 
     def upload_bytes(self, nbytes: int, params: int) -> int:
         kind, arg = self.kind
@@ -167,24 +145,14 @@ class Compress(Stage):
     def download_bytes(self, nbytes: int, params: int) -> int:
         return nbytes if self.settings.compress_down == "none" else 2 * params
 
-    # ---- state --------------------------------------------------------------------------------
-    def state(self) -> State:
-        if not self.residuals:
-            return {}
-        ids = sorted(self.residuals)
-        keys = [self.residual_keys[d] for d in ids]
-        return {
-            "residual_ids": np.array(ids, np.int64),
-            "residual_keys": np.array(keys, np.int64),
-            "residual_next": np.array([self.next_key], np.int64),
-            # references, not a stacked copy; a commit writes only the residuals that are new
-            "residual_rows": KeyedRows.of(keys, [self.residuals[d] for d in ids]),
-        }
-
+    # ---- run folders of earlier versions ----------------------------------------------------------
     def restore(self, state: State) -> None:
+        """A server state saved by an earlier fedsim, which kept each device's residual on the
+        coordinator: handed to the devices' state once (seed_states)."""
         ids, rows = state.get("residual_ids"), state.get("residual_rows")
         if ids is not None and rows is not None:
-            self.residuals = {int(d): np.array(r, np.float32) for d, r in zip(ids, rows)}
-            keys = state.get("residual_keys", np.arange(len(ids)))  # (saved before residuals had keys)
-            self.residual_keys = {int(d): int(k) for d, k in zip(ids, keys)}
-            self.next_key = int(state["residual_next"][0]) if "residual_next" in state else len(ids)
+            self._legacy = {int(d): {RESIDUAL: np.array(r, np.float32)} for d, r in zip(ids, rows)}
+
+    def seed_states(self) -> dict[int, dict[str, np.ndarray]]:
+        seeded, self._legacy = getattr(self, "_legacy", {}), {}
+        return seeded

@@ -32,13 +32,14 @@ from fedsim.results.schema import (
     PARTITION_FILE,
     RESUME_DIR,
     ROUNDS_FILE,
+    STATE_DIR,
     STATE_FILE,
     RunFolderError,
 )
 
 CLAIM_FILE = ".fedsim-claim"
 FILES = (CONFIG_FILE, MODEL_FILE, ARTIFACT_FILE, PARTITION_FILE, FLEET_FILE, CHECKPOINT_FILE, STATE_FILE, CLAIM_FILE)
-FOLDERS = (RESUME_DIR, ROUNDS_FILE, DEVICES_FILE)
+FOLDERS = (RESUME_DIR, ROUNDS_FILE, DEVICES_FILE, STATE_DIR)
 
 _CREATED: set[Path] = set()  # run folders this process made (a failed start may remove them again)
 _HELD: dict[Path, int] = {}  # the claims this process holds: folder -> the locked descriptor

@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset
 import pyarrow.parquet as pq
 
+from fedsim.core.segments import SegmentReader
 from fedsim.results.migrate import flat_config
 from fedsim.results.schema import (
     ARTIFACT_FILE,
@@ -29,6 +31,8 @@ from fedsim.results.schema import (
     ROUND_COLUMNS,
     ROUND_SCHEMA,
     ROUNDS_FILE,
+    STATE_DIR,
+    STATE_FILE,
     RunFolderError,
     part_round,
 )
@@ -86,6 +90,30 @@ class Run:
         from fedsim.artifact import load_model
 
         return load_model(self.path, **kwargs)
+
+    def device_state(self, device_id: int) -> dict[str, np.ndarray]:
+        """What device `device_id` keeps after the run's last committed round (an error-feedback
+        residual, a personal model), by key; empty if it keeps nothing."""
+        index = self.device_state_index()
+        segment = index.get(int(device_id))
+        if segment is None:
+            return {}
+        reader = SegmentReader(self.path / STATE_DIR / segment)
+        try:
+            return {k: v.copy() for k, v in reader.read(int(device_id)).items()}
+        finally:
+            reader.close()
+
+    def device_state_index(self) -> dict[int, str]:
+        """device id -> the segment of device_state/ holding its state, for every device that keeps some."""
+        path = self.path / STATE_FILE
+        if not path.is_file():
+            return {}
+        with np.load(path) as saved:
+            if "device_state.ids" not in saved.files:
+                return {}
+            ids, slots, names = saved["device_state.ids"], saved["device_state.slots"], saved["device_state.segments"]
+        return {int(d): str(names[s]) for d, s in zip(ids, slots)}
 
     @property
     def final_accuracy(self) -> float:

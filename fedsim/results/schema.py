@@ -19,6 +19,7 @@ FLEET_FILE = "fleet.parquet"  # --fleet: every device's profile
 ARTIFACT_FILE = "artifact.json"  # the artifact report (fedsim inspect): signatures, ops, sizes, latency
 STATE_FILE = "server_state.npz"  # a stateful strategy's state after the last round (np.load)
 RESUME_DIR = "resume"  # resume/round-K.ckpt: the checkpoint a resume starts from (removed when complete)
+STATE_DIR = "device_state"  # what devices keep across rounds, in segments (fedsim.core.segments)
 
 ROUND_COLUMNS = [
     "round",
@@ -55,7 +56,6 @@ DEVICE_COLUMNS = [
     "reason",
     "test_accuracy",
     "role",
-    "mu",
     "sim_compute_s",
     "sim_comm_s",
     "sim_finish_s",

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from fedsim.results.durable import atomic_arrow, atomic_link, atomic_parquet, atomic_write
+from fedsim.results.durable import atomic_arrow, atomic_link, atomic_parquet, atomic_write, fsync_dir, fsync_file
 from fedsim.results.folder import CLAIM_FILE, created_folders, remove_run_files
 from fedsim.results.migrate import split_legacy_tables
 from fedsim.results.schema import (
@@ -168,11 +168,14 @@ class RunWriter:
         device_rows: list[dict[str, Any]],
         global_checkpoint: bytes,
         state: dict[str, np.ndarray] | None = None,
+        files: Any = None,
     ) -> None:
+        """Commit a round (in the background). `files`: what the commit does to the device state
+        folder (fedsim.loop.devicestate.StateFiles: segments synced before it, removed after it)."""
         if self.tracker is not None:
             self.tracker.record(round_row)
         self.flush()
-        self._pending = self._pool.submit(self._write_round, round_row, device_rows, global_checkpoint, state)
+        self._pending = self._pool.submit(self._write_round, round_row, device_rows, global_checkpoint, state, files)
 
     def _write_round(
         self,
@@ -180,8 +183,13 @@ class RunWriter:
         device_rows: list[dict[str, Any]],
         checkpoint: bytes,
         state: dict[str, np.ndarray] | None = None,
+        files: Any = None,
     ) -> None:
         round_num = round_row["round"]
+        if files is not None and files.sync:  # the device state the round's index names, on disk first
+            for name in files.sync:
+                fsync_file(files.folder / name)
+            fsync_dir(files.folder)
         # Commit order, so that a kill at any point leaves a resumable folder: the round's checkpoint
         # under its own name, the round's table parts, the user-facing global.ckpt (so the model on
         # disk is never older than the tables), then config.json's rounds_completed (the commit
@@ -210,6 +218,8 @@ class RunWriter:
             atomic_link(state_file, self.path / STATE_FILE)
         self.meta["rounds_completed"] = round_num
         atomic_write(self.path / CONFIG_FILE, json.dumps(self.meta, indent=2, default=str).encode())
+        for name in files.drop if files is not None else ():  # segments no committed round can need
+            (files.folder / name).unlink(missing_ok=True)
         for old in resume.iterdir():
             if old.name not in keep and old.name != ROWS_DIR:
                 old.unlink(missing_ok=True)

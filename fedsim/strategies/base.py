@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from fedsim.core.instructions import Instruction
 from fedsim.core.settings import Field, Section, fields_of
 
 if TYPE_CHECKING:
@@ -51,19 +52,17 @@ HONEST = "honest"
 @dataclass(frozen=True)
 class DevicePlan:
     """What one selected device does this round beyond the run's settings (Flower's configure_fit):
-    its role (honest, or the attack it mounts, for the record), the labels it trains on (`flip_labels`
-    C: C - 1 - y, a label-flipping attacker), FedProx's proximal weight mu, SCAFFOLD's correction
-    c - c_i (float32 bytes in the model's flat order) that its `train` adds, and a budget of train steps.
-    The host follows these fields as they are; it knows no strategy or attack by name."""
+    its role (honest, or the attack it mounts, for the record), a budget of train steps (a straggler's
+    partial work), and the instructions strategies and stages gave it, each under its own key
+    (fedsim.core.instructions). The host and the device carry them out without knowing any by name."""
 
     role: str = HONEST
-    mu: float = 0.0
-    control: bytes | None = None
     steps: int | None = None  # a budget of train steps (a straggler's partial work); None: all
-    flip_labels: int = 0  # C: train on C - 1 - y; 0: on the true labels
-    # what pipeline stages keep on the device between its rounds (an error-feedback residual), by key;
-    # arrays, which Ray moves without pickling a copy
-    state: dict[str, np.ndarray] = field(default_factory=dict)
+    instructions: Mapping[str, Instruction] = field(default_factory=dict)
+
+    def given(self, instruction: Instruction) -> DevicePlan:
+        """This plan with `instruction` added under its key (replacing one of the same key)."""
+        return dataclasses.replace(self, instructions={**self.instructions, instruction.key: instruction})
 
 
 @dataclass
@@ -155,6 +154,8 @@ class Strategy(ABC):
     Params: ClassVar[type] = NoParams
     accumulate: ClassVar[str] = "sum"
     variant: ClassVar[str | None] = None  # the artifact variant its devices run (see fedsim.model.module)
+    # the instructions its `plan` may give devices (the runtime must honour what they need)
+    instructions: ClassVar[tuple[type[Instruction], ...]] = ()
 
     def __init__(self, params: Any = None, **values: Any) -> None:
         if params is not None and values:

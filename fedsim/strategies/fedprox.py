@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
+from fedsim.core.instructions import PROXIMAL, Instruction
 from fedsim.core.settings import Section, setting
 from fedsim.strategies.base import DevicePlan, State
 from fedsim.strategies.fedavg import FedAvg
@@ -21,10 +24,29 @@ class FedProxParams(Section):
     mu: float = setting(0.01, "weight of the proximal term mu/2 ||w - w_global||^2 in the devices' train", least=0)
 
 
+@dataclass(frozen=True)
+class Proximal(Instruction):
+    """Train with the proximal term mu/2 ||w - w_restored||^2 (the artifact's train input `mu`)."""
+
+    key = "proximal"
+    needs = (PROXIMAL,)
+    columns = ("mu",)
+    what = "FedProx's proximal term"
+    mu: float = 0.0
+
+    def train_inputs(self) -> dict[str, np.ndarray]:
+        return {"mu": np.array(self.mu, np.float32)}
+
+    def record(self) -> dict[str, float]:
+        return {"mu": self.mu}
+
+
 class FedProx(FedAvg):
     name = "fedprox"
     Params = FedProxParams
     variant = "fedprox"
+    instructions = (Proximal,)
 
     def plan(self, round_num: int, device_ids: Sequence[int], state: State) -> dict[int, DevicePlan]:
-        return {d: DevicePlan(mu=float(self.params.mu)) for d in device_ids}
+        plan = DevicePlan().given(Proximal(float(self.params.mu)))
+        return dict.fromkeys(device_ids, plan)

@@ -1,7 +1,8 @@
 """SCAFFOLD (Karimireddy et al. 2020), option II of the control-variate update.
 
 On the device (the `scaffold` artifact variant): every local step uses g(y) + (c - c_i), with c - c_i
-sent down as bytes in the device's plan and read by `restore` from its control file. Then, with x the
+sent down in the device's plan (the `Control` instruction: float32, the model's flat order) and taken
+by the runtime's `restore`. Then, with x the
 global weights, y_i the device's weights after its K_i steps (all its batches, or the budget a deadline
 left it with --straggler partial) and eta the devices' learning rate:
   c_i+ = c_i - c + (x - y_i) / (K_i * eta)
@@ -17,12 +18,13 @@ independent of which host ran a device (a host restart loses nothing).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from fedsim.core.context import RunContext
+from fedsim.core.instructions import CONTROL, Instruction
 from fedsim.core.settings import Section, setting
 from fedsim.strategies.base import Aggregate, DevicePlan, State, Strategy
 
@@ -32,11 +34,32 @@ class ScaffoldParams(Section):
     server_lr: float = setting(1.0, "the server's step on the averaged update", above=0)
 
 
+@dataclass(frozen=True, eq=False)
+class Control(Instruction):
+    """SCAFFOLD's correction c - c_i, added to every gradient (taken by the runtime's restore). Its
+    bytes travel down, and a control variate of the same size goes up with an accepted update."""
+
+    key = "control"
+    needs = (CONTROL,)
+    what = "SCAFFOLD's control variates"
+    correction: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+
+    def restore_inputs(self) -> dict[str, np.ndarray]:
+        return {"control": self.correction}
+
+    def bytes_down(self) -> int:
+        return self.correction.nbytes
+
+    def bytes_up(self) -> int:
+        return self.correction.nbytes
+
+
 class Scaffold(Strategy):
     name = "scaffold"
     Params = ScaffoldParams
     accumulate = "stack"
     variant = "scaffold"
+    instructions = (Control,)
 
     def __init__(self, params: Any = None, run: RunContext | None = None, **values: Any) -> None:
         super().__init__(params, **values)
@@ -86,7 +109,7 @@ class Scaffold(Strategy):
     def plan(self, round_num: int, device_ids: Sequence[int], state: State) -> dict[int, DevicePlan]:
         ids = np.asarray(device_ids, np.int64)
         corrections = (state["c"] - self._rows(state, ids)).astype(np.float32)
-        return {int(d): DevicePlan(control=row.tobytes()) for d, row in zip(ids, corrections)}
+        return {int(d): DevicePlan().given(Control(row)) for d, row in zip(ids, corrections)}
 
     def apply(self, weights: np.ndarray, aggregate: Aggregate, state: State) -> tuple[np.ndarray, State]:
         assert aggregate.rows is not None
