@@ -11,7 +11,7 @@ from fedsim.core.settings import ConfigError
 from fedsim.pipeline.encodings.base import REGISTERED, Codec, register
 
 # the registry: one line per codec module of this package
-MODULES = ("half", "quantise", "topk")
+MODULES = ("half", "quantise", "topk", "ternary")
 
 __all__ = ["MODULES", "Codec", "codecs", "names", "parse", "register"]
 
