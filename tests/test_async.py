@@ -134,6 +134,36 @@ def test_async_refuses_what_needs_rounds():
             fedsim.run(out="/nonexistent/never", engine=fedsim.LocalEngine(), **settings, **extra)
 
 
+# one setting that turns each registered stage on: a stage added without an entry fails the test below
+STAGE_ON = {
+    "verify": {},
+    "attack": {"byzantine": 0.25, "attack": "signflip"},
+    "dp": {"dp_clip": 1.0, "dp_noise_multiplier": 1.0},
+    "ldp": {"ldp_epsilon": 8.0},
+    "compress": {"compress": "q8"},
+    "secagg": {"secagg": "secagg"},
+    "screen": {"clip_update_norm": 1.0},
+}
+
+
+def test_every_registered_stage_runs_asynchronously_or_is_refused_by_its_declaration(tmp_path):
+    """FedBuff's server steps call every hook a round does: a stage that declares it runs
+    asynchronously does (its server step included), one that does not is refused in one line, naming why."""
+    from fedsim.pipeline import REGISTERED
+
+    assert set(STAGE_ON) == {s.name for s in REGISTERED}
+    settings = dict(dataset="toy_images", toy_samples=10, devices=4, rounds=2, progress=False, fleet="uniform")
+    for stage in REGISTERED:
+        args = {**settings, "mode": "async", "concurrency": 2, "buffer": 2, **STAGE_ON[stage.name]}
+        out = str(tmp_path / stage.name)
+        if stage.asynchronous is True:
+            run = fedsim.run(out=out, engine=fedsim.LocalEngine(), **args)
+            assert stage.name in run.meta["pipeline"] and len(run.rounds) == 2, stage.name
+        else:
+            with pytest.raises(ConfigError, match=f"cannot run the {stage.name} stage: {stage.asynchronous}"):
+                fedsim.run(out=out, engine=fedsim.LocalEngine(), **args)
+
+
 # ---- real runs --------------------------------------------------------------------------------
 # the simulated compute pinned (as if measured on a phone), not measured at each run's start here
 LATENCY = Path(__file__).parent / "data" / "latency.json"

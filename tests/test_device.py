@@ -9,7 +9,8 @@ from fedsim.engine.host import DeviceHost
 from fedsim.engine.layout import ShardData
 from fedsim.engine.settings import HostSettings
 from fedsim.pipeline import HostRound
-from fedsim.pipeline.attack import Attack, FlipLabels
+from fedsim.pipeline.attack import Attack
+from fedsim.pipeline.attacks.labelflip import FlipLabels
 from fedsim.pipeline.screen import Screen
 from fedsim.pipeline.verify import Verify
 from fedsim.strategies import DevicePlan, reduce_partials

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from fedsim.experiment.config import Config, ConfigError
-from fedsim.pipeline.attack import Attack, alie_z, byzantine_devices
+from fedsim.pipeline.attack import Attack, byzantine_devices
+from fedsim.pipeline.attacks.alie import alie_z
 from fedsim.strategies import (
     STRATEGIES,
     Aggregate,
@@ -172,7 +173,7 @@ def test_alie_replaces_attackers_with_mean_minus_z_std_of_the_honest():
     # n = 5, m = 1: s = floor(5/2 + 1) - 1 = 2, z = Phi^-1(3/5) = 0.2533
     assert alie_z(5, 1) == pytest.approx(0.253347, abs=1e-5)
     agg = stacked([[1.0], [2.0], [3.0], [4.0], [50.0]])
-    out = Attack("alie").alie(agg, np.array([4]))
+    out = Attack("alie").attack.server(agg, np.array([4]))
     # honest mean 2.5, population std sqrt(1.25)
     assert out.rows[4, 0] == pytest.approx(2.5 - 0.253347 * math.sqrt(1.25), rel=1e-5)
     np.testing.assert_array_equal(out.rows[:4], agg.rows[:4])
@@ -180,10 +181,11 @@ def test_alie_replaces_attackers_with_mean_minus_z_std_of_the_honest():
 
 def test_signflip_and_gaussian_uploads():
     g = np.array([1.0, 1.0])
-    np.testing.assert_allclose(Attack("signflip").corrupt(np.array([2, 3], np.float32), g, 0, 1), [-3, -7])
-    a = Attack("gaussian", scale=2.0, seed=1).corrupt(np.zeros(2, np.float32), np.zeros(100000), 3, 1)
+    np.testing.assert_allclose(Attack("signflip").attack.upload(np.array([2, 3], np.float32), g, 0, 1), [-3, -7])
+    gaussian = Attack("gaussian", scale=2.0, seed=1).attack
+    a = gaussian.upload(np.zeros(2, np.float32), np.zeros(100000), 3, 1)
     assert a.std() == pytest.approx(2.0, rel=0.02)
-    np.testing.assert_array_equal(a, Attack("gaussian", scale=2.0, seed=1).corrupt(np.zeros(2), np.zeros(100000), 3, 1))
+    np.testing.assert_array_equal(a, gaussian.upload(np.zeros(2), np.zeros(100000), 3, 1))
 
 
 def test_byzantine_devices_are_seeded_and_sized():

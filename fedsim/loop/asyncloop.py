@@ -19,8 +19,9 @@ count. Every server step saves the schedule (devices in flight, their models) wi
 state; a resumed run retrains the devices in flight from those models (the same updates).
 
 Only strategies that accumulate a sum (rules linear in the updates, server optimisers on their mean)
-and per-upload stages apply: what needs a round's cohort (a stage's needs_rounds, order statistics,
-an attack that reads the honest updates) is refused before the run (check).
+apply; the pipeline's stages run as in a synchronous round (upload hooks on the hosts, server hooks at
+each step), and a stage that declares it needs a round's cohort (`Stage.asynchronous`), an order
+statistic or an attack that reads the honest updates is refused before the run (check).
 """
 
 from __future__ import annotations

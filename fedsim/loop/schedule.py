@@ -93,8 +93,8 @@ class ScheduleSettings(Section):
 def check(strategy: Strategy, pipeline: Pipeline) -> None:
     """ConfigError, in one line, for what --mode async cannot run."""
     for stage in pipeline.stages:
-        if stage.needs_rounds:
-            raise ConfigError(f"--mode async cannot run the {stage.name} stage: {stage.needs_rounds}")
+        if stage.asynchronous is not True:
+            raise ConfigError(f"--mode async cannot run the {stage.name} stage: {stage.asynchronous}")
     if pipeline.accumulate(strategy) != "sum":
         raise ConfigError(
             f"--mode async applies rules that sum the updates; strategy {strategy.name} (or an attack that "

@@ -24,15 +24,39 @@ if TYPE_CHECKING:
     from fedsim.core.context import RunContext
     from fedsim.strategies.base import Strategy
 
-# In the order an upload meets them: the server's checks of what it received, an attacker's rewrite on
-# its device, the device's DP clipping, its local DP noise, its encoding for the uplink, the secure
-# sum's quantisation, the server's screening of each update. The server's steps on the round's
-# reduced updates run in the reverse order (the last encoding is undone first: the secure sum is
-# dequantised before the central DP noise is added to it).
-STAGES: tuple[type[Stage], ...] = (Verify, Attack, DP, LDP, Compress, SecAgg, Screen)
+# Every stage fedsim knows. Their order is what they declare (`after`), not this tuple's: an upload meets
+# the server's checks of what it received, an attacker's rewrite on its device, the device's DP
+# clipping, its local DP noise, its encoding for the uplink, the secure sum's quantisation, the
+# server's screening of each update. The server's steps on the round's reduced updates run in the
+# reverse order (the last encoding is undone first: the secure sum is dequantised before the central
+# DP noise is added to it).
+REGISTERED: tuple[type[Stage], ...] = (Verify, Attack, DP, LDP, Compress, SecAgg, Screen)
+
+
+def in_order(stages: Sequence[type[Stage]]) -> tuple[type[Stage], ...]:
+    """The stages sorted so that each comes after those it names in `after` (ties by name, so the
+    order does not depend on how they are listed); ValueError for a name no stage has, or a cycle."""
+    by_name = {s.name: s for s in stages}
+    for s in stages:
+        unknown = [n for n in s.after if n not in by_name]
+        if unknown:
+            raise ValueError(f"stage {s.name} comes after {', '.join(unknown)}, which no registered stage is")
+    done: list[type[Stage]] = []
+    left = sorted(stages, key=lambda s: s.name)
+    while left:
+        ready = [s for s in left if all(n in {d.name for d in done} for n in s.after)]
+        if not ready:
+            raise ValueError(f"stages {', '.join(s.name for s in left)} order each other in a circle")
+        done.append(ready[0])
+        left.remove(ready[0])
+    return tuple(done)
+
+
+STAGES = in_order(REGISTERED)
 PREFIX = "pipeline."  # the stages' keys in a saved server state
 
 __all__ = [
+    "REGISTERED",
     "STAGES",
     "HostRound",
     "Pipeline",
@@ -72,16 +96,10 @@ class Pipeline:
         for stage in self.stages:
             stage.check(strategy)
         names = set(self.names())
-        if "secagg" in names and "compress" in names:
-            raise ConfigError(
-                "--compress with --secagg: a masked input takes --secagg-modulus-bits per value "
-                "whatever its encoding; drop one of them"
-            )
-        if "secagg" in names and "screen" in names:
-            raise ConfigError(
-                "--max-update-norm / --clip-update-norm with --secagg: the server sees only the sum, "
-                "not each update; clip on the device with --dp-clip instead"
-            )
+        for stage in self.stages:
+            for other, why in stage.conflicts.items():
+                if other in names:
+                    raise ConfigError(why)
 
     def check_fleet(self, devices: int) -> None:
         for stage in self.stages:

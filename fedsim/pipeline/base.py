@@ -118,8 +118,13 @@ class Stage:
     modulus: int = 0  # with accumulate "modular"
     columns: ClassVar[tuple[str, ...]] = ()  # the rounds-table columns round_metrics() fills (numbers)
     device_columns: ClassVar[tuple[str, ...]] = ()  # the devices-table columns Upload.metrics fills
-    # why the stage needs synchronous rounds (refused with --mode async), or "" if it does not
-    needs_rounds: ClassVar[str] = ""
+    # True if it runs under --mode async (FedBuff's server steps call every hook a round does), else
+    # why it needs synchronous rounds (the run is refused in one line)
+    asynchronous: ClassVar[bool | str] = True
+    # where it sits in an upload's path: after these stages (by name), when they are on
+    after: ClassVar[tuple[str, ...]] = ()
+    # stages it cannot run with (by name), and why, said when both are on
+    conflicts: ClassVar[dict[str, str]] = {}
     # the instructions its `plan` may give devices (the runtime must honour what they need)
     instructions: ClassVar[tuple[type[Instruction], ...]] = ()
 

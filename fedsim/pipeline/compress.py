@@ -47,6 +47,7 @@ class CompressSettings(Section):
 @dataclass
 class Compress(Stage):
     name = "compress"
+    after = ("ldp",)
     Settings = CompressSettings
     where = "device"
     needs_global = True

@@ -88,7 +88,8 @@ class DPSettings(Section):
 @dataclass
 class DP(Stage):
     name = "dp"
-    needs_rounds = "its accountant assumes rounds of uniformly sampled cohorts"
+    after = ("attack",)
+    asynchronous = "its accountant assumes rounds of uniformly sampled cohorts"
     Settings = DPSettings
     where = "device"  # the clip; the noise is added on the server
     needs_global = True

@@ -43,6 +43,7 @@ def gaussian_multiplier(epsilon: float, delta: float) -> float:
 @dataclass
 class LDP(Stage):
     name = "ldp"
+    after = ("dp",)
     Settings = LDPSettings
     where = "device"
     needs_global = True

@@ -25,6 +25,7 @@ class ScreenSettings(Section):
 @dataclass(frozen=True)
 class Screen(Stage):
     name = "screen"
+    after = ("secagg",)
     Settings = ScreenSettings
     where = "server"
     needs_global = True

@@ -33,6 +33,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -102,7 +103,14 @@ def measured_costs(params: int) -> tuple[float, float]:
 @dataclass
 class SecAgg(Stage):
     name = "secagg"
-    needs_rounds = "a secure sum masks a round's cohort together"
+    after = ("compress",)
+    asynchronous = "a secure sum masks a round's cohort together"
+    conflicts: ClassVar[dict[str, str]] = {
+        "compress": "--compress with --secagg: a masked input takes --secagg-modulus-bits per value whatever "
+        "its encoding; drop one of them",
+        "screen": "--max-update-norm / --clip-update-norm with --secagg: the server sees only the sum, not each "
+        "update; clip on the device with --dp-clip instead",
+    }
     Settings = SecAggSettings
     where = "device"
     needs_global = True
