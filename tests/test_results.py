@@ -407,3 +407,18 @@ def test_linking_a_name_to_the_file_it_already_names_leaves_no_temporary_file(tm
     atomic_link(source, tmp_path / "global.ckpt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["global.ckpt", "round-3.ckpt"]
     assert (tmp_path / "global.ckpt").read_bytes() == b"model"
+
+
+def test_a_rounds_row_and_a_devices_row_fill_exactly_the_declared_columns():
+    """rows.py fills the columns results/schema.py declares (name, type, meaning), nothing else: the
+    run's own additions (the clock's, a stage's) are declared by the part that fills them."""
+    from fedsim.engine.base import DeviceReport, Evaluation
+    from fedsim.loop.rows import RoundTimes, device_row, round_row
+    from fedsim.results.schema import DEVICES, ROUNDS
+
+    device = device_row(1, DeviceReport(0, 0, 5), None, None)
+    assert set(device) | {"test_accuracy", "aggregated"} == {c.name for c in DEVICES}
+    row = round_row(1, [device | {"test_accuracy": 0.5}], Evaluation(0.5, 1.0), 1, RoundTimes(0, 1, 2, 3), 10, {})
+    clock = {"sim_round_s", "sim_elapsed_s", "elapsed_s"}  # the loop's own columns
+    assert set(row) | clock == {c.name for c in ROUNDS}
+    assert {c.kind for c in ROUNDS + DEVICES} <= {"int", "float", "str"} and all(c.doc for c in ROUNDS + DEVICES)

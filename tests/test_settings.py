@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import pytest
 
+import fedsim
 from fedsim.cli import build_parser, config_from_args
 from fedsim.core.settings import ConfigError, Section, setting
 from fedsim.experiment.config import Config, config_fields
@@ -77,3 +78,11 @@ def test_every_numeric_setting_refuses_what_is_not_a_finite_number_in_its_range(
     for key, value in (("lr", float("inf")), ("fraction", float("nan")), ("deadline", float("inf"))):
         with pytest.raises(ConfigError, match=f"--{key.replace('_', '-')} must"):
             Config(**{key: value, **({"fleet": "uniform"} if key == "deadline" else {})})
+
+
+def test_what_may_change_on_resume_is_declared_on_the_setting(tmp_path):
+    from fedsim.experiment.config import config_fields
+
+    assert {n for n, f in config_fields().items() if f.resumable} == {"hosts", "address", "rounds", "dp_epsilon_budget"}
+    with pytest.raises(ConfigError, match="lr cannot change .only rounds, dp_epsilon_budget, hosts, address may"):
+        fedsim.resume(tmp_path, lr=0.1)

@@ -13,8 +13,6 @@ from fedsim.cli.parser import SWEEP_OWN
 from fedsim.core.settings import ConfigError, flag
 from fedsim.experiment.config import Config, config_fields, flatten_settings
 
-RESUMABLE = ("hosts", "address", "rounds", "dp_epsilon_budget")  # what --resume may change
-
 
 def config_from_args(args: argparse.Namespace) -> Config:
     overrides = {name: getattr(args, name) for name in config_fields() if getattr(args, name, None) is not None}
@@ -27,23 +25,15 @@ def run(args: argparse.Namespace) -> int:
     import fedsim
 
     if args.resume:
-        others = [n for n in config_fields() if n not in RESUMABLE and getattr(args, n, None) is not None]
+        fields = config_fields()
+        others = [n for n, f in fields.items() if not f.resumable and getattr(args, n, None) is not None]
         if others or args.config:
             flags = ", ".join(flag(n) for n in others) or "--config"
-            raise ConfigError(
-                f"--resume uses the run's own settings; drop {flags} (only --hosts, --address, --rounds to extend "
-                "it and --dp-epsilon-budget to go past a spent budget may change)"
-            )
+            may = ", ".join(flag(n) for n, f in fields.items() if f.resumable)
+            raise ConfigError(f"--resume uses the run's own settings; drop {flags} (only {may} may change)")
         engine = fedsim.LocalEngine(args.hosts or 1) if args.engine == "local" else None
-        result = fedsim.resume(
-            args.resume,
-            engine=engine,
-            progress=not args.no_progress,
-            hosts=args.hosts,
-            address=args.address,
-            rounds=args.rounds,
-            dp_epsilon_budget=args.dp_epsilon_budget,
-        )
+        changes = {n: getattr(args, n) for n, f in fields.items() if f.resumable}
+        result = fedsim.resume(args.resume, engine=engine, progress=not args.no_progress, **changes)
         config = Config.from_dict(result.meta["config"])
     else:
         config = config_from_args(args)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from fedsim.core.settings import ConfigError, Section, flag, setting
+
+if TYPE_CHECKING:
+    from fedsim.clock.clock import Clock
 
 STRAGGLER_POLICIES = ("drop", "partial")
 
@@ -32,6 +36,12 @@ class ClockSettings(Section):
         least=1,
         why="(it picks that many times the devices a round keeps)",
     )
+
+    def clock(self, profiles: Any, latency: dict[str, float], batch_size: int, local_epochs: int, seed: int) -> Clock:
+        """The simulated clock of these settings over `profiles` and a latency table."""
+        from fedsim.clock.clock import Clock
+
+        return Clock(profiles, latency, batch_size, local_epochs, seed, self.deadline, self.straggler, self.over_select)
 
     def check(self) -> None:
         from fedsim.clock.clock import read_latency

@@ -120,10 +120,12 @@ def setting(
     switch: bool = False,
     why: str = "",
     cli: bool = True,
+    resumable: bool = False,
 ) -> Any:
     """A dataclass field that is a setting: its default, a one-line help text (the flag's help, the
     README's source), and what values it accepts. `switch`: a CLI flag that takes no value (on when
-    given). `cli=False`: a setting of the config file and the Python API only."""
+    given). `cli=False`: a setting of the config file and the Python API only. `resumable`: it may
+    change when a run is continued (--resume): where it runs, how long, a budget; never what it computes."""
     meta = {
         "help": help,
         "least": least,
@@ -134,6 +136,7 @@ def setting(
         "switch": switch,
         "why": why,
         "cli": cli,
+        "resumable": resumable,
     }
     return dataclasses.field(default=default, metadata={"setting": meta})
 
@@ -149,6 +152,7 @@ class Field:
     owner: str  # the section (or strategy / stage) that declared it
     switch: bool = False
     cli: bool = True
+    resumable: bool = False  # may change on --resume
 
     @property
     def type(self) -> Callable[[str], Any]:
@@ -198,6 +202,7 @@ def fields_of(cls: type, owner: str | None = None) -> list[Field]:
                 owner or str(getattr(cls, "section", "") or cls.__name__),
                 meta["switch"],
                 meta["cli"],
+                meta["resumable"],
             )
         )
     return out

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from fedsim.core.settings import ConfigError, Section, need, setting
+
+if TYPE_CHECKING:
+    from fedsim.data import DataRecipe
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,12 @@ class DataSettings(Section):
         if self.partition is not None:
             return resolve_spec(self.partition)
         return "natural" if self.dataset.startswith("synthetic:") else "iid"
+
+    def recipe(self, seed: int, devices: int, arrays: Any = None) -> DataRecipe:
+        """What to load for a run of `devices` devices (`arrays`: a data set built in Python)."""
+        from fedsim.data import DataRecipe
+
+        return DataRecipe(self.dataset, self.data_dir, seed, self.toy_samples, devices, self.data, arrays)
 
     def check(self) -> None:
         from fedsim.data import check_dataset_name

@@ -13,6 +13,7 @@ import numpy as np
 from fedsim.data import DataRecipe, check_devices_fit, label_counts, partition
 from fedsim.data.dataset import DataError, Dataset
 from fedsim.data.partition import group_indices
+from fedsim.data.settings import DataSettings
 from fedsim.engine.settings import HostSettings
 from fedsim.model.builders import ArtifactRecipe
 
@@ -59,9 +60,7 @@ class Setup:
     data: DataRecipe
     devices: int
     settings: HostSettings
-    partition: str = "iid"
-    min_samples: int = 1
-    device_test_fraction: float = 0.0
+    split: DataSettings = field(default_factory=DataSettings)  # how the data is split: partition, tests
     # check a .tflite made elsewhere against the data before any round (--artifact)
     check_artifact: bool = False
     # conversions of this recipe another process has made (fedsim.model.cache.for_task), by key
@@ -92,12 +91,17 @@ def prepare(setup: Setup, num_hosts: int) -> Prepared:
     if setup.data.path or setup.data.arrays is not None:  # sizes known only once loaded (an .npz)
         check_devices_fit(dataset.name, len(dataset.y_train), setup.devices)
     shards = partition(
-        dataset.y_train, setup.devices, setup.partition, setup.settings.seed, setup.min_samples, dataset.device_train
+        dataset.y_train,
+        setup.devices,
+        setup.split.partition_spec,
+        setup.settings.seed,
+        setup.split.min_samples,
+        dataset.device_train,
     )
     local_tests, tests_from_test_set = None, False
-    if setup.device_test_fraction > 0:
-        shards, local_tests = split_local_tests(shards, setup.device_test_fraction, setup.settings.seed)
-    elif setup.partition == "natural" and dataset.device_test is not None:
+    if setup.split.device_test_fraction > 0:
+        shards, local_tests = split_local_tests(shards, setup.split.device_test_fraction, setup.settings.seed)
+    elif setup.split.partition_spec == "natural" and dataset.device_test is not None:
         local_tests, tests_from_test_set = natural_tests(dataset), True
     info: dict[str, Any] = {
         "name": dataset.name,

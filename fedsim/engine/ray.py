@@ -34,6 +34,7 @@ from fedsim.engine.base import DeviceReport, Engine, EngineError, Evaluation, Ro
 from fedsim.engine.layout import Prepared, Setup
 from fedsim.engine.ray_host import RayDeviceHost, prepare_remote
 from fedsim.engine.ray_session import SESSION, connect, kill, retrieved, wait_for_exit
+from fedsim.engine.settings import EngineSettings
 from fedsim.model import cache
 from fedsim.model.builders import ArtifactRecipe
 from fedsim.pipeline.base import HostRound
@@ -66,6 +67,11 @@ class RayEngine(Engine):
         self._pool_key: tuple[Any, ...] = ()
         self._state_dir: Path | None = None
         self.relay: set[int] = set()  # hosts that cannot reach the state folder: their state goes through here
+
+    @classmethod
+    def of(cls, settings: EngineSettings, keep_warm: bool = False) -> RayEngine:
+        """The engine of a run's engine settings (--hosts, --address, --round-timeout)."""
+        return cls(settings.hosts, settings.address, settings.round_timeout, keep_warm)
 
     def _put(self, checkpoint: bytes) -> Any:
         """One object-store copy per global checkpoint: a round's model is evaluated, then sent out

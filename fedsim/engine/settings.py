@@ -11,9 +11,9 @@ from fedsim.core.settings import Section, setting
 class EngineSettings(Section):
     section = "engine"
     # None = one per CPU Ray sees (never more than devices)
-    hosts: int | None = setting(None, "Ray actors hosting devices (default: one per CPU)", least=1)
+    hosts: int | None = setting(None, "Ray actors hosting devices (default: one per CPU)", least=1, resumable=True)
     # None = start a local Ray for the run
-    address: str | None = setting(None, "join an existing Ray cluster (e.g. auto or 10.0.0.1:6379)")
+    address: str | None = setting(None, "join an existing Ray cluster (e.g. auto or 10.0.0.1:6379)", resumable=True)
     # None = wait as long as it takes
     round_timeout: float | None = setting(
         None, "seconds before a silent host is restarted and its devices marked failed", above=0

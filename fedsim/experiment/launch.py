@@ -3,6 +3,7 @@ coordinator, and run the rounds. `fedsim.experiment.simulation` checks everythin
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass, field
@@ -14,14 +15,16 @@ import pandas as pd
 
 from fedsim.clock.clock import Clock, read_latency, reuse_latency
 from fedsim.clock.profiles import FleetError
+from fedsim.clock.settings import ClockSettings
 from fedsim.core import seeded
 from fedsim.core.context import RunContext
 from fedsim.core.instructions import Instruction, refuse_unhonoured
 from fedsim.core.task import Task
 from fedsim.data import DataRecipe
+from fedsim.data.settings import DataSettings
 from fedsim.engine.base import Engine
 from fedsim.engine.layout import Prepared, Setup
-from fedsim.engine.settings import HostSettings
+from fedsim.engine.settings import EngineSettings, HostSettings
 from fedsim.experiment.config import Config
 from fedsim.loop.asyncloop import AsyncCoordinator
 from fedsim.loop.coordinator import Coordinator, Resume
@@ -65,18 +68,10 @@ def execute(
         from fedsim.engine.ray import RayEngine
 
         # keep_warm: the next run in this process (a notebook's next cell) reuses Ray and the hosts
-        engine = RayEngine(config.hosts, config.address, config.round_timeout, keep_warm=True)
+        engine = RayEngine.of(config.section(EngineSettings), keep_warm=True)
     settings = HostSettings(config.local_epochs, config.batch_size, config.seed)
-    setup = Setup(
-        plan.artifact,
-        plan.data,
-        config.devices,
-        settings,
-        config.partition_spec,
-        config.min_samples,
-        config.device_test_fraction,
-        plan.check_artifact,
-    )
+    split = dataclasses.replace(config.section(DataSettings), partition=config.partition_spec)
+    setup = Setup(plan.artifact, plan.data, config.devices, settings, split, plan.check_artifact)
     with engine:
         began = time.perf_counter()
         if progress:  # the wait before round 1 is not silent
@@ -220,16 +215,7 @@ def sim_clock(
         measured = (report or {}).get("latency_ms", {})
         table = {k: float(v) for k, v in measured.items() if k in ("restore", "train", "save")}
         latency, source = reuse_latency(artifact, table, str((report or {}).get("identity", "")))
-    clock = Clock(
-        profiles,
-        latency,
-        config.batch_size,
-        config.local_epochs,
-        config.seed,
-        config.deadline,
-        config.straggler,
-        config.over_select,
-    )
+    clock = config.section(ClockSettings).clock(profiles, latency, config.batch_size, config.local_epochs, config.seed)
     clock.latency_source = source
     if config.deadline is not None:
         fewest = clock.fewest_seconds(run.samples, down_bytes, up_bytes)

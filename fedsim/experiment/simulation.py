@@ -20,15 +20,16 @@ import numpy as np
 from fedsim.clock.profiles import load_fleet
 from fedsim.core.instructions import columns_of
 from fedsim.data import DataRecipe, Dataset
+from fedsim.data.settings import DataSettings
 from fedsim.engine.base import Engine
-from fedsim.experiment.config import Config, ConfigError
+from fedsim.experiment.config import Config, ConfigError, config_fields
 from fedsim.experiment.launch import RunPlan, StartPoint, execute
 from fedsim.loop import asyncloop, schedule
 from fedsim.loop.coordinator import Resume
-from fedsim.model.builders import MODELS, ArtifactRecipe, ModelBuilder, Optimizer, builder_name, resolve_builder
-from fedsim.model.settings import is_import_path
+from fedsim.model.builders import MODELS, ArtifactRecipe, ModelBuilder, builder_name, resolve_builder
+from fedsim.model.settings import DeviceSettings, is_import_path
 from fedsim.pipeline import Pipeline, StopRun
-from fedsim.report.tracking import Trackers
+from fedsim.report.tracking import Trackers, TrackingSettings
 from fedsim.results import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -97,7 +98,7 @@ def run(
     profiles = load_fleet(config.fleet, config.devices, config.seed) if config.fleet else None
     artifact: ArtifactRecipe | bytes = ArtifactRecipe(
         builder=builder,
-        optimizer=optimizer_of(config),
+        optimizer=config.section(DeviceSettings).optimizer(),
         seed=config.seed,
         checkpoint_format=config.checkpoint_format,
         variant=chosen.variant,  # the data's task is filled in where the data is loaded
@@ -143,7 +144,7 @@ def _columns(config: Config, pipeline: Pipeline, strategy: Strategy) -> tuple[li
 def _trackers(config: Config) -> Trackers:
     """The experiment trackers the config asks for (--tensorboard, --mlflow); an MLflow URI that
     cannot be used fails here, before any folder or Ray process exists."""
-    return Trackers(config.tensorboard, config.mlflow, config.mlflow_experiment or config.run_name)
+    return Trackers.of(config.section(TrackingSettings), config.run_name)
 
 
 def strategy_name(config: Config, strategy: Strategy) -> str:
@@ -176,20 +177,7 @@ def _resume_strategy(folder: Path, meta: dict[str, Any], config: Config, given: 
 
 
 def data_recipe(config: Config, arrays: Dataset | None = None) -> DataRecipe:
-    return DataRecipe(
-        config.dataset, config.data_dir, config.seed, config.toy_samples, config.devices, config.data, arrays
-    )
-
-
-def optimizer_of(config: Config) -> Optimizer:
-    return Optimizer(
-        config.device_optimizer,
-        config.lr,
-        config.device_momentum,
-        config.device_beta1,
-        config.device_beta2,
-        config.device_epsilon,
-    )
+    return config.section(DataSettings).recipe(config.seed, config.devices, arrays)
 
 
 def _read_artifact(path: str) -> bytes:
@@ -219,27 +207,30 @@ def resume(
     engine: Engine | None = None,
     strategy: Strategy | None = None,
     progress: bool = True,
-    hosts: int | None = None,
-    address: str | None = None,
     data: Dataset | None = None,
-    rounds: int | None = None,
-    dp_epsilon_budget: float | None = None,
+    **changes: Any,
 ) -> Run:
     """Continue an interrupted run in its own folder after its last committed round, or extend a
-    finished one to `rounds` rounds (or one stopped by its privacy budget, given a larger one).
+    finished one (`rounds=N`; or one stopped by its privacy budget, given a larger `dp_epsilon_budget`).
 
-    The run's saved settings and .tflite are used as they are; only where it runs (hosts, address)
-    and how many rounds it has may change. The rounds table comes out identical to an uninterrupted
-    run's of as many rounds (with --eval-every above 1, the old last round keeps its evaluation).
+    The run's saved settings and .tflite are used as they are; only the settings declared resumable
+    (where it runs: hosts, address; how long: rounds; a privacy budget) may change. The rounds table
+    comes out identical to an uninterrupted run's of as many rounds (with --eval-every above 1, the old
+    last round keeps its evaluation).
     """
     started = time.perf_counter()
+    fields = config_fields()
+    fixed = sorted(k for k in changes if k not in fields or not fields[k].resumable)
+    if fixed:
+        may = ", ".join(k for k, f in fields.items() if f.resumable)
+        raise ConfigError(f"--resume uses the run's own settings; {', '.join(fixed)} cannot change (only {may} may)")
     folder = Path(path)
     try:
         meta = read_meta(folder)
     except FileNotFoundError:
         raise RunFolderError(f"--resume {folder}: not a fedsim run folder (no {CONFIG_FILE})") from None
-    given = (("hosts", hosts), ("address", address), ("rounds", rounds), ("dp_epsilon_budget", dp_epsilon_budget))
-    changes = {k: v for k, v in given if v is not None}
+    rounds = changes.get("rounds")
+    changes = {k: v for k, v in changes.items() if v is not None}
     config = saved_config(meta, **changes)
     take_claim(folder)  # one process at a time continues a run; released however this ends
     try:

@@ -14,7 +14,7 @@ class RunSettings(Section):
     # 100 phones each holding 600 Fashion-MNIST images: a fleet, yet a round costs well under 1 s on 2 cores
     devices: int = setting(100, "simulated phones in the fleet", least=1)
     # 40 rounds take FedAvg on these shards past 0.82 test accuracy in well under a minute on 2 cores
-    rounds: int = setting(40, "federated rounds", least=1)
+    rounds: int = setting(40, "federated rounds", least=1, resumable=True)
     # seeded; 1.0 = every device every round
     fraction: float = setting(1.0, "share of devices selected per round", above=0, most=1)
     per_round: int | None = setting(None, "devices selected per round, as a count (instead of --fraction)")

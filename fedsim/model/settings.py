@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedsim.core.settings import Section, need, setting
-from fedsim.model.builders import OPTIMIZERS
+from fedsim.model.builders import OPTIMIZERS, Optimizer
 from fedsim.model.signatures import CHECKPOINT_FORMATS
 
 
@@ -43,6 +43,17 @@ class DeviceSettings(Section):
     )
     # a .tflite made outside fedsim, run as it is; checked before any round
     artifact: str | None = setting(None, "run a .tflite made elsewhere as it is (checked before any round)")
+
+    def optimizer(self) -> Optimizer:
+        """The on-device optimiser these settings bake into `train`."""
+        return Optimizer(
+            self.device_optimizer,
+            self.lr,
+            self.device_momentum,
+            self.device_beta1,
+            self.device_beta2,
+            self.device_epsilon,
+        )
 
     def check(self) -> None:
         from fedsim.model.builders import MODELS

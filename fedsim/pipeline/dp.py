@@ -61,7 +61,10 @@ class DPSettings(Section):
     )
     dp_clip_lr: float = setting(0.2, "DP: adaptive clipping's learning rate (Andrew et al.'s 0.2)", above=0)
     dp_epsilon_budget: float | None = setting(
-        None, "DP: stop before the round that would take epsilon past this (status budget; resume with more)", above=0
+        None,
+        "DP: stop before the round that would take epsilon past this (status budget; resume with more)",
+        above=0,
+        resumable=True,
     )
 
     @property

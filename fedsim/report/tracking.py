@@ -253,6 +253,11 @@ class Trackers:
         self.mlflow = mlflow_client(mlflow) if mlflow else None
         self.open: list[Any] = []
 
+    @classmethod
+    def of(cls, settings: TrackingSettings, name: str) -> Trackers:
+        """The trackers of a run's tracking settings (its MLflow experiment: --mlflow-experiment, else `name`)."""
+        return cls(settings.tensorboard, settings.mlflow, settings.mlflow_experiment or name)
+
     def __bool__(self) -> bool:
         return bool(self.tensorboard or self.mlflow)
 

@@ -7,6 +7,8 @@ writes that round's rows only, so its cost does not grow with the rounds before 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pyarrow as pa
 
 CONFIG_FILE = "config.json"
@@ -21,74 +23,73 @@ STATE_FILE = "server_state.npz"  # a stateful strategy's state after the last ro
 RESUME_DIR = "resume"  # resume/round-K.ckpt: the checkpoint a resume starts from (removed when complete)
 STATE_DIR = "device_state"  # what devices keep across rounds, in segments (fedsim.core.segments)
 
-ROUND_COLUMNS = [
-    "round",
-    "test_accuracy",
-    "test_loss",
-    "train_loss",
-    "device_acc_mean",
-    "device_acc_p10",
-    "device_acc_p90",
-    "devices_selected",
-    "devices_reported",
-    "devices_accepted",
-    "samples",
-    "wall_s",
-    "hosts_s",
-    "aggregate_s",
-    "evaluate_s",
-    "elapsed_s",
-    "bytes_up",
-    "bytes_down",
-    "sim_round_s",
-    "sim_elapsed_s",
-    "sim_energy_j",
-]
-DEVICE_COLUMNS = [
-    "round",
-    "device_id",
-    "host",
-    "samples",
-    "train_loss",
-    "train_s",
-    "checkpoint_bytes",
-    "status",
-    "reason",
-    "test_accuracy",
-    "role",
-    "sim_compute_s",
-    "sim_comm_s",
-    "sim_finish_s",
-    "sim_energy_j",
-    "aggregated",
-]
-_INT_COLUMNS = {
-    "round",
-    "device_id",
-    "host",
-    "samples",
-    "checkpoint_bytes",
-    "devices_selected",
-    "devices_reported",
-    "devices_accepted",
-    "bytes_up",
-    "bytes_down",
-}
-_STRING_COLUMNS = {"status", "reason", "role"}
+
+@dataclass(frozen=True)
+class Column:
+    """A column of a run's table, declared once: its name, its type, what it holds."""
+
+    name: str
+    kind: str  # "int", "float" or "str"
+    doc: str
+
+    @property
+    def arrow(self) -> pa.DataType:
+        return {"int": pa.int64(), "str": pa.string()}.get(self.kind, pa.float64())
 
 
-def _schema(columns: list[str]) -> pa.Schema:
-    """One fixed schema per table, so every round's part has the same types (a round whose reasons
-    are all empty must not make the column null-typed)."""
-
-    def kind(c: str) -> pa.DataType:
-        return pa.int64() if c in _INT_COLUMNS else pa.string() if c in _STRING_COLUMNS else pa.float64()
-
-    return pa.schema([(c, kind(c)) for c in columns])
-
-
-ROUND_SCHEMA = _schema(ROUND_COLUMNS)
-DEVICE_SCHEMA = _schema(DEVICE_COLUMNS)
+ROUNDS = (
+    Column(
+        "round", "int", "the round (1-based; 0: the initial model, --eval-initial); a server step with --mode async"
+    ),
+    Column("test_accuracy", "float", "the new global model on the test set (NaN between --eval-every rounds)"),
+    Column("test_loss", "float", "its mean cross-entropy on the test set"),
+    Column("train_loss", "float", "the accepted devices' mean training loss, weighted by samples"),
+    Column("device_acc_mean", "float", "the new model on the selected devices' own test splits: mean"),
+    Column("device_acc_p10", "float", "... 10th percentile"),
+    Column("device_acc_p90", "float", "... 90th percentile"),
+    Column("devices_selected", "int", "devices selected (or started, --mode async)"),
+    Column("devices_reported", "int", "devices that sent an update (accepted or rejected)"),
+    Column("devices_accepted", "int", "updates aggregated"),
+    Column("samples", "int", "training samples of the accepted devices"),
+    Column("wall_s", "float", "seconds the round took here"),
+    Column("hosts_s", "float", "seconds from handing the devices out until every host answered"),
+    Column("aggregate_s", "float", "seconds of the reduce, the server stages and the strategy"),
+    Column("evaluate_s", "float", "seconds of the evaluation"),
+    Column("elapsed_s", "float", "seconds since the run began"),
+    Column("bytes_up", "int", "bytes the devices sent (encoded updates, control variates, protocol)"),
+    Column("bytes_down", "int", "bytes the devices received"),
+    Column("sim_round_s", "float", "--fleet: the round's simulated seconds"),
+    Column("sim_elapsed_s", "float", "--fleet: simulated seconds since the run began"),
+    Column("sim_energy_j", "float", "--fleet: joules the round's devices spent"),
+)
+DEVICES = (
+    Column("round", "int", "the round (server step, --mode async) the device's update counted in"),
+    Column("device_id", "int", "the device"),
+    Column("host", "int", "the host that ran it (-1: none did)"),
+    Column("samples", "int", "its training samples"),
+    Column("train_loss", "float", "its mean training loss this round"),
+    Column("train_s", "float", "seconds in its runtime's restore, train and save calls"),
+    Column("checkpoint_bytes", "int", "bytes it sent (its encoded update)"),
+    Column(
+        "status",
+        "str",
+        "ok, rejected, failed; with --fleet also straggler, dropped, unavailable; --mode async: stale",
+    ),
+    Column("reason", "str", "why it was rejected or failed, or what a stage did to its update"),
+    Column("test_accuracy", "float", "the new global model on its own test split"),
+    Column("role", "str", "honest, or the attack it mounts"),
+    Column("sim_compute_s", "float", "--fleet: simulated seconds of its training"),
+    Column("sim_comm_s", "float", "--fleet: simulated seconds of its download and upload"),
+    Column("sim_finish_s", "float", "--fleet: when it finished in the round"),
+    Column("sim_energy_j", "float", "--fleet: joules it spent"),
+    Column("aggregated", "float", "1 if the strategy used its accepted update (Krum, Multi-Krum, Bulyan pick)"),
+)
+ROUND_COLUMNS = [c.name for c in ROUNDS]
+DEVICE_COLUMNS = [c.name for c in DEVICES]
+ROUND_SCHEMA = pa.schema([(c.name, c.arrow) for c in ROUNDS])
+DEVICE_SCHEMA = pa.schema([(c.name, c.arrow) for c in DEVICES])
+# Columns a run adds beyond these (a stage's, an instruction's, --mode async's) are declared by the part
+# that fills them, by name, and hold numbers.
 
 
 def part_name(round_num: int) -> str:
