@@ -30,6 +30,7 @@ import pandas as pd
 
 import fedsim
 from fedsim.report.analysis import hours_to, kj_to
+from fedsim.report.tables import publish
 
 BASE = dict(devices=1000, local_epochs=2, fleet="skewed", seed=0, name="async", progress=False)
 OUT = Path("results/workloads")
@@ -89,28 +90,6 @@ def main() -> None:
     energy = {
         f"kj_to_{t:.2f}": table.loc["sync", f"kj_to_{t:.2f}"] / table.loc["fedbuff", f"kj_to_{t:.2f}"] for t in TARGETS
     }
-    OUT.mkdir(parents=True, exist_ok=True)
-    table.to_csv(OUT / "async.csv")
-    lines = [
-        f"Fashion-MNIST, 1000 devices (`skewed` profiles), 2 local epochs, MLP, seed 0; sync: 100 a round, "
-        f"{args.rounds} rounds; FedBuff: concurrency 100, buffer {args.buffer}, staleness poly:0.5, "
-        f"{args.steps} server steps; latency table (ms, one thread, this machine): "
-        f"{json.loads(latency.read_text()) if latency else {}}; `python experiments/async.py` (runs in {root})",
-        "",
-        table.to_markdown(),
-        "",
-        "Sync over FedBuff (how many times faster FedBuff reaches each target; energy: how many times less):",
-        "",
-        "| target | simulated hours | energy |",
-        "|:--|--:|--:|",
-        *(f"| {t:.2f} | {ratios[f'h_to_{t:.2f}']:.2f}x | {energy[f'kj_to_{t:.2f}']:.2f}x |" for t in TARGETS),
-        "",
-        "Published (other tasks, models and device traces: orders to compare, not numbers): "
-        + "; ".join(f"{k}: {v:.2f}x" for k, v in PUBLISHED.items())
-        + ".",
-    ]
-    (OUT / "async.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
     fig, (by_time, by_energy) = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     for label, r in curves.items():
         scored = r["test_accuracy"].notna()
@@ -125,8 +104,25 @@ def main() -> None:
     by_time.legend()
     fig.suptitle("1000 skewed phones, 100 at a time: synchronous rounds against FedBuff")
     fig.tight_layout()
-    fig.savefig(OUT / "async.png", dpi=120)
-    print(f"wrote {OUT / 'async.md'}, .csv, .png; runs in {root}; ratios {ratios} {np.round(list(energy.values()), 2)}")
+    header = (
+        f"Fashion-MNIST, 1000 devices (`skewed` profiles), 2 local epochs, MLP, seed 0; sync: 100 a round, "
+        f"{args.rounds} rounds; FedBuff: concurrency 100, buffer {args.buffer}, staleness poly:0.5, "
+        f"{args.steps} server steps; latency table (ms, one thread, this machine): "
+        f"{json.loads(latency.read_text()) if latency else {}}; `python experiments/async.py` (runs in {root})"
+    )
+    footer = [
+        "Sync over FedBuff (how many times faster FedBuff reaches each target; energy: how many times less):",
+        "",
+        "| target | simulated hours | energy |",
+        "|:--|--:|--:|",
+        *(f"| {t:.2f} | {ratios[f'h_to_{t:.2f}']:.2f}x | {energy[f'kj_to_{t:.2f}']:.2f}x |" for t in TARGETS),
+        "",
+        "Published (other tasks, models and device traces: orders to compare, not numbers): "
+        + "; ".join(f"{k}: {v:.2f}x" for k, v in PUBLISHED.items())
+        + ".",
+    ]
+    publish(table, OUT, "async", header, "\n".join(footer), fig, index=True)
+    print(f"runs in {root}; ratios {ratios} {np.round(list(energy.values()), 2)}")
 
 
 if __name__ == "__main__":

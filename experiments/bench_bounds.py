@@ -46,6 +46,7 @@ import fedsim
 from fedsim.checkpoint import read_checkpoint
 from fedsim.data import DataRecipe
 from fedsim.engine.layout import test_blocks
+from fedsim.report.tables import publish
 
 
 def model_run(model: str, folder: Path) -> tuple[bytes, bytes]:
@@ -212,17 +213,15 @@ def main() -> None:
         )
         print(", ".join(f"{k}={v}" for k, v in table[-1].items()), flush=True)
     frame = pd.DataFrame(table)
-    frame.to_csv(out / "bounds.csv", index=False)
     stamp = time.strftime("%Y-%m-%d %H:%M")
     md = (
         f"fedsim: the lowest ratio a round could reach, {stamp}, {cpus} CPUs, floors and measured ratios from "
         f"{args.overhead}; `python experiments/bench_bounds.py`. lowest_ratio counts only the CPUs' sharing "
         "(shared_cpus), Ray's round trip, one read of each upload and the evaluation (no tables, no per-device "
         "Python, no crc); numpy_ratio adds crc32c and a float64 running sum per upload. See the script's "
-        f"docstring.\n\n{frame.to_markdown(index=False)}\n"
+        "docstring."
     )
-    (out / "bounds.md").write_text(md)
-    print("\n" + md)
+    publish(frame, out, "bounds", md)
 
 
 if __name__ == "__main__":

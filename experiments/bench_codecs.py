@@ -16,12 +16,12 @@ import datetime as dt
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from fedsim.pipeline import codecs, reference
+from fedsim.report.tables import publish
 
 N = 101_770
 
@@ -81,16 +81,12 @@ def main() -> None:
         )
         print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "codecs.csv", index=False)
     header = (
         f"fedsim codec cost per device upload, {dt.datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} CPUs, "
         f"`python experiments/bench_codecs.py --repeats {args.repeats}`: {N:,} float32 values encoded and "
-        "decoded onto the global model; medians of alternating calls; identical results checked.\n\n"
+        "decoded onto the global model; medians of alternating calls; identical results checked."
     )
-    (out / "codecs.md").write_text(header + table.to_markdown(index=False) + "\n")
-    print(header + table.to_markdown(index=False))
+    publish(table, args.out, "codecs", header)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from fedsim.engine.settings import HostSettings
 from fedsim.model import cache
 from fedsim.model.builders import MODELS, ArtifactRecipe
 from fedsim.pipeline import plain_round
+from fedsim.report.tables import publish
 
 CONFIGURATIONS = [("before", "tensors", True), ("tensors", "tensors", False), ("packed", "packed", False)]
 
@@ -119,18 +120,14 @@ def main() -> None:
     table = pd.DataFrame(rows)
     before = table[table.configuration == "before"].set_index("model")["fixed_ms"]
     table["fixed_vs_before"] = [round(before[m] / f, 2) for m, f in zip(table.model, table.fixed_ms)]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "device_round.csv", index=False)
     md = (
         f"fedsim device-round benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {psutil.cpu_count()} CPUs, "
         f"one thread, batch 32; host work over {args.devices} IID Fashion-MNIST devices "
         f"({60000 // args.devices} samples each), median of {args.rounds} rounds.\n"
         "fixed_vs_before: the fixed cost before divided by this row's (target: >= 2 for the default, packed, "
-        "at 1000 devices).\n\n" + table.to_markdown(index=False) + "\n"
+        "at 1000 devices)."
     )
-    (out / "device_round.md").write_text(md)
-    print("\n" + md)
+    publish(table, args.out, "device_round", md)
 
 
 if __name__ == "__main__":

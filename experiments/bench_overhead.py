@@ -52,6 +52,7 @@ from fedsim.data import DataRecipe, partition
 from fedsim.device import Device, Runner
 from fedsim.experiment.simulation import data_recipe
 from fedsim.loop.coordinator import select_devices
+from fedsim.report.tables import publish
 
 
 @dataclass(frozen=True)
@@ -313,16 +314,13 @@ def main() -> None:
     finally:
         shutil.rmtree(runs, ignore_errors=True)
     table = pd.DataFrame(rows)
-    table.to_csv(out / "overhead.csv", index=False)
     stamp = time.strftime("%Y-%m-%d %H:%M")
     md = (
         f"fedsim overhead benchmark, {stamp}, {psutil.cpu_count()} CPUs, {args.rounds} rounds per row unless "
         "set, SGD, batch 32, 1 local epoch. ratio = median over rounds 2..R of round wall / floor; memory "
-        f"target compared with peak PSS.\n\n{table.to_markdown(index=False)}\n"
+        "target compared with peak PSS."
     )
-    (out / "overhead.md").write_text(md)
-    print("\n" + md)
-    print(f"wrote {out / 'overhead.csv'} and {out / 'overhead.md'}")
+    publish(table, out, "overhead", md)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import psutil
 
 import fedsim
 from fedsim.checkpoint import write_checkpoint
+from fedsim.report.tables import publish
 from fedsim.results import RunWriter, claim_run_folder
 
 FLAT_TARGET = 1.2
@@ -110,17 +111,15 @@ def main() -> None:
     print(", ".join(f"{k}={v}" for k, v in row.items()))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame([row]).to_csv(out / "recording.csv", index=False)
     pd.DataFrame({"round": np.arange(1, args.rounds + 1), "write_ms": np.round(np.array(times) * 1e3, 3)}).to_csv(
         out / "recording_rounds.csv", index=False
     )
     md = (
         f"fedsim recording benchmark, {time.strftime('%Y-%m-%d %H:%M')}: {args.rounds} rounds x {args.devices} "
         f"device rows written through RunWriter; median write time of the first and the last {window} rounds "
-        f"(per-round times in recording_rounds.csv).\n\n{pd.DataFrame([row]).to_markdown(index=False)}\n"
+        "(per-round times in recording_rounds.csv)."
     )
-    (out / "recording.md").write_text(md)
-    print("\n" + md)
+    publish(pd.DataFrame([row]), out, "recording", md)
 
 
 if __name__ == "__main__":

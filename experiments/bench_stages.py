@@ -31,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 import fedsim
+from fedsim.report.tables import publish
 
 PLAIN = dict(devices=1000, fraction=1.0, batch_size=32, local_epochs=1, seed=0, hosts=2, progress=False)
 SKEWED = dict(devices=1000, batch_size=32, local_epochs=1, seed=0, hosts=2, fleet="skewed", progress=False)
@@ -102,7 +103,6 @@ def main() -> None:
     table = pd.DataFrame(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "stages.csv", index=False)
     raw.to_csv(out / "stages_passes.csv", index=False)
     header = (
         f"fedsim stage and schedule costs, {dt.datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} CPUs, "
@@ -110,10 +110,9 @@ def main() -> None:
         f"{args.pairs} alternating passes (each starting further down the rows) of the median round of "
         f"rounds 2..{args.rounds} (async: "
         f"{args.rounds} x 90 / --buffer server steps, about the sync rows' updates); ratio against the "
-        "baseline row of the same pass (stages: round wall; async: wall per applied update).\n\n"
+        "baseline row of the same pass (stages: round wall; async: wall per applied update)."
     )
-    (out / "stages.md").write_text(header + table.to_markdown(index=False) + "\n")
-    print(header + table.to_markdown(index=False))
+    publish(table, out, "stages", header)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,10 @@ import subprocess
 import sys
 import tempfile
 from datetime import datetime
-from pathlib import Path
 
 import pandas as pd
+
+from fedsim.report.tables import publish
 
 TARGETS = {"cold": 10.0, "warm": 3.0}
 
@@ -52,19 +53,12 @@ def main() -> None:
     summary = table.groupby("start", sort=False).median(numeric_only=True).drop(columns="repeat")
     summary["target_s"] = [TARGETS[k] for k in summary.index]
     summary["met"] = summary["to_round_1_s"] <= summary["target_s"]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "startup.csv", index=False)
-    text = (
+    header = (
         f"fedsim start-up, {datetime.now():%Y-%m-%d %H:%M}, medians of {args.repeats} fresh processes "
-        f"(100 devices, 2 hosts, Fashion-MNIST, MLP); `python experiments/bench_startup.py`\n\n"
-        + summary.round(3).to_markdown()
-        + "\n\nEvery repeat:\n\n"
-        + table.round(3).to_markdown(index=False)
-        + "\n"
+        f"(100 devices, 2 hosts, Fashion-MNIST, MLP); `python experiments/bench_startup.py`"
     )
-    (out / "startup.md").write_text(text)
-    print(text)
+    footer = "Every repeat:\n\n" + table.round(3).to_markdown(index=False)
+    publish(summary.round(3), args.out, "startup", header, footer, index=True, csv=table)
 
 
 if __name__ == "__main__":

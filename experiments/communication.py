@@ -26,6 +26,7 @@ import pandas as pd
 
 import fedsim
 from fedsim.report.analysis import hours_to, kj_to
+from fedsim.report.tables import publish
 
 BASE = dict(devices=1000, per_round=100, local_epochs=2, fleet="phones", seed=0, name="communication", progress=False)
 METHODS = {
@@ -76,17 +77,13 @@ def main() -> None:
         rows.append(row)
         print(row, flush=True)
     table = pd.DataFrame(rows)
-    OUT.mkdir(parents=True, exist_ok=True)
-    table.to_csv(OUT / "communication.csv", index=False)
     header = (
         f"Fashion-MNIST, 1000 devices (`phones` profiles), 100 per round, 2 local epochs, MLP, seed 0, "
         f"{args.rounds} rounds; latency table (ms, one thread, this machine): "
         f"{json.loads(latency.read_text()) if latency else {}}; `python experiments/communication.py` "
         f"(runs in {root}). kb_per_upload: a device's encoded update; uplink_mb_to_X: what every device "
-        "sent until the first evaluation at or above X; kj_to_X: the phones' energy until then.\n\n"
+        "sent until the first evaluation at or above X; kj_to_X: the phones' energy until then."
     )
-    (OUT / "communication.md").write_text(header + table.to_markdown(index=False) + "\n")
-    print(table.to_markdown(index=False))
     fig, (by_bytes, by_time) = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     for label, r in curves.items():
         by_bytes.plot(r["bytes_up"].cumsum() / 1e6, r["test_accuracy"], label=label)
@@ -100,8 +97,8 @@ def main() -> None:
     by_bytes.legend(fontsize="small")
     fig.suptitle("1000 phones, 100 per round: what each uplink encoding costs in bytes and in time")
     fig.tight_layout()
-    fig.savefig(OUT / "communication.png", dpi=120)
-    print(f"wrote {OUT / 'communication.md'}, .csv, .png; runs in {root}")
+    publish(table, OUT, "communication", header, figure=fig)
+    print(f"runs in {root}")
 
 
 if __name__ == "__main__":

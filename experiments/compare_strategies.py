@@ -13,6 +13,7 @@ The runs themselves go to results/compare_strategies/<stamp>/ (fedsim.load_runs 
 import argparse
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -21,6 +22,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 import fedsim
+from fedsim.report.tables import publish
 
 # ---- settings ---------------------------------------------------------------------------------
 DEVICES, PARTITION, SEED = 100, "dirichlet:0.3", 0
@@ -63,7 +65,7 @@ def row_of(label: str, name: str, settings: dict, attack: str | None, share: flo
     }
 
 
-def plot(curves: dict[str, pd.Series], path: Path) -> None:
+def plot(curves: dict[str, pd.Series]) -> Any:
     fig, axes = plt.subplots(1, 2, figsize=(14, 5), sharey=True)
     colours = plt.cm.tab20.colors
     for i, (label, acc) in enumerate(curves.items()):
@@ -83,8 +85,7 @@ def plot(curves: dict[str, pd.Series], path: Path) -> None:
     axes[0].set_ylabel("test accuracy")
     fig.suptitle(f"Fashion-MNIST, {DEVICES} devices, {PARTITION}")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def main() -> None:
@@ -125,18 +126,14 @@ def main() -> None:
         print(f"{label:24s} final {rows[-1]['final_accuracy']:.4f} best {rows[-1]['best_accuracy']:.4f}", flush=True)
     table = pd.DataFrame(rows)
     rounds = int(table["rounds"].max())
-    OUT.mkdir(parents=True, exist_ok=True)
     suffix = "" if not only else "_partial"
-    table.to_csv(OUT / f"compare_strategies{suffix}.csv", index=False)
     shown = table[["run", "settings", "final_accuracy", "best_accuracy", "best_round", "s_per_round"]]
     header = (
         f"Fashion-MNIST, {DEVICES} devices, {PARTITION}, MLP, seed {SEED}, {rounds} rounds; "
-        f"`python experiments/compare_strategies.py` (runs in {root})\n\n"
+        f"`python experiments/compare_strategies.py` (runs in {root})"
     )
-    (OUT / f"compare_strategies{suffix}.md").write_text(header + shown.to_markdown(index=False) + "\n")
-    print(shown.to_markdown(index=False))
-    plot(curves, OUT / f"compare_strategies{suffix}.png")
-    print(f"wrote {OUT / f'compare_strategies{suffix}.md'}, .csv, .png; runs in {root}")
+    publish(shown, OUT, f"compare_strategies{suffix}", header, figure=plot(curves), csv=table)
+    print(f"runs in {root}")
 
 
 if __name__ == "__main__":

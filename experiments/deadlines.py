@@ -28,6 +28,7 @@ import pandas as pd
 
 import fedsim
 from fedsim.report.analysis import accuracy_at, hours_to
+from fedsim.report.tables import publish
 
 BASE = dict(devices=1000, per_round=100, local_epochs=2, fleet="skewed", seed=0, name="deadlines", progress=False)
 OUT = Path("results/workloads")
@@ -74,16 +75,12 @@ def main() -> None:
         )
         print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
-    OUT.mkdir(parents=True, exist_ok=True)
-    table.to_csv(OUT / "deadlines.csv", index=False)
     latencies = json.loads(latency.read_text())
     header = (
         f"Fashion-MNIST, 1000 devices (`skewed` profiles), 100 per round, 2 local epochs, MLP, seed 0, "
         f"{args.rounds} rounds; latency table (ms, one thread, this machine): {latencies}; "
-        f"`python experiments/deadlines.py` (runs in {root})\n\n"
+        f"`python experiments/deadlines.py` (runs in {root})"
     )
-    (OUT / "deadlines.md").write_text(header + table.to_markdown(index=False) + "\n")
-    print(table.to_markdown(index=False))
     fig, ax = plt.subplots(figsize=(8, 5))
     for label, r in curves.items():
         ax.plot(r["sim_elapsed_s"] / 3600, r["test_accuracy"], label=label)
@@ -99,8 +96,8 @@ def main() -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(OUT / "deadlines.png", dpi=120)
-    print(f"wrote {OUT / 'deadlines.md'}, .csv, .png; runs in {root}")
+    publish(table, OUT, "deadlines", header, figure=fig)
+    print(f"runs in {root}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import fedsim
 from fedsim.report.analysis import plot, summary
+from fedsim.report.tables import publish
 
 # ---- settings ---------------------------------------------------------------------------------
 partitions = [
@@ -58,10 +59,6 @@ columns = [
 ]
 specs = [fedsim.Config(partition=p).partition_spec for p in partitions]  # as the runs record them
 table = summary(out)[columns].set_index("partition").loc[specs]
-published.mkdir(parents=True, exist_ok=True)
-table.to_csv(published / "noniid_fashion_mnist.csv")
-markdown = table.to_markdown(floatfmt=".4f")
-(published / "noniid_fashion_mnist.md").write_text(markdown + "\n")
-print(markdown)
+publish(table, published, "noniid_fashion_mnist", index=True, floatfmt=".4f")
 for path in plot(out):
     print(f"wrote {path}")

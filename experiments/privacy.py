@@ -22,6 +22,7 @@ import pandas as pd
 import fedsim
 from fedsim.clock import FLEETS
 from fedsim.report.analysis import hours_to
+from fedsim.report.tables import publish
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -99,11 +100,6 @@ for secagg in ("none", "secaggplus"):
 
 # ---- the table and the plot -------------------------------------------------------------------
 table = pd.DataFrame(rows)
-published.mkdir(parents=True, exist_ok=True)
-table.to_csv(published / "privacy.csv", index=False)
-(published / "privacy.md").write_text(table.to_markdown(index=False) + "\n")
-print(table.to_markdown(index=False))
-
 fig, ax = plt.subplots(figsize=(7, 4.5))
 for secagg, marker, style in (("none", "o", "-"), ("secaggplus", "s", "--")):
     part = table[(table["secagg"] == secagg) & np.isfinite(table["epsilon"])]
@@ -133,5 +129,4 @@ ax.set(
 ax.grid(alpha=0.3)
 ax.legend(fontsize="small")
 fig.tight_layout()
-fig.savefig(published / "privacy.png", dpi=120)
-print(f"wrote {published / 'privacy.png'}")
+publish(table, published, "privacy", figure=fig)

@@ -132,3 +132,19 @@ def test_the_round_loop_and_the_host_know_no_strategy_attack_or_stage_by_name():
 def test_no_module_over_the_size_limit():
     long = {str(p.relative_to(PKG)): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > LIMIT}
     assert not long, f"modules over {LIMIT} lines: {long}"
+
+
+def test_the_readme_layout_table_lists_every_package_and_nothing_else():
+    readme = (PKG.parent / "README.md").read_text()
+    table = readme[readme.index("## Layout") :].split("\n\n")[1]
+    listed = {line.split("`")[1].rstrip("/") for line in table.splitlines()[2:]}
+    packages = {p.parent.name for p in PKG.glob("*/__init__.py")}
+    assert listed == packages
+    assert not [p.name for p in PKG.glob("*.py") if p.name != "__init__.py"]  # no loose modules at the top
+
+
+def test_the_run_folder_document_names_every_declared_column():
+    from fedsim.results.schema import DEVICES, ROUNDS
+
+    text = (PKG.parent / "docs" / "run-folder.md").read_text()
+    assert not [c.name for c in ROUNDS + DEVICES if f"`{c.name}`" not in text]

@@ -20,15 +20,22 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+DOCS = sorted((ROOT / "docs").glob("*.md"))  # the README's documents: their blocks are held to the same rule
 DIRECTIVE = re.compile(r"<!-- readme-test: (run|skip)(.*?)-->\s*\n```(\w*)\n(.*?)```", re.S)
 BLOCK = re.compile(r"\n```(\w*)\n(.*?)```", re.S)
 
 
 def blocks() -> list[tuple[str, str, str, str]]:
-    """(how, details, language, body) of every fenced block; a block without a directive is an error."""
-    text = README.read_text()
-    found = [(m.group(1), m.group(2).strip(), m.group(3), m.group(4)) for m in DIRECTIVE.finditer(text)]
-    assert len(found) == len(BLOCK.findall(text)), "a README code block has no <!-- readme-test: ... --> above it"
+    """(how, details, language, body) of every fenced block of the README and its documents; a block
+    without a directive is an error."""
+    found = []
+    for path in (README, *DOCS):
+        text = path.read_text()
+        mine = [(m.group(1), m.group(2).strip(), m.group(3), m.group(4)) for m in DIRECTIVE.finditer(text)]
+        assert len(mine) == len(BLOCK.findall(text)), (
+            f"a code block of {path.name} has no <!-- readme-test --> above it"
+        )
+        found += mine
     return found
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -139,6 +140,36 @@ def workload_row(run: Run, command: str) -> dict[str, object]:
         "restore_ms": round(latency.get("restore", float("nan")), 3),
         "save_ms": round(latency.get("save", float("nan")), 3),
     }
+
+
+def publish(
+    table: pd.DataFrame,
+    out: str | os.PathLike[str],
+    name: str,
+    header: str = "",
+    footer: str = "",
+    figure: Any = None,
+    index: bool = False,
+    csv: pd.DataFrame | None = None,
+    **markdown: Any,
+) -> Path:
+    """What an experiment script leaves: <name>.csv (the table, or `csv` where it keeps more columns
+    than the markdown shows), <name>.md (`header`, the table as markdown, `footer`; `markdown`:
+    to_markdown's options), <name>.png (`figure`, a matplotlib figure) in `out`; prints the markdown
+    and the files written. Returns the .md's path."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (table if csv is None else csv).to_csv(folder / f"{name}.csv", index=index)
+    parts = [header.rstrip(), str(table.to_markdown(index=index, **markdown)), footer.rstrip()]
+    text = "\n\n".join(p for p in parts if p) + "\n"
+    (folder / f"{name}.md").write_text(text)
+    wrote = [f"{name}.md", f"{name}.csv"]
+    if figure is not None:
+        figure.savefig(folder / f"{name}.png", dpi=120)
+        wrote.append(f"{name}.png")
+    print(text)
+    print(f"wrote {', '.join(str(folder / w) for w in wrote)}", flush=True)
+    return folder / f"{name}.md"
 
 
 def write_workload(row: dict[str, object], rounds: pd.DataFrame, out: str | os.PathLike[str], name: str) -> Path:

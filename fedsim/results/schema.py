@@ -92,6 +92,16 @@ DEVICE_SCHEMA = pa.schema([(c.name, c.arrow) for c in DEVICES])
 # that fills them, by name, and hold numbers.
 
 
+def column_reference() -> str:
+    """The tables' declared columns as markdown (docs/run-folder.md holds this text; a test checks it)."""
+    out = []
+    for title, columns in (("rounds.parquet", ROUNDS), ("devices.parquet", DEVICES)):
+        out += [f"`{title}`:", "", "| column | type | what |", "| --- | --- | --- |"]
+        out += [f"| `{c.name}` | {c.kind} | {c.doc} |" for c in columns]
+        out.append("")
+    return "\n".join(out)
+
+
 def part_name(round_num: int) -> str:
     return f"round-{round_num:08d}.parquet"
 
