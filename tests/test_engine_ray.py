@@ -1,5 +1,6 @@
 """Real Ray: actors hosting devices, checkpoints as bytes through the object store."""
 
+import os
 import subprocess
 import sys
 
@@ -297,6 +298,15 @@ def test_a_hung_host_times_out_is_restarted_and_serves_the_next_round():
         assert [r.status for r in again.reports] == ["ok"] * 4, [r.error for r in again.reports]
 
 
+def without_ray_token(tmp_path):
+    """This environment with a home of its own: Ray's cluster_utils clusters run without token
+    authentication, and a ~/.ray/auth_token that an earlier `ray start` left on this machine would make
+    fedsim's driver ask them for one (it joins `ray start` clusters that way)."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    return {**os.environ, "HOME": str(home)}
+
+
 def test_a_two_node_ray_cluster_gives_the_single_node_results(tmp_path):
     """A real two-node cluster on this machine (a head and a second raylet with its own resources):
     fedsim joins it by address, places a host on each node, and gets the single-node table."""
@@ -332,6 +342,7 @@ def test_a_two_node_ray_cluster_gives_the_single_node_results(tmp_path):
             capture_output=True,
             text=True,
             timeout=300,
+            env=without_ray_token(tmp_path),
         )
     finally:
         cluster.shutdown()
@@ -340,6 +351,61 @@ def test_a_two_node_ray_cluster_gives_the_single_node_results(tmp_path):
     assert len(set(b.meta["host_nodes"])) == 2  # one host on each node
     columns = ["round", "test_accuracy", "test_loss", "train_loss", "devices_accepted", "samples", "bytes_up"]
     assert b.rounds[columns].equals(a.rounds[columns])
+
+
+def test_device_state_relayed_for_hosts_without_the_run_folder_gives_the_single_node_results(tmp_path, monkeypatch):
+    """Top-k's error feedback is device state. On a two-node cluster whose hosts cannot write the run
+    folder (forced: both nodes share this disk) it travels through the engine, which reads and stores
+    it for them: the same tables and residuals as a single node whose hosts read and write it themselves."""
+    from ray.cluster_utils import Cluster
+
+    args = [
+        "--dataset",
+        "toy_images",
+        "--toy-samples",
+        "20",
+        "--devices",
+        "6",
+        "--per-round",
+        "4",
+        "--hosts",
+        "2",
+        "--rounds",
+        "3",
+        "--seed",
+        "5",
+        "--compress",
+        "topk:0.05",
+        "--no-progress",
+    ]
+    cli = [sys.executable, "-m", "fedsim.cli", "run"]
+    single = subprocess.run(
+        [*cli, *args, "--out", str(tmp_path / "single")], capture_output=True, text=True, timeout=300
+    )
+    assert single.returncode == 0, single.stderr[-2000:]
+    monkeypatch.setenv("FEDSIM_STATE_RELAY", "1")  # the cluster's workers inherit it
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        multi = subprocess.run(
+            [*cli, *args, "--address", cluster.address, "--out", str(tmp_path / "multi")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=without_ray_token(tmp_path),
+        )
+    finally:
+        cluster.shutdown()
+    assert multi.returncode == 0, multi.stderr[-2000:]
+    a, b = fedsim.load_run(tmp_path / "single"), fedsim.load_run(tmp_path / "multi")
+    assert a.meta["state_relay_hosts"] == [] and b.meta["state_relay_hosts"] == [0, 1]
+    columns = ["round", "test_accuracy", "test_loss", "train_loss", "devices_accepted", "bytes_up"]
+    assert b.rounds[columns].equals(a.rounds[columns])
+    assert (a.path / "global.ckpt").read_bytes() == (b.path / "global.ckpt").read_bytes()
+    assert a.device_state_index() and set(a.device_state_index()) == set(b.device_state_index())
+    for d in a.device_state_index():
+        np.testing.assert_array_equal(a.device_state(d)["compress.residual"], b.device_state(d)["compress.residual"])
 
 
 def test_ctrl_c_records_interrupted_and_prints_the_command_that_continues(tmp_path):

@@ -133,6 +133,8 @@ def execute(
             started,
             writer.path / STATE_DIR,
         )
+        # hosts that could not reach the run folder: their devices' state went through the engine
+        writer.write_meta(state_relay_hosts=sorted(getattr(engine, "relay", set())))
         coordinator.run(start.round_num)
 
 
