@@ -12,7 +12,8 @@ median over passes of the row against its baseline measured in the same pass.
 
 - plain, bf16, q8, q4, topk:0.01, q8-rotated, dp: 1,000 devices, all of them every round;
   baseline plain. Targets: compression <= 1.10 (the communication issue), top-k with error feedback
-  <= 1.30 (its residuals are device state, written by the hosts), DP <= 1.05 (the privacy issue). --rotate is listed for what it costs; no target is claimed for it.
+  <= 1.30 (its residuals are device state, written by the hosts), DP <= 1.05 (the privacy issue).
+  --rotate is listed for what it costs; no target is claimed for it.
 - sync-skewed, async-skewed and async-skewed-k50: 1,000 devices on the `skewed` profiles, 100 at a
   time (sync: 100 a round; async: --concurrency 100 --buffer 10, FedBuff's K, or 50); the figure is
   wall milliseconds per applied update (sum of round walls over updates applied, rounds 2..R; async:

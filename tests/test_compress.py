@@ -319,3 +319,29 @@ def test_error_feedback_runs_the_same_on_any_host_count_and_after_a_resume(tmp_p
         assert np.count_nonzero(rest) > 0.5 * rest.size
         np.testing.assert_array_equal(two.device_state(d)["compress.residual"], rest)
         np.testing.assert_array_equal(resumed.device_state(d)["compress.residual"], rest)
+
+
+def test_compiled_top_k_with_feedback_gives_the_reference_bytes_residual_and_update():
+    """codecs.topk_with_feedback (the compiled passes a run uses) against topk_encode of the same
+    update then topk_decode onto the base (plain numpy): identical, ties and tiny models included."""
+    rng = np.random.default_rng(12)
+    for trial in range(200):
+        n = [1, 2, 5, 16, 8193, 101_770][trial] if trial < 6 else int(rng.integers(1, 50_000))
+        base = rng.standard_normal(n).astype(np.float32)
+        flat = (base + rng.standard_normal(n).astype(np.float32) * 0.01).astype(np.float32)
+        if trial % 3 == 0:
+            flat[: n // 2] = base[: n // 2]  # many ties (at zero) at the boundary
+        carried = None if trial % 2 else (rng.standard_normal(n) * 0.001).astype(np.float32)
+        k = max(1, round(0.01 * n)) if trial % 4 else int(rng.integers(1, n + 1))
+        update = flat - base
+        if carried is not None:
+            update += carried
+        payload, rest = codecs.topk_encode(update, k)
+        decoded = codecs.topk_decode(payload, n)
+        decoded += base
+        got_payload, got_rest, got_decoded = codecs.topk_with_feedback(flat, base, carried, k)
+        assert got_payload == payload, trial
+        np.testing.assert_array_equal(got_rest, rest)
+        np.testing.assert_array_equal(got_decoded, decoded)
+    with pytest.raises(ValueError, match="top-k of 3 values onto 2"):
+        codecs.topk_with_feedback(np.zeros(3, np.float32), np.zeros(2, np.float32), None, 1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,7 @@ class DeviceHost:
         # the run's device state (use_state_folder); until told, a folder of this host's own
         self.relay = False
         self.shelf = Shelf(self.scratch / "state", host_index)
+        self._pool: ThreadPoolExecutor | None = None  # reads devices' state ahead (Lookahead)
 
     @property
     def runner(self) -> Runner:
@@ -151,9 +153,11 @@ class DeviceHost:
         global32 = global_flat.astype(np.float32) if global_flat is not None else None
         ctx = UploadContext(round_num, work.spec, global_flat, work.seed, global32)
         kept = self.shelf.writer(round_num)  # what this call's devices keep, in one new segment
+        ahead = self._reads_ahead(device_ids, work)
         try:
             for device_id in device_ids:
-                report, up, start_loss = self._run_device(device_id, path, work, ctx, kept)
+                ahead.advance()
+                report, up, start_loss = self._run_device(device_id, path, work, ctx, kept, ahead)
                 if up is not None:
                     vector = up.payload if up.payload is not None else up.flat
                     assert vector is not None
@@ -161,6 +165,7 @@ class DeviceHost:
                     acc.add(vector, up.coefficient, device_id, report.samples, start_loss, steps, up.counts)
                 reports.append(report)
         finally:
+            ahead.close()
             path.unlink(missing_ok=True)
             self._device_out.unlink(missing_ok=True)
             written = kept.close()
@@ -175,18 +180,30 @@ class DeviceHost:
         kept.path.unlink()
         return StateWritten(kept.path.name, tuple(device_ids), data)
 
-    def _state(self, device_id: int, work: HostRound) -> DeviceState:
+    def _reads_ahead(self, device_ids: Sequence[int], work: HostRound) -> Lookahead:
+        """The call's devices' state, read a few devices ahead of the one training."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"fedsim-state-{self.host_index}")
+        wanted = [(d, work.state_at[d]) for d in device_ids if d in work.state_at and d not in work.carried]
+        return Lookahead(self._pool, self.shelf.read, wanted)
+
+    def _state(self, device_id: int, work: HostRound, ahead: Lookahead) -> DeviceState:
         """The device's state handle: what it kept (read when first asked for), what it keeps now."""
         if device_id in work.carried:  # (a relay host is handed it)
             carried = work.carried[device_id]
             return DeviceState(lambda: carried)
-        segment = work.state_at.get(device_id)
-        if segment is None:
+        if device_id not in work.state_at:
             return DeviceState()
-        return DeviceState(lambda: self.shelf.read(segment, device_id))
+        return DeviceState(lambda: ahead.result(device_id))
 
     def _run_device(
-        self, device_id: int, global_path: Path, work: HostRound, ctx: UploadContext, kept: SegmentWriter
+        self,
+        device_id: int,
+        global_path: Path,
+        work: HostRound,
+        ctx: UploadContext,
+        kept: SegmentWriter,
+        ahead: Lookahead,
     ) -> tuple[DeviceReport, Upload | None, float]:
         """(report, the accepted upload or None, the first batch's loss). What the device keeps for
         its next round goes into `kept` once it has finished its round (the server accepting its
@@ -226,7 +243,7 @@ class DeviceHost:
                 up.metrics if up is not None else {},
             )
 
-        state = self._state(device_id, work)
+        state = self._state(device_id, work, ahead)
         try:
             up = accept_upload(self._reader(work.spec), out, work, device_id, trained.samples, ctx, state)
         except (CheckpointError, Rejected) as e:
@@ -238,7 +255,10 @@ class DeviceHost:
         else:
             answer = report("ok", up.note, up.nbytes, up), up, trained.start_loss
         if state.changed:
-            kept.add(device_id, state.merged())
+            merged = state.merged()
+            kept.add(device_id, merged)
+            if not self.relay:  # (a relay host's segments are handed to the engine: read back from it)
+                self.shelf.remember(kept.path.name, device_id, merged)
         return answer
 
     def _reader(self, spec: WeightSpec) -> FlatReader:
@@ -247,8 +267,44 @@ class DeviceHost:
         return self._flat_reader
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         self.shelf.close()
         shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+class Lookahead:
+    """Reads a host call's devices' state (`load(segment, device)`) on a thread of its own, `depth`
+    devices ahead of the one training, so a device's state is in memory when its round reads it."""
+
+    def __init__(
+        self, pool: ThreadPoolExecutor, load: Callable[[str, int], Any], wanted: list[tuple[int, str]], depth: int = 3
+    ) -> None:
+        self.pool, self.load, self.wanted, self.depth = pool, load, wanted, depth
+        self.futures: dict[int, Future[Any]] = {}
+        self.next = 0
+
+    def advance(self) -> None:
+        """Keep `depth` reads queued or done beyond the ones already taken."""
+        while self.next < len(self.wanted) and len(self.futures) < self.depth:
+            device, segment = self.wanted[self.next]
+            self.futures[device] = self.pool.submit(self.load, segment, device)
+            self.next += 1
+
+    def result(self, device: int) -> Any:
+        future = self.futures.pop(device, None)
+        if future is None:  # (asked out of order: read it now, behind the queued ones)
+            segment = dict(self.wanted)[device]
+            future = self.pool.submit(self.load, segment, device)
+        got = future.result()
+        self.advance()
+        return got
+
+    def close(self) -> None:
+        for future in self.futures.values():
+            future.cancel()
+        self.futures.clear()
 
 
 def writable(folder: Path) -> bool:

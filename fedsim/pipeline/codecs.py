@@ -254,6 +254,42 @@ def topk_encode(update: np.ndarray, k: int) -> tuple[bytes, np.ndarray]:
     return np.uint32(k).tobytes() + index.tobytes() + values.tobytes(), rest
 
 
+def topk_with_feedback(
+    flat: np.ndarray, base: np.ndarray, carried: np.ndarray | None, k: int, rest: np.ndarray | None = None
+) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """Top-k with error feedback in three passes: (payload, what is kept: the update with the k values
+    sent zeroed, the decoded update onto `base`), where the update is (flat - base) + carried (float32).
+    The same bytes and values as topk_encode of that update, then topk_decode onto base (the tests
+    compare); `rest`: the array to hold what is kept (a new one if None)."""
+    n = len(flat)
+    if not n or len(base) != n or (carried is not None and len(carried) != n):  # (the loops do not check)
+        raise ValueError(f"top-k of {n} values onto {len(base)}, carrying {None if carried is None else len(carried)}")
+    k = min(k, n)
+    kernels = _kernels()
+    rest = np.empty(n, np.float32) if rest is None else rest
+    stride = max(1, n // 8192)
+    sample = kernels.residual_and_sample(
+        flat, base, np.zeros(0, np.float32) if carried is None else carried, rest, stride
+    )
+    m = len(sample)
+    rank = min(m, 2 * (k * m // n) + 16)
+    threshold = np.partition(sample, m - rank)[m - rank]
+    candidates = kernels.indices_at_least(rest, threshold) if k < n else np.arange(n)
+    if len(candidates) < k:
+        candidates = np.arange(n)
+    magnitude = np.abs(rest[candidates])
+    kth = np.partition(magnitude, len(magnitude) - k)[len(magnitude) - k]
+    keep = magnitude > kth
+    ties = np.flatnonzero(magnitude == kth)[: k - int(keep.sum())]
+    keep[ties] = True
+    index = candidates[keep].astype(np.uint32)
+    values = rest[index]
+    rest[index] = 0.0
+    decoded = np.array(base, np.float32)
+    decoded[index] += values
+    return np.uint32(k).tobytes() + index.tobytes() + values.tobytes(), rest, decoded
+
+
 def topk_decode(payload: bytes, count: int) -> np.ndarray:
     k = int(np.frombuffer(payload[:4], np.uint32)[0])
     index = np.frombuffer(payload[4 : 4 + 4 * k], np.uint32)

@@ -70,3 +70,35 @@ def levels_of_difference(a, base, lo, scale, noise, top, out):
         return
     for i in range(a.size):
         out[i] = np.uint8(min(((a[i] - base[i]) - lo) * scale + noise[i], top))
+
+
+@njit(cache=True, nogil=True)
+def residual_and_sample(a, base, carried, out, stride):
+    """out = (a - base) + carried (float32; no carried: an empty array), and every `stride`-th |out|
+    (the sample top-k's threshold is drawn from), in one pass."""
+    sample = np.empty((out.size + stride - 1) // stride, np.float32)
+    if carried.size == 0:
+        for i in range(out.size):
+            out[i] = a[i] - base[i]
+    else:
+        for i in range(out.size):
+            out[i] = (a[i] - base[i]) + carried[i]
+    for j in range(sample.size):
+        sample[j] = abs(out[j * stride])
+    return sample
+
+
+@njit(cache=True, nogil=True)
+def indices_at_least(values, threshold):
+    """The indices (ascending, int64) of the values whose magnitude is at least `threshold`."""
+    count = 0
+    for i in range(values.size):
+        if abs(values[i]) >= threshold:
+            count += 1
+    out = np.empty(count, np.int64)
+    count = 0
+    for i in range(values.size):
+        if abs(values[i]) >= threshold:
+            out[count] = i
+            count += 1
+    return out

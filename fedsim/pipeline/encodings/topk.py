@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from fedsim.core.segments import aligned
 from fedsim.pipeline import codecs
 from fedsim.pipeline.base import Upload, UploadContext
 from fedsim.pipeline.encodings.base import Codec, register
@@ -38,13 +39,11 @@ class TopK(Codec):
 
     def encode(self, up: Upload, ctx: UploadContext, settings: Any) -> tuple[bytes, np.ndarray]:
         assert up.flat is not None and ctx.global32 is not None
-        update = up.flat - ctx.global32
         carried = up.state.get(RESIDUAL)  # what the device left out last time (error feedback)
-        if carried is not None:
-            update += carried
-        payload, rest = codecs.topk_encode(update, max(1, round(self.share * len(update))))
-        decoded = codecs.topk_decode(payload, len(update))
-        decoded += ctx.global32
+        k = max(1, round(self.share * len(up.flat)))
+        # the residual is kept in a page-aligned array, which the host writes to disk as it is
+        rest = aligned(4 * len(up.flat)).view(np.float32)
+        payload, rest, decoded = codecs.topk_with_feedback(up.flat, ctx.global32, carried, k, rest)
         up.state.put(RESIDUAL, rest)
         return payload, decoded
 

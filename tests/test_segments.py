@@ -1,0 +1,130 @@
+"""Device state on disk: segment files (fedsim.core.segments) and the run's index of them
+(fedsim.loop.devicestate)."""
+
+import numpy as np
+import pytest
+
+from fedsim.core.devicestate import DeviceState
+from fedsim.core.segments import ALIGN, SegmentReader, SegmentWriter, Shelf, StateError, segment_name
+from fedsim.engine.base import StateWritten
+from fedsim.loop.devicestate import StateIndex
+
+
+def states(n: int, seed: int = 0) -> dict[int, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return {
+        d: {"residual": rng.standard_normal(1000 + 7 * d).astype(np.float32), "steps": np.array([d, 2 * d], np.int64)}
+        for d in range(n)
+    }
+
+
+@pytest.mark.parametrize("where", ["disk", "tmpfs"])
+def test_a_segment_gives_back_every_device_s_arrays_exactly(tmp_path, where):
+    """Written on the disk (direct I/O) or on tmpfs (no direct I/O: the plain path), read back exactly,
+    each array on a block boundary; the writer's thread keeps several devices in flight."""
+    import tempfile
+
+    folder = tmp_path if where == "disk" else tempfile.mkdtemp(dir="/dev/shm")
+    want = states(20)
+    writer = SegmentWriter(__import__("pathlib").Path(folder) / segment_name(3, 1))
+    for d, values in want.items():
+        writer.add(d, values)
+    assert writer.close() == list(range(20))
+    reader = SegmentReader(writer.path)
+    try:
+        for d, values in want.items():
+            got = reader.read(d)
+            assert set(got) == set(values)
+            for key in values:
+                np.testing.assert_array_equal(got[key], values[key])
+                assert got[key].dtype == values[key].dtype
+            assert all(offset % ALIGN == 0 for _, _, offset in reader.devices[d].values())
+        with pytest.raises(StateError, match="holds no state of device 99"):
+            reader.read(99)
+    finally:
+        reader.close()
+    assert writer.path.stat().st_size % ALIGN == 0
+
+
+def test_a_damaged_or_truncated_segment_is_a_clear_error(tmp_path):
+    writer = SegmentWriter(tmp_path / "a.seg")
+    writer.add(0, {"x": np.arange(5000, dtype=np.float32)})
+    writer.close()
+    data = writer.path.read_bytes()
+    (tmp_path / "cut.seg").write_bytes(data[:-5])
+    with pytest.raises(StateError, match="truncated or not a segment"):
+        SegmentReader(tmp_path / "cut.seg")
+    (tmp_path / "junk.seg").write_bytes(b"not a segment at all")
+    with pytest.raises(StateError, match="truncated or not a segment"):
+        SegmentReader(tmp_path / "junk.seg")
+    with pytest.raises(StateError, match="cannot be opened"):
+        SegmentReader(tmp_path / "missing.seg")
+    assert SegmentWriter(tmp_path / "none.seg").close() == [] and not (tmp_path / "none.seg").exists()
+
+
+def test_the_shelf_serves_what_a_host_just_wrote_from_memory_read_only(tmp_path):
+    shelf = Shelf(tmp_path, host=0, cache_bytes=10_000)
+    writer = shelf.writer(1)
+    small = {"r": np.arange(100, dtype=np.float32)}
+    writer.add(7, small)
+    writer.close()
+    shelf.remember(writer.path.name, 7, small)
+    got = shelf.read(writer.path.name, 7)
+    np.testing.assert_array_equal(got["r"], small["r"])
+    with pytest.raises(ValueError):
+        got["r"][0] = 1.0  # what the cache holds cannot be changed in place
+    big = {"r": np.zeros(5000, np.float32)}  # larger than the cache: read from the disk
+    shelf.remember(writer.path.name, 8, big)
+    assert (writer.path.name, 8) not in shelf._cache
+    shelf.close()
+
+
+def test_a_device_state_reads_what_it_kept_once_and_keeps_what_it_puts():
+    calls = []
+    state = DeviceState(lambda: calls.append(1) or {"a": np.ones(2)})
+    assert state.get("missing") is None and calls == [1]
+    state.put("b", np.zeros(1))
+    assert set(state.merged()) == {"a", "b"} and calls == [1] and set(state.changed) == {"b"}
+
+
+def test_the_index_commits_what_devices_keep_and_drops_segments_no_commit_can_need(tmp_path):
+    """Round 1: devices 0-3 keep state in S1. Round 2: devices 0, 1 in S2 (2, 3 still in S1). Round 3:
+    every device in S3. S1 and S2 go only once neither this commit nor the one before names them; a
+    segment of an attempt that did not count (never absorbed) goes at the next commit."""
+    index = StateIndex(tmp_path, devices=5)
+
+    def round_of(name, devices, absorb=True):
+        (tmp_path / name).write_bytes(b"x")
+        index.written([StateWritten(name, tuple(devices))])
+        if absorb:
+            index.absorb(devices)
+        index.forget_pending()
+
+    round_of("S1.seg", [0, 1, 2, 3])
+    saved, files = index.commit()
+    assert files.sync == ("S1.seg",) and files.drop == ()
+    assert index.locate([0, 3, 4]) == {0: "S1.seg", 3: "S1.seg"}
+    round_of("S2.seg", [0, 1])
+    round_of("retry.seg", [2], absorb=False)  # an attempt whose round was retried
+    saved, files = index.commit()
+    assert files.sync == ("S2.seg",) and files.drop == ("retry.seg",)
+    assert index.locate(range(5)) == {0: "S2.seg", 1: "S2.seg", 2: "S1.seg", 3: "S1.seg"}
+    round_of("S3.seg", [0, 1, 2, 3])
+    saved, files = index.commit()
+    assert files.drop == ()  # S1 and S2: named by the commit before, which a resume may cut back to
+    saved, files = index.commit()
+    assert set(files.drop) == {"S1.seg", "S2.seg"}
+    assert saved["device_state.ids"].tolist() == [0, 1, 2, 3]
+    assert [str(n) for n in saved["device_state.segments"]] == ["S3.seg"]
+    # a resume reads the same index back; a segment it names that is gone is a clear error
+    again = StateIndex(tmp_path, devices=5)
+    again.restore(saved)
+    assert again.locate(range(5)) == index.locate(range(5))
+    (tmp_path / "S3.seg").unlink()
+    with pytest.raises(StateError, match="not in"):
+        StateIndex(tmp_path, devices=5).restore(saved)
+
+
+def test_an_index_without_state_saves_nothing(tmp_path):
+    saved, files = StateIndex(tmp_path, devices=3).commit(final=True)
+    assert saved == {} and files.sync == () and files.drop == ()
