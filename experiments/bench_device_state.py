@@ -91,12 +91,12 @@ class StopBefore(RayEngine):
 
 def states_digest(run: fedsim.Run) -> tuple[int, str]:
     """(devices that keep state, a hash of every device's state in id order)."""
-    index = run.device_state_index()
-    h = hashlib.sha256()
-    for d in sorted(index):
-        for key, value in sorted(run.device_state(d).items()):
+    h, count = hashlib.sha256(), 0
+    for d, values in run.device_states():
+        count += 1
+        for key, value in sorted(values.items()):
             h.update(f"{d}:{key}".encode() + value.tobytes())
-    return len(index), h.hexdigest()[:16]
+    return count, h.hexdigest()[:16]
 
 
 def main() -> None:

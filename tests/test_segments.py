@@ -38,7 +38,7 @@ def test_a_segment_gives_back_every_device_s_arrays_exactly(tmp_path, where):
             for key in values:
                 np.testing.assert_array_equal(got[key], values[key])
                 assert got[key].dtype == values[key].dtype
-            assert all(offset % ALIGN == 0 for _, _, offset in reader.devices[d].values())
+            assert all(offset % ALIGN == 0 for _, _, offset in reader.offsets(d).values())
         with pytest.raises(StateError, match="holds no state of device 99"):
             reader.read(99)
     finally:

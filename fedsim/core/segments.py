@@ -2,9 +2,10 @@
 host that runs it, keyed by device id.
 
 A host that trains devices writes what they keep this round into one segment file: each device's
-arrays back to back, then a footer naming where each lies (JSON), its length and a magic string, so a
-segment is written in one pass without holding the round's state in memory, and a device's arrays are
-read back with one `pread` each (no mapping, no whole-file read). A device's latest state is in
+arrays back to back, then a footer saying where each lies (JSON, columnar: each layout of arrays once,
+a start offset per device), its length and a magic string, so a segment is written in one pass
+without holding the round's state in memory, and a device's arrays are read back with one `pread`
+each (no mapping, no whole-file read). A device's latest state is in
 exactly one segment; which one is the run's state index (fedsim.loop.devicestate), committed with
 the round, so a kill between the two loses nothing and mixes nothing, and any host reads any
 device's state (the segments sit in the run folder, `device_state/`). Segments are not fsynced here:
@@ -82,7 +83,12 @@ class SegmentWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.entries: dict[int, dict[str, list[Any]]] = {}
+        # the footer, columnar: each distinct layout of arrays (key, dtype, shape) once, and per device
+        # its id, its layout and where its first array starts (the others follow on block boundaries)
+        self.schemas: dict[tuple[tuple[str, str, tuple[int, ...]], ...], int] = {}
+        self.ids: list[int] = []
+        self.layout: list[int] = []
+        self.starts: list[int] = []
         self._at = 0
         self._queue: queue.Queue[tuple[int, list[tuple[int, np.ndarray]]] | None] | None = None
         self._thread: threading.Thread | None = None
@@ -93,15 +99,18 @@ class SegmentWriter:
         """Place a device's arrays after the last one's (the entry is known at once) and queue them."""
         if self._error is not None:
             raise self._error
-        entry, chunks = {}, []
+        chunks = []
         start = self._at = _round_up(self._at)
+        schema = []
         for key, value in values.items():
             array = np.ascontiguousarray(value)
             self._at = _round_up(self._at)
             chunks.append((self._at - start, array))
-            entry[key] = [array.dtype.str, list(array.shape), self._at]
+            schema.append((key, array.dtype.str, tuple(int(n) for n in array.shape)))
             self._at += array.nbytes
-        self.entries[int(device_id)] = entry
+        self.ids.append(int(device_id))
+        self.layout.append(self.schemas.setdefault(tuple(schema), len(self.schemas)))
+        self.starts.append(start)
         if self._queue is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd, _ = _open_direct(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
@@ -178,7 +187,9 @@ class SegmentWriter:
         try:
             if self._error is not None:
                 raise self._error
-            body = json.dumps({"devices": {str(d): e for d, e in self.entries.items()}}).encode()
+            schemas = [[[k, t, list(shape)] for k, t, shape in schema] for schema in self.schemas]
+            columns = {"schemas": schemas, "ids": self.ids, "layout": self.layout, "starts": self.starts}
+            body = json.dumps(columns).encode()
             tail = 8 + len(MAGIC)
             spaces = -(len(body) + tail) % ALIGN  # leading spaces: the footer ends the file on a boundary
             footer = b" " * spaces + body
@@ -189,7 +200,7 @@ class SegmentWriter:
             os.close(self._fd)
             self._fd = -1
             self._queue = None
-        return sorted(self.entries)
+        return sorted(self.ids)
 
 
 class SegmentReader:
@@ -214,7 +225,9 @@ class SegmentReader:
             if start < 0:
                 raise StateError(f"device state segment {path} is truncated")
             footer = json.loads(os.pread(self.fd, length, start))
-            self.devices: dict[int, dict[str, list[Any]]] = {int(d): e for d, e in footer["devices"].items()}
+            self.schemas = [[(k, np.dtype(t), tuple(shape)) for k, t, shape in schema] for schema in footer["schemas"]]
+            self.position = {d: i for i, d in enumerate(footer["ids"])}
+            self.layout, self.starts = footer["layout"], footer["starts"]
             self.data_end = start
         except (ValueError, KeyError, TypeError) as e:
             self.close()
@@ -228,17 +241,25 @@ class SegmentReader:
         else:
             os.close(fd)
 
-    def read(self, device_id: int) -> dict[str, np.ndarray]:
-        entry = self.devices.get(int(device_id))
-        if entry is None:
+    def offsets(self, device_id: int) -> dict[str, tuple[np.dtype[Any], tuple[int, ...], int]]:
+        """Where each of a device's arrays lies: key -> (dtype, shape, offset)."""
+        i = self.position.get(int(device_id))
+        if i is None:
             raise StateError(f"device state segment {self.path} holds no state of device {device_id}")
+        out, at = {}, int(self.starts[i])
+        for key, dtype, shape in self.schemas[self.layout[i]]:
+            at = _round_up(at)
+            out[key] = (dtype, shape, at)
+            at += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        return out
+
+    def read(self, device_id: int) -> dict[str, np.ndarray]:
         out = {}
-        for key, (dtype, shape, offset) in entry.items():
-            dt = np.dtype(dtype)
-            nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        for key, (dtype, shape, offset) in self.offsets(device_id).items():
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
             if offset + nbytes > self.data_end:
                 raise StateError(f"device state segment {self.path}: {key} of device {device_id} is cut short")
-            out[key] = self._pread(offset, nbytes).view(dt).reshape(shape)
+            out[key] = self._pread(offset, nbytes).view(dtype).reshape(shape)
         return out
 
     def _pread(self, offset: int, nbytes: int) -> np.ndarray:
@@ -273,7 +294,7 @@ class Shelf:
     their costs stay the same, and their state is then read from memory, not from the disk.
     Thread-safe (the host reads ahead on a thread of its own)."""
 
-    def __init__(self, folder: Path | None, host: int, keep_open: int = 16, cache_bytes: int = CACHE_BYTES) -> None:
+    def __init__(self, folder: Path | None, host: int, keep_open: int = 128, cache_bytes: int = CACHE_BYTES) -> None:
         self.folder = folder
         self.host = host
         self.keep_open = keep_open

@@ -8,7 +8,7 @@ import glob as globlib
 import json
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.dataset
 import pyarrow.parquet as pq
 
-from fedsim.core.segments import SegmentReader
+from fedsim.core.segments import Shelf
 from fedsim.results.migrate import flat_config
 from fedsim.results.schema import (
     ARTIFACT_FILE,
@@ -94,15 +94,20 @@ class Run:
     def device_state(self, device_id: int) -> dict[str, np.ndarray]:
         """What device `device_id` keeps after the run's last committed round (an error-feedback
         residual, a personal model), by key; empty if it keeps nothing."""
+        found = dict(self.device_states([device_id]))
+        return found.get(int(device_id), {})
+
+    def device_states(self, device_ids: Iterable[int] | None = None) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """(device id, what it keeps) for `device_ids` (default: every device that keeps something), in
+        id order, each segment opened once."""
         index = self.device_state_index()
-        segment = index.get(int(device_id))
-        if segment is None:
-            return {}
-        reader = SegmentReader(self.path / STATE_DIR / segment)
+        wanted = sorted(index) if device_ids is None else sorted(int(d) for d in device_ids if int(d) in index)
+        shelf = Shelf(self.path / STATE_DIR, -1, cache_bytes=0)
         try:
-            return {k: v.copy() for k, v in reader.read(int(device_id)).items()}
+            for d in wanted:
+                yield d, {k: v.copy() for k, v in shelf.read(index[d], d).items()}
         finally:
-            reader.close()
+            shelf.close()
 
     def device_state_index(self) -> dict[int, str]:
         """device id -> the segment of device_state/ holding its state, for every device that keeps some."""
