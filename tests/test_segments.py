@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from fedsim.core.devicestate import DeviceState
-from fedsim.core.segments import ALIGN, SegmentReader, SegmentWriter, Shelf, StateError, segment_name
+from fedsim.core.segments import ALIGN, SegmentReader, SegmentWriter, StateError, segment_name
+from fedsim.core.shelf import Shelf
 from fedsim.engine.base import StateWritten
 from fedsim.loop.devicestate import StateIndex
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from fedsim.checkpoint import CheckpointError, read_checkpoint_file, scratch_dir
 from fedsim.core.task import Task, kind_of
-from fedsim.model.signatures import CHECKPOINT_PATH, CONTROL_PATH, INFER, RESTORE, SAVE, SIGNATURES, TRAIN
+from fedsim.model.signatures import ANCHOR_PATH, CHECKPOINT_PATH, CONTROL_PATH, INFER, RESTORE, SAVE, SIGNATURES, TRAIN
 
 
 class ArtifactError(ValueError):
@@ -103,9 +103,9 @@ def check_signatures(runner: Any, task: Task) -> None:
             f"missing signature(s) {', '.join(missing)}; it has {', '.join(sorted(available)) or 'none'} "
             f"(the guide's contract: {', '.join(SIGNATURES)})"
         )
-    for sig, allowed in ((SAVE, ([CHECKPOINT_PATH],)), (RESTORE, ([CHECKPOINT_PATH], [CHECKPOINT_PATH, CONTROL_PATH]))):
+    for sig, extra in ((SAVE, set()), (RESTORE, {CONTROL_PATH, ANCHOR_PATH})):
         inputs = available[sig]["inputs"]
-        if sorted(inputs) not in allowed:  # the scaffold variant's restore also takes a control file
+        if CHECKPOINT_PATH not in inputs or not set(inputs) <= {CHECKPOINT_PATH, *extra}:  # (fedsim's variants)
             raise ArtifactError(f"{sig} takes {inputs}; the guide's {sig} takes [{CHECKPOINT_PATH!r}]")
     infer_in = runner.interpreter.get_signature_runner(INFER).get_input_details()
     if set(infer_in) != {"x"}:

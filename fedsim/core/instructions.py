@@ -18,7 +18,8 @@ its `restore` reads).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -26,11 +27,15 @@ from fedsim.core.settings import ConfigError
 
 # What a runtime may honour beyond the guide's contract (fedsim.model.signatures maps them to a
 # TFLite artifact's signature inputs).
-PROXIMAL = "proximal"  # train takes a proximal weight: mu/2 ||w - w_restored||^2 is added to the loss
+PROXIMAL = "proximal"  # train takes a proximal weight: mu/2 ||w - anchor||^2 is added to the loss
+ANCHOR = "anchor"  # restore takes the proximal term's anchor apart from the weights (Ditto)
 CONTROL = "control"  # restore takes a correction that train adds to every gradient (SCAFFOLD)
+MASK = "mask"  # train takes one factor per weight tensor for its gradient (0 freezes it: FedRep)
 CAPABILITIES = {
     PROXIMAL: "a proximal term in train (train(x, y, mu))",
+    ANCHOR: "the proximal term's anchor read at restore (restore(checkpoint_path, anchor_path))",
     CONTROL: "a gradient correction read at restore (restore(checkpoint_path, control_path))",
+    MASK: "a gradient factor per weight in train (train(x, y, mask))",
 }
 
 
@@ -47,6 +52,23 @@ class Instruction:
     def labels(self, y: np.ndarray) -> np.ndarray:
         """The labels the device trains on, given its own (shuffled) ones."""
         return y
+
+    def restore_from(self, rnd: Any) -> Path | None:
+        """The checkpoint the device restores instead of the global one (its personal layers merged
+        in), or None. `rnd`: the device's round (fedsim.device.train.DeviceRound)."""
+        return None
+
+    def phases(self, rnd: Any, phases: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, dict[str, Any]]]:
+        """The round's training as (epochs, what each train step takes besides the batch) in order,
+        given the phases so far (one: the local epochs)."""
+        return phases
+
+    def after_round(self, rnd: Any) -> None:
+        """Work on the device after its upload is saved (a personal model's own training)."""
+
+    def personal_model(self, rnd: Any) -> Path | None:
+        """The device's personal model as a checkpoint, for personalised evaluation (None: the global)."""
+        return None
 
     def restore_inputs(self) -> dict[str, np.ndarray]:
         """Inputs the runtime's restore takes besides the checkpoint (by capability input name)."""

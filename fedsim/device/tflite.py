@@ -8,16 +8,19 @@ import warnings
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fedsim.data.dataset import one_hot, scale_images
 from fedsim.model.signatures import (
+    ANCHOR_PATH,
     CHECKPOINT_PATH,
     CONTROL_PATH,
     CORRECTION,
     INFER,
     LOSS,
+    MASK_INPUT,
     MU,
     OUTPUT,
     RESTORE,
@@ -53,17 +56,20 @@ class Runner:
         self._save = self.interpreter.get_signature_runner(SAVE)
         self._restore = self.interpreter.get_signature_runner(RESTORE)
         inputs = self._train.get_input_details()
-        if set(inputs) not in ({"x", "y"}, {"x", "y", MU}):
+        if not {"x", "y"} <= set(inputs) <= {"x", "y", MU, MASK_INPUT}:
             raise ValueError(
                 f"the .tflite's train signature takes {sorted(inputs)}; the guide's contract is train(x, y)"
-                f" (fedsim's fedprox variant: train(x, y, mu))"
+                f" (fedsim's variants add mu and mask)"
             )
-        # the fedprox variant's train(x, y, mu); mu = 0 is the plain loss
+        # the proximal variant's train(x, y, mu): mu = 0 is the plain loss; the mask variant's mask: ones
         self.takes_mu = MU in inputs
+        self._mask_size = int(inputs[MASK_INPUT]["shape"][0]) if MASK_INPUT in inputs else 0
         self._train_extras = set(inputs) - {"x", "y"}
-        # the scaffold variant's restore(checkpoint_path, control_path): c - c_i from a control file
+        # the control variant's restore(..., control_path): c - c_i from a control file; the anchor
+        # variant's restore(..., anchor_path): the proximal term's anchor from a checkpoint
         restore_inputs = self._restore.get_input_details()
         self.takes_control = CONTROL_PATH in restore_inputs
+        self.takes_anchor = ANCHOR_PATH in restore_inputs
         # what instructions this artifact can carry out (fedsim.core.instructions)
         self.honours = honours(inputs, restore_inputs)
         self._zero_control: Path | None = None
@@ -97,20 +103,27 @@ class Runner:
             return one_hot(y, self.one_hot_classes)
         return y if y.dtype == self.y_dtype else y.astype(self.y_dtype)
 
-    def restore(
-        self, path: str | os.PathLike[str], extras: Mapping[str, np.ndarray] | None = None
-    ) -> dict[str, np.ndarray]:
+    def restore(self, path: str | os.PathLike[str], extras: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
         """Restore the weights from `path`. `extras`: what instructions hand restore besides the
-        checkpoint; here "control", SCAFFOLD's correction, which a scaffold artifact reads from a
-        control file (none given: zeros, i.e. plain training)."""
+        checkpoint: "control", SCAFFOLD's correction (an array), which a control artifact reads from a
+        control file (none given: zeros, i.e. plain training); "anchor", the proximal term's anchor (a
+        checkpoint's path; none given: the restored weights)."""
         inputs = {CHECKPOINT_PATH: np.array(os.fsencode(path))}
-        control = (extras or {}).get("control")
-        unknown = sorted(set(extras or {}) - {"control"})
-        if unknown or (control is not None and not self.takes_control):
+        extras = extras or {}
+        control, anchor = extras.get("control"), extras.get("anchor")
+        unknown = sorted(set(extras) - {"control", "anchor"})
+        if (
+            unknown
+            or (control is not None and not self.takes_control)
+            or (anchor is not None and not self.takes_anchor)
+        ):
+            wanted = ", ".join(unknown) or ("control file" if control is not None else "anchor")
             raise ValueError(
-                f"this .tflite's restore takes no {', '.join(unknown) or 'control file'} (it honours "
+                f"this .tflite's restore takes no {wanted} file (it honours "
                 f"{', '.join(sorted(self.honours)) or 'nothing beyond the guide'})"
             )
+        if self.takes_anchor:
+            inputs[ANCHOR_PATH] = np.array(os.fsencode(path if anchor is None else anchor))
         if self.takes_control:
             target = self.zero_control() if control is None else self._scratch() / "control.ckpt"
             if control is not None:
@@ -143,16 +156,19 @@ class Runner:
     def train(self, x: np.ndarray, y: np.ndarray, extras: Mapping[str, np.ndarray] | None = None) -> float:
         """One train step on a batch; `extras`: what instructions hand train besides the batch (here
         "mu", the fedprox variant's proximal weight; a fedprox artifact trains without one at mu = 0)."""
-        if extras:
-            if not set(extras) <= self._train_extras:
-                raise ValueError(
-                    f"this .tflite's train takes no {', '.join(sorted(set(extras) - self._train_extras))} "
-                    f"(it honours {', '.join(sorted(self.honours)) or 'nothing beyond the guide'})"
-                )
-            return float(self._train(x=x, y=y, **extras)[LOSS])
+        if extras and not set(extras) <= self._train_extras:
+            raise ValueError(
+                f"this .tflite's train takes no {', '.join(sorted(set(extras) - self._train_extras))} "
+                f"(it honours {', '.join(sorted(self.honours)) or 'nothing beyond the guide'})"
+            )
+        if len(extras or {}) == len(self._train_extras):
+            return float(self._train(x=x, y=y, **(extras or {}))[LOSS])
+        given = dict(extras or {})
         if self.takes_mu:
-            return float(self._train(x=x, y=y, mu=np.float32(0))[LOSS])
-        return float(self._train(x=x, y=y)[LOSS])
+            given.setdefault(MU, np.array(0, np.float32))
+        if self._mask_size:
+            given.setdefault(MASK_INPUT, np.ones(self._mask_size, np.float32))
+        return float(self._train(x=x, y=y, **given)[LOSS])
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         return self._infer(x=x)[OUTPUT]

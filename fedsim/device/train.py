@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedsim.checkpoint import WeightSpec, flatten, read_checkpoint_file, spec_of, unflatten, write_checkpoint
+from fedsim.core.devicestate import DeviceState
 from fedsim.core.instructions import Instruction, merged
 
 if TYPE_CHECKING:
@@ -87,43 +89,128 @@ class Device:
         out: Path,
         instructions: Sequence[Instruction] = (),
         steps: int | None = None,
+        state: DeviceState | None = None,
+        spec: WeightSpec | None = None,
     ) -> TrainResult:
         """restore the global model -> local_epochs of shuffled mini-batches through `train` -> `save` to out.
 
-        instructions: what the strategy and stages told this device (fedsim.core.instructions): the
-        labels it trains on, and what its restore and train steps take besides the checkpoint and the
-        batch. steps: stop after this many train steps (a straggler's work by the deadline); None: all."""
-        # Shuffling depends on (seed, device, round) only, never on which host runs the device.
-        rng = shuffle_rng(self.seed, self.device_id, round_num)
-        # Shuffled before the clock starts, so train_s counts the device's signature calls and
-        # nothing the simulator adds.
-        epochs = []
-        for _ in range(local_epochs):
-            order = rng.permutation(self.samples)
-            y = self.y[order]
-            for ins in instructions:
-                y = ins.labels(y)
-            epochs.append((runner.inputs(self.x[order]), runner.labels(y)))
+        instructions: what the strategy and stages told this device (fedsim.core.instructions): what it
+        restores, its training's phases and labels, what its restore and train take besides the
+        checkpoint and the batch, and any work after its upload is saved (a personal model's). steps:
+        stop after this many train steps (a straggler's work by the deadline); None: all. state: what
+        the device keeps across rounds; spec: the layout of the global checkpoint (for instructions that
+        write checkpoints of their own)."""
+        rnd = DeviceRound(
+            runner, self, round_num, batch_size, global_checkpoint, out, state or DeviceState(), spec, steps
+        )
+        rnd.labels = [ins for ins in instructions if type(ins).labels is not Instruction.labels]
         restore_extras = merged(instructions, "restore_inputs")
         train_extras = merged(instructions, "train_inputs")
+        phases: list[tuple[int, dict[str, Any]]] = [(local_epochs, dict(train_extras))]
+        for ins in instructions:
+            phases = ins.phases(rnd, phases)
+        # Shuffled before the clock starts, so train_s counts the device's signature calls and
+        # nothing the simulator adds.
+        batches = [(rnd.epochs(epochs), extras) for epochs, extras in phases]
+        start_from = global_checkpoint
+        for ins in instructions:
+            start_from = ins.restore_from(rnd) or start_from
         start = time.perf_counter()
-        runner.restore(global_checkpoint, restore_extras)
-        loss_sum, seen, start_loss = 0.0, 0, float("nan")
-        budget = steps if steps is not None else -1
-        for xs, ys in epochs:
-            for i in range(0, self.samples, batch_size):
-                if budget == 0:
-                    break
-                budget -= 1
-                xb, yb = xs[i : i + batch_size], ys[i : i + batch_size]
-                loss = runner.train(xb, yb, train_extras)
-                if not seen:
-                    start_loss = loss
-                loss_sum += loss * len(yb)
-                seen += len(yb)
+        runner.restore(start_from, restore_extras)
+        for epochs, extras in batches:
+            rnd.train_epochs(epochs, extras)
         runner.save(out)
+        for ins in instructions:  # work after the upload is saved (a personal model's training)
+            ins.after_round(rnd)
         train_s = time.perf_counter() - start
-        return TrainResult(self.device_id, self.samples, loss_sum / max(seen, 1), train_s, start_loss, out)
+        loss = rnd.loss_sum / max(rnd.seen, 1)
+        return TrainResult(self.device_id, self.samples, loss, train_s, rnd.start_loss, out)
+
+
+class DeviceRound:
+    """A device's round as the instructions it was given see it: its runtime, data, state and the
+    global model, with the steps they may take on the phone (restore, train epochs, save). Shuffling
+    depends on (seed, device, round) only, never on which host runs the device; every epoch of the
+    round, in whatever phase, draws the next permutation of one generator."""
+
+    def __init__(
+        self,
+        runner: Any,
+        device: Device,
+        round_num: int,
+        batch_size: int,
+        global_path: Path,
+        out: Path,
+        state: DeviceState,
+        spec: WeightSpec | None,
+        budget: int | None = None,
+    ) -> None:
+        self.runner, self.device, self.round_num, self.batch_size = runner, device, round_num, batch_size
+        self.global_path, self.out, self.state, self.spec = global_path, out, state, spec
+        self.budget = -1 if budget is None else budget  # train steps left (-1: no limit)
+        self.labels: list[Instruction] = []  # the instructions that change what it trains on
+        self.rng = shuffle_rng(device.seed, device.device_id, round_num)
+        self.loss_sum, self.seen, self.start_loss = 0.0, 0, float("nan")
+        self._global: np.ndarray | None = None
+
+    def epochs(self, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`count` epochs of the device's data, shuffled, as its runtime takes them."""
+        out = []
+        for _ in range(count):
+            order = self.rng.permutation(self.device.samples)
+            y = self.device.y[order]
+            for ins in self.labels:
+                y = ins.labels(y)
+            out.append((self.runner.inputs(self.device.x[order]), self.runner.labels(y)))
+        return out
+
+    def train_epochs(self, epochs: list[tuple[np.ndarray, np.ndarray]], extras: Mapping[str, Any]) -> None:
+        """Mini-batches through `train` (within the round's step budget), the losses counted."""
+        n, size = self.device.samples, self.batch_size
+        for xs, ys in epochs:
+            for i in range(0, n, size):
+                if self.budget == 0:
+                    return
+                self.budget -= 1
+                xb, yb = xs[i : i + size], ys[i : i + size]
+                loss = self.runner.train(xb, yb, extras)
+                if not self.seen:
+                    self.start_loss = loss
+                self.loss_sum += loss * len(yb)
+                self.seen += len(yb)
+
+    @property
+    def names(self) -> list[tuple[str, tuple[int, ...]]]:
+        """(weight name, shape) of every weight, in the order of a flat vector (the artifact's layout)."""
+        return list(self.runner.layout)
+
+    def global_flat(self) -> np.ndarray:
+        """The global model the device received, as one float32 vector (read once)."""
+        if self._global is None:
+            self._global = read_flat(self.global_path)
+        return self._global
+
+    def write(self, flat: np.ndarray, name: str) -> Path:
+        """A checkpoint of `flat` in the global checkpoint's layout, beside the upload (to restore from)."""
+        assert self.spec is not None, "instructions that write checkpoints need the global checkpoint's spec"
+        path = self.out.with_name(f"{self.out.stem}-{name}.ckpt")
+        path.write_bytes(write_checkpoint(unflatten(np.asarray(flat, np.float32), self.spec)))
+        return path
+
+    def saved(self) -> np.ndarray:
+        """What `save` writes now, as one float32 vector (to a file of its own, the upload left alone)."""
+        path = self.out.with_name(f"{self.out.stem}-saved.ckpt")
+        self.runner.save(path)
+        try:
+            return read_flat(path)
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def read_flat(path: Path) -> np.ndarray:
+    """A checkpoint file's weights as one float32 vector in name order (the artifact's layout)."""
+    weights = read_checkpoint_file(path)
+    return flatten(weights, spec_of(weights))
 
 
 def evaluate_counts(

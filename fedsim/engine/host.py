@@ -21,7 +21,8 @@ import numpy as np
 
 from fedsim.checkpoint import CheckpointError, FlatReader, WeightSpec, flatten, read_checkpoint, scratch_dir
 from fedsim.core.devicestate import DeviceState
-from fedsim.core.segments import SegmentWriter, Shelf
+from fedsim.core.segments import SegmentWriter
+from fedsim.core.shelf import Shelf
 from fedsim.device import Device, Runner, evaluate_counts
 from fedsim.engine.base import DeviceReport, RoundResult, StateWritten
 from fedsim.engine.layout import ShardData, TestBlocks
@@ -214,6 +215,7 @@ class DeviceHost:
             return DeviceReport(device_id, self.host_index, 0, "failed", error=error), None, float("nan")
         out = self._device_out
         plan = work.plan(device_id)
+        state = self._state(device_id, work, ahead)
         try:
             trained = device.run_round(
                 self.runner,
@@ -224,6 +226,8 @@ class DeviceHost:
                 out,
                 tuple(plan.instructions.values()),
                 plan.steps,
+                state,
+                work.spec,
             )
         except Exception as e:  # a device's failure is data for the coordinator, not a crash of the host
             self._runner = None  # the interpreter may be in a bad state: the next device gets a fresh one
@@ -243,7 +247,6 @@ class DeviceHost:
                 up.metrics if up is not None else {},
             )
 
-        state = self._state(device_id, work, ahead)
         try:
             up = accept_upload(self._reader(work.spec), out, work, device_id, trained.samples, ctx, state)
         except (CheckpointError, Rejected) as e:

@@ -10,7 +10,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from fedsim.core.segments import Shelf
+from fedsim.core.shelf import Shelf
 from fedsim.engine.base import StateWritten
 from fedsim.pipeline.base import HostRound
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from fedsim.clock.profiles import load_fleet
-from fedsim.core.instructions import columns_of
+from fedsim.core.instructions import Instruction, columns_of
 from fedsim.data import DataRecipe, Dataset
 from fedsim.data.settings import DataSettings
 from fedsim.engine.base import Engine
@@ -28,6 +28,7 @@ from fedsim.loop import asyncloop, schedule
 from fedsim.loop.coordinator import Resume
 from fedsim.model.builders import MODELS, ArtifactRecipe, ModelBuilder, builder_name, resolve_builder
 from fedsim.model.settings import DeviceSettings, is_import_path
+from fedsim.model.signatures import capabilities, variant_of
 from fedsim.pipeline import Pipeline, StopRun
 from fedsim.report.tracking import Trackers, TrackingSettings
 from fedsim.results import (
@@ -101,7 +102,7 @@ def run(
         optimizer=config.section(DeviceSettings).optimizer(),
         seed=config.seed,
         checkpoint_format=config.checkpoint_format,
-        variant=chosen.variant,  # the data's task is filled in where the data is loaded
+        variant=artifact_variant(chosen, pipeline),  # the data's task is filled in where the data is loaded
     )
     if config.artifact:
         artifact = _read_artifact(config.artifact)
@@ -130,11 +131,22 @@ def run(
         release_claim(out)
 
 
+def instruction_kinds(strategy: Strategy, pipeline: Pipeline) -> list[type[Instruction]]:
+    """Every kind of instruction the run's strategy and stages may give its devices."""
+    return [*strategy.instructions, *(k for s in pipeline.stages for k in s.instructions)]
+
+
+def artifact_variant(strategy: Strategy, pipeline: Pipeline) -> str | None:
+    """The artifact variant that honours what the run's instructions need (and a strategy's own
+    `variant`, for strategies written before instructions)."""
+    needs = {n for kind in instruction_kinds(strategy, pipeline) for n in kind.needs}
+    return variant_of(needs | capabilities(strategy.variant))
+
+
 def _columns(config: Config, pipeline: Pipeline, strategy: Strategy) -> tuple[list[str], list[str]]:
     """The tables' columns beyond the standard ones (rounds, devices): the stages', what the
     instructions the strategy and stages give record, and the asynchronous schedule's."""
-    given = [*strategy.instructions, *(k for s in pipeline.stages for k in s.instructions)]
-    rounds, devices = pipeline.columns(), pipeline.device_columns() + columns_of(given)
+    rounds, devices = pipeline.columns(), pipeline.device_columns() + columns_of(instruction_kinds(strategy, pipeline))
     if config.mode == "async":
         rounds += list(asyncloop.ROUND_COLUMNS)
         devices += list(asyncloop.DEVICE_COLUMNS)

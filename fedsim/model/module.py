@@ -7,17 +7,20 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from fedsim.core.instructions import ANCHOR, CONTROL, MASK, PROXIMAL
 from fedsim.core.task import Task
 from fedsim.model.signatures import (
+    ANCHOR_PATH,
     CHECKPOINT_FORMATS,
     CHECKPOINT_PATH,
     CONTROL_PATH,
     CORRECTION,
     LOSS,
+    MASK_INPUT,
     MU,
     OUTPUT,
     PACKED,
-    VARIANTS,
+    capabilities,
 )
 
 
@@ -51,12 +54,15 @@ class OnDeviceModule(tf.Module):
     - `checkpoint_format="packed"` (fedsim's default) writes every weight into one float32 tensor:
       `restore` then runs one Restore op instead of one per weight (each op opens and indexes the
       file again), and slices it with builtin ops. "tensors" keeps the guide's one tensor per weight.
-    - `variant="fedprox"`: `train(x, y, mu)` minimises loss + mu/2 * ||w - anchor||^2 over the trainable
-      weights, where `restore` sets the anchor to the restored weights (the round's global model).
-      The returned loss is the task's loss alone. The anchors never enter the checkpoint.
-    - `variant="scaffold"`: `restore(checkpoint_path, control_path)` also reads SCAFFOLD's correction
-      c - c_i from the control file, and `train` adds it to every gradient before the optimiser's step.
-      The correction never enters the checkpoint.
+    - `variant`: the capabilities it honours beyond the guide, "+"-joined (fedsim.model.signatures):
+      "proximal": `train(x, y, mu)` minimises loss + mu/2 * ||w - anchor||^2 over the trainable weights,
+      where `restore` sets the anchor to the restored weights (the round's global model); the returned
+      loss is the task's loss alone. "anchor": `restore(checkpoint_path, anchor_path)` sets the anchor
+      from its own checkpoint instead (Ditto: a personal model pulled toward the global one).
+      "control": `restore(checkpoint_path, control_path)` also reads SCAFFOLD's correction c - c_i from
+      the control file, and `train` adds it to every gradient before the optimiser's step. "mask":
+      `train(..., mask)` multiplies each weight's gradient by its factor (in name order; 0 freezes it).
+      Anchors, corrections and masks never enter the checkpoint.
     """
 
     def __init__(
@@ -71,8 +77,10 @@ class OnDeviceModule(tf.Module):
             raise ModelError(
                 f"--checkpoint-format must be one of {', '.join(CHECKPOINT_FORMATS)}, got {checkpoint_format!r}"
             )
-        if variant is not None and variant not in VARIANTS:
-            raise ModelError(f"unknown artifact variant {variant!r}; known: {', '.join(VARIANTS)}")
+        try:
+            caps = capabilities(variant)
+        except ValueError as e:
+            raise ModelError(str(e)) from None
         self.checkpoint_format = checkpoint_format
         self.variant = variant
         self.model = model
@@ -112,7 +120,7 @@ class OnDeviceModule(tf.Module):
                 for i, w in enumerate(model.weights)
                 if w.path in trainable
             }
-            if variant == "fedprox"
+            if PROXIMAL in caps
             else {}
         )
         # SCAFFOLD's correction c - c_i, one per weight in packed (name) order (set by restore, never saved)
@@ -121,25 +129,48 @@ class OnDeviceModule(tf.Module):
                 tf.Variable(tf.zeros_like(var), trainable=False, name=f"correction_{i}")
                 for i, (_, var) in enumerate(self.packed)
             ]
-            if variant == "scaffold"
+            if CONTROL in caps
             else []
         )
         self.correction_of = {name: i for i, (name, _) in enumerate(self.packed)}
+        self.masked = MASK in caps
+        self.anchored = ANCHOR in caps
         x_spec = tf.TensorSpec([None, *task.input_shape], tf.as_dtype(task.input_dtype), name="x")
         y_spec = tf.TensorSpec([None], tf.int32, name="y")
         path_spec = tf.TensorSpec([], tf.string, name=CHECKPOINT_PATH)
-        # Signatures follow the task, so they are bound here rather than in the class body.
-        if variant == "scaffold":
-            control_spec = tf.TensorSpec([], tf.string, name=CONTROL_PATH)
-            self.restore = tf.function(self._restore_scaffold, input_signature=[path_spec, control_spec])
-        else:
-            self.restore = tf.function(self._restore, input_signature=[path_spec])
-        if variant == "fedprox":
-            mu_spec = tf.TensorSpec([], tf.float32, name=MU)
-            self.train = tf.function(self._train_prox, input_signature=[x_spec, y_spec, mu_spec])
-        else:
-            self.train = tf.function(self._train, input_signature=[x_spec, y_spec])
+        # Signatures follow the task and the capabilities, so they are bound here rather than in the
+        # class body; their extra inputs come after the guide's, in this order.
+        restore_specs = [path_spec]
+        if self.anchored:
+            restore_specs.append(tf.TensorSpec([], tf.string, name=ANCHOR_PATH))
+        if self.corrections:
+            restore_specs.append(tf.TensorSpec([], tf.string, name=CONTROL_PATH))
+        train_specs = [x_spec, y_spec]
+        if self.anchors:
+            train_specs.append(tf.TensorSpec([], tf.float32, name=MU))
+        if self.masked:
+            train_specs.append(tf.TensorSpec([len(self.packed)], tf.float32, name=MASK_INPUT))
+        self.restore = tf.function(self._restore_any, input_signature=restore_specs)
+        self.train = tf.function(self._train_any, input_signature=train_specs)
         self.infer = tf.function(self._infer, input_signature=[x_spec])
+
+    def _train_any(self, x: tf.Tensor, y: tf.Tensor, *extra: tf.Tensor) -> dict[str, tf.Tensor]:
+        rest = list(extra)
+        mu = rest.pop(0) if self.anchors else None
+        mask = rest.pop(0) if self.masked else None
+        if mu is not None:
+            return self._train_prox(x, y, mu, mask)
+        return self._train(x, y, mask)
+
+    def _restore_any(self, checkpoint_path: tf.Tensor, *extra: tf.Tensor) -> dict[str, tf.Tensor]:
+        rest = list(extra)
+        anchor_path = rest.pop(0) if self.anchored else None
+        if self.corrections:
+            self._read_control(rest.pop(0))
+        restored = self._restore(checkpoint_path)
+        if anchor_path is not None:
+            self._read_anchors(anchor_path)
+        return restored
 
     def preprocess(self, x: tf.Tensor) -> tf.Tensor:
         """What the model sees: uint8 pixels as float32 in [0, 1]; features and tokens as they are."""
@@ -147,7 +178,7 @@ class OnDeviceModule(tf.Module):
             return tf.cast(x, tf.float32) * (1.0 / 255.0)
         return x
 
-    def _train(self, x: tf.Tensor, y: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _train(self, x: tf.Tensor, y: tf.Tensor, mask: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
         with tf.GradientTape() as tape:
             prediction = self.model(self.preprocess(x), training=True)
             loss = self.loss_fn(y, prediction)
@@ -157,10 +188,12 @@ class OnDeviceModule(tf.Module):
                 g + self.corrections[self.correction_of[v.path]]
                 for g, v in zip(gradients, self.model.trainable_variables)
             ]
-        self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
+        self.optimizer.apply_gradients(zip(self._masked(gradients, mask), self.model.trainable_variables))
         return {LOSS: loss}
 
-    def _train_prox(self, x: tf.Tensor, y: tf.Tensor, mu: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _train_prox(
+        self, x: tf.Tensor, y: tf.Tensor, mu: tf.Tensor, mask: tf.Tensor | None = None
+    ) -> dict[str, tf.Tensor]:
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
             prediction = self.model(self.preprocess(x), training=True)
@@ -168,8 +201,16 @@ class OnDeviceModule(tf.Module):
             proximal = tf.add_n([tf.reduce_sum(tf.square(v - self.anchors[v.path])) for v in variables])
             total = loss + 0.5 * mu * proximal
         gradients = tape.gradient(total, variables)
-        self.optimizer.apply_gradients(zip(gradients, variables))
+        if self.corrections:  # SCAFFOLD: g + (c - c_i)
+            gradients = [g + self.corrections[self.correction_of[v.path]] for g, v in zip(gradients, variables)]
+        self.optimizer.apply_gradients(zip(self._masked(gradients, mask), variables))
         return {LOSS: loss}
+
+    def _masked(self, gradients: list[tf.Tensor], mask: tf.Tensor | None) -> list[tf.Tensor]:
+        """Each trainable weight's gradient times its factor (the mask variant; unchanged without one)."""
+        if mask is None:
+            return gradients
+        return [g * mask[self.correction_of[v.path]] for g, v in zip(gradients, self.model.trainable_variables)]
 
     def _infer(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
         out = self.model(self.preprocess(x))
@@ -185,14 +226,27 @@ class OnDeviceModule(tf.Module):
         tf.raw_ops.Save(filename=checkpoint_path, tensor_names=names, data=values, name="save")
         return {CHECKPOINT_PATH: checkpoint_path}
 
-    def _restore_scaffold(self, checkpoint_path: tf.Tensor, control_path: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _read_control(self, control_path: tf.Tensor) -> None:
         flat = tf.raw_ops.Restore(
             file_pattern=control_path, tensor_name=CORRECTION, dt=tf.float32, name="restore_control"
         )
         sizes = [int(np.prod(var.shape)) for _, var in self.packed]
         for (_, var), part, correction in zip(self.packed, tf.split(flat, sizes), self.corrections):
             correction.assign(tf.reshape(part, var.shape))
-        return self._restore(checkpoint_path)
+
+    def _read_anchors(self, anchor_path: tf.Tensor) -> None:
+        """The anchors from a checkpoint of the model's layout (packed, or one tensor per weight)."""
+        if self.checkpoint_format == "packed":
+            flat = tf.raw_ops.Restore(file_pattern=anchor_path, tensor_name=PACKED, dt=tf.float32, name="anchor")
+            sizes = [int(np.prod(var.shape)) for _, var in self.packed]
+            for (name, var), part in zip(self.packed, tf.split(flat, sizes)):
+                if name in self.anchors:
+                    self.anchors[name].assign(tf.reshape(part, var.shape))
+            return
+        for name, var in zip(self.weight_names, self.weight_vars):
+            if name in self.anchors:
+                value = tf.raw_ops.Restore(file_pattern=anchor_path, tensor_name=name, dt=var.dtype, name="anchor")
+                self.anchors[name].assign(value)
 
     def _restore(self, checkpoint_path: tf.Tensor) -> dict[str, tf.Tensor]:
         restored = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from fedsim.core.instructions import CONTROL, PROXIMAL
+from fedsim.core.instructions import ANCHOR, CAPABILITIES, CONTROL, MASK, PROXIMAL
 
 TRAIN = "train"  # train(x, y) -> {"loss"}
 INFER = "infer"  # infer(x) -> {"output"}
@@ -13,16 +13,48 @@ SAVE = "save"  # save(checkpoint_path) -> {"checkpoint_path"}; writes a TF v1 ch
 RESTORE = "restore"  # restore(checkpoint_path) -> {weight name: tensor}; reads and assigns
 SIGNATURES = (TRAIN, INFER, SAVE, RESTORE)
 
-MU = "mu"  # the fedprox variant's train(x, y, mu): weight of the proximal term
+MU = "mu"  # the proximal variant's train(x, y, mu): weight of the proximal term
+MASK_INPUT = "mask"  # the mask variant's train(..., mask): a gradient factor per weight, in name order
+ANCHOR_PATH = "anchor_path"  # the anchor variant's restore(checkpoint_path, anchor_path)
 
 CONTROL_PATH = "control_path"  # the scaffold variant's restore(checkpoint_path, control_path)
 CORRECTION = "fedsim/correction"  # the tensor of a control file: c - c_i, packed like the weights
 
-# Artifact variants: what `train` computes besides the task's loss. "fedprox" (Li et al. 2020) adds
-# mu/2 * ||w - w_restored||^2, with the anchor w_restored set by `restore`. "scaffold" (Karimireddy et
-# al. 2020) adds the correction c - c_i to every gradient; `restore` also reads it from a control file
-# (one float32 tensor CORRECTION, every weight back to back in name order, as a packed checkpoint).
-VARIANTS = ("fedprox", "scaffold")
+# Artifact variants: what `train` and `restore` honour beyond the guide's contract, named by the
+# capabilities of fedsim.core.instructions and joined with "+" ("anchor+proximal"):
+#   proximal  train(x, y, mu) adds mu/2 ||w - anchor||^2 (FedProx, Li et al. 2020); restore sets the
+#             anchor to the restored weights
+#   anchor    restore(checkpoint_path, anchor_path) sets the anchor from its own checkpoint (Ditto's
+#             personal model trained toward the global one, Li et al. 2021); needs proximal
+#   control   restore(checkpoint_path, control_path) reads a correction c - c_i (one float32 tensor
+#             CORRECTION, every weight back to back in name order, as a packed checkpoint) that train
+#             adds to every gradient (SCAFFOLD, Karimireddy et al. 2020)
+#   mask      train(x, y, mask) multiplies each weight's gradient by its factor (one per weight, in
+#             name order): 0 freezes a weight for the step (FedRep's head, then body, Collins et al. 2021)
+VARIANTS = tuple(CAPABILITIES)
+ALIASES = {"fedprox": PROXIMAL, "scaffold": CONTROL}  # the names of fedsim 0.3's two variants
+
+
+def capabilities(variant: str | None) -> frozenset[str]:
+    """The capabilities a variant name asks for ("anchor+proximal"; "fedprox", "scaffold": fedsim 0.3's)."""
+    if not variant:
+        return frozenset()
+    parts = {ALIASES.get(p, p) for p in variant.split("+")}
+    unknown = sorted(parts - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown artifact capability {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    if ANCHOR in parts and PROXIMAL not in parts:
+        raise ValueError("the anchor capability needs the proximal one (the anchor is the proximal term's)")
+    return frozenset(parts)
+
+
+def variant_of(needs: Iterable[str]) -> str | None:
+    """The variant name that honours every capability in `needs` (None: the guide's artifact)."""
+    parts = set(needs)
+    if ANCHOR in parts:
+        parts.add(PROXIMAL)
+    return "+".join(sorted(parts)) or None
+
 
 LOSS = "loss"
 OUTPUT = "output"
@@ -39,11 +71,16 @@ PACKED = "fedsim/packed"
 def honours(train_inputs: Iterable[str], restore_inputs: Iterable[str]) -> frozenset[str]:
     """The capabilities (fedsim.core.instructions) an artifact whose train and restore signatures take
     these inputs honours: a proximal term (train's `mu`), a correction (restore's `control_path`)."""
+    train, restore = set(train_inputs), set(restore_inputs)
     out = set()
-    if MU in set(train_inputs):
-        out.add(PROXIMAL)
-    if CONTROL_PATH in set(restore_inputs):
-        out.add(CONTROL)
+    for present, capability in (
+        (MU in train, PROXIMAL),
+        (MASK_INPUT in train, MASK),
+        (CONTROL_PATH in restore, CONTROL),
+        (ANCHOR_PATH in restore, ANCHOR),
+    ):
+        if present:
+            out.add(capability)
     return frozenset(out)
 
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.dataset
 import pyarrow.parquet as pq
 
-from fedsim.core.segments import Shelf
+from fedsim.core.shelf import Shelf
 from fedsim.results.migrate import flat_config
 from fedsim.results.schema import (
     ARTIFACT_FILE,

@@ -147,13 +147,15 @@ class Strategy(ABC):
 
     Subclasses set `name`, `Params` (a frozen settings dataclass, fedsim.core.settings.Section, whose fields
     made with `setting(...)` become run flags, TOML keys and sweepable settings of the same name),
-    `accumulate` ("sum" or "stack") and, when the devices' `train` must change (FedProx), `variant`.
+    `accumulate` ("sum" or "stack") and the `instructions` its `plan` may give devices (their needs
+    decide the artifact variant fedsim builds: FedProx's proximal term, SCAFFOLD's correction).
     """
 
     name: ClassVar[str] = "strategy"
     Params: ClassVar[type] = NoParams
     accumulate: ClassVar[str] = "sum"
-    variant: ClassVar[str | None] = None  # the artifact variant its devices run (see fedsim.model.module)
+    # capabilities its devices' artifact needs beyond its instructions' (fedsim.model.signatures)
+    variant: ClassVar[str | None] = None
     # the instructions its `plan` may give devices (the runtime must honour what they need)
     instructions: ClassVar[tuple[type[Instruction], ...]] = ()
 

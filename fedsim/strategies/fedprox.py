@@ -1,6 +1,6 @@
 """FedProx (Li et al. 2020): each device minimises its loss + mu/2 * ||w - w_round_start||^2.
 
-The proximal term lives in the artifact's `train` (the `fedprox` variant: `restore` also sets the
+The proximal term lives in the artifact's `train` (the `proximal` variant: `restore` also sets the
 anchor weights, `train` takes mu as an input), so it runs on the device as a phone would run it. The
 server side is FedAvg. mu = 0 gives FedAvg exactly.
 """
@@ -44,7 +44,6 @@ class Proximal(Instruction):
 class FedProx(FedAvg):
     name = "fedprox"
     Params = FedProxParams
-    variant = "fedprox"
     instructions = (Proximal,)
 
     def plan(self, round_num: int, device_ids: Sequence[int], state: State) -> dict[int, DevicePlan]:

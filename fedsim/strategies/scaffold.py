@@ -1,6 +1,6 @@
 """SCAFFOLD (Karimireddy et al. 2020), option II of the control-variate update.
 
-On the device (the `scaffold` artifact variant): every local step uses g(y) + (c - c_i), with c - c_i
+On the device (the `control` artifact variant): every local step uses g(y) + (c - c_i), with c - c_i
 sent down in the device's plan (the `Control` instruction: float32, the model's flat order) and taken
 by the runtime's `restore`. Then, with x the
 global weights, y_i the device's weights after its K_i steps (all its batches, or the budget a deadline
@@ -58,7 +58,6 @@ class Scaffold(Strategy):
     name = "scaffold"
     Params = ScaffoldParams
     accumulate = "stack"
-    variant = "scaffold"
     instructions = (Control,)
 
     def __init__(self, params: Any = None, run: RunContext | None = None, **values: Any) -> None:
