@@ -20,14 +20,12 @@ import hashlib
 import os
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import psutil
+from memory import Sampler
 
 import fedsim
 from fedsim.engine.ray import RayEngine
@@ -49,31 +47,6 @@ def build(task: Any) -> Any:
         ],
         name="mlp32",
     )
-
-
-def pss_mb() -> float:
-    """The PSS of this process and every Ray process on this machine, in MB."""
-    total = 0
-    for p in psutil.process_iter(["name", "cmdline"]):
-        try:
-            line = " ".join(p.info["cmdline"] or [])
-            if p.pid == os.getpid() or "ray" in line or "raylet" in (p.info["name"] or ""):
-                total += p.memory_full_info().pss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return total / 2**20
-
-
-class Sampler(threading.Thread):
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.samples: list[tuple[float, float]] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            self.samples.append((time.perf_counter(), pss_mb()))
-            self.stop.wait(0.5)
 
 
 class StopBefore(RayEngine):
@@ -125,19 +98,11 @@ def main() -> None:
     sampler.start()
     began = time.perf_counter()
     straight = fedsim.run(out=str(root / "straight"), model_builder=build, **settings)
-    sampler.stop.set()
-    sampler.join()
+    sampler.finish()
     fedsim.release()
     on_disk = sum(f.stat().st_size for f in (straight.path / "device_state").iterdir()) / 2**30
-    # each round's end on the sampler's clock
-    ends = began + straight.rounds["elapsed_s"].to_numpy()
-    samples = np.array(sampler.samples)
-    per_round = []
-    start = began
-    for r, end in zip(straight.rounds["round"], ends):
-        inside = samples[(samples[:, 0] >= start) & (samples[:, 0] <= end), 1]
-        per_round.append({"round": int(r), "pss_peak_mb": round(float(inside.max()), 1) if len(inside) else np.nan})
-        start = end
+    peaks = sampler.per_round(began, straight.rounds["elapsed_s"].to_numpy())
+    per_round = [{"round": int(r), "pss_peak_mb": p} for r, p in zip(straight.rounds["round"], peaks)]
     with contextlib.suppress(KeyboardInterrupt):  # the killing engine's Ctrl-C: the run says it was interrupted
         fedsim.run(out=str(root / "killed"), model_builder=build, engine=StopBefore(args.kill_after + 1), **settings)
     fedsim.release()

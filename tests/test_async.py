@@ -138,6 +138,7 @@ def test_async_refuses_what_needs_rounds():
 STAGE_ON = {
     "verify": {},
     "attack": {"byzantine": 0.25, "attack": "signflip"},
+    "personal": {"personal_layers": "head"},
     "dp": {"dp_clip": 1.0, "dp_noise_multiplier": 1.0},
     "ldp": {"ldp_epsilon": 8.0},
     "compress": {"compress": "q8"},

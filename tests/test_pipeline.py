@@ -9,7 +9,7 @@ from fedsim.strategies import FedAvg
 
 
 def test_the_order_is_what_the_stages_declare_whatever_the_registry_lists():
-    assert [s.name for s in STAGES] == ["verify", "attack", "dp", "ldp", "compress", "secagg", "screen"]
+    assert [s.name for s in STAGES] == ["verify", "attack", "personal", "dp", "ldp", "compress", "secagg", "screen"]
     assert in_order(tuple(reversed(REGISTERED))) == STAGES
     for i, stage in enumerate(STAGES):
         assert all(n in [s.name for s in STAGES[:i]] for n in stage.after)

@@ -253,6 +253,10 @@ def test_every_strategy_is_registered_by_its_name():
             "krum",
             "multikrum",
             "bulyan",
+            "fedper",
+            "fedrep",
+            "ditto",
+            "local",
         ]
     )
     for name, cls in STRATEGIES.items():

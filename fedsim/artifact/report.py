@@ -27,6 +27,8 @@ from fedsim.artifact.checks import (
 )
 from fedsim.artifact.parity import _run_meta, recipe_of, run_parity
 from fedsim.checkpoint import read_checkpoint_file, scratch_dir
+from fedsim.core.layers import head
+from fedsim.core.settings import ConfigError
 from fedsim.core.task import Task, TaskError
 from fedsim.model.signatures import INFER, PACKED, RESTORE, SAVE, SIGNATURES, TRAIN
 
@@ -109,6 +111,24 @@ class ArtifactReport:
             d["parity"] = self.parity.to_dict("records")
         return d
 
+    def weights(self) -> pd.DataFrame:
+        """The model's weights as its checkpoint names them: shape, parameters, whether `head` names it."""
+        try:
+            final = set(head(self.layout, Task.from_dict(self.task).num_classes))
+        except ConfigError:
+            final = set()
+        return pd.DataFrame(
+            [
+                {
+                    "name": n,
+                    "shape": "x".join(map(str, d)) or "scalar",
+                    "parameters": int(np.prod(d)),
+                    "head": n in final,
+                }
+                for n, d in self.layout
+            ]
+        )
+
     def write(self, path: str | os.PathLike[str]) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, default=float))
 
@@ -123,6 +143,10 @@ class ArtifactReport:
             self.table().to_markdown(index=False, floatfmt=".3f"),
             "",
             f"Select TF ops (need the Flex delegate, which adds to the app's size): {', '.join(flex) or 'none'}",
+            "",
+            "weights (--personal-layers takes a glob over these names; head: the final layer)",
+            "",
+            self.weights().to_markdown(index=False),
         ]
         if self.parity is not None:
             lines += [

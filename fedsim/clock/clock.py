@@ -111,6 +111,7 @@ class Clock:
     straggler: str = "drop"
     over_select: float = 1.0
     latency_source: str = ""  # where the latency table came from (config.json: sim_latency_source)
+    passes: int = 1  # restore-and-save pairs a device runs a round (a personal model's add one: Ditto)
     compiled_draws: bool = (
         False  # numpy's draws compiled (fedsim.core.seeded): the same numbers, for loops that draw per arrival
     )
@@ -131,7 +132,8 @@ class Clock:
         what the pipeline's stages add (a secure aggregation's keys, shares, masks and round trips)."""
         a, lat = self.arrays, self.latency_ms
         extra = extra or SimCost()
-        compute = (lat["restore"] + steps * lat["train"] + lat["save"] + 1000.0 * extra.compute_s) / 1000.0
+        fixed = self.passes * (lat["restore"] + lat["save"])
+        compute = (fixed + steps * lat["train"] + 1000.0 * extra.compute_s) / 1000.0
         compute = compute / a["speed"][ids]
         down = 8.0 * (down_bytes + extra.down_bytes) / (1000.0 * a["down_kbps"][ids])
         up = 8.0 * (up_bytes + extra.up_bytes) / (1000.0 * a["up_kbps"][ids])
@@ -211,7 +213,8 @@ class Clock:
                 cut = True
                 fit = 0
                 if self.straggler == "partial":
-                    fixed = (self.latency_ms["restore"] + self.latency_ms["save"]) / 1000.0 / self.arrays["speed"][d]
+                    fixed = self.passes * (self.latency_ms["restore"] + self.latency_ms["save"])
+                    fixed = fixed / 1000.0 / self.arrays["speed"][d]
                     if extra is not None:
                         fixed += extra.compute_s / self.arrays["speed"][d]
                     per_step = self.latency_ms["train"] / 1000.0 / self.arrays["speed"][d]

@@ -5,6 +5,7 @@ what it uploads)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,6 +35,17 @@ class RunContext:
     rounds: int = 1  # the rounds the run plans (DP's --dp-epsilon is spent over them)
     sampling: str = "fixed"  # how devices are selected each round: fixed-size cohorts, or poisson
     local_eval: bool = False  # whether devices keep a test split of their own (and score each new model)
+    # (weight name, shape) of every weight, in the order of a flat vector (the artifact's layout)
+    layout: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+    def slices(self, names: Iterable[str]) -> np.ndarray:
+        """The positions in a flat weight vector of the weights named (bool mask over the layout)."""
+        wanted, out, at = set(names), [], 0
+        for name, shape in self.layout:
+            size = int(np.prod(shape, dtype=np.int64))
+            out.append(np.full(size, name in wanted))
+            at += size
+        return np.concatenate(out) if out else np.zeros(0, bool)
 
     def steps(self, samples: np.ndarray | int | None = None) -> np.ndarray:
         """Train steps per device (of `samples`, or of every device of the fleet)."""

@@ -111,6 +111,7 @@ class Device:
             phases = ins.phases(rnd, phases)
         # Shuffled before the clock starts, so train_s counts the device's signature calls and
         # nothing the simulator adds.
+        rnd.first_epochs = phases[0][0]
         batches = [(rnd.epochs(epochs), extras) for epochs, extras in phases]
         start_from = global_checkpoint
         for ins in instructions:
@@ -151,7 +152,14 @@ class DeviceRound:
         self.labels: list[Instruction] = []  # the instructions that change what it trains on
         self.rng = shuffle_rng(device.seed, device.device_id, round_num)
         self.loss_sum, self.seen, self.start_loss = 0.0, 0, float("nan")
+        self.first_epochs = 0  # the epochs of the round's first phase
         self._global: np.ndarray | None = None
+
+    def epochs_again(self, count: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The round's first `count` epochs again (default: as many as the round's first phase had),
+        shuffled as they were: the generator starts over (what a personal model's training sees)."""
+        self.rng = shuffle_rng(self.device.seed, self.device.device_id, self.round_num)
+        return self.epochs(self.first_epochs if count is None else count)
 
     def epochs(self, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """`count` epochs of the device's data, shuffled, as its runtime takes them."""
@@ -164,8 +172,11 @@ class DeviceRound:
             out.append((self.runner.inputs(self.device.x[order]), self.runner.labels(y)))
         return out
 
-    def train_epochs(self, epochs: list[tuple[np.ndarray, np.ndarray]], extras: Mapping[str, Any]) -> None:
-        """Mini-batches through `train` (within the round's step budget), the losses counted."""
+    def train_epochs(
+        self, epochs: list[tuple[np.ndarray, np.ndarray]], extras: Mapping[str, Any], record: bool = True
+    ) -> None:
+        """Mini-batches through `train` (within the round's step budget), the losses counted (`record`:
+        into the round's training loss; a personal model's are not)."""
         n, size = self.device.samples, self.batch_size
         for xs, ys in epochs:
             for i in range(0, n, size):
@@ -174,6 +185,8 @@ class DeviceRound:
                 self.budget -= 1
                 xb, yb = xs[i : i + size], ys[i : i + size]
                 loss = self.runner.train(xb, yb, extras)
+                if not record:
+                    continue
                 if not self.seen:
                     self.start_loss = loss
                 self.loss_sum += loss * len(yb)

@@ -3,6 +3,7 @@ in-process, fedsim.engine.ray on Ray actors), and what it gets back."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fedsim.core.instructions import Instruction
 from fedsim.engine.schedule import deal, expected_costs
 from fedsim.engine.settings import HostSettings
 from fedsim.strategies.base import Aggregate
@@ -80,6 +82,33 @@ class Evaluation:
     device_accuracy: dict[int, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class PersonalEval:
+    """Personalised evaluation of one round's model: each of `device_ids` scores, on its own test split,
+    the global model as received and its personal model (what `maker` makes of its state: its personal
+    layers merged in, Ditto's v; None: the global model) after `epochs` epochs of fine-tuning on its
+    own training data, which are then discarded. `state_at`: where each device's state is (a relay
+    host is handed it: `carried`); `spec`: the global checkpoint's layout."""
+
+    device_ids: tuple[int, ...]
+    epochs: int
+    maker: Instruction | None
+    round_num: int
+    spec: dict[str, tuple[tuple[int, ...], str]]
+    state_at: dict[int, str] = field(default_factory=dict)
+    carried: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    def only(self, device_ids: Sequence[int]) -> PersonalEval:
+        """This evaluation cut to one host's devices."""
+        mine = set(device_ids)
+        return dataclasses.replace(
+            self,
+            device_ids=tuple(d for d in self.device_ids if d in mine),
+            state_at={d: s for d, s in self.state_at.items() if d in mine},
+            carried={d: s for d, s in self.carried.items() if d in mine},
+        )
+
+
 def combine_evaluations(parts: Sequence[tuple[int, np.ndarray, dict[int, float]]], n: int) -> Evaluation:
     """Hosts' (correct, per-sample losses, device accuracies) -> Evaluation. fsum is exactly
     rounded, so the mean loss is the same however many hosts split the test set."""
@@ -113,6 +142,11 @@ class Engine(ABC):
     def evaluate(self, checkpoint: bytes, device_ids: Sequence[int] = ()) -> Evaluation:
         """Test accuracy and mean cross-entropy of a checkpoint through the `infer` signature, and
         its accuracy on each of `device_ids`' own test split."""
+
+    def evaluate_personal(self, checkpoint: bytes, personal: PersonalEval) -> dict[int, tuple[float, float]]:
+        """device id -> (its global accuracy, its personal accuracy) on its own test split (see
+        PersonalEval); devices without a test split of their own are left out."""
+        raise NotImplementedError(f"{type(self).__name__} cannot evaluate personal models")
 
     @abstractmethod
     def run_round(

@@ -24,8 +24,9 @@ from fedsim.core.devicestate import DeviceState
 from fedsim.core.segments import SegmentWriter
 from fedsim.core.shelf import Shelf
 from fedsim.device import Device, Runner, evaluate_counts
-from fedsim.engine.base import DeviceReport, RoundResult, StateWritten
+from fedsim.engine.base import DeviceReport, PersonalEval, RoundResult, StateWritten
 from fedsim.engine.layout import ShardData, TestBlocks
+from fedsim.engine.personal import evaluate_personal
 from fedsim.engine.settings import HostSettings
 from fedsim.pipeline.base import HostRound, Rejected, Upload, UploadContext
 from fedsim.strategies.aggregate import accumulator
@@ -139,6 +140,11 @@ class DeviceHost:
             return correct, losses, per_device
         finally:
             path.unlink(missing_ok=True)
+
+    def evaluate_personal(self, checkpoint: bytes, personal: PersonalEval) -> dict[int, tuple[float, float]]:
+        """(global accuracy, personal accuracy) of the evaluation's devices with a test split of their
+        own (fedsim.engine.personal)."""
+        return evaluate_personal(self, checkpoint, personal)
 
     def run_round(
         self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int], work: HostRound

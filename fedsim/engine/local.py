@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.device import Runner
-from fedsim.engine.base import Engine, Evaluation, RoundResult, combine_evaluations
+from fedsim.engine.base import Engine, Evaluation, PersonalEval, RoundResult, combine_evaluations
 from fedsim.engine.host import DeviceHost
 from fedsim.engine.layout import Prepared, Setup, prepare
 from fedsim.pipeline.base import HostRound
@@ -44,6 +44,12 @@ class LocalEngine(Engine):
         per_host = self.split(device_ids)
         parts = [host.evaluate(checkpoint, per_host.get(h, [])) for h, host in enumerate(self.hosts)]
         return combine_evaluations(parts, self.test_samples)
+
+    def evaluate_personal(self, checkpoint: bytes, personal: PersonalEval) -> dict[int, tuple[float, float]]:
+        out: dict[int, tuple[float, float]] = {}
+        for h, mine in sorted(self.split(personal.device_ids).items()):
+            out.update(self.hosts[h].evaluate_personal(checkpoint, personal.only(mine)))
+        return out
 
     def run_round(
         self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int], work: HostRound

@@ -30,7 +30,15 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from fedsim.core.task import Task
 from fedsim.engine import relay
-from fedsim.engine.base import DeviceReport, Engine, EngineError, Evaluation, RoundResult, combine_evaluations
+from fedsim.engine.base import (
+    DeviceReport,
+    Engine,
+    EngineError,
+    Evaluation,
+    PersonalEval,
+    RoundResult,
+    combine_evaluations,
+)
 from fedsim.engine.layout import Prepared, Setup
 from fedsim.engine.ray_host import RayDeviceHost, prepare_remote
 from fedsim.engine.ray_session import SESSION, connect, kill, retrieved, wait_for_exit
@@ -201,6 +209,20 @@ class RayEngine(Engine):
             self._await_restarts()
             parts = ask()
         return combine_evaluations(parts, self.test_samples)
+
+    def evaluate_personal(self, checkpoint: bytes, personal: PersonalEval) -> dict[int, tuple[float, float]]:
+        self._await_restarts()
+        ref = self._put(checkpoint)
+        calls = []
+        for h, mine in sorted(self.split(personal.device_ids).items()):
+            part = personal.only(mine)
+            if h in self.relay and self._state_dir is not None:
+                part = dataclasses.replace(part, carried=relay.read(part.state_at, self._state_dir))
+            calls.append(self.actors[h].evaluate_personal.remote(ref, part))
+        out: dict[int, tuple[float, float]] = {}
+        for found in ray.get(calls, timeout=self.round_timeout_s):
+            out.update(found)
+        return out
 
     def run_round(
         self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int], work: HostRound

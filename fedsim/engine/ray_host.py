@@ -58,6 +58,10 @@ class RayDeviceHost(DeviceHost):
         self._check_loaded()
         return super().evaluate(*args, **kwargs)
 
+    def evaluate_personal(self, *args: Any, **kwargs: Any) -> Any:
+        self._check_loaded()
+        return super().evaluate_personal(*args, **kwargs)
+
     def initial_checkpoint(self) -> bytes:
         self._check_loaded()
         return super().initial_checkpoint()

@@ -10,19 +10,25 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from fedsim.core.shelf import Shelf
 from fedsim.engine.base import StateWritten
 from fedsim.pipeline.base import HostRound
 
 
-def carry(work: HostRound, folder: Path) -> HostRound:
-    """A relay host's work with the state its devices kept, read from `folder`."""
-    shelf = Shelf(folder, -1)
+def read(state_at: dict[int, str], folder: Path) -> dict[int, dict[str, np.ndarray]]:
+    """The state of devices at `state_at` (device -> segment), read from `folder`."""
+    shelf = Shelf(folder, -1, cache_bytes=0)
     try:
-        carried = {d: shelf.read(segment, d) for d, segment in work.state_at.items()}
+        return {d: shelf.read(segment, d) for d, segment in state_at.items()}
     finally:
         shelf.close()
-    return dataclasses.replace(work, carried=carried)
+
+
+def carry(work: HostRound, folder: Path) -> HostRound:
+    """A relay host's work with the state its devices kept, read from `folder`."""
+    return dataclasses.replace(work, carried=read(work.state_at, folder))
 
 
 def store(states: Sequence[StateWritten], folder: Path) -> None:

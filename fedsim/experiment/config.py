@@ -120,6 +120,12 @@ class Config:
             raise ConfigError(
                 f"--hosts {self.hosts} exceeds --devices {self.devices}; each host needs at least one device"
             )
+        run = self.section(RunSettings)
+        if run.personal_eval_epochs and not self.device_test_fraction and self.partition != "natural":
+            raise ConfigError(
+                f"--personal-eval-epochs {run.personal_eval_epochs} scores each device on its own test data: "
+                "give --device-test-fraction F (or a --partition natural data set with per-device test data)"
+            )
         self.section(ScheduleSettings).check_with(self.section(ClockSettings), self.section(RunSettings).sampling)
         if self.artifact is not None:  # its train signature fixes these: a value given would be ignored
             device = self.section(DeviceSettings)

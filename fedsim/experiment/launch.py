@@ -25,7 +25,8 @@ from fedsim.data.settings import DataSettings
 from fedsim.engine.base import Engine
 from fedsim.engine.layout import Prepared, Setup
 from fedsim.engine.settings import EngineSettings, HostSettings
-from fedsim.experiment.config import Config
+from fedsim.experiment.config import Config, ConfigError
+from fedsim.experiment.init_from import initial_checkpoint, source
 from fedsim.loop.asyncloop import AsyncCoordinator
 from fedsim.loop.coordinator import Coordinator, Resume
 from fedsim.loop.schedule import ScheduleSettings
@@ -96,6 +97,14 @@ def execute(
         refuse_unhonoured(_issuers(config, plan), honours_of_report(prepared.report or {}), _runtime(plan))
         initial = start.checkpoint if start.checkpoint is not None else engine.initial_checkpoint()
         run = run_context(config, prepared, len(initial), engine.num_hosts)
+        if start.checkpoint is None and config.init_from:  # (a resumed run goes on from its own model)
+            initial = initial_checkpoint(config.init_from, initial, list(run.layout), plan.artifact)
+            writer.write_meta(init_from=str(source(config.init_from).resolve()))
+        if config.personal_eval_epochs and not run.local_eval:
+            raise ConfigError(
+                f"--personal-eval-epochs {config.personal_eval_epochs}: the devices of this data set have no "
+                "test data of their own (give --device-test-fraction F)"
+            )
         strategy = plan.strategy.bind(run)
         plan.pipeline.bind(run)
         _record_prepared(writer, engine, prepared, stages, config, strategy)
@@ -111,6 +120,7 @@ def execute(
                 len(initial),
                 plan.pipeline.upload_bytes(run.upload_bytes, run.params),
                 prepared.artifact,
+                strategy.device_work(config.local_epochs),
             )
             writer.write_fleet(plan.profiles)
             writer.write_meta(sim_latency_ms=clock.latency_ms, sim_latency_source=clock.latency_source)
@@ -172,6 +182,7 @@ def run_context(config: Config, prepared: Prepared, initial_bytes: int, hosts: i
         # devices that keep a test split of their own (--device-test-fraction, or a natural partition whose
         # data names each test sample's device) score every new global model on it
         local_eval=prepared.test_sizes is not None and bool(np.any(prepared.test_sizes)),
+        layout=tuple((str(name), tuple(int(n) for n in shape)) for name, shape in report.get("layout") or ()),
     )
 
 
@@ -206,6 +217,7 @@ def sim_clock(
     down_bytes: int,
     up_bytes: int,
     artifact: bytes = b"",
+    work: tuple[int, int] = (1, 1),
 ) -> Clock:
     """The run's simulated clock: the profiles, the latency table (pinned by --latency, recorded by an
     earlier part of this run, or measured at its start), and the round policy; a deadline no device
@@ -217,14 +229,16 @@ def sim_clock(
         measured = (report or {}).get("latency_ms", {})
         table = {k: float(v) for k, v in measured.items() if k in ("restore", "train", "save")}
         latency, source = reuse_latency(artifact, table, str((report or {}).get("identity", "")))
-    clock = config.section(ClockSettings).clock(profiles, latency, config.batch_size, config.local_epochs, config.seed)
+    epochs, passes = work  # what a device's round runs on its phone (the strategy's device_work)
+    clock = config.section(ClockSettings).clock(profiles, latency, config.batch_size, epochs, config.seed)
+    clock.passes = passes
     clock.latency_source = source
     if config.deadline is not None:
         fewest = clock.fewest_seconds(run.samples, down_bytes, up_bytes)
         if fewest > config.deadline:
-            work = "one train step" if config.straggler == "partial" else "its round"
+            needed = "one train step" if config.straggler == "partial" else "its round"
             raise FleetError(
                 f"--deadline {config.deadline:g} s is shorter than any device could meet: the fastest "
-                f"needs {fewest:.3g} simulated s for {work}"
+                f"needs {fewest:.3g} simulated s for {needed}"
             )
     return clock

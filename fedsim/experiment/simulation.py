@@ -24,7 +24,7 @@ from fedsim.data.settings import DataSettings
 from fedsim.engine.base import Engine
 from fedsim.experiment.config import Config, ConfigError, config_fields
 from fedsim.experiment.launch import RunPlan, StartPoint, execute
-from fedsim.loop import asyncloop, schedule
+from fedsim.loop import asyncloop, personal, schedule
 from fedsim.loop.coordinator import Resume
 from fedsim.model.builders import MODELS, ArtifactRecipe, ModelBuilder, builder_name, resolve_builder
 from fedsim.model.settings import DeviceSettings, is_import_path
@@ -89,7 +89,7 @@ def run(
     if not config.artifact and (model in MODELS or is_import_path(model)):
         config = config.replace(model=model)  # what config.json records is what ran
     chosen = strategy if strategy is not None else config.make_strategy()
-    pipeline = Pipeline.build(config.stage_settings, config.seed)
+    pipeline = Pipeline.build(config.stage_settings, config.seed, chosen)
     pipeline.check(chosen)
     pipeline.check_fleet(config.devices)
     chosen.check_cohort(config.devices, config.devices_per_round, config.byzantine)
@@ -147,6 +147,10 @@ def _columns(config: Config, pipeline: Pipeline, strategy: Strategy) -> tuple[li
     """The tables' columns beyond the standard ones (rounds, devices): the stages', what the
     instructions the strategy and stages give record, and the asynchronous schedule's."""
     rounds, devices = pipeline.columns(), pipeline.device_columns() + columns_of(instruction_kinds(strategy, pipeline))
+    maker = pipeline.personaliser() or strategy.personaliser()
+    if personal.wanted(config.personal_eval_epochs, maker):
+        rounds += list(personal.ROUND_COLUMNS)
+        devices += list(personal.DEVICE_COLUMNS)
     if config.mode == "async":
         rounds += list(asyncloop.ROUND_COLUMNS)
         devices += list(asyncloop.DEVICE_COLUMNS)
@@ -284,7 +288,7 @@ def resume(
                     sim = float(committed["sim_elapsed_s"].iloc[-1])
             start.resume = Resume(state, sim)
         chosen = _resume_strategy(folder, meta, config, strategy)
-        pipeline = Pipeline.build(config.stage_settings, config.seed)
+        pipeline = Pipeline.build(config.stage_settings, config.seed, chosen)
         profiles = load_fleet(config.fleet, config.devices, config.seed) if config.fleet else None
         meta["config"] = config.to_dict()
         for stale in ("error", "finished", "stopped"):

@@ -33,8 +33,10 @@ from fedsim.checkpoint import (
 )
 from fedsim.clock.clock import Clock
 from fedsim.core.context import RunContext
+from fedsim.core.instructions import Instruction
 from fedsim.core.segments import SegmentWriter, segment_name
 from fedsim.engine.base import Engine, StateWritten
+from fedsim.loop import personal
 from fedsim.loop.devicestate import PREFIX as STATE_PREFIX
 from fedsim.loop.devicestate import StateFiles, StateIndex
 from fedsim.loop.rows import NAN, RoundTimes, initial_row, round_row
@@ -216,6 +218,7 @@ class RoundCore(ABC):
         if out is None:
             return False
         flat, state = self.strategy.apply(self.flat, out, self.state)
+        flat = self.pipeline.settle(np.asarray(flat, dtype=np.float32), self.flat)
         self._set_global(np.asarray(flat, dtype=np.float32), state)
         return True
 
@@ -239,14 +242,34 @@ class RoundCore(ABC):
             evaluation = self.engine.evaluate(self.global_checkpoint, scored if self.run_context.local_eval else [])
         for r in device_rows:
             r["test_accuracy"] = evaluation.device_accuracy.get(r["device_id"], NAN) if evaluation else NAN
+        mine = self._personal(round_num, device_rows) if evaluation is not None else {}
         times = RoundTimes(stamps.start, stamps.hosts_done, stamps.aggregated, time.perf_counter())
         row = round_row(round_num, device_rows, evaluation, selected, times, sent, plans, cost)
         row.update(self.pipeline.round_metrics())
         row.update(columns)
+        row.update(mine)
         row["elapsed_s"] = time.perf_counter() - self.started  # (differences between rounds include recording)
         if self.recorder is not None:
             self.recorder.record_round(row, device_rows, self.global_checkpoint, *self._commit(round_num))
         return RoundRecord(row, device_rows)
+
+    @property
+    def maker(self) -> Instruction | None:
+        """What makes a device's personal model (a stage's or the strategy's), if the run keeps any."""
+        return self.pipeline.personaliser() or self.strategy.personaliser()
+
+    def _personal(self, round_num: int, rows: list[dict[str, Any]]) -> dict[str, float]:
+        """Personalised evaluation (fedsim.loop.personal), when the run asks for it and devices have a
+        test split of their own: its scores into the rows, its columns for the round's row."""
+        run, settings = self.run_context, self.settings
+        if not run.local_eval or not personal.wanted(settings.personal_eval_epochs, self.maker):
+            return {}
+        ids = personal.devices(run.devices, settings.personal_eval_devices, settings.seed, round_num)
+        spec = personal.evaluation(
+            ids, settings.personal_eval_epochs, self.maker, round_num, dict(self.spec), self.states.locate(ids)
+        )
+        scores = self.engine.evaluate_personal(self.global_checkpoint, spec)
+        return personal.record(rows, scores, round_num, run.samples)
 
     # ---- the model and what is saved with it -------------------------------------------------------
     def _broadcast(self) -> bytes:

@@ -4,6 +4,7 @@ the model is evaluated, where the run is written."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from fedsim.core.settings import ConfigError, Section, need, setting
 
@@ -39,6 +40,23 @@ class RunSettings(Section):
     # rounds in between record NaN test accuracy and loss; 1 = every round
     eval_every: int = setting(1, "evaluate the global model every R rounds and after the last", least=1)
     eval_initial: bool = setting(False, "also evaluate the initial model, recorded as round 0", switch=True)
+    # 0: each device's personal model as its method keeps it (the global one for FedAvg), not fine-tuned
+    personal_eval_epochs: int = setting(
+        0,
+        "personalised evaluation: each device fine-tunes its personal model this many epochs on its own "
+        "data before scoring it on its own test split (every --eval-every round; needs a test split per device)",
+        least=0,
+    )
+    # None = every device: a sample keeps a large fleet's evaluation short
+    personal_eval_devices: int | None = setting(
+        None, "personalised evaluation on a seeded sample of this many devices each time (default: all)", least=1
+    )
+    # the on-device training guide's scenario: a centrally trained model that the fleet personalises
+    init_from: str | None = setting(
+        None,
+        "start the global model from another run's folder (its global.ckpt), a checkpoint file, or a Keras "
+        "weights file (.weights.h5) of the model; default: the artifact's initial weights",
+    )
     out: str | None = setting(None, "run folder (default results/<name>/<timestamp>); must not exist or be empty")
     name: str | None = setting(
         None,
@@ -59,6 +77,15 @@ class RunSettings(Section):
             raise ConfigError(
                 f"--min-devices {self.min_devices} exceeds the {self.devices_per_round} devices selected per round"
             )
+        if self.personal_eval_devices is not None:
+            need(
+                self.personal_eval_devices <= self.devices,
+                "personal_eval_devices",
+                f"must be at most --devices ({self.devices})",
+                self.personal_eval_devices,
+            )
+        if self.init_from is not None:
+            need(Path(self.init_from).exists(), "init_from", "no such file or folder", self.init_from)
         if self.name is not None:
             need(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'", self.name)
 

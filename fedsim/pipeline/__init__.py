@@ -9,12 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedsim.core.instructions import Instruction
 from fedsim.core.settings import ConfigError
 from fedsim.pipeline.attack import Attack
 from fedsim.pipeline.base import HostRound, Rejected, ServerContext, SimCost, Stage, StopRun, Upload, UploadContext
 from fedsim.pipeline.compress import Compress
 from fedsim.pipeline.dp import DP
 from fedsim.pipeline.ldp import LDP
+from fedsim.pipeline.personal import Personal
 from fedsim.pipeline.screen import Screen
 from fedsim.pipeline.secagg import SecAgg
 from fedsim.pipeline.verify import Verify
@@ -25,12 +27,13 @@ if TYPE_CHECKING:
     from fedsim.strategies.base import Strategy
 
 # Every stage fedsim knows. Their order is what they declare (`after`), not this tuple's: an upload meets
-# the server's checks of what it received, an attacker's rewrite on its device, the device's DP
+# the server's checks of what it received, an attacker's rewrite on its device, the personal weights it
+# keeps (partial sharing), the device's DP
 # clipping, its local DP noise, its encoding for the uplink, the secure sum's quantisation, the
 # server's screening of each update. The server's steps on the round's reduced updates run in the
 # reverse order (the last encoding is undone first: the secure sum is dequantised before the central
 # DP noise is added to it).
-REGISTERED: tuple[type[Stage], ...] = (Verify, Attack, DP, LDP, Compress, SecAgg, Screen)
+REGISTERED: tuple[type[Stage], ...] = (Verify, Attack, Personal, DP, LDP, Compress, SecAgg, Screen)
 
 
 def in_order(stages: Sequence[type[Stage]]) -> tuple[type[Stage], ...]:
@@ -86,9 +89,9 @@ class Pipeline:
         self.stages = list(stages)
 
     @classmethod
-    def build(cls, sections: Mapping[str, Any], seed: int = 0) -> Pipeline:
-        """The stages that `sections` (each stage's settings, by section name) turn on."""
-        made = (s.make(sections[s.Settings.section], seed) for s in STAGES)
+    def build(cls, sections: Mapping[str, Any], seed: int = 0, strategy: Strategy | None = None) -> Pipeline:
+        """The stages that `sections` (each stage's settings, by section name) and the strategy turn on."""
+        made = (s.make_for(sections[s.Settings.section], seed, strategy) for s in STAGES)
         return cls([stage for stage in made if stage is not None])
 
     def check(self, strategy: Strategy) -> None:
@@ -163,6 +166,15 @@ class Pipeline:
 
     def server_seconds(self) -> float:
         return sum(s.server_seconds() for s in self.stages)
+
+    def settle(self, flat: np.ndarray, before: np.ndarray) -> np.ndarray:
+        for stage in self.stages:
+            flat = stage.settle(flat, before)
+        return flat
+
+    def personaliser(self) -> Instruction | None:
+        """The first stage's that makes personal models (partial sharing's), if any."""
+        return next((p for s in self.stages if (p := s.personaliser()) is not None), None)
 
     def seed_states(self) -> dict[int, dict[str, np.ndarray]]:
         """What devices keep that a stage held itself until now (a run folder of an earlier fedsim)."""

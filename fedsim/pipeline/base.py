@@ -137,6 +137,11 @@ class Stage:
         """The stage the run's settings (this stage's section) ask for, or None when it is off."""
         return None
 
+    @classmethod
+    def make_for(cls, settings: Any, seed: int, strategy: Strategy | None) -> Stage | None:
+        """The same, for a stage the strategy may turn on too (partial sharing: fedper's head)."""
+        return cls.make(settings, seed)
+
     def check(self, strategy: Strategy) -> None:
         """ConfigError if this stage cannot run with `strategy` (said before any work)."""
 
@@ -200,6 +205,16 @@ class Stage:
 
     def restore(self, state: State) -> None:
         """Continue from a state `state()` returned (--resume)."""
+
+    def settle(self, flat: np.ndarray, before: np.ndarray) -> np.ndarray:
+        """The new global model after the strategy's apply (`before`: the model it started from), as
+        this stage needs it (the same object when it leaves it alone)."""
+        return flat
+
+    def personaliser(self) -> Instruction | None:
+        """What makes a device's personal model from its state, for personalised evaluation (None:
+        this stage keeps no personal model)."""
+        return None
 
     def seed_states(self) -> dict[int, dict[str, np.ndarray]]:
         """Device state this stage held itself (restored from an earlier fedsim's run folder), to be

@@ -91,7 +91,7 @@ class DPSettings(Section):
 @dataclass
 class DP(Stage):
     name = "dp"
-    after = ("attack",)
+    after = ("personal",)
     asynchronous = "its accountant assumes rounds of uniformly sampled cohorts"
     Settings = DPSettings
     where = "device"  # the clip; the noise is added on the server

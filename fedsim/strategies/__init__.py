@@ -11,10 +11,14 @@ from typing import Any
 from fedsim.core.settings import ConfigError, Field, flag, import_object
 from fedsim.strategies.base import Aggregate, DevicePlan, State, Strategy, reduce_partials
 from fedsim.strategies.bulyan import Bulyan
+from fedsim.strategies.ditto import Ditto
 from fedsim.strategies.fedavg import FedAvg
 from fedsim.strategies.fedmedian import FedMedian
+from fedsim.strategies.fedper import FedPer
 from fedsim.strategies.fedprox import FedProx
+from fedsim.strategies.fedrep import FedRep
 from fedsim.strategies.krum import Krum, MultiKrum
+from fedsim.strategies.local import Local
 from fedsim.strategies.qfedavg import QFedAvg
 from fedsim.strategies.scaffold import Scaffold
 from fedsim.strategies.serveropt import FedAdagrad, FedAdam, FedAvgM, FedYogi, ServerOpt
@@ -36,6 +40,10 @@ STRATEGIES: dict[str, type[Strategy]] = {
         Krum,
         MultiKrum,
         Bulyan,
+        FedPer,
+        FedRep,
+        Ditto,
+        Local,
     )
 }
 
@@ -44,14 +52,18 @@ __all__ = [
     "Aggregate",
     "Bulyan",
     "DevicePlan",
+    "Ditto",
     "FedAdagrad",
     "FedAdam",
     "FedAvg",
     "FedAvgM",
     "FedMedian",
+    "FedPer",
     "FedProx",
+    "FedRep",
     "FedYogi",
     "Krum",
+    "Local",
     "MultiKrum",
     "QFedAvg",
     "Scaffold",

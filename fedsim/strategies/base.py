@@ -158,6 +158,8 @@ class Strategy(ABC):
     variant: ClassVar[str | None] = None
     # the instructions its `plan` may give devices (the runtime must honour what they need)
     instructions: ClassVar[tuple[type[Instruction], ...]] = ()
+    # weights that stay on the devices unless --personal-layers says otherwise (fedsim.pipeline.personal)
+    personal_layers: ClassVar[str | None] = None
 
     def __init__(self, params: Any = None, **values: Any) -> None:
         if params is not None and values:
@@ -212,6 +214,16 @@ class Strategy(ABC):
     def apply(self, weights: np.ndarray, aggregate: Aggregate, state: State) -> tuple[np.ndarray, State]:
         """(next global weights, next state) from the current global weights (flat float32), the
         round's aggregate (at least one accepted update) and the current state."""
+
+    def device_work(self, local_epochs: int) -> tuple[int, int]:
+        """(epochs a device trains a round, restore-and-save pairs it runs) on its phone: the simulated
+        clock's compute. Most strategies: the local epochs, once; Ditto trains a personal model too."""
+        return local_epochs, 1
+
+    def personaliser(self) -> Instruction | None:
+        """What makes a device's personal model from its state (Ditto's v), for personalised
+        evaluation; None: the strategy keeps none."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **dataclasses.asdict(self.params)}
