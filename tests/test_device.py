@@ -74,11 +74,13 @@ def test_evaluation_scores_through_infer_in_chunks(artifact, toy, shm_scratch):
     path.write_bytes(runner.initial_checkpoint(shm_scratch))
     n = len(toy.y_test)
     x, y = toy.x_test, toy.y_test
-    correct, losses = evaluate_counts(runner, path, [(x, y)])
-    assert 0 <= correct <= 0.3 * n and losses.shape == (n,)  # an untrained 10-class model is near chance
+    scores, losses = evaluate_counts(runner, path, [(x, y)])
+    top1, top3, scored = scores.tolist()
+    assert 0 <= top1 <= 0.3 * n and losses.shape == (n,)  # an untrained 10-class model is near chance
+    assert top1 <= top3 and scored == n
     assert 1.5 < losses.mean() < 4.0  # near -log(1/10) = 2.30
-    correct2, losses2 = evaluate_counts(runner, path, [(x[:7], y[:7]), (x[7:], y[7:])])
-    assert correct2 == correct
+    scores2, losses2 = evaluate_counts(runner, path, [(x[:7], y[:7]), (x[7:], y[7:])])
+    np.testing.assert_array_equal(scores2, scores)
     np.testing.assert_allclose(losses2, losses, rtol=1e-5)
 
 

@@ -179,8 +179,12 @@ def test_partial_sharing_composes_with_order_statistics(tmp_path):
 
 def test_init_from_a_run_folder_a_checkpoint_or_keras_weights(tmp_path):
     first = run(tmp_path, "central", rounds=2)
-    again = run(tmp_path, "again", rounds=1, init_from=str(first.path), eval_initial=True)
+    again = run(tmp_path, "again", rounds=1, init_from=str(first.path), eval_initial=True, personal_eval_epochs=1)
     assert again.rounds["test_accuracy"].iloc[0] == first.rounds["test_accuracy"].iloc[-1]
+    # the guide's scenario: how much each device gains by fine-tuning the model it starts from
+    start = again.rounds.set_index("round").loc[0]
+    assert start["personal_acc_mean"] > start["global_acc_mean"]
+    assert len(again.devices.query("round == 0 and status == 'evaluated'")) == RUN["devices"]
     from_file = run(tmp_path, "file", rounds=1, init_from=str(first.path / "global.ckpt"))
     assert (from_file.path / "global.ckpt").read_bytes() == (again.path / "global.ckpt").read_bytes()
     # a Keras weights file of the same model, named as the artifact names its weights

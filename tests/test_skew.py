@@ -70,7 +70,8 @@ def test_the_report_and_the_command(tmp_path, capsys):
     )
     report = partition_report(run.partition)
     header, _, first = report.splitlines()[:3]
-    assert header.split("|")[1].strip() == "label_groups" and first.split("|")[1].strip() == "5"
+    assert header.split("|")[1].strip() == "devices" and first.split("|")[1].strip() == "10"
+    assert header.split("|")[2].strip() == "label_groups" and first.split("|")[2].strip() == "5"
     assert main(["partition", str(run.path), "--plot"]) == 0
     out = capsys.readouterr().out
     assert "label_entropy" in out and (run.path / "partition.png").is_file()

@@ -37,9 +37,15 @@ class Task:
     kind: str
     num_classes: int
     vocab_size: int | None = None
+    # classes whose targets accuracy does not count (a keyboard's out-of-vocabulary and end-of-sentence
+    # tokens: not suggestions it makes); the loss and perplexity count every target
+    unscored: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
+        object.__setattr__(self, "unscored", tuple(sorted(int(c) for c in self.unscored)))
+        if any(not 0 <= c < self.num_classes for c in self.unscored):
+            raise TaskError(f"unscored classes must be class ids in [0, {self.num_classes}), got {self.unscored}")
         if self.kind not in KINDS:
             raise TaskError(f"task kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if not self.input_shape or any(s < 1 for s in self.input_shape):
@@ -74,11 +80,21 @@ class Task:
         d = asdict(self)
         d["input_shape"] = list(self.input_shape)
         d["input_dtype"] = self.input_dtype
+        d["unscored"] = list(self.unscored)
+        if not self.unscored:  # (what every image and feature task, and a run before text, records)
+            del d["unscored"]
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Task:
-        return cls(tuple(d["input_shape"]), d["kind"], int(d["num_classes"]), d.get("vocab_size"))
+        return cls(
+            tuple(d["input_shape"]), d["kind"], int(d["num_classes"]), d.get("vocab_size"), tuple(d.get("unscored", ()))
+        )
+
+    @property
+    def text(self) -> bool:
+        """Whether the task is one of tokens (its records add perplexity, and top-3 accuracy)."""
+        return self.kind == "tokens"
 
 
 def kind_of(dtype: np.dtype) -> str:

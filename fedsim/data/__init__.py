@@ -15,12 +15,14 @@ from fedsim.data.fashion_mnist import (
     load_fashion_mnist,
 )
 from fedsim.data.partition import PartitionError, iid_partition, label_counts, parse_spec, partition
+from fedsim.data.shakespeare import parse_name as parse_text
 from fedsim.data.synthetic import expected_bytes_per_device, make_synthetic, parse_synthetic
 from fedsim.data.toy import TOY_CLASSES, make_toy_images
 
 FASHION_MNIST_TRAIN = 60_000
 
-# Named data sets (--dataset); "synthetic:ALPHA,BETA" and an .npz (--data) come besides.
+# Named data sets (--dataset); "synthetic:ALPHA,BETA", "shakespeare[:W]", "shakespeare_words[:W]" and an
+# .npz (--data) come besides.
 NAMED = ("fashion_mnist", "toy_images")
 ArrayDataset = Dataset  # the name notebooks use for a data set built from their own arrays
 
@@ -34,10 +36,10 @@ def check_dataset_name(name: str) -> None:
             "--dataset synthetic needs its parameters: synthetic:ALPHA,BETA, e.g. synthetic:1,1 "
             "(FedProx's Synthetic(alpha, beta)); the 28x28 test set is now toy_images"
         )
-    if parse_synthetic(name) is None:
+    if parse_synthetic(name) is None and parse_text(name) is None:
         raise ValueError(
-            f"--dataset {name!r}: use fashion_mnist, synthetic:ALPHA,BETA or toy_images, "
-            "or --data FILE.npz for your own arrays"
+            f"--dataset {name!r}: use fashion_mnist, synthetic:ALPHA,BETA, shakespeare, shakespeare_words or "
+            "toy_images, or --data FILE.npz for your own arrays"
         )
 
 
@@ -85,6 +87,14 @@ class DataRecipe:
         samples = len(self.arrays.y_train) if self.arrays is not None else None if self.path else known.get(self.name)
         if samples is not None and not natural:
             check_devices_fit(self.name, samples, devices, min_samples)
+        if self.text is not None and natural:
+            from fedsim.data.shakespeare import roles
+
+            if devices > len(roles()):
+                raise DataError(
+                    f"--devices {devices}: {self.name} has {len(roles())} roles, one device each; use at most "
+                    f"{len(roles())} (or leave --devices out: every role)"
+                )
         if parse_synthetic(self.name) is not None and self.arrays is None and self.path is None:
             import psutil
 
@@ -105,7 +115,12 @@ class DataRecipe:
             return self.arrays.device_train is not None
         if self.path is not None:
             return has_device_ids(self.path)
-        return parse_synthetic(self.name) is not None
+        return parse_synthetic(self.name) is not None or self.text is not None
+
+    @property
+    def text(self) -> tuple[str, int | None] | None:
+        """(shakespeare or shakespeare_words, windows kept per role), for the Shakespeare data sets."""
+        return None if self.arrays is not None or self.path is not None else parse_text(self.name)
 
     def load(self) -> Dataset:
         self.check()
@@ -117,6 +132,11 @@ class DataRecipe:
             return load_fashion_mnist(self.data_dir)
         if self.name == "toy_images":
             return make_toy_images(samples_per_class=self.toy_samples, seed=self.seed)
+        if self.text is not None:
+            from fedsim.data import shakespeare
+
+            # every role's windows (the partitioners pool them), or a seeded draw of `devices` roles
+            return shakespeare.load(self.name, self.seed, self.devices or None)
         spec = parse_synthetic(self.name)
         assert spec is not None  # check() accepted the name
         return make_synthetic(*spec, self.devices, self.seed)

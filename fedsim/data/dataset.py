@@ -49,6 +49,9 @@ class Dataset:
     # the device each sample belongs to, for --partition natural (any integer ids)
     device_train: Any = None
     device_test: Any = None
+    # tokens: the vocabulary (default: the largest id + 1), and the classes accuracy does not count
+    vocab_size: int | None = None
+    unscored: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         put = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - frozen: set once, here
@@ -143,8 +146,12 @@ class Dataset:
     def task(self) -> Task:
         kind = kind_of(self.x_train.dtype)
         vocab = int(max(self.x_train.max(initial=0), self.x_test.max(initial=0))) + 1 if kind == "tokens" else None
+        if vocab is not None and self.vocab_size is not None:
+            if vocab > self.vocab_size:
+                raise TaskError(f"token ids up to {vocab - 1} are outside the vocabulary of {self.vocab_size}")
+            vocab = int(self.vocab_size)
         assert self.num_classes is not None  # set in __post_init__
-        return Task(tuple(self.x_train.shape[1:]), kind, int(self.num_classes), vocab)
+        return Task(tuple(self.x_train.shape[1:]), kind, int(self.num_classes), vocab, tuple(self.unscored))
 
     @property
     def natural_devices(self) -> int | None:

@@ -112,7 +112,7 @@ def check_fashion_mnist(data_dir: str | os.PathLike[str] | None = None) -> dict[
 def load_fashion_mnist(data_dir: str | os.PathLike[str] | None = None) -> Dataset:
     d = find_fashion_mnist(data_dir)
     arrays = {key: read_idx(d / name) for key, name in FILES.items()}
-    return Dataset(name="fashion_mnist", num_classes=10, **arrays)
+    return Dataset(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], "fashion_mnist", 10)
 
 
 def fetch_fashion_mnist(dest: str | os.PathLike[str] | None = None, mirror: str = MIRROR) -> Path:

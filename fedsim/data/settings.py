@@ -16,7 +16,11 @@ class DataSettings(Section):
     section = "data"
     # fashion_mnist (real, from the Debian package), synthetic:ALPHA,BETA (FedProx's Synthetic(alpha,
     # beta), generated from the seed, one user per device) or toy_images (small, generated; tests, demos)
-    dataset: str = setting("fashion_mnist", "fashion_mnist, synthetic:ALPHA,BETA (FedProx) or toy_images")
+    dataset: str = setting(
+        "fashion_mnist",
+        "fashion_mnist, synthetic:ALPHA,BETA (FedProx), shakespeare[:W] (next character, one device per role), "
+        "shakespeare_words[:W] (next word) or toy_images",
+    )
     # your own arrays; the dataset is then recorded as "npz"
     data: str | None = setting(
         None, "your own data: an .npz with x_train, y_train, x_test, y_test (optional device_train, device_test)"
@@ -28,7 +32,7 @@ class DataSettings(Section):
     partition: str | None = setting(
         None,
         "how the training set is split: iid, natural, dirichlet:A, shards:K, classes:K, quantity:S "
-        "(default: natural for synthetic, else iid)",
+        "(default: natural for synthetic and shakespeare, else iid)",
     )
     min_samples: int = setting(1, "fewest samples any device may hold", least=1)
     # the selected devices then score every new global model on it: how non-IID fairness is read
@@ -58,12 +62,16 @@ class DataSettings(Section):
 
         if self.partition is not None:
             return resolve_spec(self.partition)
-        return "natural" if self.dataset.startswith("synthetic:") else "iid"
+        return "natural" if self.dataset.startswith(("synthetic:", "shakespeare")) else "iid"
 
     def recipe(self, seed: int, devices: int, arrays: Any = None) -> DataRecipe:
-        """What to load for a run of `devices` devices (`arrays`: a data set built in Python)."""
+        """What to load for a run of `devices` devices (`arrays`: a data set built in Python). The
+        Shakespeare data sets give `devices` roles to a natural partition, and every role's windows
+        to the others."""
         from fedsim.data import DataRecipe
 
+        if self.dataset.startswith("shakespeare") and self.partition_spec != "natural":
+            devices = 0
         return DataRecipe(self.dataset, self.data_dir, seed, self.toy_samples, devices, self.data, arrays)
 
     def check(self) -> None:

@@ -67,12 +67,14 @@ def fleet_skew(counts: np.ndarray) -> dict[str, float]:
     entropy, mean and largest EMD, and the spread of sizes."""
     table = device_skew(counts)
     return {
+        "devices": len(table),
         "label_groups": int(table["group"].nunique()),
         "labels_per_device": float(table["labels"].mean()),
         "label_entropy": float(table["label_entropy"].mean()),
         "emd_mean": float(table["emd"].mean()),
         "emd_max": float(table["emd"].max()),
         "samples_min": int(table["samples"].min()),
+        "samples_median": float(table["samples"].median()),
         "samples_max": int(table["samples"].max()),
     }
 

@@ -227,10 +227,16 @@ def read_flat(path: Path) -> np.ndarray:
 
 
 def evaluate_counts(
-    runner: Runner, checkpoint: Path, blocks: Sequence[tuple[np.ndarray, np.ndarray]], restore: bool = True
-) -> tuple[int, np.ndarray]:
+    runner: Runner,
+    checkpoint: Path,
+    blocks: Sequence[tuple[np.ndarray, np.ndarray]],
+    restore: bool = True,
+    unscored: Sequence[int] = (),
+) -> tuple[np.ndarray, np.ndarray]:
     """Restore `checkpoint`, run `infer` on each block of (inputs, labels), and return
-    (correctly classified, per-sample cross-entropy).
+    ([top-1 correct, top-3 correct, targets scored], per-sample cross-entropy): accuracy counts the
+    targets not in `unscored` (a keyboard's out-of-vocabulary and end-of-sentence tokens), the loss
+    every target.
 
     One `infer` call per block: TFLite's matrix kernels may round differently for another batch
     size, so callers keep blocks fixed to get the same numbers however the blocks are spread.
@@ -238,16 +244,31 @@ def evaluate_counts(
     if restore:
         runner.restore(checkpoint)
     if not blocks:
-        return 0, np.zeros(0)
+        return np.zeros(3, np.int64), np.zeros(0)
     # Scored once over all blocks (per sample, so the same as per block; a host evaluates after
     # every round, and ten small blocks' worth of numpy calls cost more than the arithmetic).
     out = np.concatenate([runner.infer(runner.inputs(x)) for x, _ in blocks])
     labels = np.concatenate([np.asarray(y, dtype=np.int64) for _, y in blocks])
-    correct = int(np.count_nonzero(np.argmax(out, axis=1) == labels))
+    return counts(out, labels, unscored), cross_entropy(out, labels)
+
+
+def counts(out: np.ndarray, labels: np.ndarray, unscored: Sequence[int] = ()) -> np.ndarray:
+    """[top-1 correct, top-3 correct, targets scored] of outputs `out` (one row per sample)."""
+    scored = ~np.isin(labels, np.asarray(unscored, np.int64)) if len(unscored) else np.ones(len(labels), bool)
+    top1 = np.argmax(out, axis=1) == labels
+    if out.shape[1] > 3:  # the label is among the 3 largest outputs (ties: those argpartition picks)
+        top3 = (np.argpartition(-out, 3, axis=1)[:, :3] == labels[:, None]).any(axis=1)
+    else:
+        top3 = np.ones(len(labels), bool)
+    return np.array([np.count_nonzero(top1 & scored), np.count_nonzero(top3 & scored), np.count_nonzero(scored)])
+
+
+def cross_entropy(out: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-sample cross-entropy of probabilities, or of logits (an artifact made elsewhere)."""
     if out.min() < 0 or not np.allclose(out.sum(axis=1), 1.0, atol=1e-3):
-        # Logits (an artifact made elsewhere): cross-entropy through a stable log-softmax.
+        # Logits: cross-entropy through a stable log-softmax.
         shifted = out.astype(np.float64) - out.max(axis=1, keepdims=True)
         log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        return correct, -log_probs[np.arange(len(labels)), labels]
+        return -log_probs[np.arange(len(labels)), labels]
     picked = out[np.arange(len(labels)), labels].astype(np.float64)
-    return correct, -np.log(np.clip(picked, 1e-7, 1.0))
+    return -np.log(np.clip(picked, 1e-7, 1.0))

@@ -80,6 +80,8 @@ class Evaluation:
     accuracy: float
     loss: float
     device_accuracy: dict[int, float] = field(default_factory=dict)
+    top3_accuracy: float = float("nan")  # the label among the model's 3 likeliest (a keyboard's suggestions)
+    device_loss: dict[int, float] = field(default_factory=dict)  # mean cross-entropy on each device's split
 
 
 @dataclass(frozen=True)
@@ -109,12 +111,23 @@ class PersonalEval:
         )
 
 
-def combine_evaluations(parts: Sequence[tuple[int, np.ndarray, dict[int, float]]], n: int) -> Evaluation:
-    """Hosts' (correct, per-sample losses, device accuracies) -> Evaluation. fsum is exactly
-    rounded, so the mean loss is the same however many hosts split the test set."""
+def combine_evaluations(
+    parts: Sequence[tuple[np.ndarray, np.ndarray, dict[int, tuple[float, float]]]], n: int
+) -> Evaluation:
+    """Hosts' ([top-1, top-3 correct, targets scored], per-sample losses, device (accuracy, loss)) ->
+    Evaluation. fsum is exactly rounded, so the mean loss is the same however many hosts split the
+    test set; accuracy is over the scored targets (all, unless the task leaves some unscored)."""
     losses = np.concatenate([p[1] for p in parts])
+    top1, top3, scored = np.sum([np.asarray(p[0], np.int64) for p in parts], axis=0).tolist()
     devices = {d: a for p in parts for d, a in p[2].items()}
-    return Evaluation(sum(p[0] for p in parts) / n, math.fsum(losses.tolist()) / n, devices)
+    nan = float("nan")
+    return Evaluation(
+        top1 / scored if scored else nan,
+        math.fsum(losses.tolist()) / n,
+        {d: a for d, (a, _) in devices.items()},
+        top3 / scored if scored else nan,
+        {d: lost for d, (_, lost) in devices.items()},
+    )
 
 
 class Engine(ABC):

@@ -119,13 +119,17 @@ class DeviceHost:
         self.shelf = Shelf(self.scratch / "state" if self.relay else folder, self.host_index)
         return self.relay
 
-    def evaluate(self, checkpoint: bytes, device_ids: Sequence[int] = ()) -> tuple[int, np.ndarray, dict[int, float]]:
-        """(correct, per-sample losses) of `checkpoint` on this host's blocks of the test set, and its
-        accuracy on each of `device_ids`' own test split (those that have one)."""
+    def evaluate(
+        self, checkpoint: bytes, device_ids: Sequence[int] = ()
+    ) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[float, float]]]:
+        """([top-1, top-3 correct, targets scored], per-sample losses) of `checkpoint` on this host's
+        blocks of the test set, and its (accuracy, mean loss) on each of `device_ids`' own test split
+        (those that have one)."""
         path = self.scratch / "evaluate.ckpt"
         path.write_bytes(checkpoint)
+        unscored = self.fleet.unscored
         try:
-            correct, losses = evaluate_counts(self.runner, path, self.test_blocks)
+            scores, losses = evaluate_counts(self.runner, path, self.test_blocks, unscored=unscored)
             per_device = {}
             for d in device_ids:
                 device = self.device(d)
@@ -135,9 +139,10 @@ class DeviceHost:
                     and device.y_test is not None
                     and len(device.y_test)
                 ):
-                    c, _ = evaluate_counts(self.runner, path, [(device.x_test, device.y_test)], restore=False)
-                    per_device[d] = c / len(device.y_test)
-            return correct, losses, per_device
+                    test = [(device.x_test, device.y_test)]
+                    c, lost = evaluate_counts(self.runner, path, test, restore=False, unscored=unscored)
+                    per_device[d] = (c[0] / c[2] if c[2] else float("nan"), float(lost.mean()))
+            return scores, losses, per_device
         finally:
             path.unlink(missing_ok=True)
 

@@ -42,6 +42,7 @@ class ShardData:
     # (devices, 3) int64, row = device id: rows [start, stop) of x / y are the device's training shard
     # and [stop, test_stop) its own test split (empty unless it has one)
     bounds: np.ndarray
+    unscored: tuple[int, ...] = ()  # classes accuracy does not count (Task.unscored)
 
     @property
     def devices(self) -> int:
@@ -161,7 +162,7 @@ def shard_data(
         order = np.concatenate(shards) if len(shards) else np.zeros(0, np.int64)
     else:
         order = np.concatenate([part for d in range(len(shards)) for part in (shards[d], local_tests[d] + test_offset)])
-    return ShardData(x_all[order], y_all[order], bounds)
+    return ShardData(x_all[order], y_all[order], bounds, dataset.task.unscored)
 
 
 def split_local_tests(

@@ -13,6 +13,7 @@ from fedsim.core.shelf import Shelf
 from fedsim.device import Device, Runner, evaluate_counts
 from fedsim.device.train import DeviceRound, shuffle_rng
 from fedsim.engine.base import PersonalEval
+from fedsim.engine.layout import ShardData
 from fedsim.engine.settings import HostSettings
 
 
@@ -22,6 +23,7 @@ class DeviceHost(Protocol):
     scratch: Path
     settings: HostSettings
     shelf: Shelf
+    fleet: ShardData
 
     @property
     def runner(self) -> Runner: ...
@@ -41,7 +43,8 @@ def evaluate_personal(host: DeviceHost, checkpoint: bytes, personal: PersonalEva
             if device is None or device.x_test is None or device.y_test is None or not len(device.y_test):
                 continue
             test = [(device.x_test, device.y_test)]
-            right, _ = evaluate_counts(runner, path, test)
+            unscored = host.fleet.unscored
+            right, _ = evaluate_counts(runner, path, test, unscored=unscored)
             rnd = DeviceRound(
                 runner,
                 device,
@@ -57,8 +60,9 @@ def evaluate_personal(host: DeviceHost, checkpoint: bytes, personal: PersonalEva
             if personal.epochs:  # fine-tuning on its own data, shuffled apart from its training rounds
                 rnd.rng = shuffle_rng(personal_seed(host.settings.seed), d, personal.round_num)
                 rnd.train_epochs(rnd.epochs(personal.epochs), {}, record=False)
-            mine, _ = evaluate_counts(runner, path, test, restore=False)
-            out[d] = (right / len(device.y_test), mine / len(device.y_test))
+            mine, _ = evaluate_counts(runner, path, test, restore=False, unscored=unscored)
+            if right[2]:
+                out[d] = (right[0] / right[2], mine[0] / mine[2])
     finally:
         path.unlink(missing_ok=True)
         for leftover in host.scratch.glob("personal*.ckpt"):

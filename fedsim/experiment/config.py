@@ -88,6 +88,42 @@ def _home(name: str) -> str | None:
     return None
 
 
+def _check_model_reads_data(model: str, dataset: str, data: str | None) -> None:
+    """A text model given a data set of images or features, or an image model given text: one line now
+    (your own arrays are checked when they are loaded)."""
+    from fedsim.model.builders import TEXT_MODELS
+
+    if data is not None:
+        return
+    text = dataset.startswith("shakespeare")
+    if model in TEXT_MODELS and not text:
+        raise ConfigError(
+            f"--model {model} reads token sequences, and --dataset {dataset} holds none; use --dataset "
+            "shakespeare or shakespeare_words (or your own token arrays), or --model mlp|cnn|logreg"
+        )
+    if model == "cnn" and text:
+        raise ConfigError(
+            f"--model cnn reads images, and --dataset {dataset} holds token sequences; use --model lstm, "
+            "lstm-small, or mlp (an embedding averaged over the window)"
+        )
+
+
+def _every_role(values: dict[str, Any]) -> int:
+    """A Shakespeare data set's fleet without --devices: one device per role (a natural partition), else
+    the usual default."""
+    from fedsim.data import DataError
+    from fedsim.data.partition import resolve_spec
+    from fedsim.data.shakespeare import roles
+
+    partition = values.get("partition")
+    if partition is not None and resolve_spec(str(partition)) != "natural":
+        return int(RunSettings().devices)
+    try:
+        return len(roles())
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+
+
 class Config:
     """One experiment's settings: `Config(devices=100, lr=0.1)`. Every setting reads by its flat name
     (`config.devices`, `config.strategy` is the strategy's name, `config.data` the .npz); its section by
@@ -103,6 +139,8 @@ class Config:
             if home is None:
                 raise ConfigError(f"unknown setting {key!r}" + _hint(key))
             grouped.setdefault(home, {})[key] = value
+        if "devices" not in values and str(values.get("dataset", "")).startswith("shakespeare"):
+            grouped.setdefault("run", {})["devices"] = _every_role(values)
         put = object.__setattr__
         put(self, "_sections", {s.section: s(**grouped.get(s.section, {})) for s in SECTIONS})
         put(self, "_stages", {k: s(**grouped.get(f"pipeline.{k}", {})) for k, s in _STAGE_SECTIONS.items()})
@@ -120,6 +158,7 @@ class Config:
             raise ConfigError(
                 f"--hosts {self.hosts} exceeds --devices {self.devices}; each host needs at least one device"
             )
+        _check_model_reads_data(self.model, self.dataset, self.data)
         run = self.section(RunSettings)
         if run.personal_eval_epochs and not self.device_test_fraction and self.partition != "natural":
             raise ConfigError(

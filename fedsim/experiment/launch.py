@@ -29,6 +29,7 @@ from fedsim.experiment.config import Config, ConfigError
 from fedsim.experiment.init_from import initial_checkpoint, source
 from fedsim.loop.asyncloop import AsyncCoordinator
 from fedsim.loop.coordinator import Coordinator, Resume
+from fedsim.loop.rows import TEXT_DEVICE_COLUMNS, TEXT_ROUND_COLUMNS
 from fedsim.loop.schedule import ScheduleSettings
 from fedsim.loop.settings import RunSettings
 from fedsim.model.builders import ArtifactRecipe
@@ -97,6 +98,8 @@ def execute(
         refuse_unhonoured(_issuers(config, plan), honours_of_report(prepared.report or {}), _runtime(plan))
         initial = start.checkpoint if start.checkpoint is not None else engine.initial_checkpoint()
         run = run_context(config, prepared, len(initial), engine.num_hosts)
+        if run.task.text:  # perplexity and top-3 accuracy, once the data says it is text
+            writer.declare(list(TEXT_ROUND_COLUMNS), list(TEXT_DEVICE_COLUMNS))
         if start.checkpoint is None and config.init_from:  # (a resumed run goes on from its own model)
             initial = initial_checkpoint(config.init_from, initial, list(run.layout), plan.artifact)
             writer.write_meta(init_from=str(source(config.init_from).resolve()))

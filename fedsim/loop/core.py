@@ -39,7 +39,7 @@ from fedsim.engine.base import Engine, StateWritten
 from fedsim.loop import personal
 from fedsim.loop.devicestate import PREFIX as STATE_PREFIX
 from fedsim.loop.devicestate import StateFiles, StateIndex
-from fedsim.loop.rows import NAN, RoundTimes, initial_row, round_row
+from fedsim.loop.rows import NAN, RoundTimes, initial_row, round_row, text_columns
 from fedsim.loop.settings import RunSettings
 from fedsim.pipeline import Pipeline
 from fedsim.pipeline.base import HostRound, ServerContext, SimCost
@@ -174,10 +174,14 @@ class RoundCore(ABC):
         start = time.perf_counter()
         evaluation = self.engine.evaluate(self.global_checkpoint, [])
         row = initial_row(evaluation, time.perf_counter() - start)
+        if self.run_context.task.text:
+            row.update(text_columns(evaluation, []))
+        evaluated: list[dict[str, Any]] = []  # personalised evaluation of the initial model (--init-from)
+        row.update(self._personal(0, evaluated))
         sim = 0.0 if self.clock is not None else NAN
         row.update({"sim_round_s": sim, "sim_elapsed_s": sim, "elapsed_s": time.perf_counter() - self.started})
         if self.recorder is not None:
-            self.recorder.record_round(row, [], self.global_checkpoint, *self._commit(0))
+            self.recorder.record_round(row, evaluated, self.global_checkpoint, *self._commit(0))
         return row
 
     # ---- a round's work ---------------------------------------------------------------------------
@@ -248,6 +252,8 @@ class RoundCore(ABC):
         row.update(self.pipeline.round_metrics())
         row.update(columns)
         row.update(mine)
+        if self.run_context.task.text:
+            row.update(text_columns(evaluation, device_rows))
         row["elapsed_s"] = time.perf_counter() - self.started  # (differences between rounds include recording)
         if self.recorder is not None:
             self.recorder.record_round(row, device_rows, self.global_checkpoint, *self._commit(round_num))

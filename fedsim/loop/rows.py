@@ -107,6 +107,21 @@ def _energy(device_rows: Sequence[dict[str, Any]]) -> float:
     return float(sum(known)) if known else NAN
 
 
+# A text task's columns (Task.text): a keyboard's suggestion-strip accuracy, and perplexity
+TEXT_ROUND_COLUMNS = ("test_top3_accuracy", "test_perplexity")
+TEXT_DEVICE_COLUMNS = ("test_loss", "test_perplexity")
+
+
+def text_columns(evaluation: Evaluation | None, device_rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The text columns of a round's row, and each device row's loss and perplexity on its own split."""
+    for r in device_rows:
+        lost = evaluation.device_loss.get(r["device_id"], NAN) if evaluation is not None else NAN
+        r["test_loss"], r["test_perplexity"] = lost, float(np.exp(lost))
+    if evaluation is None:
+        return dict.fromkeys(TEXT_ROUND_COLUMNS, NAN)
+    return {"test_top3_accuracy": evaluation.top3_accuracy, "test_perplexity": float(np.exp(evaluation.loss))}
+
+
 def initial_row(evaluation: Evaluation, took: float) -> dict[str, Any]:
     """--eval-initial: round 0, the initial model on the test set (no device ran)."""
     return {

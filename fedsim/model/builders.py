@@ -97,7 +97,61 @@ def build_cnn(task: Task) -> Any:
     )
 
 
-MODELS: dict[str, ModelBuilder] = {"mlp": build_mlp, "cnn": build_cnn, "logreg": build_logreg}
+def _text(task: Task, what: str) -> None:
+    if task.kind != "tokens":
+        raise ModelError(
+            f"--model {what} reads token sequences; this data set holds {task.describe()} "
+            "(use --dataset shakespeare, shakespeare_words or your own token arrays, or --model mlp|cnn|logreg)"
+        )
+
+
+def _embedding(task: Task) -> int:
+    """The FedAvg paper's 8 dimensions for characters; 96 for a word vocabulary (TFF's Stack Overflow model)."""
+    return 8 if (task.vocab_size or 0) <= 256 else 96
+
+
+def build_lstm(task: Task) -> Any:
+    """The FedAvg paper's character model (McMahan et al. 2017): an 8-dimensional embedding, two LSTM
+    layers of 256 units, softmax over the classes (the next character, or word)."""
+    import keras
+
+    _text(task, "lstm")
+    return keras.Sequential(
+        [
+            keras.Input(shape=task.input_shape, dtype="int32"),
+            keras.layers.Embedding(task.vocab_size, _embedding(task), name="embedding"),
+            keras.layers.LSTM(256, return_sequences=True, name="lstm1"),
+            keras.layers.LSTM(256, name="lstm2"),
+            keras.layers.Dense(task.num_classes, activation="softmax", name="classifier"),
+        ],
+        name="lstm",
+    )
+
+
+def build_lstm_small(task: Task) -> Any:
+    """A smaller, faster text model: the same embedding, one LSTM layer of 128 units."""
+    import keras
+
+    _text(task, "lstm-small")
+    return keras.Sequential(
+        [
+            keras.Input(shape=task.input_shape, dtype="int32"),
+            keras.layers.Embedding(task.vocab_size, _embedding(task), name="embedding"),
+            keras.layers.LSTM(128, name="lstm1"),
+            keras.layers.Dense(task.num_classes, activation="softmax", name="classifier"),
+        ],
+        name="lstm_small",
+    )
+
+
+MODELS: dict[str, ModelBuilder] = {
+    "mlp": build_mlp,
+    "cnn": build_cnn,
+    "logreg": build_logreg,
+    "lstm": build_lstm,
+    "lstm-small": build_lstm_small,
+}
+TEXT_MODELS = ("lstm", "lstm-small")
 
 
 def builder_name(builder: ModelBuilder) -> str:

@@ -19,7 +19,9 @@ def is_import_path(text: str) -> bool:
 class DeviceSettings(Section):
     section = "device"
     model: str = setting(
-        "mlp", "mlp, cnn, logreg, or your Keras builder as package.module:function (it receives the Task)"
+        "mlp",
+        "mlp, cnn, logreg, lstm, lstm-small (text), or your Keras builder as package.module:function (it "
+        "receives the Task)",
     )
     # passes over its shard a device makes per round, as the guide's train loop does
     local_epochs: int = setting(1, "passes over its shard each device makes per round", least=1)

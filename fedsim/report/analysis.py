@@ -124,7 +124,8 @@ def _title(what: str, table: pd.DataFrame) -> str:
 
 
 def figures(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The figures of the runs under `path`, by file name: accuracy.png; accuracy_sim_time.png (runs
+    """The figures of the runs under `path`, by file name: accuracy.png; perplexity.png (text tasks);
+    accuracy_sim_time.png (runs
     on the simulated clock); device_spread.png (runs with --device-test-fraction: the devices'
     accuracy on their own data, p10-p90 band and mean); scaling.png (runs of several fleet sizes:
     final accuracy and seconds per round against devices, mean and min-max over seeds)."""
@@ -146,6 +147,17 @@ def figures(path: str | os.PathLike[str]) -> dict[str, Any]:
     ax.set(xlabel="round", ylabel="test accuracy", title=f"Test accuracy per round: {what}", ylim=(0, 1))
     _integer_rounds(ax)
     out["accuracy.png"] = (fig, [ax])
+
+    if "test_perplexity" in rounds and rounds["test_perplexity"].notna().any():  # text: what a language model reads
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for i, (run, frame) in enumerate(rounds.groupby("run", sort=False)):
+            style = {**styles[str(run)], "markevery": (i % 10 / 100, 0.1)}
+            ax.plot(frame["round"], frame["test_perplexity"], label=labels[str(run)], **style)
+        ax.set(
+            xlabel="round", ylabel="test perplexity (log scale)", yscale="log", title=f"Perplexity per round: {what}"
+        )
+        _integer_rounds(ax)
+        out["perplexity.png"] = (fig, [ax])
 
     if "sim_elapsed_s" in rounds and rounds["sim_elapsed_s"].notna().any():  # runs on the simulated clock
         scale, unit = time_unit(float(rounds["sim_elapsed_s"].max()))

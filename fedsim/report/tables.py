@@ -42,6 +42,10 @@ def summary(path: str | os.PathLike[str]) -> pd.DataFrame:
     table["final_accuracy"] = scored["test_accuracy"].last()
     table["best_accuracy"] = scored["test_accuracy"].max()
     table["median_round_s"] = grouped["wall_s"].median()
+    if "test_perplexity" in rounds and rounds["test_perplexity"].notna().any():  # text: a keyboard's metrics
+        table["final_top3_accuracy"] = scored["test_top3_accuracy"].last()
+        table["final_perplexity"] = scored["test_perplexity"].last()
+        table["best_perplexity"] = scored["test_perplexity"].min()
     if "device_acc_mean" in rounds and rounds["device_acc_mean"].notna().any():
         table["device_acc_p10"] = scored["device_acc_p10"].last()
         table["device_acc_mean"] = scored["device_acc_mean"].last()

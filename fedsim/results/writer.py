@@ -87,13 +87,9 @@ class RunWriter:
     ) -> None:
         self.path = path
         self.meta = dict(meta)
-        # the rounds table: its fixed columns, then any the run's pipeline stages add (numbers)
-        extra = [c for c in round_columns or [] if c not in ROUND_COLUMNS]
-        self.round_columns = (*ROUND_COLUMNS, *extra)
-        self.round_schema = pa.schema(list(ROUND_SCHEMA) + [(c, pa.float64()) for c in extra])
-        more = [c for c in device_columns or [] if c not in DEVICE_COLUMNS]  # numbers the stages record per device
-        self.device_columns = (*DEVICE_COLUMNS, *more)
-        self.device_schema = pa.schema(list(DEVICE_SCHEMA) + [(c, pa.float64()) for c in more])
+        # the tables: their fixed columns, then any the run's stages, instructions and task add (numbers)
+        self._columns_given: tuple[list[str], list[str]] = ([], [])
+        self.declare(list(round_columns or []), list(device_columns or []))
         self.tracker = tracker  # fedsim.report.tracking.Trackers (TensorBoard, MLflow): told each round's row
         if resume_from is not None:
             self._trim_tables(resume_from)
@@ -161,6 +157,19 @@ class RunWriter:
         frame.insert(0, "samples", counts.sum(axis=1))
         frame.insert(0, "device_id", np.arange(len(counts)))
         atomic_parquet(self.path / PARTITION_FILE, frame)
+
+    def declare(self, round_columns: list[str], device_columns: list[str]) -> None:
+        """More columns, known once the data is loaded (a text task's perplexity), before any round."""
+        given_rounds, given_devices = self._columns_given
+        rounds = [*given_rounds, *(c for c in round_columns if c not in given_rounds)]
+        devices = [*given_devices, *(c for c in device_columns if c not in given_devices)]
+        extra = [c for c in rounds if c not in ROUND_COLUMNS]
+        self.round_columns = (*ROUND_COLUMNS, *extra)
+        self.round_schema = pa.schema(list(ROUND_SCHEMA) + [(c, pa.float64()) for c in extra])
+        more = [c for c in devices if c not in DEVICE_COLUMNS]
+        self.device_columns = (*DEVICE_COLUMNS, *more)
+        self.device_schema = pa.schema(list(DEVICE_SCHEMA) + [(c, pa.float64()) for c in more])
+        self._columns_given = (rounds, devices)
 
     def record_round(
         self,
