@@ -3,6 +3,7 @@ the LSTM artifacts, a keyboard's metrics, and text through DP, compression, FedB
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -94,6 +95,15 @@ def test_next_word_records_a_keyboards_metrics(tmp_path):
     from fedsim.report.tables import summary
 
     assert "final_perplexity" in summary(run.path)
+
+
+def test_fedsgds_whole_shard_batch_is_timed_at_the_largest_shard(tmp_path):
+    # B = infinity (one step of each device's whole shard): the clock's latency is measured on the
+    # largest batch a device trains, not on a batch of the whole data set
+    run = fedsim.run(out=str(tmp_path / "sgd"), engine=fedsim.LocalEngine(), **{**TEXT, "batch_size": 100_000})
+    report = json.loads((run.path / "artifact.json").read_text())
+    largest = int(run.partition["samples"].max())
+    assert report["batch_size"] == largest < 100_000
 
 
 @pytest.mark.slow

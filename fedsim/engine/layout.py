@@ -110,7 +110,10 @@ def prepare(setup: Setup, num_hosts: int) -> Prepared:
         "test_samples": len(dataset.y_test),
         "task": task.to_dict(),
     }
-    sample = (dataset.x_train[: setup.settings.batch_size], dataset.y_train[: setup.settings.batch_size])
+    # measured at the largest batch a device trains: a batch above every shard (FedSGD's B = infinity)
+    # is each device's whole shard, and timing a batch of the whole data set would take minutes
+    batch_size = max(1, min(setup.settings.batch_size, max((len(s) for s in shards), default=1)))
+    sample = (dataset.x_train[:batch_size], dataset.y_train[:batch_size])
     if isinstance(setup.artifact, bytes):
         artifact = setup.artifact
         if setup.check_artifact:
@@ -119,7 +122,7 @@ def prepare(setup: Setup, num_hosts: int) -> Prepared:
         from fedsim.model import cache
 
         artifact = cache.build(dataclasses.replace(setup.artifact, task=task), setup.known_artifacts)
-    report = inspect(artifact, task, sample, batch_size=setup.settings.batch_size).to_dict()
+    report = inspect(artifact, task, sample, batch_size=batch_size).to_dict()
     counts = label_counts(dataset.y_train, shards, task.num_classes).astype(np.int32)
     fleet = shard_data(dataset, shards, local_tests, tests_from_test_set)
     test_sizes = (fleet.bounds[:, 2] - fleet.bounds[:, 1]).astype(np.int32)
