@@ -20,7 +20,6 @@ accuracy, per method and partition); the runs go to results/personalisation/<sta
 from __future__ import annotations
 
 import argparse
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -81,21 +80,29 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--only", default=None, help="methods, comma-separated (default: all)")
     parser.add_argument("--out", default=str(OUT))
+    parser.add_argument(
+        "--stamp", default=None, help="continue the batch results/personalisation/STAMP (finished runs are read back)"
+    )
     args = parser.parse_args()
     methods = {k: v for k, v in METHODS.items() if args.only is None or k in args.only.split(",")}
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    stamp = args.stamp or datetime.now().strftime("%Y%m%d-%H%M%S")
     rows, spreads = [], []
     for part, spec in PARTITIONS.items():
         for label, settings in methods.items():
-            began = time.perf_counter()
-            run = fedsim.run(
-                out=f"results/personalisation/{stamp}/{part}-{label.replace(' + ', '-').lower()}",
-                rounds=args.rounds,
-                eval_every=args.eval_every,
-                partition=spec,
-                **PROTOCOL,
-                **settings,
-            )
+            folder = Path(f"results/personalisation/{stamp}/{part}-{label.replace(' + ', '-').lower()}")
+            if (folder / "rounds.parquet").exists():  # an earlier invocation of this batch: finish or read it
+                run = fedsim.load_run(folder)
+                if len(run.rounds) < args.rounds:
+                    run = fedsim.resume(folder, rounds=args.rounds)
+            else:
+                run = fedsim.run(
+                    out=str(folder),
+                    rounds=args.rounds,
+                    eval_every=args.eval_every,
+                    partition=spec,
+                    **PROTOCOL,
+                    **settings,
+                )
             personal = "personal_acc_mean" in run.rounds
             acc = accuracies(run, personal)
             last = run.devices[run.devices["round"] == acc.index.max()]
@@ -118,7 +125,7 @@ def main() -> None:
                     else np.nan,
                     "device_p10_%": round(100 * float(np.percentile([s["accuracy"] for s in spreads[-20:]], 10)), 2),
                     "rounds": args.rounds,
-                    "minutes": round((time.perf_counter() - began) / 60, 1),
+                    "minutes": round(float(run.rounds["wall_s"].sum()) / 60, 1),
                     "mb_up_per_device_round": round(
                         float(run.rounds["bytes_up"].median()) / PROTOCOL["devices"] / 1e6, 3
                     ),

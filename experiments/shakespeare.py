@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--rounds", default="600,150,60", help="rounds of FedSGD, FedAvg E=1, FedAvg E=5")
     parser.add_argument("--eval-every", type=int, default=5)
     parser.add_argument("--out", default=str(OUT))
+    parser.add_argument("--stamp", default=None, help="continue the batch results/shakespeare/STAMP")
     parser.add_argument("--skip-full", action="store_true", help="do not measure the full protocol's step")
     args = parser.parse_args()
     rounds = dict(zip(PAPER, (int(r) for r in args.rounds.split(","))))
@@ -99,17 +100,17 @@ def main() -> None:
         eval_every=args.eval_every,
         seed=0,
     )
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    stamp = args.stamp or datetime.now().strftime("%Y%m%d-%H%M%S")
     began_all = time.perf_counter()
     rows, curves = [], {}
     for label, settings in methods.items():
-        began = time.perf_counter()
-        run = fedsim.run(
-            out=f"results/shakespeare/{stamp}/{label.split()[0].lower()}-e{settings['local_epochs']}",
-            rounds=rounds[label],
-            **common,
-            **settings,
-        )
+        folder = Path(f"results/shakespeare/{stamp}/{label.split()[0].lower()}-e{settings['local_epochs']}")
+        if (folder / "rounds.parquet").exists():  # an earlier invocation of this batch: finish or read it
+            run = fedsim.load_run(folder)
+            if len(run.rounds) < rounds[label]:
+                run = fedsim.resume(folder, rounds=rounds[label])
+        else:
+            run = fedsim.run(out=str(folder), rounds=rounds[label], **common, **settings)
         scored = run.rounds.dropna(subset=["test_accuracy"]).set_index("round")
         curves[label] = scored["test_accuracy"]
         reached = scored.index[scored["test_accuracy"] >= args.target]
@@ -125,7 +126,7 @@ def main() -> None:
                 "sim_hours_to_target": round(float(upto["sim_elapsed_s"].max()) / 3600, 2) if at else np.nan,
                 "kj_to_target": round(float(upto["sim_energy_j"].sum()) / 1000, 1) if at else np.nan,
                 "paper_rounds_noniid": PAPER[label][0],
-                "minutes": round((time.perf_counter() - began) / 60, 1),
+                "minutes": round(float(run.rounds["wall_s"].sum()) / 60, 1),
                 "run": str(run.path),
             }
         )
