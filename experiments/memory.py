@@ -1,5 +1,6 @@
-"""The memory benchmarks' sampler: the PSS (shared pages counted once) of this process and every Ray
-process on the machine, every half second, so a benchmark can tell each round's peak."""
+"""The memory benchmarks' sampler: the PSS (shared pages counted once) of this process and every process
+it started (the Ray session it owns: GCS, raylet, the hosts), every half second, so a benchmark can tell
+each round's peak. Other programs on the machine, other Ray sessions included, are not counted."""
 
 from __future__ import annotations
 
@@ -12,13 +13,12 @@ import psutil
 
 
 def pss_mb() -> float:
-    """The PSS of this process and every Ray process on this machine, in MB."""
+    """The PSS of this process and its descendants, in MB."""
+    me = psutil.Process(os.getpid())
     total = 0
-    for p in psutil.process_iter(["name", "cmdline"]):
+    for p in [me, *me.children(recursive=True)]:
         try:
-            line = " ".join(p.info["cmdline"] or [])
-            if p.pid == os.getpid() or "ray" in line or "raylet" in (p.info["name"] or ""):
-                total += p.memory_full_info().pss
+            total += p.memory_full_info().pss
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return total / 2**20
