@@ -139,7 +139,7 @@ def main() -> None:
     for ax, part in zip(np.atleast_1d(axes), PARTITIONS):
         mine = spread[spread["partition"] == part]
         labels = [m for m in methods if m in set(mine["method"])]
-        ax.boxplot([mine.loc[mine["method"] == m, "accuracy"] for m in labels], labels=labels, showmeans=True)
+        ax.boxplot([mine.loc[mine["method"] == m, "accuracy"] for m in labels], tick_labels=labels, showmeans=True)
         ax.set_title(f"{part}: each device's accuracy after round {args.rounds}")
         ax.tick_params(axis="x", rotation=30)
         ax.grid(alpha=0.3)
