@@ -12,7 +12,9 @@ Rows (2 hosts unless named; Fashion-MNIST; SGD, batch 32, 1 local epoch; packed 
 - mlp-1000-quantity: shards of skewed size (--partition quantity:1.0);
 - mlp-1000-per10-h2 / -h8: 10 of 1,000 devices per round, --eval-every 10, on 2 and on 8 hosts;
 - mlp-1m: 1,000,000 registered devices, 1,000 per round, on a generated data set (2 samples of 20
-  float features per device, natural partition, 10,000 test samples; an .npz made from the seed).
+  float features per device, natural partition, 10,000 test samples; an .npz made from the seed);
+- lstm-100: 100 Shakespeare roles (--dataset shakespeare:20, natural), the FedAvg paper's LSTM
+  (--model lstm), batch 10.
 
 For each row:
 - floor_s: the signature calls a round makes on its devices (restore, every train batch, save),
@@ -68,6 +70,8 @@ class Row:
     rounds: int | None = None  # None: --rounds
     million: bool = False  # the generated 1M-device data set
     strategy: str = "fedavg"
+    dataset: str = "fashion_mnist"
+    batch_size: int = 32
     fleet: str | None = None  # device profiles of the simulated clock (--fleet)
     deadline: float | None = None  # simulated seconds (--deadline, stragglers dropped)
     ratio_target: float | None = None
@@ -92,6 +96,8 @@ ROWS = [
     # them, so a round must cost no more wall time than mlp-1000's (its floor replays every device)
     Row("mlp-1000-skewed-deadline", 1000, fleet="skewed", deadline=10.0),
     Row("mlp-1m", 1_000_000, per_round=1000, partition="natural", million=True, memory_target_mb=2560),
+    # text: 100 Shakespeare roles (20 windows each), the FedAvg paper's LSTM, batch 10, every device every round
+    Row("lstm-100", 100, model="lstm", dataset="shakespeare:20", partition="natural", batch_size=10, rounds=4),
 ]
 
 
@@ -229,7 +235,7 @@ def bench_one(row: Row, rounds: int, out: Path) -> dict:
         per_round=row.per_round,
         seed=0,
         local_epochs=1,
-        batch_size=32,
+        batch_size=row.batch_size,
         lr=0.05,
         out=str(out / f"run-{row.name}"),
         name="bench_overhead",
@@ -238,6 +244,7 @@ def bench_one(row: Row, rounds: int, out: Path) -> dict:
         eval_every=row.eval_every,
         checkpoint_format=row.checkpoint_format,
         data=data,
+        dataset=row.dataset,
         strategy=row.strategy,
         fleet=row.fleet,
         deadline=row.deadline,
