@@ -7,7 +7,9 @@ Each fleet runs on Ray with 2 hosts, toy images (about 10 samples a device), per
 on a seeded sample of 500 devices every round. The PSS of every fedsim process (this one and Ray's) is
 sampled every half second; reported per fleet: the peak PSS in the first rounds and in the last two,
 the devices keeping state, its size on disk, and seconds per round. The target: the 10,000-device
-run's peak within 10% of the 1,000-device run's. Writes personal_scale.csv / .md to --out (results/bench).
+run's peak within 10% of the 1,000-device run's. FedAvg runs on the same fleets (--strategies) say what
+the fleet's size costs by itself (its data and tables grow with it) and so what personal state adds.
+Writes personal_scale.csv / .md to --out (results/bench).
 """
 
 from __future__ import annotations
@@ -33,25 +35,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fleets", default="1000,10000")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--strategies",
+        default="fedper,fedavg",
+        help="fedper, and fedavg on the same fleets: what the fleet's size costs without personal state",
+    )
     parser.add_argument("--out", default="results/bench")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="fedsim-bench-personal-"))
     rows = []
     try:
-        for devices in (int(n) for n in args.fleets.split(",")):
+        for strategy, devices in ((s, int(n)) for s in args.strategies.split(",") for n in args.fleets.split(",")):
             sampler = Sampler()
             sampler.start()
             began = time.perf_counter()
             run = fedsim.run(
-                out=str(root / f"fedper-{devices}"),
+                out=str(root / f"{strategy}-{devices}"),
                 dataset="toy_images",
                 toy_samples=max(20, devices * 10 // 8),  # a quarter of each device's share is its test split
                 devices=devices,
                 per_round=devices,
                 rounds=args.rounds,
-                strategy="fedper",
+                strategy=strategy,
                 device_test_fraction=0.25,
-                personal_eval_devices=500,
+                personal_eval_devices=500 if strategy == "fedper" else None,
                 seed=0,
                 hosts=2,
                 progress=False,
@@ -62,6 +69,7 @@ def main() -> None:
             on_disk = sum(f.stat().st_size for f in (run.path / "device_state").iterdir())
             rows.append(
                 {
+                    "strategy": strategy,
                     "devices": devices,
                     "rounds": args.rounds,
                     "pss_peak_first_rounds_mb": max(peaks[: max(1, len(peaks) - 2)]),
@@ -69,22 +77,36 @@ def main() -> None:
                     "devices_keeping_state": len(run.device_state_index()),
                     "state_on_disk_mb": round(on_disk / 1e6, 1),
                     "median_round_s": round(float(run.rounds["wall_s"].median()), 2),
-                    "personal_acc_mean": round(float(run.rounds["personal_acc_mean"].iloc[-1]), 4),
+                    "personal_acc_mean": round(float(run.rounds["personal_acc_mean"].iloc[-1]), 4)
+                    if "personal_acc_mean" in run.rounds
+                    else float("nan"),
                 }
             )
             print(rows[-1], flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     table = pd.DataFrame(rows)
-    small, large = table["pss_peak_last_rounds_mb"].iloc[0], table["pss_peak_last_rounds_mb"].iloc[-1]
+    fedper = table[table["strategy"] == "fedper"]
+    small, large = fedper["pss_peak_last_rounds_mb"].iloc[0], fedper["pss_peak_last_rounds_mb"].iloc[-1]
     ratio = large / small
+    # what personal state adds at each fleet size: FedPer's peak over FedAvg's on the same fleet
+    peaks = table.pivot(index="devices", columns="strategy", values="pss_peak_last_rounds_mb")
+    added = (peaks["fedper"] - peaks["fedavg"]).round(1).to_dict() if "fedavg" in peaks else {}
     header = (
         f"FedPer at scale, {dt.datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} CPUs, "
         f"`python experiments/bench_personal_scale.py --fleets {args.fleets} --rounds {args.rounds}`: Ray, 2 hosts, "
         "toy images, the MLP with its head personal (each device keeps 1,290 weights), every device every round. "
-        f"Peak PSS of every fedsim process in the last two rounds: {table['devices'].iloc[-1]:,} devices "
-        f"{large:.0f} MB against {table['devices'].iloc[0]:,} devices {small:.0f} MB: {ratio:.3f}x "
+        f"Peak PSS of every fedsim process in the last two rounds: {fedper['devices'].iloc[-1]:,} devices "
+        f"{large:.0f} MB against {fedper['devices'].iloc[0]:,} devices {small:.0f} MB: {ratio:.3f}x "
         f"(target at most {FLOOR:.2f}x: {'met' if ratio <= FLOOR else 'NOT met'})."
+        + (
+            " FedAvg on the same fleets (no personal state: the fleet's own cost, its data and tables growing "
+            "with it): FedPer's peak minus FedAvg's, "
+            + ", ".join(f"{d:,} devices {a:+.0f} MB" for d, a in added.items())
+            + "."
+            if added
+            else ""
+        )
     )
     publish(table, args.out, "personal_scale", header)
 
