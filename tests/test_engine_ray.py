@@ -298,16 +298,18 @@ def test_a_hung_host_times_out_is_restarted_and_serves_the_next_round():
         assert [r.status for r in again.reports] == ["ok"] * 4, [r.error for r in again.reports]
 
 
-def without_ray_token(tmp_path):
-    """This environment with a home of its own: Ray's cluster_utils clusters run without token
-    authentication, and a ~/.ray/auth_token that an earlier `ray start` left on this machine would make
-    fedsim's driver ask them for one (it joins `ray start` clusters that way)."""
+def without_ray_token(tmp_path, monkeypatch):
+    """Token authentication off, for the cluster_utils cluster this test starts and for the driver that
+    joins it (the same environment, with a home of its own): a local ray.init earlier in this process
+    leaves RAY_AUTH_MODE=token in its environment, and any local start writes ~/.ray/auth_token, so
+    otherwise the cluster and the driver disagree about tokens depending on which tests ran before."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     return {**os.environ, "HOME": str(home)}
 
 
-def test_a_two_node_ray_cluster_gives_the_single_node_results(tmp_path):
+def test_a_two_node_ray_cluster_gives_the_single_node_results(tmp_path, monkeypatch):
     """A real two-node cluster on this machine (a head and a second raylet with its own resources):
     fedsim joins it by address, places a host on each node, and gets the single-node table."""
     from ray.cluster_utils import Cluster
@@ -332,7 +334,7 @@ def test_a_two_node_ray_cluster_gives_the_single_node_results(tmp_path):
         [*cli, *args, "--out", str(tmp_path / "single")], capture_output=True, text=True, timeout=300
     )
     assert single.returncode == 0, single.stderr[-2000:]
-
+    env = without_ray_token(tmp_path, monkeypatch)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
         cluster.add_node(num_cpus=1)
@@ -342,7 +344,7 @@ def test_a_two_node_ray_cluster_gives_the_single_node_results(tmp_path):
             capture_output=True,
             text=True,
             timeout=300,
-            env=without_ray_token(tmp_path),
+            env=env,
         )
     finally:
         cluster.shutdown()
@@ -384,6 +386,7 @@ def test_device_state_relayed_for_hosts_without_the_run_folder_gives_the_single_
     )
     assert single.returncode == 0, single.stderr[-2000:]
     monkeypatch.setenv("FEDSIM_STATE_RELAY", "1")  # the cluster's workers inherit it
+    env = without_ray_token(tmp_path, monkeypatch)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
         cluster.add_node(num_cpus=1)
@@ -393,7 +396,7 @@ def test_device_state_relayed_for_hosts_without_the_run_folder_gives_the_single_
             capture_output=True,
             text=True,
             timeout=300,
-            env=without_ray_token(tmp_path),
+            env=env,
         )
     finally:
         cluster.shutdown()
