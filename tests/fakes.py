@@ -125,3 +125,17 @@ def run_context(
         rounds=rounds,
         sampling=sampling,
     )
+
+
+class StopAt(LocalEngine):
+    """In-process hosts that raise `error` when round `stop` starts (a kill, Ctrl-C or a crash at that
+    point; the rounds before it are committed)."""
+
+    def __init__(self, stop, error=KeyboardInterrupt, hosts=2):
+        super().__init__(hosts)
+        self.stop, self.error = stop, error
+
+    def run_round(self, round_num, *args, **kwargs):
+        if round_num == self.stop:
+            raise self.error
+        return super().run_round(round_num, *args, **kwargs)

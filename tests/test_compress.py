@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from fakes import StopAt
 
 import fedsim
 from fedsim.checkpoint import flatten, read_checkpoint, spec_of
@@ -276,17 +277,6 @@ def test_downlink_compression_sends_two_bytes_a_parameter(tmp_path):
     assert run.meta["pipeline"] == ["verify", "compress"]
 
 
-class StopAfter(fedsim.LocalEngine):
-    def __init__(self, stop, hosts=2):
-        super().__init__(hosts)
-        self.stop = stop
-
-    def run_round(self, round_num, *args, **kwargs):
-        if round_num == self.stop:
-            raise KeyboardInterrupt
-        return super().run_round(round_num, *args, **kwargs)
-
-
 def test_error_feedback_runs_the_same_on_any_host_count_and_after_a_resume(tmp_path):
     """Residuals are kept per device across rounds (devices are picked again), saved with the
     server state, and restored on resume: the tables and the final model are the same."""
@@ -297,7 +287,7 @@ def test_error_feedback_runs_the_same_on_any_host_count_and_after_a_resume(tmp_p
     assert two.rounds[columns].equals(one.rounds[columns])
     assert (two.path / "global.ckpt").read_bytes() == (one.path / "global.ckpt").read_bytes()
     with pytest.raises(KeyboardInterrupt):
-        fedsim.run(out=str(tmp_path / "cut"), engine=StopAfter(4), **settings)
+        fedsim.run(out=str(tmp_path / "cut"), engine=StopAt(4), **settings)
     # the residuals are device state: the devices that ran a round kept theirs in that round's
     # segment (written by the host, named by the committed index), the others where earlier rounds put them
     resume = tmp_path / "cut" / "resume"

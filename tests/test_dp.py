@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
-from fakes import FakeEngine, make_coordinator
+from fakes import FakeEngine, StopAt, make_coordinator
 
 import fedsim
 from fedsim.checkpoint import flatten, read_checkpoint, spec_of
@@ -139,17 +139,6 @@ def test_refusals_in_one_line():
 SETTINGS = dict(dataset="toy_images", toy_samples=20, devices=12, per_round=6, rounds=5, seed=4, progress=False)
 
 
-class StopAfter(fedsim.LocalEngine):
-    def __init__(self, stop, hosts=2):
-        super().__init__(hosts)
-        self.stop = stop
-
-    def run_round(self, round_num, *args, **kwargs):
-        if round_num == self.stop:
-            raise KeyboardInterrupt
-        return super().run_round(round_num, *args, **kwargs)
-
-
 COLUMNS = ["round", "test_accuracy", "test_loss", "train_loss", "samples", "bytes_up", "dp_epsilon", "dp_clip"]
 
 
@@ -170,7 +159,7 @@ def test_dp_runs_the_same_on_any_host_count_and_resumes_its_accountant_and_clip(
     assert (three.path / "global.ckpt").read_bytes() == (one.path / "global.ckpt").read_bytes()
     assert one.rounds["dp_clip"].nunique() > 1  # adaptive clipping moved C
     with pytest.raises(KeyboardInterrupt):
-        fedsim.run(out=str(tmp_path / "cut"), engine=StopAfter(4), **settings)
+        fedsim.run(out=str(tmp_path / "cut"), engine=StopAt(4), **settings)
     resumed = fedsim.resume(tmp_path / "cut", engine=fedsim.LocalEngine(2))
     assert resumed.rounds[COLUMNS].equals(one.rounds[COLUMNS])
     assert (resumed.path / "global.ckpt").read_bytes() == (one.path / "global.ckpt").read_bytes()

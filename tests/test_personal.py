@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fakes import StopAt
 
 import fedsim
 from fedsim.checkpoint import read_checkpoint, unpack
@@ -116,17 +117,6 @@ def test_ditto_with_lambda_zero_is_local_training_and_a_larger_lambda_stays_near
     np.testing.assert_allclose(
         zero.devices.query("round == 3")["personal_accuracy"], local.devices.query("round == 3")["personal_accuracy"]
     )
-
-
-class StopAt(fedsim.LocalEngine):
-    def __init__(self, stop, hosts=2):
-        super().__init__(hosts)
-        self.stop = stop
-
-    def run_round(self, round_num, *args, **kwargs):
-        if round_num == self.stop:
-            raise KeyboardInterrupt
-        return super().run_round(round_num, *args, **kwargs)
 
 
 @pytest.mark.parametrize("strategy", ["fedper", "ditto"])

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from fakes import StopAt
 
 import fedsim
 from fedsim.experiment.config import Config, ConfigError
@@ -29,19 +30,6 @@ from fedsim.results.folder import CLAIM_FILE, release_claim
 
 TOY = dict(dataset="toy_images", toy_samples=20, devices=6, rounds=4, seed=2, progress=False)
 COLUMNS = ["round", "test_accuracy", "test_loss", "train_loss", "samples", "bytes_up"]
-
-
-class StopAt(fedsim.LocalEngine):
-    """Raises `error` when round `stop` starts (a kill, Ctrl-C or a crash at that point)."""
-
-    def __init__(self, stop, error=KeyboardInterrupt, hosts=2):
-        super().__init__(hosts)
-        self.stop, self.error = stop, error
-
-    def run_round(self, round_num, *args, **kwargs):
-        if round_num == self.stop:
-            raise self.error
-        return super().run_round(round_num, *args, **kwargs)
 
 
 # ---- 1. two runs, one folder --------------------------------------------------------------------

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from fakes import StopAt
 
 import fedsim
 from fedsim.checkpoint import flatten, read_checkpoint, spec_of
@@ -21,26 +22,12 @@ SETTINGS = dict(dataset="toy_images", toy_samples=20, devices=6, rounds=5, seed=
 COLUMNS = ["round", "test_accuracy", "test_loss", "train_loss", "devices_accepted", "samples", "bytes_up"]
 
 
-class StopAfter(fedsim.LocalEngine):
-    """In-process hosts that stop the run with Ctrl-C when round `stop` begins (rounds before it are
-    committed), as a kill between rounds would."""
-
-    def __init__(self, stop, hosts=2):
-        super().__init__(hosts)
-        self.stop = stop
-
-    def run_round(self, round_num, *args, **kwargs):
-        if round_num == self.stop:
-            raise KeyboardInterrupt
-        return super().run_round(round_num, *args, **kwargs)
-
-
 @pytest.mark.parametrize("strategy", ["fedadam", "fedavgm", "scaffold"])
 def test_a_stateful_strategy_killed_after_round_3_resumes_to_the_straight_run(tmp_path, strategy):
     settings = {**SETTINGS, "strategy": strategy, "server_lr": 0.05 if strategy != "scaffold" else 1.0}
     straight = fedsim.run(out=str(tmp_path / "straight"), engine=fedsim.LocalEngine(2), **settings)
     with pytest.raises(KeyboardInterrupt):
-        fedsim.run(out=str(tmp_path / "cut"), engine=StopAfter(4), **settings)
+        fedsim.run(out=str(tmp_path / "cut"), engine=StopAt(4), **settings)
     cut = tmp_path / "cut"
     assert json.loads((cut / "config.json").read_text())["rounds_completed"] == 3
     assert (cut / "resume" / "round-3.server_state.npz").is_file()
@@ -53,7 +40,7 @@ def test_a_stateful_strategy_killed_after_round_3_resumes_to_the_straight_run(tm
 
 def test_a_resume_without_the_server_state_is_refused(tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        fedsim.run(out=str(tmp_path / "cut"), engine=StopAfter(3), strategy="fedadam", **SETTINGS)
+        fedsim.run(out=str(tmp_path / "cut"), engine=StopAt(3), strategy="fedadam", **SETTINGS)
     (tmp_path / "cut" / "resume" / "round-2.server_state.npz").unlink()
     with pytest.raises(ValueError, match="saved server state holds nothing, but fedadam keeps"):
         fedsim.resume(tmp_path / "cut", engine=fedsim.LocalEngine(2))
@@ -64,7 +51,7 @@ def test_resume_refuses_a_custom_strategy_it_cannot_rebuild(tmp_path):
         accumulate = "stack"
 
     with pytest.raises(KeyboardInterrupt):
-        fedsim.run(out=str(tmp_path / "cut"), engine=StopAfter(2), strategy=Local(), **SETTINGS)
+        fedsim.run(out=str(tmp_path / "cut"), engine=StopAt(2), strategy=Local(), **SETTINGS)
     with pytest.raises(RunFolderError, match="used strategy .*Local, which cannot be rebuilt"):
         fedsim.resume(tmp_path / "cut", engine=fedsim.LocalEngine())
     with pytest.raises(RunFolderError, match="used strategy .*Local, not fedavg"):
