@@ -14,7 +14,7 @@ import pandas as pd
 from fedsim.artifact.checks import ArtifactError
 from fedsim.checkpoint import CheckpointError, read_checkpoint_file, unpack
 from fedsim.core.settings import flat_view
-from fedsim.core.task import Task
+from fedsim.core.task import Task, sample_inputs
 
 
 def _run_meta(path: Path) -> dict[str, Any]:
@@ -63,7 +63,7 @@ def run_parity(
     weights; per step: both losses and the largest weight difference."""
     import tensorflow as tf
 
-    from fedsim.model.convert import build_module, sample_inputs
+    from fedsim.model.convert import build_module
 
     if recipe is None:
         raise ArtifactError("--parity needs the recipe that made the artifact (a run folder, or recipe=)")

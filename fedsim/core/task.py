@@ -109,3 +109,14 @@ def kind_of(dtype: np.dtype) -> str:
     raise TaskError(
         f"inputs of dtype {dtype} cannot be fed to a model; use uint8 images, float features or integer tokens"
     )
+
+
+def sample_inputs(task: Task, n: int, seed: int = 0) -> np.ndarray:
+    """n random inputs of the task's shape and dtype (for checks and latency measurements)."""
+    rng = np.random.default_rng(seed)
+    shape = (n, *task.input_shape)
+    if task.kind == "image":
+        return rng.integers(0, 256, shape, dtype=np.uint8)
+    if task.kind == "tokens":
+        return rng.integers(0, task.vocab_size or 1, shape, dtype=np.int32)
+    return rng.standard_normal(shape).astype(np.float32)

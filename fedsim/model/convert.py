@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from fedsim.core.task import Task
+from fedsim.core.task import Task, sample_inputs
 from fedsim.model.builders import ArtifactRecipe, ModelError, call_builder
 from fedsim.model.module import OnDeviceModule, outputs_probabilities
 from fedsim.model.signatures import INFER, RESTORE, SAVE, TRAIN
@@ -37,17 +37,6 @@ def build_module(recipe: ArtifactRecipe) -> OnDeviceModule:
     return OnDeviceModule(
         build_model(recipe), recipe.task, recipe.optimizer.build(), recipe.checkpoint_format, recipe.variant
     )
-
-
-def sample_inputs(task: Task, n: int, seed: int = 0) -> np.ndarray:
-    """n random inputs of the task's shape and dtype (for checks and latency measurements)."""
-    rng = np.random.default_rng(seed)
-    shape = (n, *task.input_shape)
-    if task.kind == "image":
-        return rng.integers(0, 256, shape, dtype=np.uint8)
-    if task.kind == "tokens":
-        return rng.integers(0, task.vocab_size or 1, shape, dtype=np.int32)
-    return rng.standard_normal(shape).astype(np.float32)
 
 
 def _model_input(task: Task, x: np.ndarray) -> np.ndarray:
