@@ -26,10 +26,12 @@ from fedsim.artifact.checks import (
     task_of,
 )
 from fedsim.artifact.parity import _run_meta, recipe_of, run_parity
+from fedsim.artifact.program import program_facts
 from fedsim.checkpoint import read_checkpoint_file, scratch_dir
 from fedsim.core.layers import head
 from fedsim.core.settings import ConfigError
-from fedsim.core.task import Task, TaskError
+from fedsim.core.task import Task, TaskError, sample_inputs
+from fedsim.device.runtime import SUFFIX, is_program
 from fedsim.model.signatures import INFER, PACKED, RESTORE, SAVE, SIGNATURES, TRAIN
 
 
@@ -182,10 +184,18 @@ def inspect(
                 task = Task.from_dict(meta["task"])
             if parity > 0 and recipe is None:
                 recipe = recipe_of(meta, task)
-            path = path / "model.tflite"
+            program = path / f"model{SUFFIX['executorch']}"
+            path = program if program.is_file() else path / f"model{SUFFIX['tflite']}"
         if not path.is_file():
-            raise ArtifactError(f"{path}: no such .tflite")
+            raise ArtifactError(f"{path}: no such .tflite or .pte")
         source, artifact = str(path), path.read_bytes()
+    if is_program(artifact):
+        if parity > 0:
+            raise ArtifactError(
+                "--parity compares a .tflite with TensorFlow; a .pte's training step is checked by tests"
+            )
+        facts = program_facts(artifact, task, batch, repeats, batch_size)
+        return ArtifactReport(**{**facts, "source": source})
     runner = load_runner(artifact)
     try:
         task = task or task_of(runner)
@@ -193,8 +203,6 @@ def inspect(
         raise ArtifactError(f"cannot tell the task from the artifact ({e})") from None
     check_signatures(runner, task)
     if batch is None:
-        from fedsim.model.convert import sample_inputs
-
         batch = (sample_inputs(task, batch_size), np.arange(batch_size, dtype=np.int32) % task.num_classes)
     x, y = runner.inputs(batch[0][:batch_size]), runner.labels(batch[1][:batch_size])
     scratch = scratch_dir("fedsim-inspect-")

@@ -23,7 +23,7 @@ from fedsim.checkpoint import CheckpointError, FlatReader, WeightSpec, flatten, 
 from fedsim.core.devicestate import DeviceState
 from fedsim.core.segments import SegmentWriter
 from fedsim.core.shelf import Shelf
-from fedsim.device import Device, Runner, evaluate_counts
+from fedsim.device import Device, Runner, evaluate_counts, open_runner
 from fedsim.engine.base import DeviceReport, PersonalEval, RoundResult, StateWritten
 from fedsim.engine.layout import ShardData, TestBlocks
 from fedsim.engine.personal import evaluate_personal
@@ -66,7 +66,7 @@ class DeviceHost:
         settings: HostSettings,
         test_blocks: TestBlocks | None = None,
         artifact: bytes | None = None,
-        runner_factory: Callable[[bytes], Any] = Runner,
+        runner_factory: Callable[[bytes], Any] = open_runner,
     ) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         self.host_index = host_index
@@ -89,7 +89,7 @@ class DeviceHost:
     def runner(self) -> Runner:
         if self._runner is None:
             if self.artifact is None:
-                raise RuntimeError(f"host {self.host_index} has no .tflite loaded")
+                raise RuntimeError(f"host {self.host_index} has no artifact loaded")
             self._runner = self._runner_factory(self.artifact)
         return self._runner
 

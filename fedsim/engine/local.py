@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedsim.device import Runner
+from fedsim.device import open_runner
 from fedsim.engine.base import Engine, Evaluation, PersonalEval, RoundResult, combine_evaluations
 from fedsim.engine.host import DeviceHost
 from fedsim.engine.layout import Prepared, Setup, prepare
@@ -14,7 +14,7 @@ from fedsim.pipeline.base import HostRound
 
 
 class LocalEngine(Engine):
-    def __init__(self, num_hosts: int = 1, runner_factory: Callable[[bytes], Any] = Runner) -> None:
+    def __init__(self, num_hosts: int = 1, runner_factory: Callable[[bytes], Any] = open_runner) -> None:
         if num_hosts < 1:
             raise ValueError(f"num_hosts must be >= 1, got {num_hosts}")
         self.num_hosts = num_hosts

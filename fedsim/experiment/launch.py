@@ -79,7 +79,7 @@ def execute(
         if progress:  # the wait before round 1 is not silent
             print(
                 f"fedsim: starting: the hosts, the {config.devices:,} devices' data, the model's artifact"
-                f"{'' if isinstance(plan.artifact, bytes) else ' (converted with TensorFlow)'} ...",
+                f"{'' if isinstance(plan.artifact, bytes) else _made_by(plan.artifact)} ...",
                 file=sys.stderr,
                 flush=True,
             )
@@ -155,6 +155,10 @@ def _issuers(config: Config, plan: RunPlan) -> list[tuple[str, tuple[type[Instru
     """Who may give devices instructions in this run (named by their flags), and which."""
     out = [(f"--strategy {config.strategy}", plan.strategy.instructions)]
     return out + [(f"the {s.name} stage", s.instructions) for s in plan.pipeline.stages]
+
+
+def _made_by(recipe: ArtifactRecipe) -> str:
+    return " (exported with torch)" if recipe.runtime == "executorch" else " (converted with TensorFlow)"
 
 
 def _runtime(plan: RunPlan) -> str:

@@ -27,13 +27,13 @@ from fedsim.experiment.launch import RunPlan, StartPoint, execute
 from fedsim.loop import asyncloop, personal, schedule
 from fedsim.loop.coordinator import Resume
 from fedsim.model.builders import MODELS, ArtifactRecipe, ModelBuilder, builder_name, resolve_builder
+from fedsim.model.pte import check_recipe
 from fedsim.model.settings import DeviceSettings, is_import_path
 from fedsim.model.signatures import capabilities, variant_of
 from fedsim.pipeline import Pipeline, StopRun
 from fedsim.report.tracking import Trackers, TrackingSettings
 from fedsim.results import (
     CONFIG_FILE,
-    MODEL_FILE,
     ROUND_COLUMNS,
     ROUNDS_FILE,
     Run,
@@ -42,6 +42,7 @@ from fedsim.results import (
     claim_run_folder,
     default_out,
     load_run,
+    model_path,
     read_table,
     versions,
 )
@@ -97,15 +98,16 @@ def run(
         schedule.check(chosen, pipeline)
     # a fleet file with a bad column or id fails here, before any folder or Ray process exists
     profiles = load_fleet(config.fleet, config.devices, config.seed) if config.fleet else None
-    artifact: ArtifactRecipe | bytes = ArtifactRecipe(
+    recipe = ArtifactRecipe(
         builder=builder,
         optimizer=config.section(DeviceSettings).optimizer(),
         seed=config.seed,
         checkpoint_format=config.checkpoint_format,
         variant=artifact_variant(chosen, pipeline),  # the data's task is filled in where the data is loaded
+        runtime=config.runtime,
     )
-    if config.artifact:
-        artifact = _read_artifact(config.artifact)
+    artifact: ArtifactRecipe | bytes = config.section(DeviceSettings).made_elsewhere() or recipe
+    check_recipe(artifact)  # a missing runtime, and what its program could not honour, said before Ray starts
     trackers = _trackers(config)
     config = config.replace(name=config.run_name)  # config.json records the name the run went under
     out = claim_run_folder(config.out or default_out(config.run_name), free_name=not config.out)
@@ -196,13 +198,6 @@ def data_recipe(config: Config, arrays: Dataset | None = None) -> DataRecipe:
     return config.section(DataSettings).recipe(config.seed, config.devices, arrays)
 
 
-def _read_artifact(path: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as e:
-        raise ConfigError(f"--artifact {path}: {e.strerror}") from None
-
-
 def _now() -> str:
     return dt.datetime.now().isoformat(timespec="seconds")
 
@@ -270,9 +265,10 @@ def resume(
             )
         recipe_data = data_recipe(config, data)
         recipe_data.check()
-        if not (folder / MODEL_FILE).is_file():
+        if (model := model_path(folder)) is None:
             raise RunFolderError(f"--resume {folder}: the run stopped before its artifact was made; start it again")
-        artifact = (folder / MODEL_FILE).read_bytes()
+        artifact = model.read_bytes()
+        check_recipe(artifact)
         if meta.get("status") == "completed":  # its model is global.ckpt only: staged as round `done`'s first
             stage_finished_model(folder, done)
         start = StartPoint(done + 1, sim_latency=meta.get("sim_latency_ms"))

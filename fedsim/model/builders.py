@@ -235,8 +235,9 @@ OPTIMIZERS = ("sgd", "momentum", "adam")
 
 @dataclass(frozen=True)
 class ArtifactRecipe:
-    """Everything that determines the .tflite: builder, task, optimiser, seed, checkpoint layout. Small and picklable
-    (cloudpickle carries notebook builders), so the conversion can run wherever TensorFlow already is."""
+    """Everything that determines the artifact: builder, task, optimiser, seed, checkpoint layout, runtime.
+    Small and picklable (cloudpickle carries notebook builders), so the conversion can run wherever
+    TensorFlow (or torch) already is."""
 
     builder: ModelBuilder = build_mlp
     task: Task = field(default_factory=lambda: Task((28, 28), "image", 10))
@@ -244,3 +245,4 @@ class ArtifactRecipe:
     seed: int = 0
     checkpoint_format: str = "packed"  # "packed" or "tensors" (the guide's): see fedsim.model.signatures
     variant: str | None = None  # None (the guide's train) or one of fedsim.model.signatures.VARIANTS
+    runtime: str = "tflite"  # "tflite" (a .tflite) or "executorch" (a .pte training program)

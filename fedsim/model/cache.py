@@ -19,7 +19,7 @@ def key(recipe: ArtifactRecipe) -> tuple[Any, ...] | None:
     name = next((n for n, b in MODELS.items() if b is recipe.builder), None)
     if name is None:
         return None
-    return (name, recipe.task, recipe.optimizer, recipe.seed, recipe.checkpoint_format, recipe.variant)
+    return (name, recipe.task, recipe.optimizer, recipe.seed, recipe.checkpoint_format, recipe.variant, recipe.runtime)
 
 
 def get(recipe: ArtifactRecipe) -> bytes | None:
@@ -38,13 +38,17 @@ def put(recipe: ArtifactRecipe, artifact: bytes) -> None:
 
 
 def build(recipe: ArtifactRecipe, known: dict[tuple[Any, ...], bytes] | None = None) -> bytes:
-    """The recipe's .tflite: from this process's cache, from `known` (entries another process sent,
-    see `for_task`), or converted now (imports TensorFlow) and kept."""
+    """The recipe's artifact: from this process's cache, from `known` (entries another process sent,
+    see `for_task`), or made now (a .tflite converted by TensorFlow, or a .pte exported by torch) and kept."""
     k = key(recipe)
     found = _CACHE.get(k) if k is not None else None
     if found is None and known and k is not None:
         found = known.get(k)
-    if found is None:
+    if found is None and recipe.runtime == "executorch":
+        from fedsim.model.pte import export_pte
+
+        found = export_pte(recipe)
+    elif found is None:
         from fedsim.model.convert import convert_to_tflite
 
         found = convert_to_tflite(recipe)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from fedsim.core.settings import Section, need, setting
+from fedsim.core.settings import ConfigError, Section, need, setting
 from fedsim.model.builders import OPTIMIZERS, Optimizer
 from fedsim.model.signatures import CHECKPOINT_FORMATS
 
@@ -27,7 +28,7 @@ class DeviceSettings(Section):
     local_epochs: int = setting(1, "passes over its shard each device makes per round", least=1)
     # 32: the usual on-device batch
     batch_size: int = setting(32, "mini-batch size of the train signature", least=1)
-    lr: float = setting(0.05, "learning rate of the on-device optimiser baked into the .tflite", above=0)
+    lr: float = setting(0.05, "learning rate of the on-device optimiser baked into the artifact", above=0)
     # its state restarts at every device's round and never enters the checkpoint a device uploads
     device_optimizer: str = setting(
         "sgd", "on-device optimiser (state restarts every device round)", choices=OPTIMIZERS
@@ -43,8 +44,18 @@ class DeviceSettings(Section):
         "packed (all weights in one tensor: a cheaper restore) or tensors (the guide's, one per weight)",
         choices=CHECKPOINT_FORMATS,
     )
-    # a .tflite made outside fedsim, run as it is; checked before any round
-    artifact: str | None = setting(None, "run a .tflite made elsewhere as it is (checked before any round)")
+    # the on-device runtime every device runs: TFLite (the guide's .tflite) or ExecuTorch (PyTorch's
+    # .pte training program); an --artifact says its own
+    runtime: str = setting(
+        "tflite",
+        "on-device runtime: tflite (a .tflite, needs TensorFlow 2.18) or executorch (a .pte training program "
+        "from the PyTorch twin of --model, needs torch and executorch)",
+        choices=("tflite", "executorch"),
+    )
+    # a .tflite or .pte made outside fedsim, run as it is; checked before any round
+    artifact: str | None = setting(
+        None, "run a .tflite or ExecuTorch .pte made elsewhere as it is (checked before any round)"
+    )
 
     def optimizer(self) -> Optimizer:
         """The on-device optimiser these settings bake into `train`."""
@@ -57,6 +68,15 @@ class DeviceSettings(Section):
             self.device_epsilon,
         )
 
+    def made_elsewhere(self) -> bytes | None:
+        """The --artifact file's bytes (None without one)."""
+        if self.artifact is None:
+            return None
+        try:
+            return Path(self.artifact).read_bytes()
+        except OSError as e:
+            raise ConfigError(f"--artifact {self.artifact}: {e.strerror}") from None
+
     def check(self) -> None:
         from fedsim.model.builders import MODELS
 
@@ -67,4 +87,13 @@ class DeviceSettings(Section):
             self.model,
         )
         if self.artifact is not None:
-            need(self.artifact.endswith(".tflite"), "artifact", "must be a .tflite file", self.artifact)
+            need(
+                self.artifact.endswith((".tflite", ".pte")), "artifact", "must be a .tflite or .pte file", self.artifact
+            )
+            suffix = ".pte" if self.runtime == "executorch" else ".tflite"
+            need(
+                self.artifact.endswith(suffix) or self.runtime == "tflite",
+                "artifact",
+                f"--runtime {self.runtime} runs {suffix} files",
+                self.artifact,
+            )

@@ -30,6 +30,7 @@ from fedsim.results.schema import (
     FLEET_FILE,
     MODEL_FILE,
     PARTITION_FILE,
+    PROGRAM_FILE,
     RESUME_DIR,
     ROUNDS_FILE,
     STATE_DIR,
@@ -38,7 +39,17 @@ from fedsim.results.schema import (
 )
 
 CLAIM_FILE = ".fedsim-claim"
-FILES = (CONFIG_FILE, MODEL_FILE, ARTIFACT_FILE, PARTITION_FILE, FLEET_FILE, CHECKPOINT_FILE, STATE_FILE, CLAIM_FILE)
+FILES = (
+    CONFIG_FILE,
+    MODEL_FILE,
+    PROGRAM_FILE,
+    ARTIFACT_FILE,
+    PARTITION_FILE,
+    FLEET_FILE,
+    CHECKPOINT_FILE,
+    STATE_FILE,
+    CLAIM_FILE,
+)
 FOLDERS = (RESUME_DIR, ROUNDS_FILE, DEVICES_FILE, STATE_DIR)
 
 _CREATED: set[Path] = set()  # run folders this process made (a failed start may remove them again)

@@ -8,13 +8,30 @@ writes that round's rows only, so its cost does not grow with the rounds before 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
+
+from fedsim.device.runtime import is_program
 
 CONFIG_FILE = "config.json"
 ROUNDS_FILE = "rounds.parquet"
 DEVICES_FILE = "devices.parquet"
 MODEL_FILE = "model.tflite"
+PROGRAM_FILE = "model.pte"  # in place of model.tflite when the devices ran ExecuTorch
+
+
+def model_file(artifact: bytes) -> str:
+    """The run folder's name for the artifact: model.pte for an ExecuTorch program (identifier ET.. at
+    bytes 4-8), model.tflite otherwise."""
+    return PROGRAM_FILE if is_program(artifact) else MODEL_FILE
+
+
+def model_path(folder: Path) -> Path | None:
+    """The run folder's artifact (model.tflite or model.pte), if it has one yet."""
+    return next((folder / n for n in (MODEL_FILE, PROGRAM_FILE) if (folder / n).is_file()), None)
+
+
 CHECKPOINT_FILE = "global.ckpt"
 PARTITION_FILE = "partition.parquet"
 FLEET_FILE = "fleet.parquet"  # --fleet: every device's profile

@@ -29,13 +29,13 @@ from fedsim.results.schema import (
     DEVICE_SCHEMA,
     DEVICES_FILE,
     FLEET_FILE,
-    MODEL_FILE,
     PARTITION_FILE,
     RESUME_DIR,
     ROUND_COLUMNS,
     ROUND_SCHEMA,
     ROUNDS_FILE,
     STATE_FILE,
+    model_file,
     part_name,
     part_round,
 )
@@ -52,6 +52,8 @@ def versions() -> dict[str, str]:
         ("numpy", "numpy"),
         ("pandas", "pandas"),
         ("keras", "keras"),
+        ("torch", "torch"),
+        ("executorch", "executorch"),
     ):
         if key in out:
             continue
@@ -129,7 +131,7 @@ class RunWriter:
         atomic_write(self.path / CONFIG_FILE, json.dumps(self.meta, indent=2, default=str).encode())
 
     def write_model(self, artifact: bytes) -> None:
-        atomic_write(self.path / MODEL_FILE, artifact)
+        atomic_write(self.path / model_file(artifact), artifact)
 
     def write_artifact_report(self, report: dict[str, Any], replace: bool = True) -> None:
         if not replace and (self.path / ARTIFACT_FILE).is_file():

@@ -1,0 +1,141 @@
+"""An ExecuTorch training program (.pte) as a run's artifact: the checks a run makes before its first
+round and the facts `fedsim inspect` reports, in the .tflite's terms (the same four steps a device
+takes: restore, train, infer, save), so artifact.json reads the same for both runtimes."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from fedsim.artifact.checks import ArtifactError, check_training
+from fedsim.artifact.checks import check_artifact as check_tflite
+from fedsim.checkpoint import read_checkpoint_file, scratch_dir
+from fedsim.core.task import Task, kind_of, sample_inputs
+from fedsim.device.runtime import is_program
+from fedsim.model.signatures import CHECKPOINT_PATH, INFER, LOSS, OUTPUT, PACKED, RESTORE, SAVE, TRAIN
+
+
+def load_program(artifact: bytes) -> Any:
+    """An ExecuTorch runner of the program, or ArtifactError saying why it cannot be one."""
+    from fedsim.model.pte import need_torch
+
+    try:
+        need_torch()
+        from fedsim.device.executorch import ExecuTorchRunner
+
+        return ExecuTorchRunner(artifact)
+    except Exception as e:  # the runner's contract checks, a missing package, or the loader's errors
+        text = str(e).strip().splitlines()
+        raise ArtifactError(text[0] if text else type(e).__name__) from None
+
+
+def program_task(runner: Any) -> Task:
+    """The task a program implies: its inputs' sample shape and dtype, its logits' classes."""
+    kind = kind_of(runner.x_dtype)
+    return Task(runner.sample_shape, kind, int(runner.classes), 1 if kind == "tokens" else None)
+
+
+def check_program(runner: Any, task: Task) -> None:
+    """The program's inputs and outputs fit the task (one line naming what does not)."""
+    if runner.sample_shape != task.input_shape:
+        raise ArtifactError(
+            f"its training method takes samples of shape {runner.sample_shape}, but the data's are "
+            f"{task.input_shape} ({task.describe()})"
+        )
+    fits = {
+        "image": runner.x_dtype in (np.uint8, np.float32),
+        "features": runner.x_dtype == np.float32,
+        "tokens": np.issubdtype(runner.x_dtype, np.integer),
+    }[task.kind]
+    if not fits:
+        raise ArtifactError(f"its x takes {runner.x_dtype.name}, which the data ({task.describe()}) cannot be given as")
+    if runner.classes != task.num_classes:
+        raise ArtifactError(f"its logits hold {runner.classes} classes, but the data has {task.num_classes}")
+
+
+def check_artifact(artifact: bytes, task: Task, x: np.ndarray, y: np.ndarray) -> None:
+    """Every check an artifact made elsewhere passes before a run uses it, in its own runtime."""
+    if not is_program(artifact):
+        check_tflite(artifact, task, x, y)
+        return
+    runner = load_program(artifact)
+    check_program(runner, task)
+    scratch = scratch_dir("fedsim-check-")
+    try:
+        check_training(runner, x, y, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _median_ms(call: Callable[[], Any], repeats: int) -> float:
+    call()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def program_facts(
+    artifact: bytes, task: Task | None, batch: tuple[np.ndarray, np.ndarray] | None, repeats: int, batch_size: int
+) -> dict[str, Any]:
+    """ArtifactReport's fields for a .pte: its steps as the guide's signatures (what a device calls),
+    methods, parameters, checkpoint size and each step's latency on this machine (one thread)."""
+    runner = load_program(artifact)
+    task = task or program_task(runner)
+    check_program(runner, task)
+    if batch is None:
+        batch = (sample_inputs(task, batch_size), np.arange(batch_size, dtype=np.int32) % task.num_classes)
+    x, y = runner.inputs(batch[0][:batch_size]), runner.labels(batch[1][:batch_size])
+    scratch = scratch_dir("fedsim-inspect-")
+    try:
+        ckpt = scratch / "inspect.ckpt"
+        runner.save(ckpt)
+        weights = read_checkpoint_file(ckpt)
+        latency = {
+            RESTORE: _median_ms(lambda: runner.restore(ckpt), repeats),
+            TRAIN: _median_ms(lambda: runner.train(x, y), repeats),
+            INFER: _median_ms(lambda: runner.infer(x), repeats),
+            SAVE: _median_ms(lambda: runner.save(scratch / "timing.ckpt"), repeats),
+        }
+        runner.restore(ckpt)
+        sample = [-1, *runner.sample_shape]
+        x_io = {"name": "x", "shape": sample, "dtype": runner.x_dtype.name}
+        path_io = [{"name": CHECKPOINT_PATH, "shape": [], "dtype": "bytes"}]
+        signatures = {
+            TRAIN: {
+                "inputs": [x_io, {"name": "y", "shape": [-1], "dtype": runner.y_dtype.name}],
+                "outputs": [{"name": LOSS, "shape": [], "dtype": "float32"}],
+            },
+            INFER: {"inputs": [x_io], "outputs": [{"name": OUTPUT, "shape": [-1, runner.classes], "dtype": "float32"}]},
+            SAVE: {"inputs": path_io, "outputs": []},
+            RESTORE: {
+                "inputs": path_io,
+                "outputs": [{"name": n, "shape": list(s), "dtype": "float32"} for n, s in runner.layout],
+            },
+        }
+        return {
+            "source": "<bytes>",
+            "file_bytes": len(artifact),
+            "task": task.to_dict(),
+            "signatures": signatures,
+            # the program's methods stand where a .tflite lists its ops: ExecuTorch runs no Flex delegate
+            "ops": {TRAIN: sorted(runner.methods)},
+            "parameters": int(sum(w.size for w in weights.values())),
+            "checkpoint_bytes": ckpt.stat().st_size,
+            "latency_ms": latency,
+            "batch_size": len(y),
+            "repeats": repeats,
+            "checkpoint_format": "packed" if PACKED in weights else "tensors",
+            "layout": runner.layout,
+            "identity": hashlib.sha256(artifact).hexdigest(),
+        }
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

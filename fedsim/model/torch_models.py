@@ -1,0 +1,108 @@
+"""PyTorch twins of the built-in Keras models (`mlp`, `logreg`, `cnn`), for the ExecuTorch runtime.
+
+Each has the Keras model's layers and weight shapes (PyTorch's layout: a Linear's weight is the
+Keras kernel transposed) and returns logits; the training program adds the cross-entropy (the
+Keras models' softmax and loss are the same function). A model takes what the runtime hands it:
+images as float32 in [0, 1] of the task's shape, features as float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fedsim.core.task import Task
+from fedsim.model.builders import ModelError
+
+
+def _flat_inputs(task: Task) -> int:
+    if task.kind == "tokens":
+        raise ModelError(
+            f"--runtime executorch has no text model yet: --model mlp|cnn|logreg need image or feature inputs; "
+            f"this data set has {task.describe()} (use --runtime tflite for --model lstm)"
+        )
+    size = 1
+    for d in task.input_shape:
+        size *= d
+    return size
+
+
+def _named(**layers: Any) -> Any:
+    """A Sequential whose layers carry the Keras model's names: they become the weights' names in the
+    checkpoint ("hidden.weight")."""
+    from collections import OrderedDict
+
+    from torch import nn
+
+    return nn.Sequential(OrderedDict(layers))
+
+
+def torch_mlp(task: Task) -> Any:
+    """The guide's model: Flatten -> Linear(128) + relu -> Linear(classes)."""
+    from torch import nn
+
+    return _named(
+        flatten=nn.Flatten(),
+        hidden=nn.Linear(_flat_inputs(task), 128),
+        relu=nn.ReLU(),
+        classifier=nn.Linear(128, task.num_classes),
+    )
+
+
+def torch_logreg(task: Task) -> Any:
+    """Multinomial logistic regression: Flatten -> Linear(classes)."""
+    from torch import nn
+
+    return _named(flatten=nn.Flatten(), classifier=nn.Linear(_flat_inputs(task), task.num_classes))
+
+
+class _Channels:
+    """(N, H, W) or (N, H, W, C) images -> (N, C, H, W), PyTorch's convolution layout."""
+
+    @staticmethod
+    def module(task: Task) -> Any:
+        from torch import nn
+
+        class Channels(nn.Module):
+            def forward(self, x: Any) -> Any:
+                return x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
+
+        return Channels()
+
+
+def torch_cnn(task: Task) -> Any:
+    """The small CNN of the non-IID FMNIST literature (LeNet-5 shape), as the Keras `cnn`: conv 6@5x5
+    -> max-pool 2 -> conv 16@5x5 -> max-pool 2 -> dense 120 -> dense 84 -> classes."""
+    from torch import nn
+
+    if task.kind != "image":
+        raise ModelError(
+            f"--model cnn needs image inputs (H x W or H x W x C uint8); this data set has {task.describe()}"
+        )
+    h, w = task.input_shape[:2]
+    if min(h, w) < 12:
+        raise ModelError(
+            f"--model cnn needs images of at least 12x12 (two 5x5 convolutions and two pools); "
+            f"this data set has {h}x{w}"
+        )
+    channels = task.input_shape[2] if len(task.input_shape) == 3 else 1
+    out_h, out_w = ((h - 4) // 2 - 4) // 2, ((w - 4) // 2 - 4) // 2
+    return _named(
+        channels=_Channels.module(task),
+        conv1=nn.Conv2d(channels, 6, 5),
+        relu1=nn.ReLU(),
+        pool1=nn.MaxPool2d(2),
+        conv2=nn.Conv2d(6, 16, 5),
+        relu2=nn.ReLU(),
+        pool2=nn.MaxPool2d(2),
+        flatten=nn.Flatten(),
+        dense1=nn.Linear(16 * out_h * out_w, 120),
+        relu3=nn.ReLU(),
+        dense2=nn.Linear(120, 84),
+        relu4=nn.ReLU(),
+        classifier=nn.Linear(84, task.num_classes),
+    )
+
+
+# the built-in Keras model's name -> its PyTorch twin
+TORCH_MODELS: dict[str, Callable[[Task], Any]] = {"mlp": torch_mlp, "logreg": torch_logreg, "cnn": torch_cnn}
