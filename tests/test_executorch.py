@@ -28,8 +28,13 @@ def mlp_program() -> bytes:
 
 
 def eager_twin(recipe: ArtifactRecipe) -> torch.nn.Module:
-    """The same seeded model in eager PyTorch (the program's parameters are its, prefixed "net.")."""
-    return torch_model(recipe)
+    """The same seeded model in eager PyTorch (the program's parameters are its, prefixed "net."), with
+    PyTorch's own max-pooling where the program pools by reshape and max."""
+    model = torch_model(recipe)
+    for name in ("pool1", "pool2"):
+        if hasattr(model, name):
+            setattr(model, name, torch.nn.MaxPool2d(2))
+    return model
 
 
 def batches(n: int, sizes: list[int], seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -39,11 +44,19 @@ def batches(n: int, sizes: list[int], seed: int = 0) -> list[tuple[np.ndarray, n
     ][:n]
 
 
-@pytest.mark.parametrize("optimizer", [Optimizer("sgd", 0.05), Optimizer("momentum", 0.05, momentum=0.9)])
-def test_training_steps_equal_eager_pytorch(optimizer):
+@pytest.mark.parametrize(
+    ("builder", "optimizer"),
+    [
+        (build_mlp, Optimizer("sgd", 0.05)),
+        (build_mlp, Optimizer("momentum", 0.05, momentum=0.9)),
+        (build_cnn, Optimizer("sgd", 0.05)),
+    ],
+    ids=["mlp-sgd", "mlp-momentum", "cnn-sgd"],
+)
+def test_training_steps_equal_eager_pytorch(builder, optimizer):
     """20 steps on batches of 32, a shard's short last batch and one above the planned memory (cut and
     summed): the same losses and weights as torch.optim.SGD on the eager model, to ~1e-6."""
-    recipe = ArtifactRecipe(build_mlp, TASK, optimizer=optimizer, seed=1)
+    recipe = ArtifactRecipe(builder, TASK, optimizer=optimizer, seed=1)
     runner = open_runner(export_pte(recipe))
     eager = eager_twin(recipe)
     sgd = torch.optim.SGD(
@@ -157,6 +170,27 @@ def test_the_runtime_is_told_by_the_artifact_itself(mlp_program):
     assert runtime_of(b"\x1c\0\0\0TFL3" + bytes(24)) == "tflite"  # a .tflite's flatbuffer identifier
     with pytest.raises(ValueError, match="neither a .tflite"):
         runtime_of(b"not a model at all")
+
+
+class _PoolingNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 3)
+        self.pool = torch.nn.MaxPool2d(2)
+        self.head = torch.nn.Linear(2 * 13 * 13, 10)
+
+    def forward(self, x):
+        return self.head(self.pool(self.conv(x.unsqueeze(1))).flatten(1))
+
+
+def pooling_net(task):
+    return _PoolingNet()
+
+
+def test_a_model_whose_gradient_executorch_computes_wrongly_is_refused():
+    """nn.MaxPool2d's backward kernel in ExecuTorch 1.5 adds onto stale memory (executorch#21686)."""
+    with pytest.raises(ModelError, match=r"max_pool2d_with_indices_backward.*executorch#21686.*max_pool2"):
+        export_pte(ArtifactRecipe(pooling_net, TASK))
 
 
 def test_the_cnn_twin_has_the_keras_cnn_shapes():

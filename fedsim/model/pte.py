@@ -94,10 +94,15 @@ def check_recipe(recipe: ArtifactRecipe | bytes) -> None:
         raise ModelError(f"the artifact is {e}") from None
     if runtime == "tflite":
         need_tensorflow()
-        return
+    elif isinstance(recipe, bytes):
+        need_torch()
+    else:
+        check_program_recipe(recipe)
+
+
+def check_program_recipe(recipe: ArtifactRecipe) -> None:
+    """What an ExecuTorch program of the recipe could not honour (or a missing package), in one line."""
     need_torch()
-    if isinstance(recipe, bytes):
-        return
     if recipe.variant:
         raise ModelError(
             f"--runtime executorch: fedsim's training programs honour no instructions beyond the guide's yet "
@@ -111,6 +116,25 @@ def check_recipe(recipe: ArtifactRecipe | bytes) -> None:
         )
 
 
+# Backward kernels of ExecuTorch releases fedsim supports that compute wrong gradients, with the fix.
+BROKEN_KERNELS = {
+    "max_pool2d_with_indices_backward": (
+        "ExecuTorch 1.5's max-pooling gradient adds into memory it never zeroes (pytorch/executorch#21686), "
+        "so the layers before it train on stale bytes: pool with fedsim.model.torch_models.max_pool2 "
+        "(what the built-in cnn does)"
+    ),
+}
+
+
+def check_kernels(program: Any) -> None:
+    """ModelError naming a layer whose gradient an ExecuTorch kernel computes wrongly."""
+    for node in program.graph.nodes:
+        name = str(getattr(node, "target", ""))
+        for kernel, why in BROKEN_KERNELS.items():
+            if kernel in name:
+                raise ModelError(f"the model's training program needs {kernel}: {why}")
+
+
 def example_batch(task: Task, n: int = 2) -> tuple[Any, Any]:
     """n zero samples as the program takes them (the data's compact dtype: uint8 pixels, float32
     features, int32 tokens; int64 class ids)."""
@@ -121,9 +145,8 @@ def example_batch(task: Task, n: int = 2) -> tuple[Any, Any]:
 
 
 def export_pte(recipe: ArtifactRecipe) -> bytes:
-    """The recipe's training program as .pte bytes."""
-    need_torch()
-    check_recipe(recipe)
+    """The recipe's training program as .pte bytes (whatever runtime the recipe names)."""
+    check_program_recipe(recipe)
     model = torch_model(recipe)
     import torch
     from torch.export import Dim, export
@@ -159,6 +182,7 @@ def export_pte(recipe: ArtifactRecipe) -> bytes:
         except Exception as e:  # torch.export's own message names the unsupported construct
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ModelError(f"torch.export cannot make a training program of the model: {first}") from None
+        check_kernels(program)
         constants = {
             OPTIMIZER: recipe.optimizer.name,
             LR: float(recipe.optimizer.lr),

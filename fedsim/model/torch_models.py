@@ -70,6 +70,24 @@ class _Channels:
         return Channels()
 
 
+def max_pool2(task: Task) -> Any:
+    """2x2 max-pooling, stride 2 (Keras' MaxPooling2D(2): odd rows and columns dropped), written as a
+    reshape and a max so that its gradient is not ExecuTorch's max_pool2d_with_indices_backward:
+    that kernel adds into memory it never zeroes (pytorch/executorch#21686, fixed after 1.5.1), and
+    every convolution before it then trains on stale bytes. The forward is max-pooling's exactly; the
+    gradient too, but where two inputs of a window tie for the maximum (it is split between them;
+    after a ReLU the ties are zeros, whose gradient is zero either way)."""
+    from torch import nn
+
+    class MaxPool2(nn.Module):
+        def forward(self, x: Any) -> Any:
+            n, c, h, w = x.shape
+            x = x[:, :, : h // 2 * 2, : w // 2 * 2]
+            return x.reshape(n, c, h // 2, 2, w // 2, 2).amax(dim=(3, 5))
+
+    return MaxPool2()
+
+
 def torch_cnn(task: Task) -> Any:
     """The small CNN of the non-IID FMNIST literature (LeNet-5 shape), as the Keras `cnn`: conv 6@5x5
     -> max-pool 2 -> conv 16@5x5 -> max-pool 2 -> dense 120 -> dense 84 -> classes."""
@@ -91,10 +109,10 @@ def torch_cnn(task: Task) -> Any:
         channels=_Channels.module(task),
         conv1=nn.Conv2d(channels, 6, 5),
         relu1=nn.ReLU(),
-        pool1=nn.MaxPool2d(2),
+        pool1=max_pool2(task),
         conv2=nn.Conv2d(6, 16, 5),
         relu2=nn.ReLU(),
-        pool2=nn.MaxPool2d(2),
+        pool2=max_pool2(task),
         flatten=nn.Flatten(),
         dense1=nn.Linear(16 * out_h * out_w, 120),
         relu3=nn.ReLU(),
@@ -106,3 +124,38 @@ def torch_cnn(task: Task) -> Any:
 
 # the built-in Keras model's name -> its PyTorch twin
 TORCH_MODELS: dict[str, Callable[[Task], Any]] = {"mlp": torch_mlp, "logreg": torch_logreg, "cnn": torch_cnn}
+
+
+def from_keras(weights: dict[str, Any], task: Task) -> dict[str, Any]:
+    """A built-in Keras model's weights ("mlp/hidden/kernel") as its PyTorch twin's training program
+    names and lays them out ("net.hidden.weight"): a Dense kernel transposed, a convolution kernel
+    from (H, W, in, out) to (out, in, H, W), and the rows of the first Dense layer after the
+    convolutions reordered from Keras' channels-last flattening to PyTorch's channels-first. What
+    --init-from takes to start an ExecuTorch run from a TFLite run's weights."""
+    import numpy as np
+
+    out: dict[str, Any] = {}
+    for name, value in weights.items():
+        parts = name.split("/")
+        if len(parts) != 3 or parts[2] not in ("kernel", "bias"):
+            raise ModelError(f"{name}: not a weight of a built-in Keras model (model/layer/kernel|bias)")
+        model, layer, kind = parts
+        value = np.asarray(value)
+        if kind == "kernel" and value.ndim == 4:
+            value = value.transpose(3, 2, 0, 1)
+        elif kind == "kernel":
+            if model == "cnn" and layer == "dense1":
+                value = value[_channels_first_rows(task, value.shape[0])]
+            value = value.T
+        out[f"net.{layer}.{'weight' if kind == 'kernel' else 'bias'}"] = np.ascontiguousarray(value)
+    return out
+
+
+def _channels_first_rows(task: Task, rows: int) -> Any:
+    """Row i of PyTorch's flattened (C, H, W) features is row order[i] of Keras' flattened (H, W, C)."""
+    import numpy as np
+
+    h, w = task.input_shape[:2]
+    out_h, out_w = ((h - 4) // 2 - 4) // 2, ((w - 4) // 2 - 4) // 2
+    channels = rows // (out_h * out_w)
+    return np.arange(rows).reshape(out_h, out_w, channels).transpose(2, 0, 1).ravel()
