@@ -18,7 +18,7 @@ Per run:
   restore, train steps and save: the devices' own work in their runtime);
 - ratio: median over rounds 2..R of round_s / floor_s (target for ExecuTorch at 1,000 devices:
   at most 1.3x).
-Writes results/runtimes/runtimes.{md,csv} (one row per run), runtimes_rounds.csv (every round of
+Writes results/workloads/runtimes.{md,csv} (one row per run), runtimes_rounds.csv (every round of
 every run) and runtimes.png (the accuracy curves).
 """
 
@@ -82,7 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS)}")
     parser.add_argument("--rounds", type=int, default=None, help="rounds of every row (default: each row's own)")
-    parser.add_argument("--out", default="results/runtimes")
+    parser.add_argument("--out", default="results/workloads")
     args = parser.parse_args()
     rows, curves = [], []
     root = Path(tempfile.mkdtemp(prefix="fedsim-runtimes-"))

@@ -209,6 +209,9 @@ def test_inspect_reports_a_program_in_the_guides_terms(mlp_program, tmp_path):
     assert set(report.latency_ms) == {"train", "infer", "save", "restore"}
     assert all(v > 0 for v in report.latency_ms.values())
     assert Task.from_dict(report.task) == TASK
+    checked = inspect(mlp_program, repeats=1, parity=5, recipe=ArtifactRecipe(build_mlp, TASK, seed=3))
+    assert len(checked.parity) == 5 and (checked.parity["max_weight_diff"] < 1e-5).all()
+    assert "eager PyTorch" in str(checked)
     with pytest.raises(ArtifactError, match="its logits hold 10 classes, but the data has 5"):
         check_artifact(mlp_program, Task((28, 28), "image", 5), *batches(1, [8])[0])
 
@@ -232,3 +235,28 @@ def test_a_run_on_executorch_learns_records_its_program_and_resumes(tmp_path):
     short = fedsim.run(out=str(tmp_path / "short"), engine=fedsim.LocalEngine(2), rounds=2, **settings)
     extended = fedsim.resume(short.path, engine=fedsim.LocalEngine(1), rounds=3)
     assert (extended.path / "global.ckpt").read_bytes() == (straight.path / "global.ckpt").read_bytes()
+
+
+def test_personal_models_and_update_stages_compose_with_executorch(tmp_path):
+    """FedPer keeps each device's head (the program's net.classifier.*) on the device, personalised
+    evaluation fine-tunes through the program, and a codec compresses its uploads as a .tflite's."""
+    settings = dict(
+        dataset="toy_images",
+        toy_samples=40,
+        devices=6,
+        rounds=3,
+        seed=3,
+        partition="classes:2",
+        device_test_fraction=0.25,
+        progress=False,
+        runtime="executorch",
+    )
+    r = fedsim.run(out=str(tmp_path / "fedper"), engine=fedsim.LocalEngine(2), strategy="fedper", **settings)
+    assert r.meta["stages"]["personal"]["personal_layers"] == ["net.classifier.bias", "net.classifier.weight"]
+    heads = [r.device_state(d)["personal.layers"] for d in range(6)]
+    assert all(h.size == 128 * 10 + 10 for h in heads) and len({h.tobytes() for h in heads}) == 6
+    assert r.rounds["personal_acc_mean"].iloc[-1] > r.rounds["global_acc_mean"].iloc[-1]
+    plain = fedsim.run(out=str(tmp_path / "plain"), engine=fedsim.LocalEngine(), **settings)
+    q8 = fedsim.run(out=str(tmp_path / "q8"), engine=fedsim.LocalEngine(), compress="q8", **settings)
+    assert q8.rounds["bytes_up"].iloc[-1] < plain.rounds["bytes_up"].iloc[-1] / 3
+    assert abs(q8.final_accuracy - plain.final_accuracy) < 0.1

@@ -139,3 +139,36 @@ def program_facts(
         }
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def program_parity(runner: Any, recipe: Any, task: Task, steps: int, batch_size: int) -> Any:
+    """Train the program and the recipe's model in eager PyTorch `steps` SGD steps on the same batches
+    from the same weights; per step: both losses and the largest weight difference."""
+    import pandas as pd
+    import torch
+
+    from fedsim.model.pte import torch_model
+
+    if recipe is None:
+        raise ArtifactError("--parity needs the recipe that made the program (a built-in model, or recipe=)")
+    model = torch_model(recipe)
+    with torch.no_grad():
+        for name, value in runner.weights().items():
+            model.get_parameter(name.removeprefix("net.")).copy_(torch.from_numpy(value))
+    momentum = runner.momentum if runner.optimizer == "momentum" else 0.0
+    sgd = torch.optim.SGD(model.parameters(), lr=runner.lr, momentum=momentum)
+    rng = np.random.default_rng(0)
+    rows = []
+    for step in range(1, steps + 1):
+        x = runner.inputs(sample_inputs(task, batch_size, seed=step))
+        y = rng.integers(0, task.num_classes, batch_size)
+        loss = runner.train(x, runner.labels(y))
+        xt = torch.from_numpy(x).to(torch.float32) / 255.0 if x.dtype == np.uint8 else torch.from_numpy(x)
+        sgd.zero_grad()
+        eager = torch.nn.functional.cross_entropy(model(xt), torch.from_numpy(y))
+        eager.backward()
+        sgd.step()
+        weights = runner.weights()
+        diff = max(float(np.max(np.abs(weights[f"net.{n}"] - p.detach().numpy()))) for n, p in model.named_parameters())
+        rows.append({"step": step, "loss_program": loss, "loss_eager": eager.item(), "max_weight_diff": diff})
+    return pd.DataFrame(rows)

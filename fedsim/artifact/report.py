@@ -26,7 +26,7 @@ from fedsim.artifact.checks import (
     task_of,
 )
 from fedsim.artifact.parity import _run_meta, recipe_of, run_parity
-from fedsim.artifact.program import program_facts
+from fedsim.artifact.program import load_program, program_facts, program_parity
 from fedsim.checkpoint import read_checkpoint_file, scratch_dir
 from fedsim.core.layers import head
 from fedsim.core.settings import ConfigError
@@ -153,7 +153,8 @@ class ArtifactReport:
         if self.parity is not None:
             lines += [
                 "",
-                f"parity: the artifact vs the same model in TensorFlow, {len(self.parity)} train steps "
+                f"parity: the artifact vs the same model in "
+                f"{'eager PyTorch' if 'loss_eager' in self.parity else 'TensorFlow'}, {len(self.parity)} train steps "
                 "on the same batches from the same weights",
                 "",
                 self.parity.to_markdown(index=False, floatfmt=".3g"),
@@ -190,12 +191,12 @@ def inspect(
             raise ArtifactError(f"{path}: no such .tflite or .pte")
         source, artifact = str(path), path.read_bytes()
     if is_program(artifact):
-        if parity > 0:
-            raise ArtifactError(
-                "--parity compares a .tflite with TensorFlow; a .pte's training step is checked by tests"
-            )
         facts = program_facts(artifact, task, batch, repeats, batch_size)
-        return ArtifactReport(**{**facts, "source": source})
+        table = None
+        if parity > 0:
+            runner = load_program(artifact)
+            table = program_parity(runner, recipe, Task.from_dict(facts["task"]), parity, batch_size)
+        return ArtifactReport(**{**facts, "source": source}, parity=table)
     runner = load_runner(artifact)
     try:
         task = task or task_of(runner)

@@ -189,15 +189,16 @@ def inspect(args: argparse.Namespace) -> int:
     from fedsim.model.builders import MODELS, ArtifactRecipe
 
     if args.path in MODELS and not Path(args.path).exists():  # a built-in model, without a run first
-        from fedsim.model.convert import convert_to_tflite
+        from fedsim.model import cache
 
-        recipe = ArtifactRecipe(builder=MODELS[args.path])
+        recipe = ArtifactRecipe(builder=MODELS[args.path], runtime=args.runtime)
+        made = "exporting the PyTorch twin of" if args.runtime == "executorch" else "converting"
         print(
-            f"fedsim: converting the built-in {args.path} for {recipe.task.describe()} (Fashion-MNIST's task) ...",
+            f"fedsim: {made} the built-in {args.path} for {recipe.task.describe()} (Fashion-MNIST's task) ...",
             file=sys.stderr,
             flush=True,
         )
-        report = report_on(convert_to_tflite(recipe), parity=args.parity, repeats=args.repeats, recipe=recipe)
+        report = report_on(cache.build(recipe), parity=args.parity, repeats=args.repeats, recipe=recipe)
     else:
         report = report_on(args.path, parity=args.parity, repeats=args.repeats)
     print(report)

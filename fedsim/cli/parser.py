@@ -156,14 +156,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Signatures with shapes and dtypes, the ops of each (and which need the Flex "
         "delegate), file and checkpoint size, parameters, and latency on this machine (one thread).",
     )
-    ins.add_argument("path", help="a .tflite file, a run folder (its model.tflite), or a built-in: mlp, cnn, logreg")
+    ins.add_argument(
+        "path",
+        help="a .tflite or .pte file, a run folder (its model.tflite or model.pte), or a built-in: mlp, cnn, logreg",
+    )
+    ins.add_argument(
+        "--runtime",
+        choices=("tflite", "executorch"),
+        default="tflite",
+        help="a built-in model as which runtime's artifact (executorch: its PyTorch twin's training program)",
+    )
     ins.add_argument(
         "--parity",
         type=int,
         default=0,
         metavar="N",
-        help="also train the same model N steps in TensorFlow from the same weights and report the "
-        "drift (needs a run folder, whose config names the model; from Python, recipe=)",
+        help="also train the same model N steps in TensorFlow (a .pte: in eager PyTorch) from the same weights "
+        "and report the drift (needs a built-in or a run folder, whose config names the model; from Python, recipe=)",
     )
     ins.add_argument("--repeats", type=int, default=20, help="calls per latency median (default 20)")
     ins.add_argument("--json", metavar="FILE", help="also write the report as JSON")

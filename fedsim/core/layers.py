@@ -22,12 +22,18 @@ def personal_names(pattern: str, layout: Any, outputs: int) -> list[str]:
 
 
 def head(layout: Any, outputs: int) -> list[str]:
-    """The final layer's weights: the layer (a name's path up to its last "/") whose every weight's
-    last dimension is the model's output width; ConfigError when no layer or several are."""
+    """The final layer's weights: the layer whose every weight has the model's output width, in the
+    last dimension for a Keras name ("mlp/classifier/kernel": the layer is the path up to its last
+    "/") and in the first for a PyTorch one ("net.classifier.weight", out x in: up to its last ".");
+    ConfigError when no layer or several are."""
     layers: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
     for name, shape in layout:
-        layers.setdefault(name.rsplit("/", 1)[0], []).append((name, tuple(shape)))
-    final = [w for w in layers.values() if all(shape and shape[-1] == outputs for _, shape in w)]
+        layers.setdefault(name.rsplit("/" if "/" in name else ".", 1)[0], []).append((name, tuple(shape)))
+
+    def width(name: str, shape: tuple[int, ...]) -> int | None:
+        return (shape[-1] if "/" in name else shape[0]) if shape else None
+
+    final = [w for w in layers.values() if all(width(name, shape) == outputs for name, shape in w)]
     if len(final) != 1:
         said = "no layer" if not final else f"{len(final)} layers"
         raise ConfigError(
