@@ -4,6 +4,9 @@ round. Needs TensorFlow (the interpreter); the coordinator never imports this pa
 from __future__ import annotations
 
 import shutil
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -188,3 +191,33 @@ def check_artifact(artifact: bytes, task: Task, x: np.ndarray, y: np.ndarray) ->
         check_training(runner, x, y, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _median_ms(call: Callable[[], Any], repeats: int) -> float:
+    call()  # warm-up: first calls allocate tensors
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def timed_steps(
+    runner: Any, batch: tuple[np.ndarray, np.ndarray], batch_size: int, scratch: Path, repeats: int
+) -> tuple[dict[str, np.ndarray], Path, dict[str, float], int]:
+    """What `save` writes (the weights and the file) and the median latency in ms of each step a device
+    takes (restore, train, infer, save: one thread) on the first `batch_size` samples of `batch`, and
+    how many that was; the saved weights are restored afterwards (timing trained them)."""
+    x, y = runner.inputs(batch[0][:batch_size]), runner.labels(batch[1][:batch_size])
+    ckpt = scratch / "inspect.ckpt"
+    runner.save(ckpt)
+    weights = read_checkpoint_file(ckpt)
+    latency = {
+        RESTORE: _median_ms(lambda: runner.restore(ckpt), repeats),
+        TRAIN: _median_ms(lambda: runner.train(x, y), repeats),
+        INFER: _median_ms(lambda: runner.infer(x), repeats),
+        SAVE: _median_ms(lambda: runner.save(scratch / "timing.ckpt"), repeats),
+    }
+    runner.restore(ckpt)
+    return weights, ckpt, latency, len(y)

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import statistics
-import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from fedsim.artifact.checks import ArtifactError, check_training
+from fedsim.artifact.checks import ArtifactError, check_training, timed_steps
 from fedsim.artifact.checks import check_artifact as check_tflite
-from fedsim.checkpoint import read_checkpoint_file, scratch_dir
-from fedsim.core.task import Task, kind_of, sample_inputs
+from fedsim.checkpoint import scratch_dir
+from fedsim.core.task import Task, kind_of, sample_batch, sample_inputs
 from fedsim.device.runtime import is_program
 from fedsim.model.signatures import CHECKPOINT_PATH, INFER, LOSS, OUTPUT, PACKED, RESTORE, SAVE, TRAIN
 
@@ -73,16 +70,6 @@ def check_artifact(artifact: bytes, task: Task, x: np.ndarray, y: np.ndarray) ->
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _median_ms(call: Callable[[], Any], repeats: int) -> float:
-    call()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
-
-
 def program_facts(
     artifact: bytes, task: Task | None, batch: tuple[np.ndarray, np.ndarray] | None, repeats: int, batch_size: int
 ) -> dict[str, Any]:
@@ -91,21 +78,10 @@ def program_facts(
     runner = load_program(artifact)
     task = task or program_task(runner)
     check_program(runner, task)
-    if batch is None:
-        batch = (sample_inputs(task, batch_size), np.arange(batch_size, dtype=np.int32) % task.num_classes)
-    x, y = runner.inputs(batch[0][:batch_size]), runner.labels(batch[1][:batch_size])
     scratch = scratch_dir("fedsim-inspect-")
     try:
-        ckpt = scratch / "inspect.ckpt"
-        runner.save(ckpt)
-        weights = read_checkpoint_file(ckpt)
-        latency = {
-            RESTORE: _median_ms(lambda: runner.restore(ckpt), repeats),
-            TRAIN: _median_ms(lambda: runner.train(x, y), repeats),
-            INFER: _median_ms(lambda: runner.infer(x), repeats),
-            SAVE: _median_ms(lambda: runner.save(scratch / "timing.ckpt"), repeats),
-        }
-        runner.restore(ckpt)
+        batch = batch if batch is not None else sample_batch(task, batch_size)
+        weights, ckpt, latency, used = timed_steps(runner, batch, batch_size, scratch, repeats)
         sample = [-1, *runner.sample_shape]
         x_io = {"name": "x", "shape": sample, "dtype": runner.x_dtype.name}
         path_io = [{"name": CHECKPOINT_PATH, "shape": [], "dtype": "bytes"}]
@@ -131,7 +107,7 @@ def program_facts(
             "parameters": int(sum(w.size for w in weights.values())),
             "checkpoint_bytes": ckpt.stat().st_size,
             "latency_ms": latency,
-            "batch_size": len(y),
+            "batch_size": used,
             "repeats": repeats,
             "checkpoint_format": "packed" if PACKED in weights else "tensors",
             "layout": runner.layout,

@@ -6,9 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import statistics
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,25 +21,16 @@ from fedsim.artifact.checks import (
     load_runner,
     signature_ops,
     task_of,
+    timed_steps,
 )
 from fedsim.artifact.parity import _run_meta, recipe_of, run_parity
 from fedsim.artifact.program import load_program, program_facts, program_parity
-from fedsim.checkpoint import read_checkpoint_file, scratch_dir
+from fedsim.checkpoint import scratch_dir
 from fedsim.core.layers import head
 from fedsim.core.settings import ConfigError
-from fedsim.core.task import Task, TaskError, sample_inputs
+from fedsim.core.task import Task, TaskError, sample_batch
 from fedsim.device.runtime import SUFFIX, is_program
-from fedsim.model.signatures import INFER, PACKED, RESTORE, SAVE, SIGNATURES, TRAIN
-
-
-def _median_ms(call: Callable[[], Any], repeats: int) -> float:
-    call()  # warm-up: first calls allocate tensors
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+from fedsim.model.signatures import PACKED, RESTORE, SIGNATURES
 
 
 @dataclass
@@ -203,21 +191,10 @@ def inspect(
     except TaskError as e:
         raise ArtifactError(f"cannot tell the task from the artifact ({e})") from None
     check_signatures(runner, task)
-    if batch is None:
-        batch = (sample_inputs(task, batch_size), np.arange(batch_size, dtype=np.int32) % task.num_classes)
-    x, y = runner.inputs(batch[0][:batch_size]), runner.labels(batch[1][:batch_size])
     scratch = scratch_dir("fedsim-inspect-")
     try:
-        ckpt = scratch / "inspect.ckpt"
-        runner.save(ckpt)
-        weights = read_checkpoint_file(ckpt)
-        latency = {
-            RESTORE: _median_ms(lambda: runner.restore(ckpt), repeats),
-            TRAIN: _median_ms(lambda: runner.train(x, y), repeats),
-            INFER: _median_ms(lambda: runner.infer(x), repeats),
-            SAVE: _median_ms(lambda: runner.save(scratch / "timing.ckpt"), repeats),
-        }
-        runner.restore(ckpt)  # timing trained it; parity starts from the file's own weights
+        batch = batch if batch is not None else sample_batch(task, batch_size)
+        weights, ckpt, latency, used = timed_steps(runner, batch, batch_size, scratch, repeats)
         table = run_parity(runner, recipe, task, batch, parity, scratch, batch_size) if parity > 0 else None
         interp = runner.interpreter
         io = {
@@ -236,7 +213,7 @@ def inspect(
             int(sum(w.size for w in weights.values())),
             ckpt.stat().st_size,
             latency,
-            len(y),
+            used,
             repeats,
             table,
             "packed" if PACKED in weights else "tensors",

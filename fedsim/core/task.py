@@ -120,3 +120,8 @@ def sample_inputs(task: Task, n: int, seed: int = 0) -> np.ndarray:
     if task.kind == "tokens":
         return rng.integers(0, task.vocab_size or 1, shape, dtype=np.int32)
     return rng.standard_normal(shape).astype(np.float32)
+
+
+def sample_batch(task: Task, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """n random inputs and class ids (0, 1, ... in turn) of the task: a batch to time a model with."""
+    return sample_inputs(task, n), np.arange(n, dtype=np.int32) % task.num_classes

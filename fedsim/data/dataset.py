@@ -164,6 +164,16 @@ def scale_images(x: np.ndarray) -> np.ndarray:
     return np.multiply(x, np.float32(1.0 / 255.0), dtype=np.float32)  # one pass, no uint8->float copy
 
 
+def as_inputs(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """The data's inputs as a model that takes `dtype` takes them: as they are, uint8 pixels scaled to
+    float32 in [0, 1] (an artifact that does not scale them itself), or cast."""
+    if x.dtype == dtype:
+        return x
+    if x.dtype == np.uint8 and dtype == np.float32:
+        return scale_images(x)
+    return x.astype(dtype)
+
+
 def one_hot(y: np.ndarray, num_classes: int) -> np.ndarray:
     """int labels -> float32 one-hot rows, for an artifact whose `train` takes them (the guide's)."""
     return np.eye(num_classes, dtype=np.float32)[y]

@@ -21,7 +21,7 @@ import numpy as np
 
 from fedsim.checkpoint import CheckpointError, read_checkpoint_file, unpack
 from fedsim.checkpoint.tfv1_write import write_tfv1
-from fedsim.data.dataset import scale_images
+from fedsim.data.dataset import as_inputs
 from fedsim.model.signatures import PACKED
 from fedsim.model.tflog import quiet_native_stderr
 
@@ -138,11 +138,7 @@ class ExecuTorchRunner:
 
     def inputs(self, x: np.ndarray) -> np.ndarray:
         """The data's inputs -> what the program's `x` takes (uint8 images scaled to [0, 1])."""
-        if x.dtype == self.x_dtype:
-            return x
-        if x.dtype == np.uint8 and self.x_dtype == np.float32:
-            return scale_images(x)
-        return x.astype(self.x_dtype)
+        return as_inputs(x, self.x_dtype)
 
     def labels(self, y: np.ndarray) -> np.ndarray:
         return y if y.dtype == self.y_dtype else y.astype(self.y_dtype)
@@ -181,12 +177,14 @@ class ExecuTorchRunner:
         return weights
 
     def save(self, path: str | os.PathLike[str]) -> None:
+        Path(path).write_bytes(self.checkpoint())
+
+    def checkpoint(self) -> bytes:
+        """The parameters as the TF v1 checkpoint `save` writes (packed, or one tensor per weight)."""
         weights = self.weights()
         if self.packed:
-            flat = np.concatenate([weights[name].ravel() for name, _ in self.layout])
-            Path(path).write_bytes(write_tfv1({PACKED: flat}))
-        else:
-            Path(path).write_bytes(write_tfv1(weights))
+            return write_tfv1({PACKED: np.concatenate([weights[name].ravel() for name, _ in self.layout])})
+        return write_tfv1(weights)
 
     def _optimizer(self) -> Any:
         if self._sgd is None:
@@ -237,11 +235,7 @@ class ExecuTorchRunner:
 
     def initial_checkpoint(self, scratch: Path) -> bytes:
         """The weights the program was exported with (the round-1 global model)."""
-        path = scratch / "initial.ckpt"
-        self.save(path)
-        data = path.read_bytes()
-        path.unlink()
-        return data
+        return self.checkpoint()
 
 
 def _torch_dtype(dtype: np.dtype) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.data.dataset import one_hot, scale_images
+from fedsim.data.dataset import as_inputs, one_hot
 from fedsim.model.signatures import (
     ANCHOR_PATH,
     CHECKPOINT_PATH,
@@ -91,11 +91,7 @@ class Runner:
 
     def inputs(self, x: np.ndarray) -> np.ndarray:
         """The data's inputs -> what this artifact's `x` takes."""
-        if x.dtype == self.x_dtype:
-            return x
-        if x.dtype == np.uint8 and self.x_dtype == np.float32:
-            return scale_images(x)
-        return x.astype(self.x_dtype)
+        return as_inputs(x, self.x_dtype)
 
     def labels(self, y: np.ndarray) -> np.ndarray:
         """int class ids -> what this artifact's `y` takes (ids, or one-hot rows as in the guide)."""

@@ -64,11 +64,8 @@ def build_logreg(task: Task) -> Any:
     )
 
 
-def build_cnn(task: Task) -> Any:
-    """The small CNN of the non-IID FMNIST literature (LeNet-5 shape): conv 6@5x5 -> max-pool 2 ->
-    conv 16@5x5 -> max-pool 2 -> dense 120 -> dense 84 -> classes."""
-    import keras
-
+def cnn_input(task: Task) -> tuple[int, int, int]:
+    """The images' height, width and channels, or ModelError saying why the cnn cannot take them."""
     if task.kind != "image":
         raise ModelError(
             f"--model cnn needs image inputs (H x W or H x W x C uint8); this data set has {task.describe()}"
@@ -80,6 +77,15 @@ def build_cnn(task: Task) -> Any:
             f"this data set has {h}x{w}"
         )
     channels = task.input_shape[2] if len(task.input_shape) == 3 else 1
+    return h, w, channels
+
+
+def build_cnn(task: Task) -> Any:
+    """The small CNN of the non-IID FMNIST literature (LeNet-5 shape): conv 6@5x5 -> max-pool 2 ->
+    conv 16@5x5 -> max-pool 2 -> dense 120 -> dense 84 -> classes."""
+    import keras
+
+    h, w, channels = cnn_input(task)
     return keras.Sequential(
         [
             keras.Input(shape=task.input_shape),

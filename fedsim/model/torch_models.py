@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fedsim.core.task import Task
-from fedsim.model.builders import ModelError
+from fedsim.model.builders import ModelError, cnn_input
 
 
 def _flat_inputs(task: Task) -> int:
@@ -93,17 +93,7 @@ def torch_cnn(task: Task) -> Any:
     -> max-pool 2 -> conv 16@5x5 -> max-pool 2 -> dense 120 -> dense 84 -> classes."""
     from torch import nn
 
-    if task.kind != "image":
-        raise ModelError(
-            f"--model cnn needs image inputs (H x W or H x W x C uint8); this data set has {task.describe()}"
-        )
-    h, w = task.input_shape[:2]
-    if min(h, w) < 12:
-        raise ModelError(
-            f"--model cnn needs images of at least 12x12 (two 5x5 convolutions and two pools); "
-            f"this data set has {h}x{w}"
-        )
-    channels = task.input_shape[2] if len(task.input_shape) == 3 else 1
+    h, w, channels = cnn_input(task)
     out_h, out_w = ((h - 4) // 2 - 4) // 2, ((w - 4) // 2 - 4) // 2
     return _named(
         channels=_Channels.module(task),
