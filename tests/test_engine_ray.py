@@ -309,9 +309,11 @@ def without_ray_token(tmp_path, monkeypatch):
     return {**os.environ, "HOME": str(home)}
 
 
-def test_a_two_node_ray_cluster_gives_the_single_node_results(tmp_path, monkeypatch):
+@pytest.mark.parametrize("runtime", ["tflite", "executorch"])
+def test_a_two_node_ray_cluster_gives_the_single_node_results(tmp_path, monkeypatch, runtime):
     """A real two-node cluster on this machine (a head and a second raylet with its own resources):
-    fedsim joins it by address, places a host on each node, and gets the single-node table."""
+    fedsim joins it by address, places a host on each node, and gets the single-node table, on
+    either on-device runtime."""
     from ray.cluster_utils import Cluster
 
     args = [
@@ -327,6 +329,8 @@ def test_a_two_node_ray_cluster_gives_the_single_node_results(tmp_path, monkeypa
         "3",
         "--seed",
         "7",
+        "--runtime",
+        runtime,
         "--no-progress",
     ]
     cli = [sys.executable, "-m", "fedsim.cli", "run"]

@@ -22,6 +22,7 @@ import numpy as np
 from fedsim.checkpoint import CheckpointError, read_checkpoint_file, unpack
 from fedsim.checkpoint.tfv1_write import write_tfv1
 from fedsim.data.dataset import as_inputs
+from fedsim.model.pte import CHECKPOINT_FORMAT, EXECUTORCH_OPTIMIZERS, LR, MOMENTUM, OPTIMIZER
 from fedsim.model.signatures import PACKED
 from fedsim.model.tflog import quiet_native_stderr
 
@@ -51,7 +52,6 @@ class ExecuTorchRunner:
     honours: frozenset[str] = frozenset()  # instructions beyond the guide's: none yet
 
     def __init__(self, artifact: bytes, num_threads: int = 1) -> None:
-
         with warnings.catch_warnings(), quiet_native_stderr():  # CPU probing and pool resets log to stderr
             warnings.simplefilter("ignore")
             from executorch.extension.pybindings import portable_lib
@@ -91,19 +91,20 @@ class ExecuTorchRunner:
                 "device can evaluate with the program it trains"
             )
         self.classes = int(meta.output_tensor_meta(1).sizes()[-1])  # the logits' last dimension
-        self.optimizer = self._constant("fedsim_optimizer", None)
+        self.optimizer = self._constant(OPTIMIZER, None)
         if self.optimizer is None:
             raise ProgramError(
                 "the .pte names no on-device optimiser (constant methods fedsim_optimizer, fedsim_lr): export it "
                 "with fedsim.model.pte.export_pte, or add them with to_edge(..., constant_methods=...)"
             )
-        if self.optimizer not in ("sgd", "momentum"):
+        if self.optimizer not in EXECUTORCH_OPTIMIZERS:
             raise ProgramError(
-                f"its optimiser {self.optimizer!r} is not one ExecuTorch's bindings offer (sgd, momentum)"
+                f"its optimiser {self.optimizer!r} is not one ExecuTorch's bindings offer "
+                f"({', '.join(EXECUTORCH_OPTIMIZERS)})"
             )
-        self.lr = float(self._constant("fedsim_lr", 0.0))
-        self.momentum = float(self._constant("fedsim_momentum", 0.0))
-        self.packed = self._constant("fedsim_checkpoint_format", "packed") == "packed"
+        self.lr = float(self._constant(LR, 0.0))
+        self.momentum = float(self._constant(MOMENTUM, 0.0))
+        self.packed = self._constant(CHECKPOINT_FORMAT, "packed") == "packed"
         # Parameters exist only after a first forward_backward: one on a sample of one, which also
         # shows whether the batch dimension is dynamic (a shard's last batch is smaller than the rest).
         try:
@@ -132,7 +133,7 @@ class ExecuTorchRunner:
         _quietly(self._module.forward_backward, self.method, (x, torch.zeros(n, dtype=_torch_dtype(self.y_dtype))))
 
     def _constant(self, name: str, default: Any) -> Any:
-        if name not in set(self._module.model.method_names()):
+        if name not in self.methods:
             return default
         return self._module.model.run_method(name, ())[0]
 

@@ -10,23 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-RUNTIMES = ("tflite", "executorch")
-SUFFIX = {"tflite": ".tflite", "executorch": ".pte"}
+from fedsim.model.formats import RUNTIMES, SUFFIX, is_program, runtime_of
 
-
-def is_program(artifact: bytes) -> bool:
-    """Whether the bytes are an ExecuTorch program (identifier ET.. at bytes 4-8, as in ET12)."""
-    return bytes(artifact[4:6]) == b"ET"
-
-
-def runtime_of(artifact: bytes) -> str:
-    """The runtime an artifact needs, tflite or executorch, from its identifier (bytes 4-8)."""
-    ident = bytes(artifact[4:8])
-    if ident == b"TFL3":
-        return "tflite"
-    if is_program(artifact):
-        return "executorch"
-    raise ValueError(f"neither a .tflite (identifier TFL3) nor an ExecuTorch .pte (ET..): its bytes 4-8 are {ident!r}")
+__all__ = ["RUNTIMES", "SUFFIX", "is_program", "open_runner", "runtime_of"]
 
 
 def open_runner(artifact: bytes, num_threads: int = 1) -> Any:

@@ -86,7 +86,7 @@ def torch_model(recipe: ArtifactRecipe) -> Any:
 def check_recipe(recipe: ArtifactRecipe | bytes) -> None:
     """One line for a runtime the artifact needs and this environment lacks, and for what an
     ExecuTorch program of the recipe could not honour, before any export."""
-    from fedsim.device.runtime import runtime_of
+    from fedsim.model.formats import runtime_of
 
     try:
         runtime = runtime_of(recipe) if isinstance(recipe, bytes) else recipe.runtime

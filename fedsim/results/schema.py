@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from fedsim.device.runtime import is_program
+from fedsim.model.formats import is_program
 
 CONFIG_FILE = "config.json"
 ROUNDS_FILE = "rounds.parquet"
