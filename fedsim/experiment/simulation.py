@@ -68,7 +68,8 @@ def run(
     `fedsim.run(devices=10, rounds=5)` or `fedsim.run(Config(...))`; keyword settings override the
     config. `engine` defaults to Ray (RayEngine(config.hosts, config.address)); pass LocalEngine() to
     run in-process. `model_builder` replaces the named model with your own Keras builder (it receives
-    the Task). `data` runs on your own arrays (`fedsim.ArrayDataset(...)`) instead of a named data set.
+    the Task; on runtime="executorch", a builder of a torch.nn.Module). `data` runs on your own arrays
+    (`fedsim.ArrayDataset(...)`) instead of a named data set.
     """
     started = time.perf_counter()
     if isinstance(strategy, str):  # fedsim.run(strategy="fedadam", server_lr=0.01): a name is a setting

@@ -22,7 +22,7 @@ class DeviceSettings(Section):
     model: str = setting(
         "mlp",
         "mlp, cnn, logreg, lstm, lstm-small (text), or your Keras builder as package.module:function (it "
-        "receives the Task)",
+        "receives the Task; on --runtime executorch it returns a torch.nn.Module)",
     )
     # passes over its shard a device makes per round, as the guide's train loop does
     local_epochs: int = setting(1, "passes over its shard each device makes per round", least=1)
