@@ -16,8 +16,8 @@ from fedsim.checkpoint import CheckpointError, read_checkpoint_file, write_check
 from fedsim.core.task import Task
 from fedsim.device import open_runner, runtime_of
 from fedsim.device.executorch import ExecuTorchRunner, ProgramError
-from fedsim.model.builders import ArtifactRecipe, ModelError, Optimizer, build_cnn, build_mlp
-from fedsim.model.pte import MAX_BATCH, export_pte, torch_model
+from fedsim.model.builders import ArtifactRecipe, ModelError, Optimizer, build_cnn, build_lstm, build_mlp
+from fedsim.model.pte import MAX_BATCH, check_recipe, export_pte, torch_model
 
 TASK = Task((28, 28), "image", 10)
 
@@ -222,7 +222,10 @@ def test_instructions_a_program_cannot_honour_are_refused_before_any_work(tmp_pa
         fedsim.run(out=str(tmp_path / "prox"), engine=fedsim.LocalEngine(), strategy="fedprox", **settings)
     with pytest.raises(ModelError, match="offer sgd and momentum only"):
         fedsim.run(out=str(tmp_path / "adam"), engine=fedsim.LocalEngine(), device_optimizer="adam", **settings)
-    assert not (tmp_path / "prox").exists() and not (tmp_path / "adam").exists()
+    assert not any((tmp_path / name).exists() for name in ("prox", "adam"))
+    text = ArtifactRecipe(build_lstm, Task((10,), "tokens", 5, 5), runtime="executorch")
+    with pytest.raises(ModelError, match="--model lstm has no PyTorch twin yet"):
+        check_recipe(text)
 
 
 def test_a_run_on_executorch_learns_records_its_program_and_resumes(tmp_path):

@@ -57,21 +57,30 @@ def need_tensorflow() -> None:
         )
 
 
+def twin_of(recipe: ArtifactRecipe) -> str | None:
+    """The built-in model whose PyTorch twin the recipe names (None: a user's builder); ModelError for a
+    built-in without one."""
+    from fedsim.model.torch_models import TORCH_MODELS
+
+    name = next((n for n, b in MODELS.items() if b is recipe.builder), None)
+    if name is not None and name not in TORCH_MODELS:
+        raise ModelError(
+            f"--model {name} has no PyTorch twin yet (built in: {', '.join(sorted(TORCH_MODELS))}); "
+            "use --runtime tflite or --model package.module:function returning an nn.Module"
+        )
+    return name
+
+
 def torch_model(recipe: ArtifactRecipe) -> Any:
     """The recipe's seeded nn.Module: a built-in model's PyTorch twin, or what the user's builder returns."""
     import torch
 
     from fedsim.model.torch_models import TORCH_MODELS
 
-    name = next((n for n, b in MODELS.items() if b is recipe.builder), None)
+    name = twin_of(recipe)
     with torch.random.fork_rng():
         torch.manual_seed(recipe.seed)
         if name is not None:
-            if name not in TORCH_MODELS:
-                raise ModelError(
-                    f"--model {name} has no PyTorch twin yet (built in: {', '.join(sorted(TORCH_MODELS))}); "
-                    "use --runtime tflite or --model package.module:function returning an nn.Module"
-                )
             model = TORCH_MODELS[name](recipe.task)
         else:
             model = call_builder(recipe.builder, recipe.task)
@@ -103,6 +112,7 @@ def check_recipe(recipe: ArtifactRecipe | bytes) -> None:
 def check_program_recipe(recipe: ArtifactRecipe) -> None:
     """What an ExecuTorch program of the recipe could not honour (or a missing package), in one line."""
     need_torch()
+    twin_of(recipe)
     if recipe.variant:
         raise ModelError(
             f"--runtime executorch: fedsim's training programs honour no instructions beyond the guide's yet "
