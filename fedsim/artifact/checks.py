@@ -97,6 +97,16 @@ def load_runner(artifact: bytes) -> Any:
         raise ArtifactError(line) from None
 
 
+def takes(task: Task, dtype: np.dtype) -> bool:
+    """Whether a model input of `dtype` can be given the task's data: uint8 pixels as they are or
+    scaled to float32, float32 features, integer tokens."""
+    return {
+        "image": dtype in (np.uint8, np.float32),
+        "features": dtype == np.float32,
+        "tokens": np.issubdtype(dtype, np.integer),
+    }[task.kind]
+
+
 def check_signatures(runner: Any, task: Task) -> None:
     """The guide's four signatures, with `x`, `y` and outputs that fit the task."""
     available = runner.interpreter.get_signature_list()
@@ -121,12 +131,7 @@ def check_signatures(runner: Any, task: Task) -> None:
                 f"{sig}'s x takes samples of shape {shape}, but the data's are {task.input_shape} ({task.describe()})"
             )
         dtype = np.dtype(x["dtype"])
-        fits = {
-            "image": dtype in (np.uint8, np.float32),
-            "features": dtype == np.float32,
-            "tokens": np.issubdtype(dtype, np.integer),
-        }[task.kind]
-        if not fits:
+        if not takes(task, dtype):
             raise ArtifactError(f"{sig}'s x takes {dtype.name}, which the data ({task.describe()}) cannot be given as")
     y = runner._train.get_input_details()["y"]
     y_shape = [int(s) for s in y["shape_signature"]]
@@ -144,9 +149,17 @@ def check_signatures(runner: Any, task: Task) -> None:
         raise ArtifactError(f"infer outputs {classes} classes, but the data has {task.num_classes}")
 
 
-def check_training(runner: Any, x: np.ndarray, y: np.ndarray, scratch: Path) -> None:
+def check_training(runner: Any, x: np.ndarray, y: np.ndarray) -> None:
     """`save` then `restore` round-trips every weight exactly; one `train` step changes the weights
-    and returns a finite loss."""
+    and returns a finite loss (whichever runtime runs the artifact)."""
+    scratch = scratch_dir("fedsim-check-")
+    try:
+        _check_training(runner, x, y, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _check_training(runner: Any, x: np.ndarray, y: np.ndarray, scratch: Path) -> None:
     first, after, back = scratch / "check-a.ckpt", scratch / "check-b.ckpt", scratch / "check-c.ckpt"
     try:
         runner.save(first)
@@ -186,11 +199,7 @@ def check_artifact(artifact: bytes, task: Task, x: np.ndarray, y: np.ndarray) ->
     """Every check a .tflite made elsewhere passes before a run uses it; ArtifactError otherwise."""
     runner = load_runner(artifact)
     check_signatures(runner, task)
-    scratch = scratch_dir("fedsim-check-")
-    try:
-        check_training(runner, x, y, scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    check_training(runner, x, y)
 
 
 def _median_ms(call: Callable[[], Any], repeats: int) -> float:

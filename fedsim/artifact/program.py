@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.artifact.checks import ArtifactError, check_training, timed_steps
+from fedsim.artifact.checks import ArtifactError, check_training, takes, timed_steps
 from fedsim.artifact.checks import check_artifact as check_tflite
 from fedsim.checkpoint import scratch_dir
 from fedsim.core.task import Task, kind_of, sample_batch, sample_inputs
@@ -45,12 +45,7 @@ def check_program(runner: Any, task: Task) -> None:
             f"its training method takes samples of shape {runner.sample_shape}, but the data's are "
             f"{task.input_shape} ({task.describe()})"
         )
-    fits = {
-        "image": runner.x_dtype in (np.uint8, np.float32),
-        "features": runner.x_dtype == np.float32,
-        "tokens": np.issubdtype(runner.x_dtype, np.integer),
-    }[task.kind]
-    if not fits:
+    if not takes(task, runner.x_dtype):
         raise ArtifactError(f"its x takes {runner.x_dtype.name}, which the data ({task.describe()}) cannot be given as")
     if runner.classes != task.num_classes:
         raise ArtifactError(f"its logits hold {runner.classes} classes, but the data has {task.num_classes}")
@@ -63,19 +58,20 @@ def check_artifact(artifact: bytes, task: Task, x: np.ndarray, y: np.ndarray) ->
         return
     runner = load_program(artifact)
     check_program(runner, task)
-    scratch = scratch_dir("fedsim-check-")
-    try:
-        check_training(runner, x, y, scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    check_training(runner, x, y)
 
 
 def program_facts(
-    artifact: bytes, task: Task | None, batch: tuple[np.ndarray, np.ndarray] | None, repeats: int, batch_size: int
+    runner: Any,
+    artifact: bytes,
+    task: Task | None,
+    batch: tuple[np.ndarray, np.ndarray] | None,
+    repeats: int,
+    batch_size: int,
 ) -> dict[str, Any]:
-    """ArtifactReport's fields for a .pte: its steps as the guide's signatures (what a device calls),
-    methods, parameters, checkpoint size and each step's latency on this machine (one thread)."""
-    runner = load_program(artifact)
+    """ArtifactReport's fields for a .pte (`runner`: the program loaded, its weights as the file's again
+    afterwards): its steps as the guide's signatures (what a device calls), methods, parameters,
+    checkpoint size and each step's latency on this machine (one thread)."""
     task = task or program_task(runner)
     check_program(runner, task)
     scratch = scratch_dir("fedsim-inspect-")

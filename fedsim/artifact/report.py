@@ -179,11 +179,11 @@ def inspect(
             raise ArtifactError(f"{path}: no such .tflite or .pte")
         source, artifact = str(path), path.read_bytes()
     if is_program(artifact):
-        facts = program_facts(artifact, task, batch, repeats, batch_size)
+        program = load_program(artifact)
+        facts = program_facts(program, artifact, task, batch, repeats, batch_size)
         table = None
-        if parity > 0:
-            runner = load_program(artifact)
-            table = program_parity(runner, recipe, Task.from_dict(facts["task"]), parity, batch_size)
+        if parity > 0:  # from the file's own weights, which timing restored
+            table = program_parity(program, recipe, Task.from_dict(facts["task"]), parity, batch_size)
         return ArtifactReport(**{**facts, "source": source}, parity=table)
     runner = load_runner(artifact)
     try:

@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 from fedsim.core.settings import Field, flag
 from fedsim.experiment.config import config_fields
+from fedsim.model.formats import RUNTIMES
 
 SWEEP_OWN = ("partition", "seed", "out", "name")  # settings `fedsim sweep` takes by flags of its own
 
@@ -162,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ins.add_argument(
         "--runtime",
-        choices=("tflite", "executorch"),
+        choices=RUNTIMES,
         default="tflite",
         help="a built-in model as which runtime's artifact (executorch: its PyTorch twin's training program)",
     )

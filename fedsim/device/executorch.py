@@ -22,14 +22,13 @@ import numpy as np
 from fedsim.checkpoint import CheckpointError, read_checkpoint_file, unpack
 from fedsim.checkpoint.tfv1_write import write_tfv1
 from fedsim.data.dataset import as_inputs
-from fedsim.model.pte import CHECKPOINT_FORMAT, EXECUTORCH_OPTIMIZERS, LR, MOMENTUM, OPTIMIZER
+from fedsim.model.pte import CHECKPOINT_FORMAT, EXECUTORCH_OPTIMIZERS, LR, MOMENTUM, OPTIMIZER, TRAIN_METHOD
 from fedsim.model.signatures import PACKED
 from fedsim.model.tflog import quiet_native_stderr
 
-MAGIC = b"ET12"  # bytes 4-8 of a .pte (a .tflite has b"TFL3" there)
-# the program's metadata methods (executorch.extension.training): where a training method's outputs
-# split into user outputs, gradients and parameters, and the parameters' names
-_FQN, _GRADS, _PARAMS = "__et_training_fqn_", "__et_training_gradients_index_", "__et_training_parameters_index_"
+# the program's metadata methods (executorch.extension.training): the parameters' names of a training
+# method, and where its outputs turn from user outputs to gradients
+_FQN, _GRADS = "__et_training_fqn_", "__et_training_gradients_index_"
 _DTYPES = {6: np.float32, 4: np.int64, 3: np.int32, 0: np.uint8}  # ExecuTorch ScalarType -> numpy
 
 
@@ -48,7 +47,6 @@ class ExecuTorchRunner:
     """One ExecuTorch training module of the program (one thread, as a phone's), its live parameters
     and the on-device optimiser the program names (its state restarts at every restore)."""
 
-    runtime = "executorch"
     honours: frozenset[str] = frozenset()  # instructions beyond the guide's: none yet
 
     def __init__(self, artifact: bytes, num_threads: int = 1) -> None:
@@ -72,7 +70,7 @@ class ExecuTorchRunner:
                 f"the .pte has no training method (methods: {', '.join(sorted(methods)) or 'none'}); export the "
                 "model with torch.export.experimental._export_forward_backward (fedsim.model.pte does)"
             )
-        self.method = "forward" if "forward" in training else training[0]
+        self.method = TRAIN_METHOD if TRAIN_METHOD in training else training[0]
         meta = program.method_meta(self.method)
         if meta.num_inputs() != 2:
             raise ProgramError(
@@ -84,8 +82,7 @@ class ExecuTorchRunner:
         self.sample_shape = tuple(int(d) for d in x_meta.sizes()[1:])
         self.max_batch = int(x_meta.sizes()[0])  # a dynamic dimension reports its upper bound
         self.methods = frozenset(methods)
-        self._outputs = int(program.run_method(_GRADS + self.method, ())[0])
-        if self._outputs < 2:
+        if int(program.run_method(_GRADS + self.method, ())[0]) < 2:  # user outputs before the gradients
             raise ProgramError(
                 f"its training method {self.method} returns the loss only; fedsim's return (loss, logits) so a "
                 "device can evaluate with the program it trains"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fedsim.core.settings import ConfigError, Section, need, setting
 from fedsim.model.builders import OPTIMIZERS, Optimizer
+from fedsim.model.formats import RUNTIMES, SUFFIX
 from fedsim.model.signatures import CHECKPOINT_FORMATS
 
 
@@ -50,7 +51,7 @@ class DeviceSettings(Section):
         "tflite",
         "on-device runtime: tflite (a .tflite, needs TensorFlow 2.18) or executorch (a .pte training program "
         "from the PyTorch twin of --model, needs torch and executorch)",
-        choices=("tflite", "executorch"),
+        choices=RUNTIMES,
     )
     # a .tflite or .pte made outside fedsim, run as it is; checked before any round
     artifact: str | None = setting(
@@ -88,9 +89,12 @@ class DeviceSettings(Section):
         )
         if self.artifact is not None:
             need(
-                self.artifact.endswith((".tflite", ".pte")), "artifact", "must be a .tflite or .pte file", self.artifact
+                self.artifact.endswith(tuple(SUFFIX.values())),
+                "artifact",
+                "must be a .tflite or .pte file",
+                self.artifact,
             )
-            suffix = ".pte" if self.runtime == "executorch" else ".tflite"
+            suffix = SUFFIX[self.runtime]
             need(
                 self.artifact.endswith(suffix) or self.runtime == "tflite",
                 "artifact",
