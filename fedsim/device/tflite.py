@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from fedsim.data.dataset import as_inputs, one_hot
+from fedsim.device.tflite_loader import interpreter_class
 from fedsim.model.signatures import (
     ANCHOR_PATH,
     CHECKPOINT_PATH,
@@ -37,13 +38,12 @@ class Runner:
 
     def __init__(self, artifact: bytes, num_threads: int = 1) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import tensorflow as tf
-
         with warnings.catch_warnings(), quiet_native_stderr():
             # tf.lite.Interpreter warns that it is deprecated in favour of ai-edge-litert, which lacks
             # the Flex delegate the train/save/restore signatures need (see pyproject.toml).
             warnings.simplefilter("ignore")
-            self.interpreter = tf.lite.Interpreter(model_content=artifact, num_threads=num_threads)
+            # TensorFlow's own interpreter, without importing the TensorFlow package where it can
+            self.interpreter = interpreter_class()(model_content=artifact, num_threads=num_threads)
         available = self.interpreter.get_signature_list()
         missing = [s for s in SIGNATURES if s not in available]
         if missing:
