@@ -116,53 +116,62 @@ class RayEngine(Engine):
         # A one-shot worker on this node (where the data set was found) loads and splits the data and
         # converts the model, putting each host's share straight into the object store. The
         # coordinator process never imports TensorFlow or maps the data (~0.6 GB saved), and the
-        # worker exits before the hosts start, so its memory is not counted with theirs.
+        # worker exits as soon as its results are in the object store (the hosts wait for it).
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
         # Not retried: a preparation killed for memory would be killed again, and Ray would retry it forever.
         if warm:  # a warm host prepares: its process has TensorFlow loaded already
             refs = warm[0].prepare.options(num_returns=4 + h).remote(setup, h)
         else:
+            # no CPU of its own: the hosts, started already, hold the CPUs and wait for its results
             task = ray.remote(max_calls=1)(prepare_remote).options(
-                num_returns=4 + h, scheduling_strategy=here, max_retries=0
+                num_returns=4 + h, scheduling_strategy=here, max_retries=0, num_cpus=0
             )
             refs = task.remote(setup, h)
+        # A host that dies (killed, out of memory) is restarted by Ray and loaded again from the same
+        # refs: the fleet's data and the .tflite stay in the object store (kept alive here for the
+        # run), so it comes back whole for the next round. The round it died in is not retried: its
+        # devices are recorded as failed. Cold hosts start now, while the data is prepared (sent
+        # after the preparation, which so takes one of the workers Ray starts with): a host process
+        # loads TFLite's interpreter (fedsim.device.tflite_loader), not the TensorFlow package.
+        actor_cls = ray.remote(RayDeviceHost).options(
+            num_cpus=per_host_cpus, scheduling_strategy="SPREAD", max_restarts=HOST_RESTARTS, max_task_retries=0
+        )
+        fresh: list[Any] = [] if warm else [actor_cls.remote(i, setup.settings) for i in range(h)]
         try:
-            artifact, info, worker_pid = ray.get(refs[:3])
-        except RayTaskError as e:
-            # Bad data, a partition that cannot be made, a model or artifact that cannot run: the
-            # worker's own error, one line, not Ray's wrapping of it with the worker's traceback.
-            retrieved(refs)
-            if warm:  # the warm host that prepared is fine: park it again for the next run
-                SESSION.park(self._pool_key, warm)
-            raise (e.cause if isinstance(e.cause, Exception) else e) from None
-        except (OutOfMemoryError, WorkerCrashedError) as e:
-            retrieved(refs)
-            available = psutil.virtual_memory().available / 2**30
-            what = "ran out of memory" if isinstance(e, OutOfMemoryError) else "crashed"
-            raise EngineError(
-                f"preparing the run {what} (loading and splitting the data for {setup.devices} devices, "
-                f"converting the model); this node has {available:.1f} GiB available: use fewer "
-                "--devices or a smaller data set"
-            ) from None
+            try:
+                artifact, info, worker_pid = ray.get(refs[:3])
+            except RayTaskError as e:
+                # Bad data, a partition that cannot be made, a model or artifact that cannot run: the
+                # worker's own error, one line, not Ray's wrapping of it with the worker's traceback.
+                retrieved(refs)
+                if warm:  # the warm host that prepared is fine: park it again for the next run
+                    SESSION.park(self._pool_key, warm)
+                raise (e.cause if isinstance(e.cause, Exception) else e) from None
+            except (OutOfMemoryError, WorkerCrashedError) as e:
+                retrieved(refs)
+                available = psutil.virtual_memory().available / 2**30
+                what = "ran out of memory" if isinstance(e, OutOfMemoryError) else "crashed"
+                raise EngineError(
+                    f"preparing the run {what} (loading and splitting the data for {setup.devices} devices, "
+                    f"converting the model); this node has {available:.1f} GiB available: use fewer "
+                    "--devices or a smaller data set"
+                ) from None
+        except BaseException:
+            kill(fresh)  # the run ends here: the hosts started for it go with it
+            raise
         counts, test_sizes, report = info.pop("label_counts"), info.pop("test_sizes"), info.pop("report")
-        if not warm:
-            wait_for_exit(worker_pid)
         if recipe is not None:
             cache.put(dataclasses.replace(recipe, task=Task.from_dict(info["task"])), artifact)
         prepared_at = time.perf_counter()
         fleet_ref, test_refs = refs[3], refs[4:]
         self.test_samples = int(info["test_samples"])
-        # A host that dies (killed, out of memory) is restarted by Ray and loaded again from the same
-        # refs: the fleet's data and the .tflite stay in the object store (kept alive here for the
-        # run), so it comes back whole for the next round. The round it died in is not retried: its
-        # devices are recorded as failed.
-        actor_cls = ray.remote(RayDeviceHost).options(
-            num_cpus=per_host_cpus, scheduling_strategy="SPREAD", max_restarts=HOST_RESTARTS, max_task_retries=0
-        )
         artifact_ref = ray.put(artifact)
-        self.actors = warm or [actor_cls.remote(i, setup.settings) for i in range(h)]
+        self.actors = warm or fresh
         self._host_data = [(fleet_ref, test_refs[i], artifact_ref, setup.settings) for i in range(h)]
-        self.host_pids = ray.get([a.load.remote(*self._host_data[i]) for i, a in enumerate(self.actors)])
+        loads = [a.load.remote(*self._host_data[i]) for i, a in enumerate(self.actors)]
+        if not warm:  # its memory is given back before the first round
+            wait_for_exit(worker_pid)
+        self.host_pids = ray.get(loads)
         # Which Ray node each host landed on (SPREAD places them across nodes).
         self.host_nodes = ray.get([a.node_id.remote() for a in self.actors])
         done = time.perf_counter()
