@@ -4,6 +4,7 @@ so any host runs any device), the test set in fixed blocks, and the preparation 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +81,7 @@ class Prepared:
     label_counts: np.ndarray | None = None  # (devices, classes): what each device trains on
     test_sizes: np.ndarray | None = None  # (devices,): the size of each device's own test split
     report: dict[str, Any] | None = None  # the artifact report (artifact.json)
+    convert_s: float = 0.0  # seconds spent making the artifact (0 when a cache had it)
 
 
 def prepare(setup: Setup, num_hosts: int) -> Prepared:
@@ -114,6 +116,7 @@ def prepare(setup: Setup, num_hosts: int) -> Prepared:
     # is each device's whole shard, and timing a batch of the whole data set would take minutes
     batch_size = max(1, min(setup.settings.batch_size, max((len(s) for s in shards), default=1)))
     sample = (dataset.x_train[:batch_size], dataset.y_train[:batch_size])
+    convert_s = 0.0
     if isinstance(setup.artifact, bytes):
         artifact = setup.artifact
         if setup.check_artifact:
@@ -121,12 +124,14 @@ def prepare(setup: Setup, num_hosts: int) -> Prepared:
     else:
         from fedsim.model import cache
 
+        began = time.perf_counter()
         artifact = cache.build(dataclasses.replace(setup.artifact, task=task), setup.known_artifacts)
+        convert_s = time.perf_counter() - began
     report = inspect(artifact, task, sample, batch_size=batch_size).to_dict()
     counts = label_counts(dataset.y_train, shards, task.num_classes).astype(np.int32)
     fleet = shard_data(dataset, shards, local_tests, tests_from_test_set)
     test_sizes = (fleet.bounds[:, 2] - fleet.bounds[:, 1]).astype(np.int32)
-    return Prepared(artifact, info, fleet, test_blocks(dataset, num_hosts), counts, test_sizes, report)
+    return Prepared(artifact, info, fleet, test_blocks(dataset, num_hosts), counts, test_sizes, report, convert_s)
 
 
 def natural_tests(dataset: Dataset) -> list[np.ndarray]:

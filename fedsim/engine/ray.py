@@ -160,6 +160,7 @@ class RayEngine(Engine):
             kill(fresh)  # the run ends here: the hosts started for it go with it
             raise
         counts, test_sizes, report = info.pop("label_counts"), info.pop("test_sizes"), info.pop("report")
+        convert_s = float(info.pop("convert_s", 0.0))
         if recipe is not None:
             cache.put(dataclasses.replace(recipe, task=Task.from_dict(info["task"])), artifact)
         prepared_at = time.perf_counter()
@@ -179,6 +180,7 @@ class RayEngine(Engine):
             "ray": connected - began,
             "prepare": prepared_at - connected,
             "hosts": done - prepared_at,
+            "conversion": convert_s,  # part of "prepare": 0 when the artifact came from a cache
             "warm": bool(warm),
         }
         prepared = Prepared(artifact, info, None, [], counts, test_sizes, report)

@@ -20,6 +20,7 @@ def prepare_remote(setup: Setup, num_hosts: int) -> tuple[Any, ...]:
         "label_counts": prepared.label_counts,
         "test_sizes": prepared.test_sizes,
         "report": prepared.report,
+        "convert_s": prepared.convert_s,
     }
     return (prepared.artifact, info, os.getpid(), prepared.fleet, *prepared.tests)
 

@@ -88,7 +88,8 @@ def execute(
         prepared = engine.start(setup)
         stages = {**getattr(engine, "startup_s", {}), "total": time.perf_counter() - began}
         if progress:  # what the wait before round 1 was spent on
-            parts = ", ".join(f"{k} {v:.1f} s" for k, v in stages.items() if k not in ("total", "warm"))
+            shown = {k: v for k, v in stages.items() if k not in ("total", "warm") and (k != "conversion" or v)}
+            parts = ", ".join(f"{k} {v:.1f} s" for k, v in shown.items())
             detail = ", ".join(p for p in (parts, "warm hosts" if stages.get("warm") else "") if p)
             print(
                 f"fedsim: started in {stages['total']:.1f} s" + (f" ({detail})" if detail else ""),
