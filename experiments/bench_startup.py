@@ -4,7 +4,7 @@
 
 Each repeat starts fresh Python processes that run the default experiment's fleet (100 devices, 2 Ray
 hosts, Fashion-MNIST, the seed MLP) for one round:
-- cold, empty cache: a process whose conversion cache (FEDSIM_CACHE_DIR) is empty, as on a machine's
+- cold (empty cache): a process whose conversion cache (FEDSIM_CACHE_DIR) is empty, as on a machine's
   first run: Ray starts, a worker loads the data and converts the model (importing TensorFlow);
 - cold: a second fresh process on the cache the first filled, as every later run, sweep point and
   script of that machine: Ray starts, the worker loads the data, the hosts start (none imports the
@@ -33,7 +33,7 @@ import pandas as pd
 
 from fedsim.report.tables import publish
 
-TARGETS = {"cold, empty cache": None, "cold": 6.0, "warm": 3.0}
+TARGETS = {"cold (empty cache)": None, "cold": 6.0, "warm": 3.0}
 PEER = Path(__file__).parent / "peers" / "pfl_anchor.py"
 
 CHILD = """
@@ -100,7 +100,7 @@ def main() -> None:
     rows = []
     for repeat in range(args.repeats):
         with tempfile.TemporaryDirectory() as cache_dir:
-            rows += [{"repeat": repeat, **r} for r in fedsim_starts(["cold, empty cache"], cache_dir)]
+            rows += [{"repeat": repeat, **r} for r in fedsim_starts(["cold (empty cache)"], cache_dir)]
             rows += [{"repeat": repeat, **r} for r in fedsim_starts(["cold", "warm"], cache_dir)]
         if peer:
             rows.append({"repeat": repeat, **pfl_start(args.pfl_python)})
