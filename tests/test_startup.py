@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from fedsim.core.task import Task
 from fedsim.model import cache
@@ -20,6 +21,7 @@ from fedsim.model.builders import ArtifactRecipe, build_logreg
 DEVICE = """
 import json, sys
 import numpy as np
+import pytest
 from fedsim.device import Runner
 artifact = open(sys.argv[1], "rb").read()
 runner = Runner(artifact)
@@ -133,3 +135,44 @@ def test_a_recipe_key_differs_with_what_the_artifact_depends_on():
     }
     assert len(names) == 3
     assert np.all([len(n) == 32 for n in names])
+
+
+# A whole run in a fresh process (its own Ray), on the toy data set: what its start-up did and left.
+RUN = """
+import hashlib, json, sys
+import fedsim
+run = fedsim.run(dataset="toy_images", toy_samples=30, devices=6, rounds=2, hosts=2, seed=4, out=sys.argv[1],
+                 progress=False)
+maps = open("/proc/self/maps").read()
+print("OUT" + json.dumps({
+    "conversion": run.meta["startup_s"]["conversion"],
+    "tensorflow": "tensorflow" in sys.modules,
+    "tf_libraries": "_pywrap_tensorflow_internal" in maps,
+    "global": hashlib.sha256(open(sys.argv[1] + "/global.ckpt", "rb").read()).hexdigest(),
+    "accuracy": run.rounds["test_accuracy"].tolist(),
+    "identity": json.load(open(sys.argv[1] + "/artifact.json")).get("identity"),
+}))
+"""
+
+
+@pytest.mark.ray
+def test_a_cold_start_from_the_cache_prepares_in_the_coordinator_with_the_same_results(tmp_path):
+    def run(name: str) -> dict:
+        proc = subprocess.run(
+            [sys.executable, "-c", RUN, str(tmp_path / name)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "FEDSIM_CACHE_DIR": str(tmp_path / "cache")},
+            timeout=600,
+        )
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("OUT")), None)
+        assert proc.returncode == 0 and line, proc.stderr[-3000:]
+        return json.loads(line[3:])
+
+    first, second = run("first"), run("second")
+    assert first["conversion"] > 0  # an empty cache: a worker converted the model
+    assert second["conversion"] == 0  # from the disk cache: the data was prepared here, the report by a host
+    for found in (first, second):  # the coordinator loaded neither TensorFlow nor its libraries
+        assert not found["tensorflow"] and not found["tf_libraries"]
+    assert second["global"] == first["global"] and second["accuracy"] == first["accuracy"]
+    assert second["identity"] == first["identity"] and first["identity"]

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from fedsim.core.task import Task
 from fedsim.data import DataRecipe, check_devices_fit, label_counts, partition
 from fedsim.data.dataset import DataError, Dataset
 from fedsim.data.partition import group_indices
@@ -84,11 +85,22 @@ class Prepared:
     convert_s: float = 0.0  # seconds spent making the artifact (0 when a cache had it)
 
 
-def prepare(setup: Setup, num_hosts: int) -> Prepared:
-    """Load the data, partition it, cut it per host, make or check the artifact and measure it
-    (imports TensorFlow)."""
-    from fedsim.artifact import check_artifact, inspect
+@dataclass
+class PreparedData:
+    """The data half of a preparation (no TensorFlow, no artifact): the fleet's shards and what the
+    artifact's checks and report are measured with."""
 
+    dataset: Dataset
+    info: dict[str, Any]
+    fleet: ShardData
+    label_counts: np.ndarray
+    test_sizes: np.ndarray
+    sample: tuple[np.ndarray, np.ndarray]  # a batch of the training set at `batch_size`
+    batch_size: int
+
+
+def prepare_data(setup: Setup) -> PreparedData:
+    """Load the data, partition it and lay the fleet's shards out (numpy only)."""
     dataset = setup.data.load()
     task = dataset.task
     if setup.data.path or setup.data.arrays is not None:  # sizes known only once loaded (an .npz)
@@ -116,22 +128,48 @@ def prepare(setup: Setup, num_hosts: int) -> Prepared:
     # is each device's whole shard, and timing a batch of the whole data set would take minutes
     batch_size = max(1, min(setup.settings.batch_size, max((len(s) for s in shards), default=1)))
     sample = (dataset.x_train[:batch_size], dataset.y_train[:batch_size])
+    counts = label_counts(dataset.y_train, shards, task.num_classes).astype(np.int32)
+    fleet = shard_data(dataset, shards, local_tests, tests_from_test_set)
+    test_sizes = (fleet.bounds[:, 2] - fleet.bounds[:, 1]).astype(np.int32)
+    return PreparedData(dataset, info, fleet, counts, test_sizes, sample, batch_size)
+
+
+def ready_artifact(setup: Setup, task: Task) -> bytes | None:
+    """The run's artifact where it needs no TensorFlow to have and to report on: given as bytes and not
+    to be checked, or a built-in recipe's conversion in a cache (this process's, `known_artifacts`, the
+    disk's), its identity remembered."""
+    from fedsim.artifact.checks import IDENTITY_FACT
+    from fedsim.model import cache
+
+    if isinstance(setup.artifact, bytes):
+        found = None if setup.check_artifact else setup.artifact
+    else:
+        found = cache.lookup(dataclasses.replace(setup.artifact, task=task), setup.known_artifacts)
+    # its report names its identity, which takes TensorFlow's protobufs to compute where not remembered
+    return found if found is not None and cache.recall(IDENTITY_FACT, found) is not None else None
+
+
+def prepare(setup: Setup, num_hosts: int) -> Prepared:
+    """Load the data, partition it, cut it per host, make or check the artifact and measure it
+    (imports TensorFlow where the artifact must be converted or checked)."""
+    from fedsim.artifact import check_artifact, inspect
+
+    data = prepare_data(setup)
+    task = data.dataset.task
     convert_s = 0.0
     if isinstance(setup.artifact, bytes):
         artifact = setup.artifact
         if setup.check_artifact:
-            check_artifact(artifact, task, *sample)
+            check_artifact(artifact, task, *data.sample)
     else:
         from fedsim.model import cache
 
         began = time.perf_counter()
         artifact = cache.build(dataclasses.replace(setup.artifact, task=task), setup.known_artifacts)
         convert_s = time.perf_counter() - began
-    report = inspect(artifact, task, sample, batch_size=batch_size).to_dict()
-    counts = label_counts(dataset.y_train, shards, task.num_classes).astype(np.int32)
-    fleet = shard_data(dataset, shards, local_tests, tests_from_test_set)
-    test_sizes = (fleet.bounds[:, 2] - fleet.bounds[:, 1]).astype(np.int32)
-    return Prepared(artifact, info, fleet, test_blocks(dataset, num_hosts), counts, test_sizes, report, convert_s)
+    report = inspect(artifact, task, data.sample, batch_size=data.batch_size).to_dict()
+    tests = test_blocks(data.dataset, num_hosts)
+    return Prepared(artifact, data.info, data.fleet, tests, data.label_counts, data.test_sizes, report, convert_s)
 
 
 def natural_tests(dataset: Dataset) -> list[np.ndarray]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from fedsim.engine.base import (
     RoundResult,
     combine_evaluations,
 )
-from fedsim.engine.layout import Prepared, Setup
+from fedsim.engine.layout import Prepared, PreparedData, Setup, prepare_data, ready_artifact, test_blocks
 from fedsim.engine.ray_host import RayDeviceHost, prepare_remote
 from fedsim.engine.ray_session import SESSION, connect, kill, retrieved, wait_for_exit
 from fedsim.engine.settings import EngineSettings
@@ -99,6 +100,12 @@ class RayEngine(Engine):
 
     def start(self, setup: Setup) -> Prepared:
         began = time.perf_counter()
+        # A local Ray takes ~2 s to start: the data is loaded and split in this process meanwhile
+        # (numpy only), and used if the artifact needs no TensorFlow to have (see _prepare_here).
+        early, pool = None, None
+        if self.address is None and not ray.is_initialized():
+            pool = ThreadPoolExecutor(1, thread_name_prefix="fedsim-prepare")
+            early = pool.submit(prepare_data, setup)
         self._connect()
         connected = time.perf_counter()
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -110,33 +117,85 @@ class RayEngine(Engine):
         if warm and not self.keep_warm:
             kill(warm)
             warm = None
+        # A host that dies (killed, out of memory) is restarted by Ray and loaded again from the same
+        # refs: the fleet's data and the .tflite stay in the object store (kept alive here for the
+        # run), so it comes back whole for the next round. The round it died in is not retried: its
+        # devices are recorded as failed. A host process loads TFLite's interpreter
+        # (fedsim.device.tflite_loader), not the TensorFlow package: it starts in a fraction of a second.
+        self._actor_cls = ray.remote(RayDeviceHost).options(
+            num_cpus=per_host_cpus, scheduling_strategy="SPREAD", max_restarts=HOST_RESTARTS, max_task_retries=0
+        )
+        data = None
+        if early is not None and pool is not None:
+            pool.shutdown(wait=False)
+            data, early = early.result(), None  # bad data fails here, with its own error
+        artifact = ready_artifact(setup, data.dataset.task) if data is not None else None
+        if data is not None and artifact is not None:
+            prepared, timings = self._prepare_here(setup, data, artifact)
+        else:  # TensorFlow is needed (a conversion, a check): the worker loads the data itself
+            prepared, timings = self._prepare_remote(setup, warm)
+        del data  # the object store holds the shards: this process keeps none of the data
+        # Which Ray node each host landed on (SPREAD places them across nodes).
+        self.host_nodes = ray.get([a.node_id.remote() for a in self.actors])
+        self.startup_s = {
+            "ray": connected - began,
+            "prepare": timings["prepared"] - connected,
+            "hosts": time.perf_counter() - timings["prepared"],
+            "conversion": prepared.convert_s,  # part of "prepare": 0 when the artifact came from a cache
+            "warm": bool(warm),
+        }
+        self.set_costs(prepared, setup.settings)
+        return prepared
+
+    def _prepare_here(self, setup: Setup, data: PreparedData, artifact: bytes) -> tuple[Prepared, dict[str, float]]:
+        """The data prepared in this process, the artifact from a cache: the shards go into the object
+        store from here (this process lets go of them after), the hosts load them, and the first host
+        measures the artifact (its report), so this process never loads TensorFlow's libraries."""
+        h = self.num_hosts
+        fresh: list[Any] = [self._actor_cls.remote(i, setup.settings) for i in range(h)]
+        try:
+            fleet_ref = ray.put(data.fleet)
+            test_refs = [ray.put(block) for block in test_blocks(data.dataset, h)]
+            info = dict(data.info)
+            counts, test_sizes, sample, batch_size = data.label_counts, data.test_sizes, data.sample, data.batch_size
+            prepared_at = time.perf_counter()
+            self.test_samples = int(info["test_samples"])
+            artifact_ref = ray.put(artifact)
+            self.actors = fresh
+            self._host_data = [(fleet_ref, test_refs[i], artifact_ref, setup.settings) for i in range(h)]
+            self.host_pids = ray.get([a.load.remote(*self._host_data[i]) for i, a in enumerate(fresh)])
+            report: dict[str, Any] = ray.get(fresh[0].inspect.remote(info["task"], sample, batch_size))
+        except RayTaskError as e:  # the artifact cannot run here: the host's own error, one line
+            kill(fresh)
+            raise (e.cause if isinstance(e.cause, Exception) else e) from None
+        except BaseException:
+            kill(fresh)
+            raise
+        prepared = Prepared(artifact, info, None, [], counts, test_sizes, report)
+        return prepared, {"prepared": prepared_at}
+
+    def _prepare_remote(self, setup: Setup, warm: list[Any] | None) -> tuple[Prepared, dict[str, float]]:
+        """A one-shot worker on this node (where the data set was found) loads and splits the data and
+        makes the artifact (converting the model, importing TensorFlow), putting each host's share
+        straight into the object store. The coordinator process never imports TensorFlow, and the
+        worker exits as soon as its results are in the object store (the hosts wait for it)."""
+        h = self.num_hosts
         recipe = setup.artifact if isinstance(setup.artifact, ArtifactRecipe) and self.keep_warm else None
         if recipe is not None:  # conversions an earlier run of this process made: the preparation reuses them
             setup = dataclasses.replace(setup, known_artifacts=cache.for_task(recipe))
-        # A one-shot worker on this node (where the data set was found) loads and splits the data and
-        # converts the model, putting each host's share straight into the object store. The
-        # coordinator process never imports TensorFlow or maps the data (~0.6 GB saved), and the
-        # worker exits as soon as its results are in the object store (the hosts wait for it).
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
         # Not retried: a preparation killed for memory would be killed again, and Ray would retry it forever.
         if warm:  # a warm host prepares: its process has TensorFlow loaded already
             refs = warm[0].prepare.options(num_returns=4 + h).remote(setup, h)
         else:
-            # no CPU of its own: the hosts, started already, hold the CPUs and wait for its results
+            # no CPU of its own: the hosts, started next, hold the CPUs and wait for its results
             task = ray.remote(max_calls=1)(prepare_remote).options(
                 num_returns=4 + h, scheduling_strategy=here, max_retries=0, num_cpus=0
             )
             refs = task.remote(setup, h)
-        # A host that dies (killed, out of memory) is restarted by Ray and loaded again from the same
-        # refs: the fleet's data and the .tflite stay in the object store (kept alive here for the
-        # run), so it comes back whole for the next round. The round it died in is not retried: its
-        # devices are recorded as failed. Cold hosts start now, while the data is prepared (sent
-        # after the preparation, which so takes one of the workers Ray starts with): a host process
-        # loads TFLite's interpreter (fedsim.device.tflite_loader), not the TensorFlow package.
-        actor_cls = ray.remote(RayDeviceHost).options(
-            num_cpus=per_host_cpus, scheduling_strategy="SPREAD", max_restarts=HOST_RESTARTS, max_task_retries=0
-        )
-        fresh: list[Any] = [] if warm else [actor_cls.remote(i, setup.settings) for i in range(h)]
+        # Cold hosts start while the data is prepared (sent after the preparation, which so takes one
+        # of the workers Ray starts with).
+        fresh: list[Any] = [] if warm else [self._actor_cls.remote(i, setup.settings) for i in range(h)]
         try:
             try:
                 artifact, info, worker_pid = ray.get(refs[:3])
@@ -173,19 +232,8 @@ class RayEngine(Engine):
         if not warm:  # its memory is given back before the first round
             wait_for_exit(worker_pid)
         self.host_pids = ray.get(loads)
-        # Which Ray node each host landed on (SPREAD places them across nodes).
-        self.host_nodes = ray.get([a.node_id.remote() for a in self.actors])
-        done = time.perf_counter()
-        self.startup_s = {
-            "ray": connected - began,
-            "prepare": prepared_at - connected,
-            "hosts": done - prepared_at,
-            "conversion": convert_s,  # part of "prepare": 0 when the artifact came from a cache
-            "warm": bool(warm),
-        }
-        prepared = Prepared(artifact, info, None, [], counts, test_sizes, report)
-        self.set_costs(prepared, setup.settings)
-        return prepared
+        prepared = Prepared(artifact, info, None, [], counts, test_sizes, report, convert_s)
+        return prepared, {"prepared": prepared_at}
 
     def initial_checkpoint(self) -> bytes:
         return ray.get(self.actors[0].initial_checkpoint.remote())

@@ -67,6 +67,16 @@ class RayDeviceHost(DeviceHost):
         self._check_loaded()
         return super().initial_checkpoint()
 
+    def inspect(self, task: dict[str, Any], sample: tuple[Any, Any], batch_size: int) -> dict[str, Any]:
+        """The artifact report (signatures, ops, latency on this host's machine) of the loaded artifact,
+        where the coordinator prepared the data itself (fedsim.engine.ray's _prepare_here)."""
+        from fedsim.artifact import inspect
+        from fedsim.core.task import Task
+
+        self._check_loaded()
+        assert self.artifact is not None
+        return inspect(self.artifact, Task.from_dict(task), sample, batch_size=batch_size).to_dict()
+
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 

@@ -147,6 +147,17 @@ def remember(kind: str, artifact: bytes, value: str) -> None:
         pass
 
 
+def lookup(recipe: ArtifactRecipe, known: dict[tuple[Any, ...], bytes] | None = None) -> bytes | None:
+    """The recipe's artifact if a cache holds it (this process's, `known`, the disk's), never converting."""
+    k = key(recipe)
+    if k is None:
+        return None
+    found = _CACHE.get(k) or (known or {}).get(k) or _disk_get(k)
+    if found is not None:
+        put(recipe, found)
+    return found
+
+
 def build(recipe: ArtifactRecipe, known: dict[tuple[Any, ...], bytes] | None = None) -> bytes:
     """The recipe's artifact: from this process's cache, from `known` (entries another process sent,
     see `for_task`), from the disk cache, or made now (a .tflite converted by TensorFlow, or a .pte
