@@ -105,7 +105,7 @@ class RayEngine(Engine):
         early, pool = None, None
         if self.address is None and not ray.is_initialized():
             pool = ThreadPoolExecutor(1, thread_name_prefix="fedsim-prepare")
-            early = pool.submit(prepare_data, setup)
+            early = pool.submit(prepare_data, setup, True)
         self._connect()
         connected = time.perf_counter()
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
