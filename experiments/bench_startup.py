@@ -4,7 +4,7 @@
 
 Each repeat starts fresh Python processes that run the default experiment's fleet (100 devices, 2 Ray
 hosts, Fashion-MNIST, the seed MLP) for one round:
-- cold (empty cache): a process whose conversion cache (FEDSIM_CACHE_DIR) is empty, as on a machine's
+- cold (empty cache): a process whose conversion cache (FEDSIM_CACHE) is empty, as on a machine's
   first run: Ray starts, a worker loads the data and converts the model (importing TensorFlow);
 - cold: a second fresh process on the cache the first filled, as every later run, sweep point and
   script of that machine: Ray starts, the worker loads the data, the hosts start (none imports the
@@ -65,7 +65,7 @@ def fedsim_starts(kinds: list[str], cache_dir: str) -> list[dict]:
             capture_output=True,
             text=True,
             timeout=600,
-            env={**os.environ, "FEDSIM_CACHE_DIR": cache_dir},
+            env={**os.environ, "FEDSIM_CACHE": cache_dir},
         )
     line = next((x for x in proc.stdout.splitlines() if x.startswith("ROWS")), None)
     if line is None:

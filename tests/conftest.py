@@ -8,11 +8,11 @@ import shutil
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Conversions are kept on disk across processes (fedsim.model.cache): the suite keeps its own, made
+# Conversions and latency tables are kept on disk across processes ($FEDSIM_CACHE): the suite keeps its own, made
 # afresh each session and removed after it, so it neither reads nor fills the user's.
-if "FEDSIM_CACHE_DIR" not in os.environ:
-    os.environ["FEDSIM_CACHE_DIR"] = tempfile.mkdtemp(prefix="fedsim-test-cache-")
-    atexit.register(shutil.rmtree, os.environ["FEDSIM_CACHE_DIR"], True)
+if "FEDSIM_CACHE" not in os.environ:
+    os.environ["FEDSIM_CACHE"] = tempfile.mkdtemp(prefix="fedsim-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["FEDSIM_CACHE"], True)
 
 import numpy as np
 import pytest

@@ -90,7 +90,7 @@ def _build(cache_dir: Path | str) -> list[str]:
         [sys.executable, "-c", BUILD],
         capture_output=True,
         text=True,
-        env={**os.environ, "FEDSIM_CACHE_DIR": str(cache_dir)},
+        env={**os.environ, "FEDSIM_CACHE": str(cache_dir)},
         timeout=300,
     )
     line = next((x for x in proc.stdout.splitlines() if x.startswith("OUT")), None)
@@ -117,9 +117,10 @@ def test_a_damaged_cache_entry_is_converted_afresh(tmp_path):
 
 
 def test_the_disk_cache_can_be_turned_off(tmp_path, monkeypatch):
-    monkeypatch.setenv("FEDSIM_CACHE_DIR", "off")
+    monkeypatch.setenv("FEDSIM_ARTIFACT_CACHE", "off")
     assert cache.cache_dir() is None
-    monkeypatch.setenv("FEDSIM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("FEDSIM_ARTIFACT_CACHE", "on")
+    monkeypatch.setenv("FEDSIM_CACHE", str(tmp_path))
     assert cache.cache_dir() == tmp_path / "artifacts"
 
 
@@ -162,7 +163,7 @@ def test_a_cold_start_from_the_cache_prepares_in_the_coordinator_with_the_same_r
             [sys.executable, "-c", RUN, str(tmp_path / name)],
             capture_output=True,
             text=True,
-            env={**os.environ, "FEDSIM_CACHE_DIR": str(tmp_path / "cache")},
+            env={**os.environ, "FEDSIM_CACHE": str(tmp_path / "cache")},
             timeout=600,
         )
         line = next((x for x in proc.stdout.splitlines() if x.startswith("OUT")), None)

@@ -1,10 +1,10 @@
 """Converted artifacts by recipe. A conversion takes seconds (and the TensorFlow import it needs, ~3 s
 more) and the same recipe (a built-in model, its task, optimiser, seed, checkpoint layout and variant)
 always gives an artifact that computes the same, so a recipe is converted once per machine: kept in
-this process, and on disk (FEDSIM_CACHE_DIR, else $XDG_CACHE_HOME/fedsim or ~/.cache/fedsim, under
-artifacts/) for every later process, run and sweep point. The disk key also holds the versions of
+this process, and on disk ($FEDSIM_CACHE/artifacts, default ~/.cache/fedsim/artifacts) for every
+later process, run and sweep point. The disk key also holds the versions of
 TensorFlow (or torch and ExecuTorch) and a digest of fedsim's model code, so an upgrade or an edit
-of a builder converts afresh. FEDSIM_CACHE_DIR=off turns the disk cache off. A builder from a notebook
+of a builder converts afresh. FEDSIM_ARTIFACT_CACHE=off turns the disk cache off. A builder from a notebook
 or a user's module is never cached: it may change under the same name."""
 
 from __future__ import annotations
@@ -27,14 +27,11 @@ MAX_DISK_ENTRIES = 64  # the least recently used go first
 
 
 def cache_dir() -> Path | None:
-    """Where converted artifacts are kept across processes, or None when FEDSIM_CACHE_DIR=off."""
-    chosen = os.environ.get("FEDSIM_CACHE_DIR")
-    if chosen == "off":
+    """Where converted artifacts are kept across processes: $FEDSIM_CACHE/artifacts (default
+    ~/.cache/fedsim, beside the clock's latency tables), or None when FEDSIM_ARTIFACT_CACHE=off."""
+    if os.environ.get("FEDSIM_ARTIFACT_CACHE") == "off":
         return None
-    if chosen:
-        return Path(chosen) / "artifacts"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "fedsim" / "artifacts"
+    return Path(os.environ.get("FEDSIM_CACHE") or Path.home() / ".cache" / "fedsim") / "artifacts"
 
 
 @once
