@@ -60,6 +60,13 @@ def test_bf16_uploads_the_update_rounded_and_half_the_bytes(one_device_runs):
     assert half.meta["pipeline"] == ["verify", "compress"]
 
 
+def test_each_host_stage_records_its_seconds_in_the_rounds_table(one_device_runs):
+    plain, half = one_device_runs["none"], one_device_runs["bf16"]
+    assert not [c for c in plain.rounds if c.endswith("_host_s")]  # (every upload's checks are the plain round)
+    assert (half.rounds["compress_host_s"] > 0).all()
+    assert (half.rounds["compress_host_s"] < half.rounds["hosts_s"]).all()  # a part of the hosts' time
+
+
 def test_bf16_halves_the_upload_on_the_simulated_clock(one_device_runs):
     """The uniform fleet uploads at 5,000 kbit/s: the upload's seconds follow its bytes."""
     plain, half = one_device_runs["none"], one_device_runs["bf16"]

@@ -66,11 +66,15 @@ class RoundResult:
     reports: list[DeviceReport] = field(default_factory=list)
     partials: list[Aggregate] = field(default_factory=list)
     states: list[StateWritten] = field(default_factory=list)
+    # seconds each upload stage spent on the hosts, by stage name, summed over the devices
+    stage_s: dict[str, float] = field(default_factory=dict)
 
     def extend(self, other: RoundResult) -> None:
         self.reports.extend(other.reports)
         self.partials.extend(other.partials)
         self.states.extend(other.states)
+        for name, seconds in other.stage_s.items():
+            self.stage_s[name] = self.stage_s.get(name, 0.0) + seconds
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -47,14 +48,21 @@ def accept_upload(
     samples: int,
     ctx: UploadContext,
     state: DeviceState | None = None,
+    stage_s: dict[str, float] | None = None,
 ) -> Upload:
     """The checkpoint a device holding `samples` samples saved at `path`, read (every block's checksum)
-    and passed through the round's upload stages in order. CheckpointError or Rejected if refused."""
+    and passed through the round's upload stages in order. CheckpointError or Rejected if refused.
+    `stage_s`: each stage's seconds are added to it, by name (the round's `<stage>_host_s` columns)."""
     weights, flat, size = reader.read(path)
     coefficient = work.coefficient(device_id, samples)
     up = Upload(device_id, flat, weights, size, coefficient, work.plan(device_id), state=state or DeviceState())
     for stage in work.stages:
-        up = stage.upload(up, ctx)
+        began = time.perf_counter()
+        try:
+            up = stage.upload(up, ctx)
+        finally:
+            if stage_s is not None:
+                stage_s[stage.name] = stage_s.get(stage.name, 0.0) + time.perf_counter() - began
     return up
 
 
@@ -166,10 +174,11 @@ class DeviceHost:
         ctx = UploadContext(round_num, work.spec, global_flat, work.seed, global32)
         kept = self.shelf.writer(round_num)  # what this call's devices keep, in one new segment
         ahead = self._reads_ahead(device_ids, work)
+        stage_s: dict[str, float] = {}
         try:
             for device_id in device_ids:
                 ahead.advance()
-                report, up, start_loss = self._run_device(device_id, path, work, ctx, kept, ahead)
+                report, up, start_loss = self._run_device(device_id, path, work, ctx, kept, ahead, stage_s)
                 if up is not None:
                     vector = up.payload if up.payload is not None else up.flat
                     assert vector is not None
@@ -182,7 +191,7 @@ class DeviceHost:
             self._device_out.unlink(missing_ok=True)
             written = kept.close()
         states = [self._written(kept, written)] if written else []
-        return RoundResult(reports, [acc.partial()] if acc.count else [], states)
+        return RoundResult(reports, [acc.partial()] if acc.count else [], states, stage_s)
 
     def _written(self, kept: SegmentWriter, device_ids: list[int]) -> StateWritten:
         """The segment this call wrote; from a relay host with its bytes (its own copy removed)."""
@@ -216,6 +225,7 @@ class DeviceHost:
         ctx: UploadContext,
         kept: SegmentWriter,
         ahead: Lookahead,
+        stage_s: dict[str, float] | None = None,
     ) -> tuple[DeviceReport, Upload | None, float]:
         """(report, the accepted upload or None, the first batch's loss). What the device keeps for
         its next round goes into `kept` once it has finished its round (the server accepting its
@@ -259,7 +269,7 @@ class DeviceHost:
             )
 
         try:
-            up = accept_upload(self._reader(work.spec), out, work, device_id, trained.samples, ctx, state)
+            up = accept_upload(self._reader(work.spec), out, work, device_id, trained.samples, ctx, state, stage_s)
         except (CheckpointError, Rejected) as e:
             answer: tuple[DeviceReport, Upload | None, float] = (
                 report("rejected", str(e), out.stat().st_size if out.exists() else 0),

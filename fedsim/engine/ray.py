@@ -17,19 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import psutil
 import ray
 from ray.exceptions import (
     ActorUnavailableError,
     GetTimeoutError,
-    OutOfMemoryError,
     RayActorError,
     RayTaskError,
-    WorkerCrashedError,
 )
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from fedsim.core.task import Task
 from fedsim.engine import relay
 from fedsim.engine.base import (
     DeviceReport,
@@ -40,12 +35,10 @@ from fedsim.engine.base import (
     RoundResult,
     combine_evaluations,
 )
-from fedsim.engine.layout import Prepared, PreparedData, Setup, prepare_data, ready_artifact, test_blocks
-from fedsim.engine.ray_host import RayDeviceHost, prepare_remote
-from fedsim.engine.ray_session import SESSION, connect, kill, retrieved, wait_for_exit
+from fedsim.engine.layout import Prepared, Setup, prepare_data, ready_artifact
+from fedsim.engine.ray_host import RayDeviceHost, prepare_here, prepare_in_worker
+from fedsim.engine.ray_session import SESSION, connect, kill
 from fedsim.engine.settings import EngineSettings
-from fedsim.model import cache
-from fedsim.model.builders import ArtifactRecipe
 from fedsim.pipeline.base import HostRound
 
 HOST_RESTARTS = 5  # a host that keeps dying (e.g. out of memory at start) is given up after this
@@ -62,18 +55,19 @@ class RayEngine(Engine):
         # keep_warm: on close, leave Ray running and park the hosts for the next run in this process
         self.keep_warm = keep_warm
         self.startup_s: dict[str, float] = {}  # seconds per start-up stage of the last start()
+        self.test_samples = 0  # the test set's size (start)
         self.requested_hosts = hosts
         self.address = address
         self.round_timeout_s = round_timeout_s
         self.num_hosts = 0
         self.actors: list[Any] = []
         self.host_pids: list[int] = []
-        self._host_data: list[tuple[Any, ...]] = []  # per host: the refs `load` takes
+        self.host_data: list[tuple[Any, ...]] = []  # per host: the refs `load` takes
         self.host_nodes: list[str] = []
         self._restarting: set[int] = set()  # hosts that died or were killed; Ray is bringing them back
         self._owns_ray = False
         self._put_cache: tuple[bytes, Any] | None = None
-        self._pool_key: tuple[Any, ...] = ()
+        self.pool_key: tuple[Any, ...] = ()
         self._state_dir: Path | None = None
         self.relay: set[int] = set()  # hosts that cannot reach the state folder: their state goes through here
 
@@ -101,7 +95,7 @@ class RayEngine(Engine):
     def start(self, setup: Setup) -> Prepared:
         began = time.perf_counter()
         # A local Ray takes ~2 s to start: the data is loaded and split in this process meanwhile
-        # (numpy only), and used if the artifact needs no TensorFlow to have (see _prepare_here).
+        # (numpy only), and used if the artifact needs no TensorFlow to have (see ray_host.prepare_here).
         early, pool = None, None
         if self.address is None and not ray.is_initialized():
             pool = ThreadPoolExecutor(1, thread_name_prefix="fedsim-prepare")
@@ -112,8 +106,8 @@ class RayEngine(Engine):
         self.num_hosts = h = min(self.requested_hosts or cpus, setup.devices)
         per_host_cpus = min(1.0, cpus / h)  # more hosts than CPUs (one per device) must all be scheduled
         # where this run's hosts are parked after it (warm starts): its Ray session and host shape
-        self._pool_key = (ray.get_runtime_context().get_job_id(), h, per_host_cpus)
-        warm = SESSION.take(self._pool_key)  # parked hosts of another shape are let go either way
+        self.pool_key = (ray.get_runtime_context().get_job_id(), h, per_host_cpus)
+        warm = SESSION.take(self.pool_key)  # parked hosts of another shape are let go either way
         if warm and not self.keep_warm:
             kill(warm)
             warm = None
@@ -122,7 +116,7 @@ class RayEngine(Engine):
         # run), so it comes back whole for the next round. The round it died in is not retried: its
         # devices are recorded as failed. A host process loads TFLite's interpreter
         # (fedsim.device.tflite_loader), not the TensorFlow package: it starts in a fraction of a second.
-        self._actor_cls = ray.remote(RayDeviceHost).options(
+        self.actor_cls = ray.remote(RayDeviceHost).options(
             num_cpus=per_host_cpus, scheduling_strategy="SPREAD", max_restarts=HOST_RESTARTS, max_task_retries=0
         )
         data = None
@@ -131,109 +125,24 @@ class RayEngine(Engine):
             data, early = early.result(), None  # bad data fails here, with its own error
         artifact = ready_artifact(setup, data.dataset.task) if data is not None else None
         if data is not None and artifact is not None:
-            prepared, timings = self._prepare_here(setup, data, artifact)
+            started = prepare_here(self.actor_cls, h, setup, data, artifact)
         else:  # TensorFlow is needed (a conversion, a check): the worker loads the data itself
-            prepared, timings = self._prepare_remote(setup, warm)
+            started = prepare_in_worker(self.actor_cls, h, setup, warm, self.keep_warm, self.pool_key)
         del data  # the object store holds the shards: this process keeps none of the data
+        prepared, prepared_at = started.prepared, started.prepared_at
+        self.actors, self.host_data, self.host_pids = started.actors, started.host_data, started.host_pids
+        self.test_samples = int(prepared.dataset_info["test_samples"])
         # Which Ray node each host landed on (SPREAD places them across nodes).
         self.host_nodes = ray.get([a.node_id.remote() for a in self.actors])
         self.startup_s = {
             "ray": connected - began,
-            "prepare": timings["prepared"] - connected,
-            "hosts": time.perf_counter() - timings["prepared"],
+            "prepare": prepared_at - connected,
+            "hosts": time.perf_counter() - prepared_at,
             "conversion": prepared.convert_s,  # part of "prepare": 0 when the artifact came from a cache
             "warm": bool(warm),
         }
         self.set_costs(prepared, setup.settings)
         return prepared
-
-    def _prepare_here(self, setup: Setup, data: PreparedData, artifact: bytes) -> tuple[Prepared, dict[str, float]]:
-        """The data prepared in this process, the artifact from a cache: the shards go into the object
-        store from here (this process lets go of them after), the hosts load them, and the first host
-        measures the artifact (its report), so this process never loads TensorFlow's libraries."""
-        h = self.num_hosts
-        fresh: list[Any] = [self._actor_cls.remote(i, setup.settings) for i in range(h)]
-        try:
-            fleet_ref = ray.put(data.fleet)
-            test_refs = [ray.put(block) for block in test_blocks(data.dataset, h)]
-            info = dict(data.info)
-            counts, test_sizes, sample, batch_size = data.label_counts, data.test_sizes, data.sample, data.batch_size
-            prepared_at = time.perf_counter()
-            self.test_samples = int(info["test_samples"])
-            artifact_ref = ray.put(artifact)
-            self.actors = fresh
-            self._host_data = [(fleet_ref, test_refs[i], artifact_ref, setup.settings) for i in range(h)]
-            self.host_pids = ray.get([a.load.remote(*self._host_data[i]) for i, a in enumerate(fresh)])
-            report: dict[str, Any] = ray.get(fresh[0].inspect.remote(info["task"], sample, batch_size))
-        except RayTaskError as e:  # the artifact cannot run here: the host's own error, one line
-            kill(fresh)
-            raise (e.cause if isinstance(e.cause, Exception) else e) from None
-        except BaseException:
-            kill(fresh)
-            raise
-        prepared = Prepared(artifact, info, None, [], counts, test_sizes, report)
-        return prepared, {"prepared": prepared_at}
-
-    def _prepare_remote(self, setup: Setup, warm: list[Any] | None) -> tuple[Prepared, dict[str, float]]:
-        """A one-shot worker on this node (where the data set was found) loads and splits the data and
-        makes the artifact (converting the model, importing TensorFlow), putting each host's share
-        straight into the object store. The coordinator process never imports TensorFlow, and the
-        worker exits as soon as its results are in the object store (the hosts wait for it)."""
-        h = self.num_hosts
-        recipe = setup.artifact if isinstance(setup.artifact, ArtifactRecipe) and self.keep_warm else None
-        if recipe is not None:  # conversions an earlier run of this process made: the preparation reuses them
-            setup = dataclasses.replace(setup, known_artifacts=cache.for_task(recipe))
-        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
-        # Not retried: a preparation killed for memory would be killed again, and Ray would retry it forever.
-        if warm:  # a warm host prepares: its process has TensorFlow loaded already
-            refs = warm[0].prepare.options(num_returns=4 + h).remote(setup, h)
-        else:
-            # no CPU of its own: the hosts, started next, hold the CPUs and wait for its results
-            task = ray.remote(max_calls=1)(prepare_remote).options(
-                num_returns=4 + h, scheduling_strategy=here, max_retries=0, num_cpus=0
-            )
-            refs = task.remote(setup, h)
-        # Cold hosts start while the data is prepared (sent after the preparation, which so takes one
-        # of the workers Ray starts with).
-        fresh: list[Any] = [] if warm else [self._actor_cls.remote(i, setup.settings) for i in range(h)]
-        try:
-            try:
-                artifact, info, worker_pid = ray.get(refs[:3])
-            except RayTaskError as e:
-                # Bad data, a partition that cannot be made, a model or artifact that cannot run: the
-                # worker's own error, one line, not Ray's wrapping of it with the worker's traceback.
-                retrieved(refs)
-                if warm:  # the warm host that prepared is fine: park it again for the next run
-                    SESSION.park(self._pool_key, warm)
-                raise (e.cause if isinstance(e.cause, Exception) else e) from None
-            except (OutOfMemoryError, WorkerCrashedError) as e:
-                retrieved(refs)
-                available = psutil.virtual_memory().available / 2**30
-                what = "ran out of memory" if isinstance(e, OutOfMemoryError) else "crashed"
-                raise EngineError(
-                    f"preparing the run {what} (loading and splitting the data for {setup.devices} devices, "
-                    f"converting the model); this node has {available:.1f} GiB available: use fewer "
-                    "--devices or a smaller data set"
-                ) from None
-        except BaseException:
-            kill(fresh)  # the run ends here: the hosts started for it go with it
-            raise
-        counts, test_sizes, report = info.pop("label_counts"), info.pop("test_sizes"), info.pop("report")
-        convert_s = float(info.pop("convert_s", 0.0))
-        if recipe is not None:
-            cache.put(dataclasses.replace(recipe, task=Task.from_dict(info["task"])), artifact)
-        prepared_at = time.perf_counter()
-        fleet_ref, test_refs = refs[3], refs[4:]
-        self.test_samples = int(info["test_samples"])
-        artifact_ref = ray.put(artifact)
-        self.actors = warm or fresh
-        self._host_data = [(fleet_ref, test_refs[i], artifact_ref, setup.settings) for i in range(h)]
-        loads = [a.load.remote(*self._host_data[i]) for i, a in enumerate(self.actors)]
-        if not warm:  # its memory is given back before the first round
-            wait_for_exit(worker_pid)
-        self.host_pids = ray.get(loads)
-        prepared = Prepared(artifact, info, None, [], counts, test_sizes, report, convert_s)
-        return prepared, {"prepared": prepared_at}
 
     def initial_checkpoint(self) -> bytes:
         return ray.get(self.actors[0].initial_checkpoint.remote())
@@ -338,7 +247,7 @@ class RayEngine(Engine):
             while True:
                 try:
                     left = max(1.0, deadline - time.monotonic())
-                    self.host_pids[h] = ray.get(self.actors[h].load.remote(*self._host_data[h]), timeout=left)
+                    self.host_pids[h] = ray.get(self.actors[h].load.remote(*self.host_data[h]), timeout=left)
                     if self._state_dir is not None:
                         relays = ray.get(self.actors[h].use_state_folder.remote(self._state_dir), timeout=left)
                         self.relay = (self.relay - {h}) | ({h} if relays else set())
@@ -361,11 +270,11 @@ class RayEngine(Engine):
             except Exception:  # a dead host has nothing left to clean
                 ray.kill(actor)
         if self.keep_warm and alive and len(alive) == len(self.actors) and ray.is_initialized():
-            SESSION.park(self._pool_key, alive)  # parked for the next run
+            SESSION.park(self.pool_key, alive)  # parked for the next run
         else:
             kill(alive)
         self.actors = []
-        self._host_data = []
+        self.host_data = []
         self._put_cache = None
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()

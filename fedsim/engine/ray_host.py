@@ -1,14 +1,25 @@
-"""A device host as a Ray actor, and the run's preparation as a Ray task (fedsim.engine.ray uses both)."""
+"""A device host as a Ray actor, and the run's preparation: in the coordinator with the hosts, or as a
+Ray task (fedsim.engine.ray uses them)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import time
 from typing import Any
 
+import psutil
 import ray
+from ray.exceptions import OutOfMemoryError, RayTaskError, WorkerCrashedError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from fedsim.core.task import Task
+from fedsim.engine.base import EngineError
 from fedsim.engine.host import DeviceHost
-from fedsim.engine.layout import Setup, prepare
+from fedsim.engine.layout import Prepared, PreparedData, Setup, prepare, test_blocks
+from fedsim.engine.ray_session import SESSION, kill, retrieved, wait_for_exit
+from fedsim.model import cache
+from fedsim.model.builders import ArtifactRecipe
 
 
 def prepare_remote(setup: Setup, num_hosts: int) -> tuple[Any, ...]:
@@ -93,3 +104,102 @@ class RayDeviceHost(DeviceHost):
             self.fleet, self.test_blocks, self.artifact = None, [], None  # type: ignore[assignment]
             self._runner, self._flat_reader = None, None
             self.loaded = False
+
+
+@dataclasses.dataclass
+class Started:
+    """A run's hosts, loaded: what the engine keeps of a start."""
+
+    prepared: Prepared
+    prepared_at: float  # when the data was in the object store (perf_counter)
+    actors: list[Any]
+    host_data: list[tuple[Any, ...]]  # per host: the refs `load` takes (again after a restart)
+    host_pids: list[int]
+
+
+def prepare_here(host_cls: Any, hosts: int, setup: Setup, data: PreparedData, artifact: bytes) -> Started:
+    """The data prepared in this process, the artifact from a cache: the shards go into the object
+    store from here (this process lets go of them after), the hosts load them, and the first host
+    measures the artifact (its report), so this process never loads TensorFlow's libraries."""
+    h = hosts
+    fresh: list[Any] = [host_cls.remote(i, setup.settings) for i in range(h)]
+    try:
+        fleet_ref = ray.put(data.fleet)
+        test_refs = [ray.put(block) for block in test_blocks(data.dataset, h)]
+        info = dict(data.info)
+        counts, test_sizes, sample, batch_size = data.label_counts, data.test_sizes, data.sample, data.batch_size
+        prepared_at = time.perf_counter()
+        artifact_ref = ray.put(artifact)
+        host_data = [(fleet_ref, test_refs[i], artifact_ref, setup.settings) for i in range(h)]
+        host_pids = ray.get([a.load.remote(*host_data[i]) for i, a in enumerate(fresh)])
+        report: dict[str, Any] = ray.get(fresh[0].inspect.remote(info["task"], sample, batch_size))
+    except RayTaskError as e:  # the artifact cannot run here: the host's own error, one line
+        kill(fresh)
+        raise (e.cause if isinstance(e.cause, Exception) else e) from None
+    except BaseException:
+        kill(fresh)
+        raise
+    prepared = Prepared(artifact, info, None, [], counts, test_sizes, report)
+    return Started(prepared, prepared_at, fresh, host_data, host_pids)
+
+
+def prepare_in_worker(
+    host_cls: Any, hosts: int, setup: Setup, warm: list[Any] | None, keep_warm: bool, pool_key: tuple[Any, ...]
+) -> Started:
+    """A one-shot worker on this node (where the data set was found) loads and splits the data and
+    makes the artifact (converting the model, importing TensorFlow), putting each host's share
+    straight into the object store. The coordinator process never imports TensorFlow, and the
+    worker exits as soon as its results are in the object store (the hosts wait for it)."""
+    h = hosts
+    recipe = setup.artifact if isinstance(setup.artifact, ArtifactRecipe) and keep_warm else None
+    if recipe is not None:  # conversions an earlier run of this process made: the preparation reuses them
+        setup = dataclasses.replace(setup, known_artifacts=cache.for_task(recipe))
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    # Not retried: a preparation killed for memory would be killed again, and Ray would retry it forever.
+    if warm:  # a warm host prepares: its process has TensorFlow loaded already
+        refs = warm[0].prepare.options(num_returns=4 + h).remote(setup, h)
+    else:
+        # no CPU of its own: the hosts, started next, hold the CPUs and wait for its results
+        task = ray.remote(max_calls=1)(prepare_remote).options(
+            num_returns=4 + h, scheduling_strategy=here, max_retries=0, num_cpus=0
+        )
+        refs = task.remote(setup, h)
+    # Cold hosts start while the data is prepared (sent after the preparation, which so takes one
+    # of the workers Ray starts with).
+    fresh: list[Any] = [] if warm else [host_cls.remote(i, setup.settings) for i in range(h)]
+    try:
+        try:
+            artifact, info, worker_pid = ray.get(refs[:3])
+        except RayTaskError as e:
+            # Bad data, a partition that cannot be made, a model or artifact that cannot run: the
+            # worker's own error, one line, not Ray's wrapping of it with the worker's traceback.
+            retrieved(refs)
+            if warm:  # the warm host that prepared is fine: park it again for the next run
+                SESSION.park(pool_key, warm)
+            raise (e.cause if isinstance(e.cause, Exception) else e) from None
+        except (OutOfMemoryError, WorkerCrashedError) as e:
+            retrieved(refs)
+            available = psutil.virtual_memory().available / 2**30
+            what = "ran out of memory" if isinstance(e, OutOfMemoryError) else "crashed"
+            raise EngineError(
+                f"preparing the run {what} (loading and splitting the data for {setup.devices} devices, "
+                f"converting the model); this node has {available:.1f} GiB available: use fewer "
+                "--devices or a smaller data set"
+            ) from None
+    except BaseException:
+        kill(fresh)  # the run ends here: the hosts started for it go with it
+        raise
+    counts, test_sizes, report = info.pop("label_counts"), info.pop("test_sizes"), info.pop("report")
+    convert_s = float(info.pop("convert_s", 0.0))
+    if recipe is not None:
+        cache.put(dataclasses.replace(recipe, task=Task.from_dict(info["task"])), artifact)
+    prepared_at = time.perf_counter()
+    fleet_ref, test_refs = refs[3], refs[4:]
+    artifact_ref = ray.put(artifact)
+    actors = warm or fresh
+    host_data = [(fleet_ref, test_refs[i], artifact_ref, setup.settings) for i in range(h)]
+    loads = [a.load.remote(*host_data[i]) for i, a in enumerate(actors)]
+    if not warm:  # its memory is given back before the first round
+        wait_for_exit(worker_pid)
+    prepared = Prepared(artifact, info, None, [], counts, test_sizes, report, convert_s)
+    return Started(prepared, prepared_at, actors, host_data, ray.get(loads))

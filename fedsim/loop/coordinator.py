@@ -102,9 +102,8 @@ class Coordinator(RoundCore):
             sim_round += self.pipeline.server_seconds()
         stamps = Stamps(start, hosts_done, time.perf_counter())
         # devices with a test split of their own also score the new model
-        return self.finish(
-            round_num, device_rows, selected, len(selected), stamps, sent, plans, cost, self._clocks(sim_round)
-        )
+        columns = self._clocks(sim_round) | self.pipeline.host_columns(result.stage_s)
+        return self.finish(round_num, device_rows, selected, len(selected), stamps, sent, plans, cost, columns)
 
     def _run_on_hosts(
         self, round_num: int, selected: list[int], run_ids: list[int], work: HostRound, checkpoint: bytes

@@ -82,6 +82,11 @@ def plain_round(checkpoint: bytes, round_num: int = 1, accumulate: str = "sum") 
     return HostRound(round_num, spec_of(read_checkpoint(checkpoint)), (Verify(),), accumulate)
 
 
+def host_seconds(stage: str) -> str:
+    """The rounds table's column of a stage's seconds on the hosts."""
+    return f"{stage}_host_s"
+
+
 class Pipeline:
     """The run's stages in order, and the few questions the round loop asks of all of them at once."""
 
@@ -208,8 +213,16 @@ class Pipeline:
         return nbytes
 
     def columns(self) -> list[str]:
-        """The columns the stages add to the rounds table."""
-        return [c for s in self.stages for c in s.columns]
+        """The columns the stages add to the rounds table: their own, and each host stage's seconds on
+        the hosts (`<name>_host_s`: summed over the round's devices; a synchronous round's)."""
+        return [c for s in self.stages for c in s.columns] + [
+            host_seconds(s.name) for s in self.stages if s.on_host and s.timed
+        ]
+
+    def host_columns(self, stage_s: Mapping[str, float]) -> dict[str, float]:
+        """The round's `<stage>_host_s` columns from the hosts' seconds per stage."""
+        timed = {s.name for s in self.stages if s.timed}
+        return {host_seconds(name): seconds for name, seconds in stage_s.items() if name in timed}
 
     def round_metrics(self) -> dict[str, float]:
         out: dict[str, float] = {}

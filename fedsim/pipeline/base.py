@@ -127,6 +127,8 @@ class Stage:
     conflicts: ClassVar[dict[str, str]] = {}
     # the instructions its `plan` may give devices (the runtime must honour what they need)
     instructions: ClassVar[tuple[type[Instruction], ...]] = ()
+    # its seconds on the hosts are a rounds-table column (`<name>_host_s`); off for what every run does
+    timed: ClassVar[bool] = True
 
     def device_table_columns(self) -> tuple[str, ...]:
         """The devices-table columns this stage fills in this run (its device_columns by default)."""

@@ -21,6 +21,7 @@ class Verify(Stage):
     name = "verify"
     Settings = VerifySettings
     where = "server"
+    timed = False  # every upload's checks: part of a plain round, not a stage's added cost
 
     @classmethod
     def make(cls, settings: Any, seed: int = 0) -> Verify:
