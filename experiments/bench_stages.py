@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3, help="alternating passes over the rows")
     parser.add_argument("--rows", default=",".join(ROWS))
     parser.add_argument("--out", default="results/bench")
+    parser.add_argument("--codecs", default="results/bench/codecs.csv", help="bench_codecs' figures (alone_s)")
     args = parser.parse_args()
     names = args.rows.split(",")
     records = []
@@ -111,7 +112,7 @@ def main() -> None:
                 print(records[-1], flush=True)
     raw = pd.DataFrame(records)
     workers = min(PLAIN["hosts"], os.cpu_count() or 1)
-    codecs = Path(args.out) / "codecs.csv"
+    codecs = Path(args.codecs)
     alone_ms = pd.read_csv(codecs).set_index("codec")["compiled_ms"] if codecs.exists() else pd.Series(dtype=float)
     rows = []
     for name in names:
