@@ -57,6 +57,9 @@ def _load_light() -> type:
     missing = [p.name for p in (framework, internal, wrapper, source) if not p.exists()]
     if missing:
         raise ImportError(f"TensorFlow's files are not where 2.18 puts them: {', '.join(missing)}")
+    text = source.read_text()
+    if text.count("from tflite_runtime import") != 2:
+        raise ImportError("TensorFlow's interpreter.py is not the 2.18 file this loader knows")
     # RTLD_GLOBAL: the interpreter finds the Flex delegate (TF_AcquireFlexDelegate) and TensorFlow's
     # kernels among the process's global symbols, as it does after `import tensorflow`
     ctypes.CDLL(str(framework), mode=ctypes.RTLD_GLOBAL)
@@ -77,9 +80,6 @@ def _load_light() -> type:
     runtime.metrics_portable = metrics  # type: ignore[attr-defined]
     sys.modules[_RUNTIME] = runtime
     sys.modules[metrics.__name__] = metrics
-    text = source.read_text()
-    if text.count("from tflite_runtime import") != 2:
-        raise ImportError("TensorFlow's interpreter.py is not the 2.18 file this loader knows")
     interpreter = types.ModuleType(f"{_RUNTIME}.interpreter")
     # interpreter.py takes its tflite_runtime branch when its file sits in a tflite_runtime folder
     interpreter.__file__ = str(Path("tflite_runtime") / "interpreter.py")
@@ -102,10 +102,10 @@ def interpreter_class() -> type:
     if _loaded is None:
         try:
             _loaded = _load_light()
-        except (ImportError, OSError, SyntaxError):
+        except (ImportError, OSError, SyntaxError):  # (once: every later interpreter is TensorFlow's)
             import tensorflow as tf
 
-            return tf.lite.Interpreter
+            _loaded = tf.lite.Interpreter
     return _loaded
 
 

@@ -71,21 +71,31 @@ def _disk_get(k: tuple[Any, ...]) -> bytes | None:
     return data
 
 
+def _publish(folder: Path, name: str, payload: bytes) -> None:
+    """Write `folder/name` by rename from a file of this writer's own, so that a reader (or another
+    process writing the same entry) never sees half a file. OSError if the disk refuses."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+        os.replace(tmp, folder / name)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _disk_put(k: tuple[Any, ...], artifact: bytes) -> None:
     """Keep the artifact on disk (best effort: a read-only or full disk only costs the next process a
-    conversion). Data first, then its entry, each by rename: a reader never sees half a file."""
+    conversion). Data first, then its entry, each by rename."""
     folder = cache_dir()
     if folder is None:
         return
     name = _disk_name(k)
     entry = {"sha256": hashlib.sha256(artifact).hexdigest(), "recipe": repr(k), "bytes": len(artifact)}
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        for suffix, payload in ((".bin", artifact), (".json", json.dumps(entry).encode())):
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}")
-            with os.fdopen(fd, "wb") as f:
-                f.write(payload)
-            os.replace(tmp, folder / f"{name}{suffix}")
+        _publish(folder, f"{name}.bin", artifact)
+        _publish(folder, f"{name}.json", json.dumps(entry).encode())
         entries = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime)
         for old in entries[:-MAX_DISK_ENTRIES]:
             old.unlink(missing_ok=True)
@@ -135,11 +145,7 @@ def remember(kind: str, artifact: bytes, value: str) -> None:
     if folder is None:
         return
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".fact")
-        with os.fdopen(fd, "w") as f:
-            f.write(value)
-        os.replace(tmp, folder / f"{hashlib.sha256(artifact).hexdigest()}.{kind}")
+        _publish(folder, f"{hashlib.sha256(artifact).hexdigest()}.{kind}", value.encode())
     except OSError:
         pass
 
@@ -159,23 +165,20 @@ def build(recipe: ArtifactRecipe, known: dict[tuple[Any, ...], bytes] | None = N
     """The recipe's artifact: from this process's cache, from `known` (entries another process sent,
     see `for_task`), from the disk cache, or made now (a .tflite converted by TensorFlow, or a .pte
     exported by torch) and kept in this process and on disk."""
+    found = lookup(recipe, known)
+    if found is not None:
+        return found
+    if recipe.runtime == "executorch":
+        from fedsim.model.pte import export_pte
+
+        found = export_pte(recipe)
+    else:
+        from fedsim.model.convert import convert_to_tflite
+
+        found = convert_to_tflite(recipe)
     k = key(recipe)
-    found = _CACHE.get(k) if k is not None else None
-    if found is None and known and k is not None:
-        found = known.get(k)
-    if found is None and k is not None:
-        found = _disk_get(k)
-    if found is None:
-        if recipe.runtime == "executorch":
-            from fedsim.model.pte import export_pte
-
-            found = export_pte(recipe)
-        else:
-            from fedsim.model.convert import convert_to_tflite
-
-            found = convert_to_tflite(recipe)
-        if k is not None:
-            _disk_put(k, found)
+    if k is not None:
+        _disk_put(k, found)
     put(recipe, found)
     return found
 
