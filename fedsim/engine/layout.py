@@ -4,8 +4,6 @@ so any host runs any device), the test set in fixed blocks, and the preparation 
 from __future__ import annotations
 
 import dataclasses
-import os
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -101,14 +99,8 @@ class PreparedData:
     batch_size: int
 
 
-def prepare_data(setup: Setup, nice: bool = False) -> PreparedData:
-    """Load the data, partition it and lay the fleet's shards out (numpy only). `nice`: run this thread
-    at a lower priority (Linux), so that what it overlaps (Ray starting its processes) goes first."""
-    if nice and hasattr(os, "setpriority"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-        except OSError:
-            pass
+def prepare_data(setup: Setup) -> PreparedData:
+    """Load the data, partition it and lay the fleet's shards out (numpy only)."""
     dataset = setup.data.load()
     task = dataset.task
     if setup.data.path or setup.data.arrays is not None:  # sizes known only once loaded (an .npz)

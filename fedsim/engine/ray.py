@@ -11,9 +11,11 @@ assumes a shared filesystem, so the same code runs on a multi-node cluster.
 from __future__ import annotations
 
 import dataclasses
+import os
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +37,24 @@ from fedsim.engine.base import (
     RoundResult,
     combine_evaluations,
 )
-from fedsim.engine.layout import Prepared, Setup, prepare_data, ready_artifact
+from fedsim.engine.layout import Prepared, PreparedData, Setup, prepare_data, ready_artifact
 from fedsim.engine.ray_host import RayDeviceHost, prepare_here, prepare_in_worker
 from fedsim.engine.ray_session import SESSION, connect, kill
 from fedsim.engine.settings import EngineSettings
 from fedsim.pipeline.base import HostRound
 
 HOST_RESTARTS = 5  # a host that keeps dying (e.g. out of memory at start) is given up after this
+
+
+def _prepare_data_niced(setup: Setup) -> PreparedData:
+    """prepare_data on a thread of lower priority (Linux: per thread), so that Ray's start, which it
+    overlaps, goes first: that start waits on its raylet in whole seconds, and at normal priority the
+    preparation pushed it to the next second in 3 of 6 starts (1 of 6 niced)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # (no setpriority here, or not allowed)
+        pass
+    return prepare_data(setup)
 
 
 class RayEngine(Engine):
@@ -96,10 +109,11 @@ class RayEngine(Engine):
         began = time.perf_counter()
         # A local Ray takes ~2 s to start: the data is loaded and split in this process meanwhile
         # (numpy only), and used if the artifact needs no TensorFlow to have (see ray_host.prepare_here).
-        early, pool = None, None
+        early: Future[PreparedData] | None = None
         if self.address is None and not ray.is_initialized():
             pool = ThreadPoolExecutor(1, thread_name_prefix="fedsim-prepare")
-            early = pool.submit(prepare_data, setup, True)
+            early = pool.submit(_prepare_data_niced, setup)
+            pool.shutdown(wait=False)  # (the submitted preparation still runs)
         self._connect()
         connected = time.perf_counter()
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -119,10 +133,8 @@ class RayEngine(Engine):
         self.actor_cls = ray.remote(RayDeviceHost).options(
             num_cpus=per_host_cpus, scheduling_strategy="SPREAD", max_restarts=HOST_RESTARTS, max_task_retries=0
         )
-        data = None
-        if early is not None and pool is not None:
-            pool.shutdown(wait=False)
-            data, early = early.result(), None  # bad data fails here, with its own error
+        data = early.result() if early is not None else None  # bad data fails here, with its own error
+        early = None  # (the future holds the data too)
         artifact = ready_artifact(setup, data.dataset.task) if data is not None else None
         if data is not None and artifact is not None:
             started = prepare_here(self.actor_cls, h, setup, data, artifact)

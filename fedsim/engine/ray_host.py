@@ -80,9 +80,8 @@ class RayDeviceHost(DeviceHost):
 
     def inspect(self, task: dict[str, Any], sample: tuple[Any, Any], batch_size: int) -> dict[str, Any]:
         """The artifact report (signatures, ops, latency on this host's machine) of the loaded artifact,
-        where the coordinator prepared the data itself (fedsim.engine.ray's _prepare_here)."""
+        where the coordinator prepared the data itself (`prepare_here`)."""
         from fedsim.artifact import inspect
-        from fedsim.core.task import Task
 
         self._check_loaded()
         assert self.artifact is not None
@@ -121,26 +120,28 @@ def prepare_here(host_cls: Any, hosts: int, setup: Setup, data: PreparedData, ar
     """The data prepared in this process, the artifact from a cache: the shards go into the object
     store from here (this process lets go of them after), the hosts load them, and the first host
     measures the artifact (its report), so this process never loads TensorFlow's libraries."""
-    h = hosts
-    fresh: list[Any] = [host_cls.remote(i, setup.settings) for i in range(h)]
+    fresh: list[Any] = [host_cls.remote(i, setup.settings) for i in range(hosts)]
     try:
-        fleet_ref = ray.put(data.fleet)
-        test_refs = [ray.put(block) for block in test_blocks(data.dataset, h)]
-        info = dict(data.info)
-        counts, test_sizes, sample, batch_size = data.label_counts, data.test_sizes, data.sample, data.batch_size
+        test_refs = [ray.put(block) for block in test_blocks(data.dataset, hosts)]
+        host_data = _host_data(ray.put(data.fleet), test_refs, artifact, setup)
         prepared_at = time.perf_counter()
-        artifact_ref = ray.put(artifact)
-        host_data = [(fleet_ref, test_refs[i], artifact_ref, setup.settings) for i in range(h)]
         host_pids = ray.get([a.load.remote(*host_data[i]) for i, a in enumerate(fresh)])
-        report: dict[str, Any] = ray.get(fresh[0].inspect.remote(info["task"], sample, batch_size))
+        report: dict[str, Any] = ray.get(fresh[0].inspect.remote(data.info["task"], data.sample, data.batch_size))
     except RayTaskError as e:  # the artifact cannot run here: the host's own error, one line
         kill(fresh)
         raise (e.cause if isinstance(e.cause, Exception) else e) from None
     except BaseException:
         kill(fresh)
         raise
-    prepared = Prepared(artifact, info, None, [], counts, test_sizes, report)
+    prepared = Prepared(artifact, dict(data.info), None, [], data.label_counts, data.test_sizes, report)
     return Started(prepared, prepared_at, fresh, host_data, host_pids)
+
+
+def _host_data(fleet_ref: Any, test_refs: list[Any], artifact: bytes, setup: Setup) -> list[tuple[Any, ...]]:
+    """Per host, what `load` takes: the fleet's data, its test blocks, the artifact (one object for
+    all), the settings; kept by the engine to load a restarted host again."""
+    artifact_ref = ray.put(artifact)
+    return [(fleet_ref, test_refs[i], artifact_ref, setup.settings) for i in range(len(test_refs))]
 
 
 def prepare_in_worker(
@@ -194,10 +195,8 @@ def prepare_in_worker(
     if recipe is not None:
         cache.put(dataclasses.replace(recipe, task=Task.from_dict(info["task"])), artifact)
     prepared_at = time.perf_counter()
-    fleet_ref, test_refs = refs[3], refs[4:]
-    artifact_ref = ray.put(artifact)
     actors = warm or fresh
-    host_data = [(fleet_ref, test_refs[i], artifact_ref, setup.settings) for i in range(h)]
+    host_data = _host_data(refs[3], refs[4:], artifact, setup)
     loads = [a.load.remote(*host_data[i]) for i, a in enumerate(actors)]
     if not warm:  # its memory is given back before the first round
         wait_for_exit(worker_pid)

@@ -215,14 +215,16 @@ class Pipeline:
     def columns(self) -> list[str]:
         """The columns the stages add to the rounds table: their own, and each host stage's seconds on
         the hosts (`<name>_host_s`: summed over the round's devices; a synchronous round's)."""
-        return [c for s in self.stages for c in s.columns] + [
-            host_seconds(s.name) for s in self.stages if s.on_host and s.timed
-        ]
+        return [c for s in self.stages for c in s.columns] + [host_seconds(name) for name in self._timed()]
 
     def host_columns(self, stage_s: Mapping[str, float]) -> dict[str, float]:
         """The round's `<stage>_host_s` columns from the hosts' seconds per stage."""
-        timed = {s.name for s in self.stages if s.timed}
+        timed = self._timed()
         return {host_seconds(name): seconds for name, seconds in stage_s.items() if name in timed}
+
+    def _timed(self) -> list[str]:
+        """The stages whose seconds on the hosts the rounds table records."""
+        return [s.name for s in self.stages if s.on_host and s.timed]
 
     def round_metrics(self) -> dict[str, float]:
         out: dict[str, float] = {}
