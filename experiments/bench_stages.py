@@ -40,6 +40,7 @@ from fedsim.report.tables import publish
 
 PLAIN = dict(devices=1000, fraction=1.0, batch_size=32, local_epochs=1, seed=0, hosts=2, progress=False)
 SKEWED = dict(devices=1000, batch_size=32, local_epochs=1, seed=0, hosts=2, fleet="skewed", progress=False)
+ASYNC10 = dict(mode="async", concurrency=100, buffer=10)
 OWN_TARGET = 1.25  # a compression stage's added wall against its own seconds on the hosts / CPUs
 ROWS: dict[str, tuple[dict, str, float | None]] = {  # settings, baseline row, target ratio
     "plain": (PLAIN, "plain", None),
@@ -52,6 +53,9 @@ ROWS: dict[str, tuple[dict, str, float | None]] = {  # settings, baseline row, t
     "sync-skewed": ({**SKEWED, "per_round": 100}, "sync-skewed", None),
     "async-skewed": ({**SKEWED, "mode": "async", "concurrency": 100, "buffer": 10}, "sync-skewed", 1.5),
     "async-skewed-k50": ({**SKEWED, "mode": "async", "concurrency": 100, "buffer": 50}, "sync-skewed", 1.5),
+    # --commit-every: the default (1s) above; every step (the earlier default), every 10 steps
+    "async-skewed-c1": ({**SKEWED, **ASYNC10, "commit_every": "1"}, "sync-skewed", None),
+    "async-skewed-c10": ({**SKEWED, **ASYNC10, "commit_every": "10"}, "sync-skewed", None),
 }
 
 

@@ -37,6 +37,10 @@ class Rows:
         self.devices.extend(device_rows)
         self.checkpoints.append(checkpoint)
 
+    def hold_round(self, round_row, device_rows):  # a round between commits (--commit-every)
+        self.rounds.append(round_row)
+        self.devices.extend(device_rows)
+
 
 def test_a_stale_update_enters_weighted_by_hand():
     """Three fake devices (device d adds d to every weight it trains) start together on model 0 and
@@ -253,6 +257,7 @@ class StopAfter(fedsim.LocalEngine):
 
 def test_async_gives_the_same_tables_on_any_host_count_and_after_a_resume(tmp_path):
     settings = {**BASE, "fleet": "skewed", "rounds": 6, "mode": "async", "concurrency": 5, "buffer": 2}
+    settings["commit_every"] = "1"  # (every step, so that the cut below leaves some committed)
     columns = [*SYNC_COLUMNS, "sim_round_s", "staleness_mean", "devices_in_flight"]
     one = fedsim.run(out=str(tmp_path / "one"), engine=fedsim.LocalEngine(1), **settings)
     two = fedsim.run(out=str(tmp_path / "two"), engine=fedsim.LocalEngine(2), **settings)
@@ -270,6 +275,59 @@ def test_async_gives_the_same_tables_on_any_host_count_and_after_a_resume(tmp_pa
     assert (resumed.path / "global.ckpt").read_bytes() == (one.path / "global.ckpt").read_bytes()
 
 
+class Counting(fedsim.LocalEngine):
+    def __init__(self, hosts=2):
+        super().__init__(hosts)
+        self.calls = 0
+
+    def run_round(self, round_num, *args, **kwargs):
+        self.calls += 1
+        return super().run_round(round_num, *args, **kwargs)
+
+
+@pytest.mark.parametrize("every", ["3", "0.05s"])
+def test_a_kill_between_commits_loses_nothing_committed_and_the_resume_replays_the_rest(tmp_path, every):
+    """--commit-every: a kill at any engine call leaves the folder at its last commit (the held steps
+    are not on disk); the resume runs the steps since then again and ends with the tables and the
+    checkpoint of a run never killed. A commit's part holds every step since the one before."""
+    settings = {**BASE, "fleet": "skewed", "rounds": 8, "mode": "async", "concurrency": 5, "buffer": 2}
+    settings["commit_every"] = every
+    columns = [*SYNC_COLUMNS, "sim_round_s", "staleness_mean", "devices_in_flight"]
+    counting = Counting()
+    whole = fedsim.run(out=str(tmp_path / "whole"), engine=counting, **settings)
+    parts = sorted(f.name for f in (whole.path / "rounds.parquet").iterdir())
+    if every == "3":
+        assert parts == ["round-00000003.parquet", "round-00000006.parquet", "round-00000008.parquet"]
+    assert len(whole.rounds) == 8 and list(whole.rounds["round"]) == list(range(1, 9))
+    cut_at = []
+    for stop in range(2, counting.calls + 1):
+        folder = tmp_path / f"cut{stop}"
+        with pytest.raises(KeyboardInterrupt):
+            fedsim.run(out=str(folder), engine=StopAfter(stop), **settings)
+        if not folder.exists():  # killed before its first commit: nothing was written, nothing to resume
+            continue
+        cut = fedsim.load_run(folder)
+        done = cut.meta["rounds_completed"]
+        cut_at.append(done)
+        assert list(cut.rounds["round"]) == list(range(1, done + 1))  # exactly the committed steps
+        if every == "3":
+            assert done % 3 == 0
+        pd_equal(cut.rounds[columns], whole.rounds[columns].iloc[:done])
+        resumed = fedsim.resume(folder, engine=fedsim.LocalEngine(2))
+        pd_equal(resumed.rounds[columns], whole.rounds[columns])
+        drop = ["host", "train_s"]
+        pd_equal(resumed.devices.drop(columns=drop), whole.devices.drop(columns=drop))
+        assert (resumed.path / "global.ckpt").read_bytes() == (whole.path / "global.ckpt").read_bytes()
+    assert any(0 < done < 8 for done in cut_at)  # some kills fell between commits
+
+
+def test_commit_every_takes_rounds_or_seconds():
+    assert Config(commit_every="5").section(RunSettings).commit_every == "5"
+    for bad in ("0", "-1s", "often", "2m"):
+        with pytest.raises(ConfigError, match="--commit-every must be a number of rounds"):
+            Config(commit_every=bad)
+
+
 def test_model_versions_in_flight_are_stored_once_each_and_a_finished_run_extends(tmp_path):
     """A server step writes the one new model version, not every version in flight; the state a
     resume reads names the versions by id; a finished run's server_state.npz holds them all, so
@@ -277,6 +335,7 @@ def test_model_versions_in_flight_are_stored_once_each_and_a_finished_run_extend
     from fedsim.results.state import BATCH, MARK, ROWS_DIR, named_rows, read_state
 
     settings = {**BASE, "fleet": "skewed", "mode": "async", "concurrency": 5, "buffer": 2, "eval_every": 1}
+    settings["commit_every"] = "1"  # (each step stores the version it made)
     del settings["rounds"]
     with pytest.raises(KeyboardInterrupt):
         fedsim.run(out=str(tmp_path / "cut"), engine=StopAfter(6), rounds=8, **settings)
@@ -309,3 +368,27 @@ def test_model_versions_in_flight_are_stored_once_each_and_a_finished_run_extend
         straight.rounds[["round", "sim_elapsed_s", "staleness_mean"]],
     )
     assert (extended.path / "global.ckpt").read_bytes() == (straight.path / "global.ckpt").read_bytes()
+
+
+def test_a_stale_update_moved_and_summed_in_one_pass_equals_numpy_bit_for_bit():
+    """PartialSum.add_moved (one compiled pass) against `add` of the numpy expression it replaces, with
+    coefficients that fill the groups and spill into the scaled sum, over many magnitudes."""
+    from fedsim.strategies.aggregate import PartialSum
+
+    rng = np.random.default_rng(3)
+    n = 20_011
+    for trial in range(6):
+        numpy_sum, moved = PartialSum(max_groups=2), PartialSum(max_groups=2)
+        current = (rng.standard_normal(n) * 10.0 ** rng.integers(-3, 3)).astype(np.float32).astype(np.float64)
+        for k in range(7):
+            row, start = ((rng.standard_normal(n) * 10.0 ** rng.integers(-4, 2)).astype(np.float32) for _ in "ab")
+            weight, c = float(rng.uniform(0.01, 1)), float(rng.choice([0.25, 0.5, 0.7]) if k % 3 else rng.uniform())
+            update = np.subtract(row, start, dtype=np.float64)
+            update *= weight
+            update += current
+            numpy_sum.add(update, c)
+            moved.add_moved(row, start, weight, current, c)
+        assert moved.scaled is not None and len(moved.groups) == 2  # every way into the sum was taken
+        a, b = numpy_sum.partial(), moved.partial()
+        assert a.weighted_sum.tobytes() == b.weighted_sum.tobytes(), trial
+        assert (numpy_sum.total, numpy_sum.count) == (moved.total, moved.count)

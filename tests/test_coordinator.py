@@ -21,6 +21,10 @@ class Recorded:
         self.devices.extend(device_rows)
         self.checkpoints.append(global_checkpoint)
 
+    def hold_round(self, round_row, device_rows):  # a round between commits (--commit-every)
+        self.rounds.append(round_row)
+        self.devices.extend(device_rows)
+
 
 class FedAvgOfRows(FedAvg):
     """FedAvg from every update's vector (the path order statistics take) instead of a running sum."""

@@ -25,6 +25,9 @@ class Rows:
         self.rounds.append(round_row)
         self.checkpoints.append(checkpoint)
 
+    def hold_round(self, round_row, device_rows):  # a round between commits (--commit-every)
+        self.rounds.append(round_row)
+
 
 def weights_of(checkpoint):
     w = read_checkpoint(checkpoint)

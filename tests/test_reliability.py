@@ -123,6 +123,32 @@ def test_damage_further_back_is_named_and_load_runs_skips_that_run(tmp_path, uni
     assert set(table["run"]) == {str(tmp_path / "good")}
 
 
+def test_a_damaged_last_commit_of_several_rounds_is_cut_back_to_the_commit_before(tmp_path, uninterrupted, capsys):
+    """--commit-every 2: a commit's part holds its two rounds; damage in the last commit's part cuts
+    the run back to the commit before (round 2), and the resume runs rounds 3-4 again."""
+    with pytest.raises(KeyboardInterrupt):
+        fedsim.run(out=str(tmp_path / "cut"), engine=StopAt(6), **{**TOY, "rounds": 6, "commit_every": "2"})
+    folder = tmp_path / "cut"
+    assert sorted(f.name for f in (folder / "rounds.parquet").iterdir()) == [
+        "round-00000002.parquet",
+        "round-00000004.parquet",
+    ]
+    part = folder / "rounds.parquet" / "round-00000004.parquet"
+    part.write_bytes(part.read_bytes()[:40])
+    resumed = fedsim.resume(folder, engine=fedsim.LocalEngine(2), rounds=4)
+    assert "rounds 3-4's table parts are damaged" in capsys.readouterr().err
+    assert resumed.rounds[COLUMNS].equals(uninterrupted.rounds[COLUMNS])
+    assert (resumed.path / "global.ckpt").read_bytes() == (uninterrupted.path / "global.ckpt").read_bytes()
+
+
+def test_a_missing_part_of_an_earlier_commit_is_named(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        fedsim.run(out=str(tmp_path / "cut"), engine=StopAt(6), **{**TOY, "rounds": 6, "commit_every": "2"})
+    (tmp_path / "cut" / "rounds.parquet" / "round-00000002.parquet").unlink()
+    with pytest.raises(RunFolderError, match=r"round\(s\) 1, 2: rounds.parquet/round-00000001.parquet \(missing\)"):
+        fedsim.resume(tmp_path / "cut", engine=fedsim.LocalEngine(2))
+
+
 # ---- 3. an interrupted or failed extension ------------------------------------------------------
 @pytest.mark.parametrize("error", [KeyboardInterrupt(), RuntimeError("host lost")])
 def test_an_interrupted_or_failed_extension_can_be_resumed(tmp_path, uninterrupted, error):

@@ -83,6 +83,14 @@ def test_every_numeric_setting_refuses_what_is_not_a_finite_number_in_its_range(
 def test_what_may_change_on_resume_is_declared_on_the_setting(tmp_path):
     from fedsim.experiment.config import config_fields
 
-    assert {n for n, f in config_fields().items() if f.resumable} == {"hosts", "address", "rounds", "dp_epsilon_budget"}
-    with pytest.raises(ConfigError, match="lr cannot change .only rounds, dp_epsilon_budget, hosts, address may"):
+    assert {n for n, f in config_fields().items() if f.resumable} == {
+        "hosts",
+        "address",
+        "rounds",
+        "dp_epsilon_budget",
+        "commit_every",
+    }
+    with pytest.raises(
+        ConfigError, match="lr cannot change .only rounds, commit_every, dp_epsilon_budget, hosts, address may"
+    ):
         fedsim.resume(tmp_path, lr=0.1)

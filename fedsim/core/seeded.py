@@ -7,6 +7,7 @@ slot frees). `compiled=False` is numpy itself, the reference; both give identica
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from types import ModuleType
 
 import numpy as np
@@ -22,16 +23,19 @@ def _kernels() -> ModuleType:
     return seeded_kernels
 
 
-def warm_up() -> threading.Thread:
+def warm_up(also: Callable[[], object] | None = None) -> threading.Thread:
     """Load the compiled draws on a background thread (numba's import and its cached code take ~1-2 s
     here), started while the hosts start, so that the loop's first draw does not wait for them (a
-    draw that comes first waits on the import lock, then numba's compiler lock: no race)."""
+    draw that comes first waits on the import lock, then numba's compiler lock: no race); `also`:
+    another compiled loop the run will call, loaded next on the same thread."""
 
     def load() -> None:
         try:
             k, w = _kernels(), words(0)
             k.uniforms(w, 1), k.floyd(w, 2, 1), k.top_bits(w, 1, 2), k.seeded_draw(w, 0)
-        except Exception:  # the loop's own first draw raises it where it can be reported
+            if also is not None:
+                also()
+        except Exception:  # the loop's own first call raises it where it can be reported
             pass
 
     thread = threading.Thread(target=load, name="fedsim-seeded-warm-up", daemon=True)

@@ -36,6 +36,7 @@ from fedsim.model.builders import ArtifactRecipe
 from fedsim.model.signatures import honours_of_report
 from fedsim.pipeline import Pipeline
 from fedsim.results import STATE_DIR, RunWriter
+from fedsim.strategies.aggregate import PartialSum
 from fedsim.strategies.base import Strategy
 
 
@@ -83,8 +84,8 @@ def execute(
                 file=sys.stderr,
                 flush=True,
             )
-        if config.mode == "async":  # its loop draws per arrival with compiled draws: load them meanwhile
-            seeded.warm_up()
+        if config.mode == "async":  # its loop's compiled draws and stale-update sums: loaded meanwhile
+            seeded.warm_up(also=PartialSum.load_moved)
         prepared = engine.start(setup)
         stages = {**getattr(engine, "startup_s", {}), "total": time.perf_counter() - began}
         if progress:  # what the wait before round 1 was spent on

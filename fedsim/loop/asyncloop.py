@@ -96,6 +96,7 @@ class AsyncCoordinator(RoundCore):
     until server step `step` is applied."""
 
     state_prefixes = (*RoundCore.state_prefixes, PREFIX)
+    default_commit = "1s"  # (experiments/bench_stages.py --commit-every: a commit a step cost ~17% of its wall)
 
     def __init__(self, *args: Any, schedule: ScheduleSettings | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -248,12 +249,10 @@ class AsyncCoordinator(RoundCore):
             assert got.row is not None
             s = self.version - flight.version
             staleness.append(s)
-            update = got.row
             if s > 0:  # the update, weighted by its staleness, moved onto the current model (in float64)
-                update = np.subtract(got.row, self.versions[flight.version], dtype=np.float64)
-                update *= staleness_weight(self.staleness, s)
-                update += flat64
-            acc.add(update, c, flight.device, int(self.run_context.samples[flight.device]))
+                acc.add_moved(got.row, self.versions[flight.version], staleness_weight(self.staleness, s), flat64, c)
+            else:
+                acc.add(got.row, c, flight.device, int(self.run_context.samples[flight.device]))
         partial = acc.partial()
         aggregate = Aggregate(
             partial.count,

@@ -40,7 +40,7 @@ from fedsim.loop import personal
 from fedsim.loop.devicestate import PREFIX as STATE_PREFIX
 from fedsim.loop.devicestate import StateFiles, StateIndex
 from fedsim.loop.rows import NAN, RoundTimes, initial_row, round_row, text_columns
-from fedsim.loop.settings import RunSettings
+from fedsim.loop.settings import RunSettings, parse_commit_every
 from fedsim.pipeline import Pipeline
 from fedsim.pipeline.base import HostRound, ServerContext, SimCost
 from fedsim.strategies.base import Aggregate, DevicePlan, State, Strategy, Weights
@@ -59,6 +59,8 @@ class Recorder(Protocol):
         state: State | None = None,
         files: StateFiles | None = None,
     ) -> None: ...
+
+    def hold_round(self, round_row: dict[str, Any], device_rows: list[dict[str, Any]]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class Stamps:
 
 class RoundCore(ABC):
     state_prefixes: tuple[str, ...] = ("pipeline.", STATE_PREFIX)  # saved-state keys that are not the strategy's
+    default_commit = "1"  # --commit-every when it is not given: every round
 
     def __init__(
         self,
@@ -116,6 +119,8 @@ class RoundCore(ABC):
         # the perf_counter time the run began (elapsed_s counts from it; a resume moves it back)
         self.started = time.perf_counter() if started is None else started
         self.sim_elapsed = resume.sim_elapsed_s
+        self.commit_rounds, self.commit_seconds = parse_commit_every(settings.commit_every or self.default_commit)
+        self.last_commit = time.perf_counter()
         self.scratch = scratch_dir("fedsim-coordinator-")
         # where devices keep what they keep across rounds (the run folder's device_state/; a run that
         # records nothing keeps it in the scratch folder): the hosts read and write it there
@@ -180,8 +185,7 @@ class RoundCore(ABC):
         row.update(self._personal(0, evaluated))
         sim = 0.0 if self.clock is not None else NAN
         row.update({"sim_round_s": sim, "sim_elapsed_s": sim, "elapsed_s": time.perf_counter() - self.started})
-        if self.recorder is not None:
-            self.recorder.record_round(row, evaluated, self.global_checkpoint, *self._commit(0))
+        self._record(0, row, evaluated)
         return row
 
     # ---- a round's work ---------------------------------------------------------------------------
@@ -255,9 +259,27 @@ class RoundCore(ABC):
         if self.run_context.task.text:
             row.update(text_columns(evaluation, device_rows))
         row["elapsed_s"] = time.perf_counter() - self.started  # (differences between rounds include recording)
-        if self.recorder is not None:
-            self.recorder.record_round(row, device_rows, self.global_checkpoint, *self._commit(round_num))
+        self._record(round_num, row, device_rows)
         return RoundRecord(row, device_rows)
+
+    def _record(self, round_num: int, row: dict[str, Any], device_rows: list[dict[str, Any]]) -> None:
+        """Hand a round to the recorder: committed with the model, the server state and the device
+        state index every --commit-every (round 0 and the last round always), else its rows held for
+        the next commit. A kill loses the held rounds only; a resume runs them again from the last
+        commit, with the same results (the loop's schedule and draws are seeded, never timed)."""
+        if self.recorder is None:
+            return
+        now = time.perf_counter()
+        every = self.commit_rounds
+        if (
+            round_num in (0, self.settings.rounds)
+            or (every and round_num % every == 0)
+            or (not every and now - self.last_commit >= self.commit_seconds)
+        ):
+            self.recorder.record_round(row, device_rows, self.global_checkpoint, *self._commit(round_num))
+            self.last_commit = now
+        else:
+            self.recorder.hold_round(row, device_rows)
 
     @property
     def maker(self) -> Instruction | None:

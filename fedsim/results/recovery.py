@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from fedsim.checkpoint import CheckpointError, read_checkpoint
 from fedsim.results.durable import atomic_link, atomic_write
@@ -49,40 +50,51 @@ def stage_finished_model(folder: Path, done: int) -> None:
 
 
 def committed_rounds(folder: Path, meta: dict[str, Any]) -> int:
-    """The rounds a resume builds on: `rounds_completed`, or one less when only the last round's
-    table parts are damaged (or missing) and the round before it can be resumed; RunFolderError,
-    naming the parts, when the damage reaches further back."""
+    """The rounds a resume builds on: `rounds_completed`, or the commit before it when only the last
+    commit's table parts are damaged (or missing) and that commit can be resumed; RunFolderError,
+    naming the parts, when the damage reaches further back. A table's part holds the rounds of one
+    commit (one round, or those since the previous commit under --commit-every) and is named by the
+    committing round; the rounds table has a row a round, so its parts show which rounds they hold."""
     done = int(meta.get("rounds_completed") or 0)
-    bad: dict[int, list[str]] = {}
+    bad: dict[int, list[str]] = {}  # the committing round of a damaged or missing part -> what is wrong
+    commits: dict[int, int] = {}  # the rounds table's parts: committing round -> rounds it holds
     for table in (ROUNDS_FILE, DEVICES_FILE):
         if not (folder / table).is_dir():  # a folder of an earlier version: one file per table
             continue
-        for f, why in damaged_parts(folder / table):
+        damaged = dict(damaged_parts(folder / table))
+        for f in sorted((folder / table).iterdir()):
             r = part_round(f.name)
-            if r is not None and r <= done:
-                bad.setdefault(r, []).append(f"{table}/{f.name} ({why})")
-        if table == ROUNDS_FILE:
-            for r in range(1, done + 1):
-                if not (folder / table / part_name(r)).is_file():
-                    bad.setdefault(r, []).append(f"{table}/{part_name(r)} (missing)")
+            if r is None or r > done:
+                continue
+            if f in damaged:
+                bad.setdefault(r, []).append(f"{table}/{f.name} ({damaged[f]})")
+            elif table == ROUNDS_FILE:
+                commits[r] = pq.read_metadata(f).num_rows
+    held = {r - k for r, n in commits.items() for k in range(n)}
+    for r in sorted(set(range(1, done + 1)) - held - set(bad)):
+        # in the damaged part of a later commit, the last commit's part if it is gone, else a part of its own
+        later = min((c for c in [*commits, *bad] if c >= r), default=done)
+        bad.setdefault(r if later in commits else later, []).append(f"{ROUNDS_FILE}/{part_name(r)} (missing)")
     if not bad:
         return done
-    if set(bad) == {done} and (done == 1 or _checkpoint_file(folder, done - 1).is_file()):
+    previous = max((r for r in commits if r < done), default=0)
+    if set(bad) == {done} and (previous == 0 or _checkpoint_file(folder, previous).is_file()):
+        rounds = f"round {done}'s" if previous == done - 1 else f"rounds {previous + 1}-{done}'s"
         print(
-            f"fedsim: {folder}: round {done}'s table parts are damaged ({'; '.join(bad[done])}); cutting the "
-            f"run back to round {done - 1}, its last intact round (round {done} runs again, with the same result)",
+            f"fedsim: {folder}: {rounds} table parts are damaged ({'; '.join(bad[done])}); cutting the run back "
+            f"to round {previous}, its last intact commit (the rounds after it run again, with the same results)",
             file=sys.stderr,
             flush=True,
         )
         for table in (ROUNDS_FILE, DEVICES_FILE):
             (folder / table / part_name(done)).unlink(missing_ok=True)
-        meta["rounds_completed"] = done - 1
+        meta["rounds_completed"] = previous
         atomic_write(folder / CONFIG_FILE, json.dumps(meta, indent=2, default=str).encode())
-        return done - 1
+        return previous
     first = min(bad)
     raise RunFolderError(
         f"--resume {folder}: damaged table part(s) of committed round(s) {', '.join(map(str, sorted(bad)))}: "
-        f"{'; '.join(bad[first])}; a run keeps the model of its last two rounds only, so it cannot be cut back "
+        f"{'; '.join(bad[first])}; a run keeps the model of its last two commits only, so it cannot be cut back "
         f"to round {first - 1}; its other parts still read with pandas, one file at a time"
     )
 

@@ -1,8 +1,9 @@
 """The run folder's file names and table schemas.
 
-rounds.parquet and devices.parquet are folders of one parquet part per round (`round-00000001.parquet`),
-which pandas reads as one table (`pd.read_parquet(folder / "devices.parquet")`): recording a round
-writes that round's rows only, so its cost does not grow with the rounds before it.
+rounds.parquet and devices.parquet are folders of one parquet part per commit (`round-00000001.parquet`,
+named by the committing round; a round a commit unless --commit-every says otherwise, when a part holds
+the rounds since the previous commit), which pandas reads as one table (`pd.read_parquet(folder /
+"devices.parquet")`): a commit writes its own rows only, so its cost does not grow with the rounds before it.
 """
 
 from __future__ import annotations

@@ -75,7 +75,9 @@ class RunWriter:
     A round's files are written on a background thread while the next round runs on the hosts (the
     coordinator would otherwise leave them idle for the write); at most one write is in flight, so a
     crash loses at most the round that had just finished, and every completed write is whole. The
-    writer holds no rows of earlier rounds: its memory and each round's write cost stay flat.
+    writer holds no rows of committed rounds: its memory and each round's write cost stay flat.
+    Rounds between commits (--commit-every) are held in memory and written with the next commit,
+    in one part of each table named by the committing round.
     """
 
     def __init__(
@@ -99,6 +101,8 @@ class RunWriter:
         self._pending: Future[None] | None = None
         self._stored_rows: Stored = {}  # the state rows on disk that the next commit may name again
         self._named_rows: dict[str, set[str]] = {}  # the row files each state file this writer wrote names
+        self._held: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []  # rounds since the last commit
+        self._committed = resume_from or 0  # the last committed round (its files stay until the next commit's)
         self.write_meta(status="running")
 
     def _trim_tables(self, rounds_completed: int) -> None:
@@ -185,18 +189,31 @@ class RunWriter:
         folder (fedsim.loop.devicestate.StateFiles: segments synced before it, removed after it)."""
         if self.tracker is not None:
             self.tracker.record(round_row)
+        held, self._held = self._held, []
+        rounds = [r for r, _ in held] + [round_row]
+        devices = [d for _, rows in held for d in rows] + device_rows
+        previous, self._committed = self._committed, round_row["round"]
         self.flush()
-        self._pending = self._pool.submit(self._write_round, round_row, device_rows, global_checkpoint, state, files)
+        self._pending = self._pool.submit(self._write_round, rounds, devices, global_checkpoint, state, files, previous)
+
+    def hold_round(self, round_row: dict[str, Any], device_rows: list[dict[str, Any]]) -> None:
+        """A round that does not commit (--commit-every): its rows wait here for the next commit."""
+        if self.tracker is not None:
+            self.tracker.record(round_row)
+        self._held.append((round_row, device_rows))
 
     def _write_round(
         self,
-        round_row: dict[str, Any],
+        round_rows: list[dict[str, Any]],
         device_rows: list[dict[str, Any]],
         checkpoint: bytes,
-        state: dict[str, np.ndarray] | None = None,
-        files: Any = None,
+        state: dict[str, np.ndarray] | None,
+        files: Any,
+        previous: int,
     ) -> None:
-        round_num = round_row["round"]
+        """Commit the last of `round_rows` (the rows of the rounds held since the previous commit, round
+        `previous`, come first: one part of each table holds them all)."""
+        round_num = round_rows[-1]["round"]
         if files is not None and files.sync:  # the device state the round's index names, on disk first
             for name in files.sync:
                 fsync_file(files.folder / name)
@@ -204,13 +221,13 @@ class RunWriter:
         # Commit order, so that a kill at any point leaves a resumable folder: the round's checkpoint
         # under its own name, the round's table parts, the user-facing global.ckpt (so the model on
         # disk is never older than the tables), then config.json's rounds_completed (the commit
-        # point), then checkpoints older than the previous round's are dropped (the previous one stays:
-        # a resume can cut a run whose last round's parts were damaged back to it). Parts of a round
+        # point), then checkpoints older than the previous commit's are dropped (the previous one
+        # stays: a resume can cut a run whose last parts were damaged back to it). Parts of a round
         # that never committed are removed on resume.
         resume = self.path / RESUME_DIR
         resume.mkdir(exist_ok=True)
         atomic_write(resume / f"round-{round_num}.ckpt", checkpoint)
-        keep = {f"round-{round_num}.ckpt", f"round-{round_num - 1}.ckpt", f"round-{round_num - 1}.{STATE_FILE}"}
+        keep = {f"round-{round_num}.ckpt", f"round-{previous}.ckpt", f"round-{previous}.{STATE_FILE}"}
         state_file = resume / f"round-{round_num}.{STATE_FILE}"
         if state:  # the strategy's server state (momentum, moments), so that a resume continues it
             # (rows that never change, such as model versions and residuals, once each)
@@ -218,7 +235,7 @@ class RunWriter:
             keep.add(state_file.name)
         for name, rows, columns, schema in (
             (DEVICES_FILE, device_rows, self.device_columns, self.device_schema),
-            (ROUNDS_FILE, [round_row], self.round_columns, self.round_schema),
+            (ROUNDS_FILE, round_rows, self.round_columns, self.round_schema),
         ):
             folder = self.path / name
             folder.mkdir(exist_ok=True)

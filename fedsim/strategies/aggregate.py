@@ -1,6 +1,7 @@
 """Host-side accumulators of the aggregation pipeline: a running sum for rules linear in the updates,
 the updates themselves for order statistics, and a modular sum of integer vectors for secure
-aggregation. Each also adds up the counts the pipeline's stages keep per upload. numpy only."""
+aggregation. Each also adds up the counts the pipeline's stages keep per upload. numpy (and, for
+FedBuff's stale updates, one compiled loop: fedsim.strategies.kernels)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,37 @@ class PartialSum(_Counts):
         self.total += coefficient
         self.count += 1
         self.count_in(counts)
+
+    def add_moved(
+        self, row: np.ndarray, start: np.ndarray, weight: float, current: np.ndarray, coefficient: float
+    ) -> None:
+        """`add` of the update `current + weight * (row - start)` (float64; FedBuff's stale update moved
+        onto the current model), formed and added in one compiled pass: the same sums as
+        `add(np.subtract(row, start, dtype=np.float64) * weight + current, coefficient)`."""
+        from fedsim.strategies import kernels  # (numba: imported by the runs that have stale updates)
+
+        group = self.groups.get(coefficient)
+        if group is not None:
+            how, out = kernels.ADD, group
+        elif len(self.groups) < self.max_groups:
+            how, out = kernels.SET, np.empty(row.size, np.float64)
+            self.groups[coefficient] = out
+        elif self.scaled is None:
+            how, out = kernels.SET_SCALED, np.empty(row.size, np.float64)
+            self.scaled = out
+        else:
+            how, out = kernels.ADD_SCALED, self.scaled
+        kernels.add_moved(out, how, row, start, float(weight), current, float(coefficient))
+        self.total += coefficient
+        self.count += 1
+
+    @staticmethod
+    def load_moved() -> None:
+        """Load `add_moved`'s compiled loop (numba's import, its cached code) ahead of the first call."""
+        from fedsim.strategies import kernels
+
+        one = np.zeros(1, np.float32)
+        kernels.add_moved(np.zeros(1), kernels.ADD, one, one, 1.0, np.zeros(1), 1.0)
 
     def partial(self) -> Aggregate:
         acc = None if self.scaled is None else self.scaled.copy()
