@@ -21,7 +21,10 @@ median over passes of the row against its baseline measured in the same pass.
 - sync-skewed, async-skewed and async-skewed-k50: 1,000 devices on the `skewed` profiles, 100 at a
   time (sync: 100 a round; async: --concurrency 100 --buffer 10, FedBuff's K, or 50); the figure is
   wall milliseconds per applied update (sum of round walls over updates applied, rounds 2..R; async:
-  as many updates as the sync rows apply); baseline sync-skewed; target <= 1.5.
+  as many updates as the sync rows apply); baseline sync-skewed; target <= 1.5. async-skewed-c1 and
+  -c10 commit every step or every 10 (`--commit-every`; the default is every second);
+  sync-skewed-objects and async-skewed-objects hand the hosts' large arrays through Ray's object store
+  (FEDSIM_EXCHANGE=off) instead of shared-memory files.
 Writes stages.csv, stages.md and stages_passes.csv (every pass's rows) to --out (results/bench).
 """
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -56,14 +60,30 @@ ROWS: dict[str, tuple[dict, str, float | None]] = {  # settings, baseline row, t
     # --commit-every: the default (1s) above; every step (the earlier default), every 10 steps
     "async-skewed-c1": ({**SKEWED, **ASYNC10, "commit_every": "1"}, "sync-skewed", None),
     "async-skewed-c10": ({**SKEWED, **ASYNC10, "commit_every": "10"}, "sync-skewed", None),
+    # the hosts' large arrays through Ray's object store instead of shared-memory files (fedsim.engine.exchange)
+    "sync-skewed-objects": ({**SKEWED, "per_round": 100, "env": {"FEDSIM_EXCHANGE": "off"}}, "sync-skewed", None),
+    "async-skewed-objects": ({**SKEWED, **ASYNC10, "env": {"FEDSIM_EXCHANGE": "off"}}, "sync-skewed-objects", 1.5),
 }
 
 
+def commit() -> str:
+    """The code measured: its git commit, marked when the work tree differs from it."""
+    run = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True).stdout.strip()  # noqa: E731
+    return run("rev-parse", "--short", "HEAD") + ("+changes" if run("status", "--porcelain", "fedsim") else "")
+
+
 def measure(name: str, rounds: int, root: Path) -> dict[str, float]:
-    settings, _, _ = ROWS[name]
+    settings = dict(ROWS[name][0])
+    env = settings.pop("env", {})  # (environment variables the row runs under)
     # about as many updates either way: a sync round applies ~90 (100 selected, some drop out)
     steps = rounds * 90 // settings["buffer"] if settings.get("mode") == "async" else rounds
-    run = fedsim.run(out=str(root / name), rounds=steps, eval_every=steps, **settings)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        run = fedsim.run(out=str(root / name), rounds=steps, eval_every=steps, **settings)
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     r = run.rounds[run.rounds["round"] >= 2]
     applied = int(r["devices_accepted"].sum())
     stage = "compress_host_s" if "compress" in settings else "dp_host_s" if "dp_clip" in settings else None
@@ -145,7 +165,8 @@ def main() -> None:
     raw.to_csv(out / "stages_passes.csv", index=False)
     header = (
         f"fedsim stage and schedule costs, {dt.datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} CPUs, "
-        f"`python experiments/bench_stages.py --rounds {args.rounds} --pairs {args.pairs}`: medians over "
+        f"commit {commit()}, `python experiments/bench_stages.py --rows {args.rows} --rounds {args.rounds} "
+        f"--pairs {args.pairs}`: medians over "
         f"{args.pairs} alternating passes (each starting further down the rows) of the median round of "
         f"rounds 2..{args.rounds} (async: "
         f"{args.rounds} x 90 / --buffer server steps, about the sync rows' updates); ratio against the "

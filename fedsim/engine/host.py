@@ -160,14 +160,18 @@ class DeviceHost:
         return evaluate_personal(self, checkpoint, personal)
 
     def run_round(
-        self, round_num: int, global_checkpoint: bytes, device_ids: Sequence[int], work: HostRound
+        self, round_num: int, global_checkpoint: bytes | Path, device_ids: Sequence[int], work: HostRound
     ) -> RoundResult:
         """Run the devices one after another; pass each upload through the round's stages and
         accumulate it here, so one partial per host crosses the network instead of one checkpoint per
-        device."""
-        path = self.scratch / f"global-{round_num}.ckpt"
-        path.write_bytes(global_checkpoint)
-        acc = accumulator(work.accumulate, work.modulus)
+        device. `global_checkpoint`: its bytes, or a file the coordinator wrote (fedsim.engine.exchange)."""
+        if isinstance(global_checkpoint, Path):  # restored from where the coordinator wrote it
+            path, wrote = global_checkpoint, False
+            global_checkpoint = path.read_bytes() if work.needs_global else b""
+        else:
+            path, wrote = self.scratch / f"global-{round_num}.ckpt", True
+            path.write_bytes(global_checkpoint)
+        acc = accumulator(work.accumulate, work.modulus, len(device_ids))
         reports = []
         global_flat = global_vector(global_checkpoint, work)
         global32 = global_flat.astype(np.float32) if global_flat is not None else None
@@ -187,7 +191,8 @@ class DeviceHost:
                 reports.append(report)
         finally:
             ahead.close()
-            path.unlink(missing_ok=True)
+            if wrote:
+                path.unlink(missing_ok=True)
             self._device_out.unlink(missing_ok=True)
             written = kept.close()
         states = [self._written(kept, written)] if written else []

@@ -37,6 +37,7 @@ from fedsim.engine.base import (
     RoundResult,
     combine_evaluations,
 )
+from fedsim.engine.exchange import Exchange
 from fedsim.engine.layout import Prepared, PreparedData, Setup, prepare_data, ready_artifact
 from fedsim.engine.ray_host import RayDeviceHost, prepare_here, prepare_in_worker
 from fedsim.engine.ray_session import SESSION, connect, kill
@@ -83,6 +84,8 @@ class RayEngine(Engine):
         self.pool_key: tuple[Any, ...] = ()
         self._state_dir: Path | None = None
         self.relay: set[int] = set()  # hosts that cannot reach the state folder: their state goes through here
+        self.exchange: Exchange | None = None  # large arrays through shared memory, with the hosts in `shared`
+        self.shared: set[int] = set()
 
     @classmethod
     def of(cls, settings: EngineSettings, keep_warm: bool = False) -> RayEngine:
@@ -164,6 +167,11 @@ class RayEngine(Engine):
         folder.mkdir(parents=True, exist_ok=True)
         flags = ray.get([a.use_state_folder.remote(folder) for a in self.actors])
         self.relay = {h for h, relays in enumerate(flags) if relays}
+        if self.exchange is None:
+            self.exchange = Exchange.open()
+        if self.exchange is not None:
+            joined = ray.get([a.use_exchange.remote(self.exchange.folder, self.exchange.token) for a in self.actors])
+            self.shared = {h for h, yes in enumerate(joined) if yes}
 
     def evaluate(self, checkpoint: bytes, device_ids: Sequence[int] = ()) -> Evaluation:
         self._await_restarts()
@@ -214,23 +222,30 @@ class RayEngine(Engine):
     ) -> Callable[[], RoundResult]:
         """Queue the devices on the hosts (each runs its calls in order) and return at once."""
         self._await_restarts()
-        checkpoint_ref = self._put(global_checkpoint)  # one copy in the object store, read by every host
+        per_host = sorted(self.split(device_ids).items())
+        shared = [h for h, _ in per_host if h in self.shared]
+        # one copy read by every host: a file in shared memory, else in the object store
+        path = self.exchange.checkpoint(global_checkpoint, len(shared)) if self.exchange and shared else None
         calls = []
-        for h, mine in sorted(self.split(device_ids).items()):
+        for h, mine in per_host:
             part = work.only(mine)
             if h in self.relay and self._state_dir is not None:
                 part = relay.carry(part, self._state_dir)
-            calls.append((h, mine, self.actors[h].run_round.remote(round_num, checkpoint_ref, mine, part)))
-        return lambda: self._collect(calls)
+            checkpoint = path if path is not None and h in self.shared else self._put(global_checkpoint)
+            calls.append((h, mine, self.actors[h].run_round.remote(round_num, checkpoint, mine, part)))
+        return lambda: self._collect(calls, path if path is not None else None)
 
-    def _collect(self, calls: list[tuple[int, list[int], Any]]) -> RoundResult:
+    def _collect(self, calls: list[tuple[int, list[int], Any]], shared: Path | None = None) -> RoundResult:
         """Wait for submitted calls (--round-timeout from now); a host that does not answer in time
-        is restarted and its devices marked failed, as one that died."""
+        is restarted and its devices marked failed, as one that died. `shared`: the checkpoint file
+        the calls restored (fedsim.engine.exchange), released for each call that used it."""
         refs = [ref for _, _, ref in calls]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.round_timeout_s)
         done = set(ready)
         result = RoundResult()
         for h, mine, ref in calls:
+            if shared is not None and h in self.shared and self.exchange is not None:
+                self.exchange.collected(shared)
             if ref not in done:
                 # Hung (stopped, deadlocked, far too slow): restart it so the next round finds it idle.
                 ray.kill(self.actors[h], no_restart=False)
@@ -240,6 +255,8 @@ class RayEngine(Engine):
                 continue
             try:
                 answer = ray.get(ref)
+                if self.exchange is not None:
+                    answer = self.exchange.receive(answer)
                 if h in self.relay and self._state_dir is not None:
                     relay.store(answer.states, self._state_dir)
                 result.extend(answer)
@@ -263,6 +280,10 @@ class RayEngine(Engine):
                     if self._state_dir is not None:
                         relays = ray.get(self.actors[h].use_state_folder.remote(self._state_dir), timeout=left)
                         self.relay = (self.relay - {h}) | ({h} if relays else set())
+                    if self.exchange is not None:
+                        ex = self.exchange
+                        joined = ray.get(self.actors[h].use_exchange.remote(ex.folder, ex.token), timeout=left)
+                        self.shared = (self.shared - {h}) | ({h} if joined else set())
                     break
                 except ActorUnavailableError:
                     # "The actor is restarting": not ready to take calls yet; ask again shortly.
@@ -288,6 +309,9 @@ class RayEngine(Engine):
         self.actors = []
         self.host_data = []
         self._put_cache = None
+        if self.exchange is not None:
+            self.exchange.close()
+            self.exchange, self.shared = None, set()
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
         self._owns_ray = False

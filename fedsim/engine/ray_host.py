@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -14,6 +15,7 @@ from ray.exceptions import OutOfMemoryError, RayTaskError, WorkerCrashedError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from fedsim.core.task import Task
+from fedsim.engine import exchange
 from fedsim.engine.base import EngineError
 from fedsim.engine.host import DeviceHost
 from fedsim.engine.layout import Prepared, PreparedData, Setup, prepare, test_blocks
@@ -44,6 +46,8 @@ class RayDeviceHost(DeviceHost):
 
     def __init__(self, host_index: int, settings: Any) -> None:
         self.host_index, self.settings, self.loaded = host_index, settings, False
+        self.exchange: Path | None = None  # the coordinator's exchange folder, where this host sees it
+        self.replies = 0
 
     def load(self, fleet: Any, tests: Any, artifact: bytes, settings: Any = None) -> int:
         if self.loaded:
@@ -60,7 +64,16 @@ class RayDeviceHost(DeviceHost):
 
     def run_round(self, *args: Any, **kwargs: Any) -> Any:
         self._check_loaded()
-        return super().run_round(*args, **kwargs)
+        result = super().run_round(*args, **kwargs)
+        if self.exchange is not None:  # its large arrays through shared memory, not the object store
+            self.replies += 1
+            result = exchange.send(result, self.exchange, f"host{self.host_index}-{os.getpid()}-{self.replies}")
+        return result
+
+    def use_exchange(self, folder: Path, token: str) -> bool:
+        """Hand large arrays through the coordinator's exchange folder if this host sees it."""
+        self.exchange = folder if exchange.joins(folder, token) else None
+        return self.exchange is not None
 
     def use_state_folder(self, folder: Any) -> bool:
         self._check_loaded()

@@ -103,10 +103,15 @@ class PartialSum(_Counts):
 
 class Stack(_Counts):
     """A host's accepted updates kept whole (copies of the flat vectors, float32) for rules that need
-    every update: medians, trimmed means, Krum, q-FedAvg, and attacks that read the honest updates."""
+    every update: medians, trimmed means, Krum, q-FedAvg, FedBuff, and attacks that read the honest
+    updates. With a `capacity` (the call's devices) each update is copied once, into its row of one
+    block that `partial` hands on as it is, instead of copied and then stacked."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = 0) -> None:
         super().__init__()
+        self.capacity = capacity
+        self.block: np.ndarray | None = None  # capacity rows; the first len(rows) hold the updates, in order
+        self.in_block = True  # no update went elsewhere
         self.rows: list[np.ndarray] = []
         self.ids: list[int] = []
         self.samples: list[int] = []
@@ -124,13 +129,25 @@ class Stack(_Counts):
         steps: int = -1,
         counts: Mapping[str, float] | None = None,
     ) -> None:
-        self.rows.append(np.array(flat, dtype=np.float32))  # a copy: readers reuse their vector
+        self.rows.append(self._copy(flat))  # a copy: readers reuse their vector
         self.ids.append(device_id)
         self.samples.append(samples)
         self.losses.append(start_loss)
         self.steps.append(steps)
         self.total += coefficient
         self.count_in(counts)
+
+    def _copy(self, flat: np.ndarray) -> np.ndarray:
+        """`flat` as float32, copied into the block's next row where it fits, else on its own."""
+        i = len(self.rows)
+        if self.in_block and i < self.capacity:
+            if self.block is None:
+                self.block = np.empty((self.capacity, np.size(flat)), np.float32)
+            if self.block.shape[1] == np.size(flat):
+                self.block[i] = np.ravel(flat)
+                return self.block[i]
+        self.in_block = False
+        return np.array(flat, dtype=np.float32)
 
     @property
     def count(self) -> int:
@@ -140,7 +157,7 @@ class Stack(_Counts):
         return Aggregate(
             self.count,
             self.total,
-            rows=np.stack(self.rows),
+            rows=self.block[: self.count] if self.in_block and self.block is not None else np.stack(self.rows),
             device_ids=np.array(self.ids, np.int64),
             samples=np.array(self.samples, np.int64),
             start_losses=np.array(self.losses, np.float64),
@@ -180,11 +197,12 @@ class ModularSum(_Counts):
         return Aggregate(self.count, self.total, modular_sum=self.acc, modulus=self.modulus, extras=dict(self.extras))
 
 
-def accumulator(mode: str, modulus: int = 0) -> PartialSum | Stack | ModularSum:
+def accumulator(mode: str, modulus: int = 0, capacity: int = 0) -> PartialSum | Stack | ModularSum:
+    """The accumulator of a host's call (`capacity`: its devices, the most updates it can take)."""
     if mode == "sum":
         return PartialSum()
     if mode == "stack":
-        return Stack()
+        return Stack(capacity)
     if mode == "modular":
         return ModularSum(modulus)
     raise ValueError(f"unknown accumulation {mode!r} (sum, stack or modular)")
