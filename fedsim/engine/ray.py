@@ -5,14 +5,15 @@ Each actor hosts many devices (a process importing TensorFlow costs ~0.5 GB, so 
 cannot be thousands of processes). The fleet's data goes into the object store once at start-up and
 every host maps it (one copy per node), so any host can run any device; every round a host gets one
 call with the global checkpoint (bytes, put once) and the ids of the devices dealt to it. Nothing
-assumes a shared filesystem, so the same code runs on a multi-node cluster.
+assumes a shared filesystem, so the same code runs on a multi-node cluster; hosts on the
+coordinator's own machine take the checkpoint and hand back their updates as files in shared memory
+(fedsim.engine.exchange) and take their calls over a socket (fedsim.engine.channel), both cheaper
+than Ray's object store and tasks on a small machine.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,25 +38,15 @@ from fedsim.engine.base import (
     RoundResult,
     combine_evaluations,
 )
+from fedsim.engine.channel import Channels, HostCallError, HostGone, Ticket
 from fedsim.engine.exchange import Exchange
-from fedsim.engine.layout import Prepared, PreparedData, Setup, prepare_data, ready_artifact
-from fedsim.engine.ray_host import RayDeviceHost, prepare_here, prepare_in_worker
+from fedsim.engine.layout import Prepared, PreparedData, Setup, prepare_data_niced, ready_artifact
+from fedsim.engine.ray_host import RayDeviceHost, Serving, prepare_here, prepare_in_worker
 from fedsim.engine.ray_session import SESSION, connect, kill
 from fedsim.engine.settings import EngineSettings
 from fedsim.pipeline.base import HostRound
 
 HOST_RESTARTS = 5  # a host that keeps dying (e.g. out of memory at start) is given up after this
-
-
-def _prepare_data_niced(setup: Setup) -> PreparedData:
-    """prepare_data on a thread of lower priority (Linux: per thread), so that Ray's start, which it
-    overlaps, goes first: that start waits on its raylet in whole seconds, and at normal priority the
-    preparation pushed it to the next second in 3 of 6 starts (1 of 6 niced)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):  # (no setpriority here, or not allowed)
-        pass
-    return prepare_data(setup)
 
 
 class RayEngine(Engine):
@@ -86,6 +77,7 @@ class RayEngine(Engine):
         self.relay: set[int] = set()  # hosts that cannot reach the state folder: their state goes through here
         self.exchange: Exchange | None = None  # large arrays through shared memory, with the hosts in `shared`
         self.shared: set[int] = set()
+        self.serving: Serving | None = None  # ... whose calls go over a socket while they serve
 
     @classmethod
     def of(cls, settings: EngineSettings, keep_warm: bool = False) -> RayEngine:
@@ -115,7 +107,7 @@ class RayEngine(Engine):
         early: Future[PreparedData] | None = None
         if self.address is None and not ray.is_initialized():
             pool = ThreadPoolExecutor(1, thread_name_prefix="fedsim-prepare")
-            early = pool.submit(_prepare_data_niced, setup)
+            early = pool.submit(prepare_data_niced, setup)
             pool.shutdown(wait=False)  # (the submitted preparation still runs)
         self._connect()
         connected = time.perf_counter()
@@ -160,20 +152,28 @@ class RayEngine(Engine):
         return prepared
 
     def initial_checkpoint(self) -> bytes:
+        self._quiet()
         return ray.get(self.actors[0].initial_checkpoint.remote())
 
     def use_state_folder(self, folder: Path) -> None:
+        self._quiet()
         self._state_dir = folder
         folder.mkdir(parents=True, exist_ok=True)
         flags = ray.get([a.use_state_folder.remote(folder) for a in self.actors])
         self.relay = {h for h, relays in enumerate(flags) if relays}
-        if self.exchange is None:
-            self.exchange = Exchange.open()
+        if self.exchange is None and (ex := Exchange.open()) is not None:
+            self.exchange, self.serving = ex, Serving(Channels(ex.folder, ex.token))
         if self.exchange is not None:
             joined = ray.get([a.use_exchange.remote(self.exchange.folder, self.exchange.token) for a in self.actors])
             self.shared = {h for h, yes in enumerate(joined) if yes}
 
+    def _quiet(self) -> None:
+        """Stop the hosts serving over the socket before calling them through Ray (see channel)."""
+        if self.serving is not None:
+            self.serving.stop()
+
     def evaluate(self, checkpoint: bytes, device_ids: Sequence[int] = ()) -> Evaluation:
+        self._quiet()
         self._await_restarts()
         ref = self._put(checkpoint)
         per_host = self.split(device_ids)
@@ -199,6 +199,7 @@ class RayEngine(Engine):
         return combine_evaluations(parts, self.test_samples)
 
     def evaluate_personal(self, checkpoint: bytes, personal: PersonalEval) -> dict[int, tuple[float, float]]:
+        self._quiet()
         self._await_restarts()
         ref = self._put(checkpoint)
         calls = []
@@ -223,6 +224,8 @@ class RayEngine(Engine):
         """Queue the devices on the hosts (each runs its calls in order) and return at once."""
         self._await_restarts()
         per_host = sorted(self.split(device_ids).items())
+        if self.serving is not None:
+            self.serving.start(self.actors, {h for h, _ in per_host} & self.shared)
         shared = [h for h, _ in per_host if h in self.shared]
         # one copy read by every host: a file in shared memory, else in the object store
         path = self.exchange.checkpoint(global_checkpoint, len(shared)) if self.exchange and shared else None
@@ -232,40 +235,53 @@ class RayEngine(Engine):
             if h in self.relay and self._state_dir is not None:
                 part = relay.carry(part, self._state_dir)
             checkpoint = path if path is not None and h in self.shared else self._put(global_checkpoint)
-            calls.append((h, mine, self.actors[h].run_round.remote(round_num, checkpoint, mine, part)))
-        return lambda: self._collect(calls, path if path is not None else None)
+            if self.serving is not None and h in self.serving.channels.links:
+                calls.append((h, mine, self.serving.channels.call(h, "run_round", round_num, checkpoint, mine, part)))
+            else:
+                calls.append((h, mine, self.actors[h].run_round.remote(round_num, checkpoint, mine, part)))
+        return lambda: self._collect(calls, path, len(shared))
 
-    def _collect(self, calls: list[tuple[int, list[int], Any]], shared: Path | None = None) -> RoundResult:
+    def _collect(
+        self, calls: list[tuple[int, list[int], Any]], shared: Path | None = None, uses: int = 0
+    ) -> RoundResult:
         """Wait for submitted calls (--round-timeout from now); a host that does not answer in time
         is restarted and its devices marked failed, as one that died. `shared`: the checkpoint file
-        the calls restored (fedsim.engine.exchange), released for each call that used it."""
-        refs = [ref for _, _, ref in calls]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.round_timeout_s)
-        done = set(ready)
+        `uses` of the calls restored (fedsim.engine.exchange), released once they answered. A call over
+        the socket (a Ticket, fedsim.engine.channel) has the same outcomes as a Ray task."""
+        began = time.monotonic()
+        refs = [ref for _, _, ref in calls if not isinstance(ref, Ticket)]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.round_timeout_s) if refs else ([], [])
         result = RoundResult()
         for h, mine, ref in calls:
-            if shared is not None and h in self.shared and self.exchange is not None:
-                self.exchange.collected(shared)
-            if ref not in done:
-                # Hung (stopped, deadlocked, far too slow): restart it so the next round finds it idle.
-                ray.kill(self.actors[h], no_restart=False)
-                self._restarting.add(h)
-                error = f"host {h} failed: no answer within --round-timeout {self.round_timeout_s:g} s"
-                result.reports.extend(DeviceReport(d, h, 0, "failed", error=error) for d in mine)
-                continue
             try:
-                answer = ray.get(ref)
+                if isinstance(ref, Ticket):
+                    timeout = self.round_timeout_s
+                    answer = ref.answer(None if timeout is None else timeout - (time.monotonic() - began))
+                elif ref in ready:
+                    answer = ray.get(ref)
+                else:
+                    raise TimeoutError
                 if self.exchange is not None:
                     answer = self.exchange.receive(answer)
                 if h in self.relay and self._state_dir is not None:
                     relay.store(answer.states, self._state_dir)
                 result.extend(answer)
-            except (RayActorError, RayTaskError) as e:
+                continue
+            except TimeoutError:
+                # Hung (stopped, deadlocked, far too slow): restart it so the next round finds it idle.
+                ray.kill(self.actors[h], no_restart=False)
+                error = f"host {h} failed: no answer within --round-timeout {self.round_timeout_s:g} s"
+            except (RayActorError, RayTaskError, HostGone, HostCallError) as e:
                 # died (Ray restarts it), or was restarted unnoticed and has no data: load it again
-                self._restarting.add(h)
                 first = str(e).strip().splitlines()[0] if str(e).strip() else ""
                 error = f"host {h} failed: {type(e).__name__}: {first}"
-                result.reports.extend(DeviceReport(d, h, 0, "failed", error=error) for d in mine)
+            self._restarting.add(h)
+            if self.serving is not None:
+                self.serving.drop(h)
+            result.reports.extend(DeviceReport(d, h, 0, "failed", error=error) for d in mine)
+        if shared is not None and self.exchange is not None:
+            for _ in range(uses):  # (every call that restored it has answered)
+                self.exchange.collected(shared)
         return result
 
     def _await_restarts(self, timeout_s: float = 180.0) -> None:
@@ -273,6 +289,8 @@ class RayEngine(Engine):
         the next round's clock starts: the round timeout is for a round's work, not a host's start-up."""
         deadline = time.monotonic() + timeout_s
         for h in sorted(self._restarting):
+            if self.serving is not None:
+                self.serving.drop(h)
             while True:
                 try:
                     left = max(1.0, deadline - time.monotonic())
@@ -295,6 +313,7 @@ class RayEngine(Engine):
         self._restarting.clear()
 
     def close(self) -> None:
+        self._quiet()
         alive = []
         for actor in self.actors:
             try:
@@ -309,9 +328,10 @@ class RayEngine(Engine):
         self.actors = []
         self.host_data = []
         self._put_cache = None
-        if self.exchange is not None:
+        if self.exchange is not None and self.serving is not None:
+            self.serving.channels.close()
             self.exchange.close()
-            self.exchange, self.shared = None, set()
+            self.exchange, self.serving, self.shared = None, None, set()
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
         self._owns_ray = False

@@ -15,7 +15,7 @@ from ray.exceptions import OutOfMemoryError, RayTaskError, WorkerCrashedError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from fedsim.core.task import Task
-from fedsim.engine import exchange
+from fedsim.engine import channel, exchange
 from fedsim.engine.base import EngineError
 from fedsim.engine.host import DeviceHost
 from fedsim.engine.layout import Prepared, PreparedData, Setup, prepare, test_blocks
@@ -69,6 +69,11 @@ class RayDeviceHost(DeviceHost):
             self.replies += 1
             result = exchange.send(result, self.exchange, f"host{self.host_index}-{os.getpid()}-{self.replies}")
         return result
+
+    def serve(self, path: str, token: str) -> None:
+        """Answer the coordinator's calls over its socket until it says stop (fedsim.engine.channel)."""
+        self._check_loaded()
+        channel.serve(self, path, token, self.host_index)
 
     def use_exchange(self, folder: Path, token: str) -> bool:
         """Hand large arrays through the coordinator's exchange folder if this host sees it."""
@@ -215,3 +220,43 @@ def prepare_in_worker(
         wait_for_exit(worker_pid)
     prepared = Prepared(artifact, info, None, [], counts, test_sizes, report, convert_s)
     return Started(prepared, prepared_at, actors, host_data, ray.get(loads))
+
+
+class Serving:
+    """The engine's hosts that serve their calls over the socket (fedsim.engine.channel), and their
+    serving calls, whose outcomes are read once they end (so Ray reports none unread)."""
+
+    def __init__(self, channels: channel.Channels) -> None:
+        self.channels = channels
+        self.calls: dict[int, Any] = {}
+
+    def start(self, actors: list[Any], hosts: set[int]) -> None:
+        """`hosts` (on this machine) serve from now on; one that does not connect takes Ray tasks."""
+        asked = {h for h in hosts if h not in self.channels.links}
+        for h in asked:
+            self.calls[h] = actors[h].serve.remote(self.channels.path, self.channels.token)
+
+        def ended() -> set[int]:  # (a serving that ended before it connected: the host was not loaded)
+            return {h for h in asked if h in self.calls and ray.wait([self.calls[h]], timeout=0)[0]}
+
+        self.channels.accept(asked, 60.0, ended)
+        for h in ended():
+            self._settle(h)
+
+    def stop(self) -> None:
+        """Every host stops serving once it has answered what it was sent."""
+        self.channels.stop()
+        for h in list(self.calls):
+            self._settle(h)
+
+    def drop(self, h: int) -> None:
+        """A host that died or was killed."""
+        self.channels.drop(h)
+        if h in self.calls:
+            self._settle(h)
+
+    def _settle(self, h: int) -> None:
+        try:
+            ray.get(self.calls.pop(h), timeout=1)
+        except Exception:  # (its devices' failures are recorded where the engine waited for them)
+            pass
