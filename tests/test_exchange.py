@@ -1,7 +1,7 @@
 """Large arrays between the coordinator and the hosts on its machine through shared-memory files
 (fedsim.engine.exchange): what goes through a file comes back bit for bit and leaves no file behind,
-what cannot be written stays in Ray's reply, and a Ray run gives the same tables and checkpoint either
-way."""
+what cannot be written stays in Ray's reply, and a Ray run gives the same tables and checkpoint with
+files and calls over the socket (fedsim.engine.channel) as through Ray's object store and tasks."""
 
 import hashlib
 import os
@@ -92,6 +92,11 @@ def test_a_ray_run_gives_the_same_results_through_files_and_through_the_object_s
         return real(self, result)
 
     monkeypatch.setattr(exchange.Exchange, "receive", receive)
+    from fedsim.engine import channel
+
+    over_socket = []
+    call = channel.Channels.call
+    monkeypatch.setattr(channel.Channels, "call", lambda self, h, *a: over_socket.append(h) or call(self, h, *a))
     runs = {}
     for transport in ("files", "objects"):
         monkeypatch.setenv("FEDSIM_EXCHANGE", "on" if transport == "files" else "off")
@@ -99,6 +104,7 @@ def test_a_ray_run_gives_the_same_results_through_files_and_through_the_object_s
         runs[transport] = fedsim.run(out=str(tmp_path / transport), **settings)
         assert set(exchange.SHM.glob(f"{exchange.PREFIX}{os.getpid()}-*")) == before  # nothing left behind
     assert any(isinstance(r, exchange.Shared) for r in received)  # the hosts did hand rows through files
+    assert set(over_socket) == {0, 1}  # ... and took their calls over the socket
     files, objects = runs["files"], runs["objects"]
     columns = ["round", "test_accuracy", "train_loss", "devices_accepted", "staleness_mean", "sim_elapsed_s"]
     assert files.rounds[columns].equals(objects.rounds[columns])

@@ -60,13 +60,14 @@ class Ticket:
             if link.gone:
                 raise HostGone("the host's connection closed")
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not link.conn.poll(left):
-                raise TimeoutError
             try:
-                seq, ok, value = link.conn.recv()
-            except (EOFError, OSError):
+                ready = link.conn.poll(left)
+                seq, ok, value = link.conn.recv() if ready else (0, False, None)
+            except (EOFError, OSError):  # (its end closed; or ours, dropped)
                 link.gone = True
                 continue
+            if not ready:
+                raise TimeoutError
             link.answers[seq] = (ok, value)
         ok, value = link.answers.pop(self.seq)
         if not ok:
