@@ -11,6 +11,8 @@ Rows (2 hosts unless named; Fashion-MNIST; SGD, batch 32, 1 local epoch; packed 
 - cnn-100: the small CNN (--model cnn);
 - mlp-1000-quantity: shards of skewed size (--partition quantity:1.0);
 - mlp-1000-per10-h2 / -h8: 10 of 1,000 devices per round, --eval-every 10, on 2 and on 8 hosts;
+  -h2-c1s committed once a second (--commit-every 1s), -h2-objects through Ray's object store and
+  tasks (FEDSIM_EXCHANGE=off);
 - mlp-1m: 1,000,000 registered devices, 1,000 per round, on a generated data set (2 samples of 20
   float features per device, natural partition, 10,000 test samples; an .npz made from the seed);
 - lstm-100: 100 Shakespeare roles (--dataset shakespeare:20, natural), the FedAvg paper's LSTM
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import shutil
 import tempfile
 import threading
@@ -77,6 +80,8 @@ class Row:
     ratio_target: float | None = None
     memory_target_mb: float | None = None  # compared with peak PSS
     first_round_target_s: float | None = None
+    commit_every: str | None = None  # --commit-every (default: every round)
+    exchange: bool = True  # False: the hosts' arrays and calls through Ray (FEDSIM_EXCHANGE=off)
 
 
 # Targets: the performance issues' ratio, peak memory (MiB) and time to the first round.
@@ -90,6 +95,9 @@ ROWS = [
     Row("mlp-1000-quantity", 1000, partition="quantity:1.0", ratio_target=1.3),
     Row("mlp-1000-per10-h2", 1000, per_round=10, eval_every=10, rounds=41, ratio_target=1.5),
     Row("mlp-1000-per10-h8", 1000, per_round=10, hosts=8, eval_every=10, rounds=41, ratio_target=1.5),
+    # the same small rounds committed once a second, and through Ray's object store and tasks
+    Row("mlp-1000-per10-h2-c1s", 1000, per_round=10, eval_every=10, rounds=41, ratio_target=1.5, commit_every="1s"),
+    Row("mlp-1000-per10-h2-objects", 1000, per_round=10, eval_every=10, rounds=41, exchange=False),
     # an order statistic: every update's vector crosses to the coordinator (no target: shows its cost)
     Row("mlp-1000-fedmedian", 1000, strategy="fedmedian"),
     # the simulated clock with a deadline: stragglers and dropouts are decided before any host runs
@@ -248,13 +256,18 @@ def bench_one(row: Row, rounds: int, out: Path) -> dict:
         strategy=row.strategy,
         fleet=row.fleet,
         deadline=row.deadline,
+        commit_every=row.commit_every,
     )
     sampler = RssSampler()
     sampler.start()
+    if not row.exchange:
+        os.environ["FEDSIM_EXCHANGE"] = "off"
     try:
         run = fedsim.run(config, progress=False)
     finally:
         peak_rss, peak_pss = sampler.stop()
+        if not row.exchange:
+            os.environ.pop("FEDSIM_EXCHANGE", None)
     elapsed = run.rounds["elapsed_s"].to_numpy()
     walls = np.diff(elapsed)
     artifact = (run.path / "model.tflite").read_bytes()
