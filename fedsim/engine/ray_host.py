@@ -52,8 +52,8 @@ class RayDeviceHost(DeviceHost):
     def load(self, fleet: Any, tests: Any, artifact: bytes, settings: Any = None) -> int:
         if self.loaded:
             DeviceHost.close(self)
-        if settings is not None:  # a warm host taking another run
-            self.settings = settings
+        if settings is not None:  # a warm host taking another run (and its exchange, if it has one)
+            self.settings, self.exchange = settings, None
         DeviceHost.__init__(self, self.host_index, fleet, self.settings, tests, artifact)
         self.loaded = True
         return self.ready()
