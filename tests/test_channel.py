@@ -2,8 +2,10 @@
 thread: answers in order and taken in any order, a host's exception, a host that goes away, a host
 too slow, and a stop that lets the host answer what it was sent."""
 
+import socket
 import threading
 import time
+from multiprocessing.connection import Connection
 
 import pytest
 
@@ -83,4 +85,13 @@ def test_a_stranger_or_a_host_that_never_connects_is_not_linked(tmp_path):
     assert channels.links == {} and time.monotonic() - began < 5
     channels.accept({1}, 5.0, ended=lambda: {1})  # its serving ended before it connected: no wait
     assert channels.links == {}
+    for greeting in (None, "not a tuple"):  # one that goes away, one that says something else
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(channels.path)
+        if greeting is not None:
+            Connection(s.detach()).send(greeting)
+        else:
+            s.close()
+        channels.accept({2}, 0.5)
+        assert channels.links == {}
     channels.close()

@@ -97,11 +97,13 @@ class Channels:
                 continue
             s.setblocking(True)
             conn = Connection(s.detach())
-            if conn.poll(max(0.01, deadline - time.monotonic())):
-                token, host = conn.recv()
-                if token == self.token and host in hosts:
-                    self.links[host] = Link(conn)
-                    continue
+            try:
+                said = conn.recv() if conn.poll(max(0.01, deadline - time.monotonic())) else None
+            except (EOFError, OSError):  # (it went away before saying who it is)
+                said = None
+            if isinstance(said, tuple) and len(said) == 2 and said[0] == self.token and said[1] in hosts:
+                self.links[said[1]] = Link(conn)
+                continue
             conn.close()
 
     def call(self, host: int, method: str, *args: Any) -> Ticket:
