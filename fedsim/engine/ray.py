@@ -163,9 +163,15 @@ class RayEngine(Engine):
         self.relay = {h for h, relays in enumerate(flags) if relays}
         if self.exchange is None and (ex := Exchange.open()) is not None:
             self.exchange, self.serving = ex, Serving(Channels(ex.folder, ex.token))
+        self._join_exchange(range(len(self.actors)))
+
+    def _join_exchange(self, hosts: Sequence[int], timeout_s: float | None = None) -> None:
+        """Which of `hosts` see the exchange folder (they run on this machine): `shared`."""
         if self.exchange is not None:
-            joined = ray.get([a.use_exchange.remote(self.exchange.folder, self.exchange.token) for a in self.actors])
-            self.shared = {h for h, yes in enumerate(joined) if yes}
+            ex = self.exchange
+            asked = [self.actors[h].use_exchange.remote(ex.folder, ex.token) for h in hosts]
+            joined = ray.get(asked, timeout=timeout_s)
+            self.shared = (self.shared - set(hosts)) | {h for h, yes in zip(hosts, joined) if yes}
 
     def _quiet(self) -> None:
         """Stop the hosts serving over the socket before calling them through Ray (see channel)."""
@@ -298,10 +304,7 @@ class RayEngine(Engine):
                     if self._state_dir is not None:
                         relays = ray.get(self.actors[h].use_state_folder.remote(self._state_dir), timeout=left)
                         self.relay = (self.relay - {h}) | ({h} if relays else set())
-                    if self.exchange is not None:
-                        ex = self.exchange
-                        joined = ray.get(self.actors[h].use_exchange.remote(ex.folder, ex.token), timeout=left)
-                        self.shared = (self.shared - {h}) | ({h} if joined else set())
+                    self._join_exchange([h], left)
                     break
                 except ActorUnavailableError:
                     # "The actor is restarting": not ready to take calls yet; ask again shortly.
