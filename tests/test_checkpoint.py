@@ -181,3 +181,38 @@ print(reasons[0])
     count, imported = out.stdout.split("\n")[0].split()
     assert count == "4" and imported == "False"
     assert "crc32c" in out.stdout
+
+
+def test_scratch_folders_of_processes_that_are_gone_are_removed_by_the_next_process():
+    """Ray kills hosts without their cleanup: the scratch folder a killed process made on tmpfs is
+    removed by the first scratch folder the next process makes; a live process's folder, and a
+    folder that is not a scratch folder, stay."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from fedsim.checkpoint import remove_orphans, scratch_base, scratch_dir
+
+    def in_a_process(code: str) -> Path:
+        ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        return Path(ran.stdout.strip())
+
+    killed = in_a_process(
+        "import os; from fedsim.checkpoint import scratch_dir; p = scratch_dir('fedsim-host0-'); "
+        "(p / 'device.ckpt').write_bytes(b'x'); print(p); os._exit(0)"
+    )
+    assert killed.is_dir()
+    live = scratch_dir("fedsim-host1-")
+    assert str(os.getpid()) in live.name
+    other = killed.parent / "fedsim-t-0"
+    other.mkdir(exist_ok=True)
+    try:
+        fresh = in_a_process("from fedsim.checkpoint import scratch_dir; print(scratch_dir('fedsim-coordinator-'))")
+        assert not killed.exists()  # the next process's first scratch folder removed it
+        assert live.is_dir() and other.is_dir()
+        assert fresh.is_dir()  # its own process exited without cleanup: the next sweep takes it
+        assert remove_orphans(scratch_base()) >= 1 and not fresh.exists()
+    finally:
+        shutil.rmtree(live, ignore_errors=True)

@@ -58,7 +58,7 @@ def test_arrays_go_through_files_and_come_back_bit_for_bit():
 
 def test_an_exchange_folder_left_by_a_killed_coordinator_is_removed():
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    orphan = exchange.SHM / f"{exchange.PREFIX}{int(dead.stdout)}-left"
+    orphan = exchange.SHM / f"{exchange.PREFIX}{int(dead.stdout)}-leftover"
     orphan.mkdir()
     (orphan / "global-1.ckpt").write_bytes(b"x")
     mine = exchange.Exchange.open()

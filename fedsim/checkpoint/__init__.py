@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import os
+import re
+import shutil
 import tempfile
 import uuid
 from collections.abc import Mapping
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import crc32c
 import numpy as np
+import psutil
 
 from fedsim.checkpoint.tfv1 import UnsupportedCheckpoint, cached_layout, mask_crc, read_tfv1
 from fedsim.checkpoint.tfv1_write import write_tfv1
@@ -34,11 +37,44 @@ class CheckpointError(ValueError):
     """A checkpoint is unreadable, or does not match the model (names, shapes, dtypes, finiteness)."""
 
 
-def scratch_dir(prefix: str = "fedsim-") -> Path:
-    """A private temporary folder, on tmpfs when the machine has one (checkpoint I/O is per device)."""
+# A scratch folder's name: its prefix, the pid of the process that made it, mkdtemp's 8 characters.
+_SCRATCH_NAME = re.compile(r"^fedsim-(?:[a-z]+\d*-)?(\d+)-[a-z0-9_]{8}$")
+
+
+def scratch_base() -> Path | None:
+    """tmpfs (/dev/shm) when the machine has one to write, else the system's temporary folder (None)."""
     shm = Path("/dev/shm")
-    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
-    return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
+def scratch_dir(prefix: str = "fedsim-") -> Path:
+    """A private temporary folder, on tmpfs when the machine has one (checkpoint I/O is per device),
+    named with this process's pid; the first one a process makes removes those of processes that are
+    gone (Ray kills hosts without their cleanup, and a killed run leaves its folders on tmpfs)."""
+    base = scratch_base()
+    _remove_orphans_once(base)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=base))
+
+
+def remove_orphans(base: Path | None) -> int:
+    """Remove the scratch folders under `base` whose process is gone; how many went."""
+    folder = Path(base if base is not None else tempfile.gettempdir())
+    removed = 0
+    try:
+        entries = list(folder.glob("fedsim-*"))
+    except OSError:
+        return 0
+    for entry in entries:
+        match = _SCRATCH_NAME.match(entry.name)
+        if match and not psutil.pid_exists(int(match.group(1))) and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+@functools.cache
+def _remove_orphans_once(base: Path | None) -> None:
+    remove_orphans(base)
 
 
 def _read_with_tensorflow(path: str | os.PathLike[str]) -> Weights:

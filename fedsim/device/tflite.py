@@ -130,11 +130,9 @@ class Runner:
     def _scratch(self) -> Path:
         """A folder of this Runner's own (control files), on tmpfs where there is one, removed with it."""
         if self._folder is None:
-            import tempfile
+            from fedsim.checkpoint import scratch_dir
 
-            self._folder = Path(
-                tempfile.mkdtemp(prefix="fedsim-runner-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-            )
+            self._folder = scratch_dir("fedsim-runner-")  # named by pid: a killed host's is swept
             weakref.finalize(self, shutil.rmtree, self._folder, True)
         return self._folder
 

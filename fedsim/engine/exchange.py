@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 
+from fedsim.checkpoint import remove_orphans
 from fedsim.engine.base import RoundResult
 
 SHM = Path("/dev/shm")
@@ -59,7 +59,7 @@ class Exchange:
         FEDSIM_EXCHANGE=off asks for the object store)."""
         if os.environ.get("FEDSIM_EXCHANGE", "").lower() == "off":
             return None
-        _remove_orphans()
+        remove_orphans(SHM)  # exchange folders of coordinators that are gone
         try:
             folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=SHM))
             token = secrets.token_hex(8)
@@ -142,11 +142,3 @@ def send(result: RoundResult, folder: Path, prefix: str) -> RoundResult:
         partials.append(dataclasses.replace(p, **changes) if changes else p)
     result.partials = partials
     return result
-
-
-def _remove_orphans() -> None:
-    """Exchange folders of coordinators that are gone (killed before they could remove theirs)."""
-    for folder in SHM.glob(PREFIX + "*"):
-        pid = folder.name[len(PREFIX) :].split("-")[0]
-        if pid.isdigit() and not psutil.pid_exists(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
