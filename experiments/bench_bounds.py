@@ -8,7 +8,9 @@ the way.
 A round must at least
 1. run its devices' signature calls on min(hosts, CPUs) CPUs at once. The floor replays them on one
    CPU alone and divides by that count; `shared_cpus` is how much slower the same replay runs when
-   every CPU replays its share at the same time (caches and memory shared), measured here;
+   every CPU replays its share at the same time (caches and memory shared): from the overhead run's
+   own `shared_floor_s` where it has one (the same minutes as its floor and rounds), else measured
+   here on the row's model with every device taking part;
 2. hand the global checkpoint to its hosts and get one partial sum back from each: Ray's round trip
    with the real sizes (the checkpoint put once, each host returning a float64 vector of the model's
    parameters), hosts doing nothing else;
@@ -180,11 +182,14 @@ def main() -> None:
         artifact, checkpoint, params = made[r["model"]]
         hosts, per_round = int(r["hosts"]), int(r["per_round"])
         used = min(hosts, cpus)
-        if (r["model"], used) not in shared:  # the full-participation share of the row's model
-            shared[r["model"], used] = (
-                shared_cpus(artifact, 1000 if r["model"] == "mlp" else 100, used) if used > 1 else 1.0
-            )
-        factor = shared[r["model"], used]
+        if pd.notna(r.get("shared_floor_s")):  # measured in the overhead run itself, with its floor
+            factor = float(r["shared_floor_s"]) / float(r["floor_s"])
+        else:
+            if (r["model"], used) not in shared:  # the full-participation share of the row's model
+                shared[r["model"], used] = (
+                    shared_cpus(artifact, 1000 if r["model"] == "mlp" else 100, used) if used > 1 else 1.0
+                )
+            factor = shared[r["model"], used]
         evaluate = evaluation_s(artifact, checkpoint, used) if int(r["eval_every"]) == 1 else 0.0
         ray_s = ray_round_s(hosts, checkpoint, params, per_round)
         read_s, verify_s = upload_s(checkpoint, params)

@@ -21,10 +21,17 @@ Rows (2 hosts unless named; Fashion-MNIST; SGD, batch 32, 1 local epoch; packed 
 For each row:
 - floor_s: the signature calls a round makes on its devices (restore, every train batch, save),
   replayed back to back on one interpreter in a child process, divided by min(hosts, CPUs) (median
-  of 3 replays of round 2; each of rounds 2..R once where only some devices are selected);
+  of 3 replays of round 2; of each of rounds 2..R where only some devices are selected);
 - round_wall_s: median wall time of rounds 2..R of a real `fedsim.run` on Ray (evaluation and the
   writing of the tables included: differences of the rounds table's elapsed_s);
 - ratio: median over rounds 2..R of round wall / floor;
+- shared_floor_s, shared_ratio: the same calls split over min(hosts, CPUs) processes that replay them
+  at the same time (each round its busiest process), alternating with the floor's replays: what the
+  signature calls cost where every CPU runs its share at once, as a run's hosts do; the round wall
+  over it. The CPUs share caches, memory bandwidth and the clock, so this is a floor the machine
+  sets and the first one no implementation can go below;
+- in_run_ratio: median over rounds 2..R of round wall / the busiest host's summed train_s (the
+  devices' restore, train and save seconds as devices.parquet records them in the run itself);
 - host_balance: median over rounds of the busiest host's signature time over the mean host's;
 - first_round_s: from the fedsim.run call (Ray start, conversion and data placement included) to the
   end of round 1 (every row starts cold: the warm session is released after each row);
@@ -222,15 +229,38 @@ def floor_seconds(artifact: bytes, config: fedsim.Config, round_nums: list[int],
     return [total / divisor for total in replay(artifact, config, rounds)]
 
 
-def measure_floor(artifact: bytes, config: fedsim.Config, rounds: int, divisor: int) -> np.ndarray:
-    """Per round 2..R: the replayed floor. Every device every round: median of 3 replays of round 2
-    (the same work each round); a selection per round: one replay of each round's own devices."""
+def share_seconds(
+    artifact: bytes, config: fedsim.Config, round_nums: list[int], share: int, shares: int, start: float
+) -> list[float]:
+    """Each round's signature calls of one CPU's share of its devices (every `shares`-th), beginning at
+    `start` so that every share's process replays at the same time."""
+    rounds = [
+        (r, select_devices(config.devices, config.devices_per_round, config.seed, r)[share::shares]) for r in round_nums
+    ]
+    return replay(artifact, config, rounds, start)
+
+
+def measure_floor(artifact: bytes, config: fedsim.Config, rounds: int, divisor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per round 2..R: the replayed floor, and the shared floor: the same calls split over `divisor`
+    processes that replay at once (each round the busiest share), as the run's hosts must run them on
+    CPUs that share caches and memory. Every device every round: medians of 3 replays of round 2 (the
+    same work each round), alone and shared in turn; a selection per round: each round's own devices,
+    the median of 3 replays of them, alone and shared in turn."""
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(1) as pool:
-        if config.devices_per_round >= config.devices:
-            replays = [pool.apply(floor_seconds, (artifact, config, [2], divisor))[0] for _ in range(3)]
-            return np.full(rounds - 1, float(np.median(replays)))
-        return np.array(pool.apply(floor_seconds, (artifact, config, list(range(2, rounds + 1)), divisor)))
+    round_nums = [2] if config.devices_per_round >= config.devices else list(range(2, rounds + 1))
+    alone, shared = [], []
+    with ctx.Pool(divisor) as pool:
+        for _ in range(3):
+            alone.append(np.array(pool.apply(floor_seconds, (artifact, config, round_nums, divisor))))
+            start = time.time() + 8.0  # every process has loaded its data and interpreter by then
+            parts = pool.starmap(
+                share_seconds, [(artifact, config, round_nums, c, divisor, start) for c in range(divisor)]
+            )
+            shared.append(np.max(np.array(parts), axis=0))
+    alone_s, shared_s = np.median(np.array(alone), axis=0), np.median(np.array(shared), axis=0)
+    if len(round_nums) == 1:
+        return np.full(rounds - 1, float(alone_s[0])), np.full(rounds - 1, float(shared_s[0]))
+    return alone_s, shared_s
 
 
 def bench_one(row: Row, rounds: int, out: Path) -> dict:
@@ -272,12 +302,15 @@ def bench_one(row: Row, rounds: int, out: Path) -> dict:
     walls = np.diff(elapsed)
     artifact = (run.path / "model.tflite").read_bytes()
     divisor = min(run.meta["hosts"], psutil.cpu_count() or 1)
-    floors = measure_floor(artifact, config, rounds, divisor)  # the run's hosts parked, idle
+    floors, shared_floors = measure_floor(artifact, config, rounds, divisor)  # the run's hosts parked, idle
     # Every row starts cold, as a fresh process would: the warm session fedsim.run keeps for the next
     # run would otherwise carry one row's hosts (and memory) into the next, and time a warm start.
     fedsim.release()
     per_host = run.devices[run.devices["round"] >= 2].groupby(["round", "host"])["train_s"].sum().unstack(fill_value=0)
     balance = float(np.median(per_host.max(axis=1) / per_host.mean(axis=1))) if len(per_host) else float("nan")
+    # the round's wall over its busiest host's signature seconds as the run itself recorded them
+    busiest = per_host.max(axis=1).reindex(range(2, rounds + 1)).to_numpy()
+    in_run = float(np.nanmedian(walls / busiest)) if len(per_host) else float("nan")
     if data:
         Path(data).unlink()
     return {
@@ -294,6 +327,9 @@ def bench_one(row: Row, rounds: int, out: Path) -> dict:
         "floor_s": round(float(np.median(floors)), 4),
         "round_wall_s": round(float(np.median(walls)), 4),
         "ratio": round(float(np.median(walls / floors)), 3),
+        "shared_floor_s": round(float(np.median(shared_floors)), 4),
+        "shared_ratio": round(float(np.median(walls / shared_floors)), 3),
+        "in_run_ratio": round(in_run, 3),
         "host_balance": round(balance, 3),
         "first_round_s": round(float(elapsed[0]), 2),
         "peak_rss_mb": round(peak_rss),
@@ -337,7 +373,8 @@ def main() -> None:
     stamp = time.strftime("%Y-%m-%d %H:%M")
     md = (
         f"fedsim overhead benchmark, {stamp}, {psutil.cpu_count()} CPUs, {args.rounds} rounds per row unless "
-        "set, SGD, batch 32, 1 local epoch. ratio = median over rounds 2..R of round wall / floor; memory "
+        "set, SGD, batch 32, 1 local epoch. ratio = median over rounds 2..R of round wall / floor; "
+        "shared_ratio: over the same calls replayed by every CPU's process at once; memory "
         "target compared with peak PSS."
     )
     publish(table, out, "overhead", md)
