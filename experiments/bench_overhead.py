@@ -11,8 +11,9 @@ Rows (2 hosts unless named; Fashion-MNIST; SGD, batch 32, 1 local epoch; packed 
 - cnn-100: the small CNN (--model cnn);
 - mlp-1000-quantity: shards of skewed size (--partition quantity:1.0);
 - mlp-1000-per10-h2 / -h8: 10 of 1,000 devices per round, --eval-every 10, on 2 and on 8 hosts;
-  -h2-c1s committed once a second (--commit-every 1s), -h2-objects through Ray's object store and
-  tasks (FEDSIM_EXCHANGE=off);
+  -h2-c1s committed once a second (--commit-every 1s, the default since 2026-12-07), -h2-c1 every
+  round (--commit-every 1, the default before), -h2-objects through Ray's object store and tasks
+  (FEDSIM_EXCHANGE=off);
 - mlp-1m: 1,000,000 registered devices, 1,000 per round, on a generated data set (2 samples of 20
   float features per device, natural partition, 10,000 test samples; an .npz made from the seed);
 - lstm-100: 100 Shakespeare roles (--dataset shakespeare:20, natural), the FedAvg paper's LSTM
@@ -104,6 +105,7 @@ ROWS = [
     Row("mlp-1000-per10-h8", 1000, per_round=10, hosts=8, eval_every=10, rounds=41, ratio_target=1.5),
     # the same small rounds committed once a second, and through Ray's object store and tasks
     Row("mlp-1000-per10-h2-c1s", 1000, per_round=10, eval_every=10, rounds=41, ratio_target=1.5, commit_every="1s"),
+    Row("mlp-1000-per10-h2-c1", 1000, per_round=10, eval_every=10, rounds=41, commit_every="1"),
     Row("mlp-1000-per10-h2-objects", 1000, per_round=10, eval_every=10, rounds=41, exchange=False),
     # an order statistic: every update's vector crosses to the coordinator (no target: shows its cost)
     Row("mlp-1000-fedmedian", 1000, strategy="fedmedian"),

@@ -39,7 +39,7 @@ def make(config, engine=None, recorder=None, strategy=None):
 @pytest.mark.parametrize("strategy", [FedAvg(), FedAvgOfRows()], ids=["sum", "stack"])
 def test_rounds_aggregate_sample_weighted_and_record_everything(strategy):
     rec = Recorded()
-    coord = make(Config(devices=3, rounds=2, dataset="toy_images"), None, rec, strategy)
+    coord = make(Config(devices=3, rounds=2, dataset="toy_images", commit_every="1"), None, rec, strategy)
     coord.run()
     # round 1: device d sends 0 + d with weight d + 1 -> (0*1 + 1*2 + 2*3) / 6 = 8/6
     # round 2: from g1 each sends g1 + d -> g1 + 8/6

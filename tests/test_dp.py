@@ -38,7 +38,9 @@ def test_the_noise_has_the_predicted_std_and_comes_after_clipping():
     """Device d uploads the global weights + d on 9 weights (update norm 3d). With C = 6, devices 0-2
     pass whole (norms 0, 3, 6) and 3-9 are clipped to norm 6 (+2 per weight): the clipped mean moves
     each weight by (0 + 1 + 2 + 7 * 2) / 10 = 1.7. The noise on that mean has std z * C / m = 0.6."""
-    config = Config(devices=10, rounds=200, dp_clip=6.0, dp_noise_multiplier=1.0, dataset="toy_images", seed=3)
+    config = Config(
+        devices=10, rounds=200, dp_clip=6.0, dp_noise_multiplier=1.0, dataset="toy_images", seed=3, commit_every="1"
+    )  # every round's checkpoint recorded
     rec = Rows()
     make_coordinator(config, recorder=rec).run()
     steps = np.diff(np.stack([np.zeros(9)] + [weights_of(c) for c in rec.checkpoints]), axis=0)
@@ -155,7 +157,7 @@ def test_z_0_without_clipping_is_plain_fedavg_bit_for_bit(tmp_path):
 
 
 def test_dp_runs_the_same_on_any_host_count_and_resumes_its_accountant_and_clip(tmp_path):
-    settings = {**SETTINGS, "dp_clip": 0.5, "dp_noise_multiplier": 0.4, "dp_clip_quantile": 0.5}
+    settings = {**SETTINGS, "dp_clip": 0.5, "dp_noise_multiplier": 0.4, "dp_clip_quantile": 0.5, "commit_every": "1"}
     one = fedsim.run(out=str(tmp_path / "one"), engine=fedsim.LocalEngine(1), **settings)
     three = fedsim.run(out=str(tmp_path / "three"), engine=fedsim.LocalEngine(3), **settings)
     assert three.rounds[COLUMNS].equals(one.rounds[COLUMNS])
@@ -169,7 +171,7 @@ def test_dp_runs_the_same_on_any_host_count_and_resumes_its_accountant_and_clip(
 
 
 def test_a_spent_budget_stops_the_run_before_the_round_and_a_larger_one_resumes_it(tmp_path):
-    settings = {**SETTINGS, "dp_clip": 0.5, "dp_noise_multiplier": 1.0}
+    settings = {**SETTINGS, "dp_clip": 0.5, "dp_noise_multiplier": 1.0, "commit_every": "1"}
     full = fedsim.run(out=str(tmp_path / "full"), engine=fedsim.LocalEngine(2), **settings)
     budget = float(full.rounds["dp_epsilon"].iloc[2]) + 1e-6  # enough for 3 rounds, not for 4
     cut = fedsim.run(out=str(tmp_path / "cut"), engine=fedsim.LocalEngine(2), dp_epsilon_budget=budget, **settings)

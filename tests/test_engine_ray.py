@@ -235,6 +235,8 @@ def test_a_run_killed_after_round_3_resumes_to_the_uninterrupted_table(tmp_path)
         "25",
         "--seed",
         "4",
+        "--commit-every",
+        "1",  # killed after a given round: every round commits
         "--no-progress",
     ]
     cli = [sys.executable, "-m", "fedsim.cli", "run"]
@@ -435,6 +437,8 @@ def test_ctrl_c_records_interrupted_and_prints_the_command_that_continues(tmp_pa
         "25",
         "--seed",
         "4",
+        "--commit-every",
+        "1",  # killed after a given round: every round commits
         "--no-progress",
     ]
     proc = subprocess.Popen(

@@ -121,7 +121,7 @@ def test_ditto_with_lambda_zero_is_local_training_and_a_larger_lambda_stays_near
 
 @pytest.mark.parametrize("strategy", ["fedper", "ditto"])
 def test_personal_states_are_the_same_on_any_host_count_and_after_a_resume(tmp_path, strategy):
-    kw = dict(strategy=strategy, rounds=4, devices=8, per_round=4, personal_eval_epochs=1)
+    kw = dict(strategy=strategy, rounds=4, devices=8, per_round=4, personal_eval_epochs=1, commit_every="1")
     one = run(tmp_path, "one", 1, **kw)
     two = run(tmp_path, "two", 2, **kw)
     with pytest.raises(KeyboardInterrupt):

@@ -28,7 +28,8 @@ from fedsim.experiment.config import Config, ConfigError
 from fedsim.results import RunFolderError, claim_run_folder
 from fedsim.results.folder import CLAIM_FILE, release_claim
 
-TOY = dict(dataset="toy_images", toy_samples=20, devices=6, rounds=4, seed=2, progress=False)
+# Every round commits (the runs here are killed after a given round); tests of --commit-every set their own.
+TOY = dict(dataset="toy_images", toy_samples=20, devices=6, rounds=4, seed=2, progress=False, commit_every="1")
 COLUMNS = ["round", "test_accuracy", "test_loss", "train_loss", "samples", "bytes_up"]
 
 

@@ -140,7 +140,7 @@ def test_local_dp_adds_the_calibrated_noise_on_each_device():
 
     z = gaussian_multiplier(2.0, 1e-5)
     assert 1.5 < z < 3.0  # one Gaussian release at epsilon 2, delta 1e-5 (analytic Gaussian: about 2.1)
-    config = Config(devices=10, rounds=50, ldp_epsilon=2.0, ldp_clip=1.0, dataset="toy_images")
+    config = Config(devices=10, rounds=50, ldp_epsilon=2.0, ldp_clip=1.0, dataset="toy_images", commit_every="1")
     rec = Rows()
     make_coordinator(config, recorder=rec).run()
     # each device's update is clipped to norm 1 (+1/3 per weight for d >= 1) plus N(0, (2 z)^2): the

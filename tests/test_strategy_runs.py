@@ -18,7 +18,8 @@ from fedsim.results import RunFolderError
 from fedsim.strategies import DevicePlan, FedAvg
 from fedsim.strategies.fedprox import Proximal
 
-SETTINGS = dict(dataset="toy_images", toy_samples=20, devices=6, rounds=5, seed=4, progress=False)
+# commit_every: these runs are killed after a round and resumed from it
+SETTINGS = dict(dataset="toy_images", toy_samples=20, devices=6, rounds=5, seed=4, progress=False, commit_every="1")
 COLUMNS = ["round", "test_accuracy", "test_loss", "train_loss", "devices_accepted", "samples", "bytes_up"]
 
 

@@ -96,7 +96,6 @@ class AsyncCoordinator(RoundCore):
     until server step `step` is applied."""
 
     state_prefixes = (*RoundCore.state_prefixes, PREFIX)
-    default_commit = "1s"  # (experiments/bench_stages.py --commit-every: a commit a step cost ~17% of its wall)
 
     def __init__(self, *args: Any, schedule: ScheduleSettings | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

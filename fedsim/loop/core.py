@@ -91,7 +91,10 @@ class Stamps:
 
 class RoundCore(ABC):
     state_prefixes: tuple[str, ...] = ("pipeline.", STATE_PREFIX)  # saved-state keys that are not the strategy's
-    default_commit = "1"  # --commit-every when it is not given: every round
+    # --commit-every when it is not given: once a second, for both loops (experiments/bench_overhead.py
+    # rows mlp-1000-per10-h2 and -c1: committing every 20 ms round cost it ~30%; bench_stages
+    # async-skewed-c1: every FedBuff step a sixth). Rounds of a second or more still commit each.
+    default_commit = "1s"
 
     def __init__(
         self,

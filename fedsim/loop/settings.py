@@ -63,7 +63,7 @@ class RunSettings(Section):
         None,
         "commit the run folder every N rounds (server steps under --mode async), or every S seconds ('5s'); "
         "a kill loses the rounds since the last commit, and --resume runs them again with the same results "
-        "(default: every round; every 1s under --mode async)",
+        "(default: once a second, '1s'; rounds of a second or more commit each; '1': every round)",
         resumable=True,
     )
     out: str | None = setting(None, "run folder (default results/<name>/<timestamp>); must not exist or be empty")
