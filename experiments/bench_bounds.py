@@ -11,16 +11,18 @@ A round must at least
    every CPU replays its share at the same time (caches and memory shared): from the overhead run's
    own `shared_floor_s` where it has one (the same minutes as its floor and rounds), else measured
    here on the row's model with every device taking part;
-2. hand the global checkpoint to its hosts and get one partial sum back from each: Ray's round trip
-   with the real sizes (the checkpoint put once, each host returning a float64 vector of the model's
-   parameters), hosts doing nothing else;
+2. hand the global checkpoint to its hosts and get one partial sum back from each, hosts doing
+   nothing else, the cheaper of: Ray's round trip with the real sizes (the checkpoint put once, each
+   host returning a float64 vector of the model's parameters), and the exchange fedsim uses between
+   processes of one machine (the checkpoint written once to /dev/shm, a request per host over a Unix
+   socket, each host's partial sum read back from a file);
 3. read every device's upload once, to verify it: one copy of the checkpoint file from /dev/shm
    (preadv into a buffer kept between reads);
 4. evaluate the global model on the test set where the row evaluates every round (the hosts' `infer`
    calls in their fixed blocks, spread over the CPUs).
 Nothing else is counted (no tables, no per-device Python, no crc), so the true lowest ratio is higher:
 
-    lowest_ratio = (floor_s x shared_cpus + ray_round_s + devices per CPU x read_s + evaluate_s) / floor_s
+    lowest_ratio = (floor_s x shared_cpus + round trip + devices per CPU x read_s + evaluate_s) / floor_s
 
 where devices per CPU = ceil(per_round / min(hosts, CPUs)), as the floor divides. `numpy_ratio` also
 counts what numpy needs at least to verify and sum each upload (crc32c and a float64 running sum).
@@ -33,6 +35,7 @@ import argparse
 import math
 import multiprocessing
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -133,6 +136,60 @@ def ray_round_s(hosts: int, checkpoint: bytes, params: int, per_round: int, repe
     return float(np.median(times))
 
 
+def _socket_host(address: str, params: int) -> None:
+    """A process that does no device work: for each request it reads the checkpoint file named in it
+    and leaves a float64 partial sum in a file beside it, as a host on the coordinator's machine does."""
+    from multiprocessing.connection import Client
+
+    partial = np.zeros(params, np.float64)
+    with Client(address) as conn:
+        while (request := conn.recv()) is not None:
+            checkpoint, out = request
+            with open(checkpoint, "rb") as f:
+                f.read()
+            with open(out, "wb") as f:
+                f.write(memoryview(partial).cast("B"))
+            conn.send(out)
+
+
+def exchange_round_s(hosts: int, checkpoint: bytes, params: int, repeats: int = 200) -> float:
+    """Median seconds of a round's traffic the way fedsim moves it between processes of one machine
+    (its exchange): the checkpoint written once to /dev/shm, a request to every host over a Unix
+    socket, each host's partial sum read back from the file it wrote."""
+    from multiprocessing.connection import Listener
+
+    folder = Path(tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+    ctx = multiprocessing.get_context("spawn")
+    times = []
+    with Listener(str(folder / "sock"), "AF_UNIX") as listener:
+        procs = [ctx.Process(target=_socket_host, args=(str(folder / "sock"), params)) for _ in range(hosts)]
+        for proc in procs:
+            proc.start()
+        conns = [listener.accept() for _ in procs]
+        try:
+            for i in range(repeats + 20):
+                start = time.perf_counter()
+                path = folder / f"global-{i}.ckpt"
+                path.write_bytes(checkpoint)
+                for h, conn in enumerate(conns):
+                    conn.send((str(path), str(folder / f"partial-{h}.bin")))
+                for conn in conns:
+                    out = Path(conn.recv())
+                    np.fromfile(out, np.float64)
+                    out.unlink()
+                path.unlink()
+                if i >= 20:  # after warm-up
+                    times.append(time.perf_counter() - start)
+        finally:
+            for conn in conns:
+                conn.send(None)
+                conn.close()
+            for proc in procs:
+                proc.join()
+    shutil.rmtree(folder, ignore_errors=True)
+    return float(np.median(times))
+
+
 def upload_s(checkpoint: bytes, params: int, repeats: int = 2000) -> tuple[float, float]:
     """(one read of an upload from /dev/shm, that read plus crc32c and a float64 running sum): medians."""
     folder = Path(tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
@@ -192,10 +249,12 @@ def main() -> None:
             factor = shared[r["model"], used]
         evaluate = evaluation_s(artifact, checkpoint, used) if int(r["eval_every"]) == 1 else 0.0
         ray_s = ray_round_s(hosts, checkpoint, params, per_round)
+        exchange_s = exchange_round_s(hosts, checkpoint, params)
+        transport_s = min(ray_s, exchange_s)  # the cheaper of the two ways fedsim moves a round
         read_s, verify_s = upload_s(checkpoint, params)
         per_cpu = math.ceil(per_round / used)
         floor = float(r["floor_s"])
-        fixed = floor * factor + ray_s + evaluate
+        fixed = floor * factor + transport_s + evaluate
         lowest = (fixed + per_cpu * read_s) / floor
         table.append(
             {
@@ -206,6 +265,7 @@ def main() -> None:
                 "floor_s": floor,
                 "shared_cpus": round(factor, 3),
                 "ray_round_ms": round(ray_s * 1e3, 3),
+                "exchange_round_ms": round(exchange_s * 1e3, 3),
                 "read_ms": round(read_s * 1e3, 4),
                 "verify_sum_ms": round(verify_s * 1e3, 4),
                 "evaluate_ms": round(evaluate * 1e3, 2),
@@ -222,9 +282,9 @@ def main() -> None:
     md = (
         f"fedsim: the lowest ratio a round could reach, {stamp}, {cpus} CPUs, floors and measured ratios from "
         f"{args.overhead}; `python experiments/bench_bounds.py`. lowest_ratio counts only the CPUs' sharing "
-        "(shared_cpus), Ray's round trip, one read of each upload and the evaluation (no tables, no per-device "
-        "Python, no crc); numpy_ratio adds crc32c and a float64 running sum per upload. See the script's "
-        "docstring."
+        "(shared_cpus), the cheaper round trip (Ray's or the exchange's), one read of each upload and the "
+        "evaluation (no tables, no per-device Python, no crc); numpy_ratio adds crc32c and a float64 running "
+        "sum per upload. See the script's docstring."
     )
     publish(frame, out, "bounds", md)
 
