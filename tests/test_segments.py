@@ -76,8 +76,56 @@ def test_the_shelf_serves_what_a_host_just_wrote_from_memory_read_only(tmp_path)
         got["r"][0] = 1.0  # what the cache holds cannot be changed in place
     big = {"r": np.zeros(5000, np.float32)}  # larger than the cache: read from the disk
     shelf.remember(writer.path.name, 8, big)
-    assert (writer.path.name, 8) not in shelf._cache
+    assert 8 not in shelf._cache
     shelf.close()
+
+
+def test_the_shelf_cache_lets_a_segment_go_whole_when_its_states_are_replaced_or_it_is_oldest(tmp_path):
+    """States are copied into slabs per segment: a segment whose devices all wrote newer state, or the
+    oldest segment when the budget is reached, gives its slabs back; what it held is then read from
+    the disk, the same values."""
+    states = {r: {d: {"p": np.full(1000, 10 * r + d, np.float32)} for d in range(8)} for r in (1, 2, 3)}
+    shelf = Shelf(tmp_path, host=0, cache_bytes=3 * 8 * 4032)
+    names = {}
+    for r in (1, 2):
+        writer = shelf.writer(r)
+        for d in range(8) if r == 1 else range(4):  # round 2 rewrites devices 0-3 only
+            writer.add(d, states[r][d])
+        writer.close()
+        names[r] = writer.path.name
+        for d in range(8) if r == 1 else range(4):
+            shelf.remember(names[r], d, states[r][d])
+    assert set(shelf._segments) == {names[1], names[2]}  # round 1's still holds devices 4-7
+    for d in range(4):
+        np.testing.assert_array_equal(shelf.read(names[2], d)["p"], states[2][d]["p"])
+    for d in range(4, 8):
+        np.testing.assert_array_equal(shelf.read(names[1], d)["p"], states[1][d]["p"])
+    writer = shelf.writer(3)
+    for d in range(4, 8):
+        writer.add(d, states[3][d])
+    writer.close()
+    names[3] = writer.path.name
+    for d in range(4, 8):
+        shelf.remember(names[3], d, states[3][d])
+    assert names[1] not in shelf._segments  # every device it held has newer state: its slabs are gone
+    assert shelf._cached == sum(s.bytes for s in shelf._segments.values()) <= shelf.cache_bytes
+    # a budget for one segment's slab: the oldest segment goes to make room, its devices read from the disk
+    small = Shelf(tmp_path, host=0, cache_bytes=4 * 4032)
+    for d in range(4):
+        small.remember(names[2], d, states[2][d])
+    small.remember(names[3], 4, states[3][4])
+    assert list(small._segments) == [names[3]] and set(small._cache) == {4}
+    np.testing.assert_array_equal(small.read(names[2], 1)["p"], states[2][1]["p"])  # from the disk
+    shelf.close()
+    small.close()
+    # a large state (top-k's residuals) is kept as it is, not copied, and counted until replaced
+    large = Shelf(tmp_path, host=0, cache_bytes=10 * 2**20)
+    residual = {"r": np.ones(100_000, np.float32)}
+    large.remember(names[2], 0, residual)
+    assert np.shares_memory(large.read(names[2], 0)["r"], residual["r"]) and large._cached == 400_000
+    large.remember(names[3], 0, {"r": np.zeros(100_000, np.float32)})
+    assert list(large._segments) == [names[3]] and large._cached == 400_000
+    large.close()
 
 
 def test_a_device_state_reads_what_it_kept_once_and_keeps_what_it_puts():

@@ -3,6 +3,7 @@ the one it writes, and what it wrote last in memory."""
 
 from __future__ import annotations
 
+import mmap
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -13,14 +14,58 @@ import numpy as np
 from fedsim.core.segments import SegmentReader, SegmentWriter, StateError, segment_name
 
 CACHE_BYTES = 256 * 2**20  # a host keeps this much of the state it wrote last in memory
+SLAB_BYTES = 4 * 2**20  # the cache copies states into blocks of this size (or one state's, if larger)
+LOOSE_BYTES = 64 * 2**10  # a state this large is cached as it is (an allocation of its own), not copied
+_ALIGN = 64  # each cached array starts on a multiple of this (any dtype's alignment)
+
+
+class _Segment:
+    """The cached states a host wrote into one segment: copied into whole anonymous mappings (slabs),
+    so that thousands of small states neither scatter over the process's heap (where the allocator
+    keeps every page they and the round's passing arrays touched: ~4x their size at 10,000 devices)
+    nor outlive their segment: a segment's slabs go back to the system whole when its last state is
+    replaced or the segment is evicted."""
+
+    def __init__(self) -> None:
+        self.slabs: list[np.ndarray] = []
+        self.used = 0  # bytes used in the last slab
+        self.bytes = 0  # bytes of all its slabs and large states
+        self.devices: set[int] = set()  # whose cached state is this segment's
+        self.loose: dict[int, int] = {}  # device -> bytes of a large state kept as it was
+
+    def fits(self, size: int) -> bool:
+        return bool(self.slabs) and self.used + size <= len(self.slabs[-1])
+
+    def add_slab(self, nbytes: int) -> None:
+        self.slabs.append(np.frombuffer(mmap.mmap(-1, nbytes), np.uint8))
+        self.bytes += nbytes
+        self.used = 0
+
+    def copy_in(self, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Read-only copies of `values` in the last slab (which `fits` them)."""
+        slab, kept = self.slabs[-1], {}
+        for key, value in values.items():
+            value = np.ascontiguousarray(value)
+            at = self.used
+            self.used = _padded(at + value.nbytes)
+            copy = slab[at : at + value.nbytes].view(value.dtype).reshape(value.shape)
+            copy[...] = value
+            copy.flags.writeable = False
+            kept[key] = copy
+        return kept
+
+
+def _padded(n: int) -> int:
+    return -(-n // _ALIGN) * _ALIGN
 
 
 class Shelf:
     """A host's access to the run's device state folder: the segments it reads (a few kept open), the
-    one it writes this round, and the state it wrote most recently, in memory (at most `cache_bytes`,
-    read-only arrays): devices are dealt to the same host round after round while the cohort and
-    their costs stay the same, and their state is then read from memory, not from the disk.
-    Thread-safe (the host reads ahead on a thread of its own)."""
+    one it writes this round, and the state it wrote most recently, in memory (at most `cache_bytes`
+    of slabs, read-only arrays): devices are dealt to the same host round after round while the
+    cohort and their costs stay the same, and their state is then read from memory, not from the
+    disk. The oldest segment's states leave the cache first. Thread-safe (the host reads ahead on a
+    thread of its own)."""
 
     def __init__(self, folder: Path | None, host: int, keep_open: int = 128, cache_bytes: int = CACHE_BYTES) -> None:
         self.folder = folder
@@ -28,18 +73,18 @@ class Shelf:
         self.keep_open = keep_open
         self.cache_bytes = cache_bytes
         self._readers: OrderedDict[str, SegmentReader] = OrderedDict()
-        self._cache: OrderedDict[tuple[str, int], dict[str, np.ndarray]] = OrderedDict()
-        self._cached = 0
+        self._cache: dict[int, tuple[str, dict[str, np.ndarray]]] = {}  # device -> (segment, its state)
+        self._segments: OrderedDict[str, _Segment] = OrderedDict()  # in the order they were written
+        self._cached = 0  # bytes of every segment's slabs
         self._lock = threading.Lock()
 
     def read(self, segment: str, device_id: int) -> dict[str, np.ndarray]:
         if self.folder is None:
             raise StateError(f"device {device_id} has state in {segment}, but this host has no state folder")
         with self._lock:
-            hit = self._cache.get((segment, device_id))
-            if hit is not None:
-                self._cache.move_to_end((segment, device_id))
-                return hit
+            hit = self._cache.get(device_id)
+            if hit is not None and hit[0] == segment:
+                return hit[1]
             reader = self._readers.pop(segment, None) or SegmentReader(self.folder / segment)
             self._readers[segment] = reader
             while len(self._readers) > self.keep_open:
@@ -47,21 +92,68 @@ class Shelf:
         return reader.read(device_id)
 
     def remember(self, segment: str, device_id: int, values: Mapping[str, np.ndarray]) -> None:
-        """Keep what a device just stored in `segment` in memory too (read-only from now on)."""
-        size = sum(v.nbytes for v in values.values())
+        """Keep what a device just stored in `segment` in memory too (read-only), unless the cache
+        cannot make room for it by letting older segments go. A small state is copied into its
+        segment's slabs; a large one (top-k's residuals: 400 KB) is kept as it is, an allocation of
+        its own that goes back to the system whole."""
+        size = sum(_padded(v.nbytes) for v in values.values())
         if size > self.cache_bytes:
             return
-        kept = {}
-        for key, value in values.items():
-            value = value.view()
-            value.flags.writeable = False
-            kept[key] = value
         with self._lock:
-            self._cache[(segment, device_id)] = kept
-            self._cached += size
-            while self._cached > self.cache_bytes:
-                _, dropped = self._cache.popitem(last=False)
-                self._cached -= sum(v.nbytes for v in dropped.values())
+            self._drop(device_id)  # (what it kept before: replaced)
+            held = self._segments.get(segment)
+            if size >= LOOSE_BYTES:
+                if not self._room(segment, size):
+                    return
+                kept = {}
+                for key, value in values.items():
+                    value = value.view()
+                    value.flags.writeable = False
+                    kept[key] = value
+                held = held or self._segments.setdefault(segment, _Segment())
+                held.loose[device_id] = size
+                held.bytes += size
+                self._cached += size
+            else:
+                if held is None or not held.fits(size):
+                    slab = max(size, min(SLAB_BYTES, self.cache_bytes // 8))  # (a small budget: small slabs)
+                    if not self._room(segment, slab):
+                        return
+                    held = held or self._segments.setdefault(segment, _Segment())
+                    held.add_slab(slab)
+                    self._cached += slab
+                kept = held.copy_in(values)
+            self._cache[device_id] = (segment, kept)
+            held.devices.add(device_id)
+
+    def _room(self, segment: str, nbytes: int) -> bool:
+        """Whether `nbytes` more fit the budget, once segments older than `segment` are let go."""
+        while self._cached + nbytes > self.cache_bytes and self._segments:
+            oldest = next(iter(self._segments))
+            if oldest == segment:
+                break
+            self._evict(oldest)
+        return self._cached + nbytes <= self.cache_bytes
+
+    def _drop(self, device_id: int) -> None:
+        """Forget a device's cached state (a newer one replaces it); its segment's slabs go with the
+        last of its states."""
+        old = self._cache.pop(device_id, None)
+        if old is None:
+            return
+        held = self._segments[old[0]]
+        held.devices.discard(device_id)
+        loose = held.loose.pop(device_id, 0)
+        held.bytes -= loose
+        self._cached -= loose
+        if not held.devices:
+            self._evict(old[0])
+
+    def _evict(self, segment: str) -> None:
+        held = self._segments.pop(segment)
+        for device_id in held.devices:
+            del self._cache[device_id]
+        self._cached -= held.bytes
 
     def writer(self, round_num: int) -> SegmentWriter:
         if self.folder is None:
@@ -79,4 +171,5 @@ class Shelf:
         self.forget(list(self._readers))
         with self._lock:
             self._cache.clear()
+            self._segments.clear()
             self._cached = 0
