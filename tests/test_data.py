@@ -236,3 +236,19 @@ def test_pandas_frames_are_arrays_too():
     frame = pd.DataFrame({"a": [0.1, 0.2, 0.3], "b": [1, 2, 3]})
     ds = ArrayDataset(frame, pd.Series([0, 1, 1]), frame.iloc[:2], pd.Series([1, 0]))
     assert ds.x_train.dtype == np.float32 and ds.task.input_shape == (2,)
+
+
+def test_toy_images_drawn_in_chunks_are_the_images_one_draw_gives():
+    """The generator draws its noise a chunk at a time (no float64 copy of the whole set): the images
+    are those of one draw, across chunk boundaries."""
+    from fedsim.data.toy import CHUNK, make_toy_images
+
+    per_class = CHUNK // 10 + 37  # more images than one chunk
+    made = make_toy_images(per_class, 5, seed=4)
+    rng = np.random.default_rng(4)
+    prototypes = rng.uniform(0, 255, size=(10, 28, 28))
+    y = np.repeat(np.arange(10, dtype=np.int32), per_class)
+    x = np.clip(prototypes[y] + rng.normal(0, 90, size=(len(y), 28, 28)), 0, 255).astype(np.uint8)
+    order = rng.permutation(len(y))
+    np.testing.assert_array_equal(made.x_train, x[order])
+    np.testing.assert_array_equal(made.y_train, y[order])

@@ -7,6 +7,7 @@ import numpy as np
 from fedsim.data.dataset import Dataset
 
 TOY_CLASSES = 10
+CHUNK = 4096  # images generated at a time
 
 
 def make_toy_images(samples_per_class: int = 200, test_per_class: int = 50, seed: int = 0) -> Dataset:
@@ -17,8 +18,14 @@ def make_toy_images(samples_per_class: int = 200, test_per_class: int = 50, seed
 
     def draw(per_class: int) -> tuple[np.ndarray, np.ndarray]:
         y = np.repeat(np.arange(TOY_CLASSES, dtype=np.int32), per_class)
-        noise = rng.normal(0, 90, size=(len(y), 28, 28))
-        x = np.clip(prototypes[y] + noise, 0, 255).astype(np.uint8)
+        x = np.empty((len(y), 28, 28), np.uint8)
+        # in chunks: the same draws as one call (the generator's stream is sequential), without float64
+        # copies of the whole set (2.3 GB at 125,000 images, for a data set of 98 MB)
+        for start in range(0, len(y), CHUNK):
+            part = y[start : start + CHUNK]
+            noise = rng.normal(0, 90, size=(len(part), 28, 28))
+            np.clip(prototypes[part] + noise, 0, 255, out=noise)
+            x[start : start + len(part)] = noise
         order = rng.permutation(len(y))
         return x[order], y[order]
 
