@@ -96,6 +96,8 @@ def test_the_shelf_cache_lets_a_segment_go_whole_when_its_states_are_replaced_or
         for d in range(8) if r == 1 else range(4):
             shelf.remember(names[r], d, states[r][d])
     assert set(shelf._segments) == {names[1], names[2]}  # round 1's still holds devices 4-7
+    assert shelf._segments[names[1]].slabs[0] is None  # (its first slab, devices 0-2, given back)
+    assert shelf._cached == sum(s.bytes for s in shelf._segments.values()) == (2 + 2) * 12096  # slabs of 3 states
     for d in range(4):
         np.testing.assert_array_equal(shelf.read(names[2], d)["p"], states[2][d]["p"])
     for d in range(4, 8):

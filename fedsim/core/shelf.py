@@ -23,27 +23,32 @@ class _Segment:
     """The cached states a host wrote into one segment: copied into whole anonymous mappings (slabs),
     so that thousands of small states neither scatter over the process's heap (where the allocator
     keeps every page they and the round's passing arrays touched: ~4x their size at 10,000 devices)
-    nor outlive their segment: a segment's slabs go back to the system whole when its last state is
-    replaced or the segment is evicted."""
+    nor outlive their segment: a slab goes back to the system whole when the last state in it is
+    replaced (devices run in the same order round after round, so last round's slabs empty as this
+    round's fill), and all of a segment's when it is evicted."""
 
     def __init__(self) -> None:
-        self.slabs: list[np.ndarray] = []
+        self.slabs: list[np.ndarray | None] = []  # None: a slab given back
+        self.live: list[int] = []  # states cached in each slab
         self.used = 0  # bytes used in the last slab
-        self.bytes = 0  # bytes of all its slabs and large states
-        self.devices: set[int] = set()  # whose cached state is this segment's
+        self.bytes = 0  # bytes of its slabs and large states
+        self.devices: dict[int, int] = {}  # whose cached state is this segment's -> its slab (-1: large)
         self.loose: dict[int, int] = {}  # device -> bytes of a large state kept as it was
 
     def fits(self, size: int) -> bool:
-        return bool(self.slabs) and self.used + size <= len(self.slabs[-1])
+        last = self.slabs[-1] if self.slabs else None
+        return last is not None and self.used + size <= len(last)
 
     def add_slab(self, nbytes: int) -> None:
         self.slabs.append(np.frombuffer(mmap.mmap(-1, nbytes), np.uint8))
+        self.live.append(0)
         self.bytes += nbytes
         self.used = 0
 
-    def copy_in(self, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def copy_in(self, device_id: int, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Read-only copies of `values` in the last slab (which `fits` them)."""
         slab, kept = self.slabs[-1], {}
+        assert slab is not None
         for key, value in values.items():
             value = np.ascontiguousarray(value)
             at = self.used
@@ -52,7 +57,24 @@ class _Segment:
             copy[...] = value
             copy.flags.writeable = False
             kept[key] = copy
+        self.devices[device_id] = len(self.slabs) - 1
+        self.live[-1] += 1
         return kept
+
+    def release(self, device_id: int) -> int:
+        """Forget a device's state; the bytes this gives back (its large state, or a slab it emptied
+        that is not the one being filled)."""
+        where = self.devices.pop(device_id)
+        if where < 0:
+            nbytes = self.loose.pop(device_id)
+        else:
+            self.live[where] -= 1
+            slab = self.slabs[where]
+            if self.live[where] or where == len(self.slabs) - 1 or slab is None:
+                return 0
+            nbytes, self.slabs[where] = len(slab), None
+        self.bytes -= nbytes
+        return nbytes
 
 
 def _padded(n: int) -> int:
@@ -111,7 +133,7 @@ class Shelf:
                     value.flags.writeable = False
                     kept[key] = value
                 held = held or self._segments.setdefault(segment, _Segment())
-                held.loose[device_id] = size
+                held.loose[device_id], held.devices[device_id] = size, -1
                 held.bytes += size
                 self._cached += size
             else:
@@ -122,9 +144,8 @@ class Shelf:
                     held = held or self._segments.setdefault(segment, _Segment())
                     held.add_slab(slab)
                     self._cached += slab
-                kept = held.copy_in(values)
+                kept = held.copy_in(device_id, values)
             self._cache[device_id] = (segment, kept)
-            held.devices.add(device_id)
 
     def _room(self, segment: str, nbytes: int) -> bool:
         """Whether `nbytes` more fit the budget, once segments older than `segment` are let go."""
@@ -136,16 +157,13 @@ class Shelf:
         return self._cached + nbytes <= self.cache_bytes
 
     def _drop(self, device_id: int) -> None:
-        """Forget a device's cached state (a newer one replaces it); its segment's slabs go with the
-        last of its states."""
+        """Forget a device's cached state (a newer one replaces it); a slab goes with the last state in
+        it, a segment with its last state."""
         old = self._cache.pop(device_id, None)
         if old is None:
             return
         held = self._segments[old[0]]
-        held.devices.discard(device_id)
-        loose = held.loose.pop(device_id, 0)
-        held.bytes -= loose
-        self._cached -= loose
+        self._cached -= held.release(device_id)
         if not held.devices:
             self._evict(old[0])
 
