@@ -1,15 +1,16 @@
 """Personal heads at scale: FedPer on 1,000 and on 10,000 devices, every device every round, each keeping
 its own head (the MLP's final layer, 1,290 weights) as device state; memory must not grow with the fleet.
 
-    python experiments/bench_personal_scale.py [--fleets 1000,10000] [--rounds 5]
+    python experiments/bench_personal_scale.py [--fleets 1000,10000] [--rounds 5] [--same-data]
 
-Each fleet runs on Ray with 2 hosts, toy images (about 10 samples a device), personalised evaluation
+Each fleet runs on Ray with 2 hosts, toy images (about 12 samples a device, or with --same-data the
+largest fleet's data set split over every fleet), personalised evaluation
 on a seeded sample of 500 devices every round. The PSS of every fedsim process (this one and Ray's) is
 sampled every half second; reported per fleet: the peak PSS in the first rounds and in the last two,
 the devices keeping state, its size on disk, and seconds per round. The target: the 10,000-device
 run's peak within 10% of the 1,000-device run's. FedAvg runs on the same fleets (--strategies) say what
 the fleet's size costs by itself (its data and tables grow with it) and so what personal state adds.
-Writes personal_scale.csv / .md to --out (results/bench).
+Writes personal_scale.csv / .md (with --same-data personal_scale_same_data.*) to --out (results/bench).
 """
 
 from __future__ import annotations
@@ -40,11 +41,18 @@ def main() -> None:
         default="fedper,fedavg",
         help="fedper, and fedavg on the same fleets: what the fleet's size costs without personal state",
     )
+    parser.add_argument(
+        "--same-data",
+        action="store_true",
+        help="every fleet splits the largest fleet's data set (so the data does not grow with the fleet, and "
+        "what grows is the fleet's own cost); default: about 10 samples a device",
+    )
     parser.add_argument("--out", default="results/bench")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="fedsim-bench-personal-"))
     rows = []
     try:
+        largest = max(int(n) for n in args.fleets.split(","))
         for strategy, devices in ((s, int(n)) for s in args.strategies.split(",") for n in args.fleets.split(",")):
             sampler = Sampler()
             sampler.start()
@@ -52,7 +60,8 @@ def main() -> None:
             run = fedsim.run(
                 out=str(root / f"{strategy}-{devices}"),
                 dataset="toy_images",
-                toy_samples=max(20, devices * 10 // 8),  # a quarter of each device's share is its test split
+                # per class: ~12.5 images a device, a quarter of each device's share its test split
+                toy_samples=max(20, (largest if args.same_data else devices) * 10 // 8),
                 devices=devices,
                 per_round=devices,
                 rounds=args.rounds,
@@ -92,10 +101,13 @@ def main() -> None:
     # what personal state adds at each fleet size: FedPer's peak over FedAvg's on the same fleet
     peaks = table.pivot(index="devices", columns="strategy", values="pss_peak_last_rounds_mb")
     added = (peaks["fedper"] - peaks["fedavg"]).round(1).to_dict() if "fedavg" in peaks else {}
+    data = "the largest fleet's set split over each fleet" if args.same_data else "about 12 a device"
     header = (
         f"FedPer at scale, {dt.datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} CPUs, "
-        f"`python experiments/bench_personal_scale.py --fleets {args.fleets} --rounds {args.rounds}`: Ray, 2 hosts, "
-        "toy images, the MLP with its head personal (each device keeps 1,290 weights), every device every round. "
+        f"`python experiments/bench_personal_scale.py --fleets {args.fleets} --rounds {args.rounds}"
+        f"{' --same-data' if args.same_data else ''}`: Ray, 2 hosts, toy images "
+        f"({data}), "
+        "the MLP with its head personal (each device keeps 1,290 weights), every device every round. "
         f"Peak PSS of every fedsim process in the last two rounds: {fedper['devices'].iloc[-1]:,} devices "
         f"{large:.0f} MB against {fedper['devices'].iloc[0]:,} devices {small:.0f} MB: {ratio:.3f}x "
         f"(target at most {FLOOR:.2f}x: {'met' if ratio <= FLOOR else 'NOT met'})."
@@ -108,7 +120,7 @@ def main() -> None:
             else ""
         )
     )
-    publish(table, args.out, "personal_scale", header)
+    publish(table, args.out, "personal_scale_same_data" if args.same_data else "personal_scale", header)
 
 
 if __name__ == "__main__":
