@@ -1,7 +1,7 @@
 """Personal heads at scale: FedPer on 1,000 and on 10,000 devices, every device every round, each keeping
 its own head (the MLP's final layer, 1,290 weights) as device state; memory must not grow with the fleet.
 
-    python experiments/bench_personal_scale.py [--fleets 1000,10000] [--rounds 5] [--same-data]
+    python experiments/bench_personal_scale.py [--fleets 1000,10000] [--rounds 5] [--same-data] [--state-cache-mb MB]
 
 Each fleet runs on Ray with 2 hosts, toy images (about 12 samples a device, or with --same-data the
 largest fleet's data set split over every fleet), personalised evaluation
@@ -47,6 +47,12 @@ def main() -> None:
         help="every fleet splits the largest fleet's data set (so the data does not grow with the fleet, and "
         "what grows is the fleet's own cost); default: about 10 samples a device",
     )
+    parser.add_argument(
+        "--state-cache-mb",
+        type=float,
+        default=None,
+        help="the runs' --state-cache-mb (default: fedsim's); the files' names end in _cacheN where it is given",
+    )
     parser.add_argument("--out", default="results/bench")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="fedsim-bench-personal-"))
@@ -71,6 +77,7 @@ def main() -> None:
                 seed=0,
                 hosts=2,
                 progress=False,
+                **({} if args.state_cache_mb is None else {"state_cache_mb": args.state_cache_mb}),
             )
             sampler.finish()
             fedsim.release()
@@ -102,10 +109,11 @@ def main() -> None:
     peaks = table.pivot(index="devices", columns="strategy", values="pss_peak_last_rounds_mb")
     added = (peaks["fedper"] - peaks["fedavg"]).round(1).to_dict() if "fedavg" in peaks else {}
     data = "the largest fleet's set split over each fleet" if args.same_data else "about 12 a device"
+    cache = "" if args.state_cache_mb is None else f" --state-cache-mb {args.state_cache_mb:g}"
     header = (
         f"FedPer at scale, {dt.datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} CPUs, "
         f"`python experiments/bench_personal_scale.py --fleets {args.fleets} --rounds {args.rounds}"
-        f"{' --same-data' if args.same_data else ''}`: Ray, 2 hosts, toy images "
+        f"{' --same-data' if args.same_data else ''}{cache}`: Ray, 2 hosts, toy images "
         f"({data}), "
         "the MLP with its head personal (each device keeps 1,290 weights), every device every round. "
         f"Peak PSS of every fedsim process in the last two rounds: {fedper['devices'].iloc[-1]:,} devices "
@@ -120,7 +128,9 @@ def main() -> None:
             else ""
         )
     )
-    publish(table, args.out, "personal_scale_same_data" if args.same_data else "personal_scale", header)
+    name = "personal_scale" + ("_same_data" if args.same_data else "")
+    name += "" if args.state_cache_mb is None else f"_cache{args.state_cache_mb:g}"
+    publish(table, args.out, name, header)
 
 
 if __name__ == "__main__":

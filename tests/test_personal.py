@@ -214,3 +214,19 @@ def test_fedper_personalises_fashion_mnist_where_fedavg_cannot(tmp_path):
     fedavg_on_devices = fedavg.devices.query("round == 8")["test_accuracy"].mean()
     assert fedavg_on_devices <= 0.85
     assert fedper.rounds["personal_acc_mean"].iloc[-1] >= 0.95
+
+
+def test_personal_states_read_from_the_disk_give_the_same_run_as_from_the_hosts_memory(tmp_path):
+    """--state-cache-mb 0: every host reads its devices' heads from the state folder instead of the
+    copy it kept of what it wrote: the same tables and states (memory flat, rounds slower)."""
+    kw = dict(strategy="fedper", rounds=3, devices=8, per_round=8)
+    cached = run(tmp_path, "cached", 2, **kw)
+    engine = fedsim.LocalEngine(2)
+    disk = fedsim.run(out=str(tmp_path / "disk"), engine=engine, state_cache_mb=0, **{**RUN, **kw})
+    assert all(host.shelf.cache_bytes == 0 and not host.shelf._cache for host in engine.hosts)
+    assert disk.meta["config"]["engine"]["state_cache_mb"] == 0
+    drop = ["host", "train_s"]
+    assert cached.devices.drop(columns=drop).equals(disk.devices.drop(columns=drop))
+    for d in range(8):
+        key = "personal.layers"
+        np.testing.assert_array_equal(cached.device_state(d)[key], disk.device_state(d)[key])

@@ -89,8 +89,10 @@ def test_what_may_change_on_resume_is_declared_on_the_setting(tmp_path):
         "rounds",
         "dp_epsilon_budget",
         "commit_every",
+        "state_cache_mb",
     }
     with pytest.raises(
-        ConfigError, match="lr cannot change .only rounds, commit_every, dp_epsilon_budget, hosts, address may"
+        ConfigError,
+        match="lr cannot change .only rounds, commit_every, dp_epsilon_budget, hosts, address, state_cache_mb may",
     ):
         fedsim.resume(tmp_path, lr=0.1)

@@ -90,7 +90,7 @@ class DeviceHost:
         self._flat_reader: FlatReader | None = None
         # the run's device state (use_state_folder); until told, a folder of this host's own
         self.relay = False
-        self.shelf = Shelf(self.scratch / "state", host_index)
+        self.shelf = Shelf(self.scratch / "state", host_index, cache_bytes=settings.state_cache_bytes)
         self._pool: ThreadPoolExecutor | None = None  # reads devices' state ahead (Lookahead)
 
     @property
@@ -124,7 +124,8 @@ class DeviceHost:
         devices with their work (`relay`). Returns whether it relays."""
         self.shelf.close()
         self.relay = not writable(folder)
-        self.shelf = Shelf(self.scratch / "state" if self.relay else folder, self.host_index)
+        cache = self.settings.state_cache_bytes
+        self.shelf = Shelf(self.scratch / "state" if self.relay else folder, self.host_index, cache_bytes=cache)
         return self.relay
 
     def evaluate(

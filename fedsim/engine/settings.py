@@ -18,6 +18,13 @@ class EngineSettings(Section):
     round_timeout: float | None = setting(
         None, "seconds before a silent host is restarted and its devices marked failed", above=0
     )
+    state_cache_mb: float = setting(
+        256.0,
+        "MB of the device state a host wrote last that it keeps in memory to read next round instead of "
+        "the disk (0: read every state from the disk; flat memory, slower rounds for small states)",
+        least=0,
+        resumable=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -27,3 +34,8 @@ class HostSettings:
     local_epochs: int
     batch_size: int
     seed: int
+    state_cache_mb: float = 256.0  # (--state-cache-mb)
+
+    @property
+    def state_cache_bytes(self) -> int:
+        return int(self.state_cache_mb * 2**20)

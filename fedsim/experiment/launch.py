@@ -72,7 +72,7 @@ def execute(
 
         # keep_warm: the next run in this process (a notebook's next cell) reuses Ray and the hosts
         engine = RayEngine.of(config.section(EngineSettings), keep_warm=True)
-    settings = HostSettings(config.local_epochs, config.batch_size, config.seed)
+    settings = HostSettings(config.local_epochs, config.batch_size, config.seed, config.state_cache_mb)
     split = dataclasses.replace(config.section(DataSettings), partition=config.partition_spec)
     setup = Setup(plan.artifact, plan.data, config.devices, settings, split, plan.check_artifact)
     with engine:
