@@ -111,8 +111,8 @@ class Channels:
         link.sent += 1
         try:
             link.conn.send((link.sent, method, args))
-        except OSError:
-            link.gone = True  # (its result raises HostGone)
+        except OSError:  # the host closed its end: what it answered before is still read, then its
+            pass  # end's EOF makes this request's answer raise HostGone
         return Ticket(link, link.sent)
 
     def stop(self, host: int | None = None) -> None:
