@@ -5,9 +5,9 @@ its own head (the MLP's final layer, 1,290 weights) as device state; memory must
 
 Each fleet runs on Ray with 2 hosts, toy images (about 12 samples a device, or with --same-data the
 largest fleet's data set split over every fleet), personalised evaluation
-on a seeded sample of 500 devices every round. The PSS of every fedsim process (this one and Ray's) is
-sampled every half second; reported per fleet: the peak PSS in the first rounds and in the last two,
-the devices keeping state, its size on disk, and seconds per round. The target: the 10,000-device
+on a seeded sample of 500 devices every round. Each run is made in a fresh process, whose PSS with
+Ray's processes is sampled every half second; reported per fleet: the peak PSS in the first rounds
+and in the last two, the devices keeping state, its size on disk, and seconds per round. The target: the 10,000-device
 run's peak within 10% of the 1,000-device run's. FedAvg runs on the same fleets (--strategies) say what
 the fleet's size costs by itself (its data and tables grow with it) and so what personal state adds.
 Writes personal_scale.csv / .md (with --same-data personal_scale_same_data.*) to --out (results/bench).
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import multiprocessing
 import os
 import shutil
 import tempfile
@@ -30,6 +31,46 @@ import fedsim
 from fedsim.report.tables import publish
 
 FLOOR = 1.10  # the larger fleet's peak PSS against the smaller one's
+
+
+def measure(strategy: str, devices: int, data_devices: int, rounds: int, cache_mb: float | None, root: Path) -> dict:
+    """One run's row: its peak PSS (this process and Ray's, sampled every half second) per round."""
+    sampler = Sampler()
+    sampler.start()
+    began = time.perf_counter()
+    run = fedsim.run(
+        out=str(root / f"{strategy}-{devices}"),
+        dataset="toy_images",
+        # per class: ~12.5 images a device of `data_devices`, a quarter of each device's share its test split
+        toy_samples=max(20, data_devices * 10 // 8),
+        devices=devices,
+        per_round=devices,
+        rounds=rounds,
+        strategy=strategy,
+        device_test_fraction=0.25,
+        personal_eval_devices=500 if strategy == "fedper" else None,
+        seed=0,
+        hosts=2,
+        progress=False,
+        **({} if cache_mb is None else {"state_cache_mb": cache_mb}),
+    )
+    sampler.finish()
+    fedsim.release()
+    peaks = sampler.per_round(began, run.rounds["elapsed_s"].to_numpy())
+    on_disk = sum(f.stat().st_size for f in (run.path / "device_state").iterdir())
+    return {
+        "strategy": strategy,
+        "devices": devices,
+        "rounds": rounds,
+        "pss_peak_first_rounds_mb": max(peaks[: max(1, len(peaks) - 2)]),
+        "pss_peak_last_rounds_mb": max(peaks[-2:]),
+        "devices_keeping_state": len(run.device_state_index()),
+        "state_on_disk_mb": round(on_disk / 1e6, 1),
+        "median_round_s": round(float(run.rounds["wall_s"].median()), 2),
+        "personal_acc_mean": round(float(run.rounds["personal_acc_mean"].iloc[-1]), 4)
+        if "personal_acc_mean" in run.rounds
+        else float("nan"),
+    }
 
 
 def main() -> None:
@@ -56,48 +97,26 @@ def main() -> None:
     parser.add_argument("--out", default="results/bench")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="fedsim-bench-personal-"))
+    largest = max(int(n) for n in args.fleets.split(","))
     rows = []
     try:
-        largest = max(int(n) for n in args.fleets.split(","))
         for strategy, devices in ((s, int(n)) for s in args.strategies.split(",") for n in args.fleets.split(",")):
-            sampler = Sampler()
-            sampler.start()
-            began = time.perf_counter()
-            run = fedsim.run(
-                out=str(root / f"{strategy}-{devices}"),
-                dataset="toy_images",
-                # per class: ~12.5 images a device, a quarter of each device's share its test split
-                toy_samples=max(20, (largest if args.same_data else devices) * 10 // 8),
-                devices=devices,
-                per_round=devices,
-                rounds=args.rounds,
-                strategy=strategy,
-                device_test_fraction=0.25,
-                personal_eval_devices=500 if strategy == "fedper" else None,
-                seed=0,
-                hosts=2,
-                progress=False,
-                **({} if args.state_cache_mb is None else {"state_cache_mb": args.state_cache_mb}),
-            )
-            sampler.finish()
-            fedsim.release()
-            peaks = sampler.per_round(began, run.rounds["elapsed_s"].to_numpy())
-            on_disk = sum(f.stat().st_size for f in (run.path / "device_state").iterdir())
-            rows.append(
-                {
-                    "strategy": strategy,
-                    "devices": devices,
-                    "rounds": args.rounds,
-                    "pss_peak_first_rounds_mb": max(peaks[: max(1, len(peaks) - 2)]),
-                    "pss_peak_last_rounds_mb": max(peaks[-2:]),
-                    "devices_keeping_state": len(run.device_state_index()),
-                    "state_on_disk_mb": round(on_disk / 1e6, 1),
-                    "median_round_s": round(float(run.rounds["wall_s"].median()), 2),
-                    "personal_acc_mean": round(float(run.rounds["personal_acc_mean"].iloc[-1]), 4)
-                    if "personal_acc_mean" in run.rounds
-                    else float("nan"),
-                }
-            )
+            # each run in a fresh process: one run's leftovers (its data, its allocator's pages) would
+            # otherwise count in the next one's peak
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                rows.append(
+                    pool.apply(
+                        measure,
+                        (
+                            strategy,
+                            devices,
+                            largest if args.same_data else devices,
+                            args.rounds,
+                            args.state_cache_mb,
+                            root,
+                        ),
+                    )
+                )
             print(rows[-1], flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
