@@ -78,6 +78,18 @@ def test_a_host_that_goes_away_is_host_gone(tmp_path):
     thread.join(5.0)
 
 
+def test_a_stop_sent_to_a_host_that_closed_its_end_leaves_its_answers_readable(tmp_path):
+    channels, _, thread = _serving(tmp_path)
+    answered = channels.call(0, "run_round", 1)
+    gone = channels.call(0, "die")
+    thread.join(5.0)
+    channels.stop()  # (the stop cannot be sent: its end is closed)
+    assert answered.answer(5.0) == {"round": 1}
+    with pytest.raises(channel.HostGone):
+        gone.answer(5.0)
+    channels.close()
+
+
 def test_a_stranger_or_a_host_that_never_connects_is_not_linked(tmp_path):
     channels = channel.Channels(tmp_path, "token")
     thread = threading.Thread(target=channel.serve, args=(Host(), channels.path, "wrong", 0), daemon=True)

@@ -122,8 +122,8 @@ class Channels:
             if link is not None and not link.gone:
                 try:
                     link.conn.send(None)
-                except OSError:
-                    link.gone = True
+                except OSError:  # (as in `call`: what it answered before is still read, then its EOF)
+                    pass
 
     def drop(self, host: int) -> None:
         """Forget a host that died or was killed (its link's pending answers raise HostGone)."""
