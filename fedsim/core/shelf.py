@@ -13,7 +13,7 @@ import numpy as np
 
 from fedsim.core.segments import SegmentReader, SegmentWriter, StateError, segment_name
 
-CACHE_BYTES = 256 * 2**20  # a host keeps this much of the state it wrote last in memory
+CACHE_BYTES = 256 * 2**20  # a host keeps this much of the state it wrote last in memory (--state-cache-mb)
 SLAB_BYTES = 4 * 2**20  # the cache copies states into blocks of this size (or one state's, if larger)
 LOOSE_BYTES = 64 * 2**10  # a state this large is cached as it is (an allocation of its own), not copied
 _ALIGN = 64  # each cached array starts on a multiple of this (any dtype's alignment)
@@ -97,7 +97,7 @@ class Shelf:
         self._readers: OrderedDict[str, SegmentReader] = OrderedDict()
         self._cache: dict[int, tuple[str, dict[str, np.ndarray]]] = {}  # device -> (segment, its state)
         self._segments: OrderedDict[str, _Segment] = OrderedDict()  # in the order they were written
-        self._cached = 0  # bytes of every segment's slabs
+        self._cached = 0  # bytes of every segment's slabs and large states
         self._lock = threading.Lock()
 
     def read(self, segment: str, device_id: int) -> dict[str, np.ndarray]:

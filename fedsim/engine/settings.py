@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedsim.core.settings import Section, setting
+from fedsim.core.shelf import CACHE_BYTES
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,7 @@ class EngineSettings(Section):
         None, "seconds before a silent host is restarted and its devices marked failed", above=0
     )
     state_cache_mb: float = setting(
-        256.0,
+        CACHE_BYTES / 2**20,
         "MB of the device state a host wrote last that it keeps in memory to read next round instead of "
         "the disk (0: read every state from the disk; flat memory, slower rounds for small states)",
         least=0,
@@ -34,7 +35,7 @@ class HostSettings:
     local_epochs: int
     batch_size: int
     seed: int
-    state_cache_mb: float = 256.0  # (--state-cache-mb)
+    state_cache_mb: float = CACHE_BYTES / 2**20  # (--state-cache-mb)
 
     @property
     def state_cache_bytes(self) -> int:
