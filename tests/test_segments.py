@@ -19,12 +19,17 @@ def states(n: int, seed: int = 0) -> dict[int, dict[str, np.ndarray]]:
     }
 
 
+@pytest.mark.parametrize("batch", [None, 3 * ALIGN])
 @pytest.mark.parametrize("where", ["disk", "tmpfs"])
-def test_a_segment_gives_back_every_device_s_arrays_exactly(tmp_path, where):
+def test_a_segment_gives_back_every_device_s_arrays_exactly(tmp_path, where, batch, monkeypatch):
     """Written on the disk (direct I/O) or on tmpfs (no direct I/O: the plain path), read back exactly,
-    each array on a block boundary; the writer's thread keeps several devices in flight."""
+    each array on a block boundary; the writer's thread is handed the devices all at close (the default
+    batch holds them all) or a few at a time (a batch of 3 blocks: 20 hand-offs, queued and written
+    together while they wait)."""
     import tempfile
 
+    if batch is not None:
+        monkeypatch.setattr(SegmentWriter, "BATCH", batch)
     folder = tmp_path if where == "disk" else tempfile.mkdtemp(dir="/dev/shm")
     want = states(20)
     writer = SegmentWriter(__import__("pathlib").Path(folder) / segment_name(3, 1))
@@ -77,6 +82,43 @@ def test_the_shelf_serves_what_a_host_just_wrote_from_memory_read_only(tmp_path)
     big = {"r": np.zeros(5000, np.float32)}  # larger than the cache: read from the disk
     shelf.remember(writer.path.name, 8, big)
     assert 8 not in shelf._cache
+    shelf.close()
+
+
+def test_lookahead_reads_from_the_disk_on_its_thread_and_from_memory_on_the_caller_s(tmp_path):
+    """The states the shelf holds in memory are not handed to the thread; the others are read there,
+    ahead of the device asking; every device gets its own state, asked in order or not."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fedsim.core.shelf import Lookahead
+
+    want = states(8)
+    shelf = Shelf(tmp_path, host=0)
+    writer = shelf.writer(1)
+    for d, values in want.items():
+        writer.add(d, values)
+    writer.close()
+    for d in (0, 2, 4, 6):  # in memory; 1, 3, 5, 7 only on the disk
+        shelf.remember(writer.path.name, d, want[d])
+    threads: dict[int, str] = {}
+    read = shelf.read
+
+    def reading(segment: str, device: int) -> dict:
+        threads[device] = threading.current_thread().name
+        return read(segment, device)
+
+    shelf.read = reading  # type: ignore[method-assign]
+    with ThreadPoolExecutor(1, thread_name_prefix="ahead") as pool:
+        ahead = Lookahead(pool, shelf, [(d, writer.path.name) for d in want], depth=2)
+        ahead.advance()
+        for d in [0, 1, 2, 5, 4, 3, 6, 7]:  # (5 before 3 and 4: out of order)
+            got = ahead.result(d)
+            for key in want[d]:
+                np.testing.assert_array_equal(got[key], want[d][key])
+        ahead.close()
+    assert {d for d, name in threads.items() if name.startswith("ahead")} == {1, 3, 5, 7}
+    assert {d for d, name in threads.items() if not name.startswith("ahead")} == {0, 2, 4, 6}
     shelf.close()
 
 

@@ -75,10 +75,11 @@ class SegmentWriter:
     Every array starts on a 4 KiB boundary, and a device's arrays are written in one aligned block,
     directly to the disk where the filesystem allows (O_DIRECT): copying hundreds of megabytes a round
     into the page cache cost the hosts more CPU than the arithmetic that made them. The writes happen on
-    a thread of the writer's own, a few devices behind `add` (a bounded queue), so the host trains the
-    next devices while the disk takes this one's state."""
+    a thread of the writer's own, handed a few megabytes of devices at a time (a bounded queue), so the
+    host trains the next devices while the disk takes these ones' state."""
 
-    QUEUE = 8  # devices' arrays waiting to be written, at most (bounds the memory the writer holds)
+    BATCH = 4 << 20  # bytes of devices' arrays handed to the writer thread at once (or all at close)
+    QUEUE = 8  # batches waiting to be written, at most (bounds the memory the writer holds)
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -89,7 +90,8 @@ class SegmentWriter:
         self.layout: list[int] = []
         self.starts: list[int] = []
         self._at = 0
-        self._queue: queue.Queue[tuple[int, list[tuple[int, np.ndarray]]] | None] | None = None
+        self._batch: list[tuple[int, list[tuple[int, np.ndarray]]]] = []  # (start, arrays) per device
+        self._queue: queue.Queue[list[tuple[int, list[tuple[int, np.ndarray]]]] | None] | None = None
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._fd = -1
@@ -110,13 +112,22 @@ class SegmentWriter:
         self.ids.append(int(device_id))
         self.layout.append(self.schemas.setdefault(tuple(schema), len(self.schemas)))
         self.starts.append(start)
+        self._batch.append((start, chunks))
+        if self._at - self._batch[0][0] >= self.BATCH:
+            self._hand_off()
+
+    def _hand_off(self) -> None:
+        """Queue the devices added since the last hand-off for the writer thread, as one item: waking
+        the thread once per device cost the host more (the thread's turn at the interpreter) than the
+        writes themselves."""
         if self._queue is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd, _ = _open_direct(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             self._queue = queue.Queue(self.QUEUE)
             self._thread = threading.Thread(target=self._write, name="fedsim-segment", daemon=True)
             self._thread.start()
-        self._queue.put((start, chunks))
+        batch, self._batch = self._batch, []
+        self._queue.put(batch)
 
     def _write(self) -> None:
         """Write what is queued, every device waiting at that moment in one call (one large write keeps
@@ -133,13 +144,11 @@ class SegmentWriter:
             try:
                 pieces: list[np.ndarray] = []
                 offset = None
-                for item in items:
-                    if item is None:
-                        break
-                    start, chunks = item
-                    offset = start if offset is None else offset
-                    for _, array in chunks:
-                        pieces += self._pieces(array.reshape(-1).view(np.uint8))
+                for batch in items:
+                    for start, chunks in batch or ():
+                        offset = start if offset is None else offset
+                        for _, array in chunks:
+                            pieces += self._pieces(array.reshape(-1).view(np.uint8))
                 if offset is not None:
                     self._pwritev(pieces, offset)
             except BaseException as e:
@@ -178,6 +187,8 @@ class SegmentWriter:
     def close(self) -> list[int]:
         """Wait for the queued arrays, write the footer and close; the device ids it holds (none: no
         file was made)."""
+        if self._batch:
+            self._hand_off()
         if self._queue is None:
             return []
         self._queue.put(None)
