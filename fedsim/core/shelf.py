@@ -7,6 +7,7 @@ import mmap
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,11 @@ class Shelf:
                 self._readers.popitem(last=False)[1].close()
         return reader.read(device_id)
 
+    def holds(self, segment: str, device_id: int) -> bool:
+        """Whether the device's state in `segment` is in memory (read without the disk)."""
+        hit = self._cache.get(device_id)
+        return hit is not None and hit[0] == segment
+
     def remember(self, segment: str, device_id: int, values: Mapping[str, np.ndarray]) -> None:
         """Keep what a device just stored in `segment` in memory too (read-only), unless the cache
         cannot make room for it by letting older segments go. A small state is copied into its
@@ -191,3 +197,38 @@ class Shelf:
             self._cache.clear()
             self._segments.clear()
             self._cached = 0
+
+
+class Lookahead:
+    """Reads a host call's devices' state from the shelf on a thread of its own, `depth` devices ahead
+    of the one training, so a device's state is in memory when its round reads it. A state the shelf
+    holds in memory is read when asked for, on the caller's thread: handing it to the thread and back
+    cost more than the read."""
+
+    def __init__(self, pool: ThreadPoolExecutor, shelf: Shelf, wanted: list[tuple[int, str]], depth: int = 3) -> None:
+        self.pool, self.shelf, self.wanted, self.depth = pool, shelf, wanted, depth
+        self.segment = dict(wanted)
+        self.futures: dict[int, Future[dict[str, np.ndarray]]] = {}
+        self.next = 0
+
+    def advance(self) -> None:
+        """Keep `depth` reads from the disk queued or done beyond the ones already taken."""
+        while self.next < len(self.wanted) and len(self.futures) < self.depth:
+            device, segment = self.wanted[self.next]
+            if not self.shelf.holds(segment, device):
+                self.futures[device] = self.pool.submit(self.shelf.read, segment, device)
+            self.next += 1
+
+    def result(self, device: int) -> dict[str, np.ndarray]:
+        segment, future = self.segment[device], self.futures.pop(device, None)
+        if future is None and self.shelf.holds(segment, device):
+            got = self.shelf.read(segment, device)
+        else:  # (every read from the disk on the thread: segments are opened and closed there alone)
+            got = (future or self.pool.submit(self.shelf.read, segment, device)).result()
+        self.advance()
+        return got
+
+    def close(self) -> None:
+        for future in self.futures.values():
+            future.cancel()
+        self.futures.clear()

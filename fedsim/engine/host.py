@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import numpy as np
 from fedsim.checkpoint import CheckpointError, FlatReader, WeightSpec, flatten, read_checkpoint, scratch_dir
 from fedsim.core.devicestate import DeviceState
 from fedsim.core.segments import SegmentWriter
-from fedsim.core.shelf import Shelf
+from fedsim.core.shelf import Lookahead, Shelf
 from fedsim.device import Device, Runner, evaluate_counts, open_runner
 from fedsim.engine.base import DeviceReport, PersonalEval, RoundResult, StateWritten
 from fedsim.engine.layout import ShardData, TestBlocks
@@ -212,7 +212,7 @@ class DeviceHost:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"fedsim-state-{self.host_index}")
         wanted = [(d, work.state_at[d]) for d in device_ids if d in work.state_at and d not in work.carried]
-        return Lookahead(self._pool, self.shelf.read, wanted)
+        return Lookahead(self._pool, self.shelf, wanted)
 
     def _state(self, device_id: int, work: HostRound, ahead: Lookahead) -> DeviceState:
         """The device's state handle: what it kept (read when first asked for), what it keeps now."""
@@ -302,39 +302,6 @@ class DeviceHost:
             self._pool = None
         self.shelf.close()
         shutil.rmtree(self.scratch, ignore_errors=True)
-
-
-class Lookahead:
-    """Reads a host call's devices' state (`load(segment, device)`) on a thread of its own, `depth`
-    devices ahead of the one training, so a device's state is in memory when its round reads it."""
-
-    def __init__(
-        self, pool: ThreadPoolExecutor, load: Callable[[str, int], Any], wanted: list[tuple[int, str]], depth: int = 3
-    ) -> None:
-        self.pool, self.load, self.wanted, self.depth = pool, load, wanted, depth
-        self.futures: dict[int, Future[Any]] = {}
-        self.next = 0
-
-    def advance(self) -> None:
-        """Keep `depth` reads queued or done beyond the ones already taken."""
-        while self.next < len(self.wanted) and len(self.futures) < self.depth:
-            device, segment = self.wanted[self.next]
-            self.futures[device] = self.pool.submit(self.load, segment, device)
-            self.next += 1
-
-    def result(self, device: int) -> Any:
-        future = self.futures.pop(device, None)
-        if future is None:  # (asked out of order: read it now, behind the queued ones)
-            segment = dict(self.wanted)[device]
-            future = self.pool.submit(self.load, segment, device)
-        got = future.result()
-        self.advance()
-        return got
-
-    def close(self) -> None:
-        for future in self.futures.values():
-            future.cancel()
-        self.futures.clear()
 
 
 def writable(folder: Path) -> bool:
