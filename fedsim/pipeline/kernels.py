@@ -73,32 +73,56 @@ def levels_of_difference(a, base, lo, scale, noise, top, out):
 
 
 @njit(cache=True, nogil=True)
-def residual_and_sample(a, base, carried, out, stride):
-    """out = (a - base) + carried (float32; no carried: an empty array), and every `stride`-th |out|
-    (the sample top-k's threshold is drawn from), in one pass."""
-    sample = np.empty((out.size + stride - 1) // stride, np.float32)
-    if carried.size == 0:
-        for i in range(out.size):
-            out[i] = a[i] - base[i]
+def residual_and_sample(a, base, carried, rest, decoded, stride):
+    """rest = (a - base) + carried (float32; no carried: an empty array), decoded = base, and every
+    `stride`-th |rest| (the sample top-k's threshold is drawn from)."""
+    if carried.size:
+        for i in range(rest.size):
+            rest[i] = (a[i] - base[i]) + carried[i]
     else:
-        for i in range(out.size):
-            out[i] = (a[i] - base[i]) + carried[i]
+        for i in range(rest.size):
+            rest[i] = a[i] - base[i]
+    decoded[:] = base
+    sample = np.empty((rest.size + stride - 1) // stride, np.float32)
     for j in range(sample.size):
-        sample[j] = abs(out[j * stride])
+        sample[j] = abs(rest[j * stride])
     return sample
 
 
 @njit(cache=True, nogil=True)
-def indices_at_least(values, threshold):
-    """The indices (ascending, int64) of the values whose magnitude is at least `threshold`."""
+def at_least(values, threshold):
+    """(the indices, ascending, of the values whose magnitude is at least `threshold`, those magnitudes)."""
+    index = np.empty(values.size, np.int64)
     count = 0
     for i in range(values.size):
         if abs(values[i]) >= threshold:
+            index[count] = i
             count += 1
-    out = np.empty(count, np.int64)
-    count = 0
-    for i in range(values.size):
-        if abs(values[i]) >= threshold:
-            out[count] = i
-            count += 1
-    return out
+    magnitude = np.empty(count, np.float32)
+    for j in range(count):
+        magnitude[j] = abs(values[index[j]])
+    return index[:count], magnitude
+
+
+@njit(cache=True, nogil=True)
+def move_largest(candidates, magnitude, kth, k, rest, decoded):
+    """Of the candidates, those whose magnitude is above `kth` and, of those equal to it, the first,
+    k in all, moved from rest onto decoded: (their indices as uint32, their values)."""
+    ties = k
+    for j in range(magnitude.size):
+        if magnitude[j] > kth:
+            ties -= 1
+    index = np.empty(k, np.uint32)
+    values = np.empty(k, np.float32)
+    taken = 0
+    for j in range(magnitude.size):
+        if magnitude[j] > kth or (magnitude[j] == kth and ties > 0):
+            if magnitude[j] == kth:
+                ties -= 1
+            i = candidates[j]
+            index[taken] = i
+            values[taken] = rest[i]
+            rest[i] = np.float32(0.0)
+            decoded[i] = decoded[i] + values[taken]
+            taken += 1
+    return index, values
