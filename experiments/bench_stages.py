@@ -17,7 +17,9 @@ median over passes of the row against its baseline measured in the same pass.
   plain's, same pass) at most 1.25x its own seconds on the hosts, which the run records per round
   (`compress_host_s`: every device's encode, decode and apply, summed) divided by the CPUs working
   (min(hosts, CPUs)); `alone_s` beside it is bench_codecs' per-device figure measured alone
-  (results/bench/codecs.csv, compiled_ms) x devices / CPUs. --rotate is listed for what it costs.
+  (results/bench/codecs.csv, compiled_ms) x devices / CPUs. --rotate is listed for what it costs;
+  top-k's own figures are listed too, but its target is the 1.30 above (its residuals' reads and
+  writes are device state's work, not the codec's: the speed issue's decision).
 - sync-skewed, async-skewed and async-skewed-k50: 1,000 devices on the `skewed` profiles, 100 at a
   time (sync: 100 a round; async: --concurrency 100 --buffer 10, FedBuff's K, or 50); the figure is
   wall milliseconds per applied update (sum of round walls over updates applied, rounds 2..R; async:
@@ -107,13 +109,14 @@ def own_arithmetic(name: str, mine: pd.DataFrame, base: pd.DataFrame, workers: i
     codec = str(settings["compress"]).split(":")[0]
     alone = float(alone_ms[codec]) / 1000 * settings["devices"] / workers if codec in alone_ms.index else float("nan")
     ratio = added / own if own > 0 else float("nan")
+    untargeted = "rotate" in settings or codec == "topk"  # (top-k: held to 1.30 a plain round instead)
     return {
         "added_s": round(added, 4),
         "own_s": round(own, 4),
         "alone_s": round(alone, 4),
         "added_over_own": round(ratio, 3),
-        "own_target": OWN_TARGET if "rotate" not in settings else None,
-        "own_met": "" if "rotate" in settings else ("yes" if ratio <= OWN_TARGET else "no"),
+        "own_target": None if untargeted else OWN_TARGET,
+        "own_met": "" if untargeted else ("yes" if ratio <= OWN_TARGET else "no"),
     }
 
 
