@@ -7,9 +7,12 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping
 
+import crc32c
 import numpy as np
 
-from fedsim.checkpoint.tfv1 import _DT_FLOAT, _MAGIC, masked_crc
+from fedsim.checkpoint.tfv1 import _DT_FLOAT, _MAGIC, mask_crc
+
+Parts = list[bytes | memoryview]  # bytes written one after another (joined once, at the end)
 
 
 def _put_varint(value: int) -> bytes:
@@ -29,6 +32,11 @@ def _field(number: int, payload: bytes) -> bytes:
     return _put_varint(number << 3 | 2) + _put_varint(len(payload)) + payload
 
 
+def _field_parts(number: int, parts: Parts) -> Parts:
+    """A length-delimited protobuf field whose payload is `parts` (not joined)."""
+    return [_put_varint(number << 3 | 2) + _put_varint(_length(parts)), *parts]
+
+
 def _varint_field(number: int, value: int) -> bytes:
     return _put_varint(number << 3) + _put_varint(value)
 
@@ -41,24 +49,30 @@ def _slice_key(name: str, ndims: int) -> bytes:
     return b"\x00" + escaped + b"\x00\x01" + rank + b"\x80\x7f" * ndims
 
 
-def _block(entries: list[tuple[bytes, bytes]], restart_interval: int = 16) -> bytes:
-    """A LevelDB table block: keys prefix-compressed, a restart point every 16 entries."""
-    body, restarts, previous = bytearray(), [], b""
+def _block(entries: list[tuple[bytes, Parts]], restart_interval: int = 16) -> Parts:
+    """A LevelDB table block, as pieces to write one after another: keys prefix-compressed, a restart
+    point every 16 entries (a value is itself pieces: a tensor's floats are never copied here)."""
+    out: Parts = []
+    size, restarts, previous = 0, [], b""
     for i, (key, value) in enumerate(entries):
         shared = 0
         if i % restart_interval == 0:
-            restarts.append(len(body))
+            restarts.append(size)
         else:
             limit = min(len(key), len(previous))
             while shared < limit and key[shared] == previous[shared]:
                 shared += 1
-        body += _put_varint(shared) + _put_varint(len(key) - shared) + _put_varint(len(value))
-        body += key[shared:] + value
+        length = _length(value)
+        head = _put_varint(shared) + _put_varint(len(key) - shared) + _put_varint(length) + key[shared:]
+        out += [head, *value]
+        size += len(head) + length
         previous = key
-    for r in restarts or [0]:
-        body += struct.pack("<I", r)
-    body += struct.pack("<I", len(restarts) or 1)
-    return bytes(body)
+    out.append(b"".join(struct.pack("<I", r) for r in restarts or [0]) + struct.pack("<I", len(restarts) or 1))
+    return out
+
+
+def _length(parts: Parts) -> int:
+    return sum(len(p) for p in parts)
 
 
 def _short_successor(key: bytes) -> bytes:
@@ -79,7 +93,8 @@ def write_tfv1(weights: Mapping[str, np.ndarray], one_block: bool = False) -> by
     artifact's restore signature and read_tfv1 all read it; tests check them). `one_block=True` writes
     byte for byte what tf.raw_ops.Save writes.
     """
-    meta, data_entries = b"", []
+    meta = b""
+    data_entries: list[tuple[bytes, Parts]] = []
     for name in sorted(weights):
         a = np.asarray(weights[name])
         if a.dtype != np.float32:
@@ -87,29 +102,38 @@ def write_tfv1(weights: Mapping[str, np.ndarray], one_block: bool = False) -> by
         shape = b"".join(_field(2, _varint_field(1, d)) for d in a.shape)
         whole = b"".join(_field(1, b"") for _ in a.shape)  # one empty extent per dim = the whole tensor
         meta += _field(1, _field(1, name.encode()) + _field(2, shape) + _varint_field(3, _DT_FLOAT) + _field(4, whole))
-        values = _field(5, np.ascontiguousarray(a, dtype="<f4").tobytes())  # packed float_val
-        saved_slice = _field(1, name.encode()) + _field(2, whole) + _field(3, values)
-        data_entries.append((_slice_key(name, a.ndim), _field(2, saved_slice)))
+        floats = np.ascontiguousarray(a, dtype="<f4").reshape(-1).view(np.uint8)
+        values = _field_parts(5, [floats.data])  # packed float_val
+        saved_slice = [_field(1, name.encode()) + _field(2, whole), *_field_parts(3, values)]
+        data_entries.append((_slice_key(name, a.ndim), _field_parts(2, saved_slice)))
     meta_value = _field(1, meta + _field(2, _varint_field(1, 1)))  # versions { producer: 1 }
-    entries = sorted([(b"", meta_value), *data_entries])
+    meta_entry: Parts = [meta_value]
+    entries = sorted([(b"", meta_entry), *data_entries], key=lambda e: e[0])
 
-    out = bytearray()
+    out: Parts = []
+    at = 0
 
-    def add_block(contents: bytes) -> bytes:
-        handle = _put_varint(len(out)) + _put_varint(len(contents))
+    def add_block(contents: Parts) -> bytes:
+        nonlocal at
+        length = _length(contents)
+        handle = _put_varint(at) + _put_varint(length)
         trailer = b"\x00"  # no compression
-        out.extend(contents + trailer + struct.pack("<I", masked_crc(contents + trailer)))
+        crc = 0
+        for part in [*contents, trailer]:
+            crc = crc32c.crc32c(part, crc)
+        out.extend([*contents, trailer + struct.pack("<I", mask_crc(crc))])
+        at += length + 5
         return handle
 
     groups = [entries] if one_block else [[e] for e in entries]
-    index = []
+    index: list[tuple[bytes, Parts]] = []
     for i, group in enumerate(groups):
         handle = add_block(_block(group))
         # The index key of a block: >= its last key and < the next block's first (its last key
         # serves); after the last block, the shortest key past it, as LevelDB writes it.
-        index.append((group[-1][0] if i + 1 < len(groups) else _short_successor(group[-1][0]), handle))
+        index.append((group[-1][0] if i + 1 < len(groups) else _short_successor(group[-1][0]), [handle]))
     meta_handle = add_block(_block([]))
     index_handle = add_block(_block(index))
     footer = meta_handle + index_handle
-    out += footer + b"\x00" * (40 - len(footer)) + struct.pack("<Q", _MAGIC)
-    return bytes(out)
+    out.append(footer + b"\x00" * (40 - len(footer)) + struct.pack("<Q", _MAGIC))
+    return b"".join(out)
