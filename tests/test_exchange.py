@@ -39,6 +39,8 @@ def test_arrays_go_through_files_and_come_back_bit_for_bit():
         back = ex.receive(sent)
         assert back.partials[0].rows.tobytes() == rows.tobytes() and back.partials[0].rows.shape == rows.shape
         assert sorted(f.name for f in ex.folder.iterdir()) == [exchange.MARKER]  # read and removed
+        # (mapped, not copied: still readable once its file is gone, and never changed in place)
+        assert back.partials[0].rows.tobytes() == rows.tobytes() and not back.partials[0].rows.flags.writeable
         # a checkpoint is written once for the calls that restore it, removed after the last of them
         data = b"checkpoint" * 20_000
         path = ex.checkpoint(data, 2)
