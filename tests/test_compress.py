@@ -340,5 +340,10 @@ def test_compiled_top_k_with_feedback_gives_the_reference_bytes_residual_and_upd
         assert got_payload == payload, trial
         np.testing.assert_array_equal(got_rest, rest)
         np.testing.assert_array_equal(got_decoded, decoded)
+        if carried is not None:  # the residual updated where it lies (the device's own state)
+            mine = carried.copy()
+            again, kept, _ = codecs.topk_with_feedback(flat, base, mine, k, mine)
+            assert again == payload and kept is mine, trial
+            np.testing.assert_array_equal(mine, rest)
     with pytest.raises(ValueError, match="top-k of 3 values onto 2"):
         codecs.topk_with_feedback(np.zeros(3, np.float32), np.zeros(2, np.float32), None, 1)

@@ -122,6 +122,45 @@ def test_lookahead_reads_from_the_disk_on_its_thread_and_from_memory_on_the_call
     shelf.close()
 
 
+def test_a_large_state_is_handed_over_to_be_changed_in_place_and_then_read_from_its_segment(tmp_path):
+    """Shelf.take gives a large cached state's own (writable) arrays and forgets it, so its changed
+    values are never read as the segment's; a small state (copied into a slab), another segment's or
+    one not in memory is not handed over. DeviceState.own takes it where the host can hand it over."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fedsim.core.shelf import Lookahead
+
+    shelf = Shelf(tmp_path, host=0)
+    writer = shelf.writer(1)
+    large = {"residual": np.arange(30_000, dtype=np.float32)}  # 120 KB: kept as it is
+    small = {"head": np.arange(10, dtype=np.float32)}
+    writer.add(1, large)
+    writer.add(2, small)
+    writer.close()
+    segment = writer.path.name
+    shelf.remember(segment, 1, large)
+    shelf.remember(segment, 2, small)
+    assert not shelf.read(segment, 1)["residual"].flags.writeable  # (reads stay read-only)
+    assert shelf.take("another.seg", 1) is None and shelf.take(segment, 2) is None
+    with ThreadPoolExecutor(1) as pool:
+        ahead = Lookahead(pool, shelf, [(1, segment), (2, segment)])
+        state = DeviceState(lambda: ahead.result(1), lambda: ahead.take(1))
+        owned = state.own("residual")
+        assert owned is large["residual"] and owned.flags.writeable
+        owned += 1.0  # the device's round changes it where it lies
+        assert not shelf.holds(segment, 1) and shelf.take(segment, 1) is None
+        np.testing.assert_array_equal(shelf.read(segment, 1)["residual"], np.arange(30_000, dtype=np.float32))
+        # a state the shelf does not hold in memory: read from the disk, a copy of the caller's own
+        again = Lookahead(pool, shelf, [(1, segment)])
+        from_disk = DeviceState(lambda: again.result(1), lambda: again.take(1)).own("residual")
+        np.testing.assert_array_equal(from_disk, np.arange(30_000, dtype=np.float32))
+        assert from_disk is not large["residual"]
+        # a small state: as `get` gives it (read-only: the caller makes a new array)
+        head = DeviceState(lambda: ahead.result(2), lambda: ahead.take(2)).own("head")
+        assert not head.flags.writeable and shelf.holds(segment, 2)
+    shelf.close()
+
+
 def test_the_shelf_cache_lets_a_segment_go_whole_when_its_states_are_replaced_or_it_is_oldest(tmp_path):
     """States are copied into slabs per segment: a segment whose devices all wrote newer state, or the
     oldest segment when the budget is reached, gives its slabs back; what it held is then read from

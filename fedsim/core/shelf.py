@@ -35,6 +35,7 @@ class _Segment:
         self.bytes = 0  # bytes of its slabs and large states
         self.devices: dict[int, int] = {}  # whose cached state is this segment's -> its slab (-1: large)
         self.loose: dict[int, int] = {}  # device -> bytes of a large state kept as it was
+        self.owned: dict[int, dict[str, np.ndarray]] = {}  # device -> that large state's own arrays
 
     def fits(self, size: int) -> bool:
         last = self.slabs[-1] if self.slabs else None
@@ -68,6 +69,7 @@ class _Segment:
         where = self.devices.pop(device_id)
         if where < 0:
             nbytes = self.loose.pop(device_id)
+            self.owned.pop(device_id, None)
         else:
             self.live[where] -= 1
             slab = self.slabs[where]
@@ -119,6 +121,19 @@ class Shelf:
         hit = self._cache.get(device_id)
         return hit is not None and hit[0] == segment
 
+    def take(self, segment: str, device_id: int) -> dict[str, np.ndarray] | None:
+        """A large state the shelf holds in memory, handed over to be changed in place (top-k's residual,
+        updated where it lies, as a phone would: no new 400 KB array and its allocator churn a device):
+        the shelf forgets it, so its changed values are never read as the segment's (a device whose
+        round then fails reads it from the segment next time). None where it is not held so."""
+        with self._lock:
+            hit = self._cache.get(device_id)
+            held = self._segments.get(hit[0]) if hit is not None and hit[0] == segment else None
+            owned = held.owned.get(device_id) if held is not None else None
+            if owned is not None:
+                self._drop(device_id)
+            return owned
+
     def remember(self, segment: str, device_id: int, values: Mapping[str, np.ndarray]) -> None:
         """Keep what a device just stored in `segment` in memory too (read-only), unless the cache
         cannot make room for it by letting older segments go. A small state is copied into its
@@ -140,6 +155,7 @@ class Shelf:
                     kept[key] = value
                 held = held or self._segments.setdefault(segment, _Segment())
                 held.loose[device_id], held.devices[device_id] = size, -1
+                held.owned[device_id] = dict(values)
                 held.bytes += size
                 self._cached += size
             else:
@@ -225,6 +241,15 @@ class Lookahead:
             got = self.shelf.read(segment, device)
         else:  # (every read from the disk on the thread: segments are opened and closed there alone)
             got = (future or self.pool.submit(self.shelf.read, segment, device)).result()
+        self.advance()
+        return got
+
+    def take(self, device: int) -> dict[str, np.ndarray]:
+        """`result`, handed over to be changed in place where the shelf holds it in memory (Shelf.take);
+        read from the disk otherwise (a new copy: the caller's anyway)."""
+        got = self.shelf.take(self.segment[device], device) if device not in self.futures else None
+        if got is None:
+            return self.result(device)
         self.advance()
         return got
 

@@ -221,7 +221,7 @@ class DeviceHost:
             return DeviceState(lambda: carried)
         if device_id not in work.state_at:
             return DeviceState()
-        return DeviceState(lambda: ahead.result(device_id))
+        return DeviceState(lambda: ahead.result(device_id), lambda: ahead.take(device_id))
 
     def _run_device(
         self,

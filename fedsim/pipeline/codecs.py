@@ -261,7 +261,8 @@ def topk_with_feedback(
     k values sent zeroed, the decoded update onto `base`), where the update is (flat - base) + carried
     (float32).
     The same bytes and values as topk_encode of that update, then topk_decode onto base (the tests
-    compare); `rest`: the array to hold what is kept (a new one if None)."""
+    compare); `rest`: the array to hold what is kept (a new one if None; `carried` itself: updated in
+    place)."""
     n = len(flat)
     if not n or len(base) != n or (carried is not None and len(carried) != n):  # (the loops do not check)
         raise ValueError(f"top-k of {n} values onto {len(base)}, carrying {None if carried is None else len(carried)}")

@@ -39,10 +39,12 @@ class TopK(Codec):
 
     def encode(self, up: Upload, ctx: UploadContext, settings: Any) -> tuple[bytes, np.ndarray]:
         assert up.flat is not None and ctx.global32 is not None
-        carried = up.state.get(RESIDUAL)  # what the device left out last time (error feedback)
+        carried = up.state.own(RESIDUAL)  # what the device left out last time (error feedback)
         k = max(1, round(self.share * len(up.flat)))
-        # the residual is kept in a page-aligned array, which the host writes to disk as it is
-        rest = aligned(4 * len(up.flat)).view(np.float32)
+        # the residual is updated where it lies when it is the device's own to change, else made in a
+        # new page-aligned array (which the host writes to disk as it is)
+        owned = carried is not None and carried.flags.writeable and len(carried) == len(up.flat)
+        rest = carried if owned else aligned(4 * len(up.flat)).view(np.float32)
         payload, rest, decoded = codecs.topk_with_feedback(up.flat, ctx.global32, carried, k, rest)
         up.state.put(RESIDUAL, rest)
         return payload, decoded
