@@ -1,6 +1,6 @@
 """What the update pipeline's stages and the asynchronous schedule cost in wall time, at 1,000 devices.
 
-    python experiments/bench_stages.py [--rounds R] [--pairs P] [--rows a,b,...]
+    python experiments/bench_stages.py [--rounds R] [--pairs P] [--rows a,b,...] [--warmup R]
 
 Every row is a real `fedsim.run` on Ray (2 hosts, Fashion-MNIST, the seed MLP, SGD, batch 32, one
 local epoch, evaluation only after the last round, so a round is its devices' work and the stages';
@@ -27,6 +27,9 @@ median over passes of the row against its baseline measured in the same pass.
   -c10 commit every step or every 10 (`--commit-every`; the default is every second);
   sync-skewed-objects and async-skewed-objects hand the hosts' large arrays through Ray's object store
   (FEDSIM_EXCHANGE=off) instead of shared-memory files.
+A warm-up run of the first row comes first and is not recorded (--warmup R rounds; 0: none): the
+first run after Ray starts shares the CPUs with Ray's own start-up work (a plain row first in its
+pass measured 1.16 s a round against 0.91-0.97 s in the four later passes of one run).
 Writes stages.csv, stages.md and stages_passes.csv (every pass's rows) to --out (results/bench).
 """
 
@@ -127,10 +130,15 @@ def main() -> None:
     parser.add_argument("--rows", default=",".join(ROWS))
     parser.add_argument("--out", default="results/bench")
     parser.add_argument("--codecs", default="results/bench/codecs.csv", help="bench_codecs' figures (alone_s)")
+    parser.add_argument(
+        "--warmup", type=int, default=3, help="rounds of the first row run first and not recorded (0: none)"
+    )
     args = parser.parse_args()
     names = args.rows.split(",")
     records = []
     with tempfile.TemporaryDirectory(prefix="fedsim-bench-stages-") as tmp:
+        if args.warmup:  # the first run after Ray starts shares the CPUs with Ray's own start-up work
+            measure(names[0], args.warmup, Path(tmp) / "warmup")
         for p in range(args.pairs):
             start = p * len(names) // args.pairs  # rotated: no row is always first or last in its pass
             for position, name in enumerate(names[start:] + names[:start]):
@@ -169,7 +177,8 @@ def main() -> None:
     header = (
         f"fedsim stage and schedule costs, {dt.datetime.now():%Y-%m-%d %H:%M}, {os.cpu_count()} CPUs, "
         f"commit {commit()}, `python experiments/bench_stages.py --rows {args.rows} --rounds {args.rounds} "
-        f"--pairs {args.pairs}`: medians over "
+        f"--pairs {args.pairs} --warmup {args.warmup}`: a warm-up run of the first row ({args.warmup} rounds, "
+        "not recorded), then medians over "
         f"{args.pairs} alternating passes (each starting further down the rows) of the median round of "
         f"rounds 2..{args.rounds} (async: "
         f"{args.rounds} x 90 / --buffer server steps, about the sync rows' updates); ratio against the "
