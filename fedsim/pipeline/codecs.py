@@ -257,12 +257,11 @@ def topk_encode(update: np.ndarray, k: int) -> tuple[bytes, np.ndarray]:
 def topk_with_feedback(
     flat: np.ndarray, base: np.ndarray, carried: np.ndarray | None, k: int, rest: np.ndarray | None = None
 ) -> tuple[bytes, np.ndarray, np.ndarray]:
-    """Top-k with error feedback in two passes over the model: (payload, what is kept: the update with the
-    k values sent zeroed, the decoded update onto `base`), where the update is (flat - base) + carried
-    (float32).
-    The same bytes and values as topk_encode of that update, then topk_decode onto base (the tests
-    compare); `rest`: the array to hold what is kept (a new one if None; `carried` itself: updated in
-    place)."""
+    """Top-k with error feedback in one pass over the model after a strided sample of it: (payload, what
+    is kept: the update with the k values sent zeroed, the decoded update onto `base`), where the update
+    is (flat - base) + carried (float32). The same bytes and values as topk_encode of that update, then
+    topk_decode onto base (the tests compare); `rest`: the array to hold what is kept (a new one if None;
+    `carried` itself: updated in place)."""
     n = len(flat)
     if not n or len(base) != n or (carried is not None and len(carried) != n):  # (the loops do not check)
         raise ValueError(f"top-k of {n} values onto {len(base)}, carrying {None if carried is None else len(carried)}")
@@ -273,11 +272,12 @@ def topk_with_feedback(
     # a strided sample sets a threshold a little below the k-th largest magnitude, so the exact selection
     # runs over about 2k candidates (over every value only when the sample misjudged)
     carried = np.zeros(0, np.float32) if carried is None else carried
-    sample = kernels.residual_and_sample(flat, base, carried, rest, decoded, max(1, n // 8192))
+    sample = kernels.update_sample(flat, base, carried, max(1, n // 8192))
     m = len(sample)
     rank = min(m, 2 * (k * m // n) + 16)
-    threshold = np.partition(sample, m - rank)[m - rank] if k < n else np.float32(0)
-    candidates, magnitude = kernels.at_least(rest, threshold)
+    sample.partition(m - rank)  # (in place: the sample is this call's own)
+    threshold = sample[m - rank] if k < n else np.float32(0)
+    candidates, magnitude = kernels.residual_and_candidates(flat, base, carried, rest, decoded, threshold)
     if len(candidates) < k:
         candidates, magnitude = kernels.at_least(rest, np.float32(0))
     kth = np.partition(magnitude, len(magnitude) - k)[len(magnitude) - k]

@@ -73,20 +73,46 @@ def levels_of_difference(a, base, lo, scale, noise, top, out):
 
 
 @njit(cache=True, nogil=True)
-def residual_and_sample(a, base, carried, rest, decoded, stride):
-    """rest = (a - base) + carried (float32; no carried: an empty array), decoded = base, and every
-    `stride`-th |rest| (the sample top-k's threshold is drawn from)."""
+def update_sample(a, base, carried, stride):
+    """Every `stride`-th |(a - base) + carried| (float32; no carried: an empty array), as
+    `residual_and_candidates` computes it: the sample top-k's threshold is drawn from."""
+    sample = np.empty((a.size + stride - 1) // stride, np.float32)
+    for j in range(sample.size):
+        i = j * stride
+        v = a[i] - base[i]
+        if carried.size:
+            v = v + carried[i]
+        sample[j] = abs(v)
+    return sample
+
+
+@njit(cache=True, nogil=True)
+def residual_and_candidates(a, base, carried, rest, decoded, threshold):
+    """rest = (a - base) + carried (float32; no carried: an empty array; rest may be carried itself),
+    decoded = base, in one pass that also keeps the indices of the values whose magnitude is at least
+    `threshold`: (those indices, ascending, and their magnitudes)."""
+    index = np.empty(rest.size, np.int64)
+    count = 0
     if carried.size:
         for i in range(rest.size):
-            rest[i] = (a[i] - base[i]) + carried[i]
+            v = (a[i] - base[i]) + carried[i]
+            rest[i] = v
+            decoded[i] = base[i]
+            if abs(v) >= threshold:
+                index[count] = i
+                count += 1
     else:
         for i in range(rest.size):
-            rest[i] = a[i] - base[i]
-    decoded[:] = base
-    sample = np.empty((rest.size + stride - 1) // stride, np.float32)
-    for j in range(sample.size):
-        sample[j] = abs(rest[j * stride])
-    return sample
+            v = a[i] - base[i]
+            rest[i] = v
+            decoded[i] = base[i]
+            if abs(v) >= threshold:
+                index[count] = i
+                count += 1
+    magnitude = np.empty(count, np.float32)
+    for j in range(count):
+        magnitude[j] = abs(rest[index[j]])
+    return index[:count], magnitude
 
 
 @njit(cache=True, nogil=True)
