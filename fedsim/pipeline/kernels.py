@@ -93,26 +93,16 @@ def residual_and_candidates(a, base, carried, rest, decoded, threshold):
     `threshold`: (those indices, ascending, and their magnitudes)."""
     index = np.empty(rest.size, np.int64)
     count = 0
-    if carried.size:
-        for i in range(rest.size):
-            v = (a[i] - base[i]) + carried[i]
-            rest[i] = v
-            decoded[i] = base[i]
-            if abs(v) >= threshold:
-                index[count] = i
-                count += 1
-    else:
-        for i in range(rest.size):
-            v = a[i] - base[i]
-            rest[i] = v
-            decoded[i] = base[i]
-            if abs(v) >= threshold:
-                index[count] = i
-                count += 1
-    magnitude = np.empty(count, np.float32)
-    for j in range(count):
-        magnitude[j] = abs(rest[index[j]])
-    return index[:count], magnitude
+    for i in range(rest.size):
+        v = a[i] - base[i]
+        if carried.size:
+            v = v + carried[i]
+        rest[i] = v
+        decoded[i] = base[i]
+        if abs(v) >= threshold:
+            index[count] = i
+            count += 1
+    return index[:count], magnitudes(rest, index[:count])
 
 
 @njit(cache=True, nogil=True)
@@ -124,10 +114,16 @@ def at_least(values, threshold):
         if abs(values[i]) >= threshold:
             index[count] = i
             count += 1
-    magnitude = np.empty(count, np.float32)
-    for j in range(count):
-        magnitude[j] = abs(values[index[j]])
-    return index[:count], magnitude
+    return index[:count], magnitudes(values, index[:count])
+
+
+@njit(cache=True, nogil=True)
+def magnitudes(values, index):
+    """|values| at `index`, float32."""
+    out = np.empty(index.size, np.float32)
+    for j in range(index.size):
+        out[j] = abs(values[index[j]])
+    return out
 
 
 @njit(cache=True, nogil=True)
