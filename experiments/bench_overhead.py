@@ -52,6 +52,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -190,11 +191,16 @@ class RssSampler(threading.Thread):
 
 
 def replay(
-    artifact: bytes, config: fedsim.Config, rounds: list[tuple[int, list[int]]], start: float = 0.0
+    artifact: bytes,
+    config: fedsim.Config,
+    rounds: list[tuple[int, list[int]]],
+    start: float = 0.0,
+    after: Callable[[Device, Path], None] | None = None,
 ) -> list[float]:
     """Seconds in the signature calls of each (round, device ids), replayed back to back on one
     interpreter; the calls begin at `start` (time.time(), once data and interpreter are loaded), so
-    that replays in parallel processes overlap.
+    that replays in parallel processes overlap. `after(device, upload)`: called after each device's
+    calls, untimed here (bench_bounds times what a host does between them).
 
     Runs in a child process (see measure_floor), so this process stays what a fedsim driver is:
     one that never imports TensorFlow, or its memory would be counted in every later run."""
@@ -218,6 +224,8 @@ def replay(
                 total += device.run_round(
                     runner, global_path, round_num, config.local_epochs, config.batch_size, scratch / "d.ckpt"
                 ).train_s
+                if after is not None:
+                    after(device, scratch / "d.ckpt")
             totals.append(total)
         return totals
     finally:
