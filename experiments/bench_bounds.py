@@ -307,26 +307,27 @@ def main() -> None:
             made[model] = (artifact, checkpoint, sum(int(w.size) for w in read_checkpoint(checkpoint).values()))
     fedsim.release()  # the runs' parked hosts would share the CPUs with what is measured next
     shared: dict[tuple[str, int], float] = {}
+    passes: dict[str, tuple[float, float]] = {}  # by model: the host's per-device passes
     table = []
     for _, r in rows.iterrows():
         artifact, checkpoint, params = made[r["model"]]
+        devices = 1000 if r["model"] == "mlp" else 100  # the fleet the model's replays take part in
         hosts, per_round = int(r["hosts"]), int(r["per_round"])
         used = min(hosts, cpus)
         if pd.notna(r.get("shared_floor_s")):  # measured in the overhead run itself, with its floor
             factor = float(r["shared_floor_s"]) / float(r["floor_s"])
         else:
             if (r["model"], used) not in shared:  # the full-participation share of the row's model
-                shared[r["model"], used] = (
-                    shared_cpus(artifact, 1000 if r["model"] == "mlp" else 100, used) if used > 1 else 1.0
-                )
+                shared[r["model"], used] = shared_cpus(artifact, devices, used) if used > 1 else 1.0
             factor = shared[r["model"], used]
         evaluate = evaluation_s(artifact, checkpoint, used) if int(r["eval_every"]) == 1 else 0.0
         ray_s = ray_round_s(hosts, checkpoint, params, per_round)
         exchange_s = exchange_round_s(hosts, checkpoint, params)
         transport_s = min(ray_s, exchange_s)  # the cheaper of the two ways fedsim moves a round
         read_s, verify_s = upload_s(checkpoint, params)
-        devices = 1000 if r["model"] == "mlp" else 100
-        batches_s, passes_s = host_passes_s(artifact, devices, list(range(min(devices, 300))), params)
+        if r["model"] not in passes:  # (the same for every row of the model)
+            passes[r["model"]] = host_passes_s(artifact, devices, list(range(min(devices, 300))), params)
+        batches_s, passes_s = passes[r["model"]]
         per_cpu = math.ceil(per_round / used)
         floor = float(r["floor_s"])
         fixed = floor * factor + transport_s + evaluate
